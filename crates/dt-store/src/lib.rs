@@ -1,0 +1,177 @@
+//! Cluster state storage: one `Backend` trait, two implementations.
+//!
+//! Why this shape: every piece of cluster state (resources, secrets' hashes, audit events,
+//! indexes) is an *item* — a key, opaque bytes, a revision and an optional expiry. Uniqueness
+//! and "check then write" invariants are expressed as conditions on an atomic write, so a
+//! caller can never leave an index half-written. Revisions come from one cluster-wide,
+//! monotonically increasing sequence that is also the change-feed position, so a watcher
+//! resumes from "the last revision I saw" without gaps.
+//!
+//! What it deliberately does not do: interpret values (that is the caller's job), or
+//! offer cross-call transactions (each `atomic_write` is one transaction).
+//!
+//! Implementations: [`sqlite::SqliteBackend`] (embedded default, WAL) and
+//! [`postgres::PostgresBackend`] (several auth servers sharing one database; changes are
+//! announced with LISTEN/NOTIFY). [`conformance`] is one test suite both must pass.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+pub mod conformance;
+pub mod postgres;
+pub mod sqlite;
+
+/// One stored value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// Revision of the last write to this key (a cluster-wide sequence number; > 0).
+    pub revision: i64,
+    /// After this instant the item is invisible to every read and condition, and a sweeper
+    /// deletes it (emitting a `Delete` event).
+    pub expires: Option<OffsetDateTime>,
+}
+
+/// A write that [`Backend::atomic_write`] applies only if all its conditions hold.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// The key exists (and has not expired).
+    Exists(String),
+    /// The key does not exist (or has expired).
+    NotExists(String),
+    /// The key exists with exactly this revision.
+    Revision(String, i64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    Put { key: String, value: Vec<u8>, expires: Option<OffsetDateTime> },
+    /// Deleting a missing key is not an error inside an atomic write.
+    Delete { key: String },
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Page {
+    pub items: Vec<Item>,
+    /// Pass as `start_after` to get the next page; `None` when this was the last one.
+    pub next: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Put,
+    Delete,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WatchEvent {
+    /// First event of every watch: from here on, no change under the watched prefixes is
+    /// missed. `revision` is the sequence position the watch starts after.
+    Init { revision: i64 },
+    /// A change. For `Delete`, `item.value` is empty and `item.revision` is the revision
+    /// of the deletion.
+    Change { kind: EventKind, item: Item },
+}
+
+/// A live change feed. `recv` returns `None` when the watch has ended (backend closed,
+/// or the watcher fell too far behind): the caller must re-read its state and watch again.
+pub struct Watcher {
+    pub rx: tokio::sync::mpsc::Receiver<WatchEvent>,
+}
+
+impl Watcher {
+    pub async fn recv(&mut self) -> Option<WatchEvent> {
+        self.rx.recv().await
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("item {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("item {0:?} not found")]
+    NotFound(String),
+    /// The item changed since it was read (compare-and-swap lost).
+    #[error("item {0:?} was changed concurrently; read it again and retry")]
+    RevisionMismatch(String),
+    /// Condition number `index` of an atomic write did not hold.
+    #[error("condition {index} of an atomic write failed on {key:?}")]
+    ConditionFailed { index: usize, key: String },
+    #[error("invalid storage request: {0}")]
+    Invalid(String),
+    #[error("storage backend error: {0}")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl StoreError {
+    pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
+        StoreError::Backend(Box::new(e))
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// "sqlite" or "postgres".
+    fn kind(&self) -> &'static str;
+    /// Schema version after migrations.
+    async fn schema_version(&self) -> Result<i64>;
+
+    async fn get(&self, key: &str) -> Result<Option<Item>>;
+    /// Live items whose key starts with `prefix`, in key order, after `start_after` (exclusive),
+    /// at most `limit` (1..=1000) of them.
+    async fn range(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Page>;
+    /// Fails with `AlreadyExists` if a live item has the key. Returns the new revision.
+    async fn create(&self, key: &str, value: Vec<u8>, expires: Option<OffsetDateTime>) -> Result<i64>;
+    /// Unconditional upsert. Returns the new revision.
+    async fn put(&self, key: &str, value: Vec<u8>, expires: Option<OffsetDateTime>) -> Result<i64>;
+    /// Replace an existing item; `NotFound` if missing, `RevisionMismatch` if
+    /// `expected_revision` is given and differs.
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires: Option<OffsetDateTime>,
+        expected_revision: Option<i64>,
+    ) -> Result<i64>;
+    /// `NotFound` if missing, `RevisionMismatch` if `expected_revision` differs.
+    async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<()>;
+    /// All conditions are checked and all ops applied in one transaction, or nothing is
+    /// written (`ConditionFailed`). Returns the revision assigned to the write (all ops of
+    /// one atomic write share it).
+    async fn atomic_write(&self, conditions: Vec<Condition>, ops: Vec<Op>) -> Result<i64>;
+    /// Watch changes to keys under any of `prefixes` (an empty prefix watches everything).
+    async fn watch(&self, prefixes: Vec<String>) -> Result<Watcher>;
+    /// Delete expired items now (also done periodically in the background).
+    async fn sweep_expired(&self) -> Result<u64>;
+    /// Stop background tasks and end all watchers.
+    async fn close(&self);
+}
+
+/// How often background work runs; tests shorten these.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    /// Expired-item sweeper period.
+    pub sweep_every: Duration,
+    /// Fallback poll of the change table (SQLite across processes; PostgreSQL if a
+    /// notification is lost).
+    pub poll_every: Duration,
+    /// Change-table rows older than this are pruned.
+    pub keep_events_for: Duration,
+    /// Per-watcher buffer; a watcher that falls this far behind is closed.
+    pub watcher_buffer: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            sweep_every: Duration::from_secs(1),
+            poll_every: Duration::from_millis(500),
+            keep_events_for: Duration::from_secs(3600),
+            watcher_buffer: 1024,
+        }
+    }
+}

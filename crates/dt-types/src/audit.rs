@@ -1,0 +1,345 @@
+//! Typed audit events (DESIGN.md §7): what happened, to whom, on which device, and whether it
+//! succeeded. The audit trail is separate from diagnostics logs; events are persisted by the
+//! auth service and read back with `dtctl events ls`.
+//!
+//! Nothing secret belongs here: an event never holds a password, token, key or signature.
+//! Fields are typed (no free-form maps) so that a new field is a deliberate decision.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// Every kind of audit event, with its stable wire name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "user.login")]
+    UserLogin,
+    #[serde(rename = "user.create")]
+    UserCreate,
+    #[serde(rename = "user.update")]
+    UserUpdate,
+    #[serde(rename = "user.delete")]
+    UserDelete,
+    #[serde(rename = "user.password_change")]
+    UserPasswordChange,
+    #[serde(rename = "resource.create")]
+    ResourceCreate,
+    #[serde(rename = "resource.update")]
+    ResourceUpdate,
+    #[serde(rename = "resource.delete")]
+    ResourceDelete,
+    #[serde(rename = "cert.create")]
+    CertCreate,
+    #[serde(rename = "join_token.create")]
+    JoinTokenCreate,
+    #[serde(rename = "device.create")]
+    DeviceCreate,
+    #[serde(rename = "device.delete")]
+    DeviceDelete,
+    #[serde(rename = "device.token.create")]
+    DeviceTokenCreate,
+    #[serde(rename = "device.enroll")]
+    DeviceEnroll,
+    #[serde(rename = "device.authenticate")]
+    DeviceAuthenticate,
+    #[serde(rename = "device.update")]
+    DeviceUpdate,
+    #[serde(rename = "device.webtoken.create")]
+    DeviceWebTokenCreate,
+    #[serde(rename = "device.authenticate.confirm")]
+    DeviceAuthenticateConfirm,
+    #[serde(rename = "node.join")]
+    NodeJoin,
+    #[serde(rename = "session.start")]
+    SessionStart,
+    #[serde(rename = "session.end")]
+    SessionEnd,
+    #[serde(rename = "session.terminate")]
+    SessionTerminate,
+    #[serde(rename = "exec")]
+    Exec,
+    #[serde(rename = "access.denied")]
+    AccessDenied,
+    #[serde(rename = "lock.create")]
+    LockCreate,
+    #[serde(rename = "lock.delete")]
+    LockDelete,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 26] = [
+        EventType::UserLogin,
+        EventType::UserCreate,
+        EventType::UserUpdate,
+        EventType::UserDelete,
+        EventType::UserPasswordChange,
+        EventType::ResourceCreate,
+        EventType::ResourceUpdate,
+        EventType::ResourceDelete,
+        EventType::CertCreate,
+        EventType::JoinTokenCreate,
+        EventType::DeviceCreate,
+        EventType::DeviceDelete,
+        EventType::DeviceTokenCreate,
+        EventType::DeviceEnroll,
+        EventType::DeviceAuthenticate,
+        EventType::DeviceUpdate,
+        EventType::DeviceWebTokenCreate,
+        EventType::DeviceAuthenticateConfirm,
+        EventType::NodeJoin,
+        EventType::SessionStart,
+        EventType::SessionEnd,
+        EventType::SessionTerminate,
+        EventType::Exec,
+        EventType::AccessDenied,
+        EventType::LockCreate,
+        EventType::LockDelete,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::UserLogin => "user.login",
+            EventType::UserCreate => "user.create",
+            EventType::UserUpdate => "user.update",
+            EventType::UserDelete => "user.delete",
+            EventType::UserPasswordChange => "user.password_change",
+            EventType::ResourceCreate => "resource.create",
+            EventType::ResourceUpdate => "resource.update",
+            EventType::ResourceDelete => "resource.delete",
+            EventType::CertCreate => "cert.create",
+            EventType::JoinTokenCreate => "join_token.create",
+            EventType::DeviceCreate => "device.create",
+            EventType::DeviceDelete => "device.delete",
+            EventType::DeviceTokenCreate => "device.token.create",
+            EventType::DeviceEnroll => "device.enroll",
+            EventType::DeviceAuthenticate => "device.authenticate",
+            EventType::DeviceUpdate => "device.update",
+            EventType::DeviceWebTokenCreate => "device.webtoken.create",
+            EventType::DeviceAuthenticateConfirm => "device.authenticate.confirm",
+            EventType::NodeJoin => "node.join",
+            EventType::SessionStart => "session.start",
+            EventType::SessionEnd => "session.end",
+            EventType::SessionTerminate => "session.terminate",
+            EventType::Exec => "exec",
+            EventType::AccessDenied => "access.denied",
+            EventType::LockCreate => "lock.create",
+            EventType::LockDelete => "lock.delete",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// Stable event code; the last letter is `I` (info) on success, `W` (warning) on
+    /// failure. Device events use DT001..DT008 as DESIGN.md §7 fixes.
+    pub fn code(self, success: bool) -> String {
+        let base = match self {
+            EventType::DeviceCreate => "DT001",
+            EventType::DeviceDelete => "DT002",
+            EventType::DeviceTokenCreate => "DT003",
+            EventType::DeviceEnroll => "DT004",
+            EventType::DeviceAuthenticate => "DT005",
+            EventType::DeviceUpdate => "DT006",
+            EventType::DeviceWebTokenCreate => "DT007",
+            EventType::DeviceAuthenticateConfirm => "DT008",
+            EventType::UserLogin => "U1000",
+            EventType::UserCreate => "U1001",
+            EventType::UserUpdate => "U1002",
+            EventType::UserDelete => "U1003",
+            EventType::UserPasswordChange => "U1004",
+            EventType::ResourceCreate => "R2001",
+            EventType::ResourceUpdate => "R2002",
+            EventType::ResourceDelete => "R2003",
+            EventType::CertCreate => "C3000",
+            EventType::JoinTokenCreate => "J4000",
+            EventType::NodeJoin => "J4001",
+            EventType::SessionStart => "S5000",
+            EventType::SessionEnd => "S5001",
+            EventType::SessionTerminate => "S5002",
+            EventType::Exec => "S5003",
+            EventType::AccessDenied => "A6000",
+            EventType::LockCreate => "L7000",
+            EventType::LockDelete => "L7001",
+        };
+        format!("{base}{}", if success { "I" } else { "W" })
+    }
+}
+
+impl fmt::Display for EventType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The device an event concerns.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceInfo {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub device_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub asset_tag: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub os_type: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub credential_id: String,
+}
+
+/// A certificate an event concerns (never the certificate itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertInfo {
+    /// `user`, `bot`, `host`, `tls-server`.
+    pub cert_type: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub serial: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logins: Vec<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    pub not_after: OffsetDateTime,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditEvent {
+    /// Unique id; assigned by the sink if empty.
+    #[serde(default)]
+    pub id: String,
+    pub event: EventType,
+    pub code: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub time: OffsetDateTime,
+    pub success: bool,
+    /// The acting user (or `system`, or the node for node events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// Why it failed, or a human summary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cert: Option<CertInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_addr: Option<String>,
+    /// Hash chain: hex SHA-256 of the previous event's `hash` (empty for the first).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub prev_hash: String,
+    /// Hex SHA-256 over `prev_hash` and this event without `hash` (see [`AuditEvent::chain_hash`]).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+}
+
+impl AuditEvent {
+    pub fn new(event: EventType, success: bool, time: OffsetDateTime) -> Self {
+        AuditEvent {
+            id: String::new(),
+            event,
+            code: event.code(success),
+            time,
+            success,
+            user: None,
+            message: None,
+            resource_kind: None,
+            resource_name: None,
+            device: None,
+            cert: None,
+            login: None,
+            node: None,
+            session_id: None,
+            command: None,
+            exit_code: None,
+            lock: None,
+            remote_addr: None,
+            prev_hash: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+    pub fn message(mut self, message: impl Into<String>) -> Self {
+        self.message = Some(message.into());
+        self
+    }
+    pub fn resource(mut self, kind: impl Into<String>, name: impl Into<String>) -> Self {
+        self.resource_kind = Some(kind.into());
+        self.resource_name = Some(name.into());
+        self
+    }
+    pub fn device(mut self, device: DeviceInfo) -> Self {
+        self.device = Some(device);
+        self
+    }
+    pub fn cert(mut self, cert: CertInfo) -> Self {
+        self.cert = Some(cert);
+        self
+    }
+    pub fn remote_addr(mut self, addr: impl Into<String>) -> Self {
+        self.remote_addr = Some(addr.into());
+        self
+    }
+
+    /// The hash this event should carry given `prev_hash`: SHA-256 over the canonical JSON
+    /// of the event with `hash` emptied. Tampering with any stored event breaks the chain
+    /// from there on.
+    pub fn chain_hash(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let mut copy = self.clone();
+        copy.hash.clear();
+        let json = serde_json::to_vec(&copy).unwrap_or_default();
+        let digest = Sha256::digest(&json);
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_codes_are_unique() {
+        let mut codes = std::collections::HashSet::new();
+        for t in EventType::ALL {
+            assert_eq!(EventType::parse(t.as_str()), Some(t));
+            let json = serde_json::to_string(&t).unwrap();
+            assert_eq!(json, format!("\"{}\"", t.as_str()));
+            assert!(codes.insert(t.code(true)), "duplicate code for {t}");
+        }
+        assert_eq!(EventType::DeviceEnroll.code(true), "DT004I");
+        assert_eq!(EventType::DeviceEnroll.code(false), "DT004W");
+    }
+
+    #[test]
+    fn chain_hash_changes_with_content() {
+        let t = OffsetDateTime::UNIX_EPOCH;
+        let a = AuditEvent::new(EventType::UserLogin, true, t).user("alice");
+        let b = AuditEvent::new(EventType::UserLogin, true, t).user("mallory");
+        assert_ne!(a.chain_hash(), b.chain_hash());
+        let mut c = a.clone();
+        c.hash = "anything".into();
+        assert_eq!(a.chain_hash(), c.chain_hash(), "hash field excluded");
+    }
+}

@@ -1,0 +1,867 @@
+//! Dynamic resources: `kind`/`version`/`metadata`/`spec` documents, as users write them in
+//! YAML or JSON and as `dtctl get` prints them.
+//!
+//! Every struct rejects unknown fields, so a typo is an error and never a silent no-op.
+//! [`AnyResource::parse_documents`] reads multi-document YAML (or JSON), and
+//! [`AnyResource::validate`] checks what serde cannot (names, verbs, modes, targets).
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use time::OffsetDateTime;
+
+use crate::device::DeviceSpec;
+use crate::duration::DurationStr;
+
+/// Name of the single cluster auth preference resource.
+pub const CAP_NAME: &str = "cluster-auth-preference";
+/// Longest name we accept for any resource.
+pub const MAX_NAME_LEN: usize = 253;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResourceError {
+    #[error("document {doc}: {source}")]
+    Syntax {
+        doc: usize,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("unknown kind {0:?} (known kinds: role, user, cluster_auth_preference, token, lock, device)")]
+    UnknownKind(String),
+    #[error("{kind} {name:?}: {why}")]
+    Invalid { kind: Kind, name: String, why: String },
+    #[error("{kind} {name:?}: {source}")]
+    Spec {
+        kind: Kind,
+        name: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// The resource kinds devtrust stores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    Role,
+    User,
+    ClusterAuthPreference,
+    Token,
+    Lock,
+    Device,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 6] = [
+        Kind::Role,
+        Kind::User,
+        Kind::ClusterAuthPreference,
+        Kind::Token,
+        Kind::Lock,
+        Kind::Device,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Role => "role",
+            Kind::User => "user",
+            Kind::ClusterAuthPreference => "cluster_auth_preference",
+            Kind::Token => "token",
+            Kind::Lock => "lock",
+            Kind::Device => "device",
+        }
+    }
+
+    /// Accepts singular and plural spellings (`user`, `users`) and `cap` for the cluster
+    /// auth preference.
+    pub fn parse(s: &str) -> Result<Kind, ResourceError> {
+        let k = match s.trim().to_ascii_lowercase().as_str() {
+            "role" | "roles" => Kind::Role,
+            "user" | "users" => Kind::User,
+            "cluster_auth_preference" | "cluster_auth_preferences" | "cap" => {
+                Kind::ClusterAuthPreference
+            }
+            "token" | "tokens" => Kind::Token,
+            "lock" | "locks" => Kind::Lock,
+            "device" | "devices" => Kind::Device,
+            other => return Err(ResourceError::UnknownKind(other.to_string())),
+        };
+        Ok(k)
+    }
+
+    /// The version this build writes.
+    pub fn version(self) -> &'static str {
+        match self {
+            Kind::Role => "v7",
+            Kind::User | Kind::ClusterAuthPreference | Kind::Token | Kind::Lock => "v2",
+            Kind::Device => "v1",
+        }
+    }
+
+    /// Versions this build reads.
+    fn accepts_version(self, v: &str) -> bool {
+        match self {
+            Kind::Role => matches!(v, "v5" | "v6" | "v7"),
+            Kind::User | Kind::ClusterAuthPreference | Kind::Token | Kind::Lock => v == "v2",
+            Kind::Device => v == "v1",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// When the resource stops applying and is deleted (locks, tokens).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub expires: Option<OffsetDateTime>,
+    /// Storage revision, printed by `get` and used by `edit` to refuse lost updates.
+    /// Ignored by `create --force`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+}
+
+impl Metadata {
+    pub fn named(name: impl Into<String>) -> Self {
+        Metadata { name: name.into(), ..Default::default() }
+    }
+}
+
+/// A resource document with a typed spec.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resource<S> {
+    pub kind: Kind,
+    pub version: String,
+    pub metadata: Metadata,
+    pub spec: S,
+}
+
+impl<S: Spec> Resource<S> {
+    pub fn new(name: impl Into<String>, spec: S) -> Self {
+        Resource {
+            kind: S::KIND,
+            version: S::KIND.version().to_string(),
+            metadata: Metadata::named(name),
+            spec,
+        }
+    }
+    pub fn name(&self) -> &str {
+        &self.metadata.name
+    }
+}
+
+/// Implemented by every spec type: which kind it belongs to and what serde can't check.
+pub trait Spec: Serialize + DeserializeOwned + Clone + fmt::Debug {
+    const KIND: Kind;
+    fn validate(&self, meta: &Metadata) -> Result<(), String>;
+}
+
+pub type Role = Resource<RoleSpec>;
+pub type User = Resource<UserSpec>;
+pub type ClusterAuthPreference = Resource<CapSpec>;
+pub type Token = Resource<TokenSpec>;
+pub type Lock = Resource<LockSpec>;
+pub type Device = Resource<DeviceSpec>;
+
+/// Any resource, as read from a file or from storage.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AnyResource {
+    Role(Role),
+    User(User),
+    ClusterAuthPreference(ClusterAuthPreference),
+    Token(Token),
+    Lock(Lock),
+    Device(Device),
+}
+
+macro_rules! each {
+    ($self:expr, $r:ident => $e:expr) => {
+        match $self {
+            AnyResource::Role($r) => $e,
+            AnyResource::User($r) => $e,
+            AnyResource::ClusterAuthPreference($r) => $e,
+            AnyResource::Token($r) => $e,
+            AnyResource::Lock($r) => $e,
+            AnyResource::Device($r) => $e,
+        }
+    };
+}
+
+impl AnyResource {
+    pub fn kind(&self) -> Kind {
+        each!(self, r => r.kind)
+    }
+    pub fn metadata(&self) -> &Metadata {
+        each!(self, r => &r.metadata)
+    }
+    pub fn metadata_mut(&mut self) -> &mut Metadata {
+        each!(self, r => &mut r.metadata)
+    }
+    pub fn name(&self) -> &str {
+        &self.metadata().name
+    }
+
+    pub fn to_json_value(&self) -> serde_json::Value {
+        // Serializing plain data structs with string keys cannot fail.
+        each!(self, r => serde_json::to_value(r).unwrap_or(serde_json::Value::Null))
+    }
+
+    /// Build from a generic JSON value (the output of YAML or JSON parsing), checking the
+    /// kind, the version and every field, then validating.
+    pub fn from_json_value(value: serde_json::Value) -> Result<AnyResource, ResourceError> {
+        let kind_str = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .ok_or_else(|| ResourceError::UnknownKind("<missing kind field>".into()))?;
+        let kind = Kind::parse(kind_str)?;
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or("<missing metadata.name>")
+            .to_string();
+        // Normalize plural/alias spellings of kind before typed deserialization.
+        let mut value = value;
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert("kind".into(), serde_json::Value::String(kind.as_str().into()));
+        }
+        fn typed<S: Spec>(
+            kind: Kind,
+            name: &str,
+            v: serde_json::Value,
+        ) -> Result<Resource<S>, ResourceError> {
+            serde_json::from_value::<Resource<S>>(v).map_err(|source| ResourceError::Spec {
+                kind,
+                name: name.to_string(),
+                source,
+            })
+        }
+        let r = match kind {
+            Kind::Role => AnyResource::Role(typed(kind, &name, value)?),
+            Kind::User => AnyResource::User(typed(kind, &name, value)?),
+            Kind::ClusterAuthPreference => {
+                AnyResource::ClusterAuthPreference(typed(kind, &name, value)?)
+            }
+            Kind::Token => AnyResource::Token(typed(kind, &name, value)?),
+            Kind::Lock => AnyResource::Lock(typed(kind, &name, value)?),
+            Kind::Device => AnyResource::Device(typed(kind, &name, value)?),
+        };
+        r.validate()?;
+        Ok(r)
+    }
+
+    /// Parse one file: a JSON object, a JSON array of objects, or multi-document YAML.
+    /// Empty YAML documents are skipped.
+    pub fn parse_documents(text: &str) -> Result<Vec<AnyResource>, ResourceError> {
+        let trimmed = text.trim_start();
+        let values: Vec<serde_json::Value> = if trimmed.starts_with('{') || trimmed.starts_with('[')
+        {
+            let v: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| ResourceError::Syntax { doc: 1, source: Box::new(e) })?;
+            match v {
+                serde_json::Value::Array(items) => items,
+                other => vec![other],
+            }
+        } else {
+            serde_saphyr::from_multiple::<serde_json::Value>(text)
+                .map_err(|e| ResourceError::Syntax { doc: 1, source: Box::new(e) })?
+        };
+        values
+            .into_iter()
+            .filter(|v| !v.is_null())
+            .enumerate()
+            .map(|(i, v)| {
+                AnyResource::from_json_value(v).map_err(|e| match e {
+                    ResourceError::Syntax { source, .. } => {
+                        ResourceError::Syntax { doc: i + 1, source }
+                    }
+                    other => other,
+                })
+            })
+            .collect()
+    }
+
+    pub fn validate(&self) -> Result<(), ResourceError> {
+        fn check<S: Spec>(r: &Resource<S>) -> Result<(), ResourceError> {
+            let invalid = |why: String| ResourceError::Invalid {
+                kind: r.kind,
+                name: r.metadata.name.clone(),
+                why,
+            };
+            if !r.kind.accepts_version(&r.version) {
+                return Err(invalid(format!(
+                    "unsupported version {:?} (this server writes {})",
+                    r.version,
+                    r.kind.version()
+                )));
+            }
+            validate_name(&r.metadata.name).map_err(invalid)?;
+            r.spec.validate(&r.metadata).map_err(invalid)
+        }
+        each!(self, r => check(r))
+    }
+}
+
+/// Names: 1..=253 chars of `[A-Za-z0-9._@:-]`, not starting with `.` or `-`.
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("metadata.name is empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!("metadata.name is longer than {MAX_NAME_LEN} characters"));
+    }
+    if name.starts_with('.') || name.starts_with('-') {
+        return Err("metadata.name must not start with '.' or '-'".into());
+    }
+    if let Some(c) =
+        name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | ':' | '-')))
+    {
+        return Err(format!(
+            "metadata.name contains {c:?}; use letters, digits and . _ @ : -"
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Policy enums
+
+/// Device trust mode, cluster-wide or per role. Unknown values read from storage are kept
+/// as `Unknown` so that authorization can fail closed; writing one is refused.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub enum DeviceTrustMode {
+    Off,
+    #[default]
+    Optional,
+    Required,
+    RequiredForHumans,
+    Unknown(String),
+}
+
+impl DeviceTrustMode {
+    pub fn as_str(&self) -> &str {
+        match self {
+            DeviceTrustMode::Off => "off",
+            DeviceTrustMode::Optional => "optional",
+            DeviceTrustMode::Required => "required",
+            DeviceTrustMode::RequiredForHumans => "required-for-humans",
+            DeviceTrustMode::Unknown(s) => s,
+        }
+    }
+    pub fn parse(s: &str) -> DeviceTrustMode {
+        match s {
+            "off" => DeviceTrustMode::Off,
+            "optional" => DeviceTrustMode::Optional,
+            "required" => DeviceTrustMode::Required,
+            "required-for-humans" => DeviceTrustMode::RequiredForHumans,
+            other => DeviceTrustMode::Unknown(other.to_string()),
+        }
+    }
+    fn check(&self) -> Result<(), String> {
+        match self {
+            DeviceTrustMode::Unknown(s) => Err(format!(
+                "unknown device trust mode {s:?} (use off, optional, required or required-for-humans)"
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl fmt::Display for DeviceTrustMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for DeviceTrustMode {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for DeviceTrustMode {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(DeviceTrustMode::parse(&String::deserialize(d)?))
+    }
+}
+
+/// What RBAC rules grant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verb {
+    Create,
+    Read,
+    List,
+    Update,
+    Delete,
+    CreateEnrollToken,
+    Enroll,
+}
+
+impl Verb {
+    pub const ALL: [Verb; 7] = [
+        Verb::Create,
+        Verb::Read,
+        Verb::List,
+        Verb::Update,
+        Verb::Delete,
+        Verb::CreateEnrollToken,
+        Verb::Enroll,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verb::Create => "create",
+            Verb::Read => "read",
+            Verb::List => "list",
+            Verb::Update => "update",
+            Verb::Delete => "delete",
+            Verb::CreateEnrollToken => "create_enroll_token",
+            Verb::Enroll => "enroll",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Verb> {
+        Verb::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+}
+
+impl fmt::Display for Verb {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Resource names usable in RBAC rules: the stored kinds plus `event` (the audit log).
+pub const RULE_RESOURCES: [&str; 7] =
+    ["role", "user", "cluster_auth_preference", "token", "lock", "device", "event"];
+
+// ---------------------------------------------------------------------------------------
+// role
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSpec {
+    #[serde(default)]
+    pub options: RoleOptions,
+    #[serde(default)]
+    pub allow: RoleConditions,
+    #[serde(default)]
+    pub deny: RoleConditions,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleOptions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_trust_mode: Option<DeviceTrustMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_session_ttl: Option<DurationStr>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConditions {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logins: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_labels: BTreeMap<String, LabelValues>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<Rule>,
+}
+
+/// A label selector value: one string or a list (any of which may match).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LabelValues {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl LabelValues {
+    pub fn values(&self) -> &[String] {
+        match self {
+            LabelValues::One(v) => std::slice::from_ref(v),
+            LabelValues::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rule {
+    pub resources: Vec<String>,
+    pub verbs: Vec<String>,
+}
+
+impl Rule {
+    fn check(&self) -> Result<(), String> {
+        if self.resources.is_empty() || self.verbs.is_empty() {
+            return Err("a rule needs at least one resource and one verb".into());
+        }
+        for r in &self.resources {
+            if r != "*" && !RULE_RESOURCES.contains(&r.as_str()) {
+                return Err(format!(
+                    "unknown resource {r:?} in rule (known: {}, or *)",
+                    RULE_RESOURCES.join(", ")
+                ));
+            }
+        }
+        for v in &self.verbs {
+            if v != "*" && Verb::parse(v).is_none() {
+                let known: Vec<_> = Verb::ALL.iter().map(|v| v.as_str()).collect();
+                return Err(format!("unknown verb {v:?} in rule (known: {}, or *)", known.join(", ")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Spec for RoleSpec {
+    const KIND: Kind = Kind::Role;
+    fn validate(&self, _meta: &Metadata) -> Result<(), String> {
+        if let Some(mode) = &self.options.device_trust_mode {
+            mode.check()?;
+        }
+        if let Some(ttl) = self.options.max_session_ttl
+            && ttl.0.is_zero()
+        {
+            return Err("options.max_session_ttl must be positive".into());
+        }
+        for cond in [&self.allow, &self.deny] {
+            for rule in &cond.rules {
+                rule.check()?;
+            }
+            for login in &cond.logins {
+                if login.is_empty() || login.chars().any(|c| c.is_whitespace() || c == ',') {
+                    return Err(format!("invalid login {login:?}"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// user
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserSpec {
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub traits: Traits,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub created_at: Option<OffsetDateTime>,
+    /// `true` for bot users (machine identities).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub bot: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Traits {
+    #[serde(default)]
+    pub logins: Vec<String>,
+}
+
+impl Spec for UserSpec {
+    const KIND: Kind = Kind::User;
+    fn validate(&self, _meta: &Metadata) -> Result<(), String> {
+        for role in &self.roles {
+            validate_name(role).map_err(|e| format!("role {role:?}: {e}"))?;
+        }
+        for login in &self.traits.logins {
+            if login.is_empty()
+                || login.len() > 64
+                || login.chars().any(|c| c.is_whitespace() || c == ',' || c.is_control())
+            {
+                return Err(format!("invalid login {login:?}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// cluster_auth_preference
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CapSpec {
+    #[serde(default)]
+    pub device_trust: DeviceTrustSettings,
+    #[serde(default)]
+    pub locking_mode: LockingMode,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceTrustSettings {
+    #[serde(default)]
+    pub mode: DeviceTrustMode,
+    #[serde(default)]
+    pub auto_enroll: bool,
+    /// PEM CA certificates; when set, TPM EK certificates must chain to one of them.
+    #[serde(default)]
+    pub ekcert_allowed_cas: Vec<String>,
+    /// Accept devices without a TPM or Secure Enclave (labs and tests).
+    #[serde(default)]
+    pub allow_software_credentials: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LockingMode {
+    #[default]
+    BestEffort,
+    Strict,
+}
+
+impl Spec for CapSpec {
+    const KIND: Kind = Kind::ClusterAuthPreference;
+    fn validate(&self, meta: &Metadata) -> Result<(), String> {
+        if meta.name != CAP_NAME {
+            return Err(format!("the cluster auth preference must be named {CAP_NAME:?}"));
+        }
+        self.device_trust.mode.check()?;
+        for (i, pem) in self.device_trust.ekcert_allowed_cas.iter().enumerate() {
+            if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                return Err(format!(
+                    "device_trust.ekcert_allowed_cas[{i}] is not a PEM certificate"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// token (join tokens for nodes and bots)
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    Node,
+    Bot,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSpec {
+    pub roles: Vec<TokenRole>,
+    /// For bot tokens: the bot user this token joins as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot_name: Option<String>,
+    /// Hex SHA-256 of the token; the token itself is never stored.
+    pub token_hash: String,
+}
+
+impl Spec for TokenSpec {
+    const KIND: Kind = Kind::Token;
+    fn validate(&self, _meta: &Metadata) -> Result<(), String> {
+        if self.roles.is_empty() {
+            return Err("spec.roles must name node or bot".into());
+        }
+        if self.roles.contains(&TokenRole::Bot) && self.bot_name.is_none() {
+            return Err("a bot token needs spec.bot_name".into());
+        }
+        if self.token_hash.len() != 64 || !self.token_hash.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err("spec.token_hash must be 64 hex characters (SHA-256)".into());
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// lock
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockTarget {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
+}
+
+impl LockTarget {
+    pub fn is_empty(&self) -> bool {
+        self.user.is_none()
+            && self.role.is_none()
+            && self.login.is_none()
+            && self.node.is_none()
+            && self.device.is_none()
+    }
+}
+
+impl fmt::Display for LockTarget {
+    /// `Device:"ID"`, `User:"alice"`, several joined with `, `.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut parts = Vec::new();
+        for (label, v) in [
+            ("User", &self.user),
+            ("Role", &self.role),
+            ("Login", &self.login),
+            ("Node", &self.node),
+            ("Device", &self.device),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{label}:{v:?}"));
+            }
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockSpec {
+    pub target: LockTarget,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::serde::rfc3339::option"
+    )]
+    pub created_at: Option<OffsetDateTime>,
+}
+
+impl Spec for LockSpec {
+    const KIND: Kind = Kind::Lock;
+    fn validate(&self, _meta: &Metadata) -> Result<(), String> {
+        if self.target.is_empty() {
+            return Err("spec.target needs at least one of user, role, login, node, device".into());
+        }
+        if self.message.as_ref().is_some_and(|m| m.len() > 1024) {
+            return Err("spec.message is longer than 1024 characters".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROLE: &str = r#"
+kind: role
+version: v7
+metadata: {name: require-trusted-device}
+spec:
+  options: {device_trust_mode: required, max_session_ttl: 12h}
+  allow:
+    logins: ['{{internal.logins}}']
+    node_labels: {'*': '*'}
+    rules: [{resources: [device], verbs: [read, list]}]
+  deny: {}
+---
+kind: user
+version: v2
+metadata: {name: alice}
+spec: {roles: [access, editor], traits: {logins: [root]}}
+"#;
+
+    #[test]
+    fn parses_multi_document_yaml() {
+        let docs = AnyResource::parse_documents(ROLE).unwrap();
+        assert_eq!(docs.len(), 2);
+        let AnyResource::Role(role) = &docs[0] else { panic!("not a role") };
+        assert_eq!(role.spec.options.device_trust_mode, Some(DeviceTrustMode::Required));
+        assert_eq!(role.spec.allow.logins, vec!["{{internal.logins}}"]);
+        let AnyResource::User(user) = &docs[1] else { panic!("not a user") };
+        assert_eq!(user.spec.traits.logins, vec!["root"]);
+    }
+
+    #[test]
+    fn json_round_trip_is_identity() {
+        for doc in AnyResource::parse_documents(ROLE).unwrap() {
+            let text = serde_json::to_string(&doc.to_json_value()).unwrap();
+            let back = AnyResource::parse_documents(&text).unwrap();
+            assert_eq!(back, vec![doc]);
+        }
+    }
+
+    #[test]
+    fn yaml_round_trip_is_identity() {
+        for doc in AnyResource::parse_documents(ROLE).unwrap() {
+            let text = serde_saphyr::to_string(&doc.to_json_value()).unwrap();
+            let back = AnyResource::parse_documents(&text).unwrap();
+            assert_eq!(back, vec![doc]);
+        }
+    }
+
+    #[test]
+    fn unknown_fields_kinds_verbs_modes_are_refused() {
+        let cases = [
+            ("kind: role\nversion: v7\nmetadata: {name: r}\nspec: {allow: {logns: [x]}}", "logns"),
+            ("kind: rolez\nversion: v7\nmetadata: {name: r}\nspec: {}", "unknown kind"),
+            (
+                "kind: role\nversion: v7\nmetadata: {name: r}\nspec: {allow: {rules: [{resources: [device], verbs: [fly]}]}}",
+                "unknown verb",
+            ),
+            (
+                "kind: role\nversion: v7\nmetadata: {name: r}\nspec: {options: {device_trust_mode: maybe}}",
+                "unknown device trust mode",
+            ),
+            ("kind: user\nversion: v9\nmetadata: {name: u}\nspec: {}", "unsupported version"),
+            ("kind: user\nversion: v2\nmetadata: {name: 'a b'}\nspec: {}", "contains"),
+            ("kind: lock\nversion: v2\nmetadata: {name: l}\nspec: {target: {}}", "at least one"),
+            ("kind: user\nversion: v2\nmetadata: {name: u, nam: x}\nspec: {}", "nam"),
+        ];
+        for (text, want) in cases {
+            let err = AnyResource::parse_documents(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: error {err:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn kind_aliases() {
+        assert_eq!(Kind::parse("users").unwrap(), Kind::User);
+        assert_eq!(Kind::parse("cap").unwrap(), Kind::ClusterAuthPreference);
+        assert!(Kind::parse("widgets").is_err());
+    }
+
+    #[test]
+    fn lock_target_display_matches_the_ssh_message_shape() {
+        let t = LockTarget { device: Some("abc".into()), ..Default::default() };
+        assert_eq!(t.to_string(), "Device:\"abc\"");
+    }
+
+    #[test]
+    fn unknown_mode_survives_a_read_but_not_a_write() {
+        let m: DeviceTrustMode = serde_json::from_str("\"sometimes\"").unwrap();
+        assert_eq!(m, DeviceTrustMode::Unknown("sometimes".into()));
+        assert!(m.check().is_err());
+    }
+}
