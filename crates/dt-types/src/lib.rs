@@ -14,7 +14,7 @@ pub mod secret;
 
 pub use duration::DurationStr;
 pub use resource::{
-    AnyResource, ClusterAuthPreference, DeviceTrustMode, Kind, LockTarget, Metadata, ResourceError,
-    Role, Rule, Token, User, Verb,
+    AnyResource, ClusterAuthPreference, Device, DeviceTrustMode, Kind, Lock, LockTarget, Metadata,
+    ResourceError, Role, Rule, Token, User, Verb,
 };
 pub use secret::Secret;

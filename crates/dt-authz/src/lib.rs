@@ -1,0 +1,285 @@
+//! Pure access decisions. Every function here takes everything it needs as arguments and
+//! returns a [`Decision`]; nothing reads storage, the clock or the network.
+//!
+//! Guarantees:
+//! - **Deny before allow**: a deny rule, deny login or deny label match wins over any allow.
+//! - **Fail closed**: an unknown device-trust mode (e.g. written by a newer server) denies.
+//! - **One place**: the auth service, SSH nodes and the OpenSSH helper all call the same
+//!   functions, so a decision cannot differ between access paths.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use dt_types::resource::{DeviceTrustMode, LockTarget, Role, RoleConditions};
+use dt_types::{Lock, Verb};
+
+/// Default and upper bound for certificate TTL when no role says otherwise.
+pub const DEFAULT_MAX_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    Deny(DenyReason),
+}
+
+impl Decision {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Decision::Allow)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    /// No role grants the verb on the resource, or a deny rule matches.
+    NotPermitted { resource: String, verb: Verb },
+    /// The cluster-wide mode requires a trusted device and the identity has none.
+    ClusterRequiresTrustedDevice,
+    /// A granting role requires a trusted device and the identity has none.
+    RoleRequiresTrustedDevice { role: String },
+    /// A mode this build does not know: fail closed.
+    UnknownDeviceTrustMode(String),
+    /// No role allows this login on this node (or a deny matched).
+    LoginNotAllowed { login: String, node: String },
+    /// A lock is in force.
+    Locked { lock: String, target: String, message: Option<String> },
+}
+
+impl fmt::Display for DenyReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DenyReason::NotPermitted { resource, verb } => {
+                write!(f, "access denied: your roles do not allow {verb} on {resource}")
+            }
+            DenyReason::ClusterRequiresTrustedDevice => f.write_str("unauthorized device"),
+            DenyReason::RoleRequiresTrustedDevice { role } => {
+                write!(f, "role {role:?} requires a trusted device")
+            }
+            DenyReason::UnknownDeviceTrustMode(m) => {
+                write!(f, "unknown device trust mode {m:?}: denying")
+            }
+            DenyReason::LoginNotAllowed { login, node } => {
+                write!(f, "access denied to {login} connecting to {node}")
+            }
+            DenyReason::Locked { target, .. } => {
+                write!(f, "lock targeting {target} is in force")
+            }
+        }
+    }
+}
+
+/// Who is asking: a human or a bot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Principal {
+    Human,
+    Bot,
+}
+
+/// The cluster or a role's device-trust requirement applied to one identity.
+/// `device_verified` means the identity's certificates carry a device that was authenticated.
+pub fn check_device(mode: &DeviceTrustMode, device_verified: bool, who: Principal) -> Decision {
+    match (mode, device_verified, who) {
+        (DeviceTrustMode::Off | DeviceTrustMode::Optional, _, _) => Decision::Allow,
+        (DeviceTrustMode::RequiredForHumans, _, Principal::Bot) => Decision::Allow,
+        (DeviceTrustMode::Required | DeviceTrustMode::RequiredForHumans, true, _) => Decision::Allow,
+        (DeviceTrustMode::Required | DeviceTrustMode::RequiredForHumans, false, _) => {
+            Decision::Deny(DenyReason::ClusterRequiresTrustedDevice)
+        }
+        (DeviceTrustMode::Unknown(m), _, _) => {
+            Decision::Deny(DenyReason::UnknownDeviceTrustMode(m.clone()))
+        }
+    }
+}
+
+fn rule_matches(cond: &RoleConditions, resource: &str, verb: Verb) -> bool {
+    cond.rules.iter().any(|r| {
+        r.resources.iter().any(|x| x == "*" || x == resource)
+            && r.verbs.iter().any(|v| v == "*" || v == verb.as_str())
+    })
+}
+
+/// RBAC on API calls: deny rules first, then any allow rule.
+pub fn check_rule(roles: &[Role], resource: &str, verb: Verb) -> Decision {
+    let denied = roles.iter().any(|r| rule_matches(&r.spec.deny, resource, verb));
+    let allowed = roles.iter().any(|r| rule_matches(&r.spec.allow, resource, verb));
+    if allowed && !denied {
+        Decision::Allow
+    } else {
+        Decision::Deny(DenyReason::NotPermitted { resource: resource.to_string(), verb })
+    }
+}
+
+/// Expand `{{internal.logins}}` with the user's login traits; other text is literal.
+fn expand(logins: &[String], user_logins: &[String]) -> Vec<String> {
+    let mut out = Vec::new();
+    for l in logins {
+        if l.trim() == "{{internal.logins}}" {
+            out.extend(user_logins.iter().cloned());
+        } else if !l.contains("{{") {
+            out.push(l.clone());
+        }
+        // Unknown template variables expand to nothing: a typo must not grant access.
+    }
+    out
+}
+
+/// The logins (SSH principals) a set of roles grants: allowed minus denied, sorted, unique.
+pub fn allowed_logins(roles: &[Role], user_logins: &[String]) -> Vec<String> {
+    let denied: Vec<String> =
+        roles.iter().flat_map(|r| expand(&r.spec.deny.logins, user_logins)).collect();
+    let mut allowed: Vec<String> = roles
+        .iter()
+        .flat_map(|r| expand(&r.spec.allow.logins, user_logins))
+        .filter(|l| !denied.contains(l))
+        .collect();
+    allowed.sort();
+    allowed.dedup();
+    allowed
+}
+
+/// Certificate TTL cap: the smallest `max_session_ttl` among the roles (12h default).
+pub fn max_session_ttl(roles: &[Role]) -> Duration {
+    roles
+        .iter()
+        .filter_map(|r| r.spec.options.max_session_ttl.map(|d| d.0))
+        .min()
+        .unwrap_or(DEFAULT_MAX_SESSION_TTL)
+}
+
+/// Does a label selector (`{'*': '*'}`, `{env: [dev, staging]}`) match these labels?
+pub fn labels_match(
+    selector: &BTreeMap<String, dt_types::resource::LabelValues>,
+    labels: &BTreeMap<String, String>,
+) -> bool {
+    if selector.is_empty() {
+        return false;
+    }
+    selector.iter().all(|(k, want)| {
+        if k == "*" {
+            return want.values().iter().any(|v| v == "*");
+        }
+        match labels.get(k) {
+            Some(have) => want.values().iter().any(|v| v == "*" || v == have),
+            None => false,
+        }
+    })
+}
+
+/// Everything an SSH access decision needs about the node and the identity.
+pub struct SshAccess<'a> {
+    pub login: &'a str,
+    pub node_name: &'a str,
+    pub node_labels: &'a BTreeMap<String, String>,
+    pub user: &'a str,
+    pub user_logins: &'a [String],
+    pub roles: &'a [Role],
+    pub principal: Principal,
+    pub device_verified: bool,
+    /// The certificate's device id, when it carries one.
+    pub device_id: Option<&'a str>,
+    pub cluster_mode: &'a DeviceTrustMode,
+    pub locks: &'a [Lock],
+}
+
+/// One SSH access decision: locks, cluster mode, logins and labels (deny first), then the
+/// device requirement of every role that grants this access.
+pub fn check_ssh(a: &SshAccess<'_>) -> Decision {
+    let role_names: Vec<&str> = a.roles.iter().map(|r| r.name()).collect();
+    let ctx = LockContext {
+        user: Some(a.user),
+        roles: &role_names,
+        login: Some(a.login),
+        node: Some(a.node_name),
+        device: a.device_id,
+    };
+    if let Some(lock) = first_matching_lock(a.locks, &ctx) {
+        return locked(lock);
+    }
+    if let d @ Decision::Deny(_) = check_device(a.cluster_mode, a.device_verified, a.principal) {
+        return d;
+    }
+    let denied = a.roles.iter().any(|r| {
+        expand(&r.spec.deny.logins, a.user_logins).iter().any(|l| l == a.login)
+            || labels_match(&r.spec.deny.node_labels, a.node_labels)
+    });
+    let granting: Vec<&Role> = a
+        .roles
+        .iter()
+        .filter(|r| {
+            expand(&r.spec.allow.logins, a.user_logins).iter().any(|l| l == a.login)
+                && labels_match(&r.spec.allow.node_labels, a.node_labels)
+        })
+        .collect();
+    if denied || granting.is_empty() {
+        return Decision::Deny(DenyReason::LoginNotAllowed {
+            login: a.login.to_string(),
+            node: a.node_name.to_string(),
+        });
+    }
+    for role in granting {
+        if let Some(mode) = &role.spec.options.device_trust_mode {
+            match check_device(mode, a.device_verified, a.principal) {
+                Decision::Allow => {}
+                Decision::Deny(DenyReason::ClusterRequiresTrustedDevice) => {
+                    return Decision::Deny(DenyReason::RoleRequiresTrustedDevice {
+                        role: role.name().to_string(),
+                    });
+                }
+                deny => return deny,
+            }
+        }
+    }
+    Decision::Allow
+}
+
+/// Does this user need a trusted device for anything (cluster mode or any role)?
+pub fn device_required(cluster_mode: &DeviceTrustMode, roles: &[Role], who: Principal) -> bool {
+    std::iter::once(cluster_mode)
+        .chain(roles.iter().filter_map(|r| r.spec.options.device_trust_mode.as_ref()))
+        .any(|m| !check_device(m, false, who).is_allow())
+}
+
+/// The identity a lock is matched against. `None` fields match no lock field.
+#[derive(Clone, Debug, Default)]
+pub struct LockContext<'a> {
+    pub user: Option<&'a str>,
+    pub roles: &'a [&'a str],
+    pub login: Option<&'a str>,
+    pub node: Option<&'a str>,
+    pub device: Option<&'a str>,
+}
+
+/// A lock matches when every field it sets matches the context.
+pub fn lock_matches(target: &LockTarget, ctx: &LockContext<'_>) -> bool {
+    if target.is_empty() {
+        return false;
+    }
+    let eq = |want: &Option<String>, have: Option<&str>| match want {
+        None => true,
+        Some(w) => have == Some(w.as_str()),
+    };
+    eq(&target.user, ctx.user)
+        && eq(&target.login, ctx.login)
+        && eq(&target.node, ctx.node)
+        && eq(&target.device, ctx.device)
+        && match &target.role {
+            None => true,
+            Some(r) => ctx.roles.contains(&r.as_str()),
+        }
+}
+
+/// The first lock in force for this context (callers pass only unexpired locks).
+pub fn first_matching_lock<'l>(locks: &'l [Lock], ctx: &LockContext<'_>) -> Option<&'l Lock> {
+    locks.iter().find(|l| lock_matches(&l.spec.target, ctx))
+}
+
+pub fn locked(lock: &Lock) -> Decision {
+    Decision::Deny(DenyReason::Locked {
+        lock: lock.name().to_string(),
+        target: lock.spec.target.to_string(),
+        message: lock.spec.message.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests;
