@@ -1,0 +1,308 @@
+//! The daemon's static configuration (`devtrust.yaml`). Unknown keys are errors; values are
+//! validated into [`Config`] before anything starts.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:3080";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/devtrust";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    version: Option<String>,
+    #[serde(default)]
+    cluster_name: Option<String>,
+    #[serde(default)]
+    data_dir: Option<PathBuf>,
+    #[serde(default)]
+    listen: Option<String>,
+    #[serde(default)]
+    public_addrs: Vec<String>,
+    #[serde(default)]
+    storage: Option<RawStorage>,
+    #[serde(default)]
+    log: Option<RawLog>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    conn: Option<String>,
+    #[serde(default)]
+    path: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    level: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// Embedded SQLite; `None` = `<data_dir>/devtrust.db`.
+    Sqlite { path: Option<PathBuf> },
+    /// libpq-style connection string.
+    Postgres { conn: String },
+}
+
+impl StorageConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            StorageConfig::Sqlite { .. } => "sqlite",
+            StorageConfig::Postgres { .. } => "postgres",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub cluster_name: Option<String>,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Extra DNS names / IPs for the TLS server certificate.
+    pub public_addrs: Vec<String>,
+    pub storage: StorageConfig,
+    pub log_format: LogFormat,
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            cluster_name: None,
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            // INVARIANT: DEFAULT_LISTEN is a literal socket address.
+            listen: DEFAULT_LISTEN
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 3080))),
+            public_addrs: Vec::new(),
+            storage: StorageConfig::Sqlite { path: None },
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Invalid(message) => ConfigError::Parse {
+                path: path.to_path_buf(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = if text.trim().is_empty() {
+            RawConfig::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?
+        };
+        Config::try_from(raw)
+    }
+
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        match &self.storage {
+            StorageConfig::Sqlite { path } => Some(
+                path.clone()
+                    .unwrap_or_else(|| self.data_dir.join("devtrust.db")),
+            ),
+            StorageConfig::Postgres { .. } => None,
+        }
+    }
+}
+
+impl TryFrom<RawConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(raw: RawConfig) -> Result<Self, Self::Error> {
+        let mut c = Config::default();
+        if let Some(v) = raw.version
+            && v != "v1"
+        {
+            return Err(ConfigError::Invalid(format!(
+                "unsupported version {v:?} (use v1)"
+            )));
+        }
+        if let Some(name) = raw.cluster_name {
+            dt_types::resource::validate_name(&name)
+                .map_err(|e| ConfigError::Invalid(format!("cluster_name: {e}")))?;
+            c.cluster_name = Some(name);
+        }
+        if let Some(d) = raw.data_dir {
+            c.data_dir = d;
+        }
+        if let Some(l) = raw.listen {
+            c.listen = l.parse().map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "listen: {l:?} is not an address like 127.0.0.1:3080"
+                ))
+            })?;
+        }
+        c.public_addrs = raw.public_addrs;
+        if let Some(s) = raw.storage {
+            c.storage = match s.kind.as_str() {
+                "sqlite" => {
+                    if s.conn.is_some() {
+                        return Err(ConfigError::Invalid(
+                            "storage.conn is for postgres; sqlite takes an optional storage.path"
+                                .into(),
+                        ));
+                    }
+                    StorageConfig::Sqlite { path: s.path }
+                }
+                "postgres" | "postgresql" => {
+                    let conn = s.conn.filter(|c| !c.trim().is_empty()).ok_or_else(|| {
+                        ConfigError::Invalid(
+                            "storage.conn is required for postgres, e.g. \"host=127.0.0.1 user=postgres dbname=devtrust\"".into(),
+                        )
+                    })?;
+                    if s.path.is_some() {
+                        return Err(ConfigError::Invalid("storage.path is for sqlite".into()));
+                    }
+                    StorageConfig::Postgres { conn }
+                }
+                other => {
+                    return Err(ConfigError::Invalid(format!(
+                        "storage.type {other:?} is not supported (use sqlite or postgres)"
+                    )));
+                }
+            };
+        }
+        if let Some(log) = raw.log {
+            if let Some(f) = log.format {
+                c.log_format = match f.as_str() {
+                    "text" => LogFormat::Text,
+                    "json" => LogFormat::Json,
+                    other => {
+                        return Err(ConfigError::Invalid(format!(
+                            "log.format {other:?} (use text or json)"
+                        )));
+                    }
+                };
+            }
+            if let Some(l) = log.level {
+                if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
+                    return Err(ConfigError::Invalid(format!(
+                        "log.level {l:?} (use error, warn, info, debug or trace)"
+                    )));
+                }
+                c.log_level = l;
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// The annotated sample printed by `devtrust configure`.
+pub const SAMPLE: &str = r#"# devtrust.yaml — static configuration of the devtrust auth service.
+# Validate with: devtrust check --config devtrust.yaml
+# Unknown keys are errors, so a typo never silently does nothing.
+version: v1
+
+# Name of the cluster, shown by `dtsh status` and embedded in certificates.
+# Default: this machine's hostname. Fixed at first start.
+# cluster_name: example
+
+# Where CA keys, the TLS certificate, the local admin identity and (by default) the
+# SQLite database live. Files holding keys are created with mode 0600.
+data_dir: /var/lib/devtrust
+
+# One TLS listener serves gRPC (dtsh, dtctl, nodes) and the HTTPS JSON API.
+listen: 127.0.0.1:3080
+
+# Extra DNS names or IPs clients use to reach this server (added to the TLS certificate).
+public_addrs: []
+
+# Storage: embedded SQLite (default, nothing to install) ...
+storage:
+  type: sqlite
+  # path: /var/lib/devtrust/devtrust.db
+# ... or PostgreSQL, for several auth servers sharing one cluster state:
+# storage:
+#   type: postgres
+#   conn: "host=127.0.0.1 port=5432 user=postgres dbname=devtrust"
+
+log:
+  format: text   # text | json
+  level: info    # error | warn | info | debug | trace
+"#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_is_valid() {
+        let c = Config::parse(SAMPLE).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:3080");
+        assert_eq!(c.storage.kind(), "sqlite");
+    }
+
+    #[test]
+    fn postgres_storage() {
+        let c = Config::parse("storage: {type: postgres, conn: 'host=127.0.0.1 user=postgres'}")
+            .unwrap();
+        assert_eq!(
+            c.storage,
+            StorageConfig::Postgres {
+                conn: "host=127.0.0.1 user=postgres".into()
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_bad_input_with_the_reason() {
+        for (text, want) in [
+            ("listne: 1.2.3.4:5", "listne"),
+            ("listen: nowhere", "not an address"),
+            ("storage: {type: mysql}", "not supported"),
+            ("storage: {type: postgres}", "storage.conn is required"),
+            ("storage: {type: sqlite, cnn: x}", "cnn"),
+            ("log: {format: xml}", "log.format"),
+            ("version: v9", "unsupported version"),
+        ] {
+            let err = Config::parse(text).unwrap_err().to_string();
+            assert!(err.contains(want), "{text}: {err}");
+        }
+    }
+}

@@ -1,0 +1,1044 @@
+//! The `AuthService` gRPC handlers. Each handler: who is calling (from the mTLS [`Peer`]),
+//! may they (RBAC), validate input, one atomic write with its audit event, reply.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use dt_proto::v1 as pb;
+use dt_proto::v1::auth_service_server::AuthService;
+use dt_store::{Condition, Op, StoreError};
+use dt_types::audit::{AuditEvent, CertInfo, EventType};
+use dt_types::resource::Resource;
+use dt_types::resource::{RoleSpec, TokenRole, TokenSpec, Traits, UserSpec};
+use dt_types::{AnyResource, Kind, Role, User, Verb};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+
+use crate::audit::EventFilter;
+use crate::error::{ApiError, ApiResult};
+use crate::keys;
+use crate::listener::Peer;
+use crate::server::{AuthServer, LOCAL_ADMIN, VERSION};
+
+pub const DEFAULT_SIGNUP_TTL: Duration = Duration::from_secs(3600);
+pub const MAX_SIGNUP_TTL: Duration = Duration::from_secs(7 * 86400);
+pub const MIN_PASSWORD_LEN: usize = 8;
+const MIN_CERT_TTL: Duration = Duration::from_secs(60);
+
+/// An authenticated caller and its roles.
+pub struct Caller {
+    pub identity: Arc<dt_ca::Identity>,
+    pub roles: Vec<Role>,
+    pub peer: Peer,
+}
+
+impl Caller {
+    pub fn name(&self) -> &str {
+        &self.identity.username
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcAuth {
+    pub srv: Arc<AuthServer>,
+}
+
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    hex_lower(&Sha256::digest(s.as_bytes()))
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn peer_of<T>(req: &Request<T>) -> ApiResult<Peer> {
+    req.extensions()
+        .get::<Peer>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal("request without connection info"))
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(ApiError::internal)
+}
+
+impl AuthServer {
+    /// The caller of an authenticated API call, or `Unauthenticated` with what to do.
+    pub async fn caller(&self, peer: Peer) -> ApiResult<Caller> {
+        let Some(identity) = peer.identity.clone() else {
+            return Err(ApiError::Unauthenticated(
+                "this call needs a signed-in identity: run `dtsh login`, or use `dtctl --data-dir DIR` on the auth host".into(),
+            ));
+        };
+        if identity.username != LOCAL_ADMIN
+            && self
+                .get_resource::<UserSpec>(&identity.username)
+                .await?
+                .is_none()
+        {
+            return Err(ApiError::Unauthenticated(format!(
+                "user {:?} no longer exists; ask an admin",
+                identity.username
+            )));
+        }
+        let roles = self.resolve_roles(&identity.roles).await?;
+        let role_names: Vec<&str> = identity.roles.iter().map(String::as_str).collect();
+        let locks = self.active_locks().await?;
+        let ctx = dt_authz::LockContext {
+            user: Some(&identity.username),
+            roles: &role_names,
+            ..Default::default()
+        };
+        if let Some(lock) = dt_authz::first_matching_lock(&locks, &ctx) {
+            return Err(ApiError::PermissionDenied(lock_message(lock)));
+        }
+        Ok(Caller {
+            identity,
+            roles,
+            peer,
+        })
+    }
+
+    pub fn authorize(&self, caller: &Caller, resource: &str, verb: Verb) -> ApiResult<()> {
+        match dt_authz::check_rule(&caller.roles, resource, verb) {
+            dt_authz::Decision::Allow => Ok(()),
+            dt_authz::Decision::Deny(reason) => Err(ApiError::PermissionDenied(format!(
+                "{reason}; ask an admin for a role that grants it"
+            ))),
+        }
+    }
+
+    /// Issue SSH + X.509 certificates for a user's client key.
+    pub async fn issue_user_certs(
+        &self,
+        user: &User,
+        ssh_public_key: &str,
+        tls_spki: &[u8],
+        requested_ttl: Option<Duration>,
+        remote: &str,
+    ) -> ApiResult<pb::LoginResponse> {
+        let ssh_key = check_client_keys(ssh_public_key, tls_spki)?;
+        let roles = self.resolve_roles(&user.spec.roles).await?;
+        let role_names: Vec<String> = roles.iter().map(|r| r.metadata.name.clone()).collect();
+        let role_refs: Vec<&str> = role_names.iter().map(String::as_str).collect();
+        let locks = self.active_locks().await?;
+        let ctx = dt_authz::LockContext {
+            user: Some(user.name()),
+            roles: &role_refs,
+            ..Default::default()
+        };
+        if let Some(lock) = dt_authz::first_matching_lock(&locks, &ctx) {
+            self.audit
+                .emit(
+                    AuditEvent::new(EventType::CertCreate, false, OffsetDateTime::now_utc())
+                        .user(user.name())
+                        .message(format!("refused: {}", lock_message(lock)))
+                        .remote_addr(remote),
+                )
+                .await?;
+            return Err(ApiError::PermissionDenied(lock_message(lock)));
+        }
+        let max = dt_authz::max_session_ttl(&roles);
+        let ttl = requested_ttl.unwrap_or(max).min(max).max(MIN_CERT_TTL);
+        let logins = dt_authz::allowed_logins(&roles, &user.spec.traits.logins);
+        let now = OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap_or(OffsetDateTime::now_utc());
+        let identity = dt_ca::Identity {
+            username: user.name().to_string(),
+            roles: role_names.clone(),
+            logins: logins.clone(),
+            bot: user.spec.bot,
+            device: None,
+            not_before: now - time::Duration::minutes(1),
+            not_after: now + ttl,
+        };
+        let ssh_cert = self
+            .user_ca
+            .issue_ssh_user_cert(&ssh_key, &identity)
+            .map_err(ApiError::internal)?;
+        let tls_cert = self
+            .user_ca
+            .issue_x509_client_cert(tls_spki, &identity)
+            .map_err(ApiError::internal)?;
+        let ssh_text = ssh_cert.to_openssh().map_err(ApiError::internal)?;
+        self.audit
+            .emit(
+                AuditEvent::new(EventType::CertCreate, true, now)
+                    .user(user.name())
+                    .cert(CertInfo {
+                        cert_type: if user.spec.bot {
+                            "bot".into()
+                        } else {
+                            "user".into()
+                        },
+                        serial: String::new(),
+                        roles: role_names.clone(),
+                        logins: logins.clone(),
+                        not_after: identity.not_after,
+                    })
+                    .remote_addr(remote),
+            )
+            .await?;
+        Ok(pb::LoginResponse {
+            ssh_cert: ssh_text,
+            tls_cert_der: tls_cert,
+            user_ca_cert_der: self.user_ca.cert_der().to_vec(),
+            host_ca_cert_der: self.host_ca.cert_der().to_vec(),
+            host_ca_ssh_public_key: self.host_ca.ssh_public_key_openssh(),
+            cluster_name: self.cluster_name.clone(),
+            roles: role_names,
+            logins,
+            valid_until_unix: identity.not_after.unix_timestamp(),
+        })
+    }
+
+    async fn login(&self, req: pb::LoginRequest, peer: Peer) -> ApiResult<pb::LoginResponse> {
+        let remote = peer.addr.ip().to_string();
+        let username = req.username.trim().to_string();
+        if username.is_empty() {
+            return Err(ApiError::InvalidArgument("--user is required".into()));
+        }
+        if !req.bot_token.is_empty() {
+            return Err(ApiError::FailedPrecondition(
+                "bot join is not supported by this server yet".into(),
+            ));
+        }
+        let limiter_key = format!("{username}@{remote}");
+        if let Err(wait) = self.login_failures.check(&limiter_key) {
+            self.audit
+                .emit(
+                    AuditEvent::new(EventType::UserLogin, false, OffsetDateTime::now_utc())
+                        .user(&username)
+                        .message("too many failed attempts (rate limited)")
+                        .remote_addr(&remote),
+                )
+                .await?;
+            return Err(ApiError::TooMany(format!(
+                "too many failed login attempts for {username}; try again in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
+        let fail = |reason: &'static str| {
+            let (limiter_key, username, remote) =
+                (limiter_key.clone(), username.clone(), remote.clone());
+            async move {
+                self.login_failures.record_failure(&limiter_key);
+                self.audit
+                    .emit(
+                        AuditEvent::new(EventType::UserLogin, false, OffsetDateTime::now_utc())
+                            .user(&username)
+                            .message(reason)
+                            .remote_addr(&remote),
+                    )
+                    .await
+                    .map_err(ApiError::from)
+            }
+        };
+        let user = match self.get_resource::<UserSpec>(&username).await? {
+            Some((u, _)) => u,
+            None => {
+                fail("unknown user").await?;
+                return Err(bad_credentials(!req.signup_token.is_empty()));
+            }
+        };
+        let ttl = (req.ttl_seconds > 0).then(|| Duration::from_secs(req.ttl_seconds));
+
+        if !req.signup_token.is_empty() {
+            let key = keys::signup_token(&sha256_hex(&req.signup_token));
+            let Some(item) = self.backend.get(&key).await? else {
+                fail("invalid, used or expired signup token").await?;
+                return Err(bad_credentials(true));
+            };
+            if item.value != username.as_bytes() {
+                fail("signup token issued for another user").await?;
+                return Err(bad_credentials(true));
+            }
+            if req.new_password.chars().count() < MIN_PASSWORD_LEN {
+                return Err(ApiError::InvalidArgument(format!(
+                    "choose a password of at least {MIN_PASSWORD_LEN} characters"
+                )));
+            }
+            let hash = hash_password(req.new_password.clone()).await?;
+            // Spend the token and set the password in one write; the Revision condition
+            // makes a concurrent second use of the same token fail.
+            let result = self
+                .audit
+                .write_with(
+                    vec![Condition::Revision(key.clone(), item.revision)],
+                    vec![
+                        Op::Delete { key },
+                        Op::Put {
+                            key: keys::password(&username),
+                            value: hash.into_bytes(),
+                            expires: None,
+                        },
+                    ],
+                    AuditEvent::new(
+                        EventType::UserPasswordChange,
+                        true,
+                        OffsetDateTime::now_utc(),
+                    )
+                    .user(&username)
+                    .message("password set with a signup token")
+                    .remote_addr(&remote),
+                )
+                .await;
+            match result {
+                Ok(_) => {}
+                Err(StoreError::ConditionFailed { .. }) => {
+                    fail("signup token already used").await?;
+                    return Err(bad_credentials(true));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            let stored = self.backend.get(&keys::password(&username)).await?;
+            let ok = match stored {
+                Some(item) => {
+                    let hash = String::from_utf8(item.value).map_err(ApiError::internal)?;
+                    verify_password(req.password.clone(), hash).await?
+                }
+                None => {
+                    // Same cost as a real check, so timing does not reveal password-less users.
+                    let _ = hash_password(req.password.clone()).await;
+                    false
+                }
+            };
+            if !ok {
+                fail("invalid password").await?;
+                return Err(bad_credentials(false));
+            }
+        }
+        self.login_failures.reset(&format!("{username}@{remote}"));
+        let resp = self
+            .issue_user_certs(
+                &user,
+                &req.ssh_public_key,
+                &req.tls_public_key_der,
+                ttl,
+                &remote,
+            )
+            .await?;
+        self.audit
+            .emit(
+                AuditEvent::new(EventType::UserLogin, true, OffsetDateTime::now_utc())
+                    .user(&username)
+                    .remote_addr(&remote),
+            )
+            .await?;
+        Ok(resp)
+    }
+
+    fn resource_json(&self, r: &AnyResource, revision: i64) -> pb::ResourceJson {
+        let mut r = r.clone();
+        r.metadata_mut().revision = Some(revision.to_string());
+        pb::ResourceJson {
+            kind: r.kind().as_str().into(),
+            json: r.to_json_value().to_string(),
+        }
+    }
+
+    async fn get_any(&self, kind: Kind, name: &str) -> ApiResult<Option<(AnyResource, i64)>> {
+        let Some(item) = self.backend.get(&keys::resource(kind, name)).await? else {
+            return Ok(None);
+        };
+        let value: serde_json::Value =
+            serde_json::from_slice(&item.value).map_err(ApiError::internal)?;
+        // Stored documents were validated on write; re-validation failures mean a newer
+        // server wrote something this one can't read.
+        let r = AnyResource::from_json_value(value).map_err(ApiError::internal)?;
+        Ok(Some((r, item.revision)))
+    }
+
+    async fn upsert(
+        &self,
+        caller: &Caller,
+        req: pb::UpsertResourceRequest,
+    ) -> ApiResult<pb::UpsertResourceResponse> {
+        let value: serde_json::Value = serde_json::from_str(&req.json)
+            .map_err(|e| ApiError::InvalidArgument(format!("resource is not valid JSON: {e}")))?;
+        let mut res = AnyResource::from_json_value(value)
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let kind = res.kind();
+        let name = res.name().to_string();
+        if kind == Kind::Device {
+            return Err(ApiError::FailedPrecondition(
+                "devices are managed with `dtctl devices add|rm|enroll` on this server".into(),
+            ));
+        }
+        let existing = self.backend.get(&keys::resource(kind, &name)).await?;
+        let verb = if existing.is_some() {
+            Verb::Update
+        } else {
+            Verb::Create
+        };
+        self.authorize(caller, kind.as_str(), verb)?;
+        if existing.is_some() && !req.force && req.expected_revision == 0 {
+            return Err(ApiError::AlreadyExists(format!(
+                "{kind} {name:?} already exists; use --force to overwrite it"
+            )));
+        }
+        let now = OffsetDateTime::now_utc();
+        match &mut res {
+            AnyResource::User(u) => {
+                if name == LOCAL_ADMIN {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "{LOCAL_ADMIN:?} is a reserved name"
+                    )));
+                }
+                for role in &u.spec.roles {
+                    if self.get_resource::<RoleSpec>(role).await?.is_none() {
+                        return Err(ApiError::InvalidArgument(format!(
+                            "user {name:?}: role {role:?} does not exist; create it first"
+                        )));
+                    }
+                }
+            }
+            AnyResource::Lock(l) => {
+                if l.spec.created_by.is_none() {
+                    l.spec.created_by = Some(caller.name().to_string());
+                }
+                if l.spec.created_at.is_none() {
+                    l.spec.created_at = Some(now);
+                }
+            }
+            _ => {}
+        }
+        let expires = res.metadata().expires;
+        if expires.is_some_and(|e| e <= now) {
+            return Err(ApiError::InvalidArgument(
+                "metadata.expires is in the past".into(),
+            ));
+        }
+        res.metadata_mut().revision = None;
+        let value = res.to_json_value().to_string().into_bytes();
+        let key = keys::resource(kind, &name);
+        let condition = if req.expected_revision != 0 {
+            Condition::Revision(key.clone(), req.expected_revision)
+        } else if req.force {
+            // Overwrite whatever is there (or create).
+            match &existing {
+                Some(item) => Condition::Revision(key.clone(), item.revision),
+                None => Condition::NotExists(key.clone()),
+            }
+        } else {
+            Condition::NotExists(key.clone())
+        };
+        let event_type = match (kind, existing.is_some()) {
+            (Kind::User, false) => EventType::UserCreate,
+            (Kind::User, true) => EventType::UserUpdate,
+            (Kind::Lock, false) => EventType::LockCreate,
+            (_, false) => EventType::ResourceCreate,
+            (_, true) => EventType::ResourceUpdate,
+        };
+        let mut event = AuditEvent::new(event_type, true, now)
+            .user(caller.name())
+            .resource(kind.as_str(), &name)
+            .remote_addr(caller.peer.addr.ip().to_string());
+        if let AnyResource::Lock(l) = &res {
+            event.lock = Some(name.clone());
+            event.message = Some(format!("lock targeting {}", l.spec.target));
+        }
+        match self
+            .audit
+            .write_with(
+                vec![condition],
+                vec![Op::Put {
+                    key,
+                    value,
+                    expires,
+                }],
+                event,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::ConditionFailed { .. }) => {
+                return Err(ApiError::Conflict(format!(
+                    "{kind} {name:?} was changed by someone else meanwhile; read it again and retry"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        Ok(pb::UpsertResourceResponse {
+            kind: kind.as_str().into(),
+            name,
+            created: existing.is_none(),
+        })
+    }
+
+    async fn delete(&self, caller: &Caller, kind: Kind, name: &str) -> ApiResult<()> {
+        self.authorize(caller, kind.as_str(), Verb::Delete)?;
+        if kind == Kind::ClusterAuthPreference {
+            return Err(ApiError::InvalidArgument(
+                "the cluster auth preference can't be removed; use `dtctl edit cluster_auth_preference`".into(),
+            ));
+        }
+        if kind == Kind::Device {
+            return Err(ApiError::FailedPrecondition(
+                "remove devices with `dtctl devices rm`".into(),
+            ));
+        }
+        let key = keys::resource(kind, name);
+        let Some(item) = self.backend.get(&key).await? else {
+            return Err(ApiError::NotFound(format!("{kind} {name:?} not found")));
+        };
+        let mut ops = vec![Op::Delete { key: key.clone() }];
+        let event_type = match kind {
+            Kind::User => {
+                ops.push(Op::Delete {
+                    key: keys::password(name),
+                });
+                EventType::UserDelete
+            }
+            Kind::Lock => EventType::LockDelete,
+            _ => EventType::ResourceDelete,
+        };
+        if kind == Kind::Token
+            && let Ok(tok) = serde_json::from_slice::<Resource<TokenSpec>>(&item.value)
+        {
+            ops.push(Op::Delete {
+                key: keys::join_token_index(&tok.spec.token_hash),
+            });
+        }
+        let mut event = AuditEvent::new(event_type, true, OffsetDateTime::now_utc())
+            .user(caller.name())
+            .resource(kind.as_str(), name)
+            .remote_addr(caller.peer.addr.ip().to_string());
+        if kind == Kind::Lock {
+            event.lock = Some(name.to_string());
+        }
+        match self
+            .audit
+            .write_with(vec![Condition::Revision(key, item.revision)], ops, event)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(StoreError::ConditionFailed { .. }) => Err(ApiError::Conflict(format!(
+                "{kind} {name:?} changed meanwhile; try again"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn new_signup_token(
+        &self,
+        name: &str,
+        ttl_seconds: u64,
+    ) -> ApiResult<(String, OffsetDateTime, Op)> {
+        let ttl = if ttl_seconds == 0 {
+            DEFAULT_SIGNUP_TTL
+        } else {
+            Duration::from_secs(ttl_seconds)
+        };
+        if ttl > MAX_SIGNUP_TTL {
+            return Err(ApiError::InvalidArgument(
+                "signup token TTL is at most 7d".into(),
+            ));
+        }
+        let token = random_token();
+        let expires = OffsetDateTime::now_utc() + ttl;
+        let op = Op::Put {
+            key: keys::signup_token(&sha256_hex(&token)),
+            value: name.as_bytes().to_vec(),
+            expires: Some(expires),
+        };
+        Ok((token, expires, op))
+    }
+
+    async fn create_user(
+        &self,
+        caller: &Caller,
+        req: pb::CreateUserRequest,
+    ) -> ApiResult<pb::CreateUserResponse> {
+        self.authorize(caller, "user", Verb::Create)?;
+        if req.name == LOCAL_ADMIN {
+            return Err(ApiError::InvalidArgument(format!(
+                "{LOCAL_ADMIN:?} is a reserved name"
+            )));
+        }
+        if req.roles.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "give the user at least one role with --roles (e.g. --roles=access)".into(),
+            ));
+        }
+        for role in &req.roles {
+            if self.get_resource::<RoleSpec>(role).await?.is_none() {
+                return Err(ApiError::InvalidArgument(format!(
+                    "role {role:?} does not exist (see `dtctl get roles`)"
+                )));
+            }
+        }
+        let mut user: User = Resource::new(
+            req.name.clone(),
+            UserSpec {
+                roles: req.roles.clone(),
+                traits: Traits {
+                    logins: req.logins.clone(),
+                },
+                created_by: Some(caller.name().to_string()),
+                created_at: Some(OffsetDateTime::now_utc()),
+                bot: false,
+            },
+        );
+        user.metadata.revision = None;
+        AnyResource::User(user.clone())
+            .validate()
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let (token, expires, token_op) = self
+            .new_signup_token(&req.name, req.token_ttl_seconds)
+            .await?;
+        let key = keys::resource(Kind::User, &req.name);
+        let result = self
+            .audit
+            .write_with(
+                vec![Condition::NotExists(key.clone())],
+                vec![
+                    Op::Put {
+                        key,
+                        value: to_json(&user)?,
+                        expires: None,
+                    },
+                    token_op,
+                ],
+                AuditEvent::new(EventType::UserCreate, true, OffsetDateTime::now_utc())
+                    .user(caller.name())
+                    .resource("user", &req.name)
+                    .remote_addr(caller.peer.addr.ip().to_string()),
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(pb::CreateUserResponse {
+                signup_token: token,
+                expires_unix: expires.unix_timestamp(),
+            }),
+            Err(StoreError::ConditionFailed { .. }) => Err(ApiError::AlreadyExists(format!(
+                "user {:?} already exists; use `dtctl users reset {}` for a new signup token",
+                req.name, req.name
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn reset_user(
+        &self,
+        caller: &Caller,
+        req: pb::ResetUserRequest,
+    ) -> ApiResult<pb::CreateUserResponse> {
+        self.authorize(caller, "user", Verb::Update)?;
+        let key = keys::resource(Kind::User, &req.name);
+        let Some(item) = self.backend.get(&key).await? else {
+            return Err(ApiError::NotFound(format!("user {:?} not found", req.name)));
+        };
+        let (token, expires, token_op) = self
+            .new_signup_token(&req.name, req.token_ttl_seconds)
+            .await?;
+        self.audit
+            .write_with(
+                vec![Condition::Revision(key, item.revision)],
+                vec![
+                    Op::Delete {
+                        key: keys::password(&req.name),
+                    },
+                    token_op,
+                ],
+                AuditEvent::new(EventType::UserUpdate, true, OffsetDateTime::now_utc())
+                    .user(caller.name())
+                    .resource("user", &req.name)
+                    .message("password reset; signup token issued"),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::ConditionFailed { .. } => {
+                    ApiError::Conflict("user changed meanwhile; try again".into())
+                }
+                other => other.into(),
+            })?;
+        Ok(pb::CreateUserResponse {
+            signup_token: token,
+            expires_unix: expires.unix_timestamp(),
+        })
+    }
+
+    async fn create_join_token(
+        &self,
+        caller: &Caller,
+        req: pb::CreateJoinTokenRequest,
+    ) -> ApiResult<pb::CreateJoinTokenResponse> {
+        self.authorize(caller, "token", Verb::Create)?;
+        let role = match req.r#type.as_str() {
+            "node" => TokenRole::Node,
+            "bot" => TokenRole::Bot,
+            other => {
+                return Err(ApiError::InvalidArgument(format!(
+                    "token type {other:?} (use node or bot)"
+                )));
+            }
+        };
+        let ttl = if req.ttl_seconds == 0 {
+            Duration::from_secs(1800)
+        } else {
+            Duration::from_secs(req.ttl_seconds)
+        };
+        let token = random_token();
+        let hash = sha256_hex(&token);
+        let name = hash[..16].to_string();
+        let expires = OffsetDateTime::now_utc() + ttl;
+        let mut res: Resource<TokenSpec> = Resource::new(
+            name.clone(),
+            TokenSpec {
+                roles: vec![role],
+                bot_name: (role == TokenRole::Bot).then(|| req.bot_name.clone()),
+                token_hash: hash.clone(),
+            },
+        );
+        res.metadata.expires = Some(expires);
+        AnyResource::Token(res.clone())
+            .validate()
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let key = keys::resource(Kind::Token, &name);
+        self.audit
+            .write_with(
+                vec![Condition::NotExists(key.clone())],
+                vec![
+                    Op::Put {
+                        key,
+                        value: to_json(&res)?,
+                        expires: Some(expires),
+                    },
+                    Op::Put {
+                        key: keys::join_token_index(&hash),
+                        value: name.clone().into_bytes(),
+                        expires: Some(expires),
+                    },
+                ],
+                AuditEvent::new(EventType::JoinTokenCreate, true, OffsetDateTime::now_utc())
+                    .user(caller.name())
+                    .resource("token", &name)
+                    .message(format!("{} join token", req.r#type)),
+            )
+            .await?;
+        Ok(pb::CreateJoinTokenResponse {
+            token,
+            name,
+            expires_unix: expires.unix_timestamp(),
+        })
+    }
+}
+
+pub fn lock_message(lock: &dt_types::Lock) -> String {
+    let mut m = format!("lock targeting {} is in force", lock.spec.target);
+    if let Some(msg) = &lock.spec.message {
+        m.push_str(&format!(": {msg}"));
+    }
+    m
+}
+
+fn bad_credentials(signup: bool) -> ApiError {
+    if signup {
+        ApiError::Unauthenticated(
+            "invalid, used or expired signup token; ask an admin for a new one (`dtctl users reset NAME`)".into(),
+        )
+    } else {
+        ApiError::Unauthenticated("invalid username or password".into())
+    }
+}
+
+async fn hash_password(password: String) -> ApiResult<String> {
+    tokio::task::spawn_blocking(move || {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let mut salt_bytes = [0u8; 16];
+        rand::rng().fill_bytes(&mut salt_bytes);
+        let salt = SaltString::encode_b64(&salt_bytes).map_err(ApiError::internal)?;
+        argon2::Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(ApiError::internal)
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+async fn verify_password(password: String, hash: String) -> ApiResult<bool> {
+    tokio::task::spawn_blocking(move || {
+        use argon2::password_hash::{PasswordHash, PasswordVerifier};
+        let parsed = PasswordHash::new(&hash).map_err(ApiError::internal)?;
+        Ok(argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok())
+    })
+    .await
+    .map_err(ApiError::internal)?
+}
+
+/// The SSH public key and the TLS SubjectPublicKeyInfo must be the same P-256 key.
+fn check_client_keys(ssh_public_key: &str, spki_der: &[u8]) -> ApiResult<ssh_key::PublicKey> {
+    let bad = |why: &str| ApiError::InvalidArgument(format!("client public key: {why}"));
+    let ssh = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
+        .map_err(|_| bad("not an OpenSSH public key"))?;
+    let Some(ssh_key::public::EcdsaPublicKey::NistP256(point)) = ssh.key_data().ecdsa() else {
+        return Err(bad("must be ECDSA P-256"));
+    };
+    let (rest, spki) = <x509_parser::x509::SubjectPublicKeyInfo as x509_parser::prelude::FromDer<
+        _,
+    >>::from_der(spki_der)
+    .map_err(|_| bad("TLS public key is not a SubjectPublicKeyInfo"))?;
+    if !rest.is_empty() {
+        return Err(bad("trailing bytes after the TLS public key"));
+    }
+    if spki.subject_public_key.data.as_ref() != point.as_bytes() {
+        return Err(bad("the SSH and TLS public keys differ"));
+    }
+    Ok(ssh)
+}
+
+#[tonic::async_trait]
+impl AuthService for GrpcAuth {
+    async fn ping(
+        &self,
+        _req: Request<pb::PingRequest>,
+    ) -> Result<Response<pb::PingResponse>, Status> {
+        let cap = self.srv.cap().await?;
+        Ok(Response::new(pb::PingResponse {
+            cluster_name: self.srv.cluster_name.clone(),
+            server_version: VERSION.into(),
+            host_ca_pin: self.srv.host_ca.pin(),
+            user_ca_pin: self.srv.user_ca.pin(),
+            device_trust_mode: cap.spec.device_trust.mode.to_string(),
+            auto_enroll: cap.spec.device_trust.auto_enroll,
+        }))
+    }
+
+    async fn login(
+        &self,
+        req: Request<pb::LoginRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let peer = peer_of(&req)?;
+        Ok(Response::new(self.srv.login(req.into_inner(), peer).await?))
+    }
+
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let cap = self.srv.cap().await?;
+        let who = if caller.identity.bot {
+            dt_authz::Principal::Bot
+        } else {
+            dt_authz::Principal::Human
+        };
+        let id = &caller.identity;
+        Ok(Response::new(pb::WhoAmIResponse {
+            username: id.username.clone(),
+            roles: id.roles.clone(),
+            logins: id.logins.clone(),
+            bot: id.bot,
+            device_id: id
+                .device
+                .as_ref()
+                .map(|d| d.device_id.clone())
+                .unwrap_or_default(),
+            device_trust_mode: cap.spec.device_trust.mode.to_string(),
+            auto_enroll: cap.spec.device_trust.auto_enroll,
+            device_required: dt_authz::device_required(
+                &cap.spec.device_trust.mode,
+                &caller.roles,
+                who,
+            ),
+            valid_until_unix: id.not_after.unix_timestamp(),
+        }))
+    }
+
+    async fn status(
+        &self,
+        req: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        self.srv.caller(peer_of(&req)?).await?;
+        Ok(Response::new(pb::StatusResponse {
+            cluster_name: self.srv.cluster_name.clone(),
+            server_version: VERSION.into(),
+            storage_type: self.srv.backend.kind().into(),
+            schema_version: self
+                .srv
+                .backend
+                .schema_version()
+                .await
+                .map_err(ApiError::from)?,
+            user_ca_pin: self.srv.user_ca.pin(),
+            host_ca_pin: self.srv.host_ca.pin(),
+        }))
+    }
+
+    async fn upsert_resource(
+        &self,
+        req: Request<pb::UpsertResourceRequest>,
+    ) -> Result<Response<pb::UpsertResourceResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        Ok(Response::new(
+            self.srv.upsert(&caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn get_resource(
+        &self,
+        req: Request<pb::GetResourceRequest>,
+    ) -> Result<Response<pb::ResourceJson>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let req = req.into_inner();
+        let kind = Kind::parse(&req.kind).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        self.srv.authorize(&caller, kind.as_str(), Verb::Read)?;
+        match self.srv.get_any(kind, &req.name).await? {
+            Some((r, rev)) => Ok(Response::new(self.srv.resource_json(&r, rev))),
+            None => Err(ApiError::NotFound(format!("{kind} {:?} not found", req.name)).into()),
+        }
+    }
+
+    async fn list_resources(
+        &self,
+        req: Request<pb::ListResourcesRequest>,
+    ) -> Result<Response<pb::ListResourcesResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let req = req.into_inner();
+        let kind = Kind::parse(&req.kind).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        self.srv.authorize(&caller, kind.as_str(), Verb::List)?;
+        let limit = if req.limit == 0 {
+            200
+        } else {
+            req.limit.min(1000)
+        } as usize;
+        let prefix = keys::resource_prefix(kind);
+        let start = (!req.start_after.is_empty()).then(|| keys::resource(kind, &req.start_after));
+        let page = self
+            .srv
+            .backend
+            .range(&prefix, start.as_deref(), limit)
+            .await
+            .map_err(ApiError::from)?;
+        let mut out = Vec::with_capacity(page.items.len());
+        for item in page.items {
+            let value: serde_json::Value =
+                serde_json::from_slice(&item.value).map_err(ApiError::internal)?;
+            match AnyResource::from_json_value(value) {
+                Ok(r) => out.push(self.srv.resource_json(&r, item.revision)),
+                Err(e) => {
+                    tracing::warn!(key = %item.key, error = %e, "skipping unreadable resource")
+                }
+            }
+        }
+        let next = page
+            .next
+            .map(|k| k.trim_start_matches(&prefix).to_string())
+            .unwrap_or_default();
+        Ok(Response::new(pb::ListResourcesResponse {
+            resources: out,
+            next,
+        }))
+    }
+
+    async fn delete_resource(
+        &self,
+        req: Request<pb::DeleteResourceRequest>,
+    ) -> Result<Response<pb::DeleteResourceResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let req = req.into_inner();
+        let kind = Kind::parse(&req.kind).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        self.srv.delete(&caller, kind, &req.name).await?;
+        Ok(Response::new(pb::DeleteResourceResponse {}))
+    }
+
+    async fn create_user(
+        &self,
+        req: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        Ok(Response::new(
+            self.srv.create_user(&caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn reset_user(
+        &self,
+        req: Request<pb::ResetUserRequest>,
+    ) -> Result<Response<pb::CreateUserResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        Ok(Response::new(
+            self.srv.reset_user(&caller, req.into_inner()).await?,
+        ))
+    }
+
+    async fn create_join_token(
+        &self,
+        req: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        Ok(Response::new(
+            self.srv
+                .create_join_token(&caller, req.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn search_events(
+        &self,
+        req: Request<pb::SearchEventsRequest>,
+    ) -> Result<Response<pb::SearchEventsResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        self.srv.authorize(&caller, "event", Verb::List)?;
+        let req = req.into_inner();
+        let event = if req.r#type.is_empty() {
+            None
+        } else {
+            Some(EventType::parse(&req.r#type).ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "unknown event type {:?} (e.g. user.login, device.enroll)",
+                    req.r#type
+                ))
+            })?)
+        };
+        let since = if req.since_unix_ms > 0 {
+            Some(
+                OffsetDateTime::from_unix_timestamp_nanos(req.since_unix_ms as i128 * 1_000_000)
+                    .map_err(|_| ApiError::InvalidArgument("bad --since".into()))?,
+            )
+        } else {
+            None
+        };
+        let filter = EventFilter {
+            since,
+            event,
+            user: (!req.user.is_empty()).then_some(req.user),
+            device: (!req.device.is_empty()).then_some(req.device),
+        };
+        let limit = if req.limit == 0 {
+            500
+        } else {
+            req.limit.min(5000)
+        } as usize;
+        let start = (!req.start_after.is_empty()).then_some(req.start_after.as_str());
+        let (events, next) = self
+            .srv
+            .audit
+            .search(&filter, start, limit)
+            .await
+            .map_err(ApiError::from)?;
+        let events = events
+            .iter()
+            .map(|e| serde_json::to_string(e).map_err(ApiError::internal))
+            .collect::<ApiResult<Vec<_>>>()?;
+        Ok(Response::new(pb::SearchEventsResponse {
+            events,
+            next: next.unwrap_or_default(),
+        }))
+    }
+}

@@ -1,0 +1,31 @@
+//! The devtrust auth service: gRPC and an HTTPS JSON API on one TLS listener, storage,
+//! certificate authorities and the audit log.
+//!
+//! What it guarantees: identity comes only from a client certificate the user CA issued
+//! (never from request bytes); every API call passes RBAC (deny before allow) and the lock
+//! check; every change and its audit event are written in one transaction.
+
+use std::sync::Arc;
+
+pub mod audit;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod keys;
+pub mod listener;
+pub mod presets;
+pub mod ratelimit;
+pub mod server;
+
+pub use server::AuthServer;
+
+/// gRPC services and the JSON API as one router.
+pub fn router(srv: Arc<AuthServer>) -> axum::Router {
+    let grpc =
+        tonic::service::Routes::new(dt_proto::v1::auth_service_server::AuthServiceServer::new(
+            grpc::GrpcAuth { srv: srv.clone() },
+        ))
+        .into_axum_router();
+    http::router(srv).merge(grpc)
+}

@@ -1,0 +1,394 @@
+//! The auth service's state, its first start, and the helpers every handler uses to read
+//! resources. First start is race-safe: CAs and the cluster name are written with
+//! create-if-absent, so two servers starting on one empty database end with one CA.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dt_ca::{CaKind, CertAuthority, ClientKey, StoredCa};
+use dt_store::{Backend, StoreError};
+use dt_types::resource::{CAP_NAME, Resource, Spec};
+use dt_types::{ClusterAuthPreference, Kind, Lock, Role};
+use time::OffsetDateTime;
+
+use crate::audit::AuditSink;
+use crate::config::{Config, StorageConfig};
+use crate::error::{ApiError, ApiResult};
+use crate::keys;
+use crate::presets;
+use crate::ratelimit::{FailureLimiter, RateLimiter};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The built-in identity of `dtctl --data-dir` on the auth host. Not a stored user; no
+/// user can be created with this name.
+pub const LOCAL_ADMIN: &str = "local-admin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("storage: {0}")]
+    Storage(#[from] StoreError),
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("certificate authority: {0}")]
+    Ca(#[from] dt_ca::CaError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub struct AuthServer {
+    pub backend: Arc<dyn Backend>,
+    pub cluster_name: String,
+    pub user_ca: CertAuthority,
+    pub host_ca: CertAuthority,
+    pub audit: AuditSink,
+    pub login_failures: FailureLimiter,
+    pub device_ceremonies: RateLimiter,
+    pub config: Config,
+}
+
+/// Files written to the data dir at start.
+pub struct DataDirFiles {
+    pub tls_cert_chain_der: Vec<Vec<u8>>,
+    pub tls_key_pkcs8_der: Vec<u8>,
+}
+
+pub async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, StartError> {
+    let tuning = dt_store::Tuning::default();
+    Ok(match &config.storage {
+        StorageConfig::Sqlite { .. } => {
+            let path = config
+                .sqlite_path()
+                .unwrap_or_else(|| config.data_dir.join("devtrust.db"));
+            let b: Arc<dyn Backend> = dt_store::sqlite::SqliteBackend::open(&path, tuning).await?;
+            b
+        }
+        StorageConfig::Postgres { conn } => {
+            let b: Arc<dyn Backend> =
+                dt_store::postgres::PostgresBackend::connect(conn, tuning).await?;
+            b
+        }
+    })
+}
+
+fn default_cluster_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| dt_types::resource::validate_name(s).is_ok())
+        .unwrap_or_else(|| "devtrust".to_string())
+}
+
+/// Create `key` with `value` unless it exists; return what is stored either way.
+async fn create_or_get(
+    backend: &dyn Backend,
+    key: &str,
+    value: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    match backend.create(key, value.clone(), None).await {
+        Ok(_) => Ok(value),
+        Err(StoreError::AlreadyExists(_)) => backend
+            .get(key)
+            .await?
+            .map(|i| i.value)
+            .ok_or_else(|| StoreError::Invalid(format!("{key} vanished during first start"))),
+        Err(e) => Err(e),
+    }
+}
+
+async fn load_or_create_ca(
+    backend: &dyn Backend,
+    key: &str,
+    cluster: &str,
+    kind: CaKind,
+) -> Result<CertAuthority, StartError> {
+    if let Some(item) = backend.get(key).await? {
+        let stored: StoredCa = serde_json::from_slice(&item.value)
+            .map_err(|e| StartError::Invalid(format!("stored CA {key} is corrupt: {e}")))?;
+        return Ok(CertAuthority::from_stored(&stored)?);
+    }
+    let fresh = CertAuthority::generate(cluster, kind, OffsetDateTime::now_utc())?;
+    let value = serde_json::to_vec(&fresh.to_stored())
+        .map_err(|e| StartError::Invalid(format!("serializing CA: {e}")))?;
+    let stored_bytes = create_or_get(backend, key, value).await?;
+    let stored: StoredCa = serde_json::from_slice(&stored_bytes)
+        .map_err(|e| StartError::Invalid(format!("stored CA {key} is corrupt: {e}")))?;
+    Ok(CertAuthority::from_stored(&stored)?)
+}
+
+impl AuthServer {
+    /// Open storage and make sure the cluster exists (name, CAs, presets).
+    pub async fn bootstrap(config: Config) -> Result<Arc<AuthServer>, StartError> {
+        create_private_dir(&config.data_dir)?;
+        let backend = open_backend(&config).await?;
+        Self::bootstrap_with(config, backend).await
+    }
+
+    pub async fn bootstrap_with(
+        config: Config,
+        backend: Arc<dyn Backend>,
+    ) -> Result<Arc<AuthServer>, StartError> {
+        let wanted = config
+            .cluster_name
+            .clone()
+            .unwrap_or_else(default_cluster_name);
+        let stored = create_or_get(
+            backend.as_ref(),
+            keys::CLUSTER_NAME,
+            wanted.clone().into_bytes(),
+        )
+        .await?;
+        let cluster_name = String::from_utf8(stored)
+            .map_err(|_| StartError::Invalid("stored cluster name is not UTF-8".into()))?;
+        if let Some(configured) = &config.cluster_name
+            && configured != &cluster_name
+        {
+            return Err(StartError::Invalid(format!(
+                "cluster_name {configured:?} in the config differs from this cluster's name {cluster_name:?}; remove cluster_name from the config or use the stored one"
+            )));
+        }
+        let user_ca =
+            load_or_create_ca(backend.as_ref(), keys::USER_CA, &cluster_name, CaKind::User).await?;
+        let host_ca =
+            load_or_create_ca(backend.as_ref(), keys::HOST_CA, &cluster_name, CaKind::Host).await?;
+
+        let now = OffsetDateTime::now_utc();
+        for mut role in presets::roles() {
+            role.metadata
+                .labels
+                .insert("devtrust/preset".into(), "true".into());
+            let value =
+                serde_json::to_vec(&role).map_err(|e| StartError::Invalid(e.to_string()))?;
+            match backend
+                .create(&keys::resource(Kind::Role, role.name()), value, None)
+                .await
+            {
+                Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let cap = presets::default_cap();
+        let value = serde_json::to_vec(&cap).map_err(|e| StartError::Invalid(e.to_string()))?;
+        match backend
+            .create(
+                &keys::resource(Kind::ClusterAuthPreference, CAP_NAME),
+                value,
+                None,
+            )
+            .await
+        {
+            Ok(_) | Err(StoreError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        tracing::debug!(cluster = %cluster_name, at = %now, "cluster ready");
+
+        Ok(Arc::new(AuthServer {
+            audit: AuditSink::new(backend.clone()),
+            backend,
+            cluster_name,
+            user_ca,
+            host_ca,
+            login_failures: FailureLimiter::new(5, Duration::from_secs(300)),
+            device_ceremonies: RateLimiter::new(30, Duration::from_secs(60)),
+            config,
+        }))
+    }
+
+    /// Issue this process's TLS server certificate and (re)write the local admin identity.
+    pub fn write_data_dir(&self, extra_sans: &[String]) -> Result<DataDirFiles, StartError> {
+        let dir = &self.config.data_dir;
+        create_private_dir(dir)?;
+        let now = OffsetDateTime::now_utc();
+
+        // TLS server certificate: fresh key each start, signed by the host CA.
+        let key = ClientKey::generate()?;
+        let mut dns = vec!["localhost".to_string()];
+        let mut ips: Vec<IpAddr> =
+            vec![[127, 0, 0, 1].into(), std::net::Ipv6Addr::LOCALHOST.into()];
+        let host = default_cluster_name();
+        if !dns.contains(&host) {
+            dns.push(host);
+        }
+        let listen_ip = self.config.listen.ip();
+        if !listen_ip.is_unspecified() && !ips.contains(&listen_ip) {
+            ips.push(listen_ip);
+        }
+        for san in self.config.public_addrs.iter().chain(extra_sans) {
+            let host = san.rsplit_once(':').map(|(h, _)| h).unwrap_or(san);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            match host.parse::<IpAddr>() {
+                Ok(ip) if !ips.contains(&ip) => ips.push(ip),
+                Ok(_) => {}
+                Err(_) if !dns.iter().any(|d| d == host) => dns.push(host.to_string()),
+                Err(_) => {}
+            }
+        }
+        let not_after = now + time::Duration::days(365);
+        let cert = self
+            .host_ca
+            .issue_tls_server_cert(&key.spki_der(), &dns, &ips, not_after)?;
+        write_private(&dir.join("tls.key"), key.to_pkcs8_pem().as_bytes())?;
+        write_public(
+            &dir.join("tls.crt"),
+            format!(
+                "{}{}",
+                dt_ca::pem::to_pem("CERTIFICATE", &cert),
+                self.host_ca.cert_pem()
+            )
+            .as_bytes(),
+        )?;
+
+        // Local admin identity for `dtctl --data-dir`.
+        self.write_local_admin(now)?;
+
+        Ok(DataDirFiles {
+            tls_cert_chain_der: vec![cert, self.host_ca.cert_der().to_vec()],
+            tls_key_pkcs8_der: key.pkcs8_der().to_vec(),
+        })
+    }
+
+    fn write_local_admin(&self, now: OffsetDateTime) -> Result<(), StartError> {
+        let dir = self.config.data_dir.join("admin");
+        create_private_dir(&dir)?;
+        let key = ClientKey::generate()?;
+        let id = dt_ca::Identity {
+            username: LOCAL_ADMIN.into(),
+            roles: vec!["editor".into()],
+            logins: vec![],
+            bot: false,
+            device: None,
+            not_before: now - time::Duration::minutes(1),
+            not_after: now + time::Duration::days(365),
+        };
+        let cert = self.user_ca.issue_x509_client_cert(&key.spki_der(), &id)?;
+        write_private(&dir.join("key.pem"), key.to_pkcs8_pem().as_bytes())?;
+        write_public(
+            &dir.join("cert.pem"),
+            dt_ca::pem::to_pem("CERTIFICATE", &cert).as_bytes(),
+        )?;
+        write_public(&dir.join("host-ca.pem"), self.host_ca.cert_pem().as_bytes())?;
+        Ok(())
+    }
+
+    // --- resource helpers -------------------------------------------------------------
+
+    pub async fn get_resource<S: Spec>(&self, name: &str) -> ApiResult<Option<(Resource<S>, i64)>> {
+        let Some(item) = self.backend.get(&keys::resource(S::KIND, name)).await? else {
+            return Ok(None);
+        };
+        let r: Resource<S> = serde_json::from_slice(&item.value).map_err(ApiError::internal)?;
+        Ok(Some((r, item.revision)))
+    }
+
+    pub async fn list_resources<S: Spec>(&self) -> ApiResult<Vec<Resource<S>>> {
+        let prefix = keys::resource_prefix(S::KIND);
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.backend.range(&prefix, cursor.as_deref(), 1000).await?;
+            for item in page.items {
+                match serde_json::from_slice::<Resource<S>>(&item.value) {
+                    Ok(r) => out.push(r),
+                    Err(e) => {
+                        tracing::warn!(key = %item.key, error = %e, "skipping unreadable resource")
+                    }
+                }
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// The roles with these names that exist. The local admin's `editor` always resolves.
+    pub async fn resolve_roles(&self, names: &[String]) -> ApiResult<Vec<Role>> {
+        let mut roles = Vec::with_capacity(names.len());
+        for name in names {
+            match self
+                .get_resource::<dt_types::resource::RoleSpec>(name)
+                .await?
+            {
+                Some((r, _)) => roles.push(r),
+                None if name == "editor" => roles.push(presets::editor_fallback()),
+                None => tracing::warn!(role = %name, "identity names a role that does not exist"),
+            }
+        }
+        Ok(roles)
+    }
+
+    pub async fn cap(&self) -> ApiResult<ClusterAuthPreference> {
+        Ok(self
+            .get_resource::<dt_types::resource::CapSpec>(CAP_NAME)
+            .await?
+            .map(|(c, _)| c)
+            .unwrap_or_else(presets::default_cap))
+    }
+
+    /// Locks in force now.
+    pub async fn active_locks(&self) -> ApiResult<Vec<Lock>> {
+        let now = OffsetDateTime::now_utc();
+        Ok(self
+            .list_resources::<dt_types::resource::LockSpec>()
+            .await?
+            .into_iter()
+            .filter(|l| l.metadata.expires.is_none_or(|e| e > now))
+            .collect())
+    }
+}
+
+pub fn create_private_dir(path: &Path) -> Result<(), StartError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let err = |source| StartError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !path.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(err)?;
+    }
+    let meta = std::fs::metadata(path).map_err(err)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StartError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| StartError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Write a file readable only by its owner (keys, certificates of identities).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
+    write_with_mode(path, bytes, 0o600)
+}
+
+/// Files in the data dir are all 0600: the directory is private anyway, and a uniform rule
+/// is easier to audit.
+pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), StartError> {
+    write_with_mode(path, bytes, 0o600)
+}

@@ -1,0 +1,170 @@
+//! `devtrust`: the server binary.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dt_auth::config::{Config, LogFormat};
+
+use crate::common::report;
+
+#[derive(Parser)]
+#[command(
+    name = "devtrust",
+    version,
+    about = "devtrust server: the auth service (and, later, access points)",
+    long_about = "devtrust server.\n\nQuick start:\n  devtrust start --data-dir /tmp/devtrust\n  dtctl --data-dir /tmp/devtrust users add alice --roles=access,editor --logins=$USER"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the auth service (gRPC + HTTPS JSON API on one TLS listener).
+    ///
+    /// First start creates the cluster: its name, the user CA (SSH + X.509), the host CA,
+    /// the TLS server certificate and a local admin identity for `dtctl --data-dir`.
+    Start {
+        /// Static configuration file (see `devtrust configure`).
+        #[arg(long, short = 'c', env = "DEVTRUST_CONFIG")]
+        config: Option<PathBuf>,
+        /// Data directory (overrides the config's data_dir).
+        #[arg(long, env = "DEVTRUST_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// Listen address (overrides the config's listen), e.g. 127.0.0.1:3080; port 0 picks a free one.
+        #[arg(long)]
+        listen: Option<String>,
+        /// Log format: text or json.
+        #[arg(long, value_parser = ["text", "json"])]
+        log_format: Option<String>,
+    },
+    /// Print an annotated sample devtrust.yaml.
+    Configure,
+    /// Validate a config file without starting.
+    Check {
+        #[arg(long, short = 'c')]
+        config: PathBuf,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    report(run(cli))
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Configure => {
+            print!("{}", dt_auth::config::SAMPLE);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Check { config } => {
+            let c = Config::load(&config)?;
+            println!(
+                "{}: valid (listen {}, storage {}, data dir {})",
+                config.display(),
+                c.listen,
+                c.storage.kind(),
+                c.data_dir.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Start {
+            config,
+            data_dir,
+            listen,
+            log_format,
+        } => {
+            let mut c = match &config {
+                Some(p) => Config::load(p)?,
+                None => Config::default(),
+            };
+            if let Some(d) = data_dir {
+                c.data_dir = d;
+            }
+            if let Some(l) = listen {
+                c.listen = l.parse().with_context(|| {
+                    format!("--listen {l:?} is not an address like 127.0.0.1:3080")
+                })?;
+            }
+            if let Some(f) = log_format {
+                c.log_format = if f == "json" {
+                    LogFormat::Json
+                } else {
+                    LogFormat::Text
+                };
+            }
+            init_logging(&c);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(start(c))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn init_logging(c: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("DEVTRUST_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&c.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match c.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn start(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let mut config = config;
+    config.listen = addr;
+    let storage_desc = match config.sqlite_path() {
+        Some(p) => format!("sqlite ({})", p.display()),
+        None => "postgres".to_string(),
+    };
+    let srv = dt_auth::AuthServer::bootstrap(config.clone())
+        .await
+        .context("cannot start the auth service")?;
+    let files = srv.write_data_dir(&[])?;
+    std::fs::write(
+        config.data_dir.join("admin").join("auth-server"),
+        addr.to_string(),
+    )
+    .context("writing the admin identity's server address")?;
+    let tls = dt_auth::listener::tls_config(&srv, &files)?;
+    let data_dir = config.data_dir.display().to_string();
+    println!("devtrust auth service is running");
+    println!("  cluster:   {}", srv.cluster_name);
+    println!("  listen:    {addr}");
+    println!("  CA pin:    {}", srv.host_ca.pin());
+    println!("  storage:   {storage_desc}");
+    println!("  data dir:  {data_dir}");
+    println!(
+        "Next: dtctl --data-dir={data_dir} users add alice --roles=access,editor --logins=$USER"
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    tracing::info!(%addr, cluster = %srv.cluster_name, "auth service started");
+
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        tracing::info!("shutting down");
+    };
+    dt_auth::listener::serve(srv.clone(), listener, tls, shutdown).await;
+    srv.backend.close().await;
+    println!("devtrust auth service stopped");
+    Ok(())
+}

@@ -1,0 +1,816 @@
+//! `dtctl`: the admin CLI.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use dt_client::{Identity, ProfileStore, TrustPolicy};
+use dt_proto::v1 as pb;
+use dt_proto::v1::auth_service_client::AuthServiceClient;
+use dt_types::{AnyResource, Kind};
+use tonic::transport::Channel;
+
+use crate::common::{Format, api_err, fmt_time, parse_duration, report, table, to_yaml_docs};
+
+#[derive(Parser)]
+#[command(
+    name = "dtctl",
+    version,
+    about = "devtrust admin CLI: users, roles, devices, locks, audit",
+    long_about = "devtrust admin CLI.\n\nOn the auth host, use the local admin identity:  dtctl --data-dir=/var/lib/devtrust status\nElsewhere, log in first with dtsh as a user whose roles allow the command."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// Use the local admin identity in this auth server data directory.
+    #[arg(long, global = true, env = "DTCTL_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Auth server address (default: from --data-dir, or the dtsh profile).
+    #[arg(long, global = true, env = "DTCTL_AUTH_SERVER")]
+    auth_server: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Cluster name, CA pins, storage type and version.
+    Status {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Create resources from a YAML (multi-document) or JSON file; `-` reads stdin.
+    Create {
+        #[arg(short = 'f', long = "filename")]
+        file: PathBuf,
+        /// Overwrite resources that already exist.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show resources: KIND (all of them) or KIND/NAME. Kinds: role, user,
+    /// cluster_auth_preference, token, lock, device (plural forms work too).
+    Get {
+        target: String,
+        #[arg(long, value_enum, default_value = "yaml")]
+        format: Format,
+    },
+    /// Edit a resource in $EDITOR; invalid edits are refused with the reason.
+    Edit { target: String },
+    /// Remove a resource: KIND/NAME.
+    Rm { target: String },
+    /// Manage users.
+    #[command(subcommand)]
+    Users(UsersCmd),
+    /// Join tokens for nodes and bots.
+    #[command(subcommand)]
+    Tokens(TokensCmd),
+    /// The audit log.
+    #[command(subcommand)]
+    Events(EventsCmd),
+    /// Lock a user, role, login, node or device: blocks certificates and access.
+    Lock {
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        login: Option<String>,
+        #[arg(long)]
+        node: Option<String>,
+        #[arg(long)]
+        device: Option<String>,
+        /// How long the lock lasts (e.g. 12h); forever when omitted.
+        #[arg(long, value_parser = parse_duration)]
+        ttl: Option<Duration>,
+        #[arg(long)]
+        message: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersCmd {
+    /// Add a user; prints a one-time signup token and the dtsh command that uses it.
+    Add {
+        name: String,
+        /// Comma-separated roles, e.g. access,editor.
+        #[arg(long, value_delimiter = ',', required = true)]
+        roles: Vec<String>,
+        /// Comma-separated OS logins for {{internal.logins}}.
+        #[arg(long, value_delimiter = ',')]
+        logins: Vec<String>,
+        /// Signup token lifetime.
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        ttl: Duration,
+    },
+    /// List users.
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Remove a user.
+    Rm { name: String },
+    /// Clear a user's password and print a new signup token.
+    Reset {
+        name: String,
+        #[arg(long, value_parser = parse_duration, default_value = "1h")]
+        ttl: Duration,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokensCmd {
+    /// Create a join token.
+    Add {
+        /// node or bot
+        #[arg(long = "type", value_parser = ["node", "bot"])]
+        kind: String,
+        #[arg(long, value_parser = parse_duration, default_value = "30m")]
+        ttl: Duration,
+        /// text prints only the token.
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+    },
+    /// List join tokens (hashes only; tokens are never stored).
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand)]
+enum EventsCmd {
+    /// List audit events, oldest first.
+    Ls {
+        /// Only events newer than this, e.g. 1h.
+        #[arg(long, value_parser = parse_duration)]
+        since: Option<Duration>,
+        /// Event type, e.g. user.login, device.enroll.
+        #[arg(long = "type")]
+        kind: Option<String>,
+        #[arg(long)]
+        user: Option<String>,
+        /// Device id or asset tag.
+        #[arg(long)]
+        device: Option<String>,
+        #[arg(long, default_value_t = 500)]
+        limit: u32,
+        /// text, or json (one event per line: JSON lines).
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return report(Err(e.into())),
+    };
+    report(rt.block_on(run(cli)))
+}
+
+/// Connect as the local admin (`--data-dir`) or as the dtsh profile's user.
+pub async fn connect(g: &Global) -> anyhow::Result<AuthServiceClient<Channel>> {
+    if let Some(dir) = &g.data_dir {
+        let admin = dir.join("admin");
+        let read = |name: &str| {
+            std::fs::read_to_string(admin.join(name)).with_context(|| {
+                format!(
+                    "cannot read the local admin identity in {} (is this the auth server's data dir, and has `devtrust start` run?)",
+                    admin.display()
+                )
+            })
+        };
+        let cert = dt_ca::pem::parse_cert_pem(&read("cert.pem")?)?;
+        let key = dt_ca::ClientKey::from_pkcs8_pem(&read("key.pem")?)?;
+        let ca = dt_ca::pem::parse_cert_pem(&read("host-ca.pem")?)?;
+        let pin = dt_client::spki_pin(&ca).map_err(anyhow::Error::msg)?;
+        let addr = match &g.auth_server {
+            Some(a) => a.clone(),
+            None => read("auth-server")?.trim().to_string(),
+        };
+        let id = Identity::Cert {
+            cert_der: cert,
+            key_pkcs8_der: key.pkcs8_der().to_vec(),
+        };
+        return Ok(dt_client::connect(&addr, TrustPolicy::Pin(pin), id).await?);
+    }
+    let store = ProfileStore::from_env();
+    let profile = store
+        .current()
+        .context("dtctl needs --data-dir on the auth host, or a dtsh login")?;
+    let id = store.identity(&profile)?;
+    let policy = if profile.insecure {
+        TrustPolicy::Insecure
+    } else {
+        TrustPolicy::Pin(profile.ca_pin.clone())
+    };
+    let addr = g.auth_server.clone().unwrap_or(profile.proxy.clone());
+    Ok(dt_client::connect(&addr, policy, id).await?)
+}
+
+fn split_target(target: &str) -> anyhow::Result<(Kind, Option<String>)> {
+    let (kind, name) = match target.split_once('/') {
+        Some((k, n)) if !n.is_empty() => (k, Some(n.to_string())),
+        Some((k, _)) => (k, None),
+        None => (target, None),
+    };
+    let kind = Kind::parse(kind)?;
+    let name = match (kind, name) {
+        (Kind::ClusterAuthPreference, None) => Some(dt_types::resource::CAP_NAME.to_string()),
+        (_, n) => n,
+    };
+    Ok((kind, name))
+}
+
+fn read_input(path: &Path) -> anyhow::Result<String> {
+    if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    }
+}
+
+fn parse_json(r: &pb::ResourceJson) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(&r.json)?)
+}
+
+async fn list_all(
+    c: &mut AuthServiceClient<Channel>,
+    kind: Kind,
+) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut out = Vec::new();
+    let mut start_after = String::new();
+    loop {
+        let resp = c
+            .list_resources(pb::ListResourcesRequest {
+                kind: kind.as_str().into(),
+                start_after,
+                limit: 1000,
+            })
+            .await
+            .map_err(api_err)?
+            .into_inner();
+        for r in &resp.resources {
+            out.push(parse_json(r)?);
+        }
+        if resp.next.is_empty() {
+            return Ok(out);
+        }
+        start_after = resp.next;
+    }
+}
+
+fn s(v: &serde_json::Value, ptr: &str) -> String {
+    match v.pointer(ptr) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_str())
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(serde_json::Value::Null) | None => String::new(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn text_rows(kind: Kind, items: &[serde_json::Value]) -> (Vec<&'static str>, Vec<Vec<String>>) {
+    match kind {
+        Kind::User => (
+            vec!["User", "Roles", "Logins"],
+            items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(v, "/metadata/name"),
+                        s(v, "/spec/roles"),
+                        s(v, "/spec/traits/logins"),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::Role => (
+            vec!["Role", "Device Trust Mode", "Description"],
+            items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(v, "/metadata/name"),
+                        s(v, "/spec/options/device_trust_mode"),
+                        s(v, "/metadata/description"),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::Lock => (
+            vec!["Lock", "Target", "Message", "Expires"],
+            items
+                .iter()
+                .map(|v| {
+                    let target = v
+                        .pointer("/spec/target")
+                        .and_then(|t| {
+                            serde_json::from_value::<dt_types::LockTarget>(t.clone()).ok()
+                        })
+                        .map(|t| t.to_string())
+                        .unwrap_or_default();
+                    vec![
+                        s(v, "/metadata/name"),
+                        target,
+                        s(v, "/spec/message"),
+                        s(v, "/metadata/expires"),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::Token => (
+            vec!["Token", "Type", "Expires"],
+            items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(v, "/metadata/name"),
+                        s(v, "/spec/roles"),
+                        s(v, "/metadata/expires"),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::ClusterAuthPreference => (
+            vec!["Name", "Device Trust Mode", "Auto Enroll", "Locking Mode"],
+            items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(v, "/metadata/name"),
+                        s(v, "/spec/device_trust/mode"),
+                        s(v, "/spec/device_trust/auto_enroll"),
+                        s(v, "/spec/locking_mode"),
+                    ]
+                })
+                .collect(),
+        ),
+        Kind::Device => (
+            vec!["Asset Tag", "OS", "Enroll Status", "Device ID"],
+            items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(v, "/spec/asset_tag"),
+                        s(v, "/spec/os_type"),
+                        s(v, "/spec/enroll_status"),
+                        s(v, "/metadata/name"),
+                    ]
+                })
+                .collect(),
+        ),
+    }
+}
+
+fn print_resources(
+    kind: Kind,
+    items: &[serde_json::Value],
+    format: Format,
+    single: bool,
+) -> anyhow::Result<()> {
+    match format {
+        Format::Yaml => print!("{}", to_yaml_docs(items)?),
+        Format::Json if single && items.len() == 1 => {
+            println!("{}", serde_json::to_string_pretty(&items[0])?)
+        }
+        Format::Json => println!("{}", serde_json::to_string_pretty(items)?),
+        Format::Text => {
+            let (headers, rows) = text_rows(kind, items);
+            println!("{}", table(&headers, &rows));
+        }
+    }
+    Ok(())
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let g = cli.global.clone();
+    match cli.cmd {
+        Cmd::Status { format } => {
+            let mut c = connect(&g).await?;
+            let st = c
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(api_err)?
+                .into_inner();
+            if format == Format::Json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "cluster": st.cluster_name, "version": st.server_version,
+                        "storage": st.storage_type, "schema_version": st.schema_version,
+                        "user_ca_pin": st.user_ca_pin, "host_ca_pin": st.host_ca_pin,
+                    })
+                );
+            } else {
+                println!("Cluster:         {}", st.cluster_name);
+                println!("Version:         {}", st.server_version);
+                println!(
+                    "Storage:         {} (schema v{})",
+                    st.storage_type, st.schema_version
+                );
+                println!("Host CA pin:     {}", st.host_ca_pin);
+                println!("User CA pin:     {}", st.user_ca_pin);
+            }
+        }
+        Cmd::Create { file, force } => {
+            let text = read_input(&file)?;
+            // Validate everything locally first: a bad document means nothing is sent.
+            let docs = AnyResource::parse_documents(&text)
+                .with_context(|| format!("{} was not applied", file.display()))?;
+            if docs.is_empty() {
+                bail!("{} holds no resources", file.display());
+            }
+            let mut c = connect(&g).await?;
+            for doc in docs {
+                let (kind, name) = (doc.kind(), doc.name().to_string());
+                let resp = c
+                    .upsert_resource(pb::UpsertResourceRequest {
+                        json: doc.to_json_value().to_string(),
+                        force,
+                        expected_revision: 0,
+                    })
+                    .await
+                    .map_err(api_err)?
+                    .into_inner();
+                let verb = if resp.created { "created" } else { "updated" };
+                println!("{kind} {name:?} has been {verb}");
+            }
+        }
+        Cmd::Get { target, format } => {
+            let (kind, name) = split_target(&target)?;
+            let mut c = connect(&g).await?;
+            match name {
+                Some(name) => {
+                    let r = c
+                        .get_resource(pb::GetResourceRequest {
+                            kind: kind.as_str().into(),
+                            name,
+                        })
+                        .await
+                        .map_err(api_err)?
+                        .into_inner();
+                    print_resources(kind, &[parse_json(&r)?], format, true)?;
+                }
+                None => {
+                    let items = list_all(&mut c, kind).await?;
+                    print_resources(kind, &items, format, false)?;
+                }
+            }
+        }
+        Cmd::Edit { target } => return edit(&g, &target).await,
+        Cmd::Rm { target } => {
+            let (kind, name) = split_target(&target)?;
+            let Some(name) = name else {
+                bail!("name what to remove: {}/NAME", kind.as_str())
+            };
+            let mut c = connect(&g).await?;
+            c.delete_resource(pb::DeleteResourceRequest {
+                kind: kind.as_str().into(),
+                name: name.clone(),
+            })
+            .await
+            .map_err(api_err)?;
+            println!("{kind} {name:?} has been removed");
+        }
+        Cmd::Users(cmd) => users(&g, cmd).await?,
+        Cmd::Tokens(cmd) => tokens(&g, cmd).await?,
+        Cmd::Events(EventsCmd::Ls {
+            since,
+            kind,
+            user,
+            device,
+            limit,
+            format,
+        }) => {
+            let mut c = connect(&g).await?;
+            let since_ms = since
+                .map(|d| (time::OffsetDateTime::now_utc() - d).unix_timestamp_nanos() / 1_000_000)
+                .unwrap_or(0) as i64;
+            let resp = c
+                .search_events(pb::SearchEventsRequest {
+                    since_unix_ms: since_ms,
+                    r#type: kind.unwrap_or_default(),
+                    user: user.unwrap_or_default(),
+                    device: device.unwrap_or_default(),
+                    limit,
+                    start_after: String::new(),
+                })
+                .await
+                .map_err(api_err)?
+                .into_inner();
+            if format == Format::Json || format == Format::Yaml {
+                for e in &resp.events {
+                    println!("{e}");
+                }
+            } else {
+                let rows: Vec<Vec<String>> = resp
+                    .events
+                    .iter()
+                    .filter_map(|e| serde_json::from_str::<dt_types::audit::AuditEvent>(e).ok())
+                    .map(|e| {
+                        vec![
+                            fmt_time(e.time),
+                            e.event.to_string(),
+                            e.code.clone(),
+                            if e.success {
+                                "ok".into()
+                            } else {
+                                "FAILED".into()
+                            },
+                            e.user.clone().unwrap_or_default(),
+                            e.device
+                                .as_ref()
+                                .map(|d| d.asset_tag.clone())
+                                .unwrap_or_default(),
+                            e.message
+                                .clone()
+                                .or(e.resource_name.clone())
+                                .unwrap_or_default(),
+                        ]
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    table(
+                        &[
+                            "Time", "Event", "Code", "Result", "User", "Device", "Details"
+                        ],
+                        &rows
+                    )
+                );
+            }
+        }
+        Cmd::Lock {
+            user,
+            role,
+            login,
+            node,
+            device,
+            ttl,
+            message,
+        } => {
+            let target = dt_types::LockTarget {
+                user,
+                role,
+                login,
+                node,
+                device,
+            };
+            if target.is_empty() {
+                bail!("name a target: --user, --role, --login, --node or --device");
+            }
+            let name = uuid_like();
+            let mut lock: dt_types::Lock = dt_types::resource::Resource::new(
+                name.clone(),
+                dt_types::resource::LockSpec {
+                    target,
+                    message,
+                    created_by: None,
+                    created_at: None,
+                },
+            );
+            if let Some(ttl) = ttl {
+                lock.metadata.expires = Some(time::OffsetDateTime::now_utc() + ttl);
+            }
+            let mut c = connect(&g).await?;
+            c.upsert_resource(pb::UpsertResourceRequest {
+                json: serde_json::to_string(&lock)?,
+                force: false,
+                expected_revision: 0,
+            })
+            .await
+            .map_err(api_err)?;
+            println!("Created a lock with name \"{name}\".");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn uuid_like() -> String {
+    use std::fmt::Write;
+    let mut bytes = [0u8; 16];
+    getrandom_fill(&mut bytes);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let mut s = String::new();
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    // /dev/urandom is always present on Linux; a failure leaves zeros, which only weakens
+    // lock-name uniqueness (storage still refuses duplicates).
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(buf);
+    }
+}
+
+async fn users(g: &Global, cmd: UsersCmd) -> anyhow::Result<()> {
+    let mut c = connect(g).await?;
+    match cmd {
+        UsersCmd::Add {
+            name,
+            roles,
+            logins,
+            ttl,
+        } => {
+            let resp = c
+                .create_user(pb::CreateUserRequest {
+                    name: name.clone(),
+                    roles,
+                    logins,
+                    token_ttl_seconds: ttl.as_secs(),
+                })
+                .await
+                .map_err(api_err)?
+                .into_inner();
+            let proxy = proxy_hint(g);
+            println!(
+                "User {name:?} has been created. The signup token below is valid for {}.",
+                dt_types::duration::format_duration(ttl)
+            );
+            println!("Share it with {name} privately; it works once. To sign up, run:\n");
+            println!(
+                "  dtsh login --proxy={proxy} --user={name} --signup-token={}\n",
+                resp.signup_token
+            );
+        }
+        UsersCmd::Ls { format } => {
+            let items = list_all(&mut c, Kind::User).await?;
+            print_resources(Kind::User, &items, format, false)?;
+        }
+        UsersCmd::Rm { name } => {
+            c.delete_resource(pb::DeleteResourceRequest {
+                kind: "user".into(),
+                name: name.clone(),
+            })
+            .await
+            .map_err(api_err)?;
+            println!("User {name:?} has been deleted");
+        }
+        UsersCmd::Reset { name, ttl } => {
+            let resp = c
+                .reset_user(pb::ResetUserRequest {
+                    name: name.clone(),
+                    token_ttl_seconds: ttl.as_secs(),
+                })
+                .await
+                .map_err(api_err)?
+                .into_inner();
+            println!("User {name:?}'s password has been cleared. To set a new one, run:\n");
+            println!(
+                "  dtsh login --proxy={} --user={name} --signup-token={}\n",
+                proxy_hint(g),
+                resp.signup_token
+            );
+        }
+    }
+    Ok(())
+}
+
+fn proxy_hint(g: &Global) -> String {
+    if let Some(a) = &g.auth_server {
+        return a.clone();
+    }
+    if let Some(dir) = &g.data_dir
+        && let Ok(a) = std::fs::read_to_string(dir.join("admin").join("auth-server"))
+    {
+        return a.trim().to_string();
+    }
+    ProfileStore::from_env()
+        .current()
+        .map(|p| p.proxy)
+        .unwrap_or_else(|_| "HOST:PORT".into())
+}
+
+async fn tokens(g: &Global, cmd: TokensCmd) -> anyhow::Result<()> {
+    let mut c = connect(g).await?;
+    match cmd {
+        TokensCmd::Add { kind, ttl, format } => {
+            let resp = c
+                .create_join_token(pb::CreateJoinTokenRequest {
+                    r#type: kind.clone(),
+                    ttl_seconds: ttl.as_secs(),
+                    bot_name: String::new(),
+                    bot_roles: vec![],
+                })
+                .await
+                .map_err(api_err)?
+                .into_inner();
+            match format {
+                Some(Format::Text) => println!("{}", resp.token),
+                Some(Format::Json) => println!(
+                    "{}",
+                    serde_json::json!({"token": resp.token, "name": resp.name, "expires_unix": resp.expires_unix})
+                ),
+                _ => {
+                    println!(
+                        "The {kind} join token {} expires in {}.",
+                        resp.token,
+                        dt_types::duration::format_duration(ttl)
+                    );
+                    println!(
+                        "\nRun this on the node:\n\n  devtrust node start --auth-server={} --token={} --name=NAME --listen=127.0.0.1:3022\n",
+                        proxy_hint(g),
+                        resp.token
+                    );
+                }
+            }
+        }
+        TokensCmd::Ls { format } => {
+            let items = list_all(&mut c, Kind::Token).await?;
+            print_resources(Kind::Token, &items, format, false)?;
+        }
+    }
+    Ok(())
+}
+
+async fn edit(g: &Global, target: &str) -> anyhow::Result<ExitCode> {
+    let (kind, name) = split_target(target)?;
+    let Some(name) = name else {
+        bail!("name what to edit: {}/NAME", kind.as_str())
+    };
+    let mut c = connect(g).await?;
+    let r = c
+        .get_resource(pb::GetResourceRequest {
+            kind: kind.as_str().into(),
+            name: name.clone(),
+        })
+        .await
+        .map_err(api_err)?
+        .into_inner();
+    let original = parse_json(&r)?;
+    let revision: i64 = s(&original, "/metadata/revision").parse().unwrap_or(0);
+    let before = to_yaml_docs(std::slice::from_ref(&original))?;
+    let dir = tempfile_dir()?;
+    let path = dir.join(format!("{}-{}.yaml", kind.as_str(), name.replace('/', "_")));
+    std::fs::write(&path, &before)?;
+    let editor = std::env::var("VISUAL")
+        .or_else(|_| std::env::var("EDITOR"))
+        .unwrap_or_else(|_| "vi".into());
+    let status = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{editor} \"$1\""))
+        .arg("sh")
+        .arg(&path)
+        .status()
+        .with_context(|| format!("cannot run the editor {editor:?} (set $EDITOR)"))?;
+    let after = std::fs::read_to_string(&path)?;
+    let _ = std::fs::remove_dir_all(&dir);
+    if !status.success() {
+        bail!("the editor exited with {status}; nothing was changed");
+    }
+    if after == before {
+        println!("no changes made to {kind} {name:?}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let docs = AnyResource::parse_documents(&after).context("your edit was not saved")?;
+    let [doc] = docs.as_slice() else {
+        bail!("your edit was not saved: keep exactly one resource in the file")
+    };
+    if doc.kind() != kind || doc.name() != name {
+        bail!(
+            "your edit was not saved: kind and metadata.name can't change (create a new resource instead)"
+        );
+    }
+    c.upsert_resource(pb::UpsertResourceRequest {
+        json: doc.to_json_value().to_string(),
+        force: false,
+        expected_revision: revision,
+    })
+    .await
+    .map_err(|s| api_err(s).context("your edit was not saved"))?;
+    println!("{kind} {name:?} has been updated");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::DirBuilderExt;
+    let base =
+        std::env::temp_dir().join(format!("dtctl-edit-{}-{}", std::process::id(), uuid_like()));
+    std::fs::DirBuilder::new().mode(0o700).create(&base)?;
+    Ok(base)
+}

@@ -1,0 +1,8 @@
+//! The three devtrust programs, as library modules so their logic is testable:
+//! `devtrust` (the server), `dtctl` (the admin CLI), `dtsh` (the user CLI). The files in
+//! `src/bin/` only call into here. `anyhow` lives here and nowhere else.
+
+pub mod common;
+pub mod devtrust;
+pub mod dtctl;
+pub mod dtsh;
