@@ -18,14 +18,18 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
+mod common;
 pub mod conformance;
+mod hub;
 pub mod postgres;
 pub mod sqlite;
 
 /// One stored value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
+    /// The item's key (non-empty, no NUL characters).
     pub key: String,
+    /// Opaque bytes.
     pub value: Vec<u8>,
     /// Revision of the last write to this key (a cluster-wide sequence number; > 0).
     pub revision: i64,
@@ -45,52 +49,83 @@ pub enum Condition {
     Revision(String, i64),
 }
 
+/// One write inside an [`Backend::atomic_write`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: Vec<u8>, expires: Option<OffsetDateTime> },
+    /// Upsert `key`.
+    Put {
+        /// The key to write.
+        key: String,
+        /// The new value.
+        value: Vec<u8>,
+        /// When the item expires (`None`: never).
+        expires: Option<OffsetDateTime>,
+    },
     /// Deleting a missing key is not an error inside an atomic write.
-    Delete { key: String },
+    Delete {
+        /// The key to delete.
+        key: String,
+    },
 }
 
+/// One page of a [`Backend::range`] listing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Page {
+    /// Live items, in key order.
     pub items: Vec<Item>,
     /// Pass as `start_after` to get the next page; `None` when this was the last one.
     pub next: Option<String>,
 }
 
+/// What a [`WatchEvent::Change`] did to its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EventKind {
+    /// Created or replaced.
     Put,
+    /// Deleted (explicitly, or by the expiry sweeper).
     Delete,
 }
 
+/// One message of a [`Watcher`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WatchEvent {
     /// First event of every watch: from here on, no change under the watched prefixes is
     /// missed. `revision` is the sequence position the watch starts after.
-    Init { revision: i64 },
+    Init {
+        /// Changes with a greater revision follow.
+        revision: i64,
+    },
     /// A change. For `Delete`, `item.value` is empty and `item.revision` is the revision
     /// of the deletion.
-    Change { kind: EventKind, item: Item },
+    Change {
+        /// Put or delete.
+        kind: EventKind,
+        /// The item as written (or, for a delete, its key and the deletion's revision).
+        item: Item,
+    },
 }
 
 /// A live change feed. `recv` returns `None` when the watch has ended (backend closed,
 /// or the watcher fell too far behind): the caller must re-read its state and watch again.
 pub struct Watcher {
+    /// The underlying channel; prefer [`Watcher::recv`].
     pub rx: tokio::sync::mpsc::Receiver<WatchEvent>,
 }
 
 impl Watcher {
+    /// The next event, or `None` once the watch has ended.
     pub async fn recv(&mut self) -> Option<WatchEvent> {
         self.rx.recv().await
     }
 }
 
+/// Everything a [`Backend`] call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// `create` on a key that has a live item.
     #[error("item {0:?} already exists")]
     AlreadyExists(String),
+    /// `update`/`delete` of a key with no live item.
     #[error("item {0:?} not found")]
     NotFound(String),
     /// The item changed since it was read (compare-and-swap lost).
@@ -98,21 +133,32 @@ pub enum StoreError {
     RevisionMismatch(String),
     /// Condition number `index` of an atomic write did not hold.
     #[error("condition {index} of an atomic write failed on {key:?}")]
-    ConditionFailed { index: usize, key: String },
+    ConditionFailed {
+        /// Position of the failing condition in the `conditions` list.
+        index: usize,
+        /// The key that condition is about.
+        key: String,
+    },
+    /// The request itself is malformed (e.g. an empty key).
     #[error("invalid storage request: {0}")]
     Invalid(String),
+    /// The database failed (or the store was closed); the message has the details.
     #[error("storage backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl StoreError {
+    /// Wrap any error as [`StoreError::Backend`].
     pub fn backend(e: impl std::error::Error + Send + Sync + 'static) -> Self {
         StoreError::Backend(Box::new(e))
     }
 }
 
+/// Result with [`StoreError`].
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// A cluster state store. Implementations: [`sqlite::SqliteBackend`],
+/// [`postgres::PostgresBackend`].
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// "sqlite" or "postgres".
@@ -120,12 +166,18 @@ pub trait Backend: Send + Sync + 'static {
     /// Schema version after migrations.
     async fn schema_version(&self) -> Result<i64>;
 
+    /// The live item at `key`, if any.
     async fn get(&self, key: &str) -> Result<Option<Item>>;
     /// Live items whose key starts with `prefix`, in key order, after `start_after` (exclusive),
     /// at most `limit` (1..=1000) of them.
     async fn range(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Page>;
     /// Fails with `AlreadyExists` if a live item has the key. Returns the new revision.
-    async fn create(&self, key: &str, value: Vec<u8>, expires: Option<OffsetDateTime>) -> Result<i64>;
+    async fn create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires: Option<OffsetDateTime>,
+    ) -> Result<i64>;
     /// Unconditional upsert. Returns the new revision.
     async fn put(&self, key: &str, value: Vec<u8>, expires: Option<OffsetDateTime>) -> Result<i64>;
     /// Replace an existing item; `NotFound` if missing, `RevisionMismatch` if
@@ -143,7 +195,9 @@ pub trait Backend: Send + Sync + 'static {
     /// written (`ConditionFailed`). Returns the revision assigned to the write (all ops of
     /// one atomic write share it).
     async fn atomic_write(&self, conditions: Vec<Condition>, ops: Vec<Op>) -> Result<i64>;
-    /// Watch changes to keys under any of `prefixes` (an empty prefix watches everything).
+    /// Watch changes to keys under any of `prefixes` (an empty prefix watches everything;
+    /// so does an empty list). `Init.revision` is at least the revision of every write that
+    /// completed on this instance before `watch` was called.
     async fn watch(&self, prefixes: Vec<String>) -> Result<Watcher>;
     /// Delete expired items now (also done periodically in the background).
     async fn sweep_expired(&self) -> Result<u64>;

@@ -1,0 +1,546 @@
+//! Logic shared by both backends: input validation, time conversion, the write algorithm
+//! (expressed once over a small [`Tx`] trait), and background-task plumbing.
+
+use std::future::Future;
+use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::{Condition, Op, Result, StoreError, Tuning};
+
+/// Largest page a `range` call returns.
+pub(crate) const MAX_PAGE: usize = 1000;
+/// How many times a write is retried on a transient conflict (SQLITE_BUSY, serialization
+/// failure, deadlock, unique violation).
+pub(crate) const WRITE_RETRIES: u32 = 5;
+
+/// A plain-text error used for conditions that have no driver error behind them.
+#[derive(Debug)]
+pub(crate) struct Msg(pub String);
+
+impl std::fmt::Display for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Msg {}
+
+pub(crate) fn backend_msg(msg: impl Into<String>) -> StoreError {
+    StoreError::backend(Msg(msg.into()))
+}
+
+pub(crate) fn closed() -> StoreError {
+    backend_msg("the store has been closed")
+}
+
+/// Current wall-clock time in unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    let nanos = OffsetDateTime::now_utc().unix_timestamp_nanos();
+    i64::try_from(nanos.div_euclid(1_000_000)).unwrap_or(i64::MAX)
+}
+
+/// `OffsetDateTime` to unix milliseconds (rounded down: an item never outlives its expiry).
+pub(crate) fn to_ms(t: OffsetDateTime) -> Result<i64> {
+    i64::try_from(t.unix_timestamp_nanos().div_euclid(1_000_000))
+        .map_err(|_| StoreError::Invalid(format!("expiry {t} is out of range")))
+}
+
+/// Unix milliseconds back to `OffsetDateTime`.
+pub(crate) fn from_ms(ms: i64) -> Result<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .map_err(|e| backend_msg(format!("stored expiry {ms} is out of range: {e}")))
+}
+
+pub(crate) fn opt_to_ms(t: Option<OffsetDateTime>) -> Result<Option<i64>> {
+    t.map(to_ms).transpose()
+}
+
+pub(crate) fn opt_from_ms(ms: Option<i64>) -> Result<Option<OffsetDateTime>> {
+    ms.map(from_ms).transpose()
+}
+
+/// Keys are non-empty and contain no NUL (PostgreSQL `text` cannot hold one).
+pub(crate) fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(StoreError::Invalid("empty key".into()));
+    }
+    if key.contains('\0') {
+        return Err(StoreError::Invalid(format!(
+            "key {key:?} contains a NUL character"
+        )));
+    }
+    Ok(())
+}
+
+/// The smallest string greater than every string that starts with `prefix`, in byte
+/// (= code point) order, or `None` when no such bound exists (empty prefix, or one made only
+/// of `char::MAX`). Used instead of `LIKE` so `%` and `_` in prefixes are plain characters.
+pub(crate) fn prefix_successor(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            c => char::from_u32(u32::from(c) + 1),
+        };
+        if let Some(n) = next {
+            chars.push(n);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// Bounds of a `range` query: the lower bound is either `>= prefix` or `> start_after`,
+/// whichever is tighter.
+pub(crate) struct RangeBounds {
+    pub lower: String,
+    pub lower_inclusive: bool,
+    pub upper: Option<String>,
+    /// `limit` clamped to 1..=MAX_PAGE.
+    pub limit: usize,
+}
+
+pub(crate) fn range_bounds(
+    prefix: &str,
+    start_after: Option<&str>,
+    limit: usize,
+) -> Result<RangeBounds> {
+    if prefix.contains('\0') || start_after.is_some_and(|a| a.contains('\0')) {
+        return Err(StoreError::Invalid(
+            "range bounds contain a NUL character".into(),
+        ));
+    }
+    let (lower, lower_inclusive) = match start_after {
+        Some(after) if after >= prefix => (after.to_owned(), false),
+        _ => (prefix.to_owned(), true),
+    };
+    Ok(RangeBounds {
+        lower,
+        lower_inclusive,
+        upper: prefix_successor(prefix),
+        limit: limit.clamp(1, MAX_PAGE),
+    })
+}
+
+/// Turn `limit + 1` fetched items into a page.
+pub(crate) fn make_page(mut items: Vec<crate::Item>, limit: usize) -> crate::Page {
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more {
+        items.last().map(|i| i.key.clone())
+    } else {
+        None
+    };
+    crate::Page { items, next }
+}
+
+/// Clamp tuning values that would make tokio panic (zero periods, zero-capacity channels).
+pub(crate) fn sane(mut t: Tuning) -> Tuning {
+    let min = Duration::from_millis(1);
+    t.sweep_every = t.sweep_every.max(min);
+    t.poll_every = t.poll_every.max(min);
+    t.watcher_buffer = t.watcher_buffer.max(1);
+    t
+}
+
+/// What a transaction knows about a stored row.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stored {
+    pub revision: i64,
+    pub expires: Option<i64>,
+}
+
+/// Revision of the row if it is live at `now`.
+pub(crate) fn live(row: Option<Stored>, now: i64) -> Option<i64> {
+    row.filter(|r| r.expires.is_none_or(|e| e > now))
+        .map(|r| r.revision)
+}
+
+pub(crate) fn condition_key(c: &Condition) -> &str {
+    match c {
+        Condition::Exists(k) | Condition::NotExists(k) | Condition::Revision(k, _) => k,
+    }
+}
+
+/// Check condition number `index` against the live revision of its key.
+pub(crate) fn check_condition(index: usize, c: &Condition, live: Option<i64>) -> Result<()> {
+    let ok = match c {
+        Condition::Exists(_) => live.is_some(),
+        Condition::NotExists(_) => live.is_none(),
+        Condition::Revision(_, want) => live == Some(*want),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::ConditionFailed {
+            index,
+            key: condition_key(c).to_owned(),
+        })
+    }
+}
+
+/// A row to upsert (expiry already in unix millis).
+#[derive(Clone, Debug)]
+pub(crate) struct PutRow {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub expires: Option<i64>,
+}
+
+impl PutRow {
+    pub(crate) fn new(key: &str, value: Vec<u8>, expires: Option<OffsetDateTime>) -> Result<Self> {
+        validate_key(key)?;
+        Ok(PutRow {
+            key: key.to_owned(),
+            value,
+            expires: opt_to_ms(expires)?,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum AtomicOp {
+    Put(PutRow),
+    Delete(String),
+}
+
+/// Every kind of write, validated and ready for [`apply`].
+#[derive(Clone, Debug)]
+pub(crate) enum Write {
+    Create(PutRow),
+    Put(PutRow),
+    Update(PutRow, Option<i64>),
+    Delete(String, Option<i64>),
+    Atomic(Vec<Condition>, Vec<AtomicOp>),
+    Sweep,
+}
+
+impl Write {
+    pub(crate) fn atomic(conditions: Vec<Condition>, ops: Vec<Op>) -> Result<Self> {
+        for c in &conditions {
+            validate_key(condition_key(c))?;
+        }
+        if i32::try_from(ops.len()).is_err() {
+            return Err(StoreError::Invalid(
+                "too many operations in one atomic write".into(),
+            ));
+        }
+        let ops = ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Put {
+                    key,
+                    value,
+                    expires,
+                } => PutRow::new(&key, value, expires).map(AtomicOp::Put),
+                Op::Delete { key } => validate_key(&key).map(|()| AtomicOp::Delete(key)),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Write::Atomic(conditions, ops))
+    }
+
+    /// The key to blame when a unique violation survives all retries.
+    pub(crate) fn conflict_error(&self) -> Option<StoreError> {
+        match self {
+            Write::Create(row) => Some(StoreError::AlreadyExists(row.key.clone())),
+            Write::Update(row, _) => Some(StoreError::RevisionMismatch(row.key.clone())),
+            Write::Delete(key, _) => Some(StoreError::RevisionMismatch(key.clone())),
+            Write::Atomic(conds, _) => conds.first().map(|c| StoreError::ConditionFailed {
+                index: 0,
+                key: condition_key(c).to_owned(),
+            }),
+            Write::Put(_) | Write::Sweep => None,
+        }
+    }
+}
+
+/// Result of [`apply`]: the revision taken, how many events were written, and whether
+/// the transaction should be committed (a sweep that found nothing is rolled back so it
+/// does not consume a revision).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Applied {
+    pub revision: i64,
+    pub events: u64,
+    pub commit: bool,
+}
+
+/// The primitive statements a write transaction needs. The SQLite implementation never
+/// suspends (see [`run_ready`]); the PostgreSQL one awaits the server.
+pub(crate) trait Tx {
+    /// Take the next revision. On PostgreSQL this row-locks the sequence, which serializes
+    /// writers so commit order equals revision order; it is therefore called first.
+    async fn next_revision(&mut self) -> Result<i64>;
+    async fn lookup(&mut self, key: &str) -> Result<Option<Stored>>;
+    /// Upsert the item and append its `Put` event.
+    async fn put(&mut self, revision: i64, idx: i32, row: &PutRow, at: i64) -> Result<()>;
+    /// Delete the row (live or expired) and append a `Delete` event if one existed.
+    async fn remove(&mut self, revision: i64, idx: i32, key: &str, at: i64) -> Result<bool>;
+    /// Delete every item expired at `now`, appending `Delete` events; returns the count.
+    async fn sweep(&mut self, revision: i64, now: i64) -> Result<u64>;
+}
+
+/// The write algorithm, identical for both backends. Returns a domain error (and the
+/// caller rolls back) when a precondition does not hold. "Now" (for expiry) is read after
+/// the revision is taken, i.e. after any wait for the write lock.
+pub(crate) async fn apply<T: Tx>(t: &mut T, w: &Write) -> Result<Applied> {
+    let revision = t.next_revision().await?;
+    let now = now_ms();
+    let wrote = |events: u64| Applied {
+        revision,
+        events,
+        commit: true,
+    };
+    match w {
+        Write::Create(row) => {
+            if live(t.lookup(&row.key).await?, now).is_some() {
+                return Err(StoreError::AlreadyExists(row.key.clone()));
+            }
+            t.put(revision, 0, row, now).await?;
+            Ok(wrote(1))
+        }
+        Write::Put(row) => {
+            t.put(revision, 0, row, now).await?;
+            Ok(wrote(1))
+        }
+        Write::Update(row, expected) => {
+            check_existing(&row.key, live(t.lookup(&row.key).await?, now), *expected)?;
+            t.put(revision, 0, row, now).await?;
+            Ok(wrote(1))
+        }
+        Write::Delete(key, expected) => {
+            check_existing(key, live(t.lookup(key).await?, now), *expected)?;
+            t.remove(revision, 0, key, now).await?;
+            Ok(wrote(1))
+        }
+        Write::Atomic(conditions, ops) => {
+            for (index, c) in conditions.iter().enumerate() {
+                let current = live(t.lookup(condition_key(c)).await?, now);
+                check_condition(index, c, current)?;
+            }
+            let mut idx: i32 = 0;
+            for op in ops {
+                let emitted = match op {
+                    AtomicOp::Put(row) => {
+                        t.put(revision, idx, row, now).await?;
+                        true
+                    }
+                    AtomicOp::Delete(key) => t.remove(revision, idx, key, now).await?,
+                };
+                if emitted {
+                    idx = idx.saturating_add(1);
+                }
+            }
+            Ok(wrote(u64::try_from(idx).unwrap_or(0)))
+        }
+        Write::Sweep => {
+            let n = t.sweep(revision, now).await?;
+            Ok(Applied {
+                revision,
+                events: n,
+                commit: n > 0,
+            })
+        }
+    }
+}
+
+fn check_existing(key: &str, live: Option<i64>, expected: Option<i64>) -> Result<()> {
+    match (live, expected) {
+        (None, _) => Err(StoreError::NotFound(key.to_owned())),
+        (Some(have), Some(want)) if have != want => {
+            Err(StoreError::RevisionMismatch(key.to_owned()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Poll a future that is known never to suspend (the SQLite [`Tx`]) to completion on the
+/// current thread. Returns `None` if it did suspend, which would be a bug.
+pub(crate) fn run_ready<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    let mut cx = Context::from_waker(Waker::noop());
+    match f.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}
+
+/// Backoff before retry number `attempt` (1-based) of a conflicting write.
+pub(crate) fn retry_delay(attempt: u32) -> Duration {
+    Duration::from_millis(5u64 << attempt.min(6))
+}
+
+/// Background tasks of one backend instance and the signal that stops them. Dropping it
+/// (with the backend) also stops them, because the shutdown sender goes away.
+pub(crate) struct Background {
+    shutdown: watch::Sender<bool>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Background {
+    pub(crate) fn new() -> Self {
+        Background {
+            shutdown: watch::Sender::new(false),
+            tasks: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn subscribe(&self) -> watch::Receiver<bool> {
+        self.shutdown.subscribe()
+    }
+
+    pub(crate) fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) {
+        let handle = tokio::spawn(fut);
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(handle);
+    }
+
+    /// Signal every task to stop and wait for them.
+    pub(crate) async fn close(&self) {
+        self.shutdown.send_replace(true);
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in tasks {
+            if let Err(e) = t.await {
+                tracing::warn!(error = %e, "dt-store background task failed");
+            }
+        }
+    }
+}
+
+/// Resolves once shutdown is requested (or the owning backend was dropped).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    loop {
+        if *rx.borrow_and_update() {
+            return;
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Run `tick` every `every` until shutdown.
+pub(crate) fn spawn_periodic<F, Fut>(bg: &Background, every: Duration, mut tick: F)
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let mut stop = bg.subscribe();
+    bg.spawn(async move {
+        let mut interval = tokio::time::interval(every);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        interval.tick().await;
+        loop {
+            tokio::select! {
+                biased;
+                () = stopped(&mut stop) => return,
+                _ = interval.tick() => tick().await,
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn successor_of_prefixes() {
+        assert_eq!(prefix_successor(""), None);
+        assert_eq!(prefix_successor("a").as_deref(), Some("b"));
+        assert_eq!(prefix_successor("/a/").as_deref(), Some("/a0"));
+        assert_eq!(prefix_successor("a%").as_deref(), Some("a&"));
+        assert_eq!(prefix_successor("x\u{D7FF}").as_deref(), Some("x\u{E000}"));
+        assert_eq!(prefix_successor("x\u{10FFFF}").as_deref(), Some("y"));
+        assert_eq!(prefix_successor("\u{10FFFF}\u{10FFFF}"), None);
+        assert_eq!(prefix_successor("\u{7F}").as_deref(), Some("\u{80}"));
+    }
+
+    #[test]
+    fn successor_bounds_every_extension() {
+        for p in ["a", "/a/", "é", "\u{7F}", "z\u{FFFF}"] {
+            let s = prefix_successor(p).expect("has successor");
+            for ext in ["", "\0", "zz", "\u{10FFFF}\u{10FFFF}", "é"] {
+                let k = format!("{p}{ext}");
+                assert!(k.as_str() >= p && k < s, "{k:?} not in [{p:?}, {s:?})");
+            }
+        }
+        // Something just outside the prefix is not below the bound.
+        assert!("/a0" >= prefix_successor("/a/").expect("bound").as_str());
+        assert!("/ab" >= prefix_successor("/a/").expect("bound").as_str());
+    }
+
+    #[test]
+    fn bounds_pick_tighter_lower() {
+        let b = range_bounds("/p/", Some("/p/c"), 0).expect("valid");
+        assert_eq!(
+            (b.lower.as_str(), b.lower_inclusive, b.limit),
+            ("/p/c", false, 1)
+        );
+        let b = range_bounds("/p/", Some("/a"), 5000).expect("valid");
+        assert!(range_bounds("a\0", None, 1).is_err());
+        assert_eq!(
+            (b.lower.as_str(), b.lower_inclusive, b.limit),
+            ("/p/", true, MAX_PAGE)
+        );
+    }
+
+    #[test]
+    fn millis_round_trip() {
+        let t =
+            OffsetDateTime::from_unix_timestamp_nanos(1_700_000_000_123_456_789).expect("valid");
+        let ms = to_ms(t).expect("in range");
+        assert_eq!(ms, 1_700_000_000_123);
+        assert_eq!(
+            from_ms(ms).expect("valid").unix_timestamp_nanos(),
+            1_700_000_000_123_000_000
+        );
+        let before = OffsetDateTime::from_unix_timestamp_nanos(-1).expect("valid");
+        assert_eq!(to_ms(before).expect("in range"), -1);
+    }
+
+    #[test]
+    fn conditions() {
+        assert!(check_condition(0, &Condition::Exists("k".into()), Some(3)).is_ok());
+        assert!(check_condition(0, &Condition::NotExists("k".into()), None).is_ok());
+        assert!(check_condition(0, &Condition::Revision("k".into(), 3), Some(3)).is_ok());
+        match check_condition(2, &Condition::Revision("k".into(), 3), Some(4)) {
+            Err(StoreError::ConditionFailed { index: 2, key }) => assert_eq!(key, "k"),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(check_condition(0, &Condition::Exists("k".into()), None).is_err());
+    }
+
+    #[test]
+    fn liveness() {
+        let row = |expires| {
+            Some(Stored {
+                revision: 7,
+                expires,
+            })
+        };
+        assert_eq!(live(row(None), 100), Some(7));
+        assert_eq!(live(row(Some(101)), 100), Some(7));
+        assert_eq!(live(row(Some(100)), 100), None);
+        assert_eq!(live(None, 100), None);
+    }
+
+    #[test]
+    fn keys_validated() {
+        assert!(validate_key("").is_err());
+        assert!(validate_key("a\0b").is_err());
+        assert!(validate_key("/a/b").is_ok());
+    }
+
+    #[test]
+    fn ready_futures_run() {
+        assert_eq!(run_ready(async { 5 }), Some(5));
+        assert_eq!(run_ready(std::future::pending::<()>()), None);
+    }
+}

@@ -1,0 +1,1373 @@
+//! One test suite every [`Backend`] must pass.
+//!
+//! Each case is a `pub async fn(Factory) -> Outcome`. The [`Factory`] opens a new backend
+//! instance on the *same* fresh database each time it is called (so cases can simulate two
+//! auth servers), with the [`Tuning`] the case chooses. Cases report problems as
+//! [`Failure`] values instead of panicking.
+//!
+//! A backend's integration test provides a setup function returning an [`Env`] (a factory
+//! for a fresh database plus its cleanup) and expands [`conformance_tests!`](crate::conformance_tests)
+//! to get one `#[tokio::test]` per case:
+//!
+//! ```ignore
+//! async fn setup() -> Result<Env, Failure> { /* create a fresh database */ }
+//! dt_store::conformance_tests!(setup);
+//! ```
+//!
+//! [`run_case`] closes every instance the case opened and runs the cleanup even when the
+//! case fails, panics or times out.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use time::OffsetDateTime;
+
+use crate::{
+    Backend, Condition, EventKind, Item, Op, Page, StoreError, Tuning, WatchEvent, Watcher,
+};
+
+/// Opens one more backend instance on the case's database.
+pub type Factory =
+    Arc<dyn Fn(Tuning) -> BoxFuture<'static, crate::Result<Arc<dyn Backend>>> + Send + Sync>;
+
+/// A case's result.
+pub type Outcome = Result<(), Failure>;
+
+/// A case function, boxed.
+pub type CaseFn = fn(Factory) -> BoxFuture<'static, Outcome>;
+
+/// A fresh database for one case.
+pub struct Env {
+    /// Opens instances on the fresh database.
+    pub factory: Factory,
+    /// Run after the case and after all its instances were closed (e.g. drop the database).
+    pub cleanup: Option<BoxFuture<'static, ()>>,
+}
+
+/// Why a case failed. `Debug` prints the plain message so a `#[test]` returning
+/// `Result<(), Failure>` reports it readably.
+pub struct Failure(String);
+
+impl Failure {
+    /// A failure with this message.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Failure(msg.into())
+    }
+}
+
+impl std::fmt::Debug for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err(Failure(format!("{}:{}: {}", file!(), line!(), format!($($arg)+))));
+        }
+    };
+}
+
+macro_rules! ensure_eq {
+    ($left:expr, $right:expr, $($arg:tt)+) => {
+        match (&$left, &$right) {
+            (l, r) => {
+                if l != r {
+                    return Err(Failure(format!(
+                        "{}:{}: {}\n  left: {:?}\n right: {:?}",
+                        file!(), line!(), format!($($arg)+), l, r
+                    )));
+                }
+            }
+        }
+    };
+}
+
+/// Attach context to a storage result.
+trait Ctx<T> {
+    fn ctx(self, what: &str) -> Result<T, Failure>;
+}
+
+impl<T> Ctx<T> for crate::Result<T> {
+    fn ctx(self, what: &str) -> Result<T, Failure> {
+        self.map_err(|e| Failure(format!("{what}: unexpected error: {e} ({e:?})")))
+    }
+}
+
+/// Short background periods so cases finish quickly.
+pub fn fast_tuning() -> Tuning {
+    Tuning {
+        sweep_every: Duration::from_millis(50),
+        poll_every: Duration::from_millis(50),
+        keep_events_for: Duration::from_secs(600),
+        watcher_buffer: 1024,
+    }
+}
+
+const EVENT_TIMEOUT: Duration = Duration::from_secs(10);
+const CASE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Every case, by name.
+pub fn cases() -> Vec<(&'static str, CaseFn)> {
+    vec![
+        ("basics", |f| Box::pin(basics(f))),
+        ("crud_and_revisions", |f| Box::pin(crud_and_revisions(f))),
+        ("create_conflicts", |f| Box::pin(create_conflicts(f))),
+        ("revision_checks", |f| Box::pin(revision_checks(f))),
+        ("atomic_writes", |f| Box::pin(atomic_writes(f))),
+        ("range_prefixes", |f| Box::pin(range_prefixes(f))),
+        ("range_pagination", |f| Box::pin(range_pagination(f))),
+        ("expiry", |f| Box::pin(expiry(f))),
+        ("explicit_sweep", |f| Box::pin(explicit_sweep(f))),
+        ("watch_basics", |f| Box::pin(watch_basics(f))),
+        ("watch_concurrent_writers", |f| {
+            Box::pin(watch_concurrent_writers(f))
+        }),
+        ("slow_watcher_is_closed", |f| {
+            Box::pin(slow_watcher_is_closed(f))
+        }),
+        ("two_instances_watch", |f| Box::pin(two_instances_watch(f))),
+        ("concurrent_create_race", |f| {
+            Box::pin(concurrent_create_race(f))
+        }),
+        ("concurrent_open", |f| Box::pin(concurrent_open(f))),
+        ("reopen_persists", |f| Box::pin(reopen_persists(f))),
+        ("close_ends_watchers", |f| Box::pin(close_ends_watchers(f))),
+    ]
+}
+
+/// Set up a fresh database, run one case (with a timeout, catching panics), close every
+/// instance it opened, and clean up.
+pub async fn run_case<S>(setup: S, case: CaseFn) -> Outcome
+where
+    S: Future<Output = Result<Env, Failure>>,
+{
+    let env = setup.await?;
+    let opened: Arc<Mutex<Vec<Arc<dyn Backend>>>> = Arc::default();
+    let inner = env.factory.clone();
+    let record = opened.clone();
+    let factory: Factory = Arc::new(move |tuning| {
+        let inner = inner.clone();
+        let record = record.clone();
+        Box::pin(async move {
+            let backend = inner(tuning).await?;
+            record
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(backend.clone());
+            Ok(backend)
+        })
+    });
+    let result = match tokio::spawn(tokio::time::timeout(CASE_TIMEOUT, case(factory))).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => Err(Failure(format!(
+            "case did not finish within {CASE_TIMEOUT:?}"
+        ))),
+        Err(e) => Err(Failure(format!("case panicked: {e}"))),
+    };
+    let backends = std::mem::take(&mut *opened.lock().unwrap_or_else(|e| e.into_inner()));
+    for b in backends {
+        b.close().await;
+    }
+    if let Some(cleanup) = env.cleanup {
+        cleanup.await;
+    }
+    result
+}
+
+/// Run a case by name (see [`cases`]).
+pub async fn run_named<S>(setup: S, name: &str) -> Outcome
+where
+    S: Future<Output = Result<Env, Failure>>,
+{
+    let case = cases()
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, c)| c);
+    match case {
+        Some(case) => run_case(setup, case).await,
+        None => Err(Failure(format!("no conformance case named {name:?}"))),
+    }
+}
+
+/// Run every case in turn, each on a fresh database from `setup`; stops at the first
+/// failure.
+pub async fn run_all<S, Fut>(setup: S) -> Outcome
+where
+    S: Fn() -> Fut,
+    Fut: Future<Output = Result<Env, Failure>>,
+{
+    for (name, case) in cases() {
+        run_case(setup(), case)
+            .await
+            .map_err(|f| Failure(format!("{name}: {f}")))?;
+    }
+    Ok(())
+}
+
+/// Expand to one `#[tokio::test]` per conformance case, each on a fresh database from
+/// `$setup` (an `async fn() -> Result<Env, Failure>`), plus a test that the list here
+/// matches [`cases`](crate::conformance::cases).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($setup:path) => {
+        $crate::conformance_tests!(@cases $setup;
+            basics,
+            crud_and_revisions,
+            create_conflicts,
+            revision_checks,
+            atomic_writes,
+            range_prefixes,
+            range_pagination,
+            expiry,
+            explicit_sweep,
+            watch_basics,
+            watch_concurrent_writers,
+            slow_watcher_is_closed,
+            two_instances_watch,
+            concurrent_create_race,
+            concurrent_open,
+            reopen_persists,
+            close_ends_watchers,
+        );
+    };
+    (@cases $setup:path; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $case() -> ::std::result::Result<(), $crate::conformance::Failure> {
+                $crate::conformance::run_named($setup(), stringify!($case)).await
+            }
+        )*
+
+        #[test]
+        fn conformance_case_list_is_complete() {
+            let listed: ::std::vec::Vec<&str> = ::std::vec![$(stringify!($case)),*];
+            let all: ::std::vec::Vec<&str> =
+                $crate::conformance::cases().into_iter().map(|(n, _)| n).collect();
+            assert_eq!(listed, all);
+        }
+    };
+}
+
+// ---------------------------------------------------------------------------------------
+// helpers
+
+async fn open(f: &Factory, tuning: Tuning) -> Result<Arc<dyn Backend>, Failure> {
+    f(tuning).await.ctx("opening a backend instance")
+}
+
+fn fail(msg: impl Into<String>) -> Failure {
+    Failure(msg.into())
+}
+
+async fn next(w: &mut Watcher) -> Result<WatchEvent, Failure> {
+    match tokio::time::timeout(EVENT_TIMEOUT, w.recv()).await {
+        Ok(Some(ev)) => Ok(ev),
+        Ok(None) => Err(fail("the watch ended unexpectedly")),
+        Err(_) => Err(fail(format!("no watch event within {EVENT_TIMEOUT:?}"))),
+    }
+}
+
+async fn init(w: &mut Watcher) -> Result<i64, Failure> {
+    match next(w).await? {
+        WatchEvent::Init { revision } => Ok(revision),
+        other => Err(fail(format!("expected Init first, got {other:?}"))),
+    }
+}
+
+async fn change(w: &mut Watcher) -> Result<(EventKind, Item), Failure> {
+    match next(w).await? {
+        WatchEvent::Change { kind, item } => Ok((kind, item)),
+        other => Err(fail(format!("expected a change, got {other:?}"))),
+    }
+}
+
+/// Expect exactly these changes next, in order: (kind, key, revision).
+async fn expect_changes(w: &mut Watcher, want: &[(EventKind, &str, i64)]) -> Outcome {
+    for (i, (kind, key, revision)) in want.iter().enumerate() {
+        let (k, item) = change(w).await?;
+        ensure_eq!(
+            (k, item.key.as_str(), item.revision),
+            (*kind, *key, *revision),
+            "change #{i}"
+        );
+    }
+    Ok(())
+}
+
+fn keys(page: &Page) -> Vec<&str> {
+    page.items.iter().map(|i| i.key.as_str()).collect()
+}
+
+fn truncate_ms(t: OffsetDateTime) -> Result<OffsetDateTime, Failure> {
+    let nanos = t.unix_timestamp_nanos().div_euclid(1_000_000) * 1_000_000;
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|e| fail(e.to_string()))
+}
+
+fn in_ms(ms: i64) -> OffsetDateTime {
+    OffsetDateTime::now_utc() + time::Duration::milliseconds(ms)
+}
+
+async fn get_value(b: &Arc<dyn Backend>, key: &str) -> Result<Option<Vec<u8>>, Failure> {
+    Ok(b.get(key)
+        .await
+        .ctx(&format!("get {key}"))?
+        .map(|i| i.value))
+}
+
+// ---------------------------------------------------------------------------------------
+// cases
+
+/// Kind, schema version, input validation.
+pub async fn basics(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    ensure!(
+        ["sqlite", "postgres"].contains(&b.kind()),
+        "unexpected kind {}",
+        b.kind()
+    );
+    let v = b.schema_version().await.ctx("schema_version")?;
+    ensure!(v >= 1, "schema version {v} after migrations");
+    ensure!(
+        b.get("/missing").await.ctx("get")?.is_none(),
+        "missing key found"
+    );
+    ensure!(
+        matches!(b.get("").await, Err(StoreError::Invalid(_))),
+        "empty key accepted by get"
+    );
+    ensure!(
+        matches!(b.put("", vec![], None).await, Err(StoreError::Invalid(_))),
+        "empty key accepted by put"
+    );
+    ensure!(
+        matches!(
+            b.create("a\0b", vec![], None).await,
+            Err(StoreError::Invalid(_))
+        ),
+        "NUL accepted"
+    );
+    let bad = b.range("/a\0", None, 10).await;
+    ensure!(
+        matches!(bad, Err(StoreError::Invalid(_))),
+        "NUL accepted by range: {bad:?}"
+    );
+    let bad = b
+        .atomic_write(vec![], vec![Op::Delete { key: String::new() }])
+        .await;
+    ensure!(
+        matches!(bad, Err(StoreError::Invalid(_))),
+        "empty key accepted by atomic_write: {bad:?}"
+    );
+    Ok(())
+}
+
+/// Create/get/put/update/delete; revisions strictly increase across all writes.
+pub async fn crud_and_revisions(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let r1 = b
+        .create("/crud/a", b"1".to_vec(), None)
+        .await
+        .ctx("create a")?;
+    ensure!(r1 > 0, "revision {r1} not positive");
+    let r2 = b.put("/crud/b", b"b".to_vec(), None).await.ctx("put b")?;
+    let r3 = b
+        .update("/crud/a", b"2".to_vec(), None, Some(r1))
+        .await
+        .ctx("update a")?;
+    ensure!(
+        r1 < r2 && r2 < r3,
+        "revisions not increasing: {r1} {r2} {r3}"
+    );
+
+    let a = b
+        .get("/crud/a")
+        .await
+        .ctx("get a")?
+        .ok_or_else(|| fail("a missing"))?;
+    ensure_eq!(
+        a,
+        Item {
+            key: "/crud/a".into(),
+            value: b"2".to_vec(),
+            revision: r3,
+            expires: None
+        },
+        "a"
+    );
+
+    let r4 = b.put("/crud/a", b"3".to_vec(), None).await.ctx("put a")?;
+    ensure!(r4 > r3, "put revision {r4} <= {r3}");
+    let r5 = b
+        .update("/crud/a", b"4".to_vec(), None, None)
+        .await
+        .ctx("unconditional update")?;
+    ensure!(r5 > r4, "update revision {r5} <= {r4}");
+    b.delete("/crud/a", Some(r5)).await.ctx("delete a")?;
+    ensure!(
+        b.get("/crud/a").await.ctx("get a")?.is_none(),
+        "a still there after delete"
+    );
+    let r6 = b
+        .put("/crud/a", b"5".to_vec(), None)
+        .await
+        .ctx("put a again")?;
+    ensure!(
+        r6 > r5 + 1,
+        "the delete did not take a revision: {r5} then {r6}"
+    );
+
+    // Values are opaque bytes.
+    let all_bytes: Vec<u8> = (0..=255u8).collect();
+    b.put("/crud/bytes", all_bytes.clone(), None)
+        .await
+        .ctx("put bytes")?;
+    ensure_eq!(
+        get_value(&b, "/crud/bytes").await?,
+        Some(all_bytes),
+        "binary round trip"
+    );
+    b.put("/crud/empty", Vec::new(), None)
+        .await
+        .ctx("put empty")?;
+    ensure_eq!(
+        get_value(&b, "/crud/empty").await?,
+        Some(Vec::new()),
+        "empty value"
+    );
+    let big: Vec<u8> = (0..(1usize << 20)).map(|i| (i % 251) as u8).collect();
+    b.put("/crud/big", big.clone(), None).await.ctx("put big")?;
+    ensure!(
+        get_value(&b, "/crud/big").await? == Some(big),
+        "1 MiB value round trip"
+    );
+
+    // Unicode keys and expiry instants (millisecond precision).
+    let exp = in_ms(3_600_000);
+    let r7 = b
+        .put("/crud/ключ/é", b"u".to_vec(), Some(exp))
+        .await
+        .ctx("put unicode")?;
+    let item = b
+        .get("/crud/ключ/é")
+        .await
+        .ctx("get unicode")?
+        .ok_or_else(|| fail("unicode key missing"))?;
+    ensure_eq!(item.revision, r7, "revision");
+    ensure_eq!(item.expires, Some(truncate_ms(exp)?), "expiry round trip");
+    Ok(())
+}
+
+/// `create` fails on a live key and leaves it unchanged.
+pub async fn create_conflicts(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let r1 = b
+        .create("/cc/k", b"first".to_vec(), None)
+        .await
+        .ctx("create")?;
+    match b.create("/cc/k", b"second".to_vec(), None).await {
+        Err(StoreError::AlreadyExists(k)) => ensure_eq!(k, "/cc/k", "key in error"),
+        other => return Err(fail(format!("second create: {other:?}"))),
+    }
+    let item = b
+        .get("/cc/k")
+        .await
+        .ctx("get")?
+        .ok_or_else(|| fail("missing"))?;
+    ensure_eq!(
+        (item.value.as_slice(), item.revision),
+        (&b"first"[..], r1),
+        "unchanged after conflict"
+    );
+    b.delete("/cc/k", None).await.ctx("delete")?;
+    let r2 = b
+        .create("/cc/k", b"third".to_vec(), None)
+        .await
+        .ctx("create after delete")?;
+    ensure!(r2 > r1, "revision did not increase");
+    Ok(())
+}
+
+/// update/delete on missing keys and with stale revisions.
+pub async fn revision_checks(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let r = b.update("/rc/missing", vec![1], None, None).await;
+    ensure!(
+        matches!(&r, Err(StoreError::NotFound(k)) if k == "/rc/missing"),
+        "update missing: {r:?}"
+    );
+    let r = b.delete("/rc/missing", None).await;
+    ensure!(
+        matches!(&r, Err(StoreError::NotFound(k)) if k == "/rc/missing"),
+        "delete missing: {r:?}"
+    );
+    let r = b.update("/rc/missing", vec![1], None, Some(1)).await;
+    ensure!(
+        matches!(r, Err(StoreError::NotFound(_))),
+        "update missing with revision: {r:?}"
+    );
+
+    let r1 = b.put("/rc/k", b"v1".to_vec(), None).await.ctx("put")?;
+    let r2 = b.put("/rc/k", b"v2".to_vec(), None).await.ctx("put")?;
+    let r = b.update("/rc/k", b"v3".to_vec(), None, Some(r1)).await;
+    ensure!(
+        matches!(&r, Err(StoreError::RevisionMismatch(k)) if k == "/rc/k"),
+        "stale update: {r:?}"
+    );
+    ensure_eq!(
+        get_value(&b, "/rc/k").await?,
+        Some(b"v2".to_vec()),
+        "value after failed update"
+    );
+    let r = b.delete("/rc/k", Some(r1)).await;
+    ensure!(
+        matches!(&r, Err(StoreError::RevisionMismatch(k)) if k == "/rc/k"),
+        "stale delete: {r:?}"
+    );
+    ensure!(
+        b.get("/rc/k").await.ctx("get")?.is_some(),
+        "deleted despite stale revision"
+    );
+    let r3 = b
+        .update("/rc/k", b"v3".to_vec(), None, Some(r2))
+        .await
+        .ctx("update")?;
+    b.delete("/rc/k", Some(r3)).await.ctx("delete")?;
+    Ok(())
+}
+
+/// Conditions and ops of one atomic write are all-or-nothing and share a revision.
+pub async fn atomic_writes(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let put = |k: &str, v: &[u8]| Op::Put {
+        key: k.into(),
+        value: v.to_vec(),
+        expires: None,
+    };
+    let r = b
+        .atomic_write(
+            vec![
+                Condition::NotExists("/aw/a".into()),
+                Condition::NotExists("/aw/b".into()),
+            ],
+            vec![put("/aw/a", b"a"), put("/aw/b", b"b"), put("/aw/c", b"c")],
+        )
+        .await
+        .ctx("first atomic write")?;
+    for k in ["/aw/a", "/aw/b", "/aw/c"] {
+        let item = b
+            .get(k)
+            .await
+            .ctx("get")?
+            .ok_or_else(|| fail(format!("{k} missing")))?;
+        ensure_eq!(item.revision, r, "{k} revision");
+    }
+
+    // The third condition fails: nothing is written, and the error names index 2.
+    let res = b
+        .atomic_write(
+            vec![
+                Condition::Exists("/aw/a".into()),
+                Condition::Revision("/aw/b".into(), r),
+                Condition::NotExists("/aw/b".into()),
+            ],
+            vec![
+                put("/aw/a", b"changed"),
+                Op::Delete {
+                    key: "/aw/c".into(),
+                },
+                put("/aw/new", b"n"),
+            ],
+        )
+        .await;
+    match res {
+        Err(StoreError::ConditionFailed { index, key }) => {
+            ensure_eq!((index, key.as_str()), (2, "/aw/b"), "failure")
+        }
+        other => return Err(fail(format!("expected ConditionFailed, got {other:?}"))),
+    }
+    ensure_eq!(
+        get_value(&b, "/aw/a").await?,
+        Some(b"a".to_vec()),
+        "a after failed write"
+    );
+    ensure!(
+        b.get("/aw/c").await.ctx("get c")?.is_some(),
+        "c deleted by failed write"
+    );
+    ensure!(
+        b.get("/aw/new").await.ctx("get new")?.is_none(),
+        "new written by failed write"
+    );
+
+    let res = b
+        .atomic_write(
+            vec![Condition::Revision("/aw/a".into(), r + 1000)],
+            vec![put("/aw/a", b"x")],
+        )
+        .await;
+    ensure!(
+        matches!(res, Err(StoreError::ConditionFailed { index: 0, .. })),
+        "wrong revision: {res:?}"
+    );
+    let res = b
+        .atomic_write(vec![Condition::Revision("/aw/none".into(), r)], vec![])
+        .await;
+    ensure!(
+        matches!(res, Err(StoreError::ConditionFailed { index: 0, .. })),
+        "revision of missing: {res:?}"
+    );
+    let res = b
+        .atomic_write(vec![Condition::Exists("/aw/none".into())], vec![])
+        .await;
+    ensure!(
+        matches!(res, Err(StoreError::ConditionFailed { index: 0, .. })),
+        "exists of missing: {res:?}"
+    );
+
+    // Deleting a missing key is fine; every op is applied.
+    let r2 = b
+        .atomic_write(
+            vec![
+                Condition::Revision("/aw/a".into(), r),
+                Condition::Exists("/aw/c".into()),
+            ],
+            vec![
+                Op::Delete {
+                    key: "/aw/none".into(),
+                },
+                Op::Delete {
+                    key: "/aw/c".into(),
+                },
+                put("/aw/a", b"a2"),
+            ],
+        )
+        .await
+        .ctx("second atomic write")?;
+    ensure!(r2 > r, "revision did not increase");
+    ensure!(
+        b.get("/aw/c").await.ctx("get c")?.is_none(),
+        "c not deleted"
+    );
+    let a = b
+        .get("/aw/a")
+        .await
+        .ctx("get a")?
+        .ok_or_else(|| fail("a missing"))?;
+    ensure_eq!(
+        (a.value.as_slice(), a.revision),
+        (&b"a2"[..], r2),
+        "a after second write"
+    );
+
+    // Conditions only: succeeds and returns a revision.
+    let r3 = b
+        .atomic_write(vec![Condition::Exists("/aw/a".into())], vec![])
+        .await
+        .ctx("conditions only")?;
+    ensure!(r3 >= r2, "conditions-only revision went backwards");
+    Ok(())
+}
+
+/// Prefix matching is literal (no LIKE wildcards) and bytewise.
+pub async fn range_prefixes(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let all = [
+        "/a",
+        "/a/",
+        "/a/1",
+        "/a/2",
+        "/a/\u{10FFFF}",
+        "/a/é",
+        "/ab",
+        "/a0",
+        "/a%",
+        "/a%/x",
+        "/a_",
+        "/a_/y",
+        "/aX/z",
+        "/a\\",
+        "/a\\/w",
+        "/b/1",
+        "/é",
+    ];
+    let ops = all
+        .iter()
+        .map(|k| Op::Put {
+            key: (*k).into(),
+            value: k.as_bytes().to_vec(),
+            expires: None,
+        })
+        .collect();
+    b.atomic_write(vec![], ops).await.ctx("seed")?;
+
+    let expect = |prefix: &str| {
+        let mut v: Vec<&str> = all
+            .iter()
+            .copied()
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        v.sort_unstable();
+        v
+    };
+    for prefix in [
+        "/a/", "/a%", "/a_", "/ab", "/a", "/a\\", "/", "", "/é", "/zzz", "/a/é",
+    ] {
+        let page = b
+            .range(prefix, None, 1000)
+            .await
+            .ctx(&format!("range {prefix:?}"))?;
+        ensure_eq!(keys(&page), expect(prefix), "range {prefix:?}");
+        ensure!(page.next.is_none(), "range {prefix:?} has a next page");
+    }
+    for item in b.range("", None, 1000).await.ctx("range all")?.items {
+        ensure_eq!(
+            item.value,
+            item.key.as_bytes().to_vec(),
+            "value of {}",
+            item.key
+        );
+    }
+
+    // start_after inside, before and after the prefix.
+    let page = b.range("/a/", Some("/a/1"), 1000).await.ctx("after /a/1")?;
+    ensure_eq!(
+        keys(&page),
+        vec!["/a/2", "/a/é", "/a/\u{10FFFF}"],
+        "after /a/1"
+    );
+    let page = b.range("/a/", Some("/"), 1000).await.ctx("after /")?;
+    ensure_eq!(keys(&page), expect("/a/"), "start_after before the prefix");
+    let page = b.range("/a/", Some("/b"), 1000).await.ctx("after /b")?;
+    ensure!(
+        page.items.is_empty() && page.next.is_none(),
+        "start_after past the prefix: {page:?}"
+    );
+
+    // limit is clamped to 1..=1000.
+    let page = b.range("/a/", None, 0).await.ctx("limit 0")?;
+    ensure_eq!(keys(&page), vec!["/a/"], "limit 0 behaves as 1");
+    ensure_eq!(page.next.as_deref(), Some("/a/"), "next after one item");
+    Ok(())
+}
+
+/// Paging visits every key once, in order; `next` is `None` exactly on the last page.
+pub async fn range_pagination(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let want: Vec<String> = (0..130).map(|i| format!("/pg/{i:04}")).collect();
+    let mut ops: Vec<Op> = want
+        .iter()
+        .map(|k| Op::Put {
+            key: k.clone(),
+            value: vec![1],
+            expires: None,
+        })
+        .collect();
+    ops.push(Op::Put {
+        key: "/pg".into(),
+        value: vec![],
+        expires: None,
+    });
+    ops.push(Op::Put {
+        key: "/pg0".into(),
+        value: vec![],
+        expires: None,
+    });
+    ops.push(Op::Put {
+        key: "/ph/0".into(),
+        value: vec![],
+        expires: None,
+    });
+    // Expired items are skipped without ending the page early.
+    for i in 0..20 {
+        ops.push(Op::Put {
+            key: format!("/pg/{:04}x", i * 5),
+            value: vec![],
+            expires: Some(in_ms(-1000)),
+        });
+    }
+    b.atomic_write(vec![], ops).await.ctx("seed")?;
+
+    let mut seen: Vec<String> = Vec::new();
+    let mut after: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = b.range("/pg/", after.as_deref(), 7).await.ctx("page")?;
+        pages += 1;
+        ensure!(page.items.len() <= 7, "page larger than limit");
+        seen.extend(page.items.iter().map(|i| i.key.clone()));
+        match page.next {
+            Some(n) => {
+                ensure_eq!(Some(&n), seen.last(), "next is the last key of the page");
+                after = Some(n);
+            }
+            None => break,
+        }
+        ensure!(pages < 100, "pagination does not end");
+    }
+    ensure_eq!(seen, want, "all keys exactly once, in order");
+    ensure_eq!(pages, 19, "130 keys in pages of 7");
+
+    // An exact multiple: the last full page has no `next`.
+    let first = b.range("/pg/00", None, 50).await.ctx("first 50")?;
+    ensure_eq!(first.items.len(), 50, "first page");
+    let second = b
+        .range("/pg/00", first.next.as_deref(), 50)
+        .await
+        .ctx("second 50")?;
+    ensure_eq!(
+        (second.items.len(), second.next.as_deref()),
+        (50, None),
+        "exact multiple"
+    );
+
+    // Limits above 1000 are clamped.
+    let many: Vec<Op> = (0..1005)
+        .map(|i| Op::Put {
+            key: format!("/many/{i:05}"),
+            value: vec![],
+            expires: None,
+        })
+        .collect();
+    b.atomic_write(vec![], many).await.ctx("seed many")?;
+    let page = b.range("/many/", None, 5000).await.ctx("range many")?;
+    ensure_eq!(page.items.len(), 1000, "clamped to 1000");
+    ensure_eq!(page.next.as_deref(), Some("/many/00999"), "next after 1000");
+    let rest = b
+        .range("/many/", page.next.as_deref(), 5000)
+        .await
+        .ctx("rest")?;
+    ensure_eq!(
+        (rest.items.len(), rest.next.as_deref()),
+        (5, None),
+        "remaining 5"
+    );
+    Ok(())
+}
+
+/// Expired items are invisible to reads and conditions, and the sweeper deletes them with
+/// a `Delete` event.
+pub async fn expiry(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let exp = in_ms(400);
+    let r_short = b
+        .put("/exp/short", b"s".to_vec(), Some(exp))
+        .await
+        .ctx("put short")?;
+    b.put("/exp/long", b"l".to_vec(), Some(in_ms(3_600_000)))
+        .await
+        .ctx("put long")?;
+    b.put("/exp-past/k", b"p".to_vec(), Some(in_ms(-1000)))
+        .await
+        .ctx("put past")?;
+
+    let short = b
+        .get("/exp/short")
+        .await
+        .ctx("get short")?
+        .ok_or_else(|| fail("short invisible too early"))?;
+    ensure_eq!(short.expires, Some(truncate_ms(exp)?), "expiry");
+
+    // Already expired at write time: invisible everywhere; create succeeds.
+    ensure!(
+        b.get("/exp-past/k").await.ctx("get past")?.is_none(),
+        "expired item visible"
+    );
+    ensure!(
+        b.range("/exp-past/", None, 10)
+            .await
+            .ctx("range")?
+            .items
+            .is_empty(),
+        "expired item in range"
+    );
+    let res = b
+        .atomic_write(vec![Condition::Exists("/exp-past/k".into())], vec![])
+        .await;
+    ensure!(
+        matches!(res, Err(StoreError::ConditionFailed { index: 0, .. })),
+        "Exists(expired): {res:?}"
+    );
+    b.atomic_write(vec![Condition::NotExists("/exp-past/k".into())], vec![])
+        .await
+        .ctx("NotExists(expired)")?;
+    let res = b.update("/exp-past/k", vec![], None, None).await;
+    ensure!(
+        matches!(res, Err(StoreError::NotFound(_))),
+        "update expired: {res:?}"
+    );
+    let res = b.delete("/exp-past/k", None).await;
+    ensure!(
+        matches!(res, Err(StoreError::NotFound(_))),
+        "delete expired: {res:?}"
+    );
+    b.create("/exp-past/k", b"new".to_vec(), None)
+        .await
+        .ctx("create over expired")?;
+    ensure_eq!(
+        get_value(&b, "/exp-past/k").await?,
+        Some(b"new".to_vec()),
+        "recreated"
+    );
+
+    let mut w = b.watch(vec!["/exp/".into()]).await.ctx("watch")?;
+    let start = init(&mut w).await?;
+    ensure!(
+        start >= r_short,
+        "Init {start} before the last write {r_short}"
+    );
+    let (kind, item) = change(&mut w).await?;
+    ensure_eq!(
+        (kind, item.key.as_str()),
+        (EventKind::Delete, "/exp/short"),
+        "sweeper delete event"
+    );
+    ensure!(
+        item.revision > start && item.value.is_empty(),
+        "delete event {item:?}"
+    );
+    ensure!(OffsetDateTime::now_utc() >= exp, "swept before expiry");
+
+    ensure!(
+        b.get("/exp/short").await.ctx("get short")?.is_none(),
+        "visible after expiry"
+    );
+    ensure_eq!(
+        keys(&b.range("/exp/", None, 10).await.ctx("range")?),
+        vec!["/exp/long"],
+        "range after expiry"
+    );
+    b.create("/exp/short", b"again".to_vec(), None)
+        .await
+        .ctx("create after expiry")?;
+    let (kind, item) = change(&mut w).await?;
+    ensure_eq!(
+        (kind, item.key.as_str()),
+        (EventKind::Put, "/exp/short"),
+        "recreate event"
+    );
+    Ok(())
+}
+
+/// `sweep_expired` deletes what has expired, in one write, and reports the count.
+pub async fn explicit_sweep(f: Factory) -> Outcome {
+    let b = open(
+        &f,
+        Tuning {
+            sweep_every: Duration::from_secs(3600),
+            ..fast_tuning()
+        },
+    )
+    .await?;
+    for k in ["/sw/b", "/sw/a", "/sw/c"] {
+        b.put(k, vec![], Some(in_ms(-10)))
+            .await
+            .ctx("put expired")?;
+    }
+    b.put("/sw/live", vec![], Some(in_ms(3_600_000)))
+        .await
+        .ctx("put live")?;
+    let mut w = b.watch(vec!["/sw/".into()]).await.ctx("watch")?;
+    let start = init(&mut w).await?;
+    ensure_eq!(b.sweep_expired().await.ctx("sweep")?, 3, "swept count");
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let (kind, item) = change(&mut w).await?;
+        ensure_eq!(kind, EventKind::Delete, "kind");
+        got.push((item.key, item.revision));
+    }
+    let rev = got[0].1;
+    ensure!(rev > start, "sweep revision {rev} <= {start}");
+    ensure_eq!(
+        got,
+        vec![
+            ("/sw/a".to_string(), rev),
+            ("/sw/b".to_string(), rev),
+            ("/sw/c".to_string(), rev)
+        ],
+        "one revision, key order"
+    );
+    ensure_eq!(
+        b.sweep_expired().await.ctx("sweep again")?,
+        0,
+        "second sweep"
+    );
+    ensure!(
+        b.get("/sw/live").await.ctx("get live")?.is_some(),
+        "live item swept"
+    );
+    Ok(())
+}
+
+/// Init first, then every later change (and only those) in revision order, filtered by
+/// prefix; atomic writes arrive as consecutive events sharing one revision.
+pub async fn watch_basics(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let r0 = b
+        .put("/w/a/0", b"0".to_vec(), None)
+        .await
+        .ctx("put before watch")?;
+
+    let mut all = b.watch(vec![String::new()]).await.ctx("watch all")?;
+    let mut none = b.watch(vec![]).await.ctx("watch with no prefixes")?;
+    let mut a = b.watch(vec!["/w/a/".into()]).await.ctx("watch a")?;
+    let mut ac = b
+        .watch(vec!["/w/a/".into(), "/w/c/".into()])
+        .await
+        .ctx("watch a+c")?;
+    for w in [&mut all, &mut none, &mut a, &mut ac] {
+        ensure_eq!(init(w).await?, r0, "Init is the last completed write");
+    }
+
+    let exp = in_ms(3_600_000);
+    let r1 = b
+        .put("/w/a/1", b"1".to_vec(), Some(exp))
+        .await
+        .ctx("put a1")?;
+    let r2 = b.put("/w/b/1", b"b".to_vec(), None).await.ctx("put b1")?;
+    b.delete("/w/a/1", None).await.ctx("delete a1")?;
+    let r4 = b
+        .atomic_write(
+            vec![],
+            vec![
+                Op::Put {
+                    key: "/w/c/1".into(),
+                    value: b"c".to_vec(),
+                    expires: None,
+                },
+                Op::Put {
+                    key: "/w/a/2".into(),
+                    value: b"2".to_vec(),
+                    expires: None,
+                },
+                Op::Delete {
+                    key: "/w/a/0".into(),
+                },
+                Op::Delete {
+                    key: "/w/a/missing".into(),
+                },
+            ],
+        )
+        .await
+        .ctx("atomic")?;
+    ensure!(r4 > r2 + 1, "atomic revision");
+
+    // Full details of the first event and of a delete.
+    let (kind, item) = change(&mut a).await?;
+    ensure_eq!(
+        (kind, item),
+        (
+            EventKind::Put,
+            Item {
+                key: "/w/a/1".into(),
+                value: b"1".to_vec(),
+                revision: r1,
+                expires: Some(truncate_ms(exp)?)
+            }
+        ),
+        "put event"
+    );
+    let (kind, del) = change(&mut a).await?;
+    ensure_eq!(kind, EventKind::Delete, "delete kind");
+    ensure!(
+        del.key == "/w/a/1" && del.value.is_empty() && del.expires.is_none(),
+        "delete event {del:?}"
+    );
+    ensure!(
+        del.revision > r2,
+        "delete revision {} <= {r2}",
+        del.revision
+    );
+    let r3 = del.revision;
+    expect_changes(
+        &mut a,
+        &[
+            (EventKind::Put, "/w/a/2", r4),
+            (EventKind::Delete, "/w/a/0", r4),
+        ],
+    )
+    .await?;
+
+    let everything = [
+        (EventKind::Put, "/w/a/1", r1),
+        (EventKind::Put, "/w/b/1", r2),
+        (EventKind::Delete, "/w/a/1", r3),
+        (EventKind::Put, "/w/c/1", r4),
+        (EventKind::Put, "/w/a/2", r4),
+        (EventKind::Delete, "/w/a/0", r4),
+    ];
+    expect_changes(&mut all, &everything).await?;
+    expect_changes(&mut none, &everything).await?;
+    let not_b: Vec<_> = everything
+        .iter()
+        .copied()
+        .filter(|(_, k, _)| !k.starts_with("/w/b/"))
+        .collect();
+    expect_changes(&mut ac, &not_b).await?;
+
+    // Filtering: a change outside the prefix is not delivered; the next one inside is.
+    b.put("/w/b/2", vec![], None).await.ctx("put b2")?;
+    let r6 = b.put("/w/a/3", vec![], None).await.ctx("put a3")?;
+    expect_changes(&mut a, &[(EventKind::Put, "/w/a/3", r6)]).await?;
+
+    // A later watcher starts after everything so far.
+    let mut late = b.watch(vec!["/w/".into()]).await.ctx("late watch")?;
+    ensure_eq!(init(&mut late).await?, r6, "late Init");
+    let r7 = b.put("/w/a/4", vec![], None).await.ctx("put a4")?;
+    expect_changes(&mut late, &[(EventKind::Put, "/w/a/4", r7)]).await?;
+    Ok(())
+}
+
+/// 4 writers x 200 puts: a watcher sees all 800 changes, in strictly increasing revision
+/// order, exactly the revisions the writers were given.
+pub async fn watch_concurrent_writers(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let mut w = b.watch(vec!["/cw/".into()]).await.ctx("watch")?;
+    let start = init(&mut w).await?;
+    let mut writers = Vec::new();
+    for t in 0..4 {
+        let b = b.clone();
+        writers.push(tokio::spawn(async move {
+            let mut revs = Vec::with_capacity(200);
+            for i in 0..200 {
+                revs.push(b.put(&format!("/cw/{t}/{i:03}"), vec![t], None).await?);
+            }
+            Ok::<_, StoreError>(revs)
+        }));
+    }
+    let mut want = BTreeSet::new();
+    for h in writers {
+        let revs = h
+            .await
+            .map_err(|e| fail(format!("writer task: {e}")))?
+            .ctx("concurrent put")?;
+        want.extend(revs);
+    }
+    ensure_eq!(want.len(), 800, "distinct revisions");
+    let mut last = start;
+    let mut got = Vec::with_capacity(800);
+    let mut seen_keys = BTreeSet::new();
+    for _ in 0..800 {
+        let (kind, item) = change(&mut w).await?;
+        ensure!(
+            kind == EventKind::Put && item.revision > last,
+            "event out of order: {} after {last}",
+            item.revision
+        );
+        last = item.revision;
+        got.push(item.revision);
+        seen_keys.insert(item.key);
+    }
+    ensure_eq!(
+        got.into_iter().collect::<BTreeSet<_>>(),
+        want,
+        "watched revisions = written revisions"
+    );
+    ensure_eq!(seen_keys.len(), 800, "distinct keys");
+    Ok(())
+}
+
+/// A watcher that does not read is closed once its buffer is full; others keep going.
+pub async fn slow_watcher_is_closed(f: Factory) -> Outcome {
+    let b = open(
+        &f,
+        Tuning {
+            watcher_buffer: 8,
+            ..fast_tuning()
+        },
+    )
+    .await?;
+    let mut slow = b.watch(vec!["/slow/".into()]).await.ctx("watch slow")?;
+    let mut fast = b.watch(vec!["/slow/".into()]).await.ctx("watch fast")?;
+    init(&mut fast).await?;
+    for i in 0..30 {
+        let r = b
+            .put(&format!("/slow/{i:02}"), vec![], None)
+            .await
+            .ctx("put")?;
+        let (_, item) = change(&mut fast).await?;
+        ensure_eq!(item.revision, r, "fast watcher event {i}");
+    }
+    let mut buffered = 0;
+    loop {
+        match tokio::time::timeout(EVENT_TIMEOUT, slow.recv()).await {
+            Ok(Some(_)) => buffered += 1,
+            Ok(None) => break,
+            Err(_) => return Err(fail("slow watcher was neither closed nor fed")),
+        }
+        ensure!(buffered <= 8, "slow watcher got more than its buffer");
+    }
+    ensure!(buffered >= 1, "slow watcher lost its Init");
+    Ok(())
+}
+
+/// Two instances on one database see each other's writes, through reads and watches.
+pub async fn two_instances_watch(f: Factory) -> Outcome {
+    let a = open(&f, fast_tuning()).await?;
+    let b = open(&f, fast_tuning()).await?;
+    let mut wa = a.watch(vec!["/two/".into()]).await.ctx("watch a")?;
+    let mut wb = b.watch(vec!["/two/".into()]).await.ctx("watch b")?;
+    init(&mut wa).await?;
+    init(&mut wb).await?;
+
+    let r1 = b
+        .put("/two/from-b", b"b".to_vec(), None)
+        .await
+        .ctx("put via b")?;
+    ensure_eq!(
+        get_value(&a, "/two/from-b").await?,
+        Some(b"b".to_vec()),
+        "a reads b's write"
+    );
+    let r2 = a
+        .put("/two/from-a", b"a".to_vec(), None)
+        .await
+        .ctx("put via a")?;
+    b.delete("/two/from-b", None).await.ctx("delete via b")?;
+    expect_changes(
+        &mut wa,
+        &[
+            (EventKind::Put, "/two/from-b", r1),
+            (EventKind::Put, "/two/from-a", r2),
+        ],
+    )
+    .await?;
+    let (kind, del) = change(&mut wa).await?;
+    ensure!(
+        kind == EventKind::Delete && del.key == "/two/from-b" && del.revision > r2,
+        "delete seen by a: {del:?}"
+    );
+    expect_changes(
+        &mut wb,
+        &[
+            (EventKind::Put, "/two/from-b", r1),
+            (EventKind::Put, "/two/from-a", r2),
+            (EventKind::Delete, "/two/from-b", del.revision),
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Racing creates (and create-like atomic writes) from two instances: exactly one wins.
+pub async fn concurrent_create_race(f: Factory) -> Outcome {
+    let a = open(&f, fast_tuning()).await?;
+    let b = open(&f, fast_tuning()).await?;
+    for i in 0..20 {
+        let key = format!("/race/{i}");
+        let (ra, rb) = tokio::join!(
+            a.create(&key, b"a".to_vec(), None),
+            b.create(&key, b"b".to_vec(), None)
+        );
+        let winner: &[u8] = match (&ra, &rb) {
+            (Ok(_), Err(StoreError::AlreadyExists(k))) if *k == key => b"a",
+            (Err(StoreError::AlreadyExists(k)), Ok(_)) if *k == key => b"b",
+            _ => return Err(fail(format!("create race on {key}: {ra:?} / {rb:?}"))),
+        };
+        ensure_eq!(
+            get_value(&a, &key).await?,
+            Some(winner.to_vec()),
+            "winner's value"
+        );
+
+        let key = format!("/race-atomic/{i}");
+        let write = |v: &[u8]| {
+            (
+                vec![Condition::NotExists(key.clone())],
+                vec![Op::Put {
+                    key: key.clone(),
+                    value: v.to_vec(),
+                    expires: None,
+                }],
+            )
+        };
+        let ((ca, oa), (cb, ob)) = (write(b"a"), write(b"b"));
+        let (ra, rb) = tokio::join!(a.atomic_write(ca, oa), b.atomic_write(cb, ob));
+        let ok = |r: &crate::Result<i64>| r.is_ok();
+        let lost =
+            |r: &crate::Result<i64>| matches!(r, Err(StoreError::ConditionFailed { index: 0, .. }));
+        ensure!(
+            (ok(&ra) && lost(&rb)) || (lost(&ra) && ok(&rb)),
+            "atomic race on {key}: {ra:?} / {rb:?}"
+        );
+    }
+    Ok(())
+}
+
+/// Two instances starting at once on a fresh database (racing migrations) both work.
+pub async fn concurrent_open(f: Factory) -> Outcome {
+    let (a, b) = tokio::join!(f(fast_tuning()), f(fast_tuning()));
+    let (a, b) = (a.ctx("open a")?, b.ctx("open b")?);
+    let (va, vb) = (
+        a.schema_version().await.ctx("version a")?,
+        b.schema_version().await.ctx("version b")?,
+    );
+    ensure!(va >= 1 && va == vb, "schema versions {va} / {vb}");
+    let r = a.put("/co/k", vec![1], None).await.ctx("put via a")?;
+    let item = b
+        .get("/co/k")
+        .await
+        .ctx("get via b")?
+        .ok_or_else(|| fail("b does not see a's write"))?;
+    ensure_eq!(item.revision, r, "revision");
+    Ok(())
+}
+
+/// Data and the revision sequence survive closing and reopening.
+pub async fn reopen_persists(f: Factory) -> Outcome {
+    let a = open(&f, fast_tuning()).await?;
+    let r = a.put("/re/k", b"v".to_vec(), None).await.ctx("put")?;
+    a.close().await;
+    let b = open(&f, fast_tuning()).await?;
+    let item = b
+        .get("/re/k")
+        .await
+        .ctx("get after reopen")?
+        .ok_or_else(|| fail("lost after reopen"))?;
+    ensure_eq!(
+        (item.value.as_slice(), item.revision),
+        (&b"v"[..], r),
+        "item after reopen"
+    );
+    let mut w = b.watch(vec![]).await.ctx("watch")?;
+    ensure_eq!(init(&mut w).await?, r, "Init after reopen");
+    let r2 = b
+        .put("/re/k2", vec![], None)
+        .await
+        .ctx("put after reopen")?;
+    ensure!(r2 > r, "revision sequence restarted: {r2} <= {r}");
+    Ok(())
+}
+
+/// `close` ends every watcher; later calls fail instead of hanging.
+pub async fn close_ends_watchers(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let mut w = b.watch(vec![]).await.ctx("watch")?;
+    init(&mut w).await?;
+    b.close().await;
+    match tokio::time::timeout(EVENT_TIMEOUT, w.recv()).await {
+        Ok(None) => {}
+        Ok(Some(ev)) => return Err(fail(format!("event after close: {ev:?}"))),
+        Err(_) => return Err(fail("watcher still open after close")),
+    }
+    let res = tokio::time::timeout(EVENT_TIMEOUT, b.put("/closed", vec![], None)).await;
+    ensure!(
+        matches!(res, Ok(Err(StoreError::Backend(_)))),
+        "put after close: {res:?}"
+    );
+    let res = tokio::time::timeout(EVENT_TIMEOUT, b.watch(vec![])).await;
+    ensure!(matches!(res, Ok(Err(_))), "watch after close did not fail");
+    Ok(())
+}

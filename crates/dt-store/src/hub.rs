@@ -1,0 +1,226 @@
+//! The change-feed fan-out shared by both backends.
+//!
+//! One task per backend instance owns a cursor `(revision, idx)` into the events table and
+//! all local watchers. It reads `events` past the cursor whenever it is woken (a local
+//! write, a PostgreSQL notification, a new watcher) or the fallback poll fires, and pushes
+//! each event to the matching watchers with `try_send`, dropping any watcher whose buffer
+//! is full. Because writers commit in revision order, reading "everything after the
+//! cursor" never skips a committed event.
+
+use std::sync::Arc;
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::common::{Background, backend_msg, closed, from_ms, stopped};
+use crate::{EventKind, Item, Result, Tuning, WatchEvent, Watcher};
+
+/// How many events one read of the change table returns at most.
+const BATCH: usize = 1000;
+
+/// One row of the change table.
+#[derive(Clone, Debug)]
+pub(crate) struct StoredEvent {
+    pub revision: i64,
+    pub idx: i32,
+    pub kind: EventKind,
+    pub key: String,
+    pub value: Vec<u8>,
+    pub expires: Option<i64>,
+}
+
+pub(crate) const KIND_PUT: i16 = 0;
+pub(crate) const KIND_DELETE: i16 = 1;
+
+pub(crate) fn kind_from_code(code: i64) -> Result<EventKind> {
+    match code {
+        c if c == i64::from(KIND_PUT) => Ok(EventKind::Put),
+        c if c == i64::from(KIND_DELETE) => Ok(EventKind::Delete),
+        other => Err(backend_msg(format!(
+            "unknown event kind {other} in change table"
+        ))),
+    }
+}
+
+/// Where the hub reads events from.
+#[async_trait::async_trait]
+pub(crate) trait EventSource: Send + Sync + 'static {
+    /// Events with `(revision, idx) > (revision, idx)`, in that order, at most `limit`.
+    async fn events_after(&self, revision: i64, idx: i32, limit: usize)
+    -> Result<Vec<StoredEvent>>;
+}
+
+struct Register {
+    prefixes: Vec<String>,
+    reply: oneshot::Sender<Result<Watcher>>,
+}
+
+/// Handle to the fan-out task.
+pub(crate) struct Hub {
+    cmd: mpsc::Sender<Register>,
+}
+
+impl Hub {
+    /// Start the fan-out task. `head` is the committed revision at startup: only events
+    /// after it are delivered. `wake` is notified by local writes and notifications.
+    pub(crate) fn start(
+        bg: &Background,
+        source: Arc<dyn EventSource>,
+        head: i64,
+        tuning: &Tuning,
+        wake: Arc<Notify>,
+    ) -> Hub {
+        let (cmd, cmd_rx) = mpsc::channel(64);
+        let task = Task {
+            source,
+            cursor: (head, i32::MAX),
+            watchers: Vec::new(),
+            buffer: tuning.watcher_buffer.max(1),
+        };
+        let stop = bg.subscribe();
+        bg.spawn(task.run(cmd_rx, wake, stop, tuning.poll_every));
+        Hub { cmd }
+    }
+
+    pub(crate) async fn watch(&self, prefixes: Vec<String>) -> Result<Watcher> {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Register { prefixes, reply })
+            .await
+            .map_err(|_| closed())?;
+        rx.await.map_err(|_| closed())?
+    }
+}
+
+struct Subscriber {
+    prefixes: Vec<String>,
+    tx: mpsc::Sender<WatchEvent>,
+}
+
+impl Subscriber {
+    fn wants(&self, key: &str) -> bool {
+        self.prefixes.is_empty() || self.prefixes.iter().any(|p| key.starts_with(p.as_str()))
+    }
+}
+
+struct Task {
+    source: Arc<dyn EventSource>,
+    cursor: (i64, i32),
+    watchers: Vec<Subscriber>,
+    buffer: usize,
+}
+
+impl Task {
+    async fn run(
+        mut self,
+        mut cmd: mpsc::Receiver<Register>,
+        wake: Arc<Notify>,
+        mut stop: watch::Receiver<bool>,
+        poll_every: std::time::Duration,
+    ) {
+        let mut tick = tokio::time::interval(poll_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                () = stopped(&mut stop) => break,
+                reg = cmd.recv() => match reg {
+                    None => break,
+                    Some(reg) => self.register(reg).await,
+                },
+                () = wake.notified() => self.pump_logged().await,
+                _ = tick.tick() => self.pump_logged().await,
+            }
+        }
+        // Dropping the senders ends every watcher.
+        self.watchers.clear();
+    }
+
+    async fn register(&mut self, reg: Register) {
+        // Catch up first, so the watch starts at (or after) every write that completed
+        // before `watch` was called, and `Init` is consistent with the cursor.
+        let result = match self.pump().await {
+            Ok(()) => {
+                let (tx, rx) = mpsc::channel(self.buffer);
+                match tx.try_send(WatchEvent::Init {
+                    revision: self.cursor.0,
+                }) {
+                    Ok(()) => {
+                        self.watchers.push(Subscriber {
+                            prefixes: reg.prefixes,
+                            tx,
+                        });
+                        Ok(Watcher { rx })
+                    }
+                    Err(_) => Err(backend_msg("could not start watcher")),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        // The caller may have gone away; then the watcher is simply dropped.
+        let _ = reg.reply.send(result);
+    }
+
+    async fn pump_logged(&mut self) {
+        if let Err(e) = self.pump().await {
+            tracing::warn!(error = %e, "dt-store: reading the change table failed; will retry");
+        }
+    }
+
+    /// Read and fan out everything after the cursor.
+    async fn pump(&mut self) -> Result<()> {
+        self.watchers.retain(|w| !w.tx.is_closed());
+        loop {
+            let batch = self
+                .source
+                .events_after(self.cursor.0, self.cursor.1, BATCH)
+                .await?;
+            let full = batch.len() >= BATCH;
+            for ev in batch {
+                self.cursor = (ev.revision, ev.idx);
+                self.fan_out(ev);
+            }
+            if !full {
+                return Ok(());
+            }
+            tokio::task::yield_now().await;
+        }
+    }
+
+    fn fan_out(&mut self, ev: StoredEvent) {
+        if self.watchers.is_empty() {
+            return;
+        }
+        let item = Item {
+            key: ev.key,
+            value: ev.value,
+            revision: ev.revision,
+            // An unrepresentable expiry cannot come from this crate; deliver the change
+            // rather than skip it.
+            expires: match ev.kind {
+                EventKind::Put => ev.expires.and_then(|ms| from_ms(ms).ok()),
+                EventKind::Delete => None,
+            },
+        };
+        let event = WatchEvent::Change {
+            kind: ev.kind,
+            item,
+        };
+        let key = match &event {
+            WatchEvent::Change { item, .. } => item.key.as_str(),
+            WatchEvent::Init { .. } => "",
+        };
+        self.watchers.retain(|w| {
+            if !w.wants(key) {
+                return !w.tx.is_closed();
+            }
+            match w.tx.try_send(event.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    tracing::info!("dt-store: closing a watcher that fell behind");
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            }
+        });
+    }
+}

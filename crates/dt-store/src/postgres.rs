@@ -1,0 +1,755 @@
+//! Shared backend on PostgreSQL, for several auth servers forming one cluster.
+//!
+//! Every write transaction starts with `UPDATE dt_seq SET v = v + 1 RETURNING v`: the row
+//! lock serializes writers (across processes too), so commit order equals revision order
+//! and a watcher reading "events after my cursor" can never skip one. A statement-level
+//! trigger on `dt_events` issues `NOTIFY dt_store_events` inside the writing transaction;
+//! each instance keeps one extra connection in `LISTEN` (reconnected with backoff) and
+//! also polls every `Tuning::poll_every` in case a notification is lost.
+//!
+//! Connections: a small pool of clients (each with its statements prepared once) behind a
+//! semaphore, plus the listen connection. TLS is not configured here (`NoTls`): use a
+//! local socket or a trusted network to reach the database.
+//!
+//! Keys are stored as `text COLLATE "C"`, so ordering is bytewise like SQLite's and Rust's,
+//! whatever the database's default collation. Expiry instants are stored with millisecond
+//! precision (rounded down) and compared with this process's clock.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use time::OffsetDateTime;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{AsyncMessage, Client, Config, IsolationLevel, NoTls, Row, Statement};
+
+use crate::common::{
+    Applied, Background, PutRow, Stored, Tx, WRITE_RETRIES, Write, apply, backend_msg, closed,
+    make_page, now_ms, opt_from_ms, range_bounds, retry_delay, sane, spawn_periodic, stopped,
+    validate_key,
+};
+use crate::hub::{EventSource, Hub, StoredEvent, kind_from_code};
+use crate::{Backend, Condition, Item, Op, Page, Result, StoreError, Tuning, Watcher};
+
+/// Pooled connections per backend instance (the LISTEN connection is extra).
+const POOL_SIZE: usize = 4;
+/// `pg_advisory_xact_lock` key held while migrating ("dtstore" + 1).
+const MIGRATION_LOCK: i64 = 0x6474_7374_6f72_6501;
+const CHANNEL: &str = "dt_store_events";
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Schema migrations, applied in order; the index + 1 is the version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE dt_seq (
+    id SMALLINT PRIMARY KEY CHECK (id = 1),
+    v BIGINT NOT NULL
+);
+INSERT INTO dt_seq (id, v) VALUES (1, 0);
+CREATE TABLE dt_items (
+    key TEXT COLLATE "C" PRIMARY KEY,
+    value BYTEA NOT NULL,
+    revision BIGINT NOT NULL,
+    expires BIGINT
+);
+CREATE INDEX dt_items_expires ON dt_items (expires) WHERE expires IS NOT NULL;
+CREATE TABLE dt_events (
+    revision BIGINT NOT NULL,
+    idx INTEGER NOT NULL,
+    key TEXT COLLATE "C" NOT NULL,
+    kind SMALLINT NOT NULL,
+    value BYTEA NOT NULL,
+    expires BIGINT,
+    at BIGINT NOT NULL,
+    PRIMARY KEY (revision, idx)
+);
+CREATE INDEX dt_events_at ON dt_events (at);
+CREATE FUNCTION dt_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('dt_store_events', '');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER dt_events_notify AFTER INSERT ON dt_events
+    FOR EACH STATEMENT EXECUTE FUNCTION dt_events_notify();
+"#];
+
+/// The PostgreSQL implementation of [`Backend`].
+pub struct PostgresBackend {
+    shared: Arc<Shared>,
+    hub: Hub,
+    bg: Background,
+}
+
+struct Shared {
+    pool: Arc<Pool>,
+    wake: Arc<Notify>,
+}
+
+impl PostgresBackend {
+    /// Connect with a libpq-style connection string (e.g.
+    /// `host=127.0.0.1 user=postgres dbname=devtrust`), apply migrations (safe when several
+    /// processes start at once), and start the LISTEN connection, watch fan-out and expiry
+    /// sweeper.
+    pub async fn connect(conn: &str, tuning: Tuning) -> Result<Arc<Self>> {
+        let tuning = sane(tuning);
+        let mut config: Config = conn.parse().map_err(|e| {
+            StoreError::Invalid(format!("invalid PostgreSQL connection string: {e}"))
+        })?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        let mut listen_config = config.clone();
+        if config.get_application_name().is_none() {
+            config.application_name("devtrust dt-store");
+            listen_config.application_name("devtrust dt-store listen");
+        }
+
+        let mut client = open_client(&config).await?;
+        migrate(&mut client).await?;
+        let st = Stmts::prepare(&client).await?;
+        let head: i64 = client
+            .query_one(&st.head, &[])
+            .await
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)?;
+
+        let shared = Arc::new(Shared {
+            pool: Arc::new(Pool {
+                config,
+                idle: Mutex::new(vec![PgConn { client, st }]),
+                sem: Arc::new(Semaphore::new(POOL_SIZE)),
+                closed: AtomicBool::new(false),
+            }),
+            wake: Arc::new(Notify::new()),
+        });
+        let bg = Background::new();
+        let hub = Hub::start(&bg, shared.clone(), head, &tuning, shared.wake.clone());
+        bg.spawn(listen_loop(
+            listen_config,
+            shared.wake.clone(),
+            bg.subscribe(),
+        ));
+
+        let sweeper = shared.clone();
+        let keep = tuning.keep_events_for;
+        spawn_periodic(&bg, tuning.sweep_every, move || {
+            let s = sweeper.clone();
+            async move {
+                if let Err(e) = s.sweep().await {
+                    tracing::warn!(error = %e, "dt-store: expiry sweep failed");
+                }
+                if let Err(e) = s.prune(keep).await {
+                    tracing::warn!(error = %e, "dt-store: pruning the change table failed");
+                }
+            }
+        });
+        Ok(Arc::new(PostgresBackend { shared, hub, bg }))
+    }
+}
+
+impl Shared {
+    async fn write(&self, w: Write) -> Result<Applied> {
+        let mut attempt = 0;
+        loop {
+            match self.write_once(&w).await {
+                Ok(applied) => {
+                    if applied.commit {
+                        self.wake.notify_one();
+                    }
+                    return Ok(applied);
+                }
+                Err(e) if attempt < WRITE_RETRIES && is_retryable(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(retry_delay(attempt)).await;
+                }
+                Err(e) if sql_state(&e) == Some(SqlState::UNIQUE_VIOLATION) => {
+                    return Err(w.conflict_error().unwrap_or(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn write_once(&self, w: &Write) -> Result<Applied> {
+        let mut lease = self.pool.get().await?;
+        let PgConn { client, st } = lease.conn_mut()?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(pg)?;
+        let applied = apply(&mut PgTx { tx: &tx, st }, w).await?;
+        if applied.commit {
+            tx.commit().await.map_err(pg)?;
+        } else {
+            tx.rollback().await.map_err(pg)?;
+        }
+        Ok(applied)
+    }
+
+    /// Sweep only when something has expired, so idle instances do not contend for the
+    /// sequence lock.
+    async fn sweep(&self) -> Result<u64> {
+        let any = {
+            let mut lease = self.pool.get().await?;
+            let c = lease.conn_mut()?;
+            let row = c
+                .client
+                .query_one(&c.st.any_expired, &[&now_ms()])
+                .await
+                .map_err(pg)?;
+            row.try_get::<_, bool>(0).map_err(pg)?
+        };
+        if !any {
+            return Ok(0);
+        }
+        Ok(self.write(Write::Sweep).await?.events)
+    }
+
+    async fn prune(&self, keep: Duration) -> Result<()> {
+        let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        let cutoff = now_ms().saturating_sub(keep_ms);
+        let mut lease = self.pool.get().await?;
+        let c = lease.conn_mut()?;
+        c.client
+            .execute(&c.st.prune, &[&cutoff])
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl EventSource for Shared {
+    async fn events_after(
+        &self,
+        revision: i64,
+        idx: i32,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut lease = self.pool.get().await?;
+        let c = lease.conn_mut()?;
+        let rows = c
+            .client
+            .query(&c.st.events_after, &[&revision, &idx, &limit])
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|r| {
+                Ok(StoredEvent {
+                    revision: r.try_get(0).map_err(pg)?,
+                    idx: r.try_get(1).map_err(pg)?,
+                    kind: kind_from_code(i64::from(r.try_get::<_, i16>(2).map_err(pg)?))?,
+                    key: r.try_get(3).map_err(pg)?,
+                    value: r.try_get(4).map_err(pg)?,
+                    expires: r.try_get(5).map_err(pg)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for PostgresBackend {
+    fn kind(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn schema_version(&self) -> Result<i64> {
+        let mut lease = self.shared.pool.get().await?;
+        let c = lease.conn_mut()?;
+        c.client
+            .query_one(&c.st.version, &[])
+            .await
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Item>> {
+        validate_key(key)?;
+        let mut lease = self.shared.pool.get().await?;
+        let c = lease.conn_mut()?;
+        let row = c
+            .client
+            .query_opt(&c.st.get, &[&key, &now_ms()])
+            .await
+            .map_err(pg)?;
+        row.map(|r| {
+            Ok(Item {
+                key: key.to_owned(),
+                value: r.try_get(0).map_err(pg)?,
+                revision: r.try_get(1).map_err(pg)?,
+                expires: opt_from_ms(r.try_get(2).map_err(pg)?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn range(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Page> {
+        let b = range_bounds(prefix, start_after, limit)?;
+        let fetch = i64::try_from(b.limit + 1).unwrap_or(i64::MAX);
+        let mut lease = self.shared.pool.get().await?;
+        let c = lease.conn_mut()?;
+        let stmt = &c.st.range[usize::from(b.lower_inclusive) * 2 + usize::from(b.upper.is_some())];
+        let rows = c
+            .client
+            .query(stmt, &[&b.lower, &b.upper, &now_ms(), &fetch])
+            .await
+            .map_err(pg)?;
+        let items = rows.iter().map(item_from_row).collect::<Result<Vec<_>>>()?;
+        Ok(make_page(items, b.limit))
+    }
+
+    async fn create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires: Option<OffsetDateTime>,
+    ) -> Result<i64> {
+        let row = PutRow::new(key, value, expires)?;
+        Ok(self.shared.write(Write::Create(row)).await?.revision)
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, expires: Option<OffsetDateTime>) -> Result<i64> {
+        let row = PutRow::new(key, value, expires)?;
+        Ok(self.shared.write(Write::Put(row)).await?.revision)
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires: Option<OffsetDateTime>,
+        expected_revision: Option<i64>,
+    ) -> Result<i64> {
+        let row = PutRow::new(key, value, expires)?;
+        Ok(self
+            .shared
+            .write(Write::Update(row, expected_revision))
+            .await?
+            .revision)
+    }
+
+    async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<()> {
+        validate_key(key)?;
+        self.shared
+            .write(Write::Delete(key.to_owned(), expected_revision))
+            .await?;
+        Ok(())
+    }
+
+    async fn atomic_write(&self, conditions: Vec<Condition>, ops: Vec<Op>) -> Result<i64> {
+        let w = Write::atomic(conditions, ops)?;
+        Ok(self.shared.write(w).await?.revision)
+    }
+
+    async fn watch(&self, prefixes: Vec<String>) -> Result<Watcher> {
+        self.hub.watch(prefixes).await
+    }
+
+    async fn sweep_expired(&self) -> Result<u64> {
+        Ok(self.shared.write(Write::Sweep).await?.events)
+    }
+
+    async fn close(&self) {
+        self.bg.close().await;
+        self.shared.pool.close();
+    }
+}
+
+fn item_from_row(r: &Row) -> Result<Item> {
+    Ok(Item {
+        key: r.try_get(0).map_err(pg)?,
+        value: r.try_get(1).map_err(pg)?,
+        revision: r.try_get(2).map_err(pg)?,
+        expires: opt_from_ms(r.try_get(3).map_err(pg)?)?,
+    })
+}
+
+/// A tokio-postgres error whose `Display` includes the server's message (the driver's own
+/// `Display` says only "db error").
+#[derive(Debug)]
+struct PgError(tokio_postgres::Error);
+
+impl std::fmt::Display for PgError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        if let Some(cause) = std::error::Error::source(&self.0) {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PgError {}
+
+fn pg(e: tokio_postgres::Error) -> StoreError {
+    StoreError::backend(PgError(e))
+}
+
+fn sql_state(e: &StoreError) -> Option<SqlState> {
+    match e {
+        StoreError::Backend(inner) => inner.downcast_ref::<PgError>()?.0.code().cloned(),
+        _ => None,
+    }
+}
+
+/// Conflicts worth retrying: a fresh attempt re-evaluates every condition, so a unique
+/// violation turns into the proper `AlreadyExists` / `ConditionFailed` if it persists.
+fn is_retryable(e: &StoreError) -> bool {
+    matches!(
+        sql_state(e),
+        Some(
+            SqlState::T_R_SERIALIZATION_FAILURE
+                | SqlState::T_R_DEADLOCK_DETECTED
+                | SqlState::UNIQUE_VIOLATION
+        )
+    )
+}
+
+struct PgTx<'a> {
+    tx: &'a tokio_postgres::Transaction<'a>,
+    st: &'a Stmts,
+}
+
+impl Tx for PgTx<'_> {
+    async fn next_revision(&mut self) -> Result<i64> {
+        self.tx
+            .query_one(&self.st.next_rev, &[])
+            .await
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)
+    }
+
+    async fn lookup(&mut self, key: &str) -> Result<Option<Stored>> {
+        let row = self
+            .tx
+            .query_opt(&self.st.lookup, &[&key])
+            .await
+            .map_err(pg)?;
+        row.map(|r| {
+            Ok(Stored {
+                revision: r.try_get(0).map_err(pg)?,
+                expires: r.try_get(1).map_err(pg)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn put(&mut self, revision: i64, idx: i32, row: &PutRow, at: i64) -> Result<()> {
+        self.tx
+            .execute(
+                &self.st.put,
+                &[&row.key, &row.value, &revision, &row.expires, &idx, &at],
+            )
+            .await
+            .map_err(pg)?;
+        Ok(())
+    }
+
+    async fn remove(&mut self, revision: i64, idx: i32, key: &str, at: i64) -> Result<bool> {
+        let n = self
+            .tx
+            .execute(&self.st.remove, &[&key, &revision, &idx, &at])
+            .await
+            .map_err(pg)?;
+        Ok(n > 0)
+    }
+
+    async fn sweep(&mut self, revision: i64, now: i64) -> Result<u64> {
+        self.tx
+            .execute(&self.st.sweep, &[&revision, &now])
+            .await
+            .map_err(pg)
+    }
+}
+
+/// Statements prepared once per connection.
+struct Stmts {
+    head: Statement,
+    version: Statement,
+    next_rev: Statement,
+    lookup: Statement,
+    get: Statement,
+    put: Statement,
+    remove: Statement,
+    sweep: Statement,
+    any_expired: Statement,
+    events_after: Statement,
+    prune: Statement,
+    /// Indexed by `lower_inclusive * 2 + has_upper`.
+    range: [Statement; 4],
+}
+
+const RANGE_SQL: [&str; 4] = [
+    "SELECT key, value, revision, expires FROM dt_items WHERE key > $1 AND $2::text IS NULL \
+     AND (expires IS NULL OR expires > $3) ORDER BY key LIMIT $4",
+    "SELECT key, value, revision, expires FROM dt_items WHERE key > $1 AND key < $2 \
+     AND (expires IS NULL OR expires > $3) ORDER BY key LIMIT $4",
+    "SELECT key, value, revision, expires FROM dt_items WHERE key >= $1 AND $2::text IS NULL \
+     AND (expires IS NULL OR expires > $3) ORDER BY key LIMIT $4",
+    "SELECT key, value, revision, expires FROM dt_items WHERE key >= $1 AND key < $2 \
+     AND (expires IS NULL OR expires > $3) ORDER BY key LIMIT $4",
+];
+
+const VERSION_SQL: &str = "SELECT COALESCE(MAX(version), 0)::bigint FROM dt_schema_migrations";
+
+impl Stmts {
+    async fn prepare(client: &Client) -> Result<Self> {
+        let sql: [&str; 15] = [
+            "SELECT v FROM dt_seq WHERE id = 1",
+            VERSION_SQL,
+            "UPDATE dt_seq SET v = v + 1 WHERE id = 1 RETURNING v",
+            "SELECT revision, expires FROM dt_items WHERE key = $1",
+            "SELECT value, revision, expires FROM dt_items \
+             WHERE key = $1 AND (expires IS NULL OR expires > $2)",
+            "WITH up AS ( \
+                 INSERT INTO dt_items (key, value, revision, expires) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+                     revision = EXCLUDED.revision, expires = EXCLUDED.expires \
+                 RETURNING 1) \
+             INSERT INTO dt_events (revision, idx, key, kind, value, expires, at) \
+             VALUES ($3, $5::integer, $1, 0, $2, $4, $6::bigint)",
+            "WITH d AS (DELETE FROM dt_items WHERE key = $1 RETURNING key) \
+             INSERT INTO dt_events (revision, idx, key, kind, value, expires, at) \
+             SELECT $2::bigint, $3::integer, d.key, 1, ''::bytea, NULL, $4::bigint FROM d",
+            "WITH d AS (DELETE FROM dt_items WHERE expires IS NOT NULL AND expires <= $2::bigint \
+                 RETURNING key) \
+             INSERT INTO dt_events (revision, idx, key, kind, value, expires, at) \
+             SELECT $1::bigint, (row_number() OVER (ORDER BY d.key))::integer - 1, d.key, 1, \
+                 ''::bytea, NULL, $2::bigint FROM d",
+            "SELECT EXISTS (SELECT 1 FROM dt_items WHERE expires IS NOT NULL AND expires <= $1::bigint)",
+            "SELECT revision, idx, kind, key, value, expires FROM dt_events \
+             WHERE revision >= $1::bigint AND (revision > $1::bigint OR idx > $2::integer) \
+             ORDER BY revision, idx LIMIT $3::bigint",
+            "DELETE FROM dt_events WHERE at < $1::bigint",
+            RANGE_SQL[0],
+            RANGE_SQL[1],
+            RANGE_SQL[2],
+            RANGE_SQL[3],
+        ];
+        // Prepared concurrently: the driver pipelines them on the one connection.
+        let prepared = futures::future::try_join_all(sql.iter().map(|s| client.prepare(s)))
+            .await
+            .map_err(pg)?;
+        let [
+            head,
+            version,
+            next_rev,
+            lookup,
+            get,
+            put,
+            remove,
+            sweep,
+            any_expired,
+            events_after,
+            prune,
+            r0,
+            r1,
+            r2,
+            r3,
+        ] = <[Statement; 15]>::try_from(prepared)
+            .map_err(|_| backend_msg("statement preparation mismatch"))?;
+        Ok(Stmts {
+            head,
+            version,
+            next_rev,
+            lookup,
+            get,
+            put,
+            remove,
+            sweep,
+            any_expired,
+            events_after,
+            prune,
+            range: [r0, r1, r2, r3],
+        })
+    }
+}
+
+struct PgConn {
+    client: Client,
+    st: Stmts,
+}
+
+async fn open_client(config: &Config) -> Result<Client> {
+    let (client, connection) = config.connect(NoTls).await.map_err(pg)?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %PgError(e), "dt-store: PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+struct Pool {
+    config: Config,
+    idle: Mutex<Vec<PgConn>>,
+    sem: Arc<Semaphore>,
+    closed: AtomicBool,
+}
+
+impl Pool {
+    async fn get(self: &Arc<Self>) -> Result<Lease> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed());
+        }
+        let permit = self
+            .sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
+        let reused = loop {
+            let next = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match next {
+                Some(c) if c.client.is_closed() => continue,
+                other => break other,
+            }
+        };
+        let conn = match reused {
+            Some(c) => c,
+            None => {
+                let client = open_client(&self.config).await?;
+                let st = Stmts::prepare(&client).await?;
+                PgConn { client, st }
+            }
+        };
+        Ok(Lease {
+            conn: Some(conn),
+            pool: Arc::clone(self),
+            _permit: permit,
+        })
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.sem.close();
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// A pooled connection; goes back to the pool on drop (before the permit is released) if
+/// it is still usable. A transaction left open by a cancelled caller was already rolled
+/// back by the driver's `Transaction` drop, which queues a `ROLLBACK` first.
+struct Lease {
+    conn: Option<PgConn>,
+    pool: Arc<Pool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Lease {
+    fn conn_mut(&mut self) -> Result<&mut PgConn> {
+        self.conn
+            .as_mut()
+            .ok_or_else(|| backend_msg("connection lease already released"))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take()
+            && !c.client.is_closed()
+            && !self.pool.closed.load(Ordering::Acquire)
+        {
+            self.pool
+                .idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(c);
+        }
+    }
+}
+
+async fn migrate(client: &mut Client) -> Result<i64> {
+    let latest = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    let tx = client.transaction().await.map_err(pg)?;
+    // Serializes concurrent starters; released at commit.
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS dt_schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)",
+    )
+    .await
+    .map_err(pg)?;
+    let current: i64 = tx
+        .query_one(VERSION_SQL, &[])
+        .await
+        .map_err(pg)?
+        .try_get(0)
+        .map_err(pg)?;
+    if current > latest {
+        return Err(backend_msg(format!(
+            "database schema version {current} is newer than this build supports ({latest})"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate() {
+        let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
+        if version <= current {
+            continue;
+        }
+        tx.batch_execute(sql).await.map_err(pg)?;
+        tx.execute(
+            "INSERT INTO dt_schema_migrations (version, applied_at) VALUES ($1, $2)",
+            &[&version, &now_ms()],
+        )
+        .await
+        .map_err(pg)?;
+    }
+    tx.commit().await.map_err(pg)?;
+    Ok(latest)
+}
+
+/// Keep one connection in `LISTEN dt_store_events`, waking the hub on every notification
+/// and after every (re)connect (which makes it read whatever it missed meanwhile).
+async fn listen_loop(config: Config, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listening = false;
+        let result = tokio::select! {
+            () = stopped(&mut stop) => return,
+            r = listen_once(&config, &wake, &mut listening) => r,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "dt-store: PostgreSQL LISTEN connection lost; reconnecting");
+        }
+        if listening {
+            backoff = Duration::from_millis(100);
+        }
+        tokio::select! {
+            () = stopped(&mut stop) => return,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn listen_once(config: &Config, wake: &Notify, listening: &mut bool) -> Result<()> {
+    let (client, mut connection) = config.connect(NoTls).await.map_err(pg)?;
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let listen = client.batch_execute("LISTEN dt_store_events");
+    tokio::pin!(listen);
+    loop {
+        tokio::select! {
+            r = &mut listen, if !*listening => {
+                r.map_err(pg)?;
+                *listening = true;
+                wake.notify_one();
+            }
+            m = messages.next() => match m {
+                Some(Ok(AsyncMessage::Notification(n))) if n.channel() == CHANNEL => wake.notify_one(),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(pg(e)),
+                None => return Err(backend_msg("LISTEN connection closed")),
+            },
+        }
+    }
+}

@@ -1,0 +1,683 @@
+//! Embedded backend on one SQLite file (WAL mode).
+//!
+//! rusqlite is synchronous, so every statement runs on tokio's blocking pool
+//! (`spawn_blocking`) with a connection taken from a small pool: one writer connection and a
+//! few readers. WAL lets readers proceed while a write is in progress. Writes use
+//! `BEGIN IMMEDIATE`, which takes SQLite's single write lock up front, so writers (also
+//! those of other processes on the same file) are serialized and commit order equals
+//! revision order.
+//!
+//! Durability: `synchronous=FULL`. The store holds security state (consumed one-time
+//! tokens, revocations, issued-certificate records); with `NORMAL` a power loss may roll
+//! back transactions that were already reported committed, which could e.g. make a used
+//! join token valid again. Write volume is low, so the fsync per commit is affordable.
+//!
+//! Expiry instants are stored with millisecond precision (rounded down).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::common::{
+    Applied, Background, PutRow, Stored, Tx, WRITE_RETRIES, Write, apply, backend_msg, closed,
+    make_page, now_ms, opt_from_ms, range_bounds, retry_delay, run_ready, sane, spawn_periodic,
+    validate_key,
+};
+use crate::hub::{EventSource, Hub, KIND_DELETE, KIND_PUT, StoredEvent, kind_from_code};
+use crate::{Backend, Condition, Item, Op, Page, Result, StoreError, Tuning, Watcher};
+
+const READERS: usize = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Schema migrations, applied in order; the index + 1 is the version.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE dt_seq (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    v INTEGER NOT NULL
+);
+INSERT INTO dt_seq (id, v) VALUES (1, 0);
+CREATE TABLE dt_items (
+    key TEXT NOT NULL PRIMARY KEY,
+    value BLOB NOT NULL,
+    revision INTEGER NOT NULL,
+    expires INTEGER
+);
+CREATE INDEX dt_items_expires ON dt_items (expires) WHERE expires IS NOT NULL;
+CREATE TABLE dt_events (
+    revision INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    expires INTEGER,
+    at INTEGER NOT NULL,
+    PRIMARY KEY (revision, idx)
+) WITHOUT ROWID;
+CREATE INDEX dt_events_at ON dt_events (at);
+"#];
+
+/// The SQLite implementation of [`Backend`].
+pub struct SqliteBackend {
+    shared: Arc<Shared>,
+    hub: Hub,
+    bg: Background,
+}
+
+struct Shared {
+    writer: Arc<Pool>,
+    readers: Arc<Pool>,
+    wake: Arc<Notify>,
+}
+
+impl SqliteBackend {
+    /// Open (creating if needed, mode 0600) the database file at `path`, apply migrations,
+    /// and start the watch fan-out and expiry sweeper. The parent directory must exist.
+    /// Several instances (or processes) may open the same file.
+    pub async fn open(path: &Path, tuning: Tuning) -> Result<Arc<Self>> {
+        let tuning = sane(tuning);
+        let owned = path.to_owned();
+        let (first, head) = tokio::task::spawn_blocking(move || -> Result<(Connection, i64)> {
+            create_file(&owned)?;
+            let mut conn = open_conn(&owned)?;
+            enable_wal(&conn)?;
+            migrate(&mut conn)?;
+            let head = conn
+                .query_row("SELECT v FROM dt_seq WHERE id = 1", [], |r| r.get(0))
+                .map_err(sq)?;
+            Ok((conn, head))
+        })
+        .await
+        .map_err(|e| backend_msg(format!("sqlite open task failed: {e}")))??;
+
+        let shared = Arc::new(Shared {
+            writer: Pool::new(path, 1, Some(first)),
+            readers: Pool::new(path, READERS, None),
+            wake: Arc::new(Notify::new()),
+        });
+        let bg = Background::new();
+        let hub = Hub::start(&bg, shared.clone(), head, &tuning, shared.wake.clone());
+
+        let sweeper = shared.clone();
+        let keep = tuning.keep_events_for;
+        spawn_periodic(&bg, tuning.sweep_every, move || {
+            let s = sweeper.clone();
+            async move {
+                if let Err(e) = s.housekeeping(keep).await {
+                    tracing::warn!(error = %e, "dt-store: expiry sweep / change-table pruning failed");
+                }
+            }
+        });
+        Ok(Arc::new(SqliteBackend { shared, hub, bg }))
+    }
+}
+
+impl Shared {
+    async fn write(&self, w: Write) -> Result<Applied> {
+        let applied = self
+            .writer
+            .run(move |conn| write_blocking(conn, &w))
+            .await?;
+        if applied.commit {
+            self.wake.notify_one();
+        }
+        Ok(applied)
+    }
+
+    /// The periodic sweep and prune. Both first check on a reader whether there is
+    /// anything to do, so an idle tick never takes the file's write lock (which would make
+    /// writers of other processes wait).
+    async fn housekeeping(&self, keep: Duration) -> Result<()> {
+        let keep_ms = i64::try_from(keep.as_millis()).unwrap_or(i64::MAX);
+        let now = now_ms();
+        let cutoff = now.saturating_sub(keep_ms);
+        let (expired, old_events) = self
+            .readers
+            .run(move |conn| {
+                conn.prepare_cached(
+                    "SELECT EXISTS (SELECT 1 FROM dt_items \
+                         WHERE expires IS NOT NULL AND expires <= ?1), \
+                     EXISTS (SELECT 1 FROM dt_events WHERE at < ?2)",
+                )
+                .map_err(sq)?
+                .query_row(params![now, cutoff], |r| {
+                    Ok((r.get::<_, bool>(0)?, r.get::<_, bool>(1)?))
+                })
+                .map_err(sq)
+            })
+            .await?;
+        if expired {
+            self.write(Write::Sweep).await?;
+        }
+        if old_events {
+            self.writer
+                .run(move |conn| {
+                    retry_busy(|| {
+                        conn.execute("DELETE FROM dt_events WHERE at < ?1", [cutoff])
+                            .map_err(sq)
+                    })
+                })
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl EventSource for Shared {
+    async fn events_after(
+        &self,
+        revision: i64,
+        idx: i32,
+        limit: usize,
+    ) -> Result<Vec<StoredEvent>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.readers
+            .run(move |conn| {
+                let mut stmt = conn
+                    .prepare_cached(
+                        "SELECT revision, idx, kind, key, value, expires FROM dt_events \
+                         WHERE revision >= ?1 AND (revision > ?1 OR idx > ?2) \
+                         ORDER BY revision, idx LIMIT ?3",
+                    )
+                    .map_err(sq)?;
+                let rows = stmt
+                    .query_map(params![revision, idx, limit], |r| {
+                        Ok((
+                            r.get(0)?,
+                            r.get(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get(3)?,
+                            r.get(4)?,
+                            r.get(5)?,
+                        ))
+                    })
+                    .map_err(sq)?;
+                let mut out = Vec::new();
+                for row in rows {
+                    let (revision, idx, kind, key, value, expires) = row.map_err(sq)?;
+                    out.push(StoredEvent {
+                        revision,
+                        idx,
+                        kind: kind_from_code(kind)?,
+                        key,
+                        value,
+                        expires,
+                    });
+                }
+                Ok(out)
+            })
+            .await
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for SqliteBackend {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn schema_version(&self) -> Result<i64> {
+        self.shared.readers.run(|conn| current_version(conn)).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Item>> {
+        validate_key(key)?;
+        let key = key.to_owned();
+        self.shared
+            .readers
+            .run(move |conn| {
+                let row = conn
+                    .prepare_cached(
+                        "SELECT value, revision, expires FROM dt_items \
+                         WHERE key = ?1 AND (expires IS NULL OR expires > ?2)",
+                    )
+                    .map_err(sq)?
+                    .query_row(params![key, now_ms()], |r| {
+                        Ok((
+                            r.get::<_, Vec<u8>>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<i64>>(2)?,
+                        ))
+                    })
+                    .optional()
+                    .map_err(sq)?;
+                row.map(|(value, revision, expires)| {
+                    Ok(Item {
+                        key,
+                        value,
+                        revision,
+                        expires: opt_from_ms(expires)?,
+                    })
+                })
+                .transpose()
+            })
+            .await
+    }
+
+    async fn range(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Page> {
+        let b = range_bounds(prefix, start_after, limit)?;
+        self.shared
+            .readers
+            .run(move |conn| {
+                let sql = format!(
+                    "SELECT key, value, revision, expires FROM dt_items \
+                     WHERE key {} ?1 AND {} AND (expires IS NULL OR expires > ?3) \
+                     ORDER BY key LIMIT ?4",
+                    if b.lower_inclusive { ">=" } else { ">" },
+                    if b.upper.is_some() {
+                        "key < ?2"
+                    } else {
+                        "?2 IS NULL"
+                    },
+                );
+                let fetch = i64::try_from(b.limit + 1).unwrap_or(i64::MAX);
+                let mut stmt = conn.prepare_cached(&sql).map_err(sq)?;
+                let rows = stmt
+                    .query_map(params![b.lower, b.upper, now_ms(), fetch], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, Vec<u8>>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, Option<i64>>(3)?,
+                        ))
+                    })
+                    .map_err(sq)?;
+                let mut items = Vec::new();
+                for row in rows {
+                    let (key, value, revision, expires) = row.map_err(sq)?;
+                    items.push(Item {
+                        key,
+                        value,
+                        revision,
+                        expires: opt_from_ms(expires)?,
+                    });
+                }
+                Ok(make_page(items, b.limit))
+            })
+            .await
+    }
+
+    async fn create(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires: Option<OffsetDateTime>,
+    ) -> Result<i64> {
+        let row = PutRow::new(key, value, expires)?;
+        Ok(self.shared.write(Write::Create(row)).await?.revision)
+    }
+
+    async fn put(&self, key: &str, value: Vec<u8>, expires: Option<OffsetDateTime>) -> Result<i64> {
+        let row = PutRow::new(key, value, expires)?;
+        Ok(self.shared.write(Write::Put(row)).await?.revision)
+    }
+
+    async fn update(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        expires: Option<OffsetDateTime>,
+        expected_revision: Option<i64>,
+    ) -> Result<i64> {
+        let row = PutRow::new(key, value, expires)?;
+        Ok(self
+            .shared
+            .write(Write::Update(row, expected_revision))
+            .await?
+            .revision)
+    }
+
+    async fn delete(&self, key: &str, expected_revision: Option<i64>) -> Result<()> {
+        validate_key(key)?;
+        self.shared
+            .write(Write::Delete(key.to_owned(), expected_revision))
+            .await?;
+        Ok(())
+    }
+
+    async fn atomic_write(&self, conditions: Vec<Condition>, ops: Vec<Op>) -> Result<i64> {
+        let w = Write::atomic(conditions, ops)?;
+        Ok(self.shared.write(w).await?.revision)
+    }
+
+    async fn watch(&self, prefixes: Vec<String>) -> Result<Watcher> {
+        self.hub.watch(prefixes).await
+    }
+
+    async fn sweep_expired(&self) -> Result<u64> {
+        Ok(self.shared.write(Write::Sweep).await?.events)
+    }
+
+    async fn close(&self) {
+        self.bg.close().await;
+        self.shared.writer.close();
+        self.shared.readers.close();
+    }
+}
+
+/// A few connections used one at a time on the blocking pool.
+struct Pool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+    sem: Arc<Semaphore>,
+    closed: AtomicBool,
+}
+
+impl Pool {
+    fn new(path: &Path, size: usize, first: Option<Connection>) -> Arc<Self> {
+        Arc::new(Pool {
+            path: path.to_owned(),
+            idle: Mutex::new(first.into_iter().collect()),
+            sem: Arc::new(Semaphore::new(size)),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Run `f` with a connection on the blocking pool. The permit and the connection travel
+    /// with the blocking job, so a cancelled caller never lets two jobs share one connection.
+    async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed());
+        }
+        let permit = self
+            .sem
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let taken = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+            let mut conn = match taken {
+                Some(c) => c,
+                None => open_conn(&pool.path)?,
+            };
+            let result = f(&mut conn);
+            if !pool.closed.load(Ordering::Acquire) {
+                pool.idle
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| backend_msg(format!("sqlite worker failed: {e}")))?
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.sem.close();
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+fn sq(e: rusqlite::Error) -> StoreError {
+    StoreError::backend(e)
+}
+
+fn sqlite_error(e: &StoreError) -> Option<&rusqlite::Error> {
+    match e {
+        StoreError::Backend(inner) => inner.downcast_ref::<rusqlite::Error>(),
+        _ => None,
+    }
+}
+
+fn code_of(e: &StoreError) -> Option<ErrorCode> {
+    sqlite_error(e)?.sqlite_error_code()
+}
+
+fn is_unique_violation(e: &StoreError) -> bool {
+    matches!(
+        sqlite_error(e).and_then(rusqlite::Error::sqlite_extended_error_code),
+        Some(rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY)
+    )
+}
+
+fn is_busy(e: &StoreError) -> bool {
+    matches!(
+        code_of(e),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+fn retry_busy<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Err(e) if attempt < WRITE_RETRIES && is_busy(&e) => {
+                attempt += 1;
+                std::thread::sleep(retry_delay(attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn write_blocking(conn: &mut Connection, w: &Write) -> Result<Applied> {
+    let result = retry_busy(|| write_once(conn, w));
+    match result {
+        Err(e) if is_unique_violation(&e) => Err(w.conflict_error().unwrap_or(e)),
+        other => other,
+    }
+}
+
+fn write_once(conn: &mut Connection, w: &Write) -> Result<Applied> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sq)?;
+    let applied = run_ready(apply(&mut SqliteTx { tx: &tx }, w))
+        .ok_or_else(|| backend_msg("sqlite transaction unexpectedly suspended"))??;
+    if applied.commit {
+        tx.commit().map_err(sq)?;
+    } else {
+        tx.rollback().map_err(sq)?;
+    }
+    Ok(applied)
+}
+
+struct SqliteTx<'a> {
+    tx: &'a rusqlite::Transaction<'a>,
+}
+
+impl SqliteTx<'_> {
+    fn event(
+        &self,
+        (revision, idx): (i64, i32),
+        kind: i16,
+        key: &str,
+        value: &[u8],
+        expires: Option<i64>,
+        at: i64,
+    ) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO dt_events (revision, idx, key, kind, value, expires, at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .map_err(sq)?
+            .execute(params![revision, idx, key, kind, value, expires, at])
+            .map_err(sq)?;
+        Ok(())
+    }
+}
+
+impl Tx for SqliteTx<'_> {
+    async fn next_revision(&mut self) -> Result<i64> {
+        self.tx
+            .prepare_cached("UPDATE dt_seq SET v = v + 1 WHERE id = 1 RETURNING v")
+            .map_err(sq)?
+            .query_row([], |r| r.get(0))
+            .map_err(sq)
+    }
+
+    async fn lookup(&mut self, key: &str) -> Result<Option<Stored>> {
+        self.tx
+            .prepare_cached("SELECT revision, expires FROM dt_items WHERE key = ?1")
+            .map_err(sq)?
+            .query_row([key], |r| {
+                Ok(Stored {
+                    revision: r.get(0)?,
+                    expires: r.get(1)?,
+                })
+            })
+            .optional()
+            .map_err(sq)
+    }
+
+    async fn put(&mut self, revision: i64, idx: i32, row: &PutRow, at: i64) -> Result<()> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO dt_items (key, value, revision, expires) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+                 revision = excluded.revision, expires = excluded.expires",
+            )
+            .map_err(sq)?
+            .execute(params![row.key, row.value, revision, row.expires])
+            .map_err(sq)?;
+        self.event(
+            (revision, idx),
+            KIND_PUT,
+            &row.key,
+            &row.value,
+            row.expires,
+            at,
+        )
+    }
+
+    async fn remove(&mut self, revision: i64, idx: i32, key: &str, at: i64) -> Result<bool> {
+        let n = self
+            .tx
+            .prepare_cached("DELETE FROM dt_items WHERE key = ?1")
+            .map_err(sq)?
+            .execute([key])
+            .map_err(sq)?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.event((revision, idx), KIND_DELETE, key, &[], None, at)?;
+        Ok(true)
+    }
+
+    async fn sweep(&mut self, revision: i64, now: i64) -> Result<u64> {
+        let mut keys = {
+            let mut stmt = self
+                .tx
+                .prepare_cached("DELETE FROM dt_items WHERE expires IS NOT NULL AND expires <= ?1 RETURNING key")
+                .map_err(sq)?;
+            let rows = stmt
+                .query_map([now], |r| r.get::<_, String>(0))
+                .map_err(sq)?;
+            rows.collect::<rusqlite::Result<Vec<String>>>()
+                .map_err(sq)?
+        };
+        keys.sort();
+        for (i, key) in keys.iter().enumerate() {
+            let idx =
+                i32::try_from(i).map_err(|_| backend_msg("too many expired items in one sweep"))?;
+            self.event((revision, idx), KIND_DELETE, key, &[], None, now)?;
+        }
+        Ok(u64::try_from(keys.len()).unwrap_or(u64::MAX))
+    }
+}
+
+/// Create the database file with mode 0600 if it does not exist yet. SQLite gives the
+/// `-wal` and `-shm` files the same mode.
+fn create_file(path: &Path) -> Result<()> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.read(true).write(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)
+        .map(drop)
+        .map_err(|e| backend_msg(format!("cannot open database file {}: {e}", path.display())))
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sq)?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(sq)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+fn enable_wal(conn: &Connection) -> Result<()> {
+    let mode: String = retry_busy(|| {
+        conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+            .map_err(sq)
+    })?;
+    if mode.eq_ignore_ascii_case("wal") {
+        Ok(())
+    } else {
+        Err(backend_msg(format!(
+            "could not enable WAL mode (journal_mode is {mode})"
+        )))
+    }
+}
+
+fn current_version(conn: &Connection) -> Result<i64> {
+    conn.query_row(
+        "SELECT COALESCE(MAX(version), 0) FROM dt_schema_migrations",
+        [],
+        |r| r.get(0),
+    )
+    .map_err(sq)
+}
+
+fn latest_version() -> i64 {
+    i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX)
+}
+
+/// Apply pending migrations in one `BEGIN IMMEDIATE` transaction (which excludes other
+/// processes migrating at the same time).
+fn migrate(conn: &mut Connection) -> Result<i64> {
+    retry_busy(|| {
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(sq)?;
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS dt_schema_migrations (\
+                 version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        )
+        .map_err(sq)?;
+        let current = current_version(&tx)?;
+        if current > latest_version() {
+            return Err(backend_msg(format!(
+                "database schema version {current} is newer than this build supports ({})",
+                latest_version()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i64::try_from(i + 1).unwrap_or(i64::MAX);
+            if version <= current {
+                continue;
+            }
+            tx.execute_batch(sql).map_err(sq)?;
+            tx.execute(
+                "INSERT INTO dt_schema_migrations (version, applied_at) VALUES (?1, ?2)",
+                params![version, now_ms()],
+            )
+            .map_err(sq)?;
+        }
+        tx.commit().map_err(sq)?;
+        Ok(latest_version())
+    })
+}

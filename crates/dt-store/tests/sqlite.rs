@@ -1,0 +1,122 @@
+//! The conformance suite on a SQLite file in a temporary directory, plus SQLite specifics.
+
+use std::sync::Arc;
+
+use dt_store::conformance::{Env, Factory, Failure, fast_tuning};
+use dt_store::sqlite::SqliteBackend;
+use dt_store::{Backend, Tuning};
+
+/// A fresh temp dir per case; every instance opens the same `store.db` in it.
+async fn setup() -> Result<Env, Failure> {
+    let dir = tempfile::tempdir().map_err(|e| Failure::new(format!("tempdir: {e}")))?;
+    let path = dir.path().join("store.db");
+    let factory: Factory = Arc::new(move |tuning: Tuning| {
+        let path = path.clone();
+        Box::pin(async move {
+            SqliteBackend::open(&path, tuning)
+                .await
+                .map(|b| b as Arc<dyn Backend>)
+        })
+    });
+    Ok(Env {
+        factory,
+        cleanup: Some(Box::pin(async move { drop(dir) })),
+    })
+}
+
+dt_store::conformance_tests!(setup);
+
+#[cfg(unix)]
+#[tokio::test]
+async fn files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("private.db");
+    let b = SqliteBackend::open(&path, fast_tuning()).await.unwrap();
+    b.put("/k", b"v".to_vec(), None).await.unwrap();
+    for name in ["private.db", "private.db-wal", "private.db-shm"] {
+        let mode = std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(mode, 0o600, "{name} has mode {mode:o}");
+    }
+    b.close().await;
+}
+
+#[tokio::test]
+async fn migrations_are_recorded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    for _ in 0..2 {
+        let b = SqliteBackend::open(&path, fast_tuning()).await.unwrap();
+        assert_eq!(b.schema_version().await.unwrap(), 1);
+        b.close().await;
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let rows: i64 = conn
+        .query_row("SELECT COUNT(*) FROM dt_schema_migrations", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(rows, 1);
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn newer_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("n.db");
+    SqliteBackend::open(&path, fast_tuning())
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute(
+        "INSERT INTO dt_schema_migrations (version, applied_at) VALUES (99, 0)",
+        [],
+    )
+    .unwrap();
+    drop(conn);
+    match SqliteBackend::open(&path, fast_tuning()).await {
+        Err(e) => assert!(e.to_string().contains("newer"), "{e}"),
+        Ok(_) => panic!("opened a database with a newer schema"),
+    }
+}
+
+#[tokio::test]
+async fn old_events_are_pruned() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.db");
+    let tuning = Tuning {
+        keep_events_for: std::time::Duration::from_millis(1),
+        ..fast_tuning()
+    };
+    let b = SqliteBackend::open(&path, tuning).await.unwrap();
+    for i in 0..10 {
+        b.put(&format!("/p/{i}"), vec![], None).await.unwrap();
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM dt_events", [], |r| r.get(0))
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{n} events never pruned"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Items are untouched.
+    assert_eq!(b.range("/p/", None, 100).await.unwrap().items.len(), 10);
+    b.close().await;
+}
