@@ -371,10 +371,26 @@ impl AuthServer {
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         let kind = res.kind();
         let name = res.name().to_string();
-        if kind == Kind::Device {
-            return Err(ApiError::FailedPrecondition(
-                "devices are managed with `dtctl devices add|rm|enroll` on this server".into(),
-            ));
+        if let AnyResource::Device(d) = res {
+            let existing = self.get_device(&name).await?;
+            let created = existing.is_none();
+            let (d, _rev) = match existing {
+                None => {
+                    let (d, rev, _) = self.create_device(caller, d, None).await?;
+                    (d, rev)
+                }
+                Some(_) if !req.force && req.expected_revision == 0 => {
+                    return Err(ApiError::AlreadyExists(format!(
+                        "device {name:?} already exists; use --force to overwrite it"
+                    )));
+                }
+                Some(_) => self.update_device(caller, d, req.expected_revision).await?,
+            };
+            return Ok(pb::UpsertResourceResponse {
+                kind: kind.as_str().into(),
+                name: d.metadata.name,
+                created,
+            });
         }
         let existing = self.backend.get(&keys::resource(kind, &name)).await?;
         let verb = if existing.is_some() {
@@ -485,9 +501,19 @@ impl AuthServer {
             ));
         }
         if kind == Kind::Device {
-            return Err(ApiError::FailedPrecondition(
-                "remove devices with `dtctl devices rm`".into(),
-            ));
+            let dref = if uuid::Uuid::parse_str(name).is_ok() {
+                pb::DeviceRef {
+                    device_id: name.into(),
+                    ..Default::default()
+                }
+            } else {
+                pb::DeviceRef {
+                    asset_tag: name.into(),
+                    ..Default::default()
+                }
+            };
+            self.delete_device(caller, &dref).await?;
+            return Ok(());
         }
         let key = keys::resource(kind, name);
         let Some(item) = self.backend.get(&key).await? else {
@@ -898,6 +924,16 @@ impl AuthService for GrpcAuth {
         let req = req.into_inner();
         let kind = Kind::parse(&req.kind).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         self.srv.authorize(&caller, kind.as_str(), Verb::Read)?;
+        if kind == Kind::Device && uuid::Uuid::parse_str(&req.name).is_err() {
+            let dref = pb::DeviceRef {
+                asset_tag: req.name.clone(),
+                ..Default::default()
+            };
+            let (d, rev) = self.srv.resolve_device(&dref).await?;
+            return Ok(Response::new(
+                self.srv.resource_json(&AnyResource::Device(d), rev),
+            ));
+        }
         match self.srv.get_any(kind, &req.name).await? {
             Some((r, rev)) => Ok(Response::new(self.srv.resource_json(&r, rev))),
             None => Err(ApiError::NotFound(format!("{kind} {:?} not found", req.name)).into()),

@@ -34,3 +34,28 @@ pub fn join_token_index(hash: &str) -> String {
 pub fn audit_event(seq: u64) -> String {
     format!("{AUDIT_EVENTS}{seq:020}")
 }
+
+/// Device by (os, asset tag) → device id. The uniqueness of (os_type, asset_tag).
+pub fn device_tag_index(os: dt_types::device::OsType, tag: &str) -> String {
+    format!("/index/device_tag/{}/{tag}", os.as_str())
+}
+
+/// Devices by owner: `/index/device_owner/<owner>/<id>`.
+pub fn device_owner_index(owner: &str, id: &str) -> String {
+    format!("/index/device_owner/{owner}/{id}")
+}
+
+/// Device credential id → device id. Makes a credential usable by one device only.
+pub fn device_credential_index(credential_id: &str) -> String {
+    format!("/index/device_cred/{credential_id}")
+}
+
+/// Enrollment token record by SHA-256 hex of the token.
+pub fn device_token(hash: &str) -> String {
+    format!("/secrets/device_token/{hash}")
+}
+
+/// The live enrollment token of a device (one per device) → its hash.
+pub fn device_token_index(device_id: &str) -> String {
+    format!("/index/device_token/{device_id}")
+}

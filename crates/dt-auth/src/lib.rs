@@ -8,7 +8,10 @@
 use std::sync::Arc;
 
 pub mod audit;
+mod authn_driver;
 pub mod config;
+pub mod device_grpc;
+pub mod devices;
 pub mod error;
 pub mod grpc;
 pub mod http;
@@ -26,6 +29,11 @@ pub fn router(srv: Arc<AuthServer>) -> axum::Router {
         tonic::service::Routes::new(dt_proto::v1::auth_service_server::AuthServiceServer::new(
             grpc::GrpcAuth { srv: srv.clone() },
         ))
+        .add_service(
+            dt_proto::v1::device_trust_service_server::DeviceTrustServiceServer::new(
+                device_grpc::GrpcDevices { srv: srv.clone() },
+            ),
+        )
         .into_axum_router();
     http::router(srv).merge(grpc)
 }

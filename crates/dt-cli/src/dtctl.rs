@@ -31,6 +31,9 @@ pub struct Cli {
 
 #[derive(Args, Clone)]
 pub struct Global {
+    #[doc(hidden)]
+    #[arg(skip)]
+    _private: (),
     /// Use the local admin identity in this auth server data directory.
     #[arg(long, global = true, env = "DTCTL_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -68,6 +71,9 @@ enum Cmd {
     /// Manage users.
     #[command(subcommand)]
     Users(UsersCmd),
+    /// The device inventory: register, list, remove, and issue enrollment tokens.
+    #[command(subcommand)]
+    Devices(crate::dtctl_devices::DevicesCmd),
     /// Join tokens for nodes and bots.
     #[command(subcommand)]
     Tokens(TokensCmd),
@@ -182,6 +188,11 @@ pub fn main() -> ExitCode {
 
 /// Connect as the local admin (`--data-dir`) or as the dtsh profile's user.
 pub async fn connect(g: &Global) -> anyhow::Result<AuthServiceClient<Channel>> {
+    Ok(AuthServiceClient::new(connect_channel(g).await?))
+}
+
+/// The raw channel behind [`connect`], for the device service.
+pub async fn connect_channel(g: &Global) -> anyhow::Result<Channel> {
     if let Some(dir) = &g.data_dir {
         let admin = dir.join("admin");
         let read = |name: &str| {
@@ -204,7 +215,7 @@ pub async fn connect(g: &Global) -> anyhow::Result<AuthServiceClient<Channel>> {
             cert_der: cert,
             key_pkcs8_der: key.pkcs8_der().to_vec(),
         };
-        return Ok(dt_client::connect(&addr, TrustPolicy::Pin(pin), id).await?);
+        return Ok(dt_client::connect::channel(&addr, TrustPolicy::Pin(pin), id).await?);
     }
     let store = ProfileStore::from_env();
     let profile = store
@@ -217,7 +228,7 @@ pub async fn connect(g: &Global) -> anyhow::Result<AuthServiceClient<Channel>> {
         TrustPolicy::Pin(profile.ca_pin.clone())
     };
     let addr = g.auth_server.clone().unwrap_or(profile.proxy.clone());
-    Ok(dt_client::connect(&addr, policy, id).await?)
+    Ok(dt_client::connect::channel(&addr, policy, id).await?)
 }
 
 fn split_target(target: &str) -> anyhow::Result<(Kind, Option<String>)> {
@@ -491,6 +502,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{kind} {name:?} has been removed");
         }
         Cmd::Users(cmd) => users(&g, cmd).await?,
+        Cmd::Devices(cmd) => crate::dtctl_devices::run(&g, cmd).await?,
         Cmd::Tokens(cmd) => tokens(&g, cmd).await?,
         Cmd::Events(EventsCmd::Ls {
             since,

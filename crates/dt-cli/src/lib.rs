@@ -5,4 +5,5 @@
 pub mod common;
 pub mod devtrust;
 pub mod dtctl;
+pub mod dtctl_devices;
 pub mod dtsh;

@@ -6,6 +6,7 @@
 //! or the caller asked for `--insecure` and was warned.
 
 pub mod connect;
+pub mod devices;
 pub mod profile;
 pub mod trust;
 

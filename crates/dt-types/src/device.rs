@@ -103,7 +103,11 @@ pub struct DeviceCollectedData {
     #[serde(with = "time::serde::rfc3339")]
     pub collect_time: OffsetDateTime,
     /// When the server recorded it.
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub record_time: Option<OffsetDateTime>,
     pub os_type: Option<OsType>,
     pub serial_number: String,
@@ -144,7 +148,9 @@ impl DeviceCollectedData {
             ("serial_source", &self.serial_source),
         ] {
             if v.len() > MAX_FIELD_LEN {
-                return Err(format!("device data field {name} is longer than {MAX_FIELD_LEN} bytes"));
+                return Err(format!(
+                    "device data field {name} is longer than {MAX_FIELD_LEN} bytes"
+                ));
             }
         }
         if self.serial_number.trim().is_empty() {
@@ -196,9 +202,17 @@ pub struct DeviceSpec {
     pub asset_tag: String,
     #[serde(default)]
     pub enroll_status: EnrollStatus,
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub create_time: Option<OffsetDateTime>,
-    #[serde(default, with = "time::serde::rfc3339::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub update_time: Option<OffsetDateTime>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<DeviceCredential>,
@@ -237,7 +251,9 @@ impl Spec for DeviceSpec {
             return Err("an enrolled device needs a credential".into());
         }
         if self.collected_data.len() > MAX_COLLECTED_DATA {
-            return Err(format!("at most {MAX_COLLECTED_DATA} collected data records"));
+            return Err(format!(
+                "at most {MAX_COLLECTED_DATA} collected data records"
+            ));
         }
         for cd in &self.collected_data {
             cd.check_sizes()?;

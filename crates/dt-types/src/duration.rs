@@ -28,7 +28,10 @@ impl DurationStr {
 
 /// Parse `1d2h3m4s`-style durations. Units: d, h, m, s, ms. At least one component.
 pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
-    let err = |why| DurationError { input: input.to_string(), why };
+    let err = |why| DurationError {
+        input: input.to_string(),
+        why,
+    };
     let s = input.trim();
     if s.is_empty() {
         return Err(err("empty"));
@@ -36,13 +39,19 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     let mut total: u64 = 0; // milliseconds
     let mut rest = s;
     while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if digits == 0 {
             return Err(err("expected a number"));
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| err("number too large"))?;
+        let n: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| err("number too large"))?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
         let ms_per = match unit {
@@ -111,10 +120,16 @@ mod tests {
 
     #[test]
     fn parses_common_forms() {
-        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(
+            parse_duration("12h").unwrap(),
+            Duration::from_secs(12 * 3600)
+        );
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
         assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(7 * 86400));
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86400)
+        );
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
     }
 

@@ -28,10 +28,16 @@ pub enum ResourceError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("unknown kind {0:?} (known kinds: role, user, cluster_auth_preference, token, lock, device)")]
+    #[error(
+        "unknown kind {0:?} (known kinds: role, user, cluster_auth_preference, token, lock, device)"
+    )]
     UnknownKind(String),
     #[error("{kind} {name:?}: {why}")]
-    Invalid { kind: Kind, name: String, why: String },
+    Invalid {
+        kind: Kind,
+        name: String,
+        why: String,
+    },
     #[error("{kind} {name:?}: {source}")]
     Spec {
         kind: Kind,
@@ -139,7 +145,10 @@ pub struct Metadata {
 
 impl Metadata {
     pub fn named(name: impl Into<String>) -> Self {
-        Metadata { name: name.into(), ..Default::default() }
+        Metadata {
+            name: name.into(),
+            ..Default::default()
+        }
     }
 }
 
@@ -239,8 +248,27 @@ impl AnyResource {
         // Normalize plural/alias spellings of kind before typed deserialization.
         let mut value = value;
         if let Some(obj) = value.as_object_mut() {
-            obj.insert("kind".into(), serde_json::Value::String(kind.as_str().into()));
+            obj.insert(
+                "kind".into(),
+                serde_json::Value::String(kind.as_str().into()),
+            );
+            // A device's name is its id: documents that list new devices may leave it out
+            // and get a fresh one.
+            if kind == Kind::Device
+                && let Some(meta) = obj
+                    .entry("metadata")
+                    .or_insert_with(|| serde_json::json!({}))
+                    .as_object_mut()
+                && !meta.contains_key("name")
+            {
+                meta.insert("name".into(), uuid::Uuid::new_v4().to_string().into());
+            }
         }
+        let name = value
+            .pointer("/metadata/name")
+            .and_then(|n| n.as_str())
+            .unwrap_or(&name)
+            .to_string();
         fn typed<S: Spec>(
             kind: Kind,
             name: &str,
@@ -272,15 +300,22 @@ impl AnyResource {
         let trimmed = text.trim_start();
         let values: Vec<serde_json::Value> = if trimmed.starts_with('{') || trimmed.starts_with('[')
         {
-            let v: serde_json::Value = serde_json::from_str(text)
-                .map_err(|e| ResourceError::Syntax { doc: 1, source: Box::new(e) })?;
+            let v: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| ResourceError::Syntax {
+                    doc: 1,
+                    source: Box::new(e),
+                })?;
             match v {
                 serde_json::Value::Array(items) => items,
                 other => vec![other],
             }
         } else {
-            serde_saphyr::from_multiple::<serde_json::Value>(text)
-                .map_err(|e| ResourceError::Syntax { doc: 1, source: Box::new(e) })?
+            serde_saphyr::from_multiple::<serde_json::Value>(text).map_err(|e| {
+                ResourceError::Syntax {
+                    doc: 1,
+                    source: Box::new(e),
+                }
+            })?
         };
         values
             .into_iter()
@@ -324,13 +359,16 @@ pub fn validate_name(name: &str) -> Result<(), String> {
         return Err("metadata.name is empty".into());
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!("metadata.name is longer than {MAX_NAME_LEN} characters"));
+        return Err(format!(
+            "metadata.name is longer than {MAX_NAME_LEN} characters"
+        ));
     }
     if name.starts_with('.') || name.starts_with('-') {
         return Err("metadata.name must not start with '.' or '-'".into());
     }
-    if let Some(c) =
-        name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | ':' | '-')))
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '@' | ':' | '-')))
     {
         return Err(format!(
             "metadata.name contains {c:?}; use letters, digits and . _ @ : -"
@@ -447,8 +485,15 @@ impl fmt::Display for Verb {
 }
 
 /// Resource names usable in RBAC rules: the stored kinds plus `event` (the audit log).
-pub const RULE_RESOURCES: [&str; 7] =
-    ["role", "user", "cluster_auth_preference", "token", "lock", "device", "event"];
+pub const RULE_RESOURCES: [&str; 7] = [
+    "role",
+    "user",
+    "cluster_auth_preference",
+    "token",
+    "lock",
+    "device",
+    "event",
+];
 
 // ---------------------------------------------------------------------------------------
 // role
@@ -524,7 +569,10 @@ impl Rule {
         for v in &self.verbs {
             if v != "*" && Verb::parse(v).is_none() {
                 let known: Vec<_> = Verb::ALL.iter().map(|v| v.as_str()).collect();
-                return Err(format!("unknown verb {v:?} in rule (known: {}, or *)", known.join(", ")));
+                return Err(format!(
+                    "unknown verb {v:?} in rule (known: {}, or *)",
+                    known.join(", ")
+                ));
             }
         }
         Ok(())
@@ -595,7 +643,9 @@ impl Spec for UserSpec {
         for login in &self.traits.logins {
             if login.is_empty()
                 || login.len() > 64
-                || login.chars().any(|c| c.is_whitespace() || c == ',' || c.is_control())
+                || login
+                    .chars()
+                    .any(|c| c.is_whitespace() || c == ',' || c.is_control())
             {
                 return Err(format!("invalid login {login:?}"));
             }
@@ -643,7 +693,9 @@ impl Spec for CapSpec {
     const KIND: Kind = Kind::ClusterAuthPreference;
     fn validate(&self, meta: &Metadata) -> Result<(), String> {
         if meta.name != CAP_NAME {
-            return Err(format!("the cluster auth preference must be named {CAP_NAME:?}"));
+            return Err(format!(
+                "the cluster auth preference must be named {CAP_NAME:?}"
+            ));
         }
         self.device_trust.mode.check()?;
         for (i, pem) in self.device_trust.ekcert_allowed_cas.iter().enumerate() {
@@ -796,10 +848,17 @@ spec: {roles: [access, editor], traits: {logins: [root]}}
     fn parses_multi_document_yaml() {
         let docs = AnyResource::parse_documents(ROLE).unwrap();
         assert_eq!(docs.len(), 2);
-        let AnyResource::Role(role) = &docs[0] else { panic!("not a role") };
-        assert_eq!(role.spec.options.device_trust_mode, Some(DeviceTrustMode::Required));
+        let AnyResource::Role(role) = &docs[0] else {
+            panic!("not a role")
+        };
+        assert_eq!(
+            role.spec.options.device_trust_mode,
+            Some(DeviceTrustMode::Required)
+        );
         assert_eq!(role.spec.allow.logins, vec!["{{internal.logins}}"]);
-        let AnyResource::User(user) = &docs[1] else { panic!("not a user") };
+        let AnyResource::User(user) = &docs[1] else {
+            panic!("not a user")
+        };
         assert_eq!(user.spec.traits.logins, vec!["root"]);
     }
 
@@ -824,8 +883,14 @@ spec: {roles: [access, editor], traits: {logins: [root]}}
     #[test]
     fn unknown_fields_kinds_verbs_modes_are_refused() {
         let cases = [
-            ("kind: role\nversion: v7\nmetadata: {name: r}\nspec: {allow: {logns: [x]}}", "logns"),
-            ("kind: rolez\nversion: v7\nmetadata: {name: r}\nspec: {}", "unknown kind"),
+            (
+                "kind: role\nversion: v7\nmetadata: {name: r}\nspec: {allow: {logns: [x]}}",
+                "logns",
+            ),
+            (
+                "kind: rolez\nversion: v7\nmetadata: {name: r}\nspec: {}",
+                "unknown kind",
+            ),
             (
                 "kind: role\nversion: v7\nmetadata: {name: r}\nspec: {allow: {rules: [{resources: [device], verbs: [fly]}]}}",
                 "unknown verb",
@@ -834,10 +899,22 @@ spec: {roles: [access, editor], traits: {logins: [root]}}
                 "kind: role\nversion: v7\nmetadata: {name: r}\nspec: {options: {device_trust_mode: maybe}}",
                 "unknown device trust mode",
             ),
-            ("kind: user\nversion: v9\nmetadata: {name: u}\nspec: {}", "unsupported version"),
-            ("kind: user\nversion: v2\nmetadata: {name: 'a b'}\nspec: {}", "contains"),
-            ("kind: lock\nversion: v2\nmetadata: {name: l}\nspec: {target: {}}", "at least one"),
-            ("kind: user\nversion: v2\nmetadata: {name: u, nam: x}\nspec: {}", "nam"),
+            (
+                "kind: user\nversion: v9\nmetadata: {name: u}\nspec: {}",
+                "unsupported version",
+            ),
+            (
+                "kind: user\nversion: v2\nmetadata: {name: 'a b'}\nspec: {}",
+                "contains",
+            ),
+            (
+                "kind: lock\nversion: v2\nmetadata: {name: l}\nspec: {target: {}}",
+                "at least one",
+            ),
+            (
+                "kind: user\nversion: v2\nmetadata: {name: u, nam: x}\nspec: {}",
+                "nam",
+            ),
         ];
         for (text, want) in cases {
             let err = AnyResource::parse_documents(text).unwrap_err().to_string();
@@ -854,7 +931,10 @@ spec: {roles: [access, editor], traits: {logins: [root]}}
 
     #[test]
     fn lock_target_display_matches_the_ssh_message_shape() {
-        let t = LockTarget { device: Some("abc".into()), ..Default::default() };
+        let t = LockTarget {
+            device: Some("abc".into()),
+            ..Default::default()
+        };
         assert_eq!(t.to_string(), "Device:\"abc\"");
     }
 

@@ -1,0 +1,292 @@
+//! Driver of the device authentication ceremony (DESIGN.md §4): the user comes from the
+//! mTLS certificate; the pure state machine decides; on success the device's collected-data
+//! history is written with its audit event, and dt-ca re-issues the same certificates with
+//! the device added.
+
+use dt_ceremony::authn::server as authn;
+use dt_ceremony::authn::server::{CertView, DeviceBinding, MtlsIdentity};
+use dt_ceremony::messages::{
+    AuthenticateRequest, AuthenticateResponse, AuthenticateSuccess, UserCertificates,
+};
+use dt_proto::v1 as pb;
+use dt_store::{Condition, Op, StoreError};
+use dt_types::audit::{AuditEvent, CertInfo, DeviceInfo, EventType};
+use dt_types::{Device, Kind};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::device_grpc::{CEREMONY_DEADLINE, FIRST_MESSAGE_DEADLINE, status_for};
+use crate::devices::device_info;
+use crate::error::ApiError;
+use crate::grpc::Caller;
+use crate::keys;
+use crate::server::AuthServer;
+
+fn fingerprint(point: &[u8]) -> String {
+    format!("sha256:{}", hex_lower(&Sha256::digest(point)))
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn binding(id: &dt_ca::Identity) -> Option<DeviceBinding> {
+    id.device.as_ref().map(|d| DeviceBinding {
+        device_id: d.device_id.clone(),
+        asset_tag: d.asset_tag.clone(),
+        credential_id: d.credential_id.clone(),
+    })
+}
+
+/// The verified view of an X.509 user certificate: identity and key fingerprint.
+fn x509_view(id: &dt_ca::Identity, der: &[u8]) -> Result<CertView, Status> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|_| Status::invalid_argument("unreadable client certificate"))?;
+    Ok(CertView {
+        user: id.username.clone(),
+        roles: id.roles.clone(),
+        public_key_fingerprint: fingerprint(
+            &cert.tbs_certificate.subject_pki.subject_public_key.data,
+        ),
+        device: binding(id),
+    })
+}
+
+async fn next_msg(
+    inbound: &mut Streaming<pb::CeremonyMessage>,
+    deadline: tokio::time::Instant,
+    what: &str,
+) -> Result<AuthenticateRequest, Status> {
+    let msg = tokio::time::timeout_at(deadline, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded(format!("no {what} in time; try again")))??
+        .ok_or_else(|| Status::cancelled(format!("the client closed the stream before {what}")))?;
+    if msg.json.len() > 256 * 1024 {
+        return Err(Status::invalid_argument(format!("{what} is too large")));
+    }
+    serde_json::from_str(&msg.json)
+        .map_err(|e| Status::invalid_argument(format!("malformed {what}: {e}")))
+}
+
+fn out(v: &AuthenticateResponse) -> Result<pb::CeremonyMessage, Status> {
+    serde_json::to_string(v)
+        .map(|json| pb::CeremonyMessage { json })
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+impl AuthServer {
+    pub(crate) async fn drive_authenticate(
+        &self,
+        caller: &Caller,
+        inbound: &mut Streaming<pb::CeremonyMessage>,
+        tx: &mpsc::Sender<Result<pb::CeremonyMessage, Status>>,
+    ) -> Result<(), Status> {
+        let mut env = dt_ceremony::env::SystemEnv::new();
+        let opened = tokio::time::Instant::now();
+        let state = authn::ExpectInit::new(&env);
+        let fail = |msg: String, device: Option<DeviceInfo>| {
+            let mut e = AuditEvent::new(
+                EventType::DeviceAuthenticate,
+                false,
+                OffsetDateTime::now_utc(),
+            )
+            .user(caller.name())
+            .message(msg)
+            .remote_addr(caller.peer.addr.ip().to_string());
+            e.device = device;
+            e
+        };
+        let req = next_msg(inbound, opened + FIRST_MESSAGE_DEADLINE, "AuthenticateInit").await?;
+        let init = authn::ExpectInit::expect_message(req)
+            .map_err(|e| status_for(e.code(), e.user_message()))?;
+        if let Err(wait) = self.device_ceremonies.take(caller.name()) {
+            let msg = format!(
+                "too many device ceremonies for {}; try again in {} s",
+                caller.name(),
+                wait.as_secs().max(1)
+            );
+            self.audit
+                .emit(fail(msg.clone(), None))
+                .await
+                .map_err(ApiError::from)?;
+            return Err(ApiError::TooMany(msg).into());
+        }
+
+        let now = OffsetDateTime::now_utc();
+        let cert_der = caller.peer.cert_der.clone().ok_or_else(|| {
+            Status::unauthenticated("device authentication needs your login certificate (mTLS)")
+        })?;
+        let mtls = MtlsIdentity {
+            x509_der: cert_der.to_vec(),
+            certificate: x509_view(&caller.identity, &cert_der)?,
+        };
+        // The in-band SSH certificate must be ours, valid now, and readable.
+        let ssh_cert = match &init.user_certificates.ssh_authorized_key {
+            Some(text) => {
+                let cert = ssh_key::Certificate::from_openssh(text.trim()).map_err(|_| {
+                    Status::invalid_argument("the SSH certificate is not an OpenSSH certificate")
+                })?;
+                match self.user_ca.verify_ssh_user_cert(&cert, now) {
+                    Ok(id) => {
+                        let point = cert
+                            .public_key()
+                            .ecdsa()
+                            .map(|k| k.as_sec1_bytes().to_vec())
+                            .unwrap_or_default();
+                        Some((
+                            cert,
+                            CertView {
+                                user: id.username.clone(),
+                                roles: id.roles.clone(),
+                                public_key_fingerprint: fingerprint(&point),
+                                device: binding(&id),
+                            },
+                        ))
+                    }
+                    Err(e) => {
+                        let msg = format!("the SSH certificate was refused: {e}");
+                        self.audit
+                            .emit(fail(msg.clone(), None))
+                            .await
+                            .map_err(ApiError::from)?;
+                        return Err(Status::permission_denied(msg));
+                    }
+                }
+            }
+            None => None,
+        };
+        let cap = self.cap().await?;
+        let device = match init.device_data.os_type {
+            Some(os) => {
+                self.device_by_tag(os, &init.device_data.serial_number)
+                    .await?
+            }
+            None => None,
+        };
+        let locks = self.active_locks().await?;
+        let ctx = authn::AuthnContext {
+            settings: &cap.spec.device_trust,
+            identity: &mtls,
+            ssh_certificate: ssh_cert.as_ref().map(|(_, v)| v),
+            device: device.as_ref().map(|(d, _)| d),
+            locks: &locks,
+            tpm: None,
+        };
+        let dev_info = device.as_ref().map(|(d, _)| device_info(d));
+        let (next, challenge) = match state.handle(init, &ctx, &mut env) {
+            Ok(x) => x,
+            Err(e) => {
+                self.audit
+                    .emit(fail(e.audit_message(), dev_info))
+                    .await
+                    .map_err(ApiError::from)?;
+                return Err(status_for(e.code(), e.user_message()));
+            }
+        };
+        tx.send(out(&AuthenticateResponse::Challenge(challenge)))
+            .await
+            .map_err(|_| Status::cancelled("client left"))?;
+
+        let req = next_msg(
+            inbound,
+            opened + CEREMONY_DEADLINE,
+            "AuthenticateChallengeResponse",
+        )
+        .await?;
+        let outcome = match authn::ExpectChallengeResponse::expect_message(req)
+            .and_then(|r| next.handle(r, &mut env))
+        {
+            Ok(o) => o,
+            Err(e) => {
+                self.audit
+                    .emit(fail(e.audit_message(), dev_info))
+                    .await
+                    .map_err(ApiError::from)?;
+                return Err(status_for(e.code(), e.user_message()));
+            }
+        };
+        let Some((ssh, _)) = ssh_cert else {
+            return Err(Status::invalid_argument(
+                "send your SSH certificate with AuthenticateInit",
+            ));
+        };
+        let (_, rev) = device
+            .clone()
+            .ok_or_else(|| ApiError::internal("device vanished"))?;
+        let mut d: Device = outcome.device.clone();
+        d.spec.update_time = Some(now);
+        let ext = dt_ca::DeviceExt {
+            device_id: outcome.augment.device.device_id.clone(),
+            asset_tag: outcome.augment.device.asset_tag.clone(),
+            credential_id: outcome.augment.device.credential_id.clone(),
+        };
+        let (new_ssh, new_x509) =
+            self.user_ca
+                .augment(&ssh, &cert_der, &ext, now)
+                .map_err(|e| {
+                    Status::permission_denied(format!("certificates can't be augmented: {e}"))
+                })?;
+        let id = d.metadata.name.clone();
+        let event = AuditEvent::new(EventType::DeviceAuthenticate, true, now)
+            .user(caller.name())
+            .device(device_info(&d))
+            .remote_addr(caller.peer.addr.ip().to_string());
+        match self
+            .audit
+            .write_with(
+                vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
+                vec![Op::Put {
+                    key: keys::resource(Kind::Device, &id),
+                    value: serde_json::to_vec(&d).map_err(ApiError::internal)?,
+                    expires: None,
+                }],
+                event,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::ConditionFailed { .. }) => {
+                let msg = "the device changed during authentication; try again";
+                self.audit
+                    .emit(fail(msg.into(), Some(device_info(&d))))
+                    .await
+                    .map_err(ApiError::from)?;
+                return Err(Status::aborted(msg));
+            }
+            Err(e) => return Err(ApiError::from(e).into()),
+        }
+        let not_after = caller.identity.not_after;
+        self.audit
+            .emit(
+                AuditEvent::new(EventType::CertCreate, true, now)
+                    .user(caller.name())
+                    .device(device_info(&d))
+                    .cert(CertInfo {
+                        cert_type: if caller.identity.bot {
+                            "bot".into()
+                        } else {
+                            "user".into()
+                        },
+                        serial: String::new(),
+                        roles: caller.identity.roles.clone(),
+                        logins: caller.identity.logins.clone(),
+                        not_after,
+                    })
+                    .message("certificates augmented with the device"),
+            )
+            .await
+            .map_err(ApiError::from)?;
+        let ssh_text = new_ssh.to_openssh().map_err(ApiError::internal)?;
+        tx.send(out(&AuthenticateResponse::Success(AuthenticateSuccess {
+            user_certificates: UserCertificates {
+                x509_der: new_x509,
+                ssh_authorized_key: Some(ssh_text),
+            },
+        })))
+        .await
+        .map_err(|_| Status::cancelled("client left"))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,475 @@
+//! The `DeviceTrustService` gRPC handlers and the ceremony stream drivers. The drivers do
+//! the I/O the pure state machines of `dt-ceremony` leave out: read a message with a
+//! deadline, load what the step needs, call `handle`, persist what it returns in one
+//! transaction (with its audit event), reply.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dt_ceremony::enroll::server as enroll;
+use dt_ceremony::error::ErrorCode;
+use dt_ceremony::messages::{EnrollRequest, EnrollResponse};
+use dt_ceremony::token::{EnrollTokenRecord, TokenDisposition};
+use dt_proto::v1 as pb;
+use dt_proto::v1::device_trust_service_server::DeviceTrustService;
+use dt_store::{Condition, Op, StoreError};
+use dt_types::audit::{AuditEvent, EventType};
+use dt_types::{Device, Kind, Verb};
+use futures::Stream;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::devices::{device_info, device_json, parse_device};
+use crate::error::{ApiError, ApiResult};
+use crate::grpc::Caller;
+use crate::keys;
+use crate::listener::Peer;
+use crate::server::AuthServer;
+
+pub const FIRST_MESSAGE_DEADLINE: Duration = Duration::from_secs(10);
+pub const CEREMONY_DEADLINE: Duration = Duration::from_secs(60);
+
+#[derive(Clone)]
+pub struct GrpcDevices {
+    pub srv: Arc<AuthServer>,
+}
+
+type CeremonyStream = Pin<Box<dyn Stream<Item = Result<pb::CeremonyMessage, Status>> + Send>>;
+
+fn peer_of<T>(req: &Request<T>) -> ApiResult<Peer> {
+    req.extensions()
+        .get::<Peer>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal("request without connection info"))
+}
+
+pub fn status_for(code: ErrorCode, msg: String) -> Status {
+    match code {
+        ErrorCode::InvalidArgument => Status::invalid_argument(msg),
+        ErrorCode::PermissionDenied => Status::permission_denied(msg),
+        ErrorCode::FailedPrecondition => Status::failed_precondition(msg),
+        ErrorCode::Unimplemented => Status::unimplemented(msg),
+        ErrorCode::DeadlineExceeded => Status::deadline_exceeded(msg),
+        ErrorCode::Internal => Status::internal(msg),
+    }
+}
+
+/// Read the next ceremony message before `deadline`.
+async fn next_msg<T: serde::de::DeserializeOwned>(
+    inbound: &mut Streaming<pb::CeremonyMessage>,
+    deadline: tokio::time::Instant,
+    what: &str,
+) -> Result<T, Status> {
+    let msg = tokio::time::timeout_at(deadline, inbound.message())
+        .await
+        .map_err(|_| Status::deadline_exceeded(format!("no {what} in time; start again")))??
+        .ok_or_else(|| Status::cancelled(format!("the client closed the stream before {what}")))?;
+    if msg.json.len() > 256 * 1024 {
+        return Err(Status::invalid_argument(format!("{what} is too large")));
+    }
+    serde_json::from_str(&msg.json)
+        .map_err(|e| Status::invalid_argument(format!("malformed {what}: {e}")))
+}
+
+fn out<T: serde::Serialize>(v: &T) -> Result<pb::CeremonyMessage, Status> {
+    serde_json::to_string(v)
+        .map(|json| pb::CeremonyMessage { json })
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+impl AuthServer {
+    async fn load_token(&self, hash: &str) -> ApiResult<Option<(EnrollTokenRecord, i64)>> {
+        let Some(item) = self.backend.get(&keys::device_token(hash)).await? else {
+            return Ok(None);
+        };
+        let r: EnrollTokenRecord =
+            serde_json::from_slice(&item.value).map_err(ApiError::internal)?;
+        Ok(Some((r, item.revision)))
+    }
+
+    /// The enrollment ceremony, driven over one stream.
+    async fn drive_enroll(
+        &self,
+        caller: &Caller,
+        inbound: &mut Streaming<pb::CeremonyMessage>,
+        tx: &mpsc::Sender<Result<pb::CeremonyMessage, Status>>,
+    ) -> Result<(), Status> {
+        let mut env = dt_ceremony::env::SystemEnv::new();
+        let opened = tokio::time::Instant::now();
+        let state = enroll::ExpectInit::new(&env);
+        let req: EnrollRequest =
+            next_msg(inbound, opened + FIRST_MESSAGE_DEADLINE, "EnrollInit").await?;
+        let init = enroll::ExpectInit::expect_message(req)
+            .map_err(|e| status_for(e.code(), e.user_message()))?;
+        let now = OffsetDateTime::now_utc();
+        let fail_event = |msg: String, device: Option<&Device>| {
+            let mut e = AuditEvent::new(EventType::DeviceEnroll, false, OffsetDateTime::now_utc())
+                .user(caller.name())
+                .message(msg)
+                .remote_addr(caller.peer.addr.ip().to_string());
+            if let Some(d) = device {
+                e.device = Some(device_info(d));
+            }
+            e
+        };
+        if let Err(e) = self.authorize(caller, "device", Verb::Enroll) {
+            self.audit
+                .emit(fail_event(e.to_string(), None))
+                .await
+                .map_err(ApiError::from)?;
+            return Err(e.into());
+        }
+        if let Err(wait) = self.device_ceremonies.take(caller.name()) {
+            return Err(ApiError::TooMany(format!(
+                "too many device ceremonies for {}; try again in {} s",
+                caller.name(),
+                wait.as_secs().max(1)
+            ))
+            .into());
+        }
+
+        // Load what ExpectInit needs.
+        let cap = self.cap().await?;
+        let token = match init.token.lookup_hash() {
+            Some(h) => self.load_token(&h).await?,
+            None => None,
+        };
+        let device = match &token {
+            Some((rec, _)) => self.get_device(&rec.device_id).await?,
+            None => None,
+        };
+        let credential_in_use = self
+            .backend
+            .get(&keys::device_credential_index(&init.credential_id))
+            .await
+            .map_err(ApiError::from)?
+            .is_some();
+        let ctx = enroll::EnrollContext {
+            user: caller.name(),
+            settings: &cap.spec.device_trust,
+            token: token.as_ref().map(|(r, _)| r),
+            device: device.as_ref().map(|(d, _)| d),
+            credential_id_in_use: credential_in_use,
+            tpm: None,
+        };
+        let outcome = state.handle(init, &ctx, &mut env);
+
+        // The token is spent at Init, whatever happens next: persist that first, together
+        // with the failure event when Init itself failed.
+        let mut ops = Vec::new();
+        let mut conds = Vec::new();
+        if let (
+            TokenDisposition::Consume {
+                token_hash,
+                spent_at,
+            },
+            Some((rec, rev)),
+        ) = (&outcome.token, &token)
+        {
+            let mut spent = rec.clone();
+            spent.spent_at = Some(*spent_at);
+            let key = keys::device_token(token_hash);
+            conds.push(Condition::Revision(key.clone(), *rev));
+            ops.push(Op::Put {
+                key,
+                value: serde_json::to_vec(&spent).map_err(ApiError::internal)?,
+                expires: Some(rec.expires + time::Duration::days(1)),
+            });
+            ops.push(Op::Delete {
+                key: keys::device_token_index(&rec.device_id),
+            });
+        }
+        let (next, challenge) = match outcome.result {
+            Err(e) => {
+                let event = fail_event(e.audit_message(), device.as_ref().map(|(d, _)| d));
+                match self.audit.write_with(conds, ops, event.clone()).await {
+                    Ok(_) => {}
+                    Err(StoreError::ConditionFailed { .. }) => {
+                        // Someone spent the token concurrently: still a token failure.
+                        self.audit.emit(event).await.map_err(ApiError::from)?;
+                    }
+                    Err(e) => return Err(ApiError::from(e).into()),
+                }
+                return Err(status_for(e.code(), e.user_message()));
+            }
+            Ok(ok) => ok,
+        };
+        if !ops.is_empty() {
+            match self.backend.atomic_write(conds, ops).await {
+                Ok(_) => {}
+                Err(StoreError::ConditionFailed { .. }) => {
+                    let msg = "invalid device enrollment token".to_string();
+                    self.audit
+                        .emit(fail_event(
+                            "invalid device enrollment token (token already used, concurrently)"
+                                .into(),
+                            device.as_ref().map(|(d, _)| d),
+                        ))
+                        .await
+                        .map_err(ApiError::from)?;
+                    return Err(Status::permission_denied(msg));
+                }
+                Err(e) => return Err(ApiError::from(e).into()),
+            }
+        }
+        tx.send(out(&EnrollResponse::Challenge(challenge)))
+            .await
+            .map_err(|_| Status::cancelled("client left"))?;
+
+        let resp: EnrollRequest = next_msg(
+            inbound,
+            opened + CEREMONY_DEADLINE,
+            "EnrollChallengeResponse",
+        )
+        .await?;
+        let (device_before, device_rev) = device
+            .clone()
+            .ok_or_else(|| ApiError::internal("device vanished"))?;
+        let enrolled = match enroll::ExpectChallengeResponse::expect_message(resp)
+            .and_then(|r| next.handle(r, &mut env))
+        {
+            Ok(e) => e,
+            Err(e) => {
+                self.audit
+                    .emit(fail_event(e.audit_message(), Some(&device_before)))
+                    .await
+                    .map_err(ApiError::from)?;
+                return Err(status_for(e.code(), e.user_message()));
+            }
+        };
+        let mut d = enrolled.device.clone();
+        d.spec.update_time = Some(now);
+        let id = d.metadata.name.clone();
+        let cred = d
+            .spec
+            .credential
+            .as_ref()
+            .map(|c| c.id.clone())
+            .unwrap_or_default();
+        let mut ops = vec![Op::Put {
+            key: keys::resource(Kind::Device, &id),
+            value: serde_json::to_vec(&d).map_err(ApiError::internal)?,
+            expires: None,
+        }];
+        ops.push(Op::Put {
+            key: keys::device_credential_index(&cred),
+            value: id.clone().into_bytes(),
+            expires: None,
+        });
+        if let Some(owner) = &d.spec.owner {
+            ops.push(Op::Put {
+                key: keys::device_owner_index(owner, &id),
+                value: Vec::new(),
+                expires: None,
+            });
+        }
+        let conds = vec![
+            Condition::Revision(keys::resource(Kind::Device, &id), device_rev),
+            Condition::NotExists(keys::device_credential_index(&cred)),
+        ];
+        let event = AuditEvent::new(EventType::DeviceEnroll, true, OffsetDateTime::now_utc())
+            .user(caller.name())
+            .device(device_info(&d))
+            .remote_addr(caller.peer.addr.ip().to_string());
+        match self.audit.write_with(conds, ops, event).await {
+            Ok(_) => {}
+            Err(StoreError::ConditionFailed { index, .. }) => {
+                let msg = if index == 0 {
+                    "the device changed during enrollment; ask for a new token and enroll again"
+                } else {
+                    "the device credential id is already in use: enroll again with a new token"
+                };
+                self.audit
+                    .emit(fail_event(msg.into(), Some(&device_before)))
+                    .await
+                    .map_err(ApiError::from)?;
+                return Err(Status::failed_precondition(msg));
+            }
+            Err(e) => return Err(ApiError::from(e).into()),
+        }
+        tx.send(out(&EnrollResponse::Success(enrolled.reply())))
+            .await
+            .map_err(|_| Status::cancelled("client left"))?;
+        Ok(())
+    }
+}
+
+#[tonic::async_trait]
+impl DeviceTrustService for GrpcDevices {
+    async fn create_device(
+        &self,
+        req: Request<pb::CreateDeviceRequest>,
+    ) -> Result<Response<pb::CreateDeviceResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let req = req.into_inner();
+        let device = parse_device(&req.json)?;
+        let ttl = req
+            .create_enroll_token
+            .then(|| Duration::from_secs(req.enroll_token_ttl_seconds));
+        let (d, rev, token) = self.srv.create_device(&caller, device, ttl).await?;
+        Ok(Response::new(pb::CreateDeviceResponse {
+            json: device_json(&d, rev),
+            enroll_token: token,
+        }))
+    }
+
+    async fn update_device(
+        &self,
+        req: Request<pb::UpdateDeviceRequest>,
+    ) -> Result<Response<pb::DeviceJson>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let req = req.into_inner();
+        let device = parse_device(&req.json)?;
+        let (d, rev) = self
+            .srv
+            .update_device(&caller, device, req.expected_revision)
+            .await?;
+        Ok(Response::new(pb::DeviceJson {
+            json: device_json(&d, rev),
+        }))
+    }
+
+    async fn delete_device(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::DeleteDeviceResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let d = self.srv.delete_device(&caller, req.get_ref()).await?;
+        Ok(Response::new(pb::DeleteDeviceResponse {
+            device_id: d.metadata.name,
+            asset_tag: d.spec.asset_tag,
+        }))
+    }
+
+    async fn find_devices(
+        &self,
+        req: Request<pb::FindDevicesRequest>,
+    ) -> Result<Response<pb::FindDevicesResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        self.srv.authorize(&caller, "device", Verb::Read)?;
+        let found = self.srv.find_devices(&req.get_ref().id_or_tag).await?;
+        Ok(Response::new(pb::FindDevicesResponse {
+            devices: found
+                .iter()
+                .map(|(d, r)| pb::DeviceJson {
+                    json: device_json(d, *r),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get_device(
+        &self,
+        req: Request<pb::DeviceRef>,
+    ) -> Result<Response<pb::DeviceJson>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        self.srv.authorize(&caller, "device", Verb::Read)?;
+        let (d, rev) = self.srv.resolve_device(req.get_ref()).await?;
+        Ok(Response::new(pb::DeviceJson {
+            json: device_json(&d, rev),
+        }))
+    }
+
+    async fn list_devices(
+        &self,
+        req: Request<pb::ListDevicesRequest>,
+    ) -> Result<Response<pb::ListDevicesResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let r = req.get_ref();
+        let (devices, next) = self
+            .srv
+            .list_devices(&caller, r.page_size as usize, &r.page_token)
+            .await?;
+        Ok(Response::new(pb::ListDevicesResponse {
+            devices: devices
+                .iter()
+                .map(|(d, r)| pb::DeviceJson {
+                    json: device_json(d, *r),
+                })
+                .collect(),
+            next_page_token: next.unwrap_or_default(),
+        }))
+    }
+
+    async fn bulk_create_devices(
+        &self,
+        req: Request<pb::BulkCreateDevicesRequest>,
+    ) -> Result<Response<pb::BulkCreateDevicesResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let statuses = self
+            .srv
+            .bulk_create_devices(&caller, req.into_inner().devices_json)
+            .await?;
+        Ok(Response::new(pb::BulkCreateDevicesResponse { statuses }))
+    }
+
+    async fn create_device_enroll_token(
+        &self,
+        req: Request<pb::CreateDeviceEnrollTokenRequest>,
+    ) -> Result<Response<pb::DeviceEnrollToken>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let r = req.into_inner();
+        let dref = r.device.unwrap_or_default();
+        let token = self
+            .srv
+            .create_enroll_token(&caller, &dref, Duration::from_secs(r.ttl_seconds))
+            .await?;
+        Ok(Response::new(token))
+    }
+
+    type EnrollDeviceStream = CeremonyStream;
+
+    async fn enroll_device(
+        &self,
+        req: Request<Streaming<pb::CeremonyMessage>>,
+    ) -> Result<Response<Self::EnrollDeviceStream>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let srv = self.srv.clone();
+        tokio::spawn(async move {
+            let run = srv.drive_enroll(&caller, &mut inbound, &tx);
+            let result = match tokio::time::timeout(CEREMONY_DEADLINE, run).await {
+                Ok(r) => r,
+                Err(_) => Err(Status::deadline_exceeded(
+                    "the enrollment took longer than 60 s; start again",
+                )),
+            };
+            if let Err(status) = result {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    type AuthenticateDeviceStream = CeremonyStream;
+
+    async fn authenticate_device(
+        &self,
+        req: Request<Streaming<pb::CeremonyMessage>>,
+    ) -> Result<Response<Self::AuthenticateDeviceStream>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let mut inbound = req.into_inner();
+        let (tx, rx) = mpsc::channel(4);
+        let srv = self.srv.clone();
+        tokio::spawn(async move {
+            let run = srv.drive_authenticate(&caller, &mut inbound, &tx);
+            let result = match tokio::time::timeout(CEREMONY_DEADLINE, run).await {
+                Ok(r) => r,
+                Err(_) => Err(Status::deadline_exceeded(
+                    "device authentication took longer than 60 s; try again",
+                )),
+            };
+            if let Err(status) = result {
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}

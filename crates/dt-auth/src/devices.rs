@@ -1,0 +1,614 @@
+//! Device inventory: create, update, delete, find, list, bulk create, and enrollment tokens.
+//!
+//! Invariants kept by every write (each one atomic, with its audit event):
+//! - (os_type, asset_tag) is unique: the tag index is created with a `NotExists` condition;
+//! - a credential id belongs to at most one device (credential index, `NotExists`);
+//! - a device has at most one live enrollment token; only its SHA-256 is stored.
+
+use std::time::Duration;
+
+use dt_ceremony::token::EnrollTokenRecord;
+use dt_proto::v1 as pb;
+use dt_store::{Condition, Op, StoreError};
+use dt_types::audit::{AuditEvent, DeviceInfo, EventType};
+use dt_types::device::{DeviceSource, DeviceSpec, EnrollStatus, OsType, SourceOrigin};
+use dt_types::resource::Resource;
+use dt_types::{AnyResource, Device, Kind, Verb};
+use time::OffsetDateTime;
+
+use crate::error::{ApiError, ApiResult};
+use crate::grpc::Caller;
+use crate::keys;
+use crate::server::AuthServer;
+
+pub const DEFAULT_ENROLL_TTL: Duration = Duration::from_secs(3600);
+pub const MAX_ENROLL_TTL: Duration = Duration::from_secs(7 * 86400);
+pub const MAX_PAGE: usize = 200;
+pub const MAX_BULK: usize = 1000;
+
+pub fn device_info(d: &Device) -> DeviceInfo {
+    DeviceInfo {
+        device_id: d.metadata.name.clone(),
+        asset_tag: d.spec.asset_tag.clone(),
+        os_type: d.spec.os_type.as_str().into(),
+        credential_id: d
+            .spec
+            .credential
+            .as_ref()
+            .map(|c| c.id.clone())
+            .unwrap_or_default(),
+    }
+}
+
+fn to_json(d: &Device) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(d).map_err(ApiError::internal)
+}
+
+pub fn device_json(d: &Device, revision: i64) -> String {
+    let mut d = d.clone();
+    d.metadata.revision = Some(revision.to_string());
+    serde_json::to_string(&d).unwrap_or_default()
+}
+
+/// Parse a device document sent by a client (strict fields, validated).
+pub fn parse_device(json: &str) -> ApiResult<Device> {
+    let value: serde_json::Value = serde_json::from_str(json)
+        .map_err(|e| ApiError::InvalidArgument(format!("device is not valid JSON: {e}")))?;
+    match AnyResource::from_json_value(value)
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))?
+    {
+        AnyResource::Device(d) => Ok(d),
+        other => Err(ApiError::InvalidArgument(format!(
+            "expected a device, got a {}",
+            other.kind()
+        ))),
+    }
+}
+
+/// The index and record writes that store `d` (no conditions).
+fn put_ops(d: &Device) -> ApiResult<Vec<Op>> {
+    let id = &d.metadata.name;
+    let mut ops = vec![
+        Op::Put {
+            key: keys::resource(Kind::Device, id),
+            value: to_json(d)?,
+            expires: None,
+        },
+        Op::Put {
+            key: keys::device_tag_index(d.spec.os_type, &d.spec.asset_tag),
+            value: id.clone().into_bytes(),
+            expires: None,
+        },
+    ];
+    if let Some(owner) = &d.spec.owner {
+        ops.push(Op::Put {
+            key: keys::device_owner_index(owner, id),
+            value: Vec::new(),
+            expires: None,
+        });
+    }
+    if let Some(c) = &d.spec.credential {
+        ops.push(Op::Put {
+            key: keys::device_credential_index(&c.id),
+            value: id.clone().into_bytes(),
+            expires: None,
+        });
+    }
+    Ok(ops)
+}
+
+/// Deletes of the indexes `d` occupies (not the record itself).
+fn index_deletes(d: &Device) -> Vec<Op> {
+    let id = &d.metadata.name;
+    let mut ops = vec![Op::Delete {
+        key: keys::device_tag_index(d.spec.os_type, &d.spec.asset_tag),
+    }];
+    if let Some(owner) = &d.spec.owner {
+        ops.push(Op::Delete {
+            key: keys::device_owner_index(owner, id),
+        });
+    }
+    if let Some(c) = &d.spec.credential {
+        ops.push(Op::Delete {
+            key: keys::device_credential_index(&c.id),
+        });
+    }
+    ops
+}
+
+impl AuthServer {
+    pub async fn get_device(&self, id: &str) -> ApiResult<Option<(Device, i64)>> {
+        self.get_resource::<DeviceSpec>(id).await
+    }
+
+    pub async fn device_by_tag(&self, os: OsType, tag: &str) -> ApiResult<Option<(Device, i64)>> {
+        let Some(item) = self.backend.get(&keys::device_tag_index(os, tag)).await? else {
+            return Ok(None);
+        };
+        let id = String::from_utf8(item.value).map_err(ApiError::internal)?;
+        self.get_device(&id).await
+    }
+
+    pub async fn device_by_credential(
+        &self,
+        credential_id: &str,
+    ) -> ApiResult<Option<(Device, i64)>> {
+        let Some(item) = self
+            .backend
+            .get(&keys::device_credential_index(credential_id))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let id = String::from_utf8(item.value).map_err(ApiError::internal)?;
+        self.get_device(&id).await
+    }
+
+    /// Devices whose id or asset tag equals `needle` (any OS).
+    pub async fn find_devices(&self, needle: &str) -> ApiResult<Vec<(Device, i64)>> {
+        let mut out = Vec::new();
+        if uuid::Uuid::parse_str(needle).is_ok()
+            && let Some(d) = self.get_device(needle).await?
+        {
+            out.push(d);
+        }
+        for os in [OsType::Macos, OsType::Windows, OsType::Linux] {
+            if let Some(d) = self.device_by_tag(os, needle).await?
+                && !out
+                    .iter()
+                    .any(|(x, _)| x.metadata.name == d.0.metadata.name)
+            {
+                out.push(d);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Exactly one device for a reference, or a clear error.
+    pub async fn resolve_device(&self, r: &pb::DeviceRef) -> ApiResult<(Device, i64)> {
+        if !r.device_id.is_empty() {
+            return self
+                .get_device(&r.device_id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("device {:?} not found", r.device_id)));
+        }
+        if r.asset_tag.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "name the device: --device-id or --asset-tag".into(),
+            ));
+        }
+        if !r.os_type.is_empty() {
+            let os = OsType::parse(&r.os_type).ok_or_else(|| {
+                ApiError::InvalidArgument(format!(
+                    "unknown OS {:?} (use macos, windows or linux)",
+                    r.os_type
+                ))
+            })?;
+            return self.device_by_tag(os, &r.asset_tag).await?.ok_or_else(|| {
+                ApiError::NotFound(format!("device {:?}/{os} not found", r.asset_tag))
+            });
+        }
+        let mut found = Vec::new();
+        for os in [OsType::Macos, OsType::Windows, OsType::Linux] {
+            if let Some(d) = self.device_by_tag(os, &r.asset_tag).await? {
+                found.push(d);
+            }
+        }
+        match found.len() {
+            0 => Err(ApiError::NotFound(format!(
+                "device {:?} not found",
+                r.asset_tag
+            ))),
+            1 => Ok(found.remove(0)),
+            _ => Err(ApiError::InvalidArgument(format!(
+                "asset tag {:?} exists for several OSes; add --os",
+                r.asset_tag
+            ))),
+        }
+    }
+
+    /// Normalize a new device: server-owned fields are set here, never taken from clients.
+    fn new_device(&self, mut d: Device, now: OffsetDateTime) -> Device {
+        d.metadata.revision = None;
+        d.spec.enroll_status = EnrollStatus::NotEnrolled;
+        d.spec.credential = None;
+        d.spec.collected_data.clear();
+        d.spec.owner = None;
+        d.spec.create_time = Some(now);
+        d.spec.update_time = Some(now);
+        if d.spec.source.is_none() {
+            d.spec.source = Some(DeviceSource {
+                name: "api".into(),
+                origin: SourceOrigin::Api,
+            });
+        }
+        d
+    }
+
+    fn token_ops(
+        &self,
+        device_id: &str,
+        ttl: Duration,
+        now: OffsetDateTime,
+        previous_hash: Option<String>,
+    ) -> ApiResult<(pb::DeviceEnrollToken, Vec<Op>)> {
+        if ttl > MAX_ENROLL_TTL {
+            return Err(ApiError::InvalidArgument(
+                "enrollment token TTL is at most 7d".into(),
+            ));
+        }
+        let ttl = if ttl.is_zero() {
+            DEFAULT_ENROLL_TTL
+        } else {
+            ttl
+        };
+        let mut env = dt_ceremony::env::SystemEnv::new();
+        let (token, record) = EnrollTokenRecord::issue(
+            device_id,
+            now,
+            time::Duration::try_from(ttl).map_err(ApiError::internal)?,
+            &mut env,
+        );
+        // Keep the record a day past expiry so "expired" and "already used" stay
+        // distinguishable in the audit log; the sweeper removes it after that.
+        let keep_until = record.expires + time::Duration::days(1);
+        let mut ops = Vec::new();
+        if let Some(h) = previous_hash {
+            ops.push(Op::Delete {
+                key: keys::device_token(&h),
+            });
+        }
+        ops.push(Op::Put {
+            key: keys::device_token(&record.token_hash),
+            value: serde_json::to_vec(&record).map_err(ApiError::internal)?,
+            expires: Some(keep_until),
+        });
+        ops.push(Op::Put {
+            key: keys::device_token_index(device_id),
+            value: record.token_hash.clone().into_bytes(),
+            expires: Some(keep_until),
+        });
+        Ok((
+            pb::DeviceEnrollToken {
+                token: token.expose().to_string(),
+                expires_unix: record.expires.unix_timestamp(),
+                device_id: device_id.to_string(),
+            },
+            ops,
+        ))
+    }
+
+    pub async fn create_device(
+        &self,
+        caller: &Caller,
+        device: Device,
+        with_token: Option<Duration>,
+    ) -> ApiResult<(Device, i64, Option<pb::DeviceEnrollToken>)> {
+        self.authorize(caller, "device", Verb::Create)?;
+        if with_token.is_some() {
+            self.authorize(caller, "device", Verb::CreateEnrollToken)?;
+        }
+        let now = OffsetDateTime::now_utc();
+        let d = self.new_device(device, now);
+        let id = d.metadata.name.clone();
+        let mut ops = put_ops(&d)?;
+        let mut token = None;
+        if let Some(ttl) = with_token {
+            let (t, t_ops) = self.token_ops(&id, ttl, now, None)?;
+            ops.extend(t_ops);
+            token = Some(t);
+        }
+        let conds = vec![
+            Condition::NotExists(keys::device_tag_index(d.spec.os_type, &d.spec.asset_tag)),
+            Condition::NotExists(keys::resource(Kind::Device, &id)),
+        ];
+        let event = AuditEvent::new(EventType::DeviceCreate, true, now)
+            .user(caller.name())
+            .device(device_info(&d))
+            .remote_addr(caller.peer.addr.ip().to_string());
+        match self.audit.write_with(conds, ops, event).await {
+            Ok(rev) => {
+                if token.is_some() {
+                    self.audit
+                        .emit(
+                            AuditEvent::new(EventType::DeviceTokenCreate, true, now)
+                                .user(caller.name())
+                                .device(device_info(&d)),
+                        )
+                        .await?;
+                }
+                Ok((d, rev, token))
+            }
+            Err(StoreError::ConditionFailed { .. }) => {
+                let msg = format!(
+                    "device {:?}/{} is already in the inventory",
+                    d.spec.asset_tag, d.spec.os_type
+                );
+                self.audit
+                    .emit(
+                        AuditEvent::new(EventType::DeviceCreate, false, now)
+                            .user(caller.name())
+                            .device(device_info(&d))
+                            .message(&msg),
+                    )
+                    .await?;
+                Err(ApiError::AlreadyExists(msg))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Admin edits: only un-enrolling (`enroll_status: not_enrolled`), `profile` and
+    /// `source` may change. Un-enrolling clears the credential, owner and collected data.
+    pub async fn update_device(
+        &self,
+        caller: &Caller,
+        edited: Device,
+        expected_revision: i64,
+    ) -> ApiResult<(Device, i64)> {
+        self.authorize(caller, "device", Verb::Update)?;
+        let id = edited.metadata.name.clone();
+        let Some((current, rev)) = self.get_device(&id).await? else {
+            return Err(ApiError::NotFound(format!("device {id:?} not found")));
+        };
+        if expected_revision != 0 && expected_revision != rev {
+            return Err(ApiError::Conflict(format!(
+                "device {id:?} was changed by someone else since you read it; read it again and retry"
+            )));
+        }
+        let (c, e) = (&current.spec, &edited.spec);
+        let mut refused = Vec::new();
+        if c.os_type != e.os_type {
+            refused.push("os_type");
+        }
+        if c.asset_tag != e.asset_tag {
+            refused.push("asset_tag");
+        }
+        if e.enroll_status == EnrollStatus::Enrolled && c.enroll_status != EnrollStatus::Enrolled {
+            refused.push("enroll_status (enroll with a token instead)");
+        }
+        let unenroll = c.enroll_status == EnrollStatus::Enrolled
+            && e.enroll_status == EnrollStatus::NotEnrolled;
+        if !unenroll {
+            if c.credential != e.credential {
+                refused.push("credential");
+            }
+            if c.owner != e.owner {
+                refused.push("owner");
+            }
+            if c.collected_data != e.collected_data {
+                refused.push("collected_data");
+            }
+        }
+        if !refused.is_empty() {
+            return Err(ApiError::InvalidArgument(format!(
+                "device {id:?}: {} can't be changed; only profile, source and `enroll_status: not_enrolled` may be edited",
+                refused.join(", ")
+            )));
+        }
+        let now = OffsetDateTime::now_utc();
+        let mut next = current.clone();
+        next.spec.profile = e.profile.clone();
+        next.spec.source = e.source.clone();
+        next.spec.update_time = Some(now);
+        if unenroll {
+            next.spec.enroll_status = EnrollStatus::NotEnrolled;
+            next.spec.credential = None;
+            next.spec.owner = None;
+            next.spec.collected_data.clear();
+        }
+        let mut ops = index_deletes(&current);
+        ops.extend(put_ops(&next)?);
+        let mut event = AuditEvent::new(EventType::DeviceUpdate, true, now)
+            .user(caller.name())
+            .device(device_info(&current))
+            .remote_addr(caller.peer.addr.ip().to_string());
+        if unenroll {
+            event.message =
+                Some("device un-enrolled: credential, owner and collected data cleared".into());
+        }
+        let rev = self
+            .audit
+            .write_with(
+                vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
+                ops,
+                event,
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::ConditionFailed { .. } => {
+                    ApiError::Conflict(format!("device {id:?} changed meanwhile; try again"))
+                }
+                other => other.into(),
+            })?;
+        Ok((next, rev))
+    }
+
+    pub async fn delete_device(&self, caller: &Caller, r: &pb::DeviceRef) -> ApiResult<Device> {
+        self.authorize(caller, "device", Verb::Delete)?;
+        let (d, rev) = self.resolve_device(r).await?;
+        let id = d.metadata.name.clone();
+        let mut ops = index_deletes(&d);
+        ops.push(Op::Delete {
+            key: keys::resource(Kind::Device, &id),
+        });
+        if let Some(item) = self.backend.get(&keys::device_token_index(&id)).await? {
+            let hash = String::from_utf8_lossy(&item.value).to_string();
+            ops.push(Op::Delete {
+                key: keys::device_token(&hash),
+            });
+            ops.push(Op::Delete {
+                key: keys::device_token_index(&id),
+            });
+        }
+        self.audit
+            .write_with(
+                vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
+                ops,
+                AuditEvent::new(EventType::DeviceDelete, true, OffsetDateTime::now_utc())
+                    .user(caller.name())
+                    .device(device_info(&d))
+                    .remote_addr(caller.peer.addr.ip().to_string()),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::ConditionFailed { .. } => {
+                    ApiError::Conflict(format!("device {id:?} changed meanwhile; try again"))
+                }
+                other => other.into(),
+            })?;
+        Ok(d)
+    }
+
+    pub async fn create_enroll_token(
+        &self,
+        caller: &Caller,
+        r: &pb::DeviceRef,
+        ttl: Duration,
+    ) -> ApiResult<pb::DeviceEnrollToken> {
+        self.authorize(caller, "device", Verb::CreateEnrollToken)?;
+        let now = OffsetDateTime::now_utc();
+        let (d, rev) = match self.resolve_device(r).await {
+            Ok(x) => x,
+            Err(e) => {
+                self.audit
+                    .emit(
+                        AuditEvent::new(EventType::DeviceTokenCreate, false, now)
+                            .user(caller.name())
+                            .message(e.to_string()),
+                    )
+                    .await?;
+                return Err(e);
+            }
+        };
+        if d.spec.enroll_status == EnrollStatus::Enrolled {
+            let msg = format!(
+                "device {:?} is already enrolled; un-enroll it first (`dtctl edit device/{}` and set enroll_status: not_enrolled)",
+                d.spec.asset_tag, d.spec.asset_tag
+            );
+            self.audit
+                .emit(
+                    AuditEvent::new(EventType::DeviceTokenCreate, false, now)
+                        .user(caller.name())
+                        .device(device_info(&d))
+                        .message(&msg),
+                )
+                .await?;
+            return Err(ApiError::FailedPrecondition(msg));
+        }
+        let id = d.metadata.name.clone();
+        let previous = self
+            .backend
+            .get(&keys::device_token_index(&id))
+            .await?
+            .map(|i| String::from_utf8_lossy(&i.value).to_string());
+        let (token, ops) = self.token_ops(&id, ttl, now, previous)?;
+        self.audit
+            .write_with(
+                vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
+                ops,
+                AuditEvent::new(EventType::DeviceTokenCreate, true, now)
+                    .user(caller.name())
+                    .device(device_info(&d))
+                    .remote_addr(caller.peer.addr.ip().to_string()),
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::ConditionFailed { .. } => {
+                    ApiError::Conflict(format!("device {id:?} changed meanwhile; try again"))
+                }
+                other => other.into(),
+            })?;
+        Ok(token)
+    }
+
+    pub async fn list_devices(
+        &self,
+        caller: &Caller,
+        page_size: usize,
+        page_token: &str,
+    ) -> ApiResult<(Vec<(Device, i64)>, Option<String>)> {
+        self.authorize(caller, "device", Verb::List)?;
+        let limit = if page_size == 0 {
+            MAX_PAGE
+        } else {
+            page_size.min(MAX_PAGE)
+        };
+        let prefix = keys::resource_prefix(Kind::Device);
+        let start = (!page_token.is_empty()).then(|| keys::resource(Kind::Device, page_token));
+        let page = self.backend.range(&prefix, start.as_deref(), limit).await?;
+        let mut out = Vec::with_capacity(page.items.len());
+        for item in page.items {
+            match serde_json::from_slice::<Device>(&item.value) {
+                Ok(d) => out.push((d, item.revision)),
+                Err(e) => tracing::warn!(key = %item.key, error = %e, "skipping unreadable device"),
+            }
+        }
+        Ok((
+            out,
+            page.next.map(|k| k.trim_start_matches(&prefix).to_string()),
+        ))
+    }
+
+    /// One status per input, in order; a bad item does not stop the others.
+    pub async fn bulk_create_devices(
+        &self,
+        caller: &Caller,
+        items: Vec<String>,
+    ) -> ApiResult<Vec<pb::BulkCreateStatus>> {
+        self.authorize(caller, "device", Verb::Create)?;
+        if items.len() > MAX_BULK {
+            return Err(ApiError::InvalidArgument(format!(
+                "at most {MAX_BULK} devices per request"
+            )));
+        }
+        let mut out = Vec::with_capacity(items.len());
+        for json in items {
+            let status = match parse_device(&json) {
+                Err(e) => pb::BulkCreateStatus {
+                    ok: false,
+                    error: e.to_string(),
+                    ..Default::default()
+                },
+                Ok(d) => {
+                    let tag = d.spec.asset_tag.clone();
+                    match self.create_device(caller, d, None).await {
+                        Ok((d, _, _)) => pb::BulkCreateStatus {
+                            ok: true,
+                            device_id: d.metadata.name,
+                            asset_tag: tag,
+                            error: String::new(),
+                        },
+                        Err(e) => pb::BulkCreateStatus {
+                            ok: false,
+                            device_id: String::new(),
+                            asset_tag: tag,
+                            error: e.to_string(),
+                        },
+                    }
+                }
+            };
+            out.push(status);
+        }
+        Ok(out)
+    }
+}
+
+/// A device with a fresh id, for `dtctl devices add`.
+pub fn new_device_resource(os: OsType, asset_tag: &str) -> Device {
+    Resource::new(
+        uuid::Uuid::new_v4().to_string(),
+        DeviceSpec {
+            os_type: os,
+            asset_tag: asset_tag.to_string(),
+            enroll_status: EnrollStatus::NotEnrolled,
+            create_time: None,
+            update_time: None,
+            credential: None,
+            collected_data: Vec::new(),
+            source: None,
+            profile: None,
+            owner: None,
+        },
+    )
+}

@@ -1,0 +1,133 @@
+//! Client drivers of the device ceremonies: the I/O around `dt-ceremony`'s client halves.
+
+use dt_ceremony::authn::client as authn;
+use dt_ceremony::enroll::client as enroll;
+use dt_ceremony::messages::{
+    AuthenticateRequest, AuthenticateResponse, EnrollPayload, EnrollRequest, EnrollResponse,
+    UserCertificates,
+};
+use dt_ceremony::proof::{Proof, ProofRequest, ProverError};
+use dt_ceremony::token::EnrollToken;
+use dt_proto::v1 as pb;
+use dt_proto::v1::device_trust_service_client::DeviceTrustServiceClient;
+use dt_types::Device;
+use dt_types::device::{AttestationType, DeviceCollectedData};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+
+use crate::connect::ClientError;
+
+fn msg<T: serde::Serialize>(v: &T) -> Result<pb::CeremonyMessage, ClientError> {
+    serde_json::to_string(v)
+        .map(|json| pb::CeremonyMessage { json })
+        .map_err(|e| ClientError::Api(format!("encoding a ceremony message: {e}")))
+}
+
+async fn recv<T: serde::de::DeserializeOwned>(
+    inbound: &mut tonic::Streaming<pb::CeremonyMessage>,
+    what: &str,
+) -> Result<T, ClientError> {
+    let m = inbound
+        .message()
+        .await
+        .map_err(ClientError::from_status)?
+        .ok_or_else(|| {
+            ClientError::Api(format!(
+                "the server ended the ceremony before sending {what}"
+            ))
+        })?;
+    serde_json::from_str(&m.json)
+        .map_err(|e| ClientError::Api(format!("the server sent a malformed {what}: {e}")))
+}
+
+fn ceremony_err(e: dt_ceremony::error::ClientError) -> ClientError {
+    ClientError::Api(e.to_string())
+}
+
+/// Run the enrollment ceremony. Returns the enrolled device record.
+pub async fn enroll(
+    channel: Channel,
+    token: EnrollToken,
+    credential_id: String,
+    device_data: DeviceCollectedData,
+    payload: EnrollPayload,
+    prover: impl FnOnce(ProofRequest<'_>) -> Result<Proof, ProverError>,
+) -> Result<Device, ClientError> {
+    let (state, init) = enroll::start(token, credential_id, device_data, payload);
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(msg(&EnrollRequest::Init(init))?)
+        .await
+        .map_err(|_| ClientError::Api("internal: request channel closed".into()))?;
+    let mut client = DeviceTrustServiceClient::new(channel);
+    let mut inbound = client
+        .enroll_device(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(ClientError::from_status)?
+        .into_inner();
+    let challenge = match recv::<EnrollResponse>(&mut inbound, "EnrollChallenge").await? {
+        EnrollResponse::Challenge(c) => c,
+        EnrollResponse::Success(_) => {
+            return Err(ClientError::Api(
+                "the server skipped the challenge; refusing its answer".into(),
+            ));
+        }
+    };
+    let (state, response) = state.handle(challenge, prover).map_err(ceremony_err)?;
+    tx.send(msg(&EnrollRequest::ChallengeResponse(response))?)
+        .await
+        .map_err(|_| ClientError::Api("the server closed the ceremony".into()))?;
+    let success = match recv::<EnrollResponse>(&mut inbound, "EnrollSuccess").await? {
+        EnrollResponse::Success(s) => s,
+        EnrollResponse::Challenge(_) => {
+            return Err(ClientError::Api(
+                "the server sent a second challenge".into(),
+            ));
+        }
+    };
+    state.handle(success).map_err(ceremony_err)
+}
+
+/// Run the authentication ceremony over an mTLS channel. Returns the augmented certificates.
+pub async fn authenticate(
+    channel: Channel,
+    certificates: UserCertificates,
+    credential_id: String,
+    attestation: AttestationType,
+    device_data: DeviceCollectedData,
+    prover: impl FnOnce(ProofRequest<'_>) -> Result<Proof, ProverError>,
+) -> Result<UserCertificates, ClientError> {
+    let (state, init) = authn::start(certificates, credential_id, attestation, device_data)
+        .map_err(ceremony_err)?;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(msg(&AuthenticateRequest::Init(init))?)
+        .await
+        .map_err(|_| ClientError::Api("internal: request channel closed".into()))?;
+    let mut client = DeviceTrustServiceClient::new(channel);
+    let mut inbound = client
+        .authenticate_device(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .map_err(ClientError::from_status)?
+        .into_inner();
+    let challenge =
+        match recv::<AuthenticateResponse>(&mut inbound, "AuthenticateChallenge").await? {
+            AuthenticateResponse::Challenge(c) => c,
+            AuthenticateResponse::Success(_) => {
+                return Err(ClientError::Api(
+                    "the server skipped the challenge; refusing its answer".into(),
+                ));
+            }
+        };
+    let (state, response) = state.handle(challenge, prover).map_err(ceremony_err)?;
+    tx.send(msg(&AuthenticateRequest::ChallengeResponse(response))?)
+        .await
+        .map_err(|_| ClientError::Api("the server closed the ceremony".into()))?;
+    let success = match recv::<AuthenticateResponse>(&mut inbound, "AuthenticateSuccess").await? {
+        AuthenticateResponse::Success(s) => s,
+        AuthenticateResponse::Challenge(_) => {
+            return Err(ClientError::Api(
+                "the server sent a second challenge".into(),
+            ));
+        }
+    };
+    state.handle(success).map_err(ceremony_err)
+}
