@@ -1,0 +1,95 @@
+//! Keeps the workspace's dependency direction true (STYLE.md "Workspace layout"):
+//! pure crates never reach an async runtime, a network stack, a database driver or the TPM
+//! library, and server crates never link the client-side device crate. Reads the real
+//! resolved graph from `cargo metadata`, so a transitive dependency counts too.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::process::Command;
+
+const PURE: [&str; 5] = ["dt-types", "dt-attest", "dt-ceremony", "dt-authz", "dt-ca"];
+const FORBIDDEN_IN_PURE: [&str; 7] =
+    ["tokio", "tonic", "axum", "hyper", "rusqlite", "tokio-postgres", "tss-esapi"];
+const SERVER: [&str; 2] = ["dt-auth", "dt-store"];
+
+struct Graph {
+    /// package id -> name
+    names: HashMap<String, String>,
+    /// package id -> ids of its normal (non-dev, non-build) dependencies
+    deps: HashMap<String, Vec<String>>,
+}
+
+fn graph() -> Graph {
+    let out = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--all-features", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("cargo metadata runs");
+    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
+    let names = v["packages"]
+        .as_array()
+        .expect("packages")
+        .iter()
+        .map(|p| (p["id"].as_str().unwrap().to_string(), p["name"].as_str().unwrap().to_string()))
+        .collect();
+    let deps = v["resolve"]["nodes"]
+        .as_array()
+        .expect("resolve.nodes")
+        .iter()
+        .map(|n| {
+            let normal = n["deps"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|d| d["dep_kinds"].as_array().unwrap().iter().any(|k| k["kind"].is_null()))
+                .map(|d| d["pkg"].as_str().unwrap().to_string())
+                .collect();
+            (n["id"].as_str().unwrap().to_string(), normal)
+        })
+        .collect();
+    Graph { names, deps }
+}
+
+/// Every package name reachable from `root` through normal dependencies.
+fn closure(g: &Graph, root: &str) -> BTreeSet<String> {
+    let start = g.names.iter().find(|(_, n)| n.as_str() == root).map(|(id, _)| id.clone());
+    let Some(start) = start else { panic!("{root} is not in the workspace") };
+    let mut seen = BTreeSet::new();
+    let mut queue = VecDeque::from([start]);
+    while let Some(id) = queue.pop_front() {
+        for d in g.deps.get(&id).into_iter().flatten() {
+            if seen.insert(g.names[d].clone()) {
+                queue.push_back(d.clone());
+            }
+        }
+    }
+    seen
+}
+
+#[test]
+fn pure_crates_stay_pure() {
+    let g = graph();
+    for krate in PURE {
+        let reach = closure(&g, krate);
+        let bad: Vec<_> = FORBIDDEN_IN_PURE.iter().filter(|f| reach.contains(**f)).collect();
+        assert!(bad.is_empty(), "{krate} reaches {bad:?}: pure crates must not do I/O");
+    }
+}
+
+#[test]
+fn server_crates_never_link_client_device_code() {
+    let g = graph();
+    for krate in SERVER {
+        let reach = closure(&g, krate);
+        assert!(!reach.contains("dt-device"), "{krate} depends on dt-device");
+        assert!(!reach.contains("tss-esapi"), "{krate} links libtss2");
+    }
+}
+
+#[test]
+fn the_check_itself_sees_real_edges() {
+    // Guard against a vacuous pass: the auth service does reach tokio and the store.
+    let g = graph();
+    let reach = closure(&g, "dt-auth");
+    assert!(reach.contains("tokio") && reach.contains("dt-store") && reach.contains("rusqlite"));
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Install what devtrust's build and tests need on Debian/Ubuntu, and make sure PostgreSQL
+# runs on 127.0.0.1:5432 with trust auth for local tests. Safe to run repeatedly: it only
+# installs what is missing. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need=()
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+for p in pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools openssh-client openssh-server postgresql-client; do
+  have_pkg "$p" || need+=("$p")
+done
+if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  need+=(postgresql)
+fi
+if [ "${#need[@]}" -gt 0 ]; then
+  echo "==> installing: ${need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo is not installed: install Rust (1.89 or newer) first, e.g. from your distribution or rustup" >&2
+  exit 1
+fi
+
+# PostgreSQL for the storage conformance suite and multi-server tests.
+if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if command -v pg_ctlcluster >/dev/null 2>&1; then
+    ver=$(ls /etc/postgresql | sort -V | tail -1)
+    hba="/etc/postgresql/$ver/main/pg_hba.conf"
+    if [ -f "$hba" ] && ! grep -q "devtrust-test" "$hba"; then
+      echo "==> allowing trust auth for local tests in $hba"
+      $SUDO sed -i '1i host all all 127.0.0.1/32 trust # devtrust-test\nlocal all all trust # devtrust-test' "$hba"
+    fi
+    echo "==> starting PostgreSQL $ver"
+    $SUDO pg_ctlcluster --skip-systemctl-redirect "$ver" main start || true
+  fi
+  for _ in $(seq 1 30); do pg_isready -q -h 127.0.0.1 -p 5432 && break; sleep 1; done
+fi
+if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+  echo "PostgreSQL is not reachable on 127.0.0.1:5432; the PostgreSQL tests need it" >&2
+  exit 1
+fi
+echo "==> system dependencies ready"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, and every test (unit, property, storage
+# conformance on SQLite and PostgreSQL, software TPM, real binaries end to end).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install-deps.sh
+export CARGO_TERM_COLOR=never
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "==> cargo test"
+cargo test --workspace --all-features
