@@ -40,6 +40,17 @@ struct RawConfig {
     storage: Option<RawStorage>,
     #[serde(default)]
     log: Option<RawLog>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    #[serde(default)]
+    device_ceremonies_per_minute: Option<usize>,
+    #[serde(default)]
+    login_failures_per_5m: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -97,6 +108,10 @@ pub struct Config {
     pub storage: StorageConfig,
     pub log_format: LogFormat,
     pub log_level: String,
+    /// Device enrollments + authentications per user per minute.
+    pub device_ceremonies_per_minute: usize,
+    /// Failed logins per user and address within 5 minutes before refusing.
+    pub login_failures_per_5m: usize,
 }
 
 impl Default for Config {
@@ -112,6 +127,8 @@ impl Default for Config {
             storage: StorageConfig::Sqlite { path: None },
             log_format: LogFormat::Text,
             log_level: "info".into(),
+            device_ceremonies_per_minute: 30,
+            login_failures_per_5m: 5,
         }
     }
 }
@@ -229,6 +246,24 @@ impl TryFrom<RawConfig> for Config {
                 c.log_level = l;
             }
         }
+        if let Some(l) = raw.limits {
+            if let Some(n) = l.device_ceremonies_per_minute {
+                if n == 0 {
+                    return Err(ConfigError::Invalid(
+                        "limits.device_ceremonies_per_minute must be at least 1".into(),
+                    ));
+                }
+                c.device_ceremonies_per_minute = n;
+            }
+            if let Some(n) = l.login_failures_per_5m {
+                if n == 0 {
+                    return Err(ConfigError::Invalid(
+                        "limits.login_failures_per_5m must be at least 1".into(),
+                    ));
+                }
+                c.login_failures_per_5m = n;
+            }
+        }
         Ok(c)
     }
 }
@@ -265,6 +300,11 @@ storage:
 log:
   format: text   # text | json
   level: info    # error | warn | info | debug | trace
+
+# Per-user rate limits (per auth server process).
+limits:
+  device_ceremonies_per_minute: 30   # device enrollments + authentications
+  login_failures_per_5m: 5           # failed logins per user and address
 "#;
 
 #[cfg(test)]

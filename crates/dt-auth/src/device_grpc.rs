@@ -80,6 +80,108 @@ fn out<T: serde::Serialize>(v: &T) -> Result<pb::CeremonyMessage, Status> {
 }
 
 impl AuthServer {
+    /// Auto-enrollment checks (DESIGN.md §4): enabled, registered, not enrolled, an MDM
+    /// profile that matches the live data. Each refusal is a `device.token.create` failure
+    /// naming the check.
+    async fn auto_enroll_token(
+        &self,
+        caller: &Caller,
+        cap: &dt_types::ClusterAuthPreference,
+        data: &dt_types::device::DeviceCollectedData,
+    ) -> Result<(dt_ceremony::token::EnrollToken, EnrollTokenRecord), Status> {
+        let refuse = |msg: String, device: Option<Device>| async move {
+            let mut e = AuditEvent::new(
+                EventType::DeviceTokenCreate,
+                false,
+                OffsetDateTime::now_utc(),
+            )
+            .user(caller.name())
+            .message(format!("auto-enrollment refused: {msg}"))
+            .remote_addr(caller.peer.addr.ip().to_string());
+            e.device = device.as_ref().map(device_info);
+            self.audit.emit(e).await.map_err(ApiError::from)?;
+            Err::<(dt_ceremony::token::EnrollToken, EnrollTokenRecord), Status>(
+                Status::failed_precondition(format!("auto-enrollment refused: {msg}")),
+            )
+        };
+        if !cap.spec.device_trust.auto_enroll {
+            return refuse(
+                "auto-enrollment is off; enroll with a token from an admin (dtctl devices enroll)"
+                    .into(),
+                None,
+            )
+            .await;
+        }
+        let Some(os) = data.os_type else {
+            return refuse("the device did not report its OS".into(), None).await;
+        };
+        let Some((device, _)) = self.device_by_tag(os, &data.serial_number).await? else {
+            return refuse(
+                format!(
+                    "device {:?}/{os} is not registered in the inventory",
+                    data.serial_number
+                ),
+                None,
+            )
+            .await;
+        };
+        if device.spec.enroll_status == dt_types::device::EnrollStatus::Enrolled {
+            return refuse("the device is already enrolled".into(), Some(device)).await;
+        }
+        let Some(profile) = device.spec.profile.clone() else {
+            return refuse(
+                "the device has no MDM profile to compare with".into(),
+                Some(device),
+            )
+            .await;
+        };
+        let checks = [
+            ("model", &profile.model_identifier, &data.model_identifier),
+            ("OS version", &profile.os_version, &data.os_version),
+            ("OS build", &profile.os_build, &data.os_build),
+        ];
+        for (what, want, got) in checks {
+            if !want.is_empty() && want != got {
+                return refuse(
+                    format!("{what} {got:?} does not match the MDM profile ({want:?})"),
+                    Some(device),
+                )
+                .await;
+            }
+        }
+        if !profile.os_usernames.is_empty() && !profile.os_usernames.contains(&data.os_username) {
+            return refuse(
+                format!(
+                    "OS user {:?} is not listed in the MDM profile",
+                    data.os_username
+                ),
+                Some(device),
+            )
+            .await;
+        }
+        let mut env = dt_ceremony::env::SystemEnv::new();
+        let (token, record) = EnrollTokenRecord::issue(
+            device.metadata.name.clone(),
+            OffsetDateTime::now_utc(),
+            time::Duration::minutes(1),
+            &mut env,
+        );
+        self.audit
+            .emit(
+                AuditEvent::new(
+                    EventType::DeviceTokenCreate,
+                    true,
+                    OffsetDateTime::now_utc(),
+                )
+                .user(caller.name())
+                .device(device_info(&device))
+                .message("auto-enrollment token issued"),
+            )
+            .await
+            .map_err(ApiError::from)?;
+        Ok((token, record))
+    }
+
     async fn load_token(&self, hash: &str) -> ApiResult<Option<(EnrollTokenRecord, i64)>> {
         let Some(item) = self.backend.get(&keys::device_token(hash)).await? else {
             return Ok(None);
@@ -114,7 +216,9 @@ impl AuthServer {
             }
             e
         };
-        if let Err(e) = self.authorize(caller, "device", Verb::Enroll) {
+        let mut init = init;
+        let auto = init.token.expose().is_empty();
+        if !auto && let Err(e) = self.authorize(caller, "device", Verb::Enroll) {
             self.audit
                 .emit(fail_event(e.to_string(), None))
                 .await
@@ -132,9 +236,19 @@ impl AuthServer {
 
         // Load what ExpectInit needs.
         let cap = self.cap().await?;
-        let token = match init.token.lookup_hash() {
-            Some(h) => self.load_token(&h).await?,
-            None => None,
+        let token = if auto {
+            // Auto-enrollment: no token from the user; the server checks the device against
+            // its MDM profile and, if it passes, issues a one-minute token in memory only.
+            let (token, record) = self
+                .auto_enroll_token(caller, &cap, &init.device_data)
+                .await?;
+            init.token = token;
+            Some((record, 0))
+        } else {
+            match init.token.lookup_hash() {
+                Some(h) => self.load_token(&h).await?,
+                None => None,
+            }
         };
         let device = match &token {
             Some((rec, _)) => self.get_device(&rec.device_id).await?,
@@ -161,12 +275,13 @@ impl AuthServer {
         let mut ops = Vec::new();
         let mut conds = Vec::new();
         if let (
+            false,
             TokenDisposition::Consume {
                 token_hash,
                 spent_at,
             },
             Some((rec, rev)),
-        ) = (&outcome.token, &token)
+        ) = (auto, &outcome.token, &token)
         {
             let mut spent = rec.clone();
             spent.spent_at = Some(*spent_at);
@@ -289,7 +404,7 @@ impl AuthServer {
             }
             Err(e) => return Err(ApiError::from(e).into()),
         }
-        tx.send(out(&EnrollResponse::Success(enrolled.reply())))
+        tx.send(out(&EnrollResponse::Success(Box::new(enrolled.reply()))))
             .await
             .map_err(|_| Status::cancelled("client left"))?;
         Ok(())

@@ -520,10 +520,19 @@ impl AuthServer {
             return Err(ApiError::NotFound(format!("{kind} {name:?} not found")));
         };
         let mut ops = vec![Op::Delete { key: key.clone() }];
+        let mut conditions = vec![Condition::Revision(key, item.revision)];
         let event_type = match kind {
             Kind::User => {
                 ops.push(Op::Delete {
                     key: keys::password(name),
+                });
+                // A pending signup token must die with the user: it would otherwise set
+                // the password of a later user with the same name.
+                let (cond, revoke) = self.revoke_signup_token(name).await?;
+                conditions.push(cond);
+                ops.extend(revoke);
+                ops.push(Op::Delete {
+                    key: keys::signup_token_index(name),
                 });
                 EventType::UserDelete
             }
@@ -544,11 +553,7 @@ impl AuthServer {
         if kind == Kind::Lock {
             event.lock = Some(name.to_string());
         }
-        match self
-            .audit
-            .write_with(vec![Condition::Revision(key, item.revision)], ops, event)
-            .await
-        {
+        match self.audit.write_with(conditions, ops, event).await {
             Ok(_) => Ok(()),
             Err(StoreError::ConditionFailed { .. }) => Err(ApiError::Conflict(format!(
                 "{kind} {name:?} changed meanwhile; try again"
@@ -557,11 +562,13 @@ impl AuthServer {
         }
     }
 
+    /// A fresh signup token for `name`: the token, its expiry, and the writes that store
+    /// its hash and make it the user's one live signup token.
     async fn new_signup_token(
         &self,
         name: &str,
         ttl_seconds: u64,
-    ) -> ApiResult<(String, OffsetDateTime, Op)> {
+    ) -> ApiResult<(String, OffsetDateTime, Vec<Op>)> {
         let ttl = if ttl_seconds == 0 {
             DEFAULT_SIGNUP_TTL
         } else {
@@ -573,13 +580,40 @@ impl AuthServer {
             ));
         }
         let token = random_token();
+        let hash = sha256_hex(&token);
         let expires = OffsetDateTime::now_utc() + ttl;
-        let op = Op::Put {
-            key: keys::signup_token(&sha256_hex(&token)),
-            value: name.as_bytes().to_vec(),
-            expires: Some(expires),
-        };
-        Ok((token, expires, op))
+        let ops = vec![
+            Op::Put {
+                key: keys::signup_token(&hash),
+                value: name.as_bytes().to_vec(),
+                expires: Some(expires),
+            },
+            Op::Put {
+                key: keys::signup_token_index(name),
+                value: hash.into_bytes(),
+                expires: Some(expires),
+            },
+        ];
+        Ok((token, expires, ops))
+    }
+
+    /// The write that revokes `user`'s live signup token (if any), and a condition that
+    /// fails if another token was issued meanwhile. One live token per user: a reset or a
+    /// removal leaves no older token usable.
+    async fn revoke_signup_token(&self, user: &str) -> ApiResult<(Condition, Option<Op>)> {
+        let index = keys::signup_token_index(user);
+        Ok(match self.backend.get(&index).await? {
+            Some(item) => {
+                let hash = String::from_utf8_lossy(&item.value).into_owned();
+                (
+                    Condition::Revision(index, item.revision),
+                    Some(Op::Delete {
+                        key: keys::signup_token(&hash),
+                    }),
+                )
+            }
+            None => (Condition::NotExists(index), None),
+        })
     }
 
     async fn create_user(
@@ -621,22 +655,21 @@ impl AuthServer {
         AnyResource::User(user.clone())
             .validate()
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let (token, expires, token_op) = self
+        let (token, expires, token_ops) = self
             .new_signup_token(&req.name, req.token_ttl_seconds)
             .await?;
         let key = keys::resource(Kind::User, &req.name);
+        let mut ops = vec![Op::Put {
+            key: key.clone(),
+            value: to_json(&user)?,
+            expires: None,
+        }];
+        ops.extend(token_ops);
         let result = self
             .audit
             .write_with(
-                vec![Condition::NotExists(key.clone())],
-                vec![
-                    Op::Put {
-                        key,
-                        value: to_json(&user)?,
-                        expires: None,
-                    },
-                    token_op,
-                ],
+                vec![Condition::NotExists(key)],
+                ops,
                 AuditEvent::new(EventType::UserCreate, true, OffsetDateTime::now_utc())
                     .user(caller.name())
                     .resource("user", &req.name)
@@ -666,18 +699,20 @@ impl AuthServer {
         let Some(item) = self.backend.get(&key).await? else {
             return Err(ApiError::NotFound(format!("user {:?} not found", req.name)));
         };
-        let (token, expires, token_op) = self
+        let (token, expires, token_ops) = self
             .new_signup_token(&req.name, req.token_ttl_seconds)
             .await?;
+        // The previous token (unused, from `users add` or an earlier reset) stops working.
+        let (revoke_cond, revoke) = self.revoke_signup_token(&req.name).await?;
+        let mut ops = vec![Op::Delete {
+            key: keys::password(&req.name),
+        }];
+        ops.extend(revoke);
+        ops.extend(token_ops);
         self.audit
             .write_with(
-                vec![Condition::Revision(key, item.revision)],
-                vec![
-                    Op::Delete {
-                        key: keys::password(&req.name),
-                    },
-                    token_op,
-                ],
+                vec![Condition::Revision(key, item.revision), revoke_cond],
+                ops,
                 AuditEvent::new(EventType::UserUpdate, true, OffsetDateTime::now_utc())
                     .user(caller.name())
                     .resource("user", &req.name)

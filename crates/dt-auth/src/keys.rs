@@ -26,6 +26,12 @@ pub fn signup_token(hash: &str) -> String {
     format!("/secrets/signup/{hash}")
 }
 
+/// The live signup token of a user (one per user) → its hash, so a reset or a removal can
+/// revoke it.
+pub fn signup_token_index(user: &str) -> String {
+    format!("/index/signup_token/{user}")
+}
+
 /// Join tokens (node, bot), by SHA-256 hex of the token → the token resource name.
 pub fn join_token_index(hash: &str) -> String {
     format!("/index/join_token/{hash}")

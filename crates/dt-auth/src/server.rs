@@ -193,8 +193,14 @@ impl AuthServer {
             cluster_name,
             user_ca,
             host_ca,
-            login_failures: FailureLimiter::new(5, Duration::from_secs(300)),
-            device_ceremonies: RateLimiter::new(30, Duration::from_secs(60)),
+            login_failures: FailureLimiter::new(
+                config.login_failures_per_5m,
+                Duration::from_secs(300),
+            ),
+            device_ceremonies: RateLimiter::new(
+                config.device_ceremonies_per_minute,
+                Duration::from_secs(60),
+            ),
             config,
         }))
     }
