@@ -102,7 +102,18 @@ impl AuditSink {
         &self,
         conditions: Vec<Condition>,
         ops: Vec<Op>,
-        mut event: AuditEvent,
+        event: AuditEvent,
+    ) -> Result<i64, StoreError> {
+        self.write_with_events(conditions, ops, vec![event]).await
+    }
+
+    /// Like [`write_with`](Self::write_with) with several events, chained in order, all in
+    /// the same transaction as `ops`.
+    pub async fn write_with_events(
+        &self,
+        conditions: Vec<Condition>,
+        ops: Vec<Op>,
+        mut events: Vec<AuditEvent>,
     ) -> Result<i64, StoreError> {
         let mut guard = self.head.lock().await;
         let head_index = conditions.len();
@@ -111,26 +122,28 @@ impl AuditSink {
                 Some(h) => h.clone(),
                 None => self.load_head().await?,
             };
-            let seq = head.seq + 1;
-            event.id = format!("{seq:020}");
-            event.prev_hash = head.hash.clone();
-            event.hash = String::new();
-            event.hash = event.chain_hash();
-            let stored_head = StoredHead {
-                seq,
-                hash: event.hash.clone(),
-            };
+            let mut seq = head.seq;
+            let mut prev = head.hash.clone();
+            let mut all_ops = ops.clone();
+            for event in events.iter_mut() {
+                seq += 1;
+                event.id = format!("{seq:020}");
+                event.prev_hash = prev.clone();
+                event.hash = String::new();
+                event.hash = event.chain_hash();
+                prev = event.hash.clone();
+                all_ops.push(Op::Put {
+                    key: keys::audit_event(seq),
+                    value: serde_json::to_vec(&*event)
+                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                    expires: None,
+                });
+            }
+            let stored_head = StoredHead { seq, hash: prev };
             let mut conds = conditions.clone();
             conds.push(match head.revision {
                 Some(rev) => Condition::Revision(keys::AUDIT_HEAD.into(), rev),
                 None => Condition::NotExists(keys::AUDIT_HEAD.into()),
-            });
-            let mut all_ops = ops.clone();
-            all_ops.push(Op::Put {
-                key: keys::audit_event(seq),
-                value: serde_json::to_vec(&event)
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
-                expires: None,
             });
             all_ops.push(Op::Put {
                 key: keys::AUDIT_HEAD.into(),

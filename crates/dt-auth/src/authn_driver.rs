@@ -229,20 +229,38 @@ impl AuthServer {
                     Status::permission_denied(format!("certificates can't be augmented: {e}"))
                 })?;
         let id = d.metadata.name.clone();
-        let event = AuditEvent::new(EventType::DeviceAuthenticate, true, now)
-            .user(caller.name())
-            .device(device_info(&d))
-            .remote_addr(caller.peer.addr.ip().to_string());
+        let events = vec![
+            AuditEvent::new(EventType::DeviceAuthenticate, true, now)
+                .user(caller.name())
+                .device(device_info(&d))
+                .remote_addr(caller.peer.addr.ip().to_string()),
+            AuditEvent::new(EventType::CertCreate, true, now)
+                .user(caller.name())
+                .device(device_info(&d))
+                .cert(CertInfo {
+                    cert_type: if caller.identity.bot {
+                        "bot".into()
+                    } else {
+                        "user".into()
+                    },
+                    serial: String::new(),
+                    roles: caller.identity.roles.clone(),
+                    logins: caller.identity.logins.clone(),
+                    not_after: caller.identity.not_after,
+                })
+                .message("certificates augmented with the device"),
+        ];
+        // The new collected-data history and both events in one transaction.
         match self
             .audit
-            .write_with(
+            .write_with_events(
                 vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
                 vec![Op::Put {
                     key: keys::resource(Kind::Device, &id),
                     value: serde_json::to_vec(&d).map_err(ApiError::internal)?,
                     expires: None,
                 }],
-                event,
+                events,
             )
             .await
         {
@@ -257,27 +275,6 @@ impl AuthServer {
             }
             Err(e) => return Err(ApiError::from(e).into()),
         }
-        let not_after = caller.identity.not_after;
-        self.audit
-            .emit(
-                AuditEvent::new(EventType::CertCreate, true, now)
-                    .user(caller.name())
-                    .device(device_info(&d))
-                    .cert(CertInfo {
-                        cert_type: if caller.identity.bot {
-                            "bot".into()
-                        } else {
-                            "user".into()
-                        },
-                        serial: String::new(),
-                        roles: caller.identity.roles.clone(),
-                        logins: caller.identity.logins.clone(),
-                        not_after,
-                    })
-                    .message("certificates augmented with the device"),
-            )
-            .await
-            .map_err(ApiError::from)?;
         let ssh_text = new_ssh.to_openssh().map_err(ApiError::internal)?;
         tx.send(out(&AuthenticateResponse::Success(AuthenticateSuccess {
             user_certificates: UserCertificates {

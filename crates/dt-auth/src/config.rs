@@ -152,7 +152,10 @@ impl Config {
         let raw: RawConfig = if text.trim().is_empty() {
             RawConfig::default()
         } else {
-            serde_saphyr::from_str(text).map_err(|e| ConfigError::Invalid(e.to_string()))?
+            // Without the source snippet: `devtrust check` reports one line (the line and
+            // column are in the message).
+            serde_saphyr::from_str(text)
+                .map_err(|e| ConfigError::Invalid(e.without_snippet().to_string()))?
         };
         Config::try_from(raw)
     }
@@ -343,6 +346,7 @@ mod tests {
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
+            assert_eq!(err.lines().count(), 1, "{text}: one line, got {err}");
         }
     }
 }

@@ -55,7 +55,7 @@ pub async fn enroll(
 ) -> Result<Device, ClientError> {
     let (state, init) = enroll::start(token, credential_id, device_data, payload);
     let (tx, rx) = mpsc::channel(4);
-    tx.send(msg(&EnrollRequest::Init(init))?)
+    tx.send(msg(&EnrollRequest::Init(Box::new(init)))?)
         .await
         .map_err(|_| ClientError::Api("internal: request channel closed".into()))?;
     let mut client = DeviceTrustServiceClient::new(channel);
@@ -84,7 +84,7 @@ pub async fn enroll(
             ));
         }
     };
-    state.handle(success).map_err(ceremony_err)
+    state.handle(*success).map_err(ceremony_err)
 }
 
 /// Run the authentication ceremony over an mTLS channel. Returns the augmented certificates.
@@ -99,7 +99,7 @@ pub async fn authenticate(
     let (state, init) = authn::start(certificates, credential_id, attestation, device_data)
         .map_err(ceremony_err)?;
     let (tx, rx) = mpsc::channel(4);
-    tx.send(msg(&AuthenticateRequest::Init(init))?)
+    tx.send(msg(&AuthenticateRequest::Init(Box::new(init)))?)
         .await
         .map_err(|_| ClientError::Api("internal: request channel closed".into()))?;
     let mut client = DeviceTrustServiceClient::new(channel);

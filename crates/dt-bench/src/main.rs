@@ -1,0 +1,685 @@
+//! `devtrust-bench`: figures for the closing notes of the device issues, printed as tables.
+//! Everything runs for real: the auth service in this process, clients over loopback TLS
+//! with mTLS, SQLite in a temp dir or a fresh PostgreSQL database.
+//!
+//! ```text
+//! cargo run --release -p dt-bench -- devices [--devices 100000] [--lookup-devices 1000000]
+//! cargo run --release -p dt-bench -- authn [--seconds 5] [--clients 1,16,64,256] [--postgres]
+//! ```
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use dt_auth::AuthServer;
+use dt_auth::config::{Config, StorageConfig};
+use dt_ceremony::messages::{EnrollPayload, P256KeyStorage, UserCertificates};
+use dt_ceremony::proof::{Proof, ProofRequest};
+use dt_ceremony::token::EnrollToken;
+use dt_client::{Identity, TrustPolicy};
+use dt_proto::v1 as pb;
+use dt_proto::v1::auth_service_client::AuthServiceClient;
+use dt_proto::v1::device_trust_service_client::DeviceTrustServiceClient;
+use dt_store::{Backend, Op};
+use dt_types::device::{AttestationType, DeviceCollectedData, OsType};
+use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair};
+use tonic::transport::Channel;
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+    /// Use a fresh PostgreSQL database (base conn from DEVTRUST_TEST_PG) instead of SQLite.
+    #[arg(long, global = true)]
+    postgres: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Inventory: bulk import, asset-tag lookups, first page of `devices ls`, enrollments/s.
+    Devices {
+        #[arg(long, default_value_t = 100_000)]
+        devices: usize,
+        /// Size of the second lookup run (devices written straight to storage).
+        #[arg(long, default_value_t = 1_000_000)]
+        lookup_devices: usize,
+        #[arg(long, default_value_t = 64)]
+        enroll_clients: usize,
+        #[arg(long, default_value_t = 1024)]
+        enrollments: usize,
+    },
+    /// Device authentication end to end, and the crypto-only bound.
+    Authn {
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+        clients: Vec<usize>,
+    },
+}
+
+const SPKI_P256_PREFIX: [u8; 26] = [
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+];
+
+/// A software P-256 device credential.
+struct DeviceKey {
+    pair: EcdsaKeyPair,
+    credential_id: String,
+}
+
+impl DeviceKey {
+    fn new() -> anyhow::Result<Self> {
+        let rng = ring::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng)
+            .map_err(|_| anyhow::anyhow!("keygen"))?;
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .map_err(|_| anyhow::anyhow!("key"))?;
+        Ok(DeviceKey {
+            pair,
+            credential_id: uuid::Uuid::new_v4().to_string(),
+        })
+    }
+    fn spki(&self) -> Vec<u8> {
+        let mut v = SPKI_P256_PREFIX.to_vec();
+        v.extend_from_slice(self.pair.public_key().as_ref());
+        v
+    }
+    fn prove(&self, req: ProofRequest<'_>) -> Result<Proof, dt_ceremony::proof::ProverError> {
+        match req {
+            ProofRequest::P256Challenge(c) => {
+                let sig = self
+                    .pair
+                    .sign(&ring::rand::SystemRandom::new(), c)
+                    .map_err(|_| "signing failed".to_string())?;
+                Ok(Proof::P256Signature(sig.as_ref().to_vec()))
+            }
+            other => Err(format!("unsupported {}", other.kind()).into()),
+        }
+    }
+}
+
+fn device_data(serial: &str) -> DeviceCollectedData {
+    DeviceCollectedData {
+        collect_time: time::OffsetDateTime::now_utc(),
+        record_time: None,
+        os_type: Some(OsType::Linux),
+        serial_number: serial.into(),
+        model_identifier: "bench".into(),
+        os_version: "12".into(),
+        os_build: "1".into(),
+        os_username: "bench".into(),
+        hostname: "bench".into(),
+        system_serial_number: String::new(),
+        base_board_serial_number: String::new(),
+        reported_asset_tag: String::new(),
+        serial_source: "bench".into(),
+    }
+}
+
+struct Cluster {
+    srv: Arc<AuthServer>,
+    addr: String,
+    pin: String,
+    _dir: tempfile::TempDir,
+    pg_db: Option<String>,
+}
+
+fn pg_base() -> String {
+    std::env::var("DEVTRUST_TEST_PG")
+        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".into())
+}
+
+async fn pg_admin(sql: &str) -> anyhow::Result<()> {
+    let (client, conn) = tokio_postgres::connect(
+        &format!("{} dbname=postgres", pg_base()),
+        tokio_postgres::NoTls,
+    )
+    .await
+    .context("PostgreSQL at DEVTRUST_TEST_PG")?;
+    tokio::spawn(conn);
+    client.batch_execute(sql).await?;
+    Ok(())
+}
+
+async fn start(postgres: bool) -> anyhow::Result<Cluster> {
+    let dir = tempfile::tempdir()?;
+    let mut config = Config {
+        data_dir: dir.path().join("data"),
+        ..Config::default()
+    };
+    config.listen = "127.0.0.1:0".parse()?;
+    config.device_ceremonies_per_minute = 100_000_000;
+    let mut pg_db = None;
+    if postgres {
+        let db = format!("dt_bench_{}", uuid::Uuid::new_v4().simple());
+        pg_admin(&format!("CREATE DATABASE {db}")).await?;
+        config.storage = StorageConfig::Postgres {
+            conn: format!("{} dbname={db}", pg_base()),
+        };
+        pg_db = Some(db);
+    }
+    let srv = AuthServer::bootstrap(config.clone()).await?;
+    let files = srv.write_data_dir(&[])?;
+    let tls = dt_auth::listener::tls_config(&srv, &files)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    tokio::spawn(dt_auth::listener::serve(
+        srv.clone(),
+        listener,
+        tls,
+        std::future::pending(),
+    ));
+    let pin = srv.host_ca.pin();
+    Ok(Cluster {
+        srv,
+        addr,
+        pin,
+        _dir: dir,
+        pg_db,
+    })
+}
+
+impl Cluster {
+    /// A channel with a certificate for `user` (issued in-process by the user CA).
+    async fn channel_for(
+        &self,
+        user: &str,
+        roles: &[&str],
+    ) -> anyhow::Result<(Channel, UserCertificates)> {
+        if user != dt_auth::server::LOCAL_ADMIN {
+            let u: dt_types::User = dt_types::resource::Resource::new(
+                user,
+                dt_types::resource::UserSpec {
+                    roles: roles.iter().map(|r| r.to_string()).collect(),
+                    ..Default::default()
+                },
+            );
+            self.srv
+                .backend
+                .put(
+                    &format!("/resources/user/{user}"),
+                    serde_json::to_vec(&u)?,
+                    None,
+                )
+                .await?;
+        }
+        let key = dt_ca::ClientKey::generate()?;
+        let now = time::OffsetDateTime::now_utc().replace_nanosecond(0)?;
+        let id = dt_ca::Identity {
+            username: user.into(),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+            logins: vec![],
+            bot: false,
+            device: None,
+            not_before: now - time::Duration::minutes(1),
+            not_after: now + time::Duration::hours(1),
+        };
+        let x509 = self
+            .srv
+            .user_ca
+            .issue_x509_client_cert(&key.spki_der(), &id)?;
+        let ssh = self
+            .srv
+            .user_ca
+            .issue_ssh_user_cert(&key.ssh_public_key()?, &id)?
+            .to_openssh()?;
+        let ch = dt_client::connect::channel(
+            &self.addr,
+            TrustPolicy::Pin(self.pin.clone()),
+            Identity::Cert {
+                cert_der: x509.clone(),
+                key_pkcs8_der: key.pkcs8_der().to_vec(),
+            },
+        )
+        .await?;
+        Ok((
+            ch,
+            UserCertificates {
+                x509_der: x509,
+                ssh_authorized_key: Some(ssh),
+            },
+        ))
+    }
+
+    async fn allow_software_credentials(&self, admin: Channel) -> anyhow::Result<()> {
+        let mut cap = self.srv.cap().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        cap.spec.device_trust.allow_software_credentials = true;
+        AuthServiceClient::new(admin)
+            .upsert_resource(pb::UpsertResourceRequest {
+                json: serde_json::to_string(&cap)?,
+                force: true,
+                expected_revision: 0,
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        self.srv.backend.close().await;
+        if let Some(db) = self.pg_db {
+            pg_admin(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).await?;
+        }
+        Ok(())
+    }
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn new_device_json(os: OsType, tag: &str) -> anyhow::Result<String> {
+    let d: dt_types::Device = dt_types::resource::Resource::new(
+        uuid::Uuid::new_v4().to_string(),
+        dt_types::device::DeviceSpec {
+            os_type: os,
+            asset_tag: tag.into(),
+            enroll_status: dt_types::device::EnrollStatus::NotEnrolled,
+            create_time: None,
+            update_time: None,
+            credential: None,
+            collected_data: vec![],
+            source: None,
+            profile: None,
+            owner: None,
+        },
+    );
+    Ok(serde_json::to_string(&d)?)
+}
+
+/// Register `n` devices through BulkCreateDevices (1000 a request, 4 in flight).
+async fn bulk_import(admin: &Channel, prefix: &str, n: usize) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    let per = n.div_ceil(4);
+    for w in 0..4 {
+        let mut c = DeviceTrustServiceClient::new(admin.clone());
+        let prefix = prefix.to_string();
+        tasks.push(tokio::spawn(async move {
+            let (lo, hi) = (w * per, ((w + 1) * per).min(n));
+            let mut i = lo;
+            while i < hi {
+                let end = (i + 1000).min(hi);
+                let batch = (i..end)
+                    .map(|k| new_device_json(OsType::Linux, &format!("{prefix}{k:08}")))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let r = c
+                    .bulk_create_devices(pb::BulkCreateDevicesRequest {
+                        devices_json: batch,
+                    })
+                    .await?;
+                if let Some(bad) = r.get_ref().statuses.iter().find(|s| !s.ok) {
+                    anyhow::bail!("bulk create failed: {}", bad.error);
+                }
+                i = end;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(t.elapsed())
+}
+
+async fn lookups(
+    admin: &Channel,
+    prefix: &str,
+    n: usize,
+    samples: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let mut c = DeviceTrustServiceClient::new(admin.clone());
+    let mut lat = Vec::with_capacity(samples);
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for _ in 0..samples {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let tag = format!("{prefix}{:08}", (x as usize) % n);
+        let t = Instant::now();
+        let r = c
+            .find_devices(pb::FindDevicesRequest {
+                id_or_tag: tag.clone(),
+            })
+            .await?;
+        lat.push(t.elapsed());
+        anyhow::ensure!(r.get_ref().devices.len() == 1, "{tag} not found");
+    }
+    lat.sort();
+    Ok(lat)
+}
+
+/// Write `n` devices straight into storage (records + tag index), 1000 a transaction.
+async fn fill_storage(b: &Arc<dyn Backend>, prefix: &str, n: usize) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 1000).min(n);
+        let mut ops = Vec::with_capacity(2000);
+        for k in i..end {
+            let json = new_device_json(OsType::Linux, &format!("{prefix}{k:08}"))?;
+            let id = serde_json::from_str::<serde_json::Value>(&json)?["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            ops.push(Op::Put {
+                key: format!("/resources/device/{id}"),
+                value: json.into_bytes(),
+                expires: None,
+            });
+            ops.push(Op::Put {
+                key: format!("/index/device_tag/linux/{prefix}{k:08}"),
+                value: id.into_bytes(),
+                expires: None,
+            });
+        }
+        b.atomic_write(vec![], ops).await?;
+        i = end;
+    }
+    Ok(t.elapsed())
+}
+
+async fn devices_bench(
+    postgres: bool,
+    n: usize,
+    big: usize,
+    clients: usize,
+    enrollments: usize,
+) -> anyhow::Result<()> {
+    let cl = start(postgres).await?;
+    let storage = if postgres { "PostgreSQL" } else { "SQLite" };
+    let (admin, _) = cl
+        .channel_for(dt_auth::server::LOCAL_ADMIN, &["editor"])
+        .await?;
+    println!("devices benchmark on {storage}, 2-core machine, loopback TLS\n");
+
+    let took = bulk_import(&admin, "BULK", n).await?;
+    println!(
+        "bulk import (BulkCreateDevices, 1000/request, 4 in flight): {n} devices in {:.1} s = {:.0} devices/s",
+        took.as_secs_f64(),
+        n as f64 / took.as_secs_f64()
+    );
+
+    let lat = lookups(&admin, "BULK", n, 2000).await?;
+    println!(
+        "asset-tag lookup at {n} devices (FindDevices over TLS, 2000 samples): p50 {} p99 {}",
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99))
+    );
+
+    let mut c = DeviceTrustServiceClient::new(admin.clone());
+    let mut first = Vec::new();
+    for _ in 0..50 {
+        let t = Instant::now();
+        let r = c
+            .list_devices(pb::ListDevicesRequest {
+                page_size: 200,
+                page_token: String::new(),
+            })
+            .await?;
+        first.push(t.elapsed());
+        anyhow::ensure!(r.get_ref().devices.len() == 200);
+    }
+    first.sort();
+    println!(
+        "first page of `devices ls` (200 devices) at {n} devices: p50 {} p99 {}",
+        ms(pct(&first, 0.5)),
+        ms(pct(&first, 0.99))
+    );
+
+    if big > n {
+        let extra = big - n;
+        let took = fill_storage(&cl.srv.backend, "BIG", extra).await?;
+        println!(
+            "(filled storage to {big} devices directly: {extra} in {:.1} s)",
+            took.as_secs_f64()
+        );
+        let lat = lookups(&admin, "BIG", extra, 2000).await?;
+        println!(
+            "asset-tag lookup at {big} devices (FindDevices over TLS, 2000 samples): p50 {} p99 {}",
+            ms(pct(&lat, 0.5)),
+            ms(pct(&lat, 0.99))
+        );
+    }
+
+    // Enrollments/s: `clients` users, each enrolling its share of fresh devices.
+    cl.allow_software_credentials(admin.clone()).await?;
+    let per = enrollments.div_ceil(clients);
+    let mut prepared = Vec::new();
+    for c_i in 0..clients {
+        let (ch, _) = cl
+            .channel_for(&format!("enroller{c_i}"), &["device-admin"])
+            .await?;
+        let mut dc = DeviceTrustServiceClient::new(admin.clone());
+        let mut jobs = Vec::new();
+        for k in 0..per {
+            let tag = format!("ENR{c_i:03}{k:05}");
+            let r = dc
+                .create_device(pb::CreateDeviceRequest {
+                    json: new_device_json(OsType::Linux, &tag)?,
+                    create_enroll_token: true,
+                    enroll_token_ttl_seconds: 3600,
+                })
+                .await?;
+            let token = r.into_inner().enroll_token.context("token")?.token;
+            jobs.push((tag, token));
+        }
+        prepared.push((ch, jobs));
+    }
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for (ch, jobs) in prepared {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            for (tag, token) in jobs {
+                let key = DeviceKey::new()?;
+                let s = Instant::now();
+                dt_client::devices::enroll(
+                    ch.clone(),
+                    EnrollToken::new(token),
+                    key.credential_id.clone(),
+                    device_data(&tag),
+                    EnrollPayload::P256 {
+                        public_key_der: key.spki(),
+                        storage: P256KeyStorage::Software,
+                    },
+                    |req| key.prove(req),
+                )
+                .await?;
+                lat.push(s.elapsed());
+            }
+            Ok::<_, anyhow::Error>(lat)
+        }));
+    }
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await??);
+    }
+    let took = t.elapsed();
+    lat.sort();
+    println!(
+        "enrollments over loopback TLS, {clients} concurrent clients: {} in {:.1} s = {:.0}/s (p50 {} p99 {})",
+        lat.len(),
+        took.as_secs_f64(),
+        lat.len() as f64 / took.as_secs_f64(),
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99))
+    );
+    cl.stop().await
+}
+
+/// One ceremony's crypto: verify the device signature, verify both user certs, sign both
+/// augmented certs (what `CertAuthority::augment` does) — measured on one core.
+fn crypto_bound(cl: &Cluster, certs: &UserCertificates) -> anyhow::Result<Duration> {
+    let key = DeviceKey::new()?;
+    let ssh = dt_ca::SshCertificate::from_openssh(
+        certs.ssh_authorized_key.as_deref().unwrap_or_default(),
+    )?;
+    let ext = dt_ca::DeviceExt {
+        device_id: "d".into(),
+        asset_tag: "t".into(),
+        credential_id: "c".into(),
+    };
+    let challenge = [7u8; 32];
+    let spki = key.spki();
+    let n = 2000;
+    let t = Instant::now();
+    for _ in 0..n {
+        let Proof::P256Signature(sig) = key
+            .prove(ProofRequest::P256Challenge(&challenge))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+        else {
+            anyhow::bail!("no signature")
+        };
+        let _ = &sig;
+        // The server's cost only: verify the device signature...
+        dt_attest::p256::verify_challenge_signature(&spki, &challenge, &sig)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        // ...and augment (2 verifies + 2 signatures).
+        cl.srv
+            .user_ca
+            .augment(&ssh, &certs.x509_der, &ext, time::OffsetDateTime::now_utc())?;
+    }
+    // Subtract the client-side signing done above.
+    let sign_only = {
+        let t = Instant::now();
+        for _ in 0..n {
+            let _ = key.prove(ProofRequest::P256Challenge(&challenge));
+        }
+        t.elapsed()
+    };
+    Ok((t.elapsed().saturating_sub(sign_only)) / n as u32)
+}
+
+async fn authn_bench(postgres: bool, seconds: u64, clients_list: Vec<usize>) -> anyhow::Result<()> {
+    let cl = start(postgres).await?;
+    let storage = if postgres { "PostgreSQL" } else { "SQLite" };
+    let (admin, _) = cl
+        .channel_for(dt_auth::server::LOCAL_ADMIN, &["editor"])
+        .await?;
+    cl.allow_software_credentials(admin.clone()).await?;
+    let max = clients_list.iter().copied().max().unwrap_or(1);
+    // One user + enrolled device per client.
+    let mut dc = DeviceTrustServiceClient::new(admin.clone());
+    let mut actors = Vec::new();
+    for i in 0..max {
+        let (ch, certs) = cl
+            .channel_for(&format!("user{i}"), &["access", "device-enroll"])
+            .await?;
+        let tag = format!("AUTHN{i:05}");
+        let r = dc
+            .create_device(pb::CreateDeviceRequest {
+                json: new_device_json(OsType::Linux, &tag)?,
+                create_enroll_token: true,
+                enroll_token_ttl_seconds: 3600,
+            })
+            .await?;
+        let token = r.into_inner().enroll_token.context("token")?.token;
+        let key = DeviceKey::new()?;
+        dt_client::devices::enroll(
+            ch.clone(),
+            EnrollToken::new(token),
+            key.credential_id.clone(),
+            device_data(&tag),
+            EnrollPayload::P256 {
+                public_key_der: key.spki(),
+                storage: P256KeyStorage::Software,
+            },
+            |req| key.prove(req),
+        )
+        .await?;
+        actors.push(Arc::new((ch, certs, key, tag)));
+    }
+    let per_ceremony = crypto_bound(&cl, &actors[0].1)?;
+    let bound = 2.0 / per_ceremony.as_secs_f64();
+    println!(
+        "device authentication on {storage}, 2 cores, loopback TLS (mTLS + bidi gRPC stream per ceremony)"
+    );
+    println!(
+        "crypto-only cost of one ceremony (server: P-256 verify + augment = 2 verifies + 2 signatures): {:.0} µs; bound on 2 cores: {bound:.0}/s\n",
+        per_ceremony.as_secs_f64() * 1e6
+    );
+    println!(
+        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>9}",
+        "clients", "auths", "auths/s", "p50", "p99", "of bound"
+    );
+    for &n in &clients_list {
+        let deadline = Instant::now() + Duration::from_secs(seconds);
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for a in actors.iter().take(n) {
+            let a = a.clone();
+            tasks.push(tokio::spawn(async move {
+                let (ch, certs, key, tag) = (&a.0, &a.1, &a.2, &a.3);
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let s = Instant::now();
+                    dt_client::devices::authenticate(
+                        ch.clone(),
+                        certs.clone(),
+                        key.credential_id.clone(),
+                        AttestationType::Software,
+                        device_data(tag),
+                        |req| key.prove(req),
+                    )
+                    .await?;
+                    lat.push(s.elapsed());
+                }
+                Ok::<_, anyhow::Error>(lat)
+            }));
+        }
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await??);
+        }
+        let took = t.elapsed();
+        lat.sort();
+        let rate = lat.len() as f64 / took.as_secs_f64();
+        println!(
+            "{:>8} {:>10} {:>10.0} {:>10} {:>10} {:>8.0}%",
+            n,
+            lat.len(),
+            rate,
+            ms(pct(&lat, 0.5)),
+            ms(pct(&lat, 0.99)),
+            100.0 * rate / bound
+        );
+    }
+    cl.stop().await
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match cli.cmd {
+            Cmd::Devices {
+                devices,
+                lookup_devices,
+                enroll_clients,
+                enrollments,
+            } => {
+                devices_bench(
+                    cli.postgres,
+                    devices,
+                    lookup_devices,
+                    enroll_clients,
+                    enrollments,
+                )
+                .await
+            }
+            Cmd::Authn { seconds, clients } => authn_bench(cli.postgres, seconds, clients).await,
+        }
+    })
+}
