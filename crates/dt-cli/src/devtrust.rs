@@ -134,9 +134,11 @@ async fn start(config: Config) -> anyhow::Result<()> {
         .await
         .context("cannot start the auth service")?;
     let files = srv.write_data_dir(&[])?;
-    std::fs::write(
-        config.data_dir.join("admin").join("auth-server"),
-        addr.to_string(),
+    // Through write_public: every file in the data dir is 0600 (std::fs::write would
+    // leave this one at the umask's 0644).
+    dt_auth::server::write_public(
+        &config.data_dir.join("admin").join("auth-server"),
+        addr.to_string().as_bytes(),
     )
     .context("writing the admin identity's server address")?;
     let tls = dt_auth::listener::tls_config(&srv, &files)?;

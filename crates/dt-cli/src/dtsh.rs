@@ -54,6 +54,9 @@ enum Cmd {
     },
     /// Forget all profiles, keys and certificates.
     Logout,
+    /// Enroll and authenticate this device, or show what it reports.
+    #[command(subcommand)]
+    Device(crate::dtsh_device::DeviceCmd),
     /// Show the current profile.
     Status {
         #[arg(long, value_enum, default_value_t)]
@@ -107,6 +110,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Device(cmd) => crate::dtsh_device::run(cmd).await,
         Cmd::Status { format } => {
             let store = ProfileStore::from_env();
             let profile = store.current()?;
@@ -276,6 +280,9 @@ async fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
             host_ca_ssh: &resp.host_ca_ssh_public_key,
         },
     )?;
+    if let Err(e) = crate::dtsh_device::after_login(&store).await {
+        eprintln!("WARNING: device trust check failed: {e:#}");
+    }
     print_status(&store, &profile, a.format)?;
     Ok(ExitCode::SUCCESS)
 }

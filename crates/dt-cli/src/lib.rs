@@ -7,3 +7,4 @@ pub mod devtrust;
 pub mod dtctl;
 pub mod dtctl_devices;
 pub mod dtsh;
+pub mod dtsh_device;

@@ -537,7 +537,7 @@ impl Server {
 
     // --- CLIs -------------------------------------------------------------------------
 
-    fn base_env(&self, run: Run<'_>) -> Run<'_> {
+    fn base_env<'a>(&self, run: Run<'a>) -> Run<'a> {
         run.env("HOME", self.scratch.path())
     }
 
