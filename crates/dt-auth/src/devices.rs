@@ -381,10 +381,19 @@ impl AuthServer {
             }
         }
         if !refused.is_empty() {
-            return Err(ApiError::InvalidArgument(format!(
+            let msg = format!(
                 "device {id:?}: {} can't be changed; only profile, source and `enroll_status: not_enrolled` may be edited",
                 refused.join(", ")
-            )));
+            );
+            self.audit
+                .emit(
+                    AuditEvent::new(EventType::DeviceUpdate, false, OffsetDateTime::now_utc())
+                        .user(caller.name())
+                        .device(device_info(&current))
+                        .message(&msg),
+                )
+                .await?;
+            return Err(ApiError::InvalidArgument(msg));
         }
         let now = OffsetDateTime::now_utc();
         let mut next = current.clone();

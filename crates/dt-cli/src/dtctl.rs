@@ -803,7 +803,9 @@ async fn edit(g: &Global, target: &str) -> anyhow::Result<ExitCode> {
     let [doc] = docs.as_slice() else {
         bail!("your edit was not saved: keep exactly one resource in the file")
     };
-    if doc.kind() != kind || doc.name() != name {
+    // Compare with the stored name (a device fetched by asset tag is named by its id).
+    let stored_name = s(&original, "/metadata/name");
+    if doc.kind() != kind || doc.name() != stored_name {
         bail!(
             "your edit was not saved: kind and metadata.name can't change (create a new resource instead)"
         );
