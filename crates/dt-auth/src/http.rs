@@ -100,3 +100,110 @@ async fn get_one(
     let v: serde_json::Value = serde_json::from_slice(&item.value).map_err(ApiError::internal)?;
     Ok(Json(v))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::body::Body;
+    use http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::Config;
+
+    async fn server(dir: &std::path::Path) -> Arc<AuthServer> {
+        let config = Config {
+            data_dir: dir.join("data"),
+            cluster_name: Some("test".into()),
+            ..Config::default()
+        };
+        AuthServer::bootstrap(config).await.unwrap()
+    }
+
+    fn peer(identity: Option<dt_ca::Identity>) -> Peer {
+        Peer {
+            addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            identity: identity.map(Arc::new),
+            cert_der: None,
+            node: None,
+        }
+    }
+
+    async fn get(srv: &Arc<AuthServer>, path: &str, p: Peer) -> (StatusCode, serde_json::Value) {
+        let req = Request::builder()
+            .uri(path)
+            .extension(p)
+            .body(Body::empty())
+            .unwrap();
+        let resp = router(srv.clone()).oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    fn admin() -> dt_ca::Identity {
+        let now = time::OffsetDateTime::now_utc();
+        dt_ca::Identity {
+            username: crate::server::LOCAL_ADMIN.into(),
+            roles: vec!["editor".into()],
+            logins: vec![],
+            bot: false,
+            device: None,
+            not_before: now - time::Duration::minutes(1),
+            not_after: now + time::Duration::hours(1),
+        }
+    }
+
+    #[tokio::test]
+    async fn ping_needs_no_identity_and_reports_the_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = server(dir.path()).await;
+        let (status, body) = get(&srv, "/v1/ping", peer(None)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["cluster_name"], "test");
+        assert_eq!(body["device_trust"]["mode"], "optional");
+        assert_eq!(body["host_ca_pin"], srv.host_ca.pin());
+    }
+
+    #[tokio::test]
+    async fn resources_need_an_identity_and_a_role() {
+        let dir = tempfile::tempdir().unwrap();
+        let srv = server(dir.path()).await;
+        let (status, body) = get(&srv, "/v1/resources/roles", peer(None)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert!(body["error"].as_str().unwrap().contains("dtsh login"));
+
+        let (status, body) = get(&srv, "/v1/resources/roles", peer(Some(admin()))).await;
+        assert_eq!(status, StatusCode::OK);
+        let names: Vec<&str> = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["metadata"]["name"].as_str().unwrap())
+            .collect();
+        assert!(names.contains(&"require-trusted-device"));
+
+        // A role without rules can't list roles (and the user must exist).
+        let mut weak = admin();
+        weak.username = "nobody".into();
+        weak.roles = vec!["access".into()];
+        let (status, _) = get(&srv, "/v1/resources/roles", peer(Some(weak))).await;
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "unknown users are refused"
+        );
+
+        let (status, _) = get(&srv, "/v1/resources/widgets", peer(Some(admin()))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, body) = get(&srv, "/v1/resources/role/access", peer(Some(admin()))).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["metadata"]["name"], "access");
+    }
+}
