@@ -42,14 +42,21 @@ pub enum DenyReason {
     /// No role allows this login on this node (or a deny matched).
     LoginNotAllowed { login: String, node: String },
     /// A lock is in force.
-    Locked { lock: String, target: String, message: Option<String> },
+    Locked {
+        lock: String,
+        target: String,
+        message: Option<String>,
+    },
 }
 
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             DenyReason::NotPermitted { resource, verb } => {
-                write!(f, "access denied: your roles do not allow {verb} on {resource}")
+                write!(
+                    f,
+                    "access denied: your roles do not allow {verb} on {resource}"
+                )
             }
             DenyReason::ClusterRequiresTrustedDevice => f.write_str("unauthorized device"),
             DenyReason::RoleRequiresTrustedDevice { role } => {
@@ -81,7 +88,9 @@ pub fn check_device(mode: &DeviceTrustMode, device_verified: bool, who: Principa
     match (mode, device_verified, who) {
         (DeviceTrustMode::Off | DeviceTrustMode::Optional, _, _) => Decision::Allow,
         (DeviceTrustMode::RequiredForHumans, _, Principal::Bot) => Decision::Allow,
-        (DeviceTrustMode::Required | DeviceTrustMode::RequiredForHumans, true, _) => Decision::Allow,
+        (DeviceTrustMode::Required | DeviceTrustMode::RequiredForHumans, true, _) => {
+            Decision::Allow
+        }
         (DeviceTrustMode::Required | DeviceTrustMode::RequiredForHumans, false, _) => {
             Decision::Deny(DenyReason::ClusterRequiresTrustedDevice)
         }
@@ -100,12 +109,19 @@ fn rule_matches(cond: &RoleConditions, resource: &str, verb: Verb) -> bool {
 
 /// RBAC on API calls: deny rules first, then any allow rule.
 pub fn check_rule(roles: &[Role], resource: &str, verb: Verb) -> Decision {
-    let denied = roles.iter().any(|r| rule_matches(&r.spec.deny, resource, verb));
-    let allowed = roles.iter().any(|r| rule_matches(&r.spec.allow, resource, verb));
+    let denied = roles
+        .iter()
+        .any(|r| rule_matches(&r.spec.deny, resource, verb));
+    let allowed = roles
+        .iter()
+        .any(|r| rule_matches(&r.spec.allow, resource, verb));
     if allowed && !denied {
         Decision::Allow
     } else {
-        Decision::Deny(DenyReason::NotPermitted { resource: resource.to_string(), verb })
+        Decision::Deny(DenyReason::NotPermitted {
+            resource: resource.to_string(),
+            verb,
+        })
     }
 }
 
@@ -125,8 +141,10 @@ fn expand(logins: &[String], user_logins: &[String]) -> Vec<String> {
 
 /// The logins (SSH principals) a set of roles grants: allowed minus denied, sorted, unique.
 pub fn allowed_logins(roles: &[Role], user_logins: &[String]) -> Vec<String> {
-    let denied: Vec<String> =
-        roles.iter().flat_map(|r| expand(&r.spec.deny.logins, user_logins)).collect();
+    let denied: Vec<String> = roles
+        .iter()
+        .flat_map(|r| expand(&r.spec.deny.logins, user_logins))
+        .collect();
     let mut allowed: Vec<String> = roles
         .iter()
         .flat_map(|r| expand(&r.spec.allow.logins, user_logins))
@@ -199,14 +217,18 @@ pub fn check_ssh(a: &SshAccess<'_>) -> Decision {
         return d;
     }
     let denied = a.roles.iter().any(|r| {
-        expand(&r.spec.deny.logins, a.user_logins).iter().any(|l| l == a.login)
+        expand(&r.spec.deny.logins, a.user_logins)
+            .iter()
+            .any(|l| l == a.login)
             || labels_match(&r.spec.deny.node_labels, a.node_labels)
     });
     let granting: Vec<&Role> = a
         .roles
         .iter()
         .filter(|r| {
-            expand(&r.spec.allow.logins, a.user_logins).iter().any(|l| l == a.login)
+            expand(&r.spec.allow.logins, a.user_logins)
+                .iter()
+                .any(|l| l == a.login)
                 && labels_match(&r.spec.allow.node_labels, a.node_labels)
         })
         .collect();
@@ -235,7 +257,11 @@ pub fn check_ssh(a: &SshAccess<'_>) -> Decision {
 /// Does this user need a trusted device for anything (cluster mode or any role)?
 pub fn device_required(cluster_mode: &DeviceTrustMode, roles: &[Role], who: Principal) -> bool {
     std::iter::once(cluster_mode)
-        .chain(roles.iter().filter_map(|r| r.spec.options.device_trust_mode.as_ref()))
+        .chain(
+            roles
+                .iter()
+                .filter_map(|r| r.spec.options.device_trust_mode.as_ref()),
+        )
         .any(|m| !check_device(m, false, who).is_allow())
 }
 

@@ -43,7 +43,11 @@ fn device_table_covers_every_mode_principal_and_device() {
         (unknown, Principal::Bot, false, false),
     ];
     for (mode, who, dev, want) in table {
-        assert_eq!(check_device(&mode, dev, who).is_allow(), want, "{mode} {who:?} {dev}");
+        assert_eq!(
+            check_device(&mode, dev, who).is_allow(),
+            want,
+            "{mode} {who:?} {dev}"
+        );
     }
 }
 
@@ -58,12 +62,17 @@ fn rules_deny_before_allow_and_wildcards() {
     assert!(check_rule(std::slice::from_ref(&reader), "device", Verb::List).is_allow());
     assert!(!check_rule(std::slice::from_ref(&reader), "device", Verb::Enroll).is_allow());
     assert!(!check_rule(&[reader], "user", Verb::Read).is_allow());
-    assert!(!check_rule(&[], "user", Verb::Read).is_allow(), "no roles: nothing allowed");
+    assert!(
+        !check_rule(&[], "user", Verb::Read).is_allow(),
+        "no roles: nothing allowed"
+    );
 }
 
 #[test]
 fn logins_expand_traits_and_deny_wins() {
-    let r = role("{allow: {logins: ['{{internal.logins}}', ubuntu, '{{internal.typo}}']}, deny: {logins: [root]}}");
+    let r = role(
+        "{allow: {logins: ['{{internal.logins}}', ubuntu, '{{internal.typo}}']}, deny: {logins: [root]}}",
+    );
     let logins = allowed_logins(&[r], &["root".into(), "alice".into()]);
     assert_eq!(logins, vec!["alice", "ubuntu"]);
 }
@@ -103,30 +112,56 @@ fn ssh<'a>(
 #[test]
 fn ssh_role_versus_cluster_requirement() {
     let labels = BTreeMap::from([("env".to_string(), "prod".to_string())]);
-    let access = named(role("{allow: {logins: [root], node_labels: {'*': '*'}}}"), "access");
+    let access = named(
+        role("{allow: {logins: [root], node_labels: {'*': '*'}}}"),
+        "access",
+    );
     let rtd = named(
-        role("{options: {device_trust_mode: required}, allow: {logins: [root], node_labels: {'*': '*'}}}"),
+        role(
+            "{options: {device_trust_mode: required}, allow: {logins: [root], node_labels: {'*': '*'}}}",
+        ),
         "require-trusted-device",
     );
     let opt = DeviceTrustMode::Optional;
     let req = DeviceTrustMode::Required;
     // plain access role, optional cluster: allowed without a device
-    assert!(ssh(std::slice::from_ref(&access), &labels, &opt, false, Principal::Human, &[]).is_allow());
+    assert!(
+        ssh(
+            std::slice::from_ref(&access),
+            &labels,
+            &opt,
+            false,
+            Principal::Human,
+            &[]
+        )
+        .is_allow()
+    );
     // role requires: denied without device, with the role named
     let both = [access.clone(), rtd];
     assert_eq!(
         ssh(&both, &labels, &opt, false, Principal::Human, &[]),
-        Decision::Deny(DenyReason::RoleRequiresTrustedDevice { role: "require-trusted-device".into() })
+        Decision::Deny(DenyReason::RoleRequiresTrustedDevice {
+            role: "require-trusted-device".into()
+        })
     );
     assert!(ssh(&both, &labels, &opt, true, Principal::Human, &[]).is_allow());
     // cluster requires
     assert_eq!(
-        ssh(std::slice::from_ref(&access), &labels, &req, false, Principal::Human, &[]),
+        ssh(
+            std::slice::from_ref(&access),
+            &labels,
+            &req,
+            false,
+            Principal::Human,
+            &[]
+        ),
         Decision::Deny(DenyReason::ClusterRequiresTrustedDevice)
     );
     // unknown role mode denies even with a device
     let weird = named(
-        role("{options: {device_trust_mode: required}, allow: {logins: [root], node_labels: {'*': '*'}}}"),
+        role(
+            "{options: {device_trust_mode: required}, allow: {logins: [root], node_labels: {'*': '*'}}}",
+        ),
         "weird",
     );
     let mut weird = weird;
@@ -145,8 +180,28 @@ fn ssh_labels_and_logins() {
     ));
     let prod = role("{allow: {logins: [root], node_labels: {env: prod}}}");
     let deny_prod = role("{deny: {node_labels: {env: prod}}}");
-    assert!(ssh(std::slice::from_ref(&prod), &labels, &opt, false, Principal::Human, &[]).is_allow());
-    assert!(!ssh(&[prod, deny_prod], &labels, &opt, false, Principal::Human, &[]).is_allow());
+    assert!(
+        ssh(
+            std::slice::from_ref(&prod),
+            &labels,
+            &opt,
+            false,
+            Principal::Human,
+            &[]
+        )
+        .is_allow()
+    );
+    assert!(
+        !ssh(
+            &[prod, deny_prod],
+            &labels,
+            &opt,
+            false,
+            Principal::Human,
+            &[]
+        )
+        .is_allow()
+    );
 }
 
 fn lock(target: LockTarget) -> Lock {
@@ -154,7 +209,11 @@ fn lock(target: LockTarget) -> Lock {
         kind: dt_types::Kind::Lock,
         version: "v2".into(),
         metadata: Metadata::named("l1"),
-        spec: LockSpec { target, message: Some("stolen".into()), ..Default::default() },
+        spec: LockSpec {
+            target,
+            message: Some("stolen".into()),
+            ..Default::default()
+        },
     }
 }
 
@@ -181,31 +240,85 @@ fn locks_match_every_target_kind_and_all_set_fields() {
     assert!(!lock_matches(&t(|t| t.device = Some("dev-2".into())), &ctx));
     assert!(!lock_matches(&t(|t| t.user = Some("bob".into())), &ctx));
     // all set fields must match
-    let both = LockTarget { user: Some("alice".into()), node: Some("other".into()), ..Default::default() };
+    let both = LockTarget {
+        user: Some("alice".into()),
+        node: Some("other".into()),
+        ..Default::default()
+    };
     assert!(!lock_matches(&both, &ctx));
     // a device lock does not match plain (device-less) access
-    let no_dev = LockContext { device: None, ..ctx.clone() };
-    assert!(!lock_matches(&t(|t| t.device = Some("dev-1".into())), &no_dev));
-    assert!(!lock_matches(&LockTarget::default(), &ctx), "empty lock matches nothing");
+    let no_dev = LockContext {
+        device: None,
+        ..ctx.clone()
+    };
+    assert!(!lock_matches(
+        &t(|t| t.device = Some("dev-1".into())),
+        &no_dev
+    ));
+    assert!(
+        !lock_matches(&LockTarget::default(), &ctx),
+        "empty lock matches nothing"
+    );
 }
 
 #[test]
 fn ssh_lock_message() {
     let labels = BTreeMap::new();
     let access = role("{allow: {logins: [root], node_labels: {'*': '*'}}}");
-    let l = lock(LockTarget { device: Some("dev-1".into()), ..Default::default() });
-    let d = ssh(&[access.clone()], &labels, &DeviceTrustMode::Optional, true, Principal::Human, &[l.clone()]);
-    let Decision::Deny(reason) = d else { panic!("lock ignored") };
-    assert_eq!(reason.to_string(), "lock targeting Device:\"dev-1\" is in force");
+    let l = lock(LockTarget {
+        device: Some("dev-1".into()),
+        ..Default::default()
+    });
+    let d = ssh(
+        &[access.clone()],
+        &labels,
+        &DeviceTrustMode::Optional,
+        true,
+        Principal::Human,
+        &[l.clone()],
+    );
+    let Decision::Deny(reason) = d else {
+        panic!("lock ignored")
+    };
+    assert_eq!(
+        reason.to_string(),
+        "lock targeting Device:\"dev-1\" is in force"
+    );
     // same user without the device: not locked
-    assert!(ssh(&[access], &labels, &DeviceTrustMode::Optional, false, Principal::Human, &[l]).is_allow());
+    assert!(
+        ssh(
+            &[access],
+            &labels,
+            &DeviceTrustMode::Optional,
+            false,
+            Principal::Human,
+            &[l]
+        )
+        .is_allow()
+    );
 }
 
 #[test]
 fn device_required_by_role_or_cluster() {
     let rtd = role("{options: {device_trust_mode: required}}");
-    assert!(device_required(&DeviceTrustMode::Optional, &[rtd], Principal::Human));
-    assert!(!device_required(&DeviceTrustMode::Optional, &[], Principal::Human));
-    assert!(device_required(&DeviceTrustMode::Required, &[], Principal::Bot));
-    assert!(!device_required(&DeviceTrustMode::RequiredForHumans, &[], Principal::Bot));
+    assert!(device_required(
+        &DeviceTrustMode::Optional,
+        &[rtd],
+        Principal::Human
+    ));
+    assert!(!device_required(
+        &DeviceTrustMode::Optional,
+        &[],
+        Principal::Human
+    ));
+    assert!(device_required(
+        &DeviceTrustMode::Required,
+        &[],
+        Principal::Bot
+    ));
+    assert!(!device_required(
+        &DeviceTrustMode::RequiredForHumans,
+        &[],
+        Principal::Bot
+    ));
 }

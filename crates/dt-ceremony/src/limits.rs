@@ -1,0 +1,56 @@
+//! Sizes and deadlines every ceremony enforces. A device can't make the server store or
+//! parse more than these, nor hold a ceremony open longer.
+
+use time::Duration;
+
+/// Bytes of the P-256 challenge (DESIGN.md §4).
+pub const CHALLENGE_LEN: usize = 32;
+/// Bytes of the TPM attestation nonce (DESIGN.md §4; a SHA-1-sized nonce fits every TPM's
+/// `TPM2B_DATA` qualifying data).
+pub const TPM_NONCE_LEN: usize = dt_attest::tpm::NONCE_LEN;
+
+/// Longest credential id a device may choose (ours are UUIDs, 36 bytes).
+pub const MAX_CREDENTIAL_ID_LEN: usize = 128;
+/// Largest public key accepted at enrollment (a P-256 SPKI is 91 bytes).
+pub const MAX_PUBLIC_KEY_LEN: usize = dt_attest::p256::MAX_SPKI_LEN;
+/// Largest P-256 signature accepted (a DER ECDSA-P256 signature is at most 72 bytes).
+pub const MAX_SIGNATURE_LEN: usize = dt_attest::p256::MAX_SIGNATURE_LEN;
+/// Largest enrollment token accepted (ours are 43 characters).
+pub const MAX_TOKEN_LEN: usize = 128;
+/// Largest certificate (X.509 DER or OpenSSH text) accepted in an authentication.
+pub const MAX_CERTIFICATE_LEN: usize = 16 * 1024;
+/// Largest single TPM structure (EK certificate, TPM2B_PUBLIC, quote, signature...).
+pub const MAX_TPM_BLOB_LEN: usize = 8 * 1024;
+/// Largest TPM event log accepted.
+pub const MAX_TPM_EVENT_LOG_LEN: usize = 512 * 1024;
+/// Most quotes or PCR values a TPM platform report may carry.
+pub const MAX_TPM_ITEMS: usize = 64;
+
+/// The first message must arrive within this long after the stream opens (DESIGN.md §4).
+pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::seconds(10);
+/// The whole ceremony must finish within this long (DESIGN.md §4).
+pub const CEREMONY_TIMEOUT: Duration = Duration::seconds(60);
+
+/// Checks a byte field against its limit.
+pub(crate) fn check_len(
+    field: &'static str,
+    len: usize,
+    max: usize,
+) -> Result<(), crate::error::PeerMisbehaved> {
+    if len > max {
+        return Err(crate::error::PeerMisbehaved::OversizedField { field, len, max });
+    }
+    Ok(())
+}
+
+/// Credential ids: 1..=MAX_CREDENTIAL_ID_LEN printable ASCII characters, no whitespace.
+pub fn check_credential_id(id: &str) -> Result<(), crate::error::PeerMisbehaved> {
+    check_len("credential_id", id.len(), MAX_CREDENTIAL_ID_LEN)?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(crate::error::PeerMisbehaved::InvalidField {
+            field: "credential_id",
+            why: "must be 1 to 128 printable ASCII characters without spaces".into(),
+        });
+    }
+    Ok(())
+}
