@@ -172,7 +172,7 @@ impl AuthServer {
             ssh_certificate: ssh_cert.as_ref().map(|(_, v)| v),
             device: device.as_ref().map(|(d, _)| d),
             locks: &locks,
-            tpm: None,
+            tpm: self.tpm_verifier(&cap),
         };
         let dev_info = device.as_ref().map(|(d, _)| device_info(d));
         let (next, challenge) = match state.handle(init, &ctx, &mut env) {
@@ -207,6 +207,30 @@ impl AuthServer {
                 return Err(status_for(e.code(), e.user_message()));
             }
         };
+        // A lock created while the device was answering must still win.
+        let locks = self.active_locks().await?;
+        let role_names: Vec<&str> = caller.identity.roles.iter().map(String::as_str).collect();
+        let device_id = outcome.augment.device.device_id.clone();
+        for ctx in [
+            dt_authz::LockContext {
+                user: Some(caller.name()),
+                roles: &role_names,
+                ..Default::default()
+            },
+            dt_authz::LockContext {
+                device: Some(&device_id),
+                ..Default::default()
+            },
+        ] {
+            if let Some(lock) = dt_authz::first_matching_lock(&locks, &ctx) {
+                let msg = crate::grpc::lock_message(lock);
+                self.audit
+                    .emit(fail(msg.clone(), dev_info.clone()))
+                    .await
+                    .map_err(ApiError::from)?;
+                return Err(Status::permission_denied(msg));
+            }
+        }
         let Some((ssh, _)) = ssh_cert else {
             return Err(Status::invalid_argument(
                 "send your SSH certificate with AuthenticateInit",

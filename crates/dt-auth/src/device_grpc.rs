@@ -80,6 +80,23 @@ fn out<T: serde::Serialize>(v: &T) -> Result<pb::CeremonyMessage, Status> {
 }
 
 impl AuthServer {
+    /// The TPM evidence checker for the current cluster settings (the EK CA allow-list is
+    /// validated when written, so an error here means storage was edited behind our back).
+    pub(crate) fn tpm_verifier(
+        &self,
+        cap: &dt_types::ClusterAuthPreference,
+    ) -> Option<Arc<dyn dt_ceremony::tpm::TpmVerifier>> {
+        match dt_ceremony::tpm::AttestTpmVerifier::new(
+            cap.spec.device_trust.ekcert_allowed_cas.clone(),
+        ) {
+            Ok(v) => Some(Arc::new(v)),
+            Err(e) => {
+                tracing::error!(error = %e, "ekcert_allowed_cas is unusable; refusing TPM devices");
+                None
+            }
+        }
+    }
+
     /// Auto-enrollment checks (DESIGN.md §4): enabled, registered, not enrolled, an MDM
     /// profile that matches the live data. Each refusal is a `device.token.create` failure
     /// naming the check.
@@ -266,7 +283,7 @@ impl AuthServer {
             token: token.as_ref().map(|(r, _)| r),
             device: device.as_ref().map(|(d, _)| d),
             credential_id_in_use: credential_in_use,
-            tpm: None,
+            tpm: self.tpm_verifier(&cap),
         };
         let outcome = state.handle(init, &ctx, &mut env);
 

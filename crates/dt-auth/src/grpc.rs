@@ -79,16 +79,29 @@ impl AuthServer {
                 "this call needs a signed-in identity: run `dtsh login`, or use `dtctl --data-dir DIR` on the auth host".into(),
             ));
         };
-        if identity.username != LOCAL_ADMIN
-            && self
-                .get_resource::<UserSpec>(&identity.username)
-                .await?
-                .is_none()
-        {
-            return Err(ApiError::Unauthenticated(format!(
-                "user {:?} no longer exists; ask an admin",
-                identity.username
-            )));
+        if identity.username != LOCAL_ADMIN {
+            match self.get_resource::<UserSpec>(&identity.username).await? {
+                None => {
+                    return Err(ApiError::Unauthenticated(format!(
+                        "user {:?} no longer exists; ask an admin",
+                        identity.username
+                    )));
+                }
+                // Issued before this user was created: the certificate belongs to an
+                // earlier, removed user of the same name (and carries that user's roles).
+                // Certificates start a minute before issue, at whole seconds: hence 61 s.
+                Some((user, _))
+                    if user.spec.created_at.is_some_and(|created| {
+                        identity.not_before + time::Duration::seconds(61) < created
+                    }) =>
+                {
+                    return Err(ApiError::Unauthenticated(format!(
+                        "this certificate was issued to an earlier user {:?} that was removed; log in again",
+                        identity.username
+                    )));
+                }
+                Some(_) => {}
+            }
         }
         let roles = self.resolve_roles(&identity.roles).await?;
         let role_names: Vec<&str> = identity.roles.iter().map(String::as_str).collect();
@@ -203,15 +216,13 @@ impl AuthServer {
     }
 
     async fn login(&self, req: pb::LoginRequest, peer: Peer) -> ApiResult<pb::LoginResponse> {
+        if !req.bot_token.is_empty() {
+            return self.bot_login(req, &peer).await;
+        }
         let remote = peer.addr.ip().to_string();
         let username = req.username.trim().to_string();
         if username.is_empty() {
             return Err(ApiError::InvalidArgument("--user is required".into()));
-        }
-        if !req.bot_token.is_empty() {
-            return Err(ApiError::FailedPrecondition(
-                "bot join is not supported by this server yet".into(),
-            ));
         }
         let limiter_key = format!("{username}@{remote}");
         if let Err(wait) = self.login_failures.check(&limiter_key) {
@@ -418,6 +429,15 @@ impl AuthServer {
                             "user {name:?}: role {role:?} does not exist; create it first"
                         )));
                     }
+                }
+            }
+            AnyResource::ClusterAuthPreference(c) => {
+                for (i, pem) in c.spec.device_trust.ekcert_allowed_cas.iter().enumerate() {
+                    dt_attest::tpm::validate_allowed_ca_pem(pem).map_err(|why| {
+                        ApiError::InvalidArgument(format!(
+                            "device_trust.ekcert_allowed_cas[{i}] was refused: {why}; paste the TPM manufacturer's CA certificate in PEM form"
+                        ))
+                    })?;
                 }
             }
             AnyResource::Lock(l) => {

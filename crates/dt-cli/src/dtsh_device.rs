@@ -45,9 +45,34 @@ pub enum DeviceCmd {
     },
 }
 
-/// The credential store of this device. A TPM is preferred where one is usable (see the
-/// `tpm` feature); otherwise a software key under `$DTSH_DEVICE_HOME`.
+/// The credential store of this device: the TPM when one is reachable (`DTSH_TPM_TCTI`, e.g.
+/// `swtpm:host=127.0.0.1,port=2321`, or `/dev/tpmrm0`), otherwise a software key under
+/// `$DTSH_DEVICE_HOME`. `DTSH_DEVICE_KEYSTORE=software|tpm` forces one.
 pub fn device_keys() -> anyhow::Result<Box<dyn DeviceKeys>> {
+    let forced = std::env::var("DTSH_DEVICE_KEYSTORE").unwrap_or_default();
+    match forced.as_str() {
+        "" | "tpm" | "software" => {}
+        other => bail!("DTSH_DEVICE_KEYSTORE={other:?}: use tpm or software"),
+    }
+    #[cfg(feature = "tpm")]
+    if forced != "software" {
+        match dt_device::tpm::tcti_from_env() {
+            Ok(tcti) => {
+                let home = dt_device::resolve_device_home(|v| std::env::var_os(v))?;
+                return Ok(Box::new(dt_device::tpm::TpmKeyStore::new(
+                    tcti,
+                    home.join("tpm"),
+                )));
+            }
+            Err(e) if forced == "tpm" => {
+                bail!("DTSH_DEVICE_KEYSTORE=tpm, but no TPM is usable: {e}")
+            }
+            Err(_) => {}
+        }
+    }
+    if forced == "tpm" {
+        bail!("DTSH_DEVICE_KEYSTORE=tpm, but this dtsh was built without the tpm feature");
+    }
     Ok(Box::new(SoftwareKeys::from_env()?))
 }
 
