@@ -110,8 +110,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 fn init_logging(c: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DEVTRUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&c.log_level));
+    // Colours only on a terminal: a log file or journald should not hold escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match c.log_format {
         LogFormat::Json => builder.json().init(),

@@ -1,6 +1,7 @@
 //! What people get wrong, and what they see then: config files, resource files and
 //! command lines. Every refusal is a non-zero exit with an `ERROR:` line that says why,
 //! and nothing is written.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
 mod common;
 
@@ -30,8 +31,15 @@ fn configure_output_passes_check() {
     let pg = sample
         .ok()
         .replace("storage:\n  type: sqlite\n", "")
-        .replace("# storage:\n#   type: postgres\n#   conn:", "storage:\n  type: postgres\n  conn:");
-    assert_ne!(pg, sample.ok(), "the sample no longer shows the postgres alternative");
+        .replace(
+            "# storage:\n#   type: postgres\n#   conn:",
+            "storage:\n  type: postgres\n  conn:",
+        );
+    assert_ne!(
+        pg,
+        sample.ok(),
+        "the sample no longer shows the postgres alternative"
+    );
     std::fs::write(&path, &pg).unwrap();
     let out = devtrust(&["check", "--config", p]);
     assert!(out.ok().contains("storage postgres"), "{out}");
@@ -42,12 +50,36 @@ fn check_refuses_bad_config_with_one_clear_line() {
     let tmp = tempfile::tempdir().unwrap();
     let sample = devtrust(&["configure"]).ok().to_string();
     let cases: Vec<(&str, String, &str)> = vec![
-        ("top-level typo", sample.replace("\nlisten:", "\nlistne:"), "unknown field `listne`"),
-        ("nested typo", "storage: {type: sqlite, cnn: x}\n".into(), "unknown field `cnn`"),
-        ("log typo", "log: {format: text, levle: info}\n".into(), "unknown field `levle`"),
-        ("bad listen", "listen: nowhere\n".into(), "not an address like 127.0.0.1:3080"),
-        ("bad storage", "storage: {type: mysql}\n".into(), "storage.type \"mysql\" is not supported"),
-        ("postgres without conn", "storage: {type: postgres}\n".into(), "storage.conn is required"),
+        (
+            "top-level typo",
+            sample.replace("\nlisten:", "\nlistne:"),
+            "unknown field `listne`",
+        ),
+        (
+            "nested typo",
+            "storage: {type: sqlite, cnn: x}\n".into(),
+            "unknown field `cnn`",
+        ),
+        (
+            "log typo",
+            "log: {format: text, levle: info}\n".into(),
+            "unknown field `levle`",
+        ),
+        (
+            "bad listen",
+            "listen: nowhere\n".into(),
+            "not an address like 127.0.0.1:3080",
+        ),
+        (
+            "bad storage",
+            "storage: {type: mysql}\n".into(),
+            "storage.type \"mysql\" is not supported",
+        ),
+        (
+            "postgres without conn",
+            "storage: {type: postgres}\n".into(),
+            "storage.conn is required",
+        ),
         ("bad version", "version: v9\n".into(), "unsupported version"),
         ("bad log level", "log: {level: loud}\n".into(), "log.level"),
         ("broken YAML", "listen: [\n".into(), "line 1"),
@@ -57,11 +89,18 @@ fn check_refuses_bad_config_with_one_clear_line() {
         std::fs::write(&path, text).unwrap();
         let out = devtrust(&["check", "--config", path.to_str().unwrap()]);
         out.fails_with_one_line(needle);
-        assert!(out.stderr.contains(path.to_str().unwrap()), "{what}: the error names the file:\n{out}");
+        assert!(
+            out.stderr.contains(path.to_str().unwrap()),
+            "{what}: the error names the file:\n{out}"
+        );
         assert!(out.stdout.is_empty(), "{what}:\n{out}");
     }
-    devtrust(&["check", "--config", tmp.path().join("missing.yaml").to_str().unwrap()])
-        .fails_with_one_line("cannot read config file");
+    devtrust(&[
+        "check",
+        "--config",
+        tmp.path().join("missing.yaml").to_str().unwrap(),
+    ])
+    .fails_with_one_line("cannot read config file");
 }
 
 #[test]
@@ -71,8 +110,16 @@ fn start_refuses_bad_config_before_creating_anything() {
     std::fs::write(&cfg, "listne: 127.0.0.1:0\n").unwrap();
     let data = tmp.path().join("data");
     let (c, d) = (cfg.to_str().unwrap(), data.to_str().unwrap());
-    devtrust(&["start", "--config", c, "--data-dir", d, "--listen", "127.0.0.1:0"])
-        .fails_with_one_line("unknown field `listne`");
+    devtrust(&[
+        "start",
+        "--config",
+        c,
+        "--data-dir",
+        d,
+        "--listen",
+        "127.0.0.1:0",
+    ])
+    .fails_with_one_line("unknown field `listne`");
     assert!(!data.exists(), "a refused start created the data dir");
     devtrust(&["start", "--data-dir", d, "--listen", "nowhere"])
         .fails_with_one_line("--listen \"nowhere\" is not an address");
@@ -88,12 +135,11 @@ const GOOD_ROLE: &str = "kind: role\nversion: v7\nmetadata: {name: fine}\nspec: 
 fn bad_resource_files_are_refused_and_nothing_is_written() {
     let srv = Server::start();
     let snapshot = |srv: &Server| {
-        ["roles", "users", "locks", "cluster_auth_preference"]
-            .map(|k| {
-                let mut v = srv.dtctl(&["get", k, "--format=json"]).json();
-                strip_revisions(&mut v);
-                v
-            })
+        ["roles", "users", "locks", "cluster_auth_preference"].map(|k| {
+            let mut v = srv.dtctl(&["get", k, "--format=json"]).json();
+            strip_revisions(&mut v);
+            v
+        })
     };
     let before = snapshot(&srv);
 
@@ -179,10 +225,20 @@ fn bad_resource_files_are_refused_and_nothing_is_written() {
                 first.starts_with("ERROR: ") && first.contains(needle),
                 "{what}: the first line should say why:\n{out}"
             );
-            assert!(first.contains("bad.yaml"), "{what}: the error names the file:\n{out}");
-            assert!(out.stdout.is_empty(), "{what}: nothing may be reported as done:\n{out}");
+            assert!(
+                first.contains("bad.yaml"),
+                "{what}: the error names the file:\n{out}"
+            );
+            assert!(
+                out.stdout.is_empty(),
+                "{what}: nothing may be reported as done:\n{out}"
+            );
         }
-        assert_eq!(snapshot(&srv), before, "{what}: a refused file changed something");
+        assert_eq!(
+            snapshot(&srv),
+            before,
+            "{what}: a refused file changed something"
+        );
     }
 
     // Refused by the server: the reference is checked there, nothing is written.
@@ -200,10 +256,15 @@ fn bad_resource_files_are_refused_and_nothing_is_written() {
         .fails_with_one_line("metadata.expires is in the past");
     srv.dtctl(&["create", "-f", "/nonexistent/file.yaml"])
         .fails_with_one_line("cannot read /nonexistent/file.yaml");
-    assert_eq!(snapshot(&srv), before, "a refused resource changed something");
+    assert_eq!(
+        snapshot(&srv),
+        before,
+        "a refused resource changed something"
+    );
 
     // And a good file still works afterwards.
-    srv.dtctl(&["create", "-f", &srv.write_file("good.yaml", GOOD_ROLE)]).ok();
+    srv.dtctl(&["create", "-f", &srv.write_file("good.yaml", GOOD_ROLE)])
+        .ok();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -228,15 +289,36 @@ fn bad_command_lines_are_refused_with_a_reason() {
         (&["rm", "role"], "name what to remove: role/NAME"),
         (&["edit", "roles"], "name what to edit: role/NAME"),
         (&["rm", "cluster_auth_preference"], "can't be removed"),
-        (&["get", "role/no-such-role"], "role \"no-such-role\" not found"),
-        (&["events", "ls", "--type=bogus"], "unknown event type \"bogus\""),
-        (&["users", "add", "x", "--roles=no-such-role"], "role \"no-such-role\" does not exist"),
-        (&["users", "add", "local-admin", "--roles=access"], "reserved name"),
-        (&["users", "add", "bad name", "--roles=access"], "metadata.name contains ' '"),
-        (&["users", "add", "x", "--roles=access", "--ttl=30d"], "at most 7d"),
+        (
+            &["get", "role/no-such-role"],
+            "role \"no-such-role\" not found",
+        ),
+        (
+            &["events", "ls", "--type=bogus"],
+            "unknown event type \"bogus\"",
+        ),
+        (
+            &["users", "add", "x", "--roles=no-such-role"],
+            "role \"no-such-role\" does not exist",
+        ),
+        (
+            &["users", "add", "local-admin", "--roles=access"],
+            "reserved name",
+        ),
+        (
+            &["users", "add", "bad name", "--roles=access"],
+            "metadata.name contains ' '",
+        ),
+        (
+            &["users", "add", "x", "--roles=access", "--ttl=30d"],
+            "at most 7d",
+        ),
         (&["users", "reset", "nobody"], "user \"nobody\" not found"),
         (&["users", "rm", "nobody"], "user \"nobody\" not found"),
-        (&["lock"], "name a target: --user, --role, --login, --node or --device"),
+        (
+            &["lock"],
+            "name a target: --user, --role, --login, --node or --device",
+        ),
     ] {
         srv.dtctl(args).fails_with_one_line(needle);
     }
@@ -264,28 +346,53 @@ fn bad_command_lines_are_refused_with_a_reason() {
     assert_eq!(after, users_before, "a refused command created a user");
 
     let missing = srv.scratch().join("no-data-dir");
-    Run::new(DTCTL, ["--data-dir".as_ref(), missing.as_os_str(), "status".as_ref()])
-        .run()
-        .fails_with_one_line("cannot read the local admin identity");
+    Run::new(
+        DTCTL,
+        [
+            "--data-dir".as_ref(),
+            missing.as_os_str(),
+            "status".as_ref(),
+        ],
+    )
+    .run()
+    .fails_with_one_line("cannot read the local admin identity");
 
     // dtsh
     let home = Home::new();
-    srv.dtsh(&home, &["status"], "").fails_with_one_line("not logged in");
+    srv.dtsh(&home, &["status"], "")
+        .fails_with_one_line("not logged in");
     let proxy = format!("--proxy={}", srv.addr);
     let pin = format!("--ca-pin={}", srv.pin);
-    srv.dtsh(&home, &["login", "--user=a", "--password-stdin", &pin], "x\n")
-        .fails_with_one_line("--proxy=HOST:PORT is required");
+    srv.dtsh(
+        &home,
+        &["login", "--user=a", "--password-stdin", &pin],
+        "x\n",
+    )
+    .fails_with_one_line("--proxy=HOST:PORT is required");
     srv.dtsh(&home, &["login", &proxy, "--password-stdin", &pin], "x\n")
         .fails_with_one_line("--user=NAME is required");
-    srv.dtsh(&home, &["login", &proxy, "--user=a", "--password-stdin", &pin], "")
-        .fails_with_one_line("--password-stdin: stdin was empty");
-    srv.dtsh(&home, &["login", &proxy, "--user=a", "--ttl=soon", &pin], "")
-        .fails_with("--ttl");
-    assert!(!home.path.exists(), "refused logins wrote {:?}", home.files());
+    srv.dtsh(
+        &home,
+        &["login", &proxy, "--user=a", "--password-stdin", &pin],
+        "",
+    )
+    .fails_with_one_line("--password-stdin: stdin was empty");
+    srv.dtsh(
+        &home,
+        &["login", &proxy, "--user=a", "--ttl=soon", &pin],
+        "",
+    )
+    .fails_with("--ttl");
+    assert!(
+        !home.path.exists(),
+        "refused logins wrote {:?}",
+        home.files()
+    );
 
     // A too-short password at signup is refused, and does not spend the token.
     let token = srv.add_user("frank", "access", "");
     srv.signup_login(&home, "frank", &token, "short")
         .fails_with_one_line("at least 8 characters");
-    srv.signup_login(&home, "frank", &token, "long-enough-password").ok();
+    srv.signup_login(&home, "frank", &token, "long-enough-password")
+        .ok();
 }

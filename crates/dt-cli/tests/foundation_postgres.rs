@@ -4,6 +4,7 @@
 //!
 //! Each test creates its own database and drops it afterwards. PostgreSQL being
 //! unreachable fails these tests; they are never skipped.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
 mod common;
 
@@ -42,11 +43,15 @@ fn postgres_users_logins_resources_and_restart() {
     let db = PgDb::create("flow");
     let tmp = tempfile::tempdir().unwrap();
     let cfg = db.config_file(tmp.path());
-    let check = Run::new(DEVTRUST, ["check".as_ref(), "--config".as_ref(), cfg.as_os_str()]).run();
+    let check = Run::new(
+        DEVTRUST,
+        ["check".as_ref(), "--config".as_ref(), cfg.as_os_str()],
+    )
+    .run();
     assert!(check.ok().contains("storage postgres"), "{check}");
 
     let srv = Server::opts().config(&cfg).start();
-    assert!(srv.stdout().contains("storage:   postgres"), "{}", srv.stdout());
+    srv.wait_stdout("storage:   postgres");
     assert_postgres(&srv);
 
     // Users and logins.
@@ -102,11 +107,14 @@ fn postgres_users_logins_resources_and_restart() {
         "lock.create",
         "lock.delete",
     ] {
-        assert!(events.iter().any(|e| e["event"] == t), "no {t} in {events:#?}");
+        assert!(
+            events.iter().any(|e| e["event"] == t),
+            "no {t} in {events:#?}"
+        );
     }
-    assert!(events
-        .iter()
-        .any(|e| e["event"] == "user.login" && e["success"] == false && e["message"] == "invalid password"));
+    assert!(events.iter().any(|e| e["event"] == "user.login"
+        && e["success"] == false
+        && e["message"] == "invalid password"));
 
     // A restart (with a fresh data dir: all state is in the database) keeps everything.
     let pin = srv.pin.clone();
@@ -115,7 +123,11 @@ fn postgres_users_logins_resources_and_restart() {
     assert_eq!(srv.pin, pin);
     srv.login(&Home::new(), "alice", PW).ok();
     let after = srv.events(&[]);
-    assert_eq!(&after[..events.len()], &events[..], "events changed across a restart");
+    assert_eq!(
+        &after[..events.len()],
+        &events[..],
+        "events changed across a restart"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //!
 //! Every test starts its own `devtrust start` (≈0.1 s), so tests run in parallel and no
 //! test's events or rate-limit state leak into another's assertions.
+#![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
 mod common;
 
@@ -44,7 +45,7 @@ fn first_start_writes_private_files_prints_the_pin_and_stops_cleanly() {
     let data = tmp.path().join("data");
     let srv = Server::opts().data_dir(&data).start();
 
-    let out = srv.stdout();
+    let out = srv.wait_stdout("storage:   sqlite");
     assert!(out.contains("devtrust auth service is running"), "{out}");
     assert!(looks_like_pin(&srv.pin), "pin {:?}", srv.pin);
     let addr: std::net::SocketAddr = srv.addr.parse().expect("listen is an address");
@@ -74,8 +75,15 @@ fn first_start_writes_private_files_prints_the_pin_and_stops_cleanly() {
 
     // The pin printed is the host CA pin the server reports.
     let st = srv.dtctl(&["status"]);
-    assert_eq!(field(st.ok(), "Host CA pin"), Some(srv.pin.as_str()), "{st}");
-    assert!(field(st.ok(), "Storage").unwrap().starts_with("sqlite"), "{st}");
+    assert_eq!(
+        field(st.ok(), "Host CA pin"),
+        Some(srv.pin.as_str()),
+        "{st}"
+    );
+    assert!(
+        field(st.ok(), "Storage").unwrap().starts_with("sqlite"),
+        "{st}"
+    );
     let js = srv.dtctl(&["status", "--format=json"]).json();
     assert_eq!(js["host_ca_pin"], srv.pin.as_str());
     assert_eq!(js["storage"], "sqlite");
@@ -86,9 +94,12 @@ fn first_start_writes_private_files_prints_the_pin_and_stops_cleanly() {
     let pin = srv.pin.clone();
     let stopped = srv.stop();
     assert!(stopped.stdout.contains("stopped"));
-    Run::new(DTCTL, ["--data-dir".as_ref(), data.as_os_str(), "status".as_ref()])
-        .run()
-        .fails_with_one_line("cannot reach the devtrust server");
+    Run::new(
+        DTCTL,
+        ["--data-dir".as_ref(), data.as_os_str(), "status".as_ref()],
+    )
+    .run()
+    .fails_with_one_line("cannot reach the devtrust server");
 
     // A restart keeps the CA: same pin.
     let again = Server::opts().data_dir(&data).start();
@@ -105,7 +116,13 @@ fn first_start_writes_private_files_prints_the_pin_and_stops_cleanly() {
 #[test]
 fn users_signup_status_reset_and_removal() {
     let srv = Server::start();
-    let add = srv.dtctl(&["users", "add", "alice", "--roles=access,editor", "--logins=root,alice"]);
+    let add = srv.dtctl(&[
+        "users",
+        "add",
+        "alice",
+        "--roles=access,editor",
+        "--logins=root,alice",
+    ]);
     let token = signup_token_of(&add);
     assert!(
         add.ok().contains(&format!(
@@ -118,6 +135,7 @@ fn users_signup_status_reset_and_removal() {
     let home = Home::new();
     let login = srv.signup_login(&home, "alice", &token, PW);
     assert!(login.ok().contains("Logged in as:       alice"), "{login}");
+    let first_cert_at = std::time::Instant::now();
 
     // dtsh status: user, roles, logins, validity, extensions.
     let st = srv.dtsh(&home, &["status"], "");
@@ -139,16 +157,22 @@ fn users_signup_status_reset_and_removal() {
     assert_eq!(js["expired"], false);
     assert_eq!(js["ca_pin"], srv.pin.as_str());
     assert!(js["valid_until"].as_str().is_some_and(|v| v.ends_with('Z')));
-    assert!(js["extensions"]
-        .as_array()
-        .unwrap()
-        .contains(&Value::from("permit-pty")));
+    assert!(
+        js["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("permit-pty"))
+    );
 
     // The signup token works once.
     let other = Home::new();
     srv.signup_login(&other, "alice", &token, "another-password")
         .fails_with("invalid, used or expired signup token");
-    assert!(other.files().is_empty(), "a refused login wrote {:?}", other.files());
+    assert!(
+        other.files().is_empty(),
+        "a refused login wrote {:?}",
+        other.files()
+    );
 
     // Password logins: right, wrong, unknown user (same message: no user enumeration).
     srv.login(&other, "alice", PW).ok();
@@ -159,8 +183,15 @@ fn users_signup_status_reset_and_removal() {
 
     // users ls
     let ls = srv.dtctl(&["users", "ls"]);
-    let line = ls.ok().lines().find(|l| l.starts_with("alice")).expect("alice listed");
-    assert!(line.contains("access,editor") && line.contains("root,alice"), "{ls}");
+    let line = ls
+        .ok()
+        .lines()
+        .find(|l| l.starts_with("alice"))
+        .expect("alice listed");
+    assert!(
+        line.contains("access,editor") && line.contains("root,alice"),
+        "{ls}"
+    );
     let ls = srv.dtctl(&["users", "ls", "--format=json"]).json();
     assert_eq!(names(&ls), BTreeSet::from(["alice".to_string()]));
 
@@ -170,7 +201,8 @@ fn users_signup_status_reset_and_removal() {
     assert_ne!(token2, token);
     srv.login(&other, "alice", PW)
         .fails_with("invalid username or password");
-    srv.signup_login(&other, "alice", &token2, "second-password").ok();
+    srv.signup_login(&other, "alice", &token2, "second-password")
+        .ok();
     srv.login(&other, "alice", "second-password").ok();
 
     // A reset token that was never used stops working once a newer one is issued.
@@ -190,10 +222,25 @@ fn users_signup_status_reset_and_removal() {
         .fails_with("invalid username or password");
     srv.dtctl(&["users", "rm", "alice"]).fails_with("not found");
 
-    // A new user with the same name: the old user's pending token is dead.
-    srv.add_user("alice", "access", "");
+    // A new user with the same name: the old user's pending token is dead, and the old
+    // user's certificates (which carry the old roles) do not come back to life.
+    // (Certificates start a minute before issue at whole seconds, so the server tells them
+    // apart from the new user's once more than a second separates issue and re-creation.)
+    let since = first_cert_at.elapsed();
+    if since < std::time::Duration::from_secs(2) {
+        std::thread::sleep(std::time::Duration::from_secs(2) - since);
+    }
+    let token5 = srv.add_user("alice", "access", "");
     srv.signup_login(&Home::new(), "alice", &token4, "fourth-password")
         .fails_with("invalid, used or expired signup token");
+    srv.dtctl_as(&home, &["get", "users"])
+        .fails_with_one_line("issued to an earlier user \"alice\" that was removed");
+    let new_alice = Home::new();
+    srv.signup_login(&new_alice, "alice", &token5, "fifth-password")
+        .ok();
+    srv.dtctl_as(&new_alice, &["status"]).ok();
+    srv.dtctl_as(&new_alice, &["get", "users"])
+        .fails_with("access denied");
 }
 
 #[test]
@@ -210,7 +257,9 @@ fn five_failed_logins_are_rate_limited() {
     let ev = srv.events(&["--type=user.login", "--user=eve"]);
     assert!(
         ev.iter().any(|e| e["success"] == false
-            && e["message"].as_str().is_some_and(|m| m.contains("rate limited"))),
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("rate limited"))),
         "{ev:#?}"
     );
 }
@@ -230,18 +279,35 @@ fn trust_needs_the_pin_or_an_explicit_insecure() {
     let home = Home::new();
     let out = srv.dtsh(
         &home,
-        &["login", &proxy, "--user=bob", &signup, "--password-stdin", &wrong_pin],
+        &[
+            "login",
+            &proxy,
+            "--user=bob",
+            &signup,
+            "--password-stdin",
+            &wrong_pin,
+        ],
         "bob-password-1\n",
     );
     out.fails_with_one_line("does not match");
     assert!(out.stderr.contains("cannot verify the server"), "{out}");
     assert!(out.stderr.contains(&srv.pin), "{out}");
-    assert!(!home.path.exists(), "refused login wrote {:?}", home.files());
+    assert!(
+        !home.path.exists(),
+        "refused login wrote {:?}",
+        home.files()
+    );
 
     // A malformed pin.
     srv.dtsh(
         &home,
-        &["login", &proxy, "--user=bob", "--password-stdin", "--ca-pin=sha256:abc"],
+        &[
+            "login",
+            &proxy,
+            "--user=bob",
+            "--password-stdin",
+            "--ca-pin=sha256:abc",
+        ],
         "x\n",
     )
     .fails_with_one_line("--ca-pin must look like sha256:");
@@ -254,16 +320,27 @@ fn trust_needs_the_pin_or_an_explicit_insecure() {
     );
     out.fails_with_one_line("--ca-pin");
     assert!(out.stderr.contains("no terminal"), "{out}");
-    assert!(!home.path.exists(), "refused login wrote {:?}", home.files());
+    assert!(
+        !home.path.exists(),
+        "refused login wrote {:?}",
+        home.files()
+    );
 
     // None of this spent the signup token.
-    srv.signup_login(&home, "bob", &token, "bob-password-1").ok();
+    srv.signup_login(&home, "bob", &token, "bob-password-1")
+        .ok();
 
     // --insecure works, with a warning.
     let lab = Home::new();
     let out = srv.dtsh(
         &lab,
-        &["login", &proxy, "--user=bob", "--password-stdin", "--insecure"],
+        &[
+            "login",
+            &proxy,
+            "--user=bob",
+            "--password-stdin",
+            "--insecure",
+        ],
         "bob-password-1\n",
     );
     out.ok();
@@ -276,14 +353,24 @@ fn trust_needs_the_pin_or_an_explicit_insecure() {
 
     // --insecure and --ca-pin together make no sense.
     let pin = format!("--ca-pin={}", srv.pin);
-    srv.dtsh(&lab, &["login", &proxy, "--user=bob", "--insecure", &pin], "")
-        .fails_with("cannot be used with");
+    srv.dtsh(
+        &lab,
+        &["login", &proxy, "--user=bob", "--insecure", &pin],
+        "",
+    )
+    .fails_with("cannot be used with");
 
     // Unreachable server: one line, non-zero.
     let closed = closed_port_addr();
     srv.dtsh(
         &Home::new(),
-        &["login", &format!("--proxy={closed}"), "--user=bob", "--password-stdin", &pin],
+        &[
+            "login",
+            &format!("--proxy={closed}"),
+            "--user=bob",
+            "--password-stdin",
+            &pin,
+        ],
         "bob-password-1\n",
     )
     .fails_with_one_line("cannot reach the devtrust server");
@@ -291,7 +378,13 @@ fn trust_needs_the_pin_or_an_explicit_insecure() {
         .fails_with_one_line("cannot reach the devtrust server");
     srv.dtsh(
         &Home::new(),
-        &["login", "--proxy=nonsense", "--user=bob", "--password-stdin", &pin],
+        &[
+            "login",
+            "--proxy=nonsense",
+            "--user=bob",
+            "--password-stdin",
+            &pin,
+        ],
         "x\n",
     )
     .fails_with_one_line("invalid server address");
@@ -344,8 +437,10 @@ fn resources_create_get_round_trip_edit_and_rm() {
     ] {
         assert!(out.ok().contains(line), "{out}");
     }
-    srv.dtctl(&["create", "-f", &srv.write_file("a.json", JSON_ARRAY)]).ok();
-    srv.dtctl(&["create", "-f", &srv.write_file("c.json", JSON_ONE)]).ok();
+    srv.dtctl(&["create", "-f", &srv.write_file("a.json", JSON_ARRAY)])
+        .ok();
+    srv.dtctl(&["create", "-f", &srv.write_file("c.json", JSON_ONE)])
+        .ok();
     let roles = names(&srv.dtctl(&["get", "roles", "--format=json"]).json());
     for r in ["ops", "readers", "json-a", "json-b", "json-c", "access"] {
         assert!(roles.contains(r), "{r} missing from {roles:?}");
@@ -358,9 +453,17 @@ fn resources_create_get_round_trip_edit_and_rm() {
     let a = srv.dtctl(&["get", "users/dan"]);
     let b = srv.dtctl(&["get", "user/dan"]);
     assert_eq!(a.ok(), b.ok());
-    assert_eq!(yaml_docs(a.ok())[0]["spec"]["roles"], serde_json::json!(["ops", "readers"]));
+    assert_eq!(
+        yaml_docs(a.ok())[0]["spec"]["roles"],
+        serde_json::json!(["ops", "readers"])
+    );
     let text = srv.dtctl(&["get", "users", "--format=text"]);
-    assert!(text.ok().lines().any(|l| l.starts_with("dan ") && l.contains("ops,readers")), "{text}");
+    assert!(
+        text.ok()
+            .lines()
+            .any(|l| l.starts_with("dan ") && l.contains("ops,readers")),
+        "{text}"
+    );
 
     // Round trips: what `get` prints, `create -f --force` takes back unchanged.
     for kind in ["roles", "users", "cluster_auth_preference"] {
@@ -387,7 +490,10 @@ fn resources_create_get_round_trip_edit_and_rm() {
     let file = srv.write_file("changed.yaml", &changed);
     let out = srv.dtctl(&["create", "-f", &file]);
     out.fails_with("--force");
-    assert!(out.first_err_line().contains("role \"ops\" already exists"), "{out}");
+    assert!(
+        out.first_err_line().contains("role \"ops\" already exists"),
+        "{out}"
+    );
     let now = srv.dtctl(&["get", "role/ops", "--format=json"]).json();
     assert_eq!(now["metadata"]["description"], "operators");
     let out = srv.dtctl(&["create", "-f", &file, "--force"]);
@@ -434,14 +540,19 @@ fn resources_create_get_round_trip_edit_and_rm() {
             r#"sed -i 's/^  name: ops$/  name: ops2/' "$1""#,
             "metadata.name can't change",
         ),
-        ("broken-yaml", r#"echo '{{{' >> "$1""#, "your edit was not saved"),
+        (
+            "broken-yaml",
+            r#"echo '{{{' >> "$1""#,
+            "your edit was not saved",
+        ),
         ("failing-editor", "exit 3", "the editor exited"),
     ] {
         let ed = write_script(scripts, name, body);
         let out = srv.dtctl_run(&["edit", "role/ops"], &[("EDITOR", &ed)]);
         out.fails_with(reason);
         assert!(
-            out.first_err_line().contains("not saved") || out.first_err_line().contains("nothing was changed"),
+            out.first_err_line().contains("not saved")
+                || out.first_err_line().contains("nothing was changed"),
             "{name}: {out}"
         );
         let mut after = srv.dtctl(&["get", "role/ops", "--format=json"]).json();
@@ -449,7 +560,9 @@ fn resources_create_get_round_trip_edit_and_rm() {
         assert_eq!(after, before, "{name}: the refused edit changed the role");
     }
     assert!(
-        srv.dtctl(&["get", "role/ops2"]).fails_with("not found").contains("ops2"),
+        srv.dtctl(&["get", "role/ops2"])
+            .fails_with("not found")
+            .contains("ops2"),
         "rename must not create a new role"
     );
     let noop = write_script(scripts, "noop", "true");
@@ -457,16 +570,29 @@ fn resources_create_get_round_trip_edit_and_rm() {
     assert!(out.ok().contains("no changes"), "{out}");
 
     // edit users/NAME works too (and validates references).
-    let logins = write_script(scripts, "logins", r#"sed -i 's/- dan$/- dan\n    - admin/' "$1""#);
-    srv.dtctl_run(&["edit", "users/dan"], &[("EDITOR", &logins)]).ok();
+    let logins = write_script(
+        scripts,
+        "logins",
+        r#"sed -i 's/- dan$/- dan\n    - admin/' "$1""#,
+    );
+    srv.dtctl_run(&["edit", "users/dan"], &[("EDITOR", &logins)])
+        .ok();
     let dan = srv.dtctl(&["get", "user/dan", "--format=json"]).json();
-    assert_eq!(dan["spec"]["traits"]["logins"], serde_json::json!(["dan", "admin"]));
+    assert_eq!(
+        dan["spec"]["traits"]["logins"],
+        serde_json::json!(["dan", "admin"])
+    );
 
     // rm
     let out = srv.dtctl(&["rm", "role/json-c"]);
-    assert!(out.ok().contains("role \"json-c\" has been removed"), "{out}");
-    srv.dtctl(&["get", "role/json-c"]).fails_with_one_line("role \"json-c\" not found");
-    srv.dtctl(&["rm", "role/json-c"]).fails_with_one_line("not found");
+    assert!(
+        out.ok().contains("role \"json-c\" has been removed"),
+        "{out}"
+    );
+    srv.dtctl(&["get", "role/json-c"])
+        .fails_with_one_line("role \"json-c\" not found");
+    srv.dtctl(&["rm", "role/json-c"])
+        .fails_with_one_line("not found");
     srv.dtctl(&["rm", "users/dan"]).ok();
     srv.dtctl(&["get", "user/dan"]).fails_with("not found");
 }
@@ -488,7 +614,8 @@ spec:
 #[test]
 fn rbac_roles_decide_and_deny_beats_allow() {
     let srv = Server::start();
-    srv.dtctl(&["create", "-f", &srv.write_file("deny.yaml", DENY_ROLE)]).ok();
+    srv.dtctl(&["create", "-f", &srv.write_file("deny.yaml", DENY_ROLE)])
+        .ok();
     // Three users, signed up in parallel (argon2 is the slow part).
     let (bob, carol, dave) = std::thread::scope(|s| {
         let b = s.spawn(|| srv.new_user("bob", "access", "bob", PW));
@@ -503,8 +630,10 @@ fn rbac_roles_decide_and_deny_beats_allow() {
     assert!(out.stderr.contains("list on user"), "{out}");
     srv.dtctl_as(&bob, &["users", "add", "x", "--roles=access"])
         .fails_with("access denied");
-    srv.dtctl_as(&bob, &["events", "ls"]).fails_with("access denied");
-    srv.dtctl_as(&bob, &["lock", "--user=carol"]).fails_with("access denied");
+    srv.dtctl_as(&bob, &["events", "ls"])
+        .fails_with("access denied");
+    srv.dtctl_as(&bob, &["lock", "--user=carol"])
+        .fails_with("access denied");
     srv.dtctl_as(&bob, &["status"]).ok();
 
     // editor: allowed.
@@ -519,8 +648,15 @@ fn rbac_roles_decide_and_deny_beats_allow() {
     srv.dtctl_as(&dave, &["get", "roles"]).ok();
     // Role changes apply at once, without a new login.
     let stricter = DENY_ROLE.replace("verbs: [list]}", "verbs: [list, read]}");
-    srv.dtctl(&["create", "-f", &srv.write_file("deny2.yaml", &stricter), "--force"]).ok();
-    srv.dtctl_as(&dave, &["get", "user/bob"]).fails_with("access denied");
+    srv.dtctl(&[
+        "create",
+        "-f",
+        &srv.write_file("deny2.yaml", &stricter),
+        "--force",
+    ])
+    .ok();
+    srv.dtctl_as(&dave, &["get", "user/bob"])
+        .fails_with("access denied");
 
     // The local admin can.
     srv.dtctl(&["get", "users"]).ok();
@@ -585,8 +721,14 @@ fn preset_roles_exist_from_first_start() {
             .unwrap()
     };
     for v in DEVICE_VERBS {
-        assert!(rule_allows(&role("editor"), "device", v), "editor lacks {v} on device");
-        assert!(rule_allows(&role("device-admin"), "device", v), "device-admin lacks {v}");
+        assert!(
+            rule_allows(&role("editor"), "device", v),
+            "editor lacks {v} on device"
+        );
+        assert!(
+            rule_allows(&role("device-admin"), "device", v),
+            "device-admin lacks {v}"
+        );
     }
     assert!(rule_allows(&role("device-enroll"), "device", "enroll"));
     assert!(!rule_allows(&role("device-enroll"), "device", "delete"));
@@ -606,7 +748,9 @@ fn preset_roles_exist_from_first_start() {
     for r in want {
         assert!(text.ok().lines().any(|l| l.starts_with(r)), "{text}");
     }
-    let cap = srv.dtctl(&["get", "cluster_auth_preference", "--format=json"]).json();
+    let cap = srv
+        .dtctl(&["get", "cluster_auth_preference", "--format=json"])
+        .json();
     assert_eq!(cap["spec"]["device_trust"]["mode"], "optional");
 
     // editor (the local admin's role) may list devices.
@@ -623,7 +767,8 @@ fn audit_events_are_typed_filterable_and_survive_a_restart() {
     let srv = Server::opts().data_dir(&data).start();
 
     let home = srv.new_user("alice", "access", "root", PW);
-    srv.login(&home, "alice", "wrong-password").fails_with("invalid username or password");
+    srv.login(&home, "alice", "wrong-password")
+        .fails_with("invalid username or password");
     let role = srv.write_file(
         "r.yaml",
         "kind: role\nversion: v7\nmetadata: {name: audited}\nspec: {}\n",
@@ -680,14 +825,21 @@ fn audit_events_are_typed_filterable_and_survive_a_restart() {
     assert_eq!(srv.events(&["--since=1h"]).len(), all.len());
     assert!(srv.events(&["--user=nobody"]).is_empty());
     let text = srv.dtctl(&["events", "ls", "--type=user.login"]);
-    assert!(text.ok().contains("FAILED") && text.ok().contains("invalid password"), "{text}");
+    assert!(
+        text.ok().contains("FAILED") && text.ok().contains("invalid password"),
+        "{text}"
+    );
 
     // Stop and start on the same data dir: the events are still there.
     srv.stop();
     let srv = Server::opts().data_dir(&data).start();
     let after = srv.events(&[]);
     assert!(after.len() >= all.len());
-    assert_eq!(&after[..all.len()], &all[..], "events changed across a restart");
+    assert_eq!(
+        &after[..all.len()],
+        &all[..],
+        "events changed across a restart"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -697,7 +849,11 @@ fn audit_events_are_typed_filterable_and_survive_a_restart() {
 /// anywhere it might be copied.
 fn key_marker(path: &std::path::Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(text.contains("PRIVATE KEY"), "{} is not a private key", path.display());
+    assert!(
+        text.contains("PRIVATE KEY"),
+        "{} is not a private key",
+        path.display()
+    );
     text.lines()
         .find(|l| !l.starts_with("-----") && l.len() >= 40)
         .unwrap_or_else(|| panic!("no key body in {}", path.display()))
@@ -713,33 +869,54 @@ fn no_secret_reaches_the_log_the_audit_trail_or_other_files() {
         .env("DEVTRUST_LOG", "trace")
         .start();
 
-    let (pw1, pw2, wrong) = ("first-Secret-pw-7731", "second-Secret-pw-8842", "wrong-Secret-pw-9953");
+    let (pw1, pw2, wrong) = (
+        "first-Secret-pw-7731",
+        "second-Secret-pw-8842",
+        "wrong-Secret-pw-9953",
+    );
     let token1 = srv.add_user("alice", "access,editor", "root");
     let home = Home::new();
     srv.signup_login(&home, "alice", &token1, pw1).ok();
     srv.login(&home, "alice", pw1).ok();
-    srv.login(&home, "alice", wrong).fails_with("invalid username or password");
+    srv.login(&home, "alice", wrong)
+        .fails_with("invalid username or password");
     let token2 = signup_token_of(&srv.dtctl(&["users", "reset", "alice"]));
     srv.signup_login(&home, "alice", &token2, pw2).ok();
     // A pending (unused) signup token too.
     let token3 = srv.add_user("bob", "access", "");
-    let join1 = srv.dtctl(&["tokens", "add", "--type=node", "--format=text"]).ok().trim().to_string();
+    let join1 = srv
+        .dtctl(&["tokens", "add", "--type=node", "--format=text"])
+        .ok()
+        .trim()
+        .to_string();
     assert!(join1.len() >= 40 && !join1.contains(' '), "{join1:?}");
-    let join2 = srv.dtctl(&["tokens", "add", "--type=node"]).ok().to_string();
+    let join2 = srv
+        .dtctl(&["tokens", "add", "--type=node"])
+        .ok()
+        .to_string();
     let join2 = join2
         .split_whitespace()
         .find_map(|w| w.strip_prefix("--token="))
         .expect("--token= in tokens add output")
         .to_string();
-    let join3 = srv.dtctl(&["tokens", "add", "--type=bot", "--format=json"]).json()["token"]
+    let join3 = srv
+        .dtctl(&["tokens", "add", "--type=bot", "--format=json"])
+        .json()["token"]
         .as_str()
         .unwrap()
         .to_string();
     // Authenticated API calls as the user, with trace logging on.
     srv.dtctl_as(&home, &["get", "users", "--format=json"]).ok();
-    srv.dtctl_as(&home, &["lock", "--user=bob", "--message=audit"]).ok();
-    let tokens_listed = srv.dtctl(&["get", "tokens", "--format=json"]).ok().to_string();
-    let events = srv.dtctl(&["events", "ls", "--format=json"]).ok().to_string();
+    srv.dtctl_as(&home, &["lock", "--user=bob", "--message=audit"])
+        .ok();
+    let tokens_listed = srv
+        .dtctl(&["get", "tokens", "--format=json"])
+        .ok()
+        .to_string();
+    let events = srv
+        .dtctl(&["events", "ls", "--format=json"])
+        .ok()
+        .to_string();
 
     let secrets: Vec<(&str, String)> = vec![
         ("password 1", pw1.into()),
@@ -776,8 +953,19 @@ fn no_secret_reaches_the_log_the_audit_trail_or_other_files() {
 
     let stopped = srv.stop();
     let log = stopped.log;
-    assert!(log.contains("TRACE"), "trace logging did not turn on:\n{}", &log[..log.len().min(2000)]);
-    assert!(!log.contains("PRIVATE KEY"), "a private key reached the log");
+    assert!(
+        log.contains("TRACE"),
+        "trace logging did not turn on:\n{}",
+        &log[..log.len().min(2000)]
+    );
+    assert!(
+        !log.contains("PRIVATE KEY"),
+        "a private key reached the log"
+    );
+    assert!(
+        !log.contains('\u{1b}'),
+        "terminal escape codes in a log that is not a terminal"
+    );
 
     let mut texts: Vec<(String, Vec<u8>)> = vec![
         ("server log".into(), log.into_bytes()),
@@ -787,7 +975,8 @@ fn no_secret_reaches_the_log_the_audit_trail_or_other_files() {
     for f in walk(&data).into_iter().chain(home.files()) {
         texts.push((f.display().to_string(), std::fs::read(&f).unwrap()));
     }
-    let contains = |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
+    let contains =
+        |hay: &[u8], needle: &str| hay.windows(needle.len()).any(|w| w == needle.as_bytes());
     for (where_, bytes) in &texts {
         for (what, s) in &secrets {
             assert!(!contains(bytes, s), "the {what} appears in {where_}");
@@ -831,13 +1020,21 @@ fn locks_refuse_api_calls_and_logins_until_removed() {
     out.fails_with_one_line(in_force);
     assert!(out.stderr.contains("laptop stolen"), "{out}");
     srv.dtctl_as(&alice, &["get", "users"]).fails_with(in_force);
-    srv.login(&Home::new(), "alice", PW).fails_with_one_line(in_force);
+    srv.login(&Home::new(), "alice", PW)
+        .fails_with_one_line(in_force);
     srv.dtctl_as(&bob, &["status"]).ok();
 
     let locks = srv.dtctl(&["get", "locks", "--format=text"]);
-    assert!(locks.ok().contains(&name) && locks.ok().contains("User:\"alice\""), "{locks}");
+    assert!(
+        locks.ok().contains(&name) && locks.ok().contains("User:\"alice\""),
+        "{locks}"
+    );
     let ev = srv.events(&[]);
-    assert!(ev.iter().any(|e| e["event"] == "lock.create" && e["lock"] == name.as_str()), "{ev:#?}");
+    assert!(
+        ev.iter()
+            .any(|e| e["event"] == "lock.create" && e["lock"] == name.as_str()),
+        "{ev:#?}"
+    );
     assert!(
         ev.iter().any(|e| e["event"] == "cert.create"
             && e["success"] == false
@@ -848,7 +1045,11 @@ fn locks_refuse_api_calls_and_logins_until_removed() {
     srv.dtctl(&["rm", &format!("lock/{name}")]).ok();
     srv.dtctl_as(&alice, &["status"]).ok();
     srv.login(&Home::new(), "alice", PW).ok();
-    assert!(srv.events(&["--type=lock.delete"]).iter().any(|e| e["lock"] == name.as_str()));
+    assert!(
+        srv.events(&["--type=lock.delete"])
+            .iter()
+            .any(|e| e["lock"] == name.as_str())
+    );
 
     // A role lock hits everyone holding the role; a lock with a TTL ends by itself.
     let out = srv.dtctl(&["lock", "--role=access", "--ttl=2s"]);
@@ -862,7 +1063,10 @@ fn locks_refuse_api_calls_and_logins_until_removed() {
             break;
         }
         out.fails_with("lock targeting Role:\"access\" is in force");
-        assert!(std::time::Instant::now() < deadline, "the 2s lock never expired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the 2s lock never expired"
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }

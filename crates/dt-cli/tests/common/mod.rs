@@ -335,9 +335,7 @@ impl ServerOpts {
             .prefix("devtrust-test")
             .tempdir()
             .expect("temp dir");
-        let data_dir = self
-            .data_dir
-            .unwrap_or_else(|| scratch.path().join("data"));
+        let data_dir = self.data_dir.unwrap_or_else(|| scratch.path().join("data"));
         let log_path = scratch.path().join("server.log");
         let log = std::fs::File::create(&log_path).expect("log file");
         let mut c = Command::new(DEVTRUST);
@@ -471,6 +469,23 @@ impl Server {
     /// Everything the server printed on stdout so far.
     pub fn stdout(&self) -> String {
         self.stdout.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Wait (at most 10 s) until stdout contains `needle`; returns all of stdout.
+    #[track_caller]
+    pub fn wait_stdout(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = self.stdout();
+            if out.contains(needle) {
+                return out;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server never printed {needle:?}:\n{out}"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The server's log (stderr) so far.
@@ -741,8 +756,11 @@ fn pg_admin<T>(
         let (client, conn) = tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls)
             .await
             .unwrap_or_else(|e| {
+                let cause = std::error::Error::source(&e)
+                    .map(|c| format!(" ({c})"))
+                    .unwrap_or_default();
                 panic!(
-                    "PostgreSQL is unreachable at {base:?}: {e}. These tests need it: start PostgreSQL or set DEVTRUST_TEST_PG to a libpq connection string (without dbname)."
+                    "PostgreSQL is unreachable at {base:?}: {e}{cause}. These tests need it: start PostgreSQL or set DEVTRUST_TEST_PG to a libpq connection string (without dbname)."
                 )
             });
         let task = tokio::spawn(conn);
@@ -803,7 +821,8 @@ impl Drop for PgDb {
         let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
         if std::thread::panicking() {
             // Best effort; never a second panic.
-            let _ = std::panic::catch_unwind(|| pg_admin(async move |c| c.batch_execute(&sql).await));
+            let _ =
+                std::panic::catch_unwind(|| pg_admin(async move |c| c.batch_execute(&sql).await));
         } else {
             pg_admin(async move |c| c.batch_execute(&sql).await);
         }
