@@ -176,6 +176,21 @@ pub fn verify_challenge_signature(
 /// Parses a DER SubjectPublicKeyInfo (RFC 5280 §4.1.2.7) and accepts it only if it holds an
 /// uncompressed P-256 point on the curve (RFC 5480 §2).
 pub fn parse_p256_spki(der: &[u8]) -> Result<P256PublicKey, AttestError> {
+    let key = parse_p256_spki_shape(der)?;
+    check_on_curve(&key.point)?;
+    Ok(key)
+}
+
+/// [`parse_p256_spki`] without the explicit on-curve check, for a key the server stored
+/// after `parse_p256_spki` accepted it at enrollment (every device authentication re-reads
+/// it). Nothing is lost: ring validates the point again inside every signature
+/// verification, so an off-curve point can never verify; this only skips the throwaway
+/// ECDH that makes the explicit check cost two scalar multiplications.
+pub fn parse_enrolled_p256_spki(der: &[u8]) -> Result<P256PublicKey, AttestError> {
+    parse_p256_spki_shape(der)
+}
+
+fn parse_p256_spki_shape(der: &[u8]) -> Result<P256PublicKey, AttestError> {
     if der.len() > MAX_SPKI_LEN {
         return Err(AttestError::Oversized {
             what: "public key",
@@ -232,7 +247,6 @@ pub fn parse_p256_spki(der: &[u8]) -> Result<P256PublicKey, AttestError> {
     let point: [u8; UNCOMPRESSED_POINT_LEN] = key
         .try_into()
         .map_err(|_| AttestError::Malformed("EC point is not 65 bytes"))?;
-    check_on_curve(&point)?;
     Ok(P256PublicKey {
         spki_der: der.to_vec(),
         point,
@@ -561,6 +575,12 @@ mod tests {
         let mut der = spki(&key);
         der[90] ^= 0x01;
         assert_eq!(parse_p256_spki(&der), Err(AttestError::PointNotOnCurve));
+        // The stored-key parse skips the explicit check, but such a key never verifies.
+        let stored = parse_enrolled_p256_spki(&der).expect("shape is fine");
+        let sig = key.sign(&SystemRandom::new(), b"challenge").unwrap();
+        assert!(stored.verify(b"challenge", sig.as_ref()).is_err());
+        let good = parse_enrolled_p256_spki(&spki(&key)).unwrap();
+        assert!(good.verify(b"challenge", sig.as_ref()).is_ok());
     }
 
     #[test]

@@ -490,15 +490,17 @@ impl AuthServer {
             .write_with(
                 vec![condition],
                 vec![Op::Put {
-                    key,
-                    value,
+                    key: key.clone(),
+                    value: value.clone(),
                     expires,
                 }],
                 event,
             )
             .await
         {
-            Ok(_) => {}
+            // Visible to this server's next request at once, not only when the watch
+            // delivers it (a lock must block immediately).
+            Ok(rev) => self.cache.apply(&key, rev, Some(&value)),
             Err(StoreError::ConditionFailed { .. }) => {
                 return Err(ApiError::Conflict(format!(
                     "{kind} {name:?} was changed by someone else meanwhile; read it again and retry"
@@ -540,7 +542,7 @@ impl AuthServer {
             return Err(ApiError::NotFound(format!("{kind} {name:?} not found")));
         };
         let mut ops = vec![Op::Delete { key: key.clone() }];
-        let mut conditions = vec![Condition::Revision(key, item.revision)];
+        let mut conditions = vec![Condition::Revision(key.clone(), item.revision)];
         let event_type = match kind {
             Kind::User => {
                 ops.push(Op::Delete {
@@ -574,7 +576,10 @@ impl AuthServer {
             event.lock = Some(name.to_string());
         }
         match self.audit.write_with(conditions, ops, event).await {
-            Ok(_) => Ok(()),
+            Ok(rev) => {
+                self.cache.apply(&key, rev, None);
+                Ok(())
+            }
             Err(StoreError::ConditionFailed { .. }) => Err(ApiError::Conflict(format!(
                 "{kind} {name:?} changed meanwhile; try again"
             ))),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 pub mod audit;
 mod authn_driver;
+pub mod cache;
 pub mod config;
 pub mod device_grpc;
 pub mod devices;
@@ -17,6 +18,7 @@ pub mod grpc;
 pub mod http;
 pub mod keys;
 pub mod listener;
+pub mod nodes;
 pub mod presets;
 pub mod ratelimit;
 pub mod server;
@@ -34,6 +36,9 @@ pub fn router(srv: Arc<AuthServer>) -> axum::Router {
                 device_grpc::GrpcDevices { srv: srv.clone() },
             ),
         )
+        .add_service(dt_proto::v1::node_service_server::NodeServiceServer::new(
+            nodes::GrpcNodes { srv: srv.clone() },
+        ))
         .into_axum_router();
     http::router(srv).merge(grpc)
 }

@@ -43,6 +43,8 @@ pub enum StartError {
 
 pub struct AuthServer {
     pub backend: Arc<dyn Backend>,
+    /// Roles, cluster auth preference and locks, following the change feed.
+    pub cache: Arc<crate::cache::ClusterCache>,
     pub cluster_name: String,
     pub user_ca: CertAuthority,
     pub host_ca: CertAuthority,
@@ -187,7 +189,10 @@ impl AuthServer {
         }
         tracing::debug!(cluster = %cluster_name, at = %now, "cluster ready");
 
+        let cache = Arc::new(crate::cache::ClusterCache::default());
+        cache.spawn(backend.clone());
         Ok(Arc::new(AuthServer {
+            cache,
             audit: AuditSink::new(backend.clone()),
             backend,
             cluster_name,
@@ -316,11 +321,15 @@ impl AuthServer {
     pub async fn resolve_roles(&self, names: &[String]) -> ApiResult<Vec<Role>> {
         let mut roles = Vec::with_capacity(names.len());
         for name in names {
-            match self
-                .get_resource::<dt_types::resource::RoleSpec>(name)
-                .await?
-            {
-                Some((r, _)) => roles.push(r),
+            let found = match self.cache.role(name) {
+                Some(cached) => cached,
+                None => self
+                    .get_resource::<dt_types::resource::RoleSpec>(name)
+                    .await?
+                    .map(|(r, _)| r),
+            };
+            match found {
+                Some(r) => roles.push(r),
                 None if name == "editor" => roles.push(presets::editor_fallback()),
                 None => tracing::warn!(role = %name, "identity names a role that does not exist"),
             }
@@ -329,19 +338,27 @@ impl AuthServer {
     }
 
     pub async fn cap(&self) -> ApiResult<ClusterAuthPreference> {
-        Ok(self
-            .get_resource::<dt_types::resource::CapSpec>(CAP_NAME)
-            .await?
-            .map(|(c, _)| c)
-            .unwrap_or_else(presets::default_cap))
+        let found = match self.cache.cap() {
+            Some(cached) => cached,
+            None => self
+                .get_resource::<dt_types::resource::CapSpec>(CAP_NAME)
+                .await?
+                .map(|(c, _)| c),
+        };
+        Ok(found.unwrap_or_else(presets::default_cap))
     }
 
     /// Locks in force now.
     pub async fn active_locks(&self) -> ApiResult<Vec<Lock>> {
         let now = OffsetDateTime::now_utc();
-        Ok(self
-            .list_resources::<dt_types::resource::LockSpec>()
-            .await?
+        let all = match self.cache.locks() {
+            Some(cached) => cached,
+            None => {
+                self.list_resources::<dt_types::resource::LockSpec>()
+                    .await?
+            }
+        };
+        Ok(all
             .into_iter()
             .filter(|l| l.metadata.expires.is_none_or(|e| e > now))
             .collect())

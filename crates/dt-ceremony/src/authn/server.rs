@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use dt_attest::p256::{P256PublicKey, parse_p256_spki};
+use dt_attest::p256::{P256PublicKey, parse_enrolled_p256_spki};
 use dt_types::device::{AttestationType, DeviceCollectedData, EnrollStatus, MAX_COLLECTED_DATA};
 use dt_types::resource::{Device, DeviceTrustMode, DeviceTrustSettings, Lock};
 use serde::{Deserialize, Serialize};
@@ -319,7 +319,7 @@ impl ExpectInit {
                 let der = STANDARD
                     .decode(&credential.public_key_der)
                     .map_err(|e| broken(format!("credential public key is not base64: {e}")))?;
-                let key = parse_p256_spki(&der)
+                let key = parse_enrolled_p256_spki(&der)
                     .map_err(|e| broken(format!("credential public key: {e}")))?;
                 let challenge: [u8; CHALLENGE_LEN] = random_array(env);
                 (

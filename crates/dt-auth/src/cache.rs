@@ -1,0 +1,243 @@
+//! An in-memory view of the cluster state every API call reads — roles, the cluster auth
+//! preference and locks — kept fresh by the storage change feed (`Backend::watch`), so a
+//! request does not re-read them from storage.
+//!
+//! Consistency: each entry carries the storage revision it came from and only a newer
+//! revision replaces it, so watch events and this server's own writes (applied at once by
+//! the handlers) can arrive in any order. Writes made through another auth server arrive by
+//! the watch (LISTEN/NOTIFY on PostgreSQL). While the watch is down the cache is empty and
+//! readers fall back to storage, so a broken feed never serves stale locks.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use dt_store::{Backend, EventKind, WatchEvent};
+use dt_types::resource::{CAP_NAME, CapSpec, LockSpec, Resource, RoleSpec};
+use dt_types::{ClusterAuthPreference, Kind, Lock, Role};
+
+use crate::keys;
+
+#[derive(Default)]
+struct Snapshot {
+    /// key -> (revision, parsed value or None when deleted)
+    roles: HashMap<String, (i64, Option<Role>)>,
+    cap: Option<(i64, Option<ClusterAuthPreference>)>,
+    locks: HashMap<String, (i64, Option<Lock>)>,
+}
+
+#[derive(Default)]
+pub struct ClusterCache {
+    state: RwLock<Option<Snapshot>>,
+}
+
+fn name_of(key: &str, kind: Kind) -> Option<&str> {
+    key.strip_prefix(&keys::resource_prefix(kind))
+}
+
+/// Keep the newer of two revisions.
+fn upsert<T>(slot: &mut HashMap<String, (i64, Option<T>)>, name: &str, rev: i64, value: Option<T>) {
+    match slot.get(name) {
+        Some((have, _)) if *have > rev => {}
+        _ => {
+            slot.insert(name.to_string(), (rev, value));
+        }
+    }
+}
+
+impl Snapshot {
+    fn apply(&mut self, key: &str, rev: i64, value: Option<&[u8]>) {
+        if let Some(name) = name_of(key, Kind::Role) {
+            let parsed = value.and_then(|v| serde_json::from_slice::<Resource<RoleSpec>>(v).ok());
+            upsert(&mut self.roles, name, rev, parsed);
+        } else if let Some(name) = name_of(key, Kind::Lock) {
+            let parsed = value.and_then(|v| serde_json::from_slice::<Resource<LockSpec>>(v).ok());
+            upsert(&mut self.locks, name, rev, parsed);
+        } else if name_of(key, Kind::ClusterAuthPreference) == Some(CAP_NAME) {
+            let parsed = value.and_then(|v| serde_json::from_slice::<Resource<CapSpec>>(v).ok());
+            if self.cap.as_ref().is_none_or(|(have, _)| *have <= rev) {
+                self.cap = Some((rev, parsed));
+            }
+        }
+    }
+}
+
+pub fn watched_prefixes() -> Vec<String> {
+    [Kind::Role, Kind::Lock, Kind::ClusterAuthPreference]
+        .into_iter()
+        .map(keys::resource_prefix)
+        .collect()
+}
+
+impl ClusterCache {
+    /// Follow the change feed until the backend closes.
+    pub fn spawn(self: &Arc<Self>, backend: Arc<dyn Backend>) -> tokio::task::JoinHandle<()> {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(50);
+            loop {
+                match cache.follow(backend.as_ref()).await {
+                    Ok(()) => backoff = Duration::from_millis(50),
+                    Err(e) => tracing::debug!(error = %e, "cluster cache: watch failed; retrying"),
+                }
+                cache.clear();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+    }
+
+    async fn follow(&self, backend: &dyn Backend) -> Result<(), dt_store::StoreError> {
+        let mut watcher = backend.watch(watched_prefixes()).await?;
+        match watcher.recv().await {
+            Some(WatchEvent::Init { .. }) => {}
+            _ => return Ok(()),
+        }
+        // Everything after Init is queued in the watcher; load the current state, then
+        // replay the queue (revisions make the replay idempotent).
+        let mut snap = Snapshot::default();
+        for prefix in watched_prefixes() {
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = backend.range(&prefix, cursor.as_deref(), 1000).await?;
+                for item in &page.items {
+                    snap.apply(&item.key, item.revision, Some(&item.value));
+                }
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+        }
+        self.set(Some(snap));
+        while let Some(ev) = watcher.recv().await {
+            if let WatchEvent::Change { kind, item } = ev {
+                let value = (kind == EventKind::Put).then_some(item.value.as_slice());
+                self.apply(&item.key, item.revision, value);
+            }
+        }
+        Ok(())
+    }
+
+    fn set(&self, snap: Option<Snapshot>) {
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = snap;
+    }
+
+    pub fn clear(&self) {
+        self.set(None);
+    }
+
+    /// Apply a write (or a deletion, `value: None`) made at `revision`. Keys outside the
+    /// cached kinds are ignored.
+    pub fn apply(&self, key: &str, revision: i64, value: Option<&[u8]>) {
+        if let Some(s) = self
+            .state
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            s.apply(key, revision, value);
+        }
+    }
+
+    /// `None` while the cache is not following the feed.
+    pub fn role(&self, name: &str) -> Option<Option<Role>> {
+        let g = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let s = g.as_ref()?;
+        Some(s.roles.get(name).and_then(|(_, r)| r.clone()))
+    }
+
+    pub fn cap(&self) -> Option<Option<ClusterAuthPreference>> {
+        let g = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let s = g.as_ref()?;
+        Some(s.cap.as_ref().and_then(|(_, c)| c.clone()))
+    }
+
+    pub fn locks(&self) -> Option<Vec<Lock>> {
+        let g = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let s = g.as_ref()?;
+        Some(s.locks.values().filter_map(|(_, l)| l.clone()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock_json(name: &str, user: &str) -> Vec<u8> {
+        let l: Lock = Resource::new(
+            name,
+            LockSpec {
+                target: dt_types::LockTarget {
+                    user: Some(user.into()),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        );
+        serde_json::to_vec(&l).unwrap()
+    }
+
+    #[test]
+    fn newer_revisions_win_in_any_arrival_order() {
+        let c = ClusterCache::default();
+        c.set(Some(Snapshot::default()));
+        let key = keys::resource(Kind::Lock, "l1");
+        c.apply(&key, 7, Some(&lock_json("l1", "bob")));
+        c.apply(&key, 5, Some(&lock_json("l1", "alice"))); // older: ignored
+        let locks = c.locks().unwrap();
+        assert_eq!(locks[0].spec.target.user.as_deref(), Some("bob"));
+        c.apply(&key, 9, None); // deleted
+        assert!(c.locks().unwrap().is_empty());
+        c.apply(&key, 8, Some(&lock_json("l1", "carol"))); // older than the delete
+        assert!(c.locks().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unfollowed_cache_answers_none() {
+        let c = ClusterCache::default();
+        assert!(c.locks().is_none() && c.cap().is_none() && c.role("access").is_none());
+    }
+
+    #[tokio::test]
+    async fn follows_storage_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let tuning = dt_store::Tuning {
+            poll_every: Duration::from_millis(20),
+            ..Default::default()
+        };
+        let b: Arc<dyn Backend> =
+            dt_store::sqlite::SqliteBackend::open(&dir.path().join("db"), tuning)
+                .await
+                .unwrap();
+        let key = keys::resource(Kind::Lock, "l1");
+        b.put(&key, lock_json("l1", "alice"), None).await.unwrap();
+        let c = Arc::new(ClusterCache::default());
+        let task = c.spawn(b.clone());
+        let wait = |want: usize| {
+            let c = c.clone();
+            async move {
+                for _ in 0..200 {
+                    if c.locks().is_some_and(|l| l.len() == want) {
+                        return true;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                false
+            }
+        };
+        assert!(wait(1).await, "initial snapshot loaded");
+        b.put(
+            &keys::resource(Kind::Lock, "l2"),
+            lock_json("l2", "bob"),
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(wait(2).await, "a new lock arrives by the watch");
+        b.delete(&key, None).await.unwrap();
+        assert!(wait(1).await, "a deleted lock leaves");
+        task.abort();
+        b.close().await;
+    }
+}
