@@ -114,6 +114,14 @@ impl AuthServer {
             return Err(ApiError::TooMany(msg).into());
         }
 
+        if init.user_certificates.ssh_authorized_key.is_none() {
+            let msg = "send your SSH certificate with AuthenticateInit: both certificates are augmented together";
+            self.audit
+                .emit(fail(msg.into(), None))
+                .await
+                .map_err(ApiError::from)?;
+            return Err(Status::invalid_argument(msg));
+        }
         let now = OffsetDateTime::now_utc();
         let cert_der = caller.peer.cert_der.clone().ok_or_else(|| {
             Status::unauthenticated("device authentication needs your login certificate (mTLS)")

@@ -80,6 +80,24 @@ fn out<T: serde::Serialize>(v: &T) -> Result<pb::CeremonyMessage, Status> {
 }
 
 impl AuthServer {
+    /// [`AuthServer::caller`] for a ceremony stream: a refused caller (locked user, removed
+    /// user) leaves a failed ceremony event, so every ceremony attempt is in the log.
+    async fn ceremony_caller(&self, peer: Peer, event: EventType) -> ApiResult<Caller> {
+        let who = peer.identity.as_ref().map(|i| i.username.clone());
+        let remote = peer.addr.ip().to_string();
+        match self.caller(peer).await {
+            Ok(c) => Ok(c),
+            Err(e) => {
+                let mut ev = AuditEvent::new(event, false, OffsetDateTime::now_utc())
+                    .message(e.to_string())
+                    .remote_addr(remote);
+                ev.user = who;
+                self.audit.emit(ev).await?;
+                Err(e)
+            }
+        }
+    }
+
     /// The TPM evidence checker for the current cluster settings (the EK CA allow-list is
     /// validated when written, so an error here means storage was edited behind our back).
     pub(crate) fn tpm_verifier(
@@ -106,14 +124,15 @@ impl AuthServer {
         cap: &dt_types::ClusterAuthPreference,
         data: &dt_types::device::DeviceCollectedData,
     ) -> Result<(dt_ceremony::token::EnrollToken, EnrollTokenRecord), Status> {
-        let refuse = |msg: String, device: Option<Device>| async move {
+        // The user learns which check failed; the values compared stay in the audit log.
+        let refuse = |msg: String, detail: String, device: Option<Device>| async move {
             let mut e = AuditEvent::new(
                 EventType::DeviceTokenCreate,
                 false,
                 OffsetDateTime::now_utc(),
             )
             .user(caller.name())
-            .message(format!("auto-enrollment refused: {msg}"))
+            .message(format!("auto-enrollment refused: {msg}{detail}"))
             .remote_addr(caller.peer.addr.ip().to_string());
             e.device = device.as_ref().map(device_info);
             self.audit.emit(e).await.map_err(ApiError::from)?;
@@ -125,12 +144,18 @@ impl AuthServer {
             return refuse(
                 "auto-enrollment is off; enroll with a token from an admin (dtctl devices enroll)"
                     .into(),
+                String::new(),
                 None,
             )
             .await;
         }
         let Some(os) = data.os_type else {
-            return refuse("the device did not report its OS".into(), None).await;
+            return refuse(
+                "the device did not report its OS".into(),
+                String::new(),
+                None,
+            )
+            .await;
         };
         let Some((device, _)) = self.device_by_tag(os, &data.serial_number).await? else {
             return refuse(
@@ -138,16 +163,23 @@ impl AuthServer {
                     "device {:?}/{os} is not registered in the inventory",
                     data.serial_number
                 ),
+                String::new(),
                 None,
             )
             .await;
         };
         if device.spec.enroll_status == dt_types::device::EnrollStatus::Enrolled {
-            return refuse("the device is already enrolled".into(), Some(device)).await;
+            return refuse(
+                "the device is already enrolled".into(),
+                String::new(),
+                Some(device),
+            )
+            .await;
         }
         let Some(profile) = device.spec.profile.clone() else {
             return refuse(
                 "the device has no MDM profile to compare with".into(),
+                String::new(),
                 Some(device),
             )
             .await;
@@ -160,7 +192,8 @@ impl AuthServer {
         for (what, want, got) in checks {
             if !want.is_empty() && want != got {
                 return refuse(
-                    format!("{what} {got:?} does not match the MDM profile ({want:?})"),
+                    format!("{what} does not match the MDM profile"),
+                    format!(" (device {got:?}, profile {want:?})"),
                     Some(device),
                 )
                 .await;
@@ -172,6 +205,7 @@ impl AuthServer {
                     "OS user {:?} is not listed in the MDM profile",
                     data.os_username
                 ),
+                String::new(),
                 Some(device),
             )
             .await;
@@ -218,10 +252,6 @@ impl AuthServer {
         let mut env = dt_ceremony::env::SystemEnv::new();
         let opened = tokio::time::Instant::now();
         let state = enroll::ExpectInit::new(&env);
-        let req: EnrollRequest =
-            next_msg(inbound, opened + FIRST_MESSAGE_DEADLINE, "EnrollInit").await?;
-        let init = enroll::ExpectInit::expect_message(req)
-            .map_err(|e| status_for(e.code(), e.user_message()))?;
         let now = OffsetDateTime::now_utc();
         let fail_event = |msg: String, device: Option<&Device>| {
             let mut e = AuditEvent::new(EventType::DeviceEnroll, false, OffsetDateTime::now_utc())
@@ -233,6 +263,24 @@ impl AuthServer {
             }
             e
         };
+        // Every refusal, even of an unreadable first message, leaves an event.
+        let first =
+            next_msg::<EnrollRequest>(inbound, opened + FIRST_MESSAGE_DEADLINE, "EnrollInit")
+                .await
+                .and_then(|req| {
+                    enroll::ExpectInit::expect_message(req)
+                        .map_err(|e| status_for(e.code(), e.user_message()))
+                });
+        let init = match first {
+            Ok(init) => init,
+            Err(status) => {
+                self.audit
+                    .emit(fail_event(status.message().to_string(), None))
+                    .await
+                    .map_err(ApiError::from)?;
+                return Err(status);
+            }
+        };
         let mut init = init;
         let auto = init.token.expose().is_empty();
         if !auto && let Err(e) = self.authorize(caller, "device", Verb::Enroll) {
@@ -243,12 +291,16 @@ impl AuthServer {
             return Err(e.into());
         }
         if let Err(wait) = self.device_ceremonies.take(caller.name()) {
-            return Err(ApiError::TooMany(format!(
+            let msg = format!(
                 "too many device ceremonies for {}; try again in {} s",
                 caller.name(),
                 wait.as_secs().max(1)
-            ))
-            .into());
+            );
+            self.audit
+                .emit(fail_event(msg.clone(), None))
+                .await
+                .map_err(ApiError::from)?;
+            return Err(ApiError::TooMany(msg).into());
         }
 
         // Load what ExpectInit needs.
@@ -557,7 +609,10 @@ impl DeviceTrustService for GrpcDevices {
         &self,
         req: Request<Streaming<pb::CeremonyMessage>>,
     ) -> Result<Response<Self::EnrollDeviceStream>, Status> {
-        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let caller = self
+            .srv
+            .ceremony_caller(peer_of(&req)?, EventType::DeviceEnroll)
+            .await?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let srv = self.srv.clone();
@@ -584,7 +639,10 @@ impl DeviceTrustService for GrpcDevices {
         &self,
         req: Request<Streaming<pb::CeremonyMessage>>,
     ) -> Result<Response<Self::AuthenticateDeviceStream>, Status> {
-        let caller = self.srv.caller(peer_of(&req)?).await?;
+        let caller = self
+            .srv
+            .ceremony_caller(peer_of(&req)?, EventType::DeviceAuthenticate)
+            .await?;
         let mut inbound = req.into_inner();
         let (tx, rx) = mpsc::channel(4);
         let srv = self.srv.clone();

@@ -117,6 +117,27 @@ fn index_deletes(d: &Device) -> Vec<Op> {
 }
 
 impl AuthServer {
+    /// RBAC on a device verb; a refusal leaves a failed `event` naming the reason.
+    async fn authorize_device(
+        &self,
+        caller: &Caller,
+        verb: Verb,
+        event: EventType,
+    ) -> ApiResult<()> {
+        if let Err(e) = self.authorize(caller, "device", verb) {
+            self.audit
+                .emit(
+                    AuditEvent::new(event, false, OffsetDateTime::now_utc())
+                        .user(caller.name())
+                        .message(e.to_string())
+                        .remote_addr(caller.peer.addr.ip().to_string()),
+                )
+                .await?;
+            return Err(e);
+        }
+        Ok(())
+    }
+
     pub async fn get_device(&self, id: &str) -> ApiResult<Option<(Device, i64)>> {
         self.get_resource::<DeviceSpec>(id).await
     }
@@ -284,9 +305,15 @@ impl AuthServer {
         device: Device,
         with_token: Option<Duration>,
     ) -> ApiResult<(Device, i64, Option<pb::DeviceEnrollToken>)> {
-        self.authorize(caller, "device", Verb::Create)?;
+        self.authorize_device(caller, Verb::Create, EventType::DeviceCreate)
+            .await?;
         if with_token.is_some() {
-            self.authorize(caller, "device", Verb::CreateEnrollToken)?;
+            self.authorize_device(
+                caller,
+                Verb::CreateEnrollToken,
+                EventType::DeviceTokenCreate,
+            )
+            .await?;
         }
         let now = OffsetDateTime::now_utc();
         let d = self.new_device(device, now);
@@ -346,7 +373,8 @@ impl AuthServer {
         edited: Device,
         expected_revision: i64,
     ) -> ApiResult<(Device, i64)> {
-        self.authorize(caller, "device", Verb::Update)?;
+        self.authorize_device(caller, Verb::Update, EventType::DeviceUpdate)
+            .await?;
         let id = edited.metadata.name.clone();
         let Some((current, rev)) = self.get_device(&id).await? else {
             return Err(ApiError::NotFound(format!("device {id:?} not found")));
@@ -434,7 +462,8 @@ impl AuthServer {
     }
 
     pub async fn delete_device(&self, caller: &Caller, r: &pb::DeviceRef) -> ApiResult<Device> {
-        self.authorize(caller, "device", Verb::Delete)?;
+        self.authorize_device(caller, Verb::Delete, EventType::DeviceDelete)
+            .await?;
         let (d, rev) = self.resolve_device(r).await?;
         let id = d.metadata.name.clone();
         let mut ops = index_deletes(&d);
@@ -475,7 +504,12 @@ impl AuthServer {
         r: &pb::DeviceRef,
         ttl: Duration,
     ) -> ApiResult<pb::DeviceEnrollToken> {
-        self.authorize(caller, "device", Verb::CreateEnrollToken)?;
+        self.authorize_device(
+            caller,
+            Verb::CreateEnrollToken,
+            EventType::DeviceTokenCreate,
+        )
+        .await?;
         let now = OffsetDateTime::now_utc();
         let (d, rev) = match self.resolve_device(r).await {
             Ok(x) => x,
@@ -565,7 +599,8 @@ impl AuthServer {
         caller: &Caller,
         items: Vec<String>,
     ) -> ApiResult<Vec<pb::BulkCreateStatus>> {
-        self.authorize(caller, "device", Verb::Create)?;
+        self.authorize_device(caller, Verb::Create, EventType::DeviceCreate)
+            .await?;
         if items.len() > MAX_BULK {
             return Err(ApiError::InvalidArgument(format!(
                 "at most {MAX_BULK} devices per request"
