@@ -28,6 +28,9 @@ pub struct Peer {
     pub identity: Option<Arc<dt_ca::Identity>>,
     /// That certificate, byte for byte (ceremonies compare in-band certificates with it).
     pub cert_der: Option<Arc<Vec<u8>>>,
+    /// Present when the client sent a node certificate issued by the host CA (a joined
+    /// SSH access point; see `nodes`).
+    pub node: Option<Arc<dt_ca::NodeIdentity>>,
 }
 
 pub fn tls_config(
@@ -127,10 +130,19 @@ pub async fn serve(
                 .as_deref()
                 .and_then(|d| peer_identity(&server, d))
                 .map(Arc::new);
+            let node = match (&identity, cert_der.as_deref()) {
+                (None, Some(d)) => server
+                    .host_ca
+                    .verify_node_client_cert(d, OffsetDateTime::now_utc())
+                    .ok()
+                    .map(Arc::new),
+                _ => None,
+            };
             let peer = Peer {
                 addr,
                 identity,
                 cert_der: cert_der.map(Arc::new),
+                node,
             };
             let svc =
                 hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {

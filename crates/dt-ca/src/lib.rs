@@ -35,15 +35,19 @@ mod authority;
 mod error;
 mod identity;
 mod key;
+mod node;
 pub mod pem;
 mod ssh;
+mod ssh_verify;
 mod x509;
 
 pub use authority::{CA_VALIDITY, CaKind, CertAuthority, SecretPem, StoredCa};
 pub use error::{CaError, Result};
 pub use identity::{DeviceExt, Identity, ssh_ext, x509_oid};
 pub use key::ClientKey;
+pub use node::{NODE_ROLE_OID, NodeIdentity};
 pub use ssh::parse_ssh_identity;
+pub use ssh_verify::{SshCertRefusal, SshUserCaKey};
 pub use x509::{BACKDATE, parse_x509_identity};
 
 /// The SSH certificate type, re-exported for callers.

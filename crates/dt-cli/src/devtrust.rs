@@ -48,6 +48,13 @@ enum Cmd {
         #[arg(long, short = 'c')]
         config: PathBuf,
     },
+    /// SSH access points: `devtrust node start`.
+    #[command(subcommand)]
+    Node(crate::node_cmd::NodeCmd),
+    /// sshd's AuthorizedPrincipalsCommand (%u %k %t): the devtrust decision for OpenSSH.
+    OpensshPrincipals(crate::node_cmd::PrincipalsArgs),
+    /// Print the sshd_config lines (and the CA file) for agentless OpenSSH access.
+    OpensshSetup(crate::node_cmd::SetupArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -61,6 +68,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", dt_auth::config::SAMPLE);
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Node(cmd) => crate::node_cmd::run_node(cmd),
+        Cmd::OpensshPrincipals(a) => crate::node_cmd::principals(a),
+        Cmd::OpensshSetup(a) => crate::node_cmd::setup(a),
         Cmd::Check { config } => {
             let c = Config::load(&config)?;
             println!(

@@ -77,6 +77,9 @@ enum Cmd {
     /// Join tokens for nodes and bots.
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Bots (machine users) and their join tokens.
+    #[command(subcommand)]
+    Bots(crate::dtctl_bots::BotsCmd),
     /// The audit log.
     #[command(subcommand)]
     Events(EventsCmd),
@@ -504,6 +507,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Users(cmd) => users(&g, cmd).await?,
         Cmd::Devices(cmd) => crate::dtctl_devices::run(&g, cmd).await?,
         Cmd::Tokens(cmd) => tokens(&g, cmd).await?,
+        Cmd::Bots(cmd) => crate::dtctl_bots::run(&g, cmd).await?,
         Cmd::Events(EventsCmd::Ls {
             since,
             kind,
@@ -703,7 +707,7 @@ async fn users(g: &Global, cmd: UsersCmd) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn proxy_hint(g: &Global) -> String {
+pub fn proxy_hint(g: &Global) -> String {
     if let Some(a) = &g.auth_server {
         return a.clone();
     }

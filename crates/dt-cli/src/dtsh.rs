@@ -51,6 +51,12 @@ enum Cmd {
         ttl: Option<Duration>,
         #[arg(long, value_enum, default_value_t)]
         format: Format,
+        /// Log in as a bot with a join token from `dtctl bots add` (no password).
+        #[arg(long, requires = "token")]
+        bot: bool,
+        /// The bot join token (with --bot).
+        #[arg(long, requires = "bot")]
+        token: Option<String>,
     },
     /// Forget all profiles, keys and certificates.
     Logout,
@@ -62,6 +68,15 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// List the SSH nodes that are online.
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Run a command or a shell on a node: dtsh ssh [LOGIN@]NODE [CMD...]
+    Ssh(crate::dtsh_ssh::SshArgs),
+    /// Print an ssh_config block so plain OpenSSH reaches the nodes with this profile.
+    Config,
 }
 
 pub fn main() -> ExitCode {
@@ -80,6 +95,16 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Login {
+            bot: true,
+            proxy,
+            token,
+            ca_pin,
+            insecure,
+            ttl,
+            format,
+            ..
+        } => crate::dtsh_ssh::bot_login(proxy, token, ca_pin, insecure, ttl, format).await,
+        Cmd::Login {
             proxy,
             user,
             signup_token,
@@ -88,6 +113,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             insecure,
             ttl,
             format,
+            ..
         } => {
             login(LoginArgs {
                 proxy,
@@ -111,6 +137,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Device(cmd) => crate::dtsh_device::run(cmd).await,
+        Cmd::Ls { format } => crate::dtsh_ssh::ls(format).await,
+        Cmd::Ssh(args) => crate::dtsh_ssh::ssh(args).await,
+        Cmd::Config => crate::dtsh_ssh::config().await,
         Cmd::Status { format } => {
             let store = ProfileStore::from_env();
             let profile = store.current()?;

@@ -5,6 +5,9 @@
 pub mod common;
 pub mod devtrust;
 pub mod dtctl;
+pub mod dtctl_bots;
 pub mod dtctl_devices;
 pub mod dtsh;
 pub mod dtsh_device;
+pub mod dtsh_ssh;
+pub mod node_cmd;

@@ -1,0 +1,897 @@
+//! The auth side of SSH access points (nodes) and bots: `NodeService`.
+//!
+//! - **Join**: a node presents a node join token (looked up by its SHA-256, like every join
+//!   token) and its public key; it gets an SSH host certificate and an X.509 client
+//!   certificate, both from the host CA, and the user CA it must trust. Node tokens are
+//!   **reusable until they expire** (one token can join a fleet, and a node that lost its
+//!   data dir can join again); `dtctl rm token/NAME` revokes one early. A name that is online
+//!   with another key is refused, so a second machine cannot silently take over a node name.
+//! - **Heartbeat**: the node's record under `/nodes/<name>` expires a few heartbeats later, so
+//!   `dtsh ls` lists only live nodes. Heartbeats are liveness, not changes: no audit event.
+//! - **WatchCluster**: a snapshot of what SSH decisions need (cluster auth preference, roles,
+//!   locks, as stored) and then every change, from [`dt_store::Backend::watch`], with a
+//!   keepalive every [`WATCH_KEEPALIVE`] so a node can tell a live view from a stale one.
+//! - **Audit**: nodes submit their session and access events; the auth service records the
+//!   submitting node as the event's `node` (a node cannot speak for another one) and accepts
+//!   only the event types a node produces.
+//! - **Bots**: `AddBot` creates a bot user and a bot join token in one transaction; a login
+//!   with that token (reusable until it expires) gets certificates marked `devtrust-bot`.
+//!
+//! Identity comes from the mTLS [`Peer`] only: [`Peer::node`] for nodes (host CA, node role),
+//! [`Peer::identity`] for users.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dt_proto::v1 as pb;
+use dt_proto::v1::node_service_server::NodeService;
+use dt_store::{Condition, EventKind, Op, StoreError, WatchEvent};
+use dt_types::audit::{AuditEvent, EventType};
+use dt_types::resource::{Resource, RoleSpec, TokenRole, TokenSpec, Traits, UserSpec};
+use dt_types::{AnyResource, Kind, User, Verb};
+use futures::Stream;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use time::OffsetDateTime;
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status};
+
+use crate::error::{ApiError, ApiResult};
+use crate::grpc::{Caller, random_token, sha256_hex};
+use crate::keys;
+use crate::listener::Peer;
+use crate::server::{AuthServer, LOCAL_ADMIN};
+
+/// Node records: `/nodes/<name>` → [`NodeRecord`] JSON, expiring without heartbeats.
+pub const NODES_PREFIX: &str = "/nodes/";
+/// How long node certificates (SSH host and X.509 client) are valid.
+pub const NODE_CERT_VALIDITY: time::Duration = time::Duration::days(365);
+/// How often a watch stream says "still here" when nothing changes.
+pub const WATCH_KEEPALIVE: Duration = Duration::from_secs(2);
+/// Bounds of a heartbeat's time to live.
+const MIN_HEARTBEAT_TTL: u64 = 3;
+const MAX_HEARTBEAT_TTL: u64 = 600;
+/// A node record before the first heartbeat.
+const JOIN_RECORD_TTL: time::Duration = time::Duration::seconds(60);
+/// Default lifetime of a bot join token.
+pub const DEFAULT_BOT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Event types a node may submit.
+const NODE_EVENTS: [EventType; 5] = [
+    EventType::SessionStart,
+    EventType::SessionEnd,
+    EventType::SessionTerminate,
+    EventType::Exec,
+    EventType::AccessDenied,
+];
+const MAX_EVENTS_PER_SUBMIT: usize = 1000;
+const MAX_EVENT_JSON: usize = 64 * 1024;
+
+fn node_key(name: &str) -> String {
+    format!("{NODES_PREFIX}{name}")
+}
+
+/// The prefixes a node watches: what an SSH access decision reads.
+pub fn watched_prefixes() -> Vec<String> {
+    vec![
+        keys::resource_prefix(Kind::ClusterAuthPreference),
+        keys::resource_prefix(Kind::Role),
+        keys::resource_prefix(Kind::Lock),
+    ]
+}
+
+/// A live node, as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    pub name: String,
+    pub addr: String,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub version: String,
+    /// Hex SHA-256 of the node key's SubjectPublicKeyInfo: who may use this name.
+    pub key_sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_heartbeat: OffsetDateTime,
+}
+
+#[derive(Clone)]
+pub struct GrpcNodes {
+    pub srv: Arc<AuthServer>,
+}
+
+fn peer_of<T>(req: &Request<T>) -> ApiResult<Peer> {
+    req.extensions()
+        .get::<Peer>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal("request without connection info"))
+}
+
+/// The joined node on the other end, or `Unauthenticated` with what to do.
+fn node_of(peer: &Peer) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
+    peer.node.clone().ok_or_else(|| {
+        ApiError::Unauthenticated(
+            "this call is for joined nodes (mutual TLS with the node certificate from `devtrust node start --token`)"
+                .into(),
+        )
+    })
+}
+
+fn to_json<T: Serialize>(v: &T) -> ApiResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(ApiError::internal)
+}
+
+fn invalid_join_token() -> ApiError {
+    ApiError::Unauthenticated(
+        "invalid or expired join token; ask an admin for a new one (`dtctl tokens add --type=node`)"
+            .into(),
+    )
+}
+
+fn invalid_bot_token() -> ApiError {
+    ApiError::Unauthenticated(
+        "invalid or expired bot token; ask an admin for a new one (`dtctl bots add NAME --roles=...`)"
+            .into(),
+    )
+}
+
+/// The node's SSH public key and TLS SubjectPublicKeyInfo must be the same P-256 key.
+/// Returns the SSH key and the hex SHA-256 of the SPKI.
+fn check_node_keys(
+    ssh_public_key: &str,
+    spki_der: &[u8],
+) -> ApiResult<(ssh_key::PublicKey, String)> {
+    let bad = |why: &str| ApiError::InvalidArgument(format!("node public key: {why}"));
+    let ssh = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
+        .map_err(|_| bad("not an OpenSSH public key"))?;
+    let Some(ssh_key::public::EcdsaPublicKey::NistP256(point)) = ssh.key_data().ecdsa() else {
+        return Err(bad("must be ECDSA P-256"));
+    };
+    let (rest, spki) = <x509_parser::x509::SubjectPublicKeyInfo as x509_parser::prelude::FromDer<
+        _,
+    >>::from_der(spki_der)
+    .map_err(|_| bad("TLS public key is not a SubjectPublicKeyInfo"))?;
+    if !rest.is_empty() {
+        return Err(bad("trailing bytes after the TLS public key"));
+    }
+    if spki.subject_public_key.data.as_ref() != point.as_bytes() {
+        return Err(bad("the SSH and TLS public keys differ"));
+    }
+    Ok((ssh, hex(&Sha256::digest(spki_der))))
+}
+
+/// Hex SHA-256 of the SubjectPublicKeyInfo of a certificate.
+fn cert_key_sha256(cert_der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    Some(hex(&Sha256::digest(cert.tbs_certificate.subject_pki.raw)))
+}
+
+fn check_labels(labels: &BTreeMap<String, String>) -> ApiResult<()> {
+    if labels.len() > 64 {
+        return Err(ApiError::InvalidArgument("at most 64 labels".into()));
+    }
+    for (k, v) in labels {
+        let ok_key = !k.is_empty()
+            && k.len() <= 63
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+        if !ok_key {
+            return Err(ApiError::InvalidArgument(format!(
+                "label key {k:?}: use letters, digits and - _ . / (at most 63)"
+            )));
+        }
+        if v.len() > 253 || v.chars().any(|c| c.is_control()) {
+            return Err(ApiError::InvalidArgument(format!(
+                "label {k}: value is too long or has control characters"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `HOST:PORT` → HOST (without brackets).
+fn addr_host(addr: &str) -> ApiResult<String> {
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| {
+        ApiError::InvalidArgument(format!("node address {addr:?}: use HOST:PORT"))
+    })?;
+    port.parse::<u16>()
+        .map_err(|_| ApiError::InvalidArgument(format!("node address {addr:?}: bad port")))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ApiError::InvalidArgument(format!(
+            "node address {addr:?}: bad host"
+        )));
+    }
+    Ok(host.to_string())
+}
+
+fn kind_of_key(key: &str) -> Option<(Kind, &str)> {
+    [Kind::ClusterAuthPreference, Kind::Role, Kind::Lock]
+        .into_iter()
+        .find_map(|k| {
+            key.strip_prefix(&keys::resource_prefix(k))
+                .map(|name| (k, name))
+        })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn now_ms() -> i64 {
+    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+impl AuthServer {
+    /// The live join token `token` for `role`, checked in constant time against its hash.
+    async fn find_join_token(
+        &self,
+        token: &str,
+        role: TokenRole,
+    ) -> ApiResult<Option<(Resource<TokenSpec>, i64)>> {
+        let hash = sha256_hex(token);
+        let Some(index) = self.backend.get(&keys::join_token_index(&hash)).await? else {
+            return Ok(None);
+        };
+        let name = String::from_utf8(index.value).map_err(ApiError::internal)?;
+        let Some((tok, rev)) = self.get_resource::<TokenSpec>(&name).await? else {
+            return Ok(None);
+        };
+        let same: bool = tok.spec.token_hash.as_bytes().ct_eq(hash.as_bytes()).into();
+        let live = tok
+            .metadata
+            .expires
+            .is_none_or(|e| e > OffsetDateTime::now_utc());
+        if !same || !live || !tok.spec.roles.contains(&role) {
+            return Ok(None);
+        }
+        Ok(Some((tok, rev)))
+    }
+
+    pub async fn join_node(
+        &self,
+        req: pb::JoinNodeRequest,
+        peer: &Peer,
+    ) -> ApiResult<pb::JoinNodeResponse> {
+        let remote = peer.addr.ip().to_string();
+        let name = req.name.trim().to_string();
+        let fail = |why: String| {
+            let remote = remote.clone();
+            let name = name.clone();
+            async move {
+                self.audit
+                    .emit(
+                        AuditEvent::new(EventType::NodeJoin, false, OffsetDateTime::now_utc())
+                            .user(if name.is_empty() {
+                                "unknown"
+                            } else {
+                                name.as_str()
+                            })
+                            .message(why)
+                            .remote_addr(remote),
+                    )
+                    .await
+                    .map_err(ApiError::from)
+            }
+        };
+        let limiter_key = format!("node-join@{remote}");
+        if let Err(wait) = self.login_failures.check(&limiter_key) {
+            fail("too many failed joins (rate limited)".into()).await?;
+            return Err(ApiError::TooMany(format!(
+                "too many failed joins from this address; try again in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
+        dt_types::resource::validate_name(&name)
+            .map_err(|e| ApiError::InvalidArgument(format!("node name: {e}")))?;
+        check_labels(
+            &req.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        )?;
+        let host = addr_host(&req.addr)?;
+        let (ssh_key, key_sha256) = check_node_keys(&req.ssh_public_key, &req.tls_public_key_der)?;
+        let Some((token, _)) = self.find_join_token(&req.token, TokenRole::Node).await? else {
+            self.login_failures.record_failure(&limiter_key);
+            fail("invalid or expired node join token".into()).await?;
+            return Err(invalid_join_token());
+        };
+        let key = node_key(&name);
+        let existing = self.backend.get(&key).await?;
+        if let Some(item) = &existing
+            && let Ok(rec) = serde_json::from_slice::<NodeRecord>(&item.value)
+            && rec.key_sha256 != key_sha256
+        {
+            fail(format!("node name {name:?} is online with another key")).await?;
+            return Err(ApiError::AlreadyExists(format!(
+                "a node named {name:?} is online with another key; stop it or pick another --name"
+            )));
+        }
+        let now = OffsetDateTime::now_utc();
+        let not_after = now + NODE_CERT_VALIDITY;
+        let mut principals = vec![name.clone(), format!("{name}.{}", self.cluster_name)];
+        if !principals.contains(&host) {
+            principals.push(host);
+        }
+        let host_cert = self
+            .host_ca
+            .issue_ssh_host_cert(&ssh_key, &name, &principals, not_after)
+            .map_err(ApiError::internal)?;
+        let tls_cert = self
+            .host_ca
+            .issue_node_client_cert(&req.tls_public_key_der, &name, not_after)
+            .map_err(ApiError::internal)?;
+        let record = NodeRecord {
+            name: name.clone(),
+            addr: req.addr.clone(),
+            labels: req
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            version: String::new(),
+            key_sha256,
+            last_heartbeat: now,
+        };
+        let condition = match &existing {
+            Some(item) => Condition::Revision(key.clone(), item.revision),
+            None => Condition::NotExists(key.clone()),
+        };
+        let mut event = AuditEvent::new(EventType::NodeJoin, true, now)
+            .user(&name)
+            .resource("token", token.name())
+            .message(format!("node {name:?} joined at {}", req.addr))
+            .remote_addr(&remote);
+        event.node = Some(name.clone());
+        match self
+            .audit
+            .write_with(
+                vec![condition],
+                vec![Op::Put {
+                    key,
+                    value: to_json(&record)?,
+                    expires: Some(now + JOIN_RECORD_TTL),
+                }],
+                event,
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::ConditionFailed { .. }) => {
+                return Err(ApiError::Conflict(format!(
+                    "node {name:?} changed meanwhile; try again"
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.login_failures.reset(&limiter_key);
+        Ok(pb::JoinNodeResponse {
+            ssh_host_cert: host_cert.to_openssh().map_err(ApiError::internal)?,
+            tls_cert_der: tls_cert,
+            user_ca_ssh_public_key: self.user_ca.ssh_public_key_openssh(),
+            user_ca_cert_der: self.user_ca.cert_der().to_vec(),
+            host_ca_cert_der: self.host_ca.cert_der().to_vec(),
+            host_ca_ssh_public_key: self.host_ca.ssh_public_key_openssh(),
+            cluster_name: self.cluster_name.clone(),
+            valid_until_unix: not_after.unix_timestamp(),
+        })
+    }
+
+    pub async fn node_heartbeat(
+        &self,
+        node: &dt_ca::NodeIdentity,
+        peer: &Peer,
+        req: pb::HeartbeatRequest,
+    ) -> ApiResult<()> {
+        let labels: BTreeMap<String, String> = req
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        check_labels(&labels)?;
+        addr_host(&req.addr)?;
+        let key_sha256 = peer
+            .cert_der
+            .as_deref()
+            .and_then(|d| cert_key_sha256(d))
+            .ok_or_else(|| ApiError::internal("node certificate without a key"))?;
+        let ttl = req.ttl_seconds.clamp(MIN_HEARTBEAT_TTL, MAX_HEARTBEAT_TTL);
+        let now = OffsetDateTime::now_utc();
+        let record = NodeRecord {
+            name: node.name.clone(),
+            addr: req.addr,
+            labels,
+            version: req.version,
+            key_sha256,
+            last_heartbeat: now,
+        };
+        self.backend
+            .put(
+                &node_key(&node.name),
+                to_json(&record)?,
+                Some(now + Duration::from_secs(ttl)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Live nodes, by name.
+    pub async fn list_nodes(&self) -> ApiResult<Vec<NodeRecord>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .backend
+                .range(NODES_PREFIX, cursor.as_deref(), 1000)
+                .await?;
+            for item in page.items {
+                match serde_json::from_slice::<NodeRecord>(&item.value) {
+                    Ok(r) => out.push(r),
+                    Err(e) => {
+                        tracing::warn!(key = %item.key, error = %e, "skipping unreadable node record")
+                    }
+                }
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => break,
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The stored documents under the watched prefixes, as they are stored.
+    async fn cluster_snapshot(&self) -> ApiResult<Vec<pb::ResourceJson>> {
+        let mut out = Vec::new();
+        for prefix in watched_prefixes() {
+            let mut cursor: Option<String> = None;
+            loop {
+                let page = self.backend.range(&prefix, cursor.as_deref(), 1000).await?;
+                for item in page.items {
+                    if let Some((kind, _)) = kind_of_key(&item.key) {
+                        out.push(pb::ResourceJson {
+                            kind: kind.as_str().into(),
+                            json: String::from_utf8_lossy(&item.value).into_owned(),
+                        });
+                    }
+                }
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Record events a node observed, as that node.
+    pub async fn submit_node_events(
+        &self,
+        node: &dt_ca::NodeIdentity,
+        peer: &Peer,
+        events: Vec<String>,
+    ) -> ApiResult<u32> {
+        if events.len() > MAX_EVENTS_PER_SUBMIT {
+            return Err(ApiError::InvalidArgument(format!(
+                "at most {MAX_EVENTS_PER_SUBMIT} events per call"
+            )));
+        }
+        let mut parsed = Vec::with_capacity(events.len());
+        for json in &events {
+            if json.len() > MAX_EVENT_JSON {
+                return Err(ApiError::InvalidArgument("audit event is too large".into()));
+            }
+            let mut e: AuditEvent = serde_json::from_str(json)
+                .map_err(|e| ApiError::InvalidArgument(format!("malformed audit event: {e}")))?;
+            if !NODE_EVENTS.contains(&e.event) {
+                return Err(ApiError::PermissionDenied(format!(
+                    "nodes may not submit {} events",
+                    e.event
+                )));
+            }
+            e.code = e.event.code(e.success);
+            e.node = Some(node.name.clone());
+            e.id.clear();
+            e.prev_hash.clear();
+            e.hash.clear();
+            parsed.push(e);
+        }
+        let n = parsed.len() as u32;
+        for e in parsed {
+            self.audit.emit(e).await?;
+        }
+        tracing::debug!(node = %node.name, from = %peer.addr, n, "node audit events recorded");
+        Ok(n)
+    }
+
+    /// `dtctl bots add`: a bot user and its join token, in one transaction.
+    pub async fn add_bot(
+        &self,
+        caller: &Caller,
+        req: pb::AddBotRequest,
+    ) -> ApiResult<pb::AddBotResponse> {
+        self.authorize(caller, "user", Verb::Create)?;
+        self.authorize(caller, "token", Verb::Create)?;
+        let name = req.name.trim().to_string();
+        if name == LOCAL_ADMIN {
+            return Err(ApiError::InvalidArgument(format!(
+                "{LOCAL_ADMIN:?} is a reserved name"
+            )));
+        }
+        if req.roles.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "give the bot at least one role with --roles".into(),
+            ));
+        }
+        for role in &req.roles {
+            if self.get_resource::<RoleSpec>(role).await?.is_none() {
+                return Err(ApiError::InvalidArgument(format!(
+                    "role {role:?} does not exist (see `dtctl get roles`)"
+                )));
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        let user: User = Resource::new(
+            name.clone(),
+            UserSpec {
+                roles: req.roles.clone(),
+                traits: Traits {
+                    logins: req.logins.clone(),
+                },
+                created_by: Some(caller.name().to_string()),
+                created_at: Some(now),
+                bot: true,
+            },
+        );
+        AnyResource::User(user.clone())
+            .validate()
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let ttl = if req.token_ttl_seconds == 0 {
+            DEFAULT_BOT_TOKEN_TTL
+        } else {
+            Duration::from_secs(req.token_ttl_seconds)
+        };
+        let token = random_token();
+        let hash = sha256_hex(&token);
+        let token_name = hash[..16].to_string();
+        let expires = now + ttl;
+        let mut tok: Resource<TokenSpec> = Resource::new(
+            token_name.clone(),
+            TokenSpec {
+                roles: vec![TokenRole::Bot],
+                bot_name: Some(name.clone()),
+                token_hash: hash.clone(),
+            },
+        );
+        tok.metadata.expires = Some(expires);
+        AnyResource::Token(tok.clone())
+            .validate()
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let user_key = keys::resource(Kind::User, &name);
+        let token_key = keys::resource(Kind::Token, &token_name);
+        let result = self
+            .audit
+            .write_with(
+                vec![
+                    Condition::NotExists(user_key.clone()),
+                    Condition::NotExists(token_key.clone()),
+                ],
+                vec![
+                    Op::Put {
+                        key: user_key,
+                        value: to_json(&user)?,
+                        expires: None,
+                    },
+                    Op::Put {
+                        key: token_key,
+                        value: to_json(&tok)?,
+                        expires: Some(expires),
+                    },
+                    Op::Put {
+                        key: keys::join_token_index(&hash),
+                        value: token_name.clone().into_bytes(),
+                        expires: Some(expires),
+                    },
+                ],
+                AuditEvent::new(EventType::UserCreate, true, now)
+                    .user(caller.name())
+                    .resource("user", &name)
+                    .message(format!(
+                        "bot with roles {}; join token {token_name}",
+                        req.roles.join(",")
+                    ))
+                    .remote_addr(caller.peer.addr.ip().to_string()),
+            )
+            .await;
+        match result {
+            Ok(_) => Ok(pb::AddBotResponse {
+                token,
+                token_name,
+                expires_unix: expires.unix_timestamp(),
+            }),
+            Err(StoreError::ConditionFailed { index: 0, .. }) => Err(ApiError::AlreadyExists(
+                format!("user {name:?} already exists; pick another bot name"),
+            )),
+            Err(StoreError::ConditionFailed { .. }) => {
+                Err(ApiError::Conflict("token collision; try again".into()))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A login with a bot join token (`dtsh login --bot --token=T`): certificates for the
+    /// token's bot user, marked as a bot.
+    pub async fn bot_login(
+        &self,
+        req: pb::LoginRequest,
+        peer: &Peer,
+    ) -> ApiResult<pb::LoginResponse> {
+        let remote = peer.addr.ip().to_string();
+        let limiter_key = format!("bot@{remote}");
+        let fail = |who: String, why: &'static str| {
+            let remote = remote.clone();
+            let limiter_key = limiter_key.clone();
+            async move {
+                self.login_failures.record_failure(&limiter_key);
+                self.audit
+                    .emit(
+                        AuditEvent::new(EventType::UserLogin, false, OffsetDateTime::now_utc())
+                            .user(who)
+                            .message(why)
+                            .remote_addr(remote),
+                    )
+                    .await
+                    .map_err(ApiError::from)
+            }
+        };
+        if let Err(wait) = self.login_failures.check(&limiter_key) {
+            return Err(ApiError::TooMany(format!(
+                "too many failed bot logins from this address; try again in {} s",
+                wait.as_secs().max(1)
+            )));
+        }
+        let wanted = req.username.trim().to_string();
+        let Some((token, _)) = self.find_join_token(&req.bot_token, TokenRole::Bot).await? else {
+            fail(
+                if wanted.is_empty() {
+                    "unknown".into()
+                } else {
+                    wanted
+                },
+                "invalid or expired bot token",
+            )
+            .await?;
+            return Err(invalid_bot_token());
+        };
+        let bot_name = token.spec.bot_name.clone().unwrap_or_default();
+        if !wanted.is_empty() && wanted != bot_name {
+            fail(wanted, "bot token issued for another bot").await?;
+            return Err(invalid_bot_token());
+        }
+        let user = match self.get_resource::<UserSpec>(&bot_name).await? {
+            Some((u, _)) if u.spec.bot => u,
+            _ => {
+                fail(bot_name, "bot token names no bot user").await?;
+                return Err(invalid_bot_token());
+            }
+        };
+        self.login_failures.reset(&limiter_key);
+        let ttl = (req.ttl_seconds > 0).then(|| Duration::from_secs(req.ttl_seconds));
+        let resp = self
+            .issue_user_certs(
+                &user,
+                &req.ssh_public_key,
+                &req.tls_public_key_der,
+                ttl,
+                &remote,
+            )
+            .await?;
+        self.audit
+            .emit(
+                AuditEvent::new(EventType::UserLogin, true, OffsetDateTime::now_utc())
+                    .user(user.name())
+                    .resource("token", token.name())
+                    .message("bot login with a join token")
+                    .remote_addr(&remote),
+            )
+            .await?;
+        Ok(resp)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeService for GrpcNodes {
+    async fn join_node(
+        &self,
+        req: Request<pb::JoinNodeRequest>,
+    ) -> Result<Response<pb::JoinNodeResponse>, Status> {
+        let peer = peer_of(&req)?;
+        Ok(Response::new(
+            self.srv.join_node(req.into_inner(), &peer).await?,
+        ))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let peer = peer_of(&req)?;
+        let node = node_of(&peer)?;
+        self.srv
+            .node_heartbeat(&node, &peer, req.into_inner())
+            .await?;
+        Ok(Response::new(pb::HeartbeatResponse {}))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        self.srv.caller(peer_of(&req)?).await?;
+        let nodes = self
+            .srv
+            .list_nodes()
+            .await?
+            .into_iter()
+            .map(|n| pb::NodeInfo {
+                name: n.name,
+                addr: n.addr,
+                labels: n.labels.into_iter().collect(),
+                version: n.version,
+                last_heartbeat_unix: n.last_heartbeat.unix_timestamp(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    type WatchClusterStream = WatchStream;
+
+    async fn watch_cluster(
+        &self,
+        req: Request<pb::WatchClusterRequest>,
+    ) -> Result<Response<Self::WatchClusterStream>, Status> {
+        let peer = peer_of(&req)?;
+        let node = node_of(&peer)?;
+        let srv = self.srv.clone();
+        // Watch first, then read: a change between the two arrives as a change after the
+        // snapshot, and applying it twice is harmless (puts replace, deletes remove).
+        let mut watcher = srv
+            .backend
+            .watch(watched_prefixes())
+            .await
+            .map_err(ApiError::from)?;
+        match watcher.recv().await {
+            Some(WatchEvent::Init { .. }) => {}
+            _ => {
+                return Err(Status::unavailable(
+                    "the auth service is shutting down; retry",
+                ));
+            }
+        }
+        let snapshot = srv.cluster_snapshot().await?;
+        let (tx, rx) = mpsc::channel::<Result<pb::ClusterEvent, Status>>(64);
+        tokio::spawn(async move {
+            let first = pb::ClusterEvent {
+                r#type: pb::cluster_event::Type::Snapshot as i32,
+                resources: snapshot,
+                server_time_unix_ms: now_ms(),
+                ..Default::default()
+            };
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            tracing::debug!(node = %node.name, "cluster watch started");
+            let mut keepalive = tokio::time::interval(WATCH_KEEPALIVE);
+            keepalive.tick().await;
+            loop {
+                let msg = tokio::select! {
+                    _ = tx.closed() => break,
+                    _ = keepalive.tick() => pb::ClusterEvent {
+                        r#type: pb::cluster_event::Type::Keepalive as i32,
+                        server_time_unix_ms: now_ms(),
+                        ..Default::default()
+                    },
+                    ev = watcher.recv() => match ev {
+                        None => {
+                            let _ = tx
+                                .send(Err(Status::unavailable("the cluster watch ended; reconnect")))
+                                .await;
+                            break;
+                        }
+                        Some(WatchEvent::Init { .. }) => continue,
+                        Some(WatchEvent::Change { kind, item }) => {
+                            let Some((k, name)) = kind_of_key(&item.key) else { continue };
+                            match kind {
+                                EventKind::Put => pb::ClusterEvent {
+                                    r#type: pb::cluster_event::Type::Put as i32,
+                                    resources: vec![pb::ResourceJson {
+                                        kind: k.as_str().into(),
+                                        json: String::from_utf8_lossy(&item.value).into_owned(),
+                                    }],
+                                    kind: k.as_str().into(),
+                                    name: name.to_string(),
+                                    server_time_unix_ms: now_ms(),
+                                },
+                                EventKind::Delete => pb::ClusterEvent {
+                                    r#type: pb::cluster_event::Type::Delete as i32,
+                                    kind: k.as_str().into(),
+                                    name: name.to_string(),
+                                    server_time_unix_ms: now_ms(),
+                                    ..Default::default()
+                                },
+                            }
+                        }
+                    },
+                };
+                if tx.send(Ok(msg)).await.is_err() {
+                    break;
+                }
+            }
+            tracing::debug!(node = %node.name, "cluster watch ended");
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn submit_audit_events(
+        &self,
+        req: Request<pb::SubmitAuditEventsRequest>,
+    ) -> Result<Response<pb::SubmitAuditEventsResponse>, Status> {
+        let peer = peer_of(&req)?;
+        let node = node_of(&peer)?;
+        let accepted = self
+            .srv
+            .submit_node_events(&node, &peer, req.into_inner().events)
+            .await?;
+        Ok(Response::new(pb::SubmitAuditEventsResponse { accepted }))
+    }
+
+    async fn add_bot(
+        &self,
+        req: Request<pb::AddBotRequest>,
+    ) -> Result<Response<pb::AddBotResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        Ok(Response::new(
+            self.srv.add_bot(&caller, req.into_inner()).await?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watched_keys_map_to_kinds() {
+        assert_eq!(
+            kind_of_key("/resources/lock/abc"),
+            Some((Kind::Lock, "abc"))
+        );
+        assert_eq!(
+            kind_of_key("/resources/cluster_auth_preference/cluster-auth-preference"),
+            Some((Kind::ClusterAuthPreference, "cluster-auth-preference"))
+        );
+        assert_eq!(kind_of_key("/resources/user/alice"), None);
+    }
+
+    #[test]
+    fn addresses_and_labels() {
+        assert_eq!(addr_host("127.0.0.1:3022").unwrap(), "127.0.0.1");
+        assert_eq!(addr_host("[::1]:22").unwrap(), "::1");
+        assert!(addr_host("nohost").is_err());
+        assert!(addr_host(":22").is_err());
+        let mut l = BTreeMap::new();
+        l.insert("env".to_string(), "prod".to_string());
+        assert!(check_labels(&l).is_ok());
+        l.insert("bad key".to_string(), "x".to_string());
+        assert!(check_labels(&l).is_err());
+    }
+}

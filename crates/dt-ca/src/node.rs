@@ -1,0 +1,277 @@
+//! Node (SSH access point) identities: an X.509 client certificate from the **host** CA, so a
+//! node can call the auth service over mutual TLS after it joined the cluster.
+//!
+//! Why the host CA: a node is a host, and the user CA must never vouch for anything but users
+//! (a user certificate is what grants access to nodes). The auth listener already trusts both
+//! CAs at the TLS layer; [`CertAuthority::verify_node_client_cert`] is what tells a node apart
+//! from the auth server's own TLS server certificate (same CA, `serverAuth` only) and from a
+//! user (other CA).
+//!
+//! Encoding: Subject CN = node name plus one attribute `ARC.2.1` (`2.25.<devtrust uuid>.2.1`)
+//! with the value `node`; extendedKeyUsage clientAuth; keyUsage digitalSignature; not a CA.
+
+use time::OffsetDateTime;
+use x509_parser::prelude::{FromDer as _, X509Certificate};
+
+use crate::asn1;
+use crate::authority::{CaKind, CertAuthority};
+use crate::error::{CaError, Result};
+use crate::identity::x509_oid;
+use crate::key;
+use crate::x509::{self, oid};
+
+/// `ARC.2.1`: the role of a host-CA client certificate (value `node`).
+pub const NODE_ROLE_OID: &str = "2.25.112976937590999683324659271999942156561.2.1";
+
+/// Content octets of [`NODE_ROLE_OID`].
+const NODE_ROLE_CONTENT: [u8; 22] = {
+    let mut out = [0u8; 22];
+    let mut i = 0;
+    while i < x509_oid::ARC_CONTENT.len() {
+        out[i] = x509_oid::ARC_CONTENT[i];
+        i += 1;
+    }
+    out[20] = 2;
+    out[21] = 1;
+    out
+};
+
+/// The value of the role attribute of a node certificate.
+const NODE_ROLE: &str = "node";
+
+/// What a verified node certificate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    /// The node's name (Subject CN), as it joined.
+    pub name: String,
+    /// Start of validity.
+    pub not_before: OffsetDateTime,
+    /// End of validity.
+    pub not_after: OffsetDateTime,
+}
+
+impl CertAuthority {
+    /// Issues a node's X.509 client certificate (DER) for `subject_spki_der` (a P-256
+    /// SubjectPublicKeyInfo) from the host CA, valid from the CA's own NotBefore through
+    /// `not_after`.
+    pub fn issue_node_client_cert(
+        &self,
+        subject_spki_der: &[u8],
+        node_name: &str,
+        not_after: OffsetDateTime,
+    ) -> Result<Vec<u8>> {
+        self.require_kind("issuing a node client certificate", CaKind::Host)?;
+        key::point_from_spki(subject_spki_der)?;
+        if node_name.is_empty() || node_name.chars().any(char::is_control) {
+            return Err(CaError::InvalidIdentity(format!(
+                "node name {node_name:?} is invalid"
+            )));
+        }
+        let not_before = self.not_before;
+        if not_after <= not_before {
+            return Err(CaError::InvalidIdentity(
+                "not_after must be later than not_before".into(),
+            ));
+        }
+        let subject = x509::name(&[
+            (&oid::COMMON_NAME, node_name),
+            (&NODE_ROLE_CONTENT, NODE_ROLE),
+        ]);
+        let extensions = vec![
+            x509::extension(&oid::BASIC_CONSTRAINTS, true, &asn1::sequence(&[])),
+            x509::extension(
+                &oid::KEY_USAGE,
+                true,
+                &asn1::named_bits(&[x509::KU_DIGITAL_SIGNATURE]),
+            ),
+            x509::extension(
+                &oid::EXT_KEY_USAGE,
+                false,
+                &asn1::sequence(&[&asn1::oid(&oid::KP_CLIENT_AUTH)]),
+            ),
+            x509::extension(
+                &oid::AUTHORITY_KEY_IDENTIFIER,
+                false,
+                &asn1::sequence(&[&asn1::tlv(asn1::implicit(0), &self.key_id)]),
+            ),
+        ];
+        let serial = x509::random_serial(&self.key)?;
+        let tbs = x509::tbs_certificate(&x509::TbsSpec {
+            serial: &serial,
+            issuer: &self.subject_der,
+            not_before: x509::whole_seconds(not_before),
+            not_after: x509::whole_seconds(not_after),
+            subject: &subject,
+            spki: subject_spki_der,
+            extensions: &extensions,
+        })?;
+        x509::sign_certificate(&self.key, &tbs)
+    }
+
+    /// Checks that `der` is a node client certificate this (host) CA signed, valid at `now`,
+    /// and returns the node identity. A TLS server certificate of the same CA, a user
+    /// certificate or a CA certificate is refused.
+    pub fn verify_node_client_cert(&self, der: &[u8], now: OffsetDateTime) -> Result<NodeIdentity> {
+        self.require_kind("verifying a node client certificate", CaKind::Host)?;
+        let bad = |reason: &str| CaError::malformed("x509 certificate", reason);
+        let (rest, cert) = X509Certificate::from_der(der)
+            .map_err(|e| CaError::malformed("x509 certificate", e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(bad("trailing bytes"));
+        }
+        let signed_by_us = cert.issuer().as_raw() == self.subject_der.as_slice()
+            && cert.signature_algorithm.algorithm.as_bytes() == oid::ECDSA_WITH_SHA256
+            && cert.signature_algorithm.parameters.is_none()
+            && cert.tbs_certificate.signature == cert.signature_algorithm
+            && cert.signature_value.unused_bits == 0
+            && key::verify_asn1(
+                self.key.point(),
+                cert.tbs_certificate.as_ref(),
+                &cert.signature_value.data,
+            );
+        if !signed_by_us {
+            return Err(CaError::NotIssuedByCa(self.kind));
+        }
+        if cert.is_ca() {
+            return Err(CaError::WrongUsage(
+                "a ca certificate is not an identity".into(),
+            ));
+        }
+        let eku = cert
+            .extended_key_usage()
+            .map_err(|e| CaError::malformed("x509 certificate", e.to_string()))?;
+        if !eku.is_some_and(|e| e.value.client_auth) {
+            return Err(CaError::WrongUsage(
+                "certificate lacks the client-auth extended key usage of a node".into(),
+            ));
+        }
+        let mut name = None;
+        let mut role = None;
+        for attr in cert.subject().iter_attributes() {
+            let oid_bytes = attr.attr_type().as_bytes();
+            let is_cn = oid_bytes == oid::COMMON_NAME;
+            let is_role = oid_bytes == NODE_ROLE_CONTENT;
+            if !is_cn && !is_role {
+                if oid_bytes.starts_with(&x509_oid::ARC_CONTENT) {
+                    return Err(bad("unknown devtrust attribute in a node certificate"));
+                }
+                continue;
+            }
+            let value = std::str::from_utf8(attr.attr_value().data)
+                .map_err(|_| bad("attribute is not valid utf-8"))?
+                .to_owned();
+            let slot = if is_cn { &mut name } else { &mut role };
+            if slot.replace(value).is_some() {
+                return Err(bad("duplicate attribute in a node certificate"));
+            }
+        }
+        if role.as_deref() != Some(NODE_ROLE) {
+            return Err(CaError::WrongUsage("not a node certificate".into()));
+        }
+        let name = name.ok_or_else(|| bad("no subject common name"))?;
+        let validity = cert.validity();
+        let (not_before, not_after) = (
+            validity.not_before.to_datetime(),
+            validity.not_after.to_datetime(),
+        );
+        // RFC 5280 §4.1.2.5: valid from notBefore through notAfter, both inclusive.
+        if now < not_before {
+            return Err(CaError::NotYetValid { not_before });
+        }
+        if now > not_after {
+            return Err(CaError::Expired { not_after });
+        }
+        Ok(NodeIdentity {
+            name,
+            not_before,
+            not_after,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    #[test]
+    fn oid_constant_agrees_with_its_dotted_form() {
+        let arcs: Vec<u128> = NODE_ROLE_OID
+            .split('.')
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(asn1::oid_content(&arcs).unwrap(), NODE_ROLE_CONTENT);
+    }
+
+    #[test]
+    fn node_cert_round_trips_and_is_refused_elsewhere() {
+        let host = host_ca();
+        let key = client_key();
+        let der = host
+            .issue_node_client_cert(&key.spki_der(), "node-1", NOW + time::Duration::days(30))
+            .unwrap();
+        let id = host.verify_node_client_cert(&der, NOW).unwrap();
+        assert_eq!(id.name, "node-1");
+        // Expired, or from another host CA.
+        assert!(matches!(
+            host.verify_node_client_cert(&der, NOW + time::Duration::days(31)),
+            Err(CaError::Expired { .. })
+        ));
+        assert!(matches!(
+            host_ca().verify_node_client_cert(&der, NOW),
+            Err(CaError::NotIssuedByCa(CaKind::Host))
+        ));
+        // The user CA never issues or accepts node certificates.
+        assert!(matches!(
+            user_ca().issue_node_client_cert(&key.spki_der(), "n", NOW + time::Duration::days(1)),
+            Err(CaError::WrongCaKind { .. })
+        ));
+        assert!(user_ca().verify_x509_issued_by(&der, NOW).is_err());
+        // The host CA's TLS server certificate is not a node identity.
+        let server = host
+            .issue_tls_server_cert(
+                &key.spki_der(),
+                &["localhost".into()],
+                &[],
+                NOW + time::Duration::days(1),
+            )
+            .unwrap();
+        assert!(matches!(
+            host.verify_node_client_cert(&server, NOW),
+            Err(CaError::WrongUsage(_))
+        ));
+        // A user certificate is not one either.
+        let user = user_ca()
+            .issue_x509_client_cert(&key.spki_der(), &alice())
+            .unwrap();
+        assert!(host.verify_node_client_cert(&user, NOW).is_err());
+        // Nor is a node certificate a user identity.
+        assert!(crate::parse_x509_identity(&der).is_err());
+    }
+
+    #[test]
+    fn webpki_accepts_it_as_a_client_certificate() {
+        let host = host_ca();
+        let key = client_key();
+        let der = host
+            .issue_node_client_cert(&key.spki_der(), "node-1", NOW + time::Duration::days(30))
+            .unwrap();
+        let ca = rustls_pki_types::CertificateDer::from(host.cert_der().to_vec());
+        let anchor = webpki::anchor_from_trusted_cert(&ca).unwrap();
+        let ee_der = rustls_pki_types::CertificateDer::from(der);
+        let ee = webpki::EndEntityCert::try_from(&ee_der).unwrap();
+        let now = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(
+            u64::try_from(NOW.unix_timestamp()).unwrap(),
+        ));
+        ee.verify_for_usage(
+            &[webpki::ring::ECDSA_P256_SHA256],
+            &[anchor],
+            &[],
+            now,
+            webpki::KeyUsage::client_auth(),
+            None,
+            None,
+        )
+        .unwrap();
+    }
+}

@@ -1,0 +1,184 @@
+//! A joined node's identity in its data directory, all files `0600` in a `0700` directory:
+//!
+//! ```text
+//! DATA_DIR/node.json             name, cluster, auth server, how to trust it, validity
+//! DATA_DIR/key.pem               the node key (PKCS#8): SSH host key and TLS client key
+//! DATA_DIR/ssh_host_cert.pub     SSH host certificate (host CA)
+//! DATA_DIR/tls.crt               X.509 client certificate (host CA, node role)
+//! DATA_DIR/user-ca.pub           the user CA's SSH key: sshd's TrustedUserCAKeys
+//! DATA_DIR/host-ca.pem           the host CA certificate
+//! DATA_DIR/cluster-view.json     the cached cluster view (OpenSSH mode)
+//! ```
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use dt_ca::ClientKey;
+use dt_client::TrustPolicy;
+use serde::{Deserialize, Serialize};
+
+use crate::error::NodeError;
+
+/// What `node.json` holds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeMeta {
+    pub name: String,
+    pub cluster: String,
+    pub auth_server: String,
+    /// Pin of the auth server's CA (`sha256:...`); empty with `insecure`.
+    pub ca_pin: String,
+    #[serde(default)]
+    pub insecure: bool,
+    pub valid_until_unix: i64,
+}
+
+impl NodeMeta {
+    pub fn trust(&self) -> TrustPolicy {
+        if self.insecure {
+            TrustPolicy::Insecure
+        } else {
+            TrustPolicy::Pin(self.ca_pin.clone())
+        }
+    }
+}
+
+/// A node's identity, loaded.
+pub struct NodeIdentity {
+    pub meta: NodeMeta,
+    pub key: ClientKey,
+    pub ssh_host_cert: ssh_key::Certificate,
+    pub tls_cert_der: Vec<u8>,
+    pub user_ca_ssh: String,
+    pub host_ca_der: Vec<u8>,
+}
+
+/// The paths of a data directory.
+#[derive(Clone, Debug)]
+pub struct DataDir {
+    pub dir: PathBuf,
+}
+
+impl DataDir {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DataDir { dir: dir.into() }
+    }
+    pub fn meta(&self) -> PathBuf {
+        self.dir.join("node.json")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.join("key.pem")
+    }
+    pub fn ssh_host_cert(&self) -> PathBuf {
+        self.dir.join("ssh_host_cert.pub")
+    }
+    pub fn tls_cert(&self) -> PathBuf {
+        self.dir.join("tls.crt")
+    }
+    pub fn user_ca(&self) -> PathBuf {
+        self.dir.join("user-ca.pub")
+    }
+    pub fn host_ca(&self) -> PathBuf {
+        self.dir.join("host-ca.pem")
+    }
+    pub fn view_cache(&self) -> PathBuf {
+        self.dir.join("cluster-view.json")
+    }
+
+    pub fn exists(&self) -> bool {
+        self.meta().exists()
+    }
+
+    /// Create the directory (0700) if needed, and tighten it if it is open to others.
+    pub fn ensure(&self) -> Result<(), NodeError> {
+        let io = |e| NodeError::io(&self.dir, e);
+        if !self.dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)
+                .map_err(io)?;
+        }
+        let mode = std::fs::metadata(&self.dir)
+            .map_err(io)?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            std::fs::set_permissions(&self.dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io)?;
+        }
+        Ok(())
+    }
+
+    pub fn save(&self, id: &NodeIdentity) -> Result<(), NodeError> {
+        self.ensure()?;
+        let meta = serde_json::to_vec_pretty(&id.meta)
+            .map_err(|e| NodeError::Corrupt(format!("node.json: {e}")))?;
+        write_private(&self.key(), id.key.to_pkcs8_pem().as_bytes())?;
+        let cert = id
+            .ssh_host_cert
+            .to_openssh()
+            .map_err(|e| NodeError::Corrupt(format!("host certificate: {e}")))?;
+        write_private(&self.ssh_host_cert(), format!("{cert}\n").as_bytes())?;
+        write_private(
+            &self.tls_cert(),
+            dt_ca::pem::to_pem("CERTIFICATE", &id.tls_cert_der).as_bytes(),
+        )?;
+        write_private(
+            &self.user_ca(),
+            format!("{}\n", id.user_ca_ssh.trim()).as_bytes(),
+        )?;
+        write_private(
+            &self.host_ca(),
+            dt_ca::pem::to_pem("CERTIFICATE", &id.host_ca_der).as_bytes(),
+        )?;
+        // Last, so a crash halfway leaves no node.json pointing at missing files.
+        write_private(&self.meta(), &meta)
+    }
+
+    pub fn load(&self) -> Result<NodeIdentity, NodeError> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| NodeError::io(p, e));
+        let corrupt = |p: &Path, e: &dyn std::fmt::Display| {
+            NodeError::Corrupt(format!(
+                "{}: {e}; remove the data dir and join again",
+                p.display()
+            ))
+        };
+        let meta: NodeMeta =
+            serde_json::from_str(&read(&self.meta())?).map_err(|e| corrupt(&self.meta(), &e))?;
+        let key =
+            ClientKey::from_pkcs8_pem(&read(&self.key())?).map_err(|e| corrupt(&self.key(), &e))?;
+        let ssh_host_cert = ssh_key::Certificate::from_openssh(read(&self.ssh_host_cert())?.trim())
+            .map_err(|e| corrupt(&self.ssh_host_cert(), &e))?;
+        let tls_cert_der = dt_ca::pem::parse_cert_pem(&read(&self.tls_cert())?)
+            .map_err(|e| corrupt(&self.tls_cert(), &e))?;
+        let user_ca_ssh = read(&self.user_ca())?.trim().to_string();
+        let host_ca_der = dt_ca::pem::parse_cert_pem(&read(&self.host_ca())?)
+            .map_err(|e| corrupt(&self.host_ca(), &e))?;
+        Ok(NodeIdentity {
+            meta,
+            key,
+            ssh_host_cert,
+            tls_cert_der,
+            user_ca_ssh,
+            host_ca_der,
+        })
+    }
+}
+
+/// Write a file readable only by its owner, atomically (temp file, then rename).
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
+    let io = |e| NodeError::io(path, e);
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io)?;
+    f.write_all(bytes).map_err(io)?;
+    f.sync_all().map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
