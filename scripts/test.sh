@@ -11,3 +11,5 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "==> cargo test"
 cargo test --workspace --all-features
+echo "==> scripts/demo.sh (the seeds' getting-started guide, end to end)"
+scripts/demo.sh

@@ -435,7 +435,18 @@ impl Serialize for DeviceTrustMode {
 
 impl<'de> Deserialize<'de> for DeviceTrustMode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(DeviceTrustMode::parse(&String::deserialize(d)?))
+        // YAML 1.1 reads an unquoted `off` as the boolean false; accept it as `off`.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Text(String),
+            Flag(bool),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Text(s) => DeviceTrustMode::parse(&s),
+            Raw::Flag(false) => DeviceTrustMode::Off,
+            Raw::Flag(true) => DeviceTrustMode::Unknown("true".into()),
+        })
     }
 }
 
@@ -936,6 +947,17 @@ spec: {roles: [access, editor], traits: {logins: [root]}}
             ..Default::default()
         };
         assert_eq!(t.to_string(), "Device:\"abc\"");
+    }
+
+    #[test]
+    fn unquoted_yaml_off_means_off() {
+        let text = "kind: role\nversion: v7\nmetadata: {name: r}\nspec: {options: {device_trust_mode: off}}";
+        let AnyResource::Role(r) = AnyResource::parse_documents(text).unwrap().remove(0) else {
+            panic!("not a role")
+        };
+        assert_eq!(r.spec.options.device_trust_mode, Some(DeviceTrustMode::Off));
+        let on = "kind: role\nversion: v7\nmetadata: {name: r}\nspec: {options: {device_trust_mode: on}}";
+        assert!(AnyResource::parse_documents(on).is_err(), "`on` is not a mode");
     }
 
     #[test]
