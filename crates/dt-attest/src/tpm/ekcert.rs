@@ -59,10 +59,30 @@ fn parse_der(der: &[u8]) -> Result<X509Certificate<'_>, String> {
         ));
     }
     match X509Certificate::from_der(der) {
+        // RFC 5280 §4.1.1.2: signatureAlgorithm MUST equal the signed tbsCertificate's
+        // `signature` field. The outer one is not signed, so a mismatch is a certificate
+        // someone altered after issue (found by fuzzing the EK-certificate path).
+        Ok(([], cert))
+            if !same_algorithm(&cert.signature_algorithm, &cert.tbs_certificate.signature) =>
+        {
+            Err("signatureAlgorithm differs from the signed tbsCertificate signature field".into())
+        }
         Ok(([], cert)) => Ok(cert),
         Ok((rest, _)) => Err(format!("{} bytes after the certificate", rest.len())),
         Err(e) => Err(e.to_string()),
     }
+}
+
+fn same_algorithm(
+    a: &x509_parser::x509::AlgorithmIdentifier<'_>,
+    b: &x509_parser::x509::AlgorithmIdentifier<'_>,
+) -> bool {
+    a.algorithm == b.algorithm
+        && match (&a.parameters, &b.parameters) {
+            (None, None) => true,
+            (Some(x), Some(y)) => x.tag() == y.tag() && x.data.as_ref() == y.data.as_ref(),
+            _ => false,
+        }
 }
 
 /// Parses an EK certificate (DER) on its own: what a fuzz target and the corpus replay drive.
