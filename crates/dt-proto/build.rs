@@ -1,7 +1,11 @@
 //! Compile the protos with protox (pure Rust), so no system `protoc` is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/devtrust.proto", "proto/devices.proto", "proto/nodes.proto"];
+    let files = [
+        "proto/devtrust.proto",
+        "proto/devices.proto",
+        "proto/nodes.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

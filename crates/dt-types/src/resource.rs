@@ -957,7 +957,10 @@ spec: {roles: [access, editor], traits: {logins: [root]}}
         };
         assert_eq!(r.spec.options.device_trust_mode, Some(DeviceTrustMode::Off));
         let on = "kind: role\nversion: v7\nmetadata: {name: r}\nspec: {options: {device_trust_mode: on}}";
-        assert!(AnyResource::parse_documents(on).is_err(), "`on` is not a mode");
+        assert!(
+            AnyResource::parse_documents(on).is_err(),
+            "`on` is not a mode"
+        );
     }
 
     #[test]

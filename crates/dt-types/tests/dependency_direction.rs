@@ -7,8 +7,15 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::process::Command;
 
 const PURE: [&str; 5] = ["dt-types", "dt-attest", "dt-ceremony", "dt-authz", "dt-ca"];
-const FORBIDDEN_IN_PURE: [&str; 7] =
-    ["tokio", "tonic", "axum", "hyper", "rusqlite", "tokio-postgres", "tss-esapi"];
+const FORBIDDEN_IN_PURE: [&str; 7] = [
+    "tokio",
+    "tonic",
+    "axum",
+    "hyper",
+    "rusqlite",
+    "tokio-postgres",
+    "tss-esapi",
+];
 const SERVER: [&str; 2] = ["dt-auth", "dt-store"];
 
 struct Graph {
@@ -20,17 +27,32 @@ struct Graph {
 
 fn graph() -> Graph {
     let out = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--all-features", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--all-features",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
-    assert!(out.status.success(), "cargo metadata failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "cargo metadata failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("metadata is JSON");
     let names = v["packages"]
         .as_array()
         .expect("packages")
         .iter()
-        .map(|p| (p["id"].as_str().unwrap().to_string(), p["name"].as_str().unwrap().to_string()))
+        .map(|p| {
+            (
+                p["id"].as_str().unwrap().to_string(),
+                p["name"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     let deps = v["resolve"]["nodes"]
         .as_array()
@@ -41,7 +63,13 @@ fn graph() -> Graph {
                 .as_array()
                 .unwrap()
                 .iter()
-                .filter(|d| d["dep_kinds"].as_array().unwrap().iter().any(|k| k["kind"].is_null()))
+                .filter(|d| {
+                    d["dep_kinds"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|k| k["kind"].is_null())
+                })
                 .map(|d| d["pkg"].as_str().unwrap().to_string())
                 .collect();
             (n["id"].as_str().unwrap().to_string(), normal)
@@ -52,8 +80,14 @@ fn graph() -> Graph {
 
 /// Every package name reachable from `root` through normal dependencies.
 fn closure(g: &Graph, root: &str) -> BTreeSet<String> {
-    let start = g.names.iter().find(|(_, n)| n.as_str() == root).map(|(id, _)| id.clone());
-    let Some(start) = start else { panic!("{root} is not in the workspace") };
+    let start = g
+        .names
+        .iter()
+        .find(|(_, n)| n.as_str() == root)
+        .map(|(id, _)| id.clone());
+    let Some(start) = start else {
+        panic!("{root} is not in the workspace")
+    };
     let mut seen = BTreeSet::new();
     let mut queue = VecDeque::from([start]);
     while let Some(id) = queue.pop_front() {
@@ -71,8 +105,14 @@ fn pure_crates_stay_pure() {
     let g = graph();
     for krate in PURE {
         let reach = closure(&g, krate);
-        let bad: Vec<_> = FORBIDDEN_IN_PURE.iter().filter(|f| reach.contains(**f)).collect();
-        assert!(bad.is_empty(), "{krate} reaches {bad:?}: pure crates must not do I/O");
+        let bad: Vec<_> = FORBIDDEN_IN_PURE
+            .iter()
+            .filter(|f| reach.contains(**f))
+            .collect();
+        assert!(
+            bad.is_empty(),
+            "{krate} reaches {bad:?}: pure crates must not do I/O"
+        );
     }
 }
 
