@@ -270,12 +270,12 @@ fn ssh_lock_message() {
         ..Default::default()
     });
     let d = ssh(
-        &[access.clone()],
+        std::slice::from_ref(&access),
         &labels,
         &DeviceTrustMode::Optional,
         true,
         Principal::Human,
-        &[l.clone()],
+        std::slice::from_ref(&l),
     );
     let Decision::Deny(reason) = d else {
         panic!("lock ignored")

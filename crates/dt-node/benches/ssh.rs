@@ -384,7 +384,15 @@ fn check_costs(cluster: &Cluster) {
     );
 }
 
-async fn lock_to_termination(cluster: &Cluster, node: &Node, trials: usize) {
+/// `locker` makes the locks; `cluster` issued the users' certificates and `node` follows it.
+/// Both are the same auth server, or two auth servers sharing one PostgreSQL database.
+async fn lock_to_termination(
+    cluster: &Cluster,
+    locker: &Cluster,
+    node: &Node,
+    trials: usize,
+    label: &str,
+) {
     let mut lat = Vec::with_capacity(trials);
     for i in 0..trials {
         let user = format!("victim-{i}");
@@ -400,7 +408,7 @@ async fn lock_to_termination(cluster: &Cluster, node: &Node, trials: usize) {
             }
         }
         let t0 = Instant::now();
-        cluster
+        locker
             .apply(&format!("kind: lock\nversion: v2\nmetadata: {{name: lock-{i}}}\nspec:\n  target: {{user: {user}}}\n"))
             .await;
         loop {
@@ -417,7 +425,7 @@ async fn lock_to_termination(cluster: &Cluster, node: &Node, trials: usize) {
     }
     lat.sort();
     println!(
-        "\nLock to termination of a live session ({trials} trials, `dtctl lock` API call to channel close): p50 {}, p99 {}, max {}",
+        "\nLock to termination of a live session, {label} ({trials} trials, lock API call to channel close): p50 {}, p99 {}, max {}",
         ms(pct(&lat, 0.5)),
         ms(pct(&lat, 0.99)),
         ms(*lat.last().unwrap())
@@ -580,5 +588,49 @@ async fn main() {
     }
     drop(keep);
     check_costs(&cluster);
-    lock_to_termination(&cluster, &node, trials).await;
+    lock_to_termination(
+        &cluster,
+        &cluster,
+        &node,
+        trials,
+        "one auth server on SQLite",
+    )
+    .await;
+    drop(node);
+
+    // Two auth servers on one fresh PostgreSQL database: the node follows A, the locks are
+    // made on B and reach A through LISTEN/NOTIFY.
+    let base = std::env::var("DEVTRUST_TEST_PG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "host=127.0.0.1 port=5432 user=postgres".to_string());
+    let db = format!("dt_bench_locks_{}", uuid::Uuid::new_v4().simple());
+    let admin = |sql: String| {
+        let base = base.clone();
+        async move {
+            let (c, conn) =
+                tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls)
+                    .await
+                    .expect("PostgreSQL reachable (DEVTRUST_TEST_PG)");
+            tokio::spawn(conn);
+            c.batch_execute(&sql).await.expect("admin sql");
+        }
+    };
+    admin(format!("CREATE DATABASE \"{db}\"")).await;
+    let conn = format!("{base} dbname={db}");
+    let mut a = Cluster::start_on(Some(conn.clone())).await;
+    let mut b = Cluster::start_on(Some(conn)).await;
+    let node = Node::start(&a, "node-pg", &[]).await;
+    lock_to_termination(
+        &a,
+        &b,
+        &node,
+        trials,
+        "two auth servers on PostgreSQL (lock made on the other one)",
+    )
+    .await;
+    drop(node);
+    a.stop().await;
+    b.stop().await;
+    admin(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await;
 }

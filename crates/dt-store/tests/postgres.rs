@@ -3,6 +3,8 @@
 //! `DEVTRUST_TEST_PG` gives another libpq-style base string (without `dbname`). An
 //! unreachable server fails the tests; it does not skip them.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,5 +1,7 @@
 //! The conformance suite on a SQLite file in a temporary directory, plus SQLite specifics.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::Arc;
 
 use dt_store::conformance::{Env, Factory, Failure, fast_tuning};

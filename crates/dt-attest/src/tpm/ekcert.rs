@@ -80,7 +80,7 @@ fn same_algorithm(
     a.algorithm == b.algorithm
         && match (&a.parameters, &b.parameters) {
             (None, None) => true,
-            (Some(x), Some(y)) => x.tag() == y.tag() && x.data.as_ref() == y.data.as_ref(),
+            (Some(x), Some(y)) => x.tag() == y.tag() && x.data == y.data,
             _ => false,
         }
 }
