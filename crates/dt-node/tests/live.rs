@@ -553,7 +553,8 @@ async fn a_lock_made_on_another_auth_server_ends_the_session() {
     let mut b = Cluster::start_on(Some(db.conn())).await;
     assert_eq!(a.pin(), b.pin(), "one cluster, one CA");
     let node = Node::start(&a, "node1", &[]).await;
-    let u = a.user(&TestUser::human("vera", &["access"]));
+    let u = a.user(&TestUser::human("vera", &["access"]).with_device());
+    let dev = device().device_id;
     let conn = node.connect(&u, "root").await.unwrap();
     let mut ch = conn.open_session().await.unwrap();
     ch.exec(true, "sleep 30").await.unwrap();
@@ -565,8 +566,11 @@ async fn a_lock_made_on_another_auth_server_ends_the_session() {
         }
     }
     let t0 = Instant::now();
-    b.apply("kind: lock\nversion: v2\nmetadata: {name: from-b}\nspec:\n  target: {user: vera}\n")
-        .await;
+    // A device lock, made on the other auth server.
+    b.apply(&format!(
+        "kind: lock\nversion: v2\nmetadata: {{name: from-b}}\nspec:\n  target: {{device: {dev}}}\n"
+    ))
+    .await;
     while let Some(msg) = tokio::time::timeout(Duration::from_secs(5), ch.wait())
         .await
         .expect("terminated")
@@ -577,8 +581,11 @@ async fn a_lock_made_on_another_auth_server_ends_the_session() {
     }
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(1), "terminated after {took:?}");
-    a.wait_event(EventType::SessionTerminate, "lock targeting User:\"vera\"")
-        .await;
+    a.wait_event(
+        EventType::SessionTerminate,
+        &format!("lock targeting Device:\"{dev}\""),
+    )
+    .await;
     drop(conn);
     drop(node);
     a.stop().await;
