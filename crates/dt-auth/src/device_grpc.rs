@@ -24,6 +24,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::devices::{device_info, device_json, parse_device};
 use crate::error::{ApiError, ApiResult};
 use crate::grpc::Caller;
+use crate::grpc::peer_of;
 use crate::keys;
 use crate::listener::Peer;
 use crate::server::AuthServer;
@@ -37,13 +38,6 @@ pub struct GrpcDevices {
 }
 
 type CeremonyStream = Pin<Box<dyn Stream<Item = Result<pb::CeremonyMessage, Status>> + Send>>;
-
-fn peer_of<T>(req: &Request<T>) -> ApiResult<Peer> {
-    req.extensions()
-        .get::<Peer>()
-        .cloned()
-        .ok_or_else(|| ApiError::internal("request without connection info"))
-}
 
 pub fn status_for(code: ErrorCode, msg: String) -> Status {
     match code {

@@ -60,7 +60,7 @@ fn hex_lower(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn peer_of<T>(req: &Request<T>) -> ApiResult<Peer> {
+pub(crate) fn peer_of<T>(req: &Request<T>) -> ApiResult<Peer> {
     req.extensions()
         .get::<Peer>()
         .cloned()
@@ -141,7 +141,7 @@ impl AuthServer {
         requested_ttl: Option<Duration>,
         remote: &str,
     ) -> ApiResult<pb::LoginResponse> {
-        let ssh_key = check_client_keys(ssh_public_key, tls_spki)?;
+        let ssh_key = check_client_keys("client", ssh_public_key, tls_spki)?;
         let roles = self.resolve_roles(&user.spec.roles).await?;
         let role_names: Vec<String> = roles.iter().map(|r| r.metadata.name.clone()).collect();
         let role_refs: Vec<&str> = role_names.iter().map(String::as_str).collect();
@@ -869,9 +869,14 @@ async fn verify_password(password: String, hash: String) -> ApiResult<bool> {
     .map_err(ApiError::internal)?
 }
 
-/// The SSH public key and the TLS SubjectPublicKeyInfo must be the same P-256 key.
-fn check_client_keys(ssh_public_key: &str, spki_der: &[u8]) -> ApiResult<ssh_key::PublicKey> {
-    let bad = |why: &str| ApiError::InvalidArgument(format!("client public key: {why}"));
+/// The SSH public key and the TLS SubjectPublicKeyInfo must be the same P-256 key
+/// (users' and nodes' keys alike; `who` names the key in errors).
+pub(crate) fn check_client_keys(
+    who: &str,
+    ssh_public_key: &str,
+    spki_der: &[u8],
+) -> ApiResult<ssh_key::PublicKey> {
+    let bad = |why: &str| ApiError::InvalidArgument(format!("{who} public key: {why}"));
     let ssh = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
         .map_err(|_| bad("not an OpenSSH public key"))?;
     let Some(ssh_key::public::EcdsaPublicKey::NistP256(point)) = ssh.key_data().ecdsa() else {

@@ -40,6 +40,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
 use crate::error::{ApiError, ApiResult};
+use crate::grpc::peer_of;
 use crate::grpc::{Caller, random_token, sha256_hex};
 use crate::keys;
 use crate::listener::Peer;
@@ -103,13 +104,6 @@ pub struct GrpcNodes {
     pub srv: Arc<AuthServer>,
 }
 
-fn peer_of<T>(req: &Request<T>) -> ApiResult<Peer> {
-    req.extensions()
-        .get::<Peer>()
-        .cloned()
-        .ok_or_else(|| ApiError::internal("request without connection info"))
-}
-
 /// The joined node on the other end, or `Unauthenticated` with what to do.
 fn node_of(peer: &Peer) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
     peer.node.clone().ok_or_else(|| {
@@ -144,22 +138,7 @@ fn check_node_keys(
     ssh_public_key: &str,
     spki_der: &[u8],
 ) -> ApiResult<(ssh_key::PublicKey, String)> {
-    let bad = |why: &str| ApiError::InvalidArgument(format!("node public key: {why}"));
-    let ssh = ssh_key::PublicKey::from_openssh(ssh_public_key.trim())
-        .map_err(|_| bad("not an OpenSSH public key"))?;
-    let Some(ssh_key::public::EcdsaPublicKey::NistP256(point)) = ssh.key_data().ecdsa() else {
-        return Err(bad("must be ECDSA P-256"));
-    };
-    let (rest, spki) = <x509_parser::x509::SubjectPublicKeyInfo as x509_parser::prelude::FromDer<
-        _,
-    >>::from_der(spki_der)
-    .map_err(|_| bad("TLS public key is not a SubjectPublicKeyInfo"))?;
-    if !rest.is_empty() {
-        return Err(bad("trailing bytes after the TLS public key"));
-    }
-    if spki.subject_public_key.data.as_ref() != point.as_bytes() {
-        return Err(bad("the SSH and TLS public keys differ"));
-    }
+    let ssh = crate::grpc::check_client_keys("node", ssh_public_key, spki_der)?;
     Ok((ssh, hex(&Sha256::digest(spki_der))))
 }
 

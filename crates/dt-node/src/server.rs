@@ -683,6 +683,10 @@ pub async fn sweep(state: &NodeState) {
         let verdicts: Vec<Verdict> = state.sessions.with(|conns| {
             conns
                 .iter()
+                // A connection with no open session can run nothing; its next channel open
+                // is decided (and refused with the lock's message and an audit event)
+                // against the current view. Cutting it here would only lose the message.
+                .filter(|(_, c)| !c.channels.is_empty())
                 .map(|(id, c)| {
                     let hit = access::matching_lock(v, &c.identity, &c.login, &node, now).map(
                         |r| match r {
