@@ -849,3 +849,49 @@ fn challenge_response_before_init() {
         assert_rev(cl, &dev, before).await;
     })
 }
+
+/// A device lock cuts off API calls made with certificates that carry that device, and
+/// leaves the same user's plain (un-augmented) certificate alone.
+#[test]
+fn a_device_lock_refuses_api_calls_with_the_augmented_certificate() {
+    block_on(async {
+        let cl = shared().await;
+        let u = cl.user("apilock-", &["device-enroll"]).await;
+        let dev = cl.enrolled_device(&u).await;
+        let augmented = auth_with(&u, &u.certs, &dev, dev.data.clone())
+            .await
+            .expect("authentication");
+        let ch = cl
+            .channel_with(&augmented.x509_der, &u.key)
+            .await
+            .expect("mTLS with the augmented certificate");
+        let whoami = |ch: tonic::transport::Channel| async move {
+            dt_proto::v1::auth_service_client::AuthServiceClient::new(ch)
+                .who_am_i(dt_proto::v1::WhoAmIRequest {})
+                .await
+        };
+        let me = whoami(ch.clone()).await.expect("allowed before the lock");
+        assert_eq!(me.get_ref().device_id, dev.id);
+
+        cl.lock(
+            LockTarget {
+                device: Some(dev.id.clone()),
+                ..Default::default()
+            },
+            "laptop reported stolen",
+        )
+        .await;
+        assert_status(
+            whoami(ch).await,
+            Code::PermissionDenied,
+            &format!(
+                "lock targeting Device:\"{}\" is in force: laptop reported stolen",
+                dev.id
+            ),
+        );
+        let plain = whoami(u.ch.clone())
+            .await
+            .expect("the plain certificate still works");
+        assert!(plain.get_ref().device_id.is_empty());
+    })
+}

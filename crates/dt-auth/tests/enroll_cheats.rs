@@ -945,3 +945,46 @@ fn enrollment_rate_limit_is_audited() {
         cl.stop().await;
     })
 }
+
+/// One transaction per bulk request must not weaken (os_type, asset_tag) uniqueness: a tag
+/// listed twice in one request and a tag already registered are refused per item, and
+/// each tag is stored once.
+#[test]
+fn bulk_create_keeps_asset_tags_unique() {
+    block_on(async {
+        let cl = shared().await;
+        let existing = unique("BULKOLD");
+        cl.add_device(OsType::Linux, &existing, None, false).await;
+        let twice = unique("BULKTWICE");
+        let fresh = unique("BULKNEW");
+        let doc = |tag: &str| {
+            serde_json::to_string(&dt_auth::devices::new_device_resource(OsType::Linux, tag))
+                .expect("json")
+        };
+        let r = dt_proto::v1::device_trust_service_client::DeviceTrustServiceClient::new(
+            cl.admin.clone(),
+        )
+        .bulk_create_devices(dt_proto::v1::BulkCreateDevicesRequest {
+            devices_json: vec![doc(&twice), doc(&twice), doc(&existing), doc(&fresh)],
+        })
+        .await
+        .expect("bulk create")
+        .into_inner();
+        let ok: Vec<bool> = r.statuses.iter().map(|s| s.ok).collect();
+        assert_eq!(ok, vec![true, false, false, true], "{:?}", r.statuses);
+        assert!(
+            r.statuses[1].error.contains("listed twice"),
+            "{:?}",
+            r.statuses[1]
+        );
+        assert!(
+            r.statuses[2].error.contains("already in the inventory"),
+            "{:?}",
+            r.statuses[2]
+        );
+        for tag in [&twice, &existing, &fresh] {
+            let found = cl.srv.find_devices(tag).await.expect("find");
+            assert_eq!(found.len(), 1, "{tag} stored once");
+        }
+    })
+}
