@@ -25,11 +25,7 @@ use crate::keys;
 use crate::server::AuthServer;
 
 fn fingerprint(point: &[u8]) -> String {
-    format!("sha256:{}", hex_lower(&Sha256::digest(point)))
-}
-
-fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    format!("sha256:{}", crate::grpc::hex_lower(&Sha256::digest(point)))
 }
 
 fn binding(id: &dt_ca::Identity) -> Option<DeviceBinding> {

@@ -56,7 +56,7 @@ pub fn sha256_hex(s: &str) -> String {
     hex_lower(&Sha256::digest(s.as_bytes()))
 }
 
-fn hex_lower(b: &[u8]) -> String {
+pub(crate) fn hex_lower(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

@@ -593,7 +593,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if target.is_empty() {
                 bail!("name a target: --user, --role, --login, --node or --device");
             }
-            let name = uuid_like();
+            let name = uuid::Uuid::new_v4().to_string();
             let mut lock: dt_types::Lock = dt_types::resource::Resource::new(
                 name.clone(),
                 dt_types::resource::LockSpec {
@@ -618,30 +618,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn uuid_like() -> String {
-    use std::fmt::Write;
-    let mut bytes = [0u8; 16];
-    getrandom_fill(&mut bytes);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let mut s = String::new();
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            s.push('-');
-        }
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
-fn getrandom_fill(buf: &mut [u8]) {
-    // /dev/urandom is always present on Linux; a failure leaves zeros, which only weakens
-    // lock-name uniqueness (storage still refuses duplicates).
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(buf);
-    }
 }
 
 async fn users(g: &Global, cmd: UsersCmd) -> anyhow::Result<()> {
@@ -827,8 +803,11 @@ async fn edit(g: &Global, target: &str) -> anyhow::Result<ExitCode> {
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    let base =
-        std::env::temp_dir().join(format!("dtctl-edit-{}-{}", std::process::id(), uuid_like()));
+    let base = std::env::temp_dir().join(format!(
+        "dtctl-edit-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
     std::fs::DirBuilder::new().mode(0o700).create(&base)?;
     Ok(base)
 }
