@@ -2,6 +2,10 @@
 //! pure crates never reach an async runtime, a network stack, a database driver or the TPM
 //! library, and server crates never link the client-side device crate. Reads the real
 //! resolved graph from `cargo metadata`, so a transitive dependency counts too.
+//!
+//! The graph is filtered to the host platform: a Linux build never downloads crates that only
+//! other platforms use (e.g. `android_system_properties`), so an unfiltered `cargo metadata
+//! --offline` fails on a fresh machine whose cargo cache holds only what the build fetched.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,13 +22,27 @@ const FORBIDDEN_IN_PURE: [&str; 7] = [
     "tokio-postgres",
     "tss-esapi",
 ];
-const SERVER: [&str; 2] = ["dt-auth", "dt-store"];
+const SERVER: [&str; 3] = ["dt-auth", "dt-store", "dt-node"];
 
 struct Graph {
     /// package id -> name
     names: HashMap<String, String>,
     /// package id -> ids of its normal (non-dev, non-build) dependencies
     deps: HashMap<String, Vec<String>>,
+}
+
+/// The host triple, as rustc reports it (`host: x86_64-unknown-linux-gnu`).
+fn host_triple() -> String {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let out = Command::new(rustc)
+        .arg("-vV")
+        .output()
+        .expect("rustc -vV runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("host: "))
+        .expect("rustc -vV names the host")
+        .to_string()
 }
 
 fn graph() -> Graph {
@@ -35,6 +53,8 @@ fn graph() -> Graph {
             "1",
             "--all-features",
             "--offline",
+            "--filter-platform",
+            &host_triple(),
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
