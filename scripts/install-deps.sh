@@ -26,6 +26,18 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
+# Python packages the interoperability tests use (paramiko reads dtsh's SSH key files as
+# Ansible does). pip first; a Python that refuses pip installs (PEP 668) gets Debian's package.
+py_need=()
+for m in paramiko; do
+  python3 -c "import $m" 2>/dev/null || py_need+=("$m")
+done
+if [ "${#py_need[@]}" -gt 0 ]; then
+  echo "==> installing Python packages: ${py_need[*]}"
+  python3 -m pip install -q "${py_need[@]}" 2>/dev/null \
+    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-paramiko >/dev/null; }
+fi
+
 # PostgreSQL for the storage conformance suite and multi-server tests.
 if ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   if command -v pg_ctlcluster >/dev/null 2>&1; then

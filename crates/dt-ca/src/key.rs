@@ -314,6 +314,11 @@ impl ClientKey {
 
     /// The key in OpenSSH private key format (unencrypted), so that `ssh -i FILE` works with
     /// the certificate saved next to it as `FILE-cert.pub`. Secret.
+    ///
+    /// The key carries the comment [`OPENSSH_KEY_COMMENT`], which keeps the private section
+    /// padded: with an empty comment the section of a P-256 key is 152 bytes, a multiple of
+    /// the 8-byte block, whenever the scalar's high bit is clear (about half of all keys), and
+    /// paramiko (Ansible and many Python tools) misreads such a file, which has no padding.
     pub fn ssh_private_key_openssh(&self) -> Result<String> {
         let KeyData::Ecdsa(EcdsaPublicKey::NistP256(public)) =
             ssh_key_data_from_point(self.key.point())?
@@ -322,7 +327,7 @@ impl ClientKey {
         };
         let private = EcdsaPrivateKey::from(self.key.private_scalar()?);
         let pair = EcdsaKeypair::NistP256 { public, private };
-        let key = ssh_key::PrivateKey::new(KeypairData::Ecdsa(pair), "")
+        let key = ssh_key::PrivateKey::new(KeypairData::Ecdsa(pair), OPENSSH_KEY_COMMENT)
             .map_err(|e| CaError::malformed("ssh private key", e.to_string()))?;
         let text = key
             .to_openssh(LineEnding::LF)
@@ -336,6 +341,11 @@ impl ClientKey {
         self.key.sign_asn1(msg)
     }
 }
+
+/// The comment of the OpenSSH private keys devtrust writes. Its length (4) makes the private
+/// section 156 or 157 bytes long, so it always ends in 3 or 4 bytes of padding
+/// (PROTOCOL.key: the section is padded to the cipher's block size, 8 when unencrypted).
+pub const OPENSSH_KEY_COMMENT: &str = "dtsh";
 
 #[cfg(test)]
 mod tests {
@@ -473,5 +483,63 @@ mod tests {
             parsed.public_key().key_data(),
             key.ssh_public_key().unwrap().key_data()
         );
+    }
+
+    /// Bytes of padding at the end of the private section of an unencrypted OpenSSH
+    /// private key file (PROTOCOL.key), found by walking the structure.
+    fn private_section_padding(text: &str) -> usize {
+        use base64::Engine as _;
+        let body: String = text.lines().filter(|l| !l.starts_with("-----")).collect();
+        let blob = base64::engine::general_purpose::STANDARD
+            .decode(body)
+            .unwrap();
+        let magic = b"openssh-key-v1\0";
+        assert!(blob.starts_with(magic));
+        let mut at = magic.len();
+        let u32_at =
+            |b: &[u8], i: usize| u32::from_be_bytes(b[i..i + 4].try_into().unwrap()) as usize;
+        let string = |b: &[u8], at: &mut usize| {
+            let n = u32_at(b, *at);
+            let s = b[*at + 4..*at + 4 + n].to_vec();
+            *at += 4 + n;
+            s
+        };
+        assert_eq!(string(&blob, &mut at), b"none"); // cipher
+        assert_eq!(string(&blob, &mut at), b"none"); // kdf
+        string(&blob, &mut at); // kdf options
+        assert_eq!(u32_at(&blob, at), 1);
+        at += 4;
+        string(&blob, &mut at); // public key
+        let private = string(&blob, &mut at);
+        assert_eq!(private.len() % 8, 0);
+        let mut p = 8; // two check integers
+        for _ in 0..5 {
+            // key type, curve, public point, private scalar, comment
+            string(&private, &mut p);
+        }
+        let padding = &private[p..];
+        assert!(
+            padding
+                .iter()
+                .enumerate()
+                .all(|(i, b)| *b as usize == i + 1)
+        );
+        padding.len()
+    }
+
+    #[test]
+    fn openssh_private_keys_always_end_in_padding() {
+        // Half of all P-256 keys have a 32-byte scalar without a sign byte; 64 keys miss both
+        // lengths with probability 2^-63.
+        let mut lengths = std::collections::BTreeSet::new();
+        for _ in 0..64 {
+            let text = ClientKey::generate()
+                .unwrap()
+                .ssh_private_key_openssh()
+                .unwrap();
+            lengths.insert(private_section_padding(&text));
+        }
+        assert!(lengths.iter().all(|n| *n > 0), "{lengths:?}");
+        assert_eq!(lengths.len(), 2, "both scalar lengths seen: {lengths:?}");
     }
 }
