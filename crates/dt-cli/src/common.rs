@@ -98,6 +98,17 @@ pub fn to_yaml_docs(values: &[serde_json::Value]) -> anyhow::Result<String> {
     Ok(out)
 }
 
+/// The operation failed because no auth server could be reached or the connection broke,
+/// so it may be repeated on another ([`dt_client::connect::with_failover`]).
+pub fn is_transport(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<dt_client::ClientError>()
+            .is_some_and(dt_client::ClientError::is_transport)
+            || c.downcast_ref::<tonic::Status>()
+                .is_some_and(dt_client::connect::is_transport_status)
+    })
+}
+
 /// Turn a gRPC failure into an error whose message is the server's guidance.
 pub fn api_err(s: tonic::Status) -> anyhow::Error {
     anyhow::Error::new(dt_client::ClientError::from_status(s))

@@ -6,12 +6,15 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use dt_client::connect::with_failover;
 use dt_client::profile::LoginMaterial;
-use dt_client::{Identity, Profile, ProfileStore, TrustPolicy};
+use dt_client::{ClientError, Identity, Profile, ProfileStore, TrustPolicy};
 use dt_proto::v1 as pb;
 use time::OffsetDateTime;
 
-use crate::common::{Format, api_err, fmt_remaining, fmt_time, parse_duration, report};
+use crate::common::{
+    Format, api_err, fmt_remaining, fmt_time, is_transport, parse_duration, report,
+};
 
 #[derive(Parser)]
 #[command(
@@ -29,7 +32,8 @@ pub struct Cli {
 enum Cmd {
     /// Log in and receive short-lived SSH and X.509 certificates for a key made here.
     Login {
-        /// Auth server address, HOST:PORT.
+        /// Auth server address, HOST:PORT; several auth servers of one cluster as
+        /// HOST:PORT,HOST:PORT (dtsh fails over between them).
         #[arg(long, env = "DTSH_PROXY")]
         proxy: Option<String>,
         #[arg(long, env = "DTSH_USER")]
@@ -247,7 +251,10 @@ async fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
         })
         .context("--user=NAME is required")?;
     let (policy, pin) = trust_policy(&store, &proxy, &a).await?;
-    let mut client = dt_client::connect(&proxy, policy, Identity::Anonymous).await?;
+    let client = with_failover(ClientError::is_transport, || {
+        dt_client::connect(&proxy, policy.clone(), Identity::Anonymous)
+    })
+    .await?;
 
     let (password, new_password) = match &a.signup_token {
         Some(_) => {
@@ -271,20 +278,27 @@ async fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
 
     let key = dt_ca::ClientKey::generate()?;
     let ssh_pub = key.ssh_public_key()?.to_openssh()?;
-    let resp = client
-        .login(pb::LoginRequest {
-            username: user.clone(),
-            password,
-            signup_token: a.signup_token.clone().unwrap_or_default(),
-            new_password,
-            ssh_public_key: ssh_pub,
-            tls_public_key_der: key.spki_der(),
-            ttl_seconds: a.ttl.map(|d| d.as_secs()).unwrap_or(0),
-            bot_token: String::new(),
+    let request = pb::LoginRequest {
+        username: user.clone(),
+        password,
+        signup_token: a.signup_token.clone().unwrap_or_default(),
+        new_password,
+        ssh_public_key: ssh_pub,
+        tls_public_key_der: key.spki_der(),
+        ttl_seconds: a.ttl.map(|d| d.as_secs()).unwrap_or(0),
+        bot_token: String::new(),
+    };
+    // A login whose connection broke is repeated (on the next auth server when several are
+    // listed); a refusal by the server is not.
+    let resp =
+        with_failover(is_transport, || {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move {
+                Ok::<_, anyhow::Error>(client.login(request).await.map_err(api_err)?.into_inner())
+            }
         })
-        .await
-        .map_err(api_err)?
-        .into_inner();
+        .await?;
 
     let profile = Profile {
         proxy: proxy.clone(),

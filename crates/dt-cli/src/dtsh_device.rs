@@ -6,14 +6,15 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use dt_ceremony::messages::UserCertificates;
 use dt_ceremony::token::EnrollToken;
-use dt_client::{Profile, ProfileStore, TrustPolicy};
+use dt_client::connect::with_failover;
+use dt_client::{ClientError, Profile, ProfileStore, TrustPolicy};
 use dt_device::{Collected, DeviceKeys, SoftwareKeys};
 use dt_proto::v1 as pb;
 use dt_proto::v1::auth_service_client::AuthServiceClient;
 use dt_proto::v1::device_trust_service_client::DeviceTrustServiceClient;
 use tonic::transport::Channel;
 
-use crate::common::{Format, api_err};
+use crate::common::{Format, api_err, is_transport};
 
 #[derive(Subcommand)]
 pub enum DeviceCmd {
@@ -93,7 +94,10 @@ pub async fn profile_channel(store: &ProfileStore) -> anyhow::Result<(Profile, C
     } else {
         TrustPolicy::Pin(profile.ca_pin.clone())
     };
-    let ch = dt_client::connect::channel(&profile.proxy, policy, id).await?;
+    let ch = with_failover(ClientError::is_transport, || {
+        dt_client::connect::channel(&profile.proxy, policy.clone(), id.clone())
+    })
+    .await?;
     Ok((profile, ch))
 }
 
@@ -107,8 +111,21 @@ fn current_certs(store: &ProfileStore, profile: &Profile) -> anyhow::Result<User
     })
 }
 
-/// Run device authentication and swap the augmented certificates into the profile.
+/// Run device authentication and swap the augmented certificates into the profile. A
+/// ceremony cut short by a lost connection runs again from the start (on another auth
+/// server when several are listed): each run answers its own fresh challenge.
 pub async fn authenticate(
+    store: &ProfileStore,
+    profile: &Profile,
+    channel: Channel,
+) -> anyhow::Result<()> {
+    with_failover(is_transport, || {
+        authenticate_once(store, profile, channel.clone())
+    })
+    .await
+}
+
+async fn authenticate_once(
     store: &ProfileStore,
     profile: &Profile,
     channel: Channel,
@@ -303,11 +320,19 @@ async fn self_enroll_token(
 /// enabled, authenticate an enrolled device, and say plainly when trust is missing.
 pub async fn after_login(store: &ProfileStore) -> anyhow::Result<()> {
     let (profile, ch) = profile_channel(store).await?;
-    let who = AuthServiceClient::new(ch.clone())
-        .who_am_i(pb::WhoAmIRequest {})
-        .await
-        .map_err(api_err)?
-        .into_inner();
+    let who = with_failover(is_transport, || {
+        let mut client = AuthServiceClient::new(ch.clone());
+        async move {
+            Ok::<_, anyhow::Error>(
+                client
+                    .who_am_i(pb::WhoAmIRequest {})
+                    .await
+                    .map_err(api_err)?
+                    .into_inner(),
+            )
+        }
+    })
+    .await?;
     if who.device_trust_mode == "off" {
         return Ok(());
     }

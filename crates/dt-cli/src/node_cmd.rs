@@ -32,7 +32,9 @@ pub enum NodeCmd {
 
 #[derive(Args)]
 pub struct StartArgs {
-    /// Auth server address, HOST:PORT (first start).
+    /// Auth server address, HOST:PORT; several auth servers of one cluster as
+    /// HOST:PORT,HOST:PORT (the node fails over between them). Needed at the first start
+    /// (with --token); later it replaces the addresses saved at join.
     #[arg(long, env = "DEVTRUST_AUTH_SERVER")]
     auth_server: Option<String>,
     /// Node join token from `dtctl tokens add --type=node` (first start).
@@ -192,6 +194,10 @@ async fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
         mode,
         freshness: Freshness {
             strict_max_age: a.strict_max_age,
+        },
+        auth_servers: match (&a.token, &a.auth_server) {
+            (None, Some(addr)) => Some(addr.clone()),
+            _ => None,
         },
         join,
     })

@@ -31,13 +31,19 @@ async fn recv<T: serde::de::DeserializeOwned>(
         .message()
         .await
         .map_err(ClientError::from_status)?
-        .ok_or_else(|| {
-            ClientError::Api(format!(
-                "the server ended the ceremony before sending {what}"
-            ))
-        })?;
+        // A server that refuses says so with a status; a stream that just ends means the
+        // connection went away (e.g. the server was stopped), so the ceremony may be rerun.
+        .ok_or_else(|| closed(&format!("before sending {what}")))?;
     serde_json::from_str(&m.json)
         .map_err(|e| ClientError::Api(format!("the server sent a malformed {what}: {e}")))
+}
+
+/// The connection ended mid-ceremony: a transport failure ([`ClientError::is_transport`]).
+fn closed(when: &str) -> ClientError {
+    ClientError::Unreachable {
+        addr: String::new(),
+        reason: format!("the connection closed during the ceremony, {when}"),
+    }
 }
 
 fn ceremony_err(e: dt_ceremony::error::ClientError) -> ClientError {
@@ -75,7 +81,7 @@ pub async fn enroll(
     let (state, response) = state.handle(challenge, prover).map_err(ceremony_err)?;
     tx.send(msg(&EnrollRequest::ChallengeResponse(response))?)
         .await
-        .map_err(|_| ClientError::Api("the server closed the ceremony".into()))?;
+        .map_err(|_| closed("before the challenge response was sent"))?;
     let success = match recv::<EnrollResponse>(&mut inbound, "EnrollSuccess").await? {
         EnrollResponse::Success(s) => s,
         EnrollResponse::Challenge(_) => {
@@ -120,7 +126,7 @@ pub async fn authenticate(
     let (state, response) = state.handle(challenge, prover).map_err(ceremony_err)?;
     tx.send(msg(&AuthenticateRequest::ChallengeResponse(response))?)
         .await
-        .map_err(|_| ClientError::Api("the server closed the ceremony".into()))?;
+        .map_err(|_| closed("before the challenge response was sent"))?;
     let success = match recv::<AuthenticateResponse>(&mut inbound, "AuthenticateSuccess").await? {
         AuthenticateResponse::Success(s) => s,
         AuthenticateResponse::Challenge(_) => {

@@ -500,6 +500,7 @@ async fn main() {
                 addr: "127.0.0.1:1".into(),
             },
             freshness: Freshness::default(),
+            auth_servers: None,
             join: Some(dt_node::agent::JoinRequest {
                 auth_server: cluster.addr.to_string(),
                 token: dt_types::Secret::new(cluster.node_token().await),

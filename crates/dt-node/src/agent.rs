@@ -67,6 +67,9 @@ pub struct NodeConfig {
     pub freshness: Freshness,
     /// Needed when the data dir holds no identity yet.
     pub join: Option<JoinRequest>,
+    /// Auth servers to use instead of the ones saved at join (`HOST:PORT[,HOST:PORT...]`),
+    /// e.g. to add a second auth server to a joined node.
+    pub auth_servers: Option<String>,
 }
 
 /// A running node.
@@ -214,7 +217,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         };
         join(&dir, req, &cfg.name, &advertise, &cfg.labels).await?
     };
-    let channel = lazy_channel(&id.meta.auth_server, id.meta.trust(), tls_identity(&id))?;
+    let auth_servers = cfg.auth_servers.as_deref().unwrap_or(&id.meta.auth_server);
+    let channel = lazy_channel(auth_servers, id.meta.trust(), tls_identity(&id))?;
     let (shutdown, shutdown_rx) = watch::channel(false);
     let view = Arc::new(SharedView::default());
     let facts = NodeFacts {

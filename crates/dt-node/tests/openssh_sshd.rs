@@ -241,6 +241,7 @@ async fn sshd_with_the_principals_helper() {
             addr: format!("127.0.0.1:{port}"),
         },
         freshness: Freshness::default(),
+        auth_servers: None,
         join: Some(JoinRequest {
             auth_server: cluster.addr.to_string(),
             token: dt_types::Secret::new(cluster.node_token().await),

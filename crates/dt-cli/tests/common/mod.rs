@@ -499,6 +499,14 @@ impl Server {
         self.terminate_and_check()
     }
 
+    /// SIGKILL: the server dies at once, as in a crash or a lost machine.
+    pub fn kill(mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     #[track_caller]
     fn terminate_and_check(&mut self) -> Stopped {
         let Some(mut child) = self.child.take() else {

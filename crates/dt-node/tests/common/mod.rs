@@ -383,6 +383,7 @@ impl Node {
                 listen: "127.0.0.1:0".parse().unwrap(),
             },
             freshness,
+            auth_servers: None,
             join: Some(JoinRequest {
                 auth_server: cluster.addr.to_string(),
                 token: dt_types::Secret::new(cluster.node_token().await),
