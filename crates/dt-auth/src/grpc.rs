@@ -173,6 +173,9 @@ impl AuthServer {
             roles: role_names.clone(),
             logins: logins.clone(),
             bot: user.spec.bot,
+            // What `{{internal.logins}}` expands to at the access points; the principals
+            // above are every login of every role, whatever the node.
+            trait_logins: user.spec.traits.logins.clone(),
             device: None,
             not_before: now - time::Duration::minutes(1),
             not_after: now + ttl,

@@ -178,7 +178,9 @@ pub fn decide(
         node_name: &node.name,
         node_labels: &node.labels,
         user: &id.username,
-        user_logins: &id.logins,
+        // The login traits, never the principals: those hold every role's logins, also
+        // the ones a role grants only on other nodes.
+        user_logins: &id.trait_logins,
         roles: &roles,
         principal: principal(id),
         device_verified: id.is_device_verified(),

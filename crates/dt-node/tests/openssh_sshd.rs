@@ -166,6 +166,7 @@ impl Client {
                     roles: u.roles.clone(),
                     logins: u.logins.clone(),
                     bot: u.bot,
+                    trait_logins: u.trait_logins.clone(),
                     device: u.device.clone(),
                     not_before: u.not_before,
                     not_after: u.not_after,
