@@ -57,6 +57,12 @@ impl Identity {
         self.device.is_some()
     }
 
+    /// True once the certificate no longer is valid at `now` (both formats: valid while
+    /// `now < not_after`, in whole seconds).
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        now.unix_timestamp() >= self.not_after.unix_timestamp()
+    }
+
     /// Refuses identities that cannot be put into certificates safely.
     pub(crate) fn validate(&self) -> Result<()> {
         check_text("username", &self.username)?;
