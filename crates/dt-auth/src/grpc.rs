@@ -79,6 +79,27 @@ impl AuthServer {
                 "this call needs a signed-in identity: run `dtsh login`, or use `dtctl --data-dir DIR` on the auth host".into(),
             ));
         };
+        // The TLS handshake checked the validity once; a connection can outlive it.
+        let now = OffsetDateTime::now_utc();
+        if identity.is_expired(now) {
+            let not_after = identity
+                .not_after
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_default();
+            self.audit
+                .emit(
+                    AuditEvent::new(EventType::AccessDenied, false, now)
+                        .user(identity.username.clone())
+                        .message(format!(
+                            "certificate expired at {not_after}: api call on an open connection refused"
+                        ))
+                        .remote_addr(peer.addr.ip().to_string()),
+                )
+                .await?;
+            return Err(ApiError::Unauthenticated(format!(
+                "your certificate expired at {not_after}; log in again (`dtsh login`)"
+            )));
+        }
         if identity.username != LOCAL_ADMIN {
             match self.get_resource::<UserSpec>(&identity.username).await? {
                 None => {
@@ -173,6 +194,9 @@ impl AuthServer {
             roles: role_names.clone(),
             logins: logins.clone(),
             bot: user.spec.bot,
+            // What `{{internal.logins}}` expands to at the access points; the principals
+            // above are every login of every role, whatever the node.
+            trait_logins: user.spec.traits.logins.clone(),
             device: None,
             not_before: now - time::Duration::minutes(1),
             not_after: now + ttl,

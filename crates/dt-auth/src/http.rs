@@ -154,6 +154,7 @@ mod tests {
             roles: vec!["editor".into()],
             logins: vec![],
             bot: false,
+            trait_logins: vec![],
             device: None,
             not_before: now - time::Duration::minutes(1),
             not_after: now + time::Duration::hours(1),

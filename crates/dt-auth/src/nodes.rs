@@ -106,12 +106,20 @@ pub struct GrpcNodes {
 
 /// The joined node on the other end, or `Unauthenticated` with what to do.
 fn node_of(peer: &Peer) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
-    peer.node.clone().ok_or_else(|| {
+    let node = peer.node.clone().ok_or_else(|| {
         ApiError::Unauthenticated(
             "this call is for joined nodes (mutual TLS with the node certificate from `devtrust node start --token`)"
                 .into(),
         )
-    })
+    })?;
+    // The TLS handshake checked the validity once; a connection can outlive it.
+    if OffsetDateTime::now_utc() >= node.not_after {
+        return Err(ApiError::Unauthenticated(format!(
+            "the node certificate of {:?} expired; join the node again (`devtrust node start --token`)",
+            node.name
+        )));
+    }
+    Ok(node)
 }
 
 fn to_json<T: Serialize>(v: &T) -> ApiResult<Vec<u8>> {

@@ -272,6 +272,7 @@ impl AuthServer {
             roles: vec!["editor".into()],
             logins: vec![],
             bot: false,
+            trait_logins: vec![],
             device: None,
             not_before: now - time::Duration::minutes(1),
             not_after: now + time::Duration::days(365),

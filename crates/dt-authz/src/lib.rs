@@ -164,6 +164,12 @@ pub fn max_session_ttl(roles: &[Role]) -> Duration {
         .unwrap_or(DEFAULT_MAX_SESSION_TTL)
 }
 
+/// Do live sessions end when the certificate expires? When the cluster or any of the
+/// identity's roles says so.
+pub fn disconnect_expired_cert(cluster: bool, roles: &[Role]) -> bool {
+    cluster || roles.iter().any(|r| r.spec.options.disconnect_expired_cert)
+}
+
 /// Does a label selector (`{'*': '*'}`, `{env: [dev, staging]}`) match these labels?
 pub fn labels_match(
     selector: &BTreeMap<String, dt_types::resource::LabelValues>,

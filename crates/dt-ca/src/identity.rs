@@ -34,6 +34,13 @@ pub struct Identity {
     pub logins: Vec<String>,
     /// A bot (machine) identity rather than a human.
     pub bot: bool,
+    /// The user's login traits: what `{{internal.logins}}` expands to at an access point.
+    /// [`Identity::logins`] (every login any role grants, on any node) must never be used for
+    /// that, or a login one role grants only on some nodes would be granted on all of them.
+    /// Empty on certificates issued before this field existed, so for them
+    /// `{{internal.logins}}` grants nothing (fail closed).
+    #[serde(default)]
+    pub trait_logins: Vec<String>,
     /// The trusted device, when the certificates were augmented.
     pub device: Option<DeviceExt>,
     /// Start of validity.
@@ -48,6 +55,12 @@ impl Identity {
     /// True when the certificate carried the full device identity (all three values).
     pub fn is_device_verified(&self) -> bool {
         self.device.is_some()
+    }
+
+    /// True once the certificate no longer is valid at `now` (both formats: valid while
+    /// `now < not_after`, in whole seconds).
+    pub fn is_expired(&self, now: OffsetDateTime) -> bool {
+        now.unix_timestamp() >= self.not_after.unix_timestamp()
     }
 
     /// Refuses identities that cannot be put into certificates safely.
@@ -66,6 +79,14 @@ impl Identity {
             if login == ssh_ext::NO_LOGIN_PRINCIPAL {
                 return Err(CaError::InvalidIdentity(format!(
                     "login {login:?} is reserved"
+                )));
+            }
+        }
+        for login in &self.trait_logins {
+            check_text("login trait", login)?;
+            if login.contains(',') {
+                return Err(CaError::InvalidIdentity(format!(
+                    "login trait {login:?} contains a comma"
                 )));
             }
         }
@@ -109,6 +130,9 @@ pub mod ssh_ext {
     pub const ROLES: &str = "devtrust-roles";
     /// Present (empty value) on bot certificates.
     pub const BOT: &str = "devtrust-bot";
+    /// Comma-separated login traits (what `{{internal.logins}}` expands to); absent on
+    /// certificates issued before it existed.
+    pub const LOGIN_TRAITS: &str = "devtrust-logins";
     /// The device id of an augmented certificate.
     pub const DEVICE_ID: &str = "devtrust-device-id";
     /// The device asset tag of an augmented certificate.
@@ -139,6 +163,8 @@ pub mod x509_oid {
     pub const LOGIN: &str = "2.25.112976937590999683324659271999942156561.1.2";
     /// `ARC.1.3`: present on bot certificates (value `true`).
     pub const BOT: &str = "2.25.112976937590999683324659271999942156561.1.3";
+    /// `ARC.1.4`: one attribute per login trait (what `{{internal.logins}}` expands to).
+    pub const LOGIN_TRAIT: &str = "2.25.112976937590999683324659271999942156561.1.4";
     /// `ARC.3.1`: device id.
     pub const DEVICE_ID: &str = "2.25.112976937590999683324659271999942156561.3.1";
     /// `ARC.3.2`: device asset tag.
@@ -177,6 +203,7 @@ pub mod x509_oid {
     pub(crate) const ROLE_CONTENT: [u8; 22] = under_arc(1, 1);
     pub(crate) const LOGIN_CONTENT: [u8; 22] = under_arc(1, 2);
     pub(crate) const BOT_CONTENT: [u8; 22] = under_arc(1, 3);
+    pub(crate) const LOGIN_TRAIT_CONTENT: [u8; 22] = under_arc(1, 4);
     pub(crate) const DEVICE_ID_CONTENT: [u8; 22] = under_arc(3, 1);
     pub(crate) const DEVICE_ASSET_TAG_CONTENT: [u8; 22] = under_arc(3, 2);
     pub(crate) const DEVICE_CREDENTIAL_ID_CONTENT: [u8; 22] = under_arc(3, 3);
@@ -202,6 +229,7 @@ mod tests {
             (ROLE, ROLE_CONTENT),
             (LOGIN, LOGIN_CONTENT),
             (BOT, BOT_CONTENT),
+            (LOGIN_TRAIT, LOGIN_TRAIT_CONTENT),
             (DEVICE_ID, DEVICE_ID_CONTENT),
             (DEVICE_ASSET_TAG, DEVICE_ASSET_TAG_CONTENT),
             (DEVICE_CREDENTIAL_ID, DEVICE_CREDENTIAL_ID_CONTENT),
@@ -222,6 +250,7 @@ mod tests {
             roles: vec!["access".into()],
             logins: vec!["root".into()],
             bot: false,
+            trait_logins: vec!["root".into()],
             device: None,
             not_before: datetime!(2026-01-01 00:00 UTC),
             not_after: datetime!(2026-01-01 12:00 UTC),
@@ -231,12 +260,14 @@ mod tests {
     #[test]
     fn validation_refuses_what_cannot_be_encoded() {
         assert!(alice().validate().is_ok());
-        let cases: [fn(&mut Identity); 7] = [
+        let cases: [fn(&mut Identity); 9] = [
             |i| i.username.clear(),
             |i| i.username = "al\nice".into(),
             |i| i.roles.push("a,b".into()),
             |i| i.roles.push(String::new()),
             |i| i.logins.push(ssh_ext::NO_LOGIN_PRINCIPAL.into()),
+            |i| i.trait_logins.push("a,b".into()),
+            |i| i.trait_logins.push(String::new()),
             |i| i.not_after = i.not_before,
             |i| {
                 i.device = Some(DeviceExt {
@@ -261,5 +292,13 @@ mod tests {
         let id = alice();
         let json = serde_json::to_string(&id).unwrap();
         assert_eq!(serde_json::from_str::<Identity>(&json).unwrap(), id);
+    }
+
+    #[test]
+    fn identities_written_before_login_traits_still_parse_without_any() {
+        let mut json = serde_json::to_value(alice()).unwrap();
+        json.as_object_mut().unwrap().remove("trait_logins");
+        let id: Identity = serde_json::from_value(json).unwrap();
+        assert!(id.trait_logins.is_empty());
     }
 }

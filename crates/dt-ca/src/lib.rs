@@ -78,6 +78,7 @@ pub(crate) mod testutil {
             roles: vec!["access".into(), "editor".into()],
             logins: vec!["root".into(), "alice".into()],
             bot: false,
+            trait_logins: vec!["alice".into()],
             device: None,
             not_before: NOW - time::Duration::minutes(5),
             not_after: NOW + time::Duration::hours(12),

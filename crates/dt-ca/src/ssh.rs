@@ -37,7 +37,7 @@ impl CertAuthority {
     /// Issues an OpenSSH user certificate for `subject` (a P-256 key): key id = username, valid
     /// principals = logins, validity from the identity, extensions `permit-agent-forwarding`,
     /// `permit-port-forwarding`, `permit-pty`, `devtrust-roles` (comma-separated), `devtrust-bot`
-    /// (bots only, empty value) and, for a device, `devtrust-device-id`,
+    /// (bots only, empty value), `devtrust-logins` (login traits, comma-separated) and, for a device, `devtrust-device-id`,
     /// `devtrust-device-asset-tag`, `devtrust-device-credential-id`. Extensions are sorted by
     /// name as OpenSSH requires. No critical options.
     ///
@@ -68,6 +68,9 @@ impl CertAuthority {
         if id.bot {
             builder.extension(ssh_ext::BOT, "").map_err(ssh_err)?;
         }
+        builder
+            .extension(ssh_ext::LOGIN_TRAITS, id.trait_logins.join(","))
+            .map_err(ssh_err)?;
         if let Some(d) = &id.device {
             builder
                 .extension(ssh_ext::DEVICE_ID, d.device_id.as_str())
@@ -239,6 +242,12 @@ pub fn parse_ssh_identity(cert: &Certificate) -> Result<Identity> {
         Some(v) if v.is_empty() => true,
         Some(_) => return Err(bad(format!("{} extension has a value", ssh_ext::BOT))),
     };
+    // Absent on certificates issued before it existed: no traits (fail closed).
+    let trait_logins = match ext.get(ssh_ext::LOGIN_TRAITS) {
+        None => Vec::new(),
+        Some(l) if l.is_empty() => Vec::new(),
+        Some(l) => l.split(',').map(str::to_owned).collect(),
+    };
     let device = device_from_parts(
         ext.get(ssh_ext::DEVICE_ID).cloned(),
         ext.get(ssh_ext::DEVICE_ASSET_TAG).cloned(),
@@ -263,6 +272,7 @@ pub fn parse_ssh_identity(cert: &Certificate) -> Result<Identity> {
         roles,
         logins,
         bot,
+        trait_logins,
         device,
         not_before: from_unix_seconds(cert.valid_after())?,
         not_after: from_unix_seconds(cert.valid_before())?,
@@ -321,6 +331,7 @@ mod tests {
                 ("devtrust-device-asset-tag", "C00AA0AAAA0A"),
                 ("devtrust-device-credential-id", "c7d7a1e2-credential"),
                 ("devtrust-device-id", "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11"),
+                ("devtrust-logins", "alice"),
                 ("devtrust-roles", "access,editor"),
                 ("permit-agent-forwarding", ""),
                 ("permit-port-forwarding", ""),
@@ -514,6 +525,22 @@ mod tests {
     }
 
     #[test]
+    fn certificates_without_login_traits_carry_none() {
+        let ca = user_ca();
+        let old = issue_with_extensions(&ca, &[(ssh_ext::ROLES, "access")], &[]);
+        let id = ca.verify_ssh_user_cert(&old, NOW).unwrap();
+        assert_eq!(id.logins, ["root"]);
+        assert!(id.trait_logins.is_empty(), "never the principals");
+        let new = ca
+            .issue_ssh_user_cert(&client_key().ssh_public_key().unwrap(), &alice())
+            .unwrap();
+        assert_eq!(
+            new.extensions().get(ssh_ext::LOGIN_TRAITS).unwrap(),
+            "alice"
+        );
+    }
+
+    #[test]
     fn partial_device_and_odd_extensions_are_refused() {
         let ca = user_ca();
         let roles = (ssh_ext::ROLES, "access");
@@ -638,6 +665,7 @@ mod tests {
                 "devtrust-device-asset-tag",
                 "devtrust-device-credential-id",
                 "devtrust-device-id",
+                "devtrust-logins",
                 "devtrust-roles",
                 "permit-agent-forwarding",
                 "permit-port-forwarding",

@@ -137,7 +137,7 @@ pub(crate) fn sign_certificate(key: &P256Key, tbs: &[u8]) -> Result<Vec<u8>> {
 impl CertAuthority {
     /// Issues a user X.509 client certificate (DER) for `subject_spki_der` (a P-256
     /// SubjectPublicKeyInfo): Subject CN = username plus the devtrust attributes (roles, logins,
-    /// bot, device), extendedKeyUsage clientAuth, keyUsage digitalSignature, not a CA, a random
+    /// bot, login traits, device), extendedKeyUsage clientAuth, keyUsage digitalSignature, not a CA, a random
     /// 16-octet serial, validity from the identity.
     pub fn issue_x509_client_cert(
         &self,
@@ -162,6 +162,11 @@ impl CertAuthority {
         if id.bot {
             attrs.push((&x509_oid::BOT_CONTENT, "true"));
         }
+        attrs.extend(
+            id.trait_logins
+                .iter()
+                .map(|l| (&x509_oid::LOGIN_TRAIT_CONTENT[..], l.as_str())),
+        );
         if let Some(d) = &id.device {
             attrs.push((&x509_oid::DEVICE_ID_CONTENT, &d.device_id));
             attrs.push((&x509_oid::DEVICE_ASSET_TAG_CONTENT, &d.asset_tag));
@@ -376,6 +381,7 @@ fn identity_from_cert(cert: &X509Certificate<'_>) -> Result<Identity> {
     let mut username = None;
     let mut roles = Vec::new();
     let mut logins = Vec::new();
+    let mut trait_logins = Vec::new();
     let mut bot = false;
     let (mut device_id, mut asset_tag, mut credential_id) = (None, None, None);
 
@@ -408,6 +414,8 @@ fn identity_from_cert(cert: &X509Certificate<'_>) -> Result<Identity> {
             roles.push(value);
         } else if oid == x509_oid::LOGIN_CONTENT {
             logins.push(value);
+        } else if oid == x509_oid::LOGIN_TRAIT_CONTENT {
+            trait_logins.push(value);
         } else if oid == x509_oid::BOT_CONTENT {
             if bot {
                 return Err(bad("more than one bot attribute".into()));
@@ -443,6 +451,7 @@ fn identity_from_cert(cert: &X509Certificate<'_>) -> Result<Identity> {
         roles,
         logins,
         bot,
+        trait_logins,
         device,
         not_before: validity.not_before.to_datetime(),
         not_after: validity.not_after.to_datetime(),

@@ -235,6 +235,7 @@ async fn openssh_client_p50(cluster: &Cluster, addr: &str, alias: &str, runs: us
                 roles: vec!["access".into()],
                 logins: vec!["root".into()],
                 bot: false,
+                trait_logins: vec!["root".into()],
                 device: Some(device()),
                 not_before: now - time::Duration::minutes(1),
                 not_after: now + time::Duration::hours(1),

@@ -3,9 +3,11 @@
 //! 1. [`authenticate`]: the certificate chains to the user CA, is a user certificate, is
 //!    within its validity, carries a well-formed devtrust identity, and names the requested
 //!    login as a principal (russh checks none of the CA, the type or the principals).
-//! 2. [`decide`]: one access decision by `dt_authz::check_ssh` over the node's view: locks,
-//!    the cluster's device-trust mode, roles' logins and node labels (deny first), and the
-//!    device-trust mode of every granting role, with bots told apart from humans. Anything
+//! 2. [`decide`]: the certificate has not expired since the connection was authenticated
+//!    (every channel asks again), then one access decision by `dt_authz::check_ssh` over
+//!    the node's view, with `{{internal.logins}}` taken from the certificate's login traits
+//!    (never its principals): locks, the cluster's device-trust mode, roles' logins and
+//!    node labels (deny first), and the device-trust mode of every granting role, with bots told apart from humans. Anything
 //!    the view cannot answer (not loaded yet, unreadable documents, stale under
 //!    `locking_mode: strict`) denies.
 //!
@@ -65,6 +67,8 @@ pub enum Denial {
     StaleLocks { age: Option<Duration> },
     /// The login cannot be served on this host.
     LocalLogin(String),
+    /// The certificate expired after the connection was authenticated.
+    CertExpired { not_after: OffsetDateTime },
 }
 
 impl Denial {
@@ -87,6 +91,12 @@ impl Denial {
                     .into()
             }
             Denial::LocalLogin(why) => why.clone(),
+            Denial::CertExpired { not_after } => format!(
+                "certificate expired at {}; log in again (`dtsh login`)",
+                not_after
+                    .format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_else(|_| not_after.unix_timestamp().to_string())
+            ),
         }
     }
 
@@ -164,6 +174,12 @@ pub fn decide(
     now: OffsetDateTime,
     freshness: Freshness,
 ) -> Result<(), Denial> {
+    // The connection may have been authenticated long ago: every channel re-checks.
+    if id.is_expired(now) {
+        return Err(Denial::CertExpired {
+            not_after: id.not_after,
+        });
+    }
     let cluster_mode = view.cluster_mode().map_err(Denial::View)?;
     if view.locking_mode() == LockingMode::Strict {
         let age = view.age(now);
@@ -178,7 +194,9 @@ pub fn decide(
         node_name: &node.name,
         node_labels: &node.labels,
         user: &id.username,
-        user_logins: &id.logins,
+        // The login traits, never the principals: those hold every role's logins, also
+        // the ones a role grants only on other nodes.
+        user_logins: &id.trait_logins,
         roles: &roles,
         principal: principal(id),
         device_verified: id.is_device_verified(),
@@ -190,6 +208,21 @@ pub fn decide(
         Decision::Allow => Ok(()),
         Decision::Deny(reason) => Err(Denial::Policy(reason)),
     }
+}
+
+/// For a session already running: its certificate expired and the cluster or one of its
+/// roles sets `disconnect_expired_cert` (an unreadable role counts as setting it).
+pub fn expired_session(view: &ClusterView, id: &Identity, now: OffsetDateTime) -> Option<Denial> {
+    if !id.is_expired(now) {
+        return None;
+    }
+    let disconnect = match view.roles(&id.roles) {
+        Ok(roles) => dt_authz::disconnect_expired_cert(view.disconnect_expired_cert(), &roles),
+        Err(_) => true,
+    };
+    disconnect.then_some(Denial::CertExpired {
+        not_after: id.not_after,
+    })
 }
 
 /// For a session already running: the lock in force that matches it, if any (issue 7:

@@ -282,6 +282,22 @@ impl ConnHandler {
             session.channel_failure(channel)?;
             return Ok(());
         }
+        // A channel opened before the certificate expired starts nothing after.
+        if let Some(a) = &self.auth
+            && a.identity.is_expired(OffsetDateTime::now_utc())
+        {
+            let denial = Denial::CertExpired {
+                not_after: a.identity.not_after,
+            };
+            let mut e = self
+                .base_event(EventType::AccessDenied, false)
+                .message(denial.audit_message(&a.login, &node));
+            e.node = Some(node.clone());
+            e.session_id = Some(ch.session_id.clone());
+            self.state.audit.emit(e);
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
         let spec = SessionSpec {
             user: ch.user.clone(),
             switch_user: ch.switch_user,
@@ -654,8 +670,9 @@ pub async fn serve(
     }
 }
 
-/// End the live sessions a lock now targets (and, under `locking_mode: strict`, all of them
-/// while the lock view is stale): the client reads the reason on stderr, then the connection
+/// End the live sessions a lock now targets, those whose certificate expired when
+/// `disconnect_expired_cert` is set (cluster or role), and, under `locking_mode: strict`, all
+/// of them while the lock view is stale: the client reads the reason on stderr, then the connection
 /// is closed. Runs until the view's change signal closes.
 pub async fn enforce_locks(state: Arc<NodeState>) {
     let mut changed = state.view.subscribe();
@@ -688,6 +705,9 @@ pub async fn sweep(state: &NodeState) {
                 // against the current view. Cutting it here would only lose the message.
                 .filter(|(_, c)| !c.channels.is_empty())
                 .map(|(id, c)| {
+                    if let Some(d) = access::expired_session(v, &c.identity, now) {
+                        return (*id, Some((d.description(&c.login, &node), None)));
+                    }
                     let hit = access::matching_lock(v, &c.identity, &c.login, &node, now).map(
                         |r| match r {
                             Ok(lock) => {

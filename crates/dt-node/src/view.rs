@@ -170,6 +170,16 @@ impl ClusterView {
         }
     }
 
+    /// The cluster's `disconnect_expired_cert` (off unless set; on when unreadable, so an
+    /// expired certificate's session ends rather than runs on).
+    pub fn disconnect_expired_cert(&self) -> bool {
+        match &self.cap {
+            None => false,
+            Some(Ok(c)) => c.spec.disconnect_expired_cert,
+            Some(Err(_)) => true,
+        }
+    }
+
     /// The cluster's locking mode (`best_effort` unless set; `strict` when unreadable).
     pub fn locking_mode(&self) -> LockingMode {
         match &self.cap {
@@ -354,6 +364,10 @@ mod tests {
         });
         assert!(v.cluster_mode().is_err());
         assert_eq!(v.locking_mode(), LockingMode::Strict);
+        assert!(
+            v.disconnect_expired_cert(),
+            "unreadable: sessions end at expiry"
+        );
         // Round trip through the file keeps the failures.
         let back = ViewFile::from_view(&v, &Default::default())
             .unwrap()

@@ -398,6 +398,7 @@ async fn openssh_client_against_a_devtrust_node() {
         roles: vec!["access".into(), "require-trusted-device".into()],
         logins: vec!["root".into()],
         bot: false,
+        trait_logins: vec!["root".into()],
         device: None,
         not_before: OffsetDateTime::now_utc() - time::Duration::minutes(1),
         not_after: OffsetDateTime::now_utc() + time::Duration::hours(1),

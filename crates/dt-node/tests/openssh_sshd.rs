@@ -166,6 +166,7 @@ impl Client {
                     roles: u.roles.clone(),
                     logins: u.logins.clone(),
                     bot: u.bot,
+                    trait_logins: u.trait_logins.clone(),
                     device: u.device.clone(),
                     not_before: u.not_before,
                     not_after: u.not_after,
@@ -297,6 +298,22 @@ async fn sshd_with_the_principals_helper() {
         sshd.log()
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "via sshd\n");
+
+    // The helper expands `{{internal.logins}}` from the login traits too (issue 11, hole 1):
+    // a certificate naming root only as a principal gets nothing from `access`.
+    let mut no_traits = TestUser::human("ugo", &["access"]);
+    no_traits.trait_logins.clear();
+    client.use_cert(&cluster, &no_traits);
+    let out = client.ssh("true");
+    assert!(denied(&out), "{}", String::from_utf8_lossy(&out.stderr));
+    let e = cluster
+        .wait_event(
+            EventType::AccessDenied,
+            "access denied to root connecting to sshd1",
+        )
+        .await;
+    assert_eq!(e.user.as_deref(), Some("ugo"));
+    client.use_cert(&cluster, &TestUser::human("uma", &["access"]));
 
     // Cluster-wide required: no device, no entry; the helper records why.
     cluster.set_cluster_mode("required").await;

@@ -527,6 +527,10 @@ pub struct RoleOptions {
     pub device_trust_mode: Option<DeviceTrustMode>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_session_ttl: Option<DurationStr>,
+    /// End the holder's live SSH sessions when its certificate expires (new sessions and
+    /// API calls are refused at expiry regardless).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disconnect_expired_cert: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -675,6 +679,10 @@ pub struct CapSpec {
     pub device_trust: DeviceTrustSettings,
     #[serde(default)]
     pub locking_mode: LockingMode,
+    /// End every live SSH session when its certificate expires (new sessions and API calls
+    /// are refused at expiry regardless). A role can ask for it too.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disconnect_expired_cert: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -854,6 +862,22 @@ version: v2
 metadata: {name: alice}
 spec: {roles: [access, editor], traits: {logins: [root]}}
 "#;
+
+    #[test]
+    fn disconnect_expired_cert_is_off_unless_set_and_not_written_when_off() {
+        let docs = AnyResource::parse_documents(
+            "kind: role\nversion: v7\nmetadata: {name: r}\nspec:\n  options: {disconnect_expired_cert: true}\n---\nkind: cluster_auth_preference\nversion: v2\nmetadata: {name: cluster-auth-preference}\nspec: {disconnect_expired_cert: true}\n",
+        )
+        .unwrap();
+        let (AnyResource::Role(r), AnyResource::ClusterAuthPreference(c)) = (&docs[0], &docs[1])
+        else {
+            panic!("{docs:?}")
+        };
+        assert!(r.spec.options.disconnect_expired_cert && c.spec.disconnect_expired_cert);
+        // Off is the default and is left out, so servers without the field still read it.
+        let off = serde_json::to_string(&Resource::new("r", RoleSpec::default())).unwrap();
+        assert!(!off.contains("disconnect_expired_cert"), "{off}");
+    }
 
     #[test]
     fn parses_multi_document_yaml() {

@@ -895,6 +895,7 @@ pub fn identity(user: &str, roles: &[&str]) -> dt_ca::Identity {
         roles: roles.iter().map(|r| r.to_string()).collect(),
         logins: vec![],
         bot: false,
+        trait_logins: vec![],
         device: None,
         not_before: now - time::Duration::minutes(1),
         not_after: now + time::Duration::hours(1),

@@ -248,6 +248,34 @@ impl Cluster {
         )
     }
 
+    /// Certificates for an existing user through the auth service's own issuance (what
+    /// `dtsh login` gets), with the requested TTL when given.
+    pub async fn login(&self, username: &str, ttl: Option<Duration>) -> ClientCreds {
+        let (user, _) = self
+            .srv
+            .get_resource::<dt_types::resource::UserSpec>(username)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("no user {username}"));
+        let key = ClientKey::generate().unwrap();
+        let resp = self
+            .srv
+            .issue_user_certs(
+                &user,
+                &key.ssh_public_key().unwrap().to_openssh().unwrap(),
+                &key.spki_der(),
+                ttl,
+                "127.0.0.1",
+            )
+            .await
+            .unwrap();
+        creds(
+            &key,
+            ssh_key::Certificate::from_openssh(&resp.ssh_cert).unwrap(),
+            &self.srv.host_ca.ssh_public_key_openssh(),
+        )
+    }
+
     /// Audit events of a type, newest last.
     pub async fn events(&self, kind: EventType) -> Vec<AuditEvent> {
         let (events, _) = self
@@ -287,7 +315,10 @@ impl Cluster {
 pub struct TestUser {
     pub name: String,
     pub roles: Vec<String>,
+    /// The certificate's principals.
     pub logins: Vec<String>,
+    /// What `{{internal.logins}}` expands to (the user's login traits).
+    pub trait_logins: Vec<String>,
     pub bot: bool,
     pub device: Option<DeviceExt>,
     pub not_before: OffsetDateTime,
@@ -301,6 +332,7 @@ impl TestUser {
             name: name.into(),
             roles: roles.iter().map(|s| s.to_string()).collect(),
             logins: vec!["root".into()],
+            trait_logins: vec!["root".into()],
             bot: false,
             device: None,
             not_before: now - time::Duration::minutes(1),
@@ -334,6 +366,7 @@ pub fn issue(ca: &dt_ca::CertAuthority, host_ca_line: &str, u: &TestUser) -> Cli
         roles: u.roles.clone(),
         logins: u.logins.clone(),
         bot: u.bot,
+        trait_logins: u.trait_logins.clone(),
         device: u.device.clone(),
         not_before: u.not_before,
         not_after: u.not_after,
@@ -341,6 +374,10 @@ pub fn issue(ca: &dt_ca::CertAuthority, host_ca_line: &str, u: &TestUser) -> Cli
     let cert = ca
         .issue_ssh_user_cert(&key.ssh_public_key().unwrap(), &id)
         .unwrap();
+    creds(&key, cert, host_ca_line)
+}
+
+fn creds(key: &ClientKey, cert: ssh_key::Certificate, host_ca_line: &str) -> ClientCreds {
     ClientCreds {
         key: Arc::new(
             russh::keys::PrivateKey::from_openssh(key.ssh_private_key_openssh().unwrap()).unwrap(),
