@@ -2,6 +2,8 @@
 //! binaries: each test shows the refusal (the user's error and an audit event with the
 //! reason) and that the allowed case still works.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::{Duration, Instant};
