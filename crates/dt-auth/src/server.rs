@@ -397,8 +397,17 @@ impl AuthServer {
             tracing::error!(error = %e, "could not record the refusal");
         }
         let what = problem.split(':').next().unwrap_or(problem);
+        let fix = match kind {
+            // The cluster auth preference can only be replaced, not removed.
+            Kind::ClusterAuthPreference => {
+                "`dtctl --data-dir DIR create --force -f FILE` with a valid one".to_string()
+            }
+            _ => format!(
+                "`dtctl --data-dir DIR create --force -f FILE`, or `dtctl --data-dir DIR rm {kind}/{name}`"
+            ),
+        };
         ApiError::FailedPrecondition(format!(
-            "the auth service refuses this call: {kind}/{name} in storage is {what}; an admin must fix it on the auth host (`dtctl --data-dir DIR create --force -f FILE`, or `dtctl --data-dir DIR rm {kind}/{name}`)"
+            "the auth service refuses this call: {kind}/{name} in storage is {what}; an admin must fix it on the auth host ({fix})"
         ))
     }
 

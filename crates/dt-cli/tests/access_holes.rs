@@ -179,6 +179,13 @@ fn unreadable_roles_locks_and_cluster_settings_refuse_calls_until_fixed() {
     );
     let out = until(|| srv.dtctl_as(&bob, &["status"]), |o| !o.success());
     out.fails_with_one_line("role/access in storage is unreadable");
+    assert!(out.stderr.contains("an admin must fix it"), "{out}");
+    let log = srv.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("stored document unusable") && l.contains("access")),
+        "{log}"
+    );
     srv.login(&Home::new(), "bob", PW)
         .fails_with("role/access in storage is unreadable");
     let ev = event_with(
