@@ -6,7 +6,9 @@
 //! revision replaces it, so watch events and this server's own writes (applied at once by
 //! the handlers) can arrive in any order. Writes made through another auth server arrive by
 //! the watch (LISTEN/NOTIFY on PostgreSQL). While the watch is down the cache is empty and
-//! readers fall back to storage, so a broken feed never serves stale locks.
+//! readers fall back to storage, so a broken feed never serves stale locks. A stored
+//! document that does not parse is kept as unreadable (not as absent), so readers refuse to
+//! decide on it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,12 +20,16 @@ use dt_types::{ClusterAuthPreference, Kind, Lock, Role};
 
 use crate::keys;
 
+/// A cached document: parsed, `None` when deleted, or the parse error when it is stored but
+/// unreadable (readers refuse to decide on it: fail closed).
+type Doc<T> = Result<Option<T>, String>;
+
 #[derive(Default)]
 struct Snapshot {
-    /// key -> (revision, parsed value or None when deleted)
-    roles: HashMap<String, (i64, Option<Role>)>,
-    cap: Option<(i64, Option<ClusterAuthPreference>)>,
-    locks: HashMap<String, (i64, Option<Lock>)>,
+    /// key -> (revision, document)
+    roles: HashMap<String, (i64, Doc<Role>)>,
+    cap: Option<(i64, Doc<ClusterAuthPreference>)>,
+    locks: HashMap<String, (i64, Doc<Lock>)>,
 }
 
 #[derive(Default)]
@@ -36,7 +42,7 @@ fn name_of(key: &str, kind: Kind) -> Option<&str> {
 }
 
 /// Keep the newer of two revisions.
-fn upsert<T>(slot: &mut HashMap<String, (i64, Option<T>)>, name: &str, rev: i64, value: Option<T>) {
+fn upsert<T>(slot: &mut HashMap<String, (i64, Doc<T>)>, name: &str, rev: i64, value: Doc<T>) {
     match slot.get(name) {
         Some((have, _)) if *have > rev => {}
         _ => {
@@ -45,16 +51,21 @@ fn upsert<T>(slot: &mut HashMap<String, (i64, Option<T>)>, name: &str, rev: i64,
     }
 }
 
+/// Parse a stored value (`None`: deleted), keeping the error of an unreadable one.
+fn parse<S: dt_types::resource::Spec>(value: Option<&[u8]>) -> Doc<Resource<S>> {
+    value
+        .map(|v| serde_json::from_slice::<Resource<S>>(v).map_err(|e| e.to_string()))
+        .transpose()
+}
+
 impl Snapshot {
     fn apply(&mut self, key: &str, rev: i64, value: Option<&[u8]>) {
         if let Some(name) = name_of(key, Kind::Role) {
-            let parsed = value.and_then(|v| serde_json::from_slice::<Resource<RoleSpec>>(v).ok());
-            upsert(&mut self.roles, name, rev, parsed);
+            upsert(&mut self.roles, name, rev, parse::<RoleSpec>(value));
         } else if let Some(name) = name_of(key, Kind::Lock) {
-            let parsed = value.and_then(|v| serde_json::from_slice::<Resource<LockSpec>>(v).ok());
-            upsert(&mut self.locks, name, rev, parsed);
+            upsert(&mut self.locks, name, rev, parse::<LockSpec>(value));
         } else if name_of(key, Kind::ClusterAuthPreference) == Some(CAP_NAME) {
-            let parsed = value.and_then(|v| serde_json::from_slice::<Resource<CapSpec>>(v).ok());
+            let parsed = parse::<CapSpec>(value);
             if self.cap.as_ref().is_none_or(|(have, _)| *have <= rev) {
                 self.cap = Some((rev, parsed));
             }
@@ -140,23 +151,33 @@ impl ClusterCache {
         }
     }
 
-    /// `None` while the cache is not following the feed.
-    pub fn role(&self, name: &str) -> Option<Option<Role>> {
+    /// `None` while the cache is not following the feed; `Some(Err(why))` when the role is
+    /// stored but unreadable.
+    pub fn role(&self, name: &str) -> Option<Doc<Role>> {
         let g = self.state.read().unwrap_or_else(|p| p.into_inner());
         let s = g.as_ref()?;
-        Some(s.roles.get(name).and_then(|(_, r)| r.clone()))
+        Some(s.roles.get(name).map_or(Ok(None), |(_, r)| r.clone()))
     }
 
-    pub fn cap(&self) -> Option<Option<ClusterAuthPreference>> {
+    pub fn cap(&self) -> Option<Doc<ClusterAuthPreference>> {
         let g = self.state.read().unwrap_or_else(|p| p.into_inner());
         let s = g.as_ref()?;
-        Some(s.cap.as_ref().and_then(|(_, c)| c.clone()))
+        Some(s.cap.as_ref().map_or(Ok(None), |(_, c)| c.clone()))
     }
 
-    pub fn locks(&self) -> Option<Vec<Lock>> {
+    /// All stored locks, or the name and parse error of the first unreadable one.
+    pub fn locks(&self) -> Option<Result<Vec<Lock>, (String, String)>> {
         let g = self.state.read().unwrap_or_else(|p| p.into_inner());
         let s = g.as_ref()?;
-        Some(s.locks.values().filter_map(|(_, l)| l.clone()).collect())
+        let mut out = Vec::with_capacity(s.locks.len());
+        for (name, (_, doc)) in &s.locks {
+            match doc {
+                Ok(Some(l)) => out.push(l.clone()),
+                Ok(None) => {}
+                Err(why) => return Some(Err((name.clone(), why.clone()))),
+            }
+        }
+        Some(Ok(out))
     }
 }
 
@@ -185,12 +206,32 @@ mod tests {
         let key = keys::resource(Kind::Lock, "l1");
         c.apply(&key, 7, Some(&lock_json("l1", "bob")));
         c.apply(&key, 5, Some(&lock_json("l1", "alice"))); // older: ignored
-        let locks = c.locks().unwrap();
+        let locks = c.locks().unwrap().unwrap();
         assert_eq!(locks[0].spec.target.user.as_deref(), Some("bob"));
         c.apply(&key, 9, None); // deleted
-        assert!(c.locks().unwrap().is_empty());
+        assert!(c.locks().unwrap().unwrap().is_empty());
         c.apply(&key, 8, Some(&lock_json("l1", "carol"))); // older than the delete
-        assert!(c.locks().unwrap().is_empty());
+        assert!(c.locks().unwrap().unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_unreadable_document_is_kept_as_unreadable_not_absent() {
+        let c = ClusterCache::default();
+        c.set(Some(Snapshot::default()));
+        c.apply(&keys::resource(Kind::Lock, "bad"), 3, Some(b"{not json"));
+        assert!(matches!(c.locks(), Some(Err((name, _))) if name == "bad"));
+        c.apply(&keys::resource(Kind::Role, "r"), 4, Some(b"[]"));
+        assert!(matches!(c.role("r"), Some(Err(_))));
+        assert!(matches!(c.role("other"), Some(Ok(None))));
+        c.apply(
+            &keys::resource(Kind::ClusterAuthPreference, CAP_NAME),
+            5,
+            Some(b"1"),
+        );
+        assert!(matches!(c.cap(), Some(Err(_))));
+        // Fixing the document restores it.
+        c.apply(&keys::resource(Kind::Lock, "bad"), 6, None);
+        assert!(c.locks().unwrap().unwrap().is_empty());
     }
 
     #[test]
@@ -218,7 +259,7 @@ mod tests {
             let c = c.clone();
             async move {
                 for _ in 0..200 {
-                    if c.locks().is_some_and(|l| l.len() == want) {
+                    if c.locks().is_some_and(|l| l.is_ok_and(|l| l.len() == want)) {
                         return true;
                     }
                     tokio::time::sleep(Duration::from_millis(10)).await;

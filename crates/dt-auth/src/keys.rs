@@ -65,3 +65,14 @@ pub fn device_token(hash: &str) -> String {
 pub fn device_token_index(device_id: &str) -> String {
     format!("/index/device_token/{device_id}")
 }
+
+/// A node's registration: the name bound to the key it first joined with (no expiry; `dtctl
+/// rm node/NAME` removes it).
+pub fn node_registration(name: &str) -> String {
+    format!("/node_registrations/{name}")
+}
+
+/// Keys of removed nodes (hex SHA-256 of the SPKI), refused until their certificates expire.
+pub fn removed_node_key(key_sha256: &str) -> String {
+    format!("/index/removed_node_key/{key_sha256}")
+}

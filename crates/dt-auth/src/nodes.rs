@@ -4,8 +4,11 @@
 //!   token) and its public key; it gets an SSH host certificate and an X.509 client
 //!   certificate, both from the host CA, and the user CA it must trust. Node tokens are
 //!   **reusable until they expire** (one token can join a fleet, and a node that lost its
-//!   data dir can join again); `dtctl rm token/NAME` revokes one early. A name that is online
-//!   with another key is refused, so a second machine cannot silently take over a node name.
+//!   data dir can join again); `dtctl rm token/NAME` revokes one early. The first join
+//!   registers the name with the node's key ([`NodeRegistration`]); a join under that name
+//!   with another key is refused until an admin runs `dtctl rm node/NAME` (which also refuses
+//!   the old key from then on). Host certificates name the registered node only, never an
+//!   address the client asks for.
 //! - **Heartbeat**: the node's record under `/nodes/<name>` expires a few heartbeats later, so
 //!   `dtsh ls` lists only live nodes. Heartbeats are liveness, not changes: no audit event.
 //! - **WatchCluster**: a snapshot of what SSH decisions need (cluster auth preference, roles,
@@ -97,6 +100,20 @@ pub struct NodeRecord {
     pub key_sha256: String,
     #[serde(with = "time::serde::rfc3339")]
     pub last_heartbeat: OffsetDateTime,
+}
+
+/// The name a node joined with, bound to its key until an admin removes it. Host
+/// certificates are issued for this name only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRegistration {
+    pub name: String,
+    /// Hex SHA-256 of the node key's SubjectPublicKeyInfo.
+    pub key_sha256: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub joined_at: OffsetDateTime,
+    /// The join token it used (its name, not the secret).
+    pub token: String,
 }
 
 #[derive(Clone)]
@@ -280,13 +297,28 @@ impl AuthServer {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         )?;
-        let host = addr_host(&req.addr)?;
+        addr_host(&req.addr)?;
         let (ssh_key, key_sha256) = check_node_keys(&req.ssh_public_key, &req.tls_public_key_der)?;
         let Some((token, _)) = self.find_join_token(&req.token, TokenRole::Node).await? else {
             self.login_failures.record_failure(&limiter_key);
             fail("invalid or expired node join token".into()).await?;
             return Err(invalid_join_token());
         };
+        let reg_key = keys::node_registration(&name);
+        let registration = self.backend.get(&reg_key).await?;
+        if let Some(item) = &registration {
+            let same_key = serde_json::from_slice::<NodeRegistration>(&item.value)
+                .is_ok_and(|r| r.key_sha256 == key_sha256);
+            if !same_key {
+                fail(format!(
+                    "refused: node name {name:?} is registered with another key"
+                ))
+                .await?;
+                return Err(ApiError::AlreadyExists(format!(
+                    "a node named {name:?} is already registered with another key; if this machine replaces it, an admin must remove the old one first (`dtctl rm node/{name}`), then join again"
+                )));
+            }
+        }
         let key = node_key(&name);
         let existing = self.backend.get(&key).await?;
         if let Some(item) = &existing
@@ -300,10 +332,9 @@ impl AuthServer {
         }
         let now = OffsetDateTime::now_utc();
         let not_after = now + NODE_CERT_VALIDITY;
-        let mut principals = vec![name.clone(), format!("{name}.{}", self.cluster_name)];
-        if !principals.contains(&host) {
-            principals.push(host);
-        }
+        // The registered name only: never an address or host name the joining client
+        // asks for (a node token must not mint certificates for other hosts).
+        let principals = vec![name.clone(), format!("{name}.{}", self.cluster_name)];
         let host_cert = self
             .host_ca
             .issue_ssh_host_cert(&ssh_key, &name, &principals, not_after)
@@ -328,6 +359,17 @@ impl AuthServer {
             Some(item) => Condition::Revision(key.clone(), item.revision),
             None => Condition::NotExists(key.clone()),
         };
+        // Two machines joining one new name at once: one registration wins.
+        let reg_condition = match &registration {
+            Some(item) => Condition::Revision(reg_key.clone(), item.revision),
+            None => Condition::NotExists(reg_key.clone()),
+        };
+        let reg = NodeRegistration {
+            name: name.clone(),
+            key_sha256: record.key_sha256.clone(),
+            joined_at: now,
+            token: token.name().to_string(),
+        };
         let mut event = AuditEvent::new(EventType::NodeJoin, true, now)
             .user(&name)
             .resource("token", token.name())
@@ -337,12 +379,19 @@ impl AuthServer {
         match self
             .audit
             .write_with(
-                vec![condition],
-                vec![Op::Put {
-                    key,
-                    value: to_json(&record)?,
-                    expires: Some(now + JOIN_RECORD_TTL),
-                }],
+                vec![condition, reg_condition],
+                vec![
+                    Op::Put {
+                        key,
+                        value: to_json(&record)?,
+                        expires: Some(now + JOIN_RECORD_TTL),
+                    },
+                    Op::Put {
+                        key: reg_key,
+                        value: to_json(&reg)?,
+                        expires: None,
+                    },
+                ],
                 event,
             )
             .await
@@ -386,6 +435,7 @@ impl AuthServer {
             .as_deref()
             .and_then(|d| cert_key_sha256(d))
             .ok_or_else(|| ApiError::internal("node certificate without a key"))?;
+        self.check_node_key(&node.name, &key_sha256).await?;
         let ttl = req.ttl_seconds.clamp(MIN_HEARTBEAT_TTL, MAX_HEARTBEAT_TTL);
         let now = OffsetDateTime::now_utc();
         let record = NodeRecord {
@@ -404,6 +454,106 @@ impl AuthServer {
             )
             .await?;
         Ok(())
+    }
+
+    /// A joined node's key must still be the one registered for its name: a removed node,
+    /// or one whose name now belongs to another machine, is refused.
+    async fn check_node_key(&self, name: &str, key_sha256: &str) -> ApiResult<()> {
+        let refused = || {
+            ApiError::Unauthenticated(format!(
+                "node {name:?} was removed or replaced by an admin; join again with a new token (`dtctl tokens add --type=node`)"
+            ))
+        };
+        if self
+            .backend
+            .get(&keys::removed_node_key(key_sha256))
+            .await?
+            .is_some()
+        {
+            return Err(refused());
+        }
+        match self.backend.get(&keys::node_registration(name)).await? {
+            Some(item)
+                if !serde_json::from_slice::<NodeRegistration>(&item.value)
+                    .is_ok_and(|r| r.key_sha256 == key_sha256) =>
+            {
+                Err(refused())
+            }
+            // Nodes joined before registrations existed have none: accepted.
+            _ => Ok(()),
+        }
+    }
+
+    /// The joined node on the other end whose key is still registered for its name.
+    async fn live_node(&self, peer: &Peer) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
+        let node = node_of(peer)?;
+        let key_sha256 = peer
+            .cert_der
+            .as_deref()
+            .and_then(|d| cert_key_sha256(d))
+            .ok_or_else(|| ApiError::internal("node certificate without a key"))?;
+        self.check_node_key(&node.name, &key_sha256).await?;
+        Ok(node)
+    }
+
+    /// `dtctl rm node/NAME`: forget the node's registration and live record, and refuse its
+    /// key from now on, so the name is free for a machine with a new key.
+    pub async fn remove_node(&self, caller: &Caller, name: &str) -> ApiResult<()> {
+        self.authorize(caller, "node", Verb::Delete)?;
+        let reg_key = keys::node_registration(name);
+        let record_key = node_key(name);
+        let reg = self.backend.get(&reg_key).await?;
+        let record = self.backend.get(&record_key).await?;
+        if reg.is_none() && record.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "node {name:?} not found (see `dtsh ls`)"
+            )));
+        }
+        let mut keys_seen: Vec<String> = Vec::new();
+        if let Some(r) = reg
+            .as_ref()
+            .and_then(|i| serde_json::from_slice::<NodeRegistration>(&i.value).ok())
+        {
+            keys_seen.push(r.key_sha256);
+        }
+        if let Some(r) = record
+            .as_ref()
+            .and_then(|i| serde_json::from_slice::<NodeRecord>(&i.value).ok())
+            && !keys_seen.contains(&r.key_sha256)
+        {
+            keys_seen.push(r.key_sha256);
+        }
+        let mut conditions = Vec::new();
+        let mut ops = Vec::new();
+        for (key, item) in [(reg_key, &reg), (record_key, &record)] {
+            if let Some(item) = item {
+                conditions.push(Condition::Revision(key.clone(), item.revision));
+                ops.push(Op::Delete { key });
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        for k in &keys_seen {
+            ops.push(Op::Put {
+                key: keys::removed_node_key(k),
+                value: name.as_bytes().to_vec(),
+                expires: Some(now + NODE_CERT_VALIDITY),
+            });
+        }
+        let mut event = AuditEvent::new(EventType::ResourceDelete, true, now)
+            .user(caller.name())
+            .resource("node", name)
+            .message(format!(
+                "node {name:?} removed; its key is refused from now on"
+            ))
+            .remote_addr(caller.peer.addr.ip().to_string());
+        event.node = Some(name.to_string());
+        match self.audit.write_with(conditions, ops, event).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::ConditionFailed { .. }) => Err(ApiError::Conflict(format!(
+                "node {name:?} changed meanwhile; try again"
+            ))),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Live nodes, by name.
@@ -745,7 +895,7 @@ impl NodeService for GrpcNodes {
         req: Request<pb::WatchClusterRequest>,
     ) -> Result<Response<Self::WatchClusterStream>, Status> {
         let peer = peer_of(&req)?;
-        let node = node_of(&peer)?;
+        let node = self.srv.live_node(&peer).await?;
         let srv = self.srv.clone();
         // Watch first, then read: a change between the two arrives as a change after the
         // snapshot, and applying it twice is harmless (puts replace, deletes remove).
@@ -833,7 +983,7 @@ impl NodeService for GrpcNodes {
         req: Request<pb::SubmitAuditEventsRequest>,
     ) -> Result<Response<pb::SubmitAuditEventsResponse>, Status> {
         let peer = peer_of(&req)?;
-        let node = node_of(&peer)?;
+        let node = self.srv.live_node(&peer).await?;
         let accepted = self
             .srv
             .submit_node_events(&node, &peer, req.into_inner().events)

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use dt_ca::{CaKind, CertAuthority, ClientKey, StoredCa};
 use dt_store::{Backend, StoreError};
+use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::{CAP_NAME, Resource, Spec};
 use dt_types::{ClusterAuthPreference, Kind, Lock, Role};
 use time::OffsetDateTime;
@@ -293,8 +294,12 @@ impl AuthServer {
         let Some(item) = self.backend.get(&keys::resource(S::KIND, name)).await? else {
             return Ok(None);
         };
-        let r: Resource<S> = serde_json::from_slice(&item.value).map_err(ApiError::internal)?;
-        Ok(Some((r, item.revision)))
+        match serde_json::from_slice::<Resource<S>>(&item.value) {
+            Ok(r) => Ok(Some((r, item.revision))),
+            Err(e) => Err(self
+                .refuse_unusable(S::KIND, name, &format!("unreadable: {e}"))
+                .await),
+        }
     }
 
     pub async fn list_resources<S: Spec>(&self) -> ApiResult<Vec<Resource<S>>> {
@@ -318,12 +323,18 @@ impl AuthServer {
         }
     }
 
-    /// The roles with these names that exist. The local admin's `editor` always resolves.
+    /// The roles with these names that exist. A missing role grants nothing (logged); a
+    /// stored role that does not parse refuses the call (fail closed), naming it.
     pub async fn resolve_roles(&self, names: &[String]) -> ApiResult<Vec<Role>> {
         let mut roles = Vec::with_capacity(names.len());
         for name in names {
             let found = match self.cache.role(name) {
-                Some(cached) => cached,
+                Some(Ok(cached)) => cached,
+                Some(Err(why)) => {
+                    return Err(self
+                        .refuse_unusable(Kind::Role, name, &format!("unreadable: {why}"))
+                        .await);
+                }
                 None => self
                     .get_resource::<dt_types::resource::RoleSpec>(name)
                     .await?
@@ -331,39 +342,161 @@ impl AuthServer {
             };
             match found {
                 Some(r) => roles.push(r),
-                None if name == "editor" => roles.push(presets::editor_fallback()),
-                None => tracing::warn!(role = %name, "identity names a role that does not exist"),
+                None => {
+                    tracing::warn!(role = %name, "identity names a role that does not exist; it grants nothing")
+                }
             }
         }
         Ok(roles)
     }
 
+    /// The roles of a certificate's identity. Roles it names that do not exist grant nothing
+    /// and are recorded (log and audit). Only the local admin (`dtctl --data-dir`, root on
+    /// the auth host) has a built-in fallback: when the stored `editor` is missing or
+    /// unreadable it keeps the built-in one, so it can always repair storage.
+    pub async fn identity_roles(&self, identity: &dt_ca::Identity) -> ApiResult<Vec<Role>> {
+        let resolved = self.resolve_roles(&identity.roles).await;
+        if identity.username == LOCAL_ADMIN {
+            return Ok(match resolved {
+                Ok(roles) if roles.iter().any(|r| r.metadata.name == "editor") => roles,
+                Ok(_) => vec![presets::editor_fallback()],
+                Err(e) => {
+                    tracing::warn!(error = %e, "local admin: using the built-in editor role");
+                    vec![presets::editor_fallback()]
+                }
+            });
+        }
+        let roles = resolved?;
+        let missing = missing_roles(&identity.roles, &roles);
+        if !missing.is_empty() {
+            let msg = format!(
+                "certificate names role(s) {} that do not exist; they grant nothing",
+                quote_list(&missing)
+            );
+            tracing::warn!(user = %identity.username, "{msg}");
+            self.audit
+                .emit(
+                    AuditEvent::new(EventType::AccessDenied, false, OffsetDateTime::now_utc())
+                        .user(&identity.username)
+                        .message(msg),
+                )
+                .await?;
+        }
+        Ok(roles)
+    }
+
+    /// Refuse a call because a stored document a decision needs is unusable (`problem`:
+    /// "missing" or "unreadable: why"): logged, audited, and an error for the caller that
+    /// names the document and says how to fix it. The parse error stays in the log and the
+    /// audit event.
+    pub async fn refuse_unusable(&self, kind: Kind, name: &str, problem: &str) -> ApiError {
+        tracing::error!(%kind, name, problem, "stored document unusable; refusing the call");
+        let event = AuditEvent::new(EventType::AccessDenied, false, OffsetDateTime::now_utc())
+            .resource(kind.as_str(), name)
+            .message(format!("refused: {kind}/{name} in storage is {problem}"));
+        if let Err(e) = self.audit.emit(event).await {
+            tracing::error!(error = %e, "could not record the refusal");
+        }
+        let what = problem.split(':').next().unwrap_or(problem);
+        let fix = match kind {
+            // The cluster auth preference can only be replaced, not removed.
+            Kind::ClusterAuthPreference => {
+                "`dtctl --data-dir DIR create --force -f FILE` with a valid one".to_string()
+            }
+            _ => format!(
+                "`dtctl --data-dir DIR create --force -f FILE`, or `dtctl --data-dir DIR rm {kind}/{name}`"
+            ),
+        };
+        ApiError::FailedPrecondition(format!(
+            "the auth service refuses this call: {kind}/{name} in storage is {what}; an admin must fix it on the auth host ({fix})"
+        ))
+    }
+
+    /// The cluster auth preference. Missing or unreadable: refused, never the defaults.
     pub async fn cap(&self) -> ApiResult<ClusterAuthPreference> {
         let found = match self.cache.cap() {
-            Some(cached) => cached,
+            Some(Ok(cached)) => cached,
+            Some(Err(why)) => {
+                return Err(self
+                    .refuse_unusable(
+                        Kind::ClusterAuthPreference,
+                        CAP_NAME,
+                        &format!("unreadable: {why}"),
+                    )
+                    .await);
+            }
             None => self
                 .get_resource::<dt_types::resource::CapSpec>(CAP_NAME)
                 .await?
                 .map(|(c, _)| c),
         };
-        Ok(found.unwrap_or_else(presets::default_cap))
+        match found {
+            Some(cap) => Ok(cap),
+            None => Err(self
+                .refuse_unusable(Kind::ClusterAuthPreference, CAP_NAME, "missing")
+                .await),
+        }
     }
 
-    /// Locks in force now.
+    /// Locks in force now. One unreadable lock refuses the call (it could target anyone).
     pub async fn active_locks(&self) -> ApiResult<Vec<Lock>> {
         let now = OffsetDateTime::now_utc();
         let all = match self.cache.locks() {
-            Some(cached) => cached,
-            None => {
-                self.list_resources::<dt_types::resource::LockSpec>()
-                    .await?
+            Some(Ok(cached)) => cached,
+            Some(Err((name, why))) => {
+                return Err(self
+                    .refuse_unusable(Kind::Lock, &name, &format!("unreadable: {why}"))
+                    .await);
             }
+            None => self.all_locks().await?,
         };
         Ok(all
             .into_iter()
             .filter(|l| l.metadata.expires.is_none_or(|e| e > now))
             .collect())
     }
+
+    /// Every stored lock, read from storage; an unreadable one refuses the call.
+    async fn all_locks(&self) -> ApiResult<Vec<Lock>> {
+        let prefix = keys::resource_prefix(Kind::Lock);
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.backend.range(&prefix, cursor.as_deref(), 1000).await?;
+            for item in page.items {
+                match serde_json::from_slice::<Lock>(&item.value) {
+                    Ok(l) => out.push(l),
+                    Err(e) => {
+                        let name = item.key.strip_prefix(&prefix).unwrap_or(&item.key);
+                        return Err(self
+                            .refuse_unusable(Kind::Lock, name, &format!("unreadable: {e}"))
+                            .await);
+                    }
+                }
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => return Ok(out),
+            }
+        }
+    }
+}
+
+/// The role names in `named` that are not among `found`.
+pub fn missing_roles<'a>(named: &'a [String], found: &[Role]) -> Vec<&'a str> {
+    named
+        .iter()
+        .filter(|n| !found.iter().any(|r| &r.metadata.name == *n))
+        .map(String::as_str)
+        .collect()
+}
+
+fn quote_list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| format!("{n:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn create_private_dir(path: &Path) -> Result<(), StartError> {

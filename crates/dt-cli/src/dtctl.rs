@@ -140,6 +140,9 @@ enum TokensCmd {
         /// node or bot
         #[arg(long = "type", value_parser = ["node", "bot"])]
         kind: String,
+        /// With --type=bot: the existing bot (from `dtctl bots add`) the token logs in as.
+        #[arg(long)]
+        bot_name: Option<String>,
         #[arg(long, value_parser = parse_duration, default_value = "30m")]
         ttl: Duration,
         /// text prints only the token.
@@ -232,6 +235,23 @@ pub async fn connect_channel(g: &Global) -> anyhow::Result<Channel> {
     };
     let addr = g.auth_server.clone().unwrap_or(profile.proxy.clone());
     Ok(dt_client::connect::channel(&addr, policy, id).await?)
+}
+
+/// `dtctl rm node/NAME`: forget a node's registration (its name and key), so a machine
+/// with a new key can join under that name.
+async fn remove_node(g: &Global, name: &str) -> anyhow::Result<ExitCode> {
+    if name.is_empty() {
+        bail!("name what to remove: node/NAME");
+    }
+    let mut c = connect(g).await?;
+    c.delete_resource(pb::DeleteResourceRequest {
+        kind: "node".into(),
+        name: name.into(),
+    })
+    .await
+    .map_err(api_err)?;
+    println!("node {name:?} has been removed; a machine can now join with that name");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn split_target(target: &str) -> anyhow::Result<(Kind, Option<String>)> {
@@ -491,6 +511,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Edit { target } => return edit(&g, &target).await,
         Cmd::Rm { target } => {
+            if let Some(node) = target
+                .strip_prefix("node/")
+                .or(target.strip_prefix("nodes/"))
+            {
+                return remove_node(&g, node).await;
+            }
             let (kind, name) = split_target(&target)?;
             let Some(name) = name else {
                 bail!("name what to remove: {}/NAME", kind.as_str())
@@ -701,12 +727,17 @@ pub fn proxy_hint(g: &Global) -> String {
 async fn tokens(g: &Global, cmd: TokensCmd) -> anyhow::Result<()> {
     let mut c = connect(g).await?;
     match cmd {
-        TokensCmd::Add { kind, ttl, format } => {
+        TokensCmd::Add {
+            kind,
+            bot_name,
+            ttl,
+            format,
+        } => {
             let resp = c
                 .create_join_token(pb::CreateJoinTokenRequest {
                     r#type: kind.clone(),
                     ttl_seconds: ttl.as_secs(),
-                    bot_name: String::new(),
+                    bot_name: bot_name.unwrap_or_default(),
                     bot_roles: vec![],
                 })
                 .await

@@ -899,8 +899,16 @@ fn no_secret_reaches_the_log_the_audit_trail_or_other_files() {
         .find_map(|w| w.strip_prefix("--token="))
         .expect("--token= in tokens add output")
         .to_string();
+    srv.dtctl(&["bots", "add", "ci", "--roles=access", "--format=text"])
+        .ok();
     let join3 = srv
-        .dtctl(&["tokens", "add", "--type=bot", "--format=json"])
+        .dtctl(&[
+            "tokens",
+            "add",
+            "--type=bot",
+            "--bot-name=ci",
+            "--format=json",
+        ])
         .json()["token"]
         .as_str()
         .unwrap()

@@ -197,7 +197,7 @@ async fn nodes_are_listed_while_they_heartbeat() {
         (list().await == ["beta"]).then_some(())
     })
     .await;
-    // A second machine cannot take a live node's name.
+    // A second machine cannot take a registered node's name (live or not).
     let err = dt_node::agent::join(
         &dt_node::identity::DataDir::new(tempfile::tempdir().unwrap().path().join("x")),
         &dt_node::agent::JoinRequest {
@@ -214,7 +214,7 @@ async fn nodes_are_listed_while_they_heartbeat() {
     .unwrap();
     assert!(
         err.to_string()
-            .contains("a node named \"beta\" is online with another key"),
+            .contains("a node named \"beta\" is already registered with another key"),
         "{err}"
     );
     // A bad token is refused with one generic message, and audited.
