@@ -611,6 +611,7 @@ impl DeviceTrustService for GrpcDevices {
         let (tx, rx) = mpsc::channel(4);
         let srv = self.srv.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let run = srv.drive_enroll(&caller, &mut inbound, &tx);
             let result = match tokio::time::timeout(CEREMONY_DEADLINE, run).await {
                 Ok(r) => r,
@@ -618,6 +619,8 @@ impl DeviceTrustService for GrpcDevices {
                     "the enrollment took longer than 60 s; start again",
                 )),
             };
+            srv.metrics
+                .ceremony("enroll", result.as_ref().map(|_| ()), started.elapsed());
             if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;
             }
@@ -641,6 +644,7 @@ impl DeviceTrustService for GrpcDevices {
         let (tx, rx) = mpsc::channel(4);
         let srv = self.srv.clone();
         tokio::spawn(async move {
+            let started = std::time::Instant::now();
             let run = srv.drive_authenticate(&caller, &mut inbound, &tx);
             let result = match tokio::time::timeout(CEREMONY_DEADLINE, run).await {
                 Ok(r) => r,
@@ -648,6 +652,11 @@ impl DeviceTrustService for GrpcDevices {
                     "device authentication took longer than 60 s; try again",
                 )),
             };
+            srv.metrics.ceremony(
+                "authenticate",
+                result.as_ref().map(|_| ()),
+                started.elapsed(),
+            );
             if let Err(status) = result {
                 let _ = tx.send(Err(status)).await;
             }

@@ -72,8 +72,14 @@ impl From<ApiError> for tonic::Status {
     }
 }
 
+/// Storage failures seen by API calls since the process started (`/metrics`).
+pub static STORAGE_ERRORS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
+        if !matches!(e, StoreError::RevisionMismatch(_)) {
+            STORAGE_ERRORS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         match e {
             StoreError::RevisionMismatch(_) => ApiError::Conflict(
                 "the resource was changed by someone else since you read it; read it again and retry"

@@ -1063,7 +1063,16 @@ impl AuthService for GrpcAuth {
         req: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
         let peer = peer_of(&req)?;
-        Ok(Response::new(self.srv.login(req.into_inner(), peer).await?))
+        let started = std::time::Instant::now();
+        let result = self
+            .srv
+            .login(req.into_inner(), peer)
+            .await
+            .map_err(|e| e.status());
+        self.srv
+            .metrics
+            .login(result.as_ref().map(|_| ()), started.elapsed());
+        Ok(Response::new(result?))
     }
 
     async fn who_am_i(

@@ -30,11 +30,46 @@ type S = State<Arc<AuthServer>>;
 pub fn router(srv: Arc<AuthServer>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .route("/v1/ping", get(ping))
         .route("/v1/whoami", get(whoami))
         .route("/v1/resources/{kind}", get(list))
         .route("/v1/resources/{kind}/{name}", get(get_one))
         .with_state(srv)
+}
+
+/// Ready means storage answers within a second: a load balancer stops sending requests to
+/// an auth server whose database is gone (`/healthz` only says the process runs).
+async fn readyz(State(srv): S) -> Response {
+    let probe = srv.backend.get(crate::server::READY_PROBE_KEY);
+    match tokio::time::timeout(std::time::Duration::from_secs(1), probe).await {
+        Ok(Ok(_)) => Json(json!({"ready": true})).into_response(),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness probe: storage failed");
+            (
+                http::StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"ready": false, "reason": "storage is unreachable"})),
+            )
+                .into_response()
+        }
+        Err(_) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"ready": false, "reason": "storage did not answer within 1 s"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(srv): S) -> Response {
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        srv.metrics.registry.render(),
+    )
+        .into_response()
 }
 
 async fn ping(State(srv): S) -> Result<Json<serde_json::Value>, ApiError> {

@@ -42,6 +42,9 @@ pub enum StartError {
     Invalid(String),
 }
 
+/// The key `/readyz` reads: any read proves storage answers; this one never exists.
+pub const READY_PROBE_KEY: &str = "/readyz/probe";
+
 pub struct AuthServer {
     pub backend: Arc<dyn Backend>,
     /// Roles, cluster auth preference and locks, following the change feed.
@@ -53,6 +56,8 @@ pub struct AuthServer {
     pub login_failures: FailureLimiter,
     pub device_ceremonies: RateLimiter,
     pub config: Config,
+    /// Counters and histograms for `/metrics`.
+    pub metrics: crate::metrics::AuthMetrics,
 }
 
 /// Files written to the data dir at start.
@@ -193,6 +198,7 @@ impl AuthServer {
         let cache = Arc::new(crate::cache::ClusterCache::default());
         cache.spawn(backend.clone());
         Ok(Arc::new(AuthServer {
+            metrics: crate::metrics::AuthMetrics::new(cache.clone()),
             cache,
             audit: AuditSink::new(backend.clone()),
             backend,

@@ -40,6 +40,10 @@ pub struct StartArgs {
     /// Node join token from `dtctl tokens add --type=node` (first start).
     #[arg(long, env = "DEVTRUST_NODE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Serve Prometheus `/metrics` and `/readyz` over plain HTTP on this address (e.g.
+    /// 127.0.0.1:9122): access decisions, live sessions, locks in force, watch lag.
+    #[arg(long)]
+    metrics_listen: Option<std::net::SocketAddr>,
     /// This node's name, as `dtsh ls` and `dtsh ssh` use it (default: the host name).
     #[arg(long)]
     name: Option<String>,
@@ -195,6 +199,7 @@ async fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
         freshness: Freshness {
             strict_max_age: a.strict_max_age,
         },
+        metrics_listen: a.metrics_listen,
         auth_servers: match (&a.token, &a.auth_server) {
             (None, Some(addr)) => Some(addr.clone()),
             _ => None,
@@ -217,6 +222,9 @@ async fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
         println!("  cluster:   {}", node.cluster);
         if let Some(addr) = node.ssh_addr {
             println!("  listen:    {addr}");
+        }
+        if let Some(addr) = node.metrics_addr {
+            println!("  metrics:   http://{addr}/metrics");
         }
         println!("  data dir:  {}", a.data_dir.display());
         println!("Next: dtsh ls; dtsh ssh LOGIN@{name}");

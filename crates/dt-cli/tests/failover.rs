@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -119,7 +119,7 @@ fn killing_one_auth_server_fails_no_login_or_device_authentication() {
     let token = a.dtctl(&["tokens", "add", "--type=node", "--format=text"]);
     let token = token.ok().trim().to_string();
     let node_dir = tmp.path().join("node");
-    let mut node = NodeProc::start(&proxies, &token, &pin, &node_dir);
+    let mut node = NodeProc::start(&proxies, &token, &pin, "failover-node", &node_dir, &[]);
     let ssh = clients[0].run(&["ssh", "root@failover-node", "echo", "through-a"], "");
     assert!(ssh.ok().contains("through-a"), "{ssh}");
 
@@ -211,60 +211,4 @@ fn killing_one_auth_server_fails_no_login_or_device_authentication() {
         std::thread::sleep(Duration::from_millis(200));
     }
     node.stop();
-}
-
-/// `devtrust node start` as a process, with its log.
-struct NodeProc {
-    child: std::process::Child,
-    log: PathBuf,
-}
-
-impl NodeProc {
-    fn start(auth: &str, token: &str, pin: &str, dir: &Path) -> NodeProc {
-        std::fs::create_dir_all(dir).unwrap();
-        let log = dir.with_extension("log");
-        let child = std::process::Command::new(DEVTRUST)
-            .args([
-                "node",
-                "start",
-                &format!("--auth-server={auth}"),
-                &format!("--token={token}"),
-                &format!("--ca-pin={pin}"),
-                "--name=failover-node",
-                "--listen=127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .env("DEVTRUST_LOG", "dt_node=debug,info")
-            .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let node = NodeProc { child, log };
-        node.wait_stdout(dir, "is running");
-        node
-    }
-
-    fn wait_stdout(&self, dir: &Path, needle: &str) {
-        let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(30) {
-            if std::fs::read_to_string(dir.join("stdout"))
-                .unwrap_or_default()
-                .contains(needle)
-            {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("node did not print {needle:?}; log:\n{}", self.log());
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -502,6 +502,7 @@ async fn main() {
             },
             freshness: Freshness::default(),
             auth_servers: None,
+            metrics_listen: None,
             join: Some(dt_node::agent::JoinRequest {
                 auth_server: cluster.addr.to_string(),
                 token: dt_types::Secret::new(cluster.node_token().await),

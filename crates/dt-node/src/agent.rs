@@ -67,6 +67,8 @@ pub struct NodeConfig {
     pub freshness: Freshness,
     /// Needed when the data dir holds no identity yet.
     pub join: Option<JoinRequest>,
+    /// Serve `/metrics` and `/readyz` over plain HTTP here (SSH mode).
+    pub metrics_listen: Option<SocketAddr>,
     /// Auth servers to use instead of the ones saved at join (`HOST:PORT[,HOST:PORT...]`),
     /// e.g. to add a second auth server to a joined node.
     pub auth_servers: Option<String>,
@@ -76,6 +78,8 @@ pub struct NodeConfig {
 pub struct RunningNode {
     /// Where SSH is served (SSH mode).
     pub ssh_addr: Option<SocketAddr>,
+    /// Where `/metrics` is served (`--metrics-listen`).
+    pub metrics_addr: Option<SocketAddr>,
     pub state: Option<Arc<NodeState>>,
     pub view: Arc<SharedView>,
     pub identity_name: String,
@@ -241,6 +245,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     ];
     let audit = AuditQueue::start(channel.clone());
     let mut state_out = None;
+    let mut metrics_addr = None;
     match (&cfg.mode, listener) {
         (Mode::Ssh { .. }, Some(listener)) => {
             let user_ca = SshUserCaKey::from_openssh(&id.user_ca_ssh)?;
@@ -266,6 +271,18 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
                 },
             )));
             tasks.push(tokio::spawn(server::enforce_locks(state.clone())));
+            if let Some(addr) = cfg.metrics_listen {
+                let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+                    NodeError::Config(format!("cannot listen for metrics on {addr}: {e}"))
+                })?;
+                metrics_addr = l.local_addr().ok();
+                state.metrics.watch(&state, &view);
+                tasks.push(tokio::spawn(crate::metrics::serve(
+                    l,
+                    state.clone(),
+                    view.clone(),
+                )));
+            }
             state_out = Some(state);
         }
         (Mode::OpenSsh { .. }, _) => {
@@ -290,6 +307,7 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     );
     Ok(RunningNode {
         ssh_addr,
+        metrics_addr,
         state: state_out,
         view,
         identity_name: id.meta.name.clone(),

@@ -35,6 +35,7 @@ pub mod audit;
 pub mod client;
 pub mod error;
 pub mod identity;
+pub mod metrics;
 pub mod openssh;
 pub mod server;
 pub mod session;

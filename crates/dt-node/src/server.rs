@@ -132,6 +132,8 @@ pub struct NodeState {
     pub run_as: RunAs,
     pub sessions: SessionRegistry,
     pub freshness: Freshness,
+    /// Counters for `/metrics` (`--metrics-listen`).
+    pub metrics: crate::metrics::NodeMetrics,
     next_conn: AtomicU64,
 }
 
@@ -152,6 +154,7 @@ impl NodeState {
             run_as,
             sessions: SessionRegistry::default(),
             freshness,
+            metrics: crate::metrics::NodeMetrics::default(),
             next_conn: AtomicU64::new(1),
         })
     }
@@ -428,16 +431,20 @@ impl russh::server::Handler for ConnHandler {
         let facts = self.state.facts();
         let now = OffsetDateTime::now_utc();
         let freshness = self.state.freshness;
-        let decision = self
+        let started = std::time::Instant::now();
+        let decided = self
             .state
             .view
-            .read(|v| access::decide(v, &a.identity, &a.login, &facts, now, freshness))
-            .and_then(|()| {
-                self.state
-                    .run_as
-                    .resolve(&a.login, &facts.name)
-                    .map_err(Denial::LocalLogin)
-            });
+            .read(|v| access::decide(v, &a.identity, &a.login, &facts, now, freshness));
+        self.state
+            .metrics
+            .decision(decided.as_ref().map(|_| ()), started.elapsed());
+        let decision = decided.and_then(|()| {
+            self.state
+                .run_as
+                .resolve(&a.login, &facts.name)
+                .map_err(Denial::LocalLogin)
+        });
         match decision {
             Ok((user, switch_user)) => {
                 let session_id = uuid::Uuid::new_v4().to_string();

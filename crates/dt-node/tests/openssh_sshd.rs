@@ -243,6 +243,7 @@ async fn sshd_with_the_principals_helper() {
         },
         freshness: Freshness::default(),
         auth_servers: None,
+        metrics_listen: None,
         join: Some(JoinRequest {
             auth_server: cluster.addr.to_string(),
             token: dt_types::Secret::new(cluster.node_token().await),

@@ -836,3 +836,81 @@ impl Drop for PgDb {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// SSH access point
+
+/// `devtrust node start` as a process, with its log.
+pub struct NodeProc {
+    child: std::process::Child,
+    log: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl NodeProc {
+    /// Join as `name` with `token` and serve SSH on a free port; `extra` are more flags.
+    pub fn start(
+        auth: &str,
+        token: &str,
+        pin: &str,
+        name: &str,
+        dir: &Path,
+        extra: &[&str],
+    ) -> NodeProc {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.with_extension("log");
+        let child = std::process::Command::new(DEVTRUST)
+            .args([
+                "node",
+                "start",
+                &format!("--auth-server={auth}"),
+                &format!("--token={token}"),
+                &format!("--ca-pin={pin}"),
+                &format!("--name={name}"),
+                "--listen=127.0.0.1:0",
+            ])
+            .args(extra)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .env("DEVTRUST_LOG", "dt_node=debug,info")
+            .stdout(std::fs::File::create(dir.join("stdout")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let node = NodeProc {
+            child,
+            log,
+            dir: dir.to_path_buf(),
+        };
+        node.wait_stdout(dir, "is running");
+        node
+    }
+
+    /// Wait until the node printed `needle`; returns its whole stdout.
+    pub fn wait_stdout(&self, dir: &Path, needle: &str) -> String {
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            let out = std::fs::read_to_string(dir.join("stdout")).unwrap_or_default();
+            if out.contains(needle) {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node did not print {needle:?}; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

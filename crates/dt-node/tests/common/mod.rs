@@ -421,6 +421,7 @@ impl Node {
             },
             freshness,
             auth_servers: None,
+            metrics_listen: None,
             join: Some(JoinRequest {
                 auth_server: cluster.addr.to_string(),
                 token: dt_types::Secret::new(cluster.node_token().await),
