@@ -424,9 +424,8 @@ impl Default for Options {
             ceremonies_per_minute: 1_000_000,
             device_trust: DeviceTrustSettings {
                 mode: DeviceTrustMode::Optional,
-                auto_enroll: false,
-                ekcert_allowed_cas: vec![],
                 allow_software_credentials: true,
+                ..Default::default()
             },
         }
     }
@@ -566,6 +565,23 @@ impl Cluster {
             .await
             .expect("create lock");
         name
+    }
+
+    /// A role (as the admin, through UpsertResource) from its YAML `spec`.
+    pub async fn role(&self, name: &str, spec_yaml: &str) {
+        let text =
+            format!("kind: role\nversion: v7\nmetadata: {{name: {name}}}\nspec: {spec_yaml}");
+        let role = dt_types::AnyResource::parse_documents(&text)
+            .expect("role yaml")
+            .remove(0);
+        AuthServiceClient::new(self.admin.clone())
+            .upsert_resource(pb::UpsertResourceRequest {
+                json: serde_json::to_string(&role.to_json_value()).expect("role json"),
+                force: true,
+                expected_revision: 0,
+            })
+            .await
+            .expect("create role");
     }
 
     // --- users ---------------------------------------------------------------------------
