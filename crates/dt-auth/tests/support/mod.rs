@@ -85,6 +85,7 @@ const SPKI_P256_PREFIX: [u8; 26] = [
 /// A software P-256 device credential.
 pub struct DeviceKey {
     pair: EcdsaKeyPair,
+    pkcs8: Vec<u8>,
     pub credential_id: String,
 }
 
@@ -97,7 +98,20 @@ impl DeviceKey {
             .expect("p256 key");
         DeviceKey {
             pair,
+            pkcs8: pkcs8.as_ref().to_vec(),
             credential_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// The same key pair announced under another credential id.
+    pub fn same_key_as(&self, credential_id: &str) -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.pkcs8, &rng)
+            .expect("p256 key");
+        DeviceKey {
+            pair,
+            pkcs8: self.pkcs8.clone(),
+            credential_id: credential_id.into(),
         }
     }
 
