@@ -107,6 +107,7 @@ pub struct EnrollChallengeState {
     nonce: [u8; NONCE_LEN],
     attestation_type: TpmAttestationType,
     ek_cert_serial: Option<String>,
+    ek_cert: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for EnrollChallengeState {
@@ -145,6 +146,8 @@ pub struct VerifiedTpmCredential {
     pub attestation_type: TpmAttestationType,
     /// EK certificate serial number, lowercase hex, when a certificate was sent.
     pub ek_cert_serial: Option<String>,
+    /// The EK certificate (DER) that passed, to store for [`recheck_ek_cert`].
+    pub ek_cert: Option<Vec<u8>>,
     /// The AK's TPM2B_PUBLIC, to store and pass to [`verify_auth_quote`] later.
     pub ak_public: Vec<u8>,
     /// The enrollment quote's PCR values and clock.
@@ -232,6 +235,7 @@ pub fn begin_enrollment(
             nonce,
             attestation_type,
             ek_cert_serial,
+            ek_cert: req.ek_cert.clone(),
         },
         TpmEnrollChallenge { credential, nonce },
     ))
@@ -254,9 +258,30 @@ pub fn finish_enrollment(
         credential_id: credential_id_of(&state.ak),
         attestation_type: state.attestation_type,
         ek_cert_serial: state.ek_cert_serial.clone(),
+        ek_cert: state.ek_cert.clone(),
         ak_public: state.ak.to_tpm2b(),
         quote: verified,
     })
+}
+
+/// Re-checks an enrolled device's EK certificate (DER, as stored at enrollment) against
+/// today's `allowed_cas` (PEM): the same refusals as [`begin_enrollment`] except the EK key
+/// match, which enrollment established. No allowed CAs: nothing to check. No certificate
+/// while CAs are listed: [`PolicyDenied::EkCertRequired`].
+pub fn recheck_ek_cert(
+    ek_cert: Option<&[u8]>,
+    allowed_cas: &[String],
+    now: SystemTime,
+) -> Result<(), TpmError> {
+    let mut anchors = Vec::new();
+    for pem in allowed_cas {
+        anchors.extend(ekcert::anchors_from_pem(pem).map_err(TpmError::Config)?);
+    }
+    match ek_cert {
+        _ if anchors.is_empty() => Ok(()),
+        None => Err(PolicyDenied::EkCertRequired.into()),
+        Some(der) => ekcert::recheck_ek_cert(der, &anchors, now),
+    }
 }
 
 /// Verifies an authentication quote by an enrolled AK (`ak_public` as stored at enrollment)

@@ -217,3 +217,118 @@ fn real_swtpm_quotes_verify_for_both_ak_types() {
     .unwrap_err();
     assert_eq!(err, PeerMisbehaved::SignatureSchemeMismatch.into());
 }
+
+// Issue 11, hole 11: certificates that certify the EK but must not be trusted. Variants of
+// the swtpm EK certificate from `fuzz/fixtures/ekcert_variants/make.sh` (same EK key).
+
+fn variant(name: &str) -> Vec<u8> {
+    fixture(&format!("ekcert_variants/{name}"))
+}
+
+fn refused(r: Result<TpmAttestationType, TpmError>) -> String {
+    match r {
+        Err(TpmError::PolicyDenied(PolicyDenied::EkCertRefused(why))) => why,
+        other => panic!("expected EkCertRefused, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_variants_pass_with_their_ca() {
+    let test_ca = pem("ekcert_variants/test_ca.pem");
+    assert_eq!(
+        kind(
+            std::slice::from_ref(&test_ca),
+            Some(variant("ek_good.der")),
+            now()
+        ),
+        Ok(TpmAttestationType::EkCertTrusted)
+    );
+    assert_eq!(
+        tpm::recheck_ek_cert(Some(&variant("ek_good.der")), &[test_ca], now()),
+        Ok(())
+    );
+}
+
+#[test]
+fn a_ca_certificate_is_not_an_ek_certificate() {
+    let cert = Some(variant("ek_ca_flag.der"));
+    let test_ca = pem("ekcert_variants/test_ca.pem");
+    let why = refused(kind(&[test_ca], cert.clone(), now()));
+    assert_eq!(why, "it is a ca certificate (basicConstraints cA is set)");
+    // Even without an allow-list: the certificate is recorded, so it must be an EK one.
+    refused(kind(&[], cert, now()));
+}
+
+#[test]
+fn sha1_signatures_are_refused() {
+    let test_ca = pem("ekcert_variants/test_ca.pem");
+    let why = refused(kind(&[test_ca], Some(variant("ek_sha1.der")), now()));
+    assert_eq!(why, "it is signed with sha-1");
+    let err = TpmError::from(PolicyDenied::EkCertRefused(why)).to_string();
+    assert!(err.contains("the endorsement key certificate is refused: it is signed with sha-1"));
+}
+
+#[test]
+fn the_issuer_must_be_the_allowed_cas_subject() {
+    // Signed by the allowed CA's key, but naming another issuer.
+    let test_ca = pem("ekcert_variants/test_ca.pem");
+    let err = kind(&[test_ca], Some(variant("ek_wrong_issuer.der")), now()).unwrap_err();
+    assert_eq!(
+        err,
+        PolicyDenied::EkCertUntrusted("not signed by any allowed ca".into()).into()
+    );
+}
+
+#[test]
+fn rsa_keys_under_2048_bits_are_refused() {
+    // The signing CA's key.
+    let weak_ca = pem("ekcert_variants/weak_ca.pem");
+    let err = kind(
+        std::slice::from_ref(&weak_ca),
+        Some(variant("ek_by_weak_ca.der")),
+        now(),
+    )
+    .unwrap_err();
+    match err {
+        TpmError::PolicyDenied(PolicyDenied::EkCertUntrusted(why)) => assert!(
+            why.contains("its rsa key has 1024 bits, under 2048"),
+            "{why}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    // ...which the allow-list refuses when written, too.
+    let err = tpm::validate_allowed_ca_pem(&weak_ca).unwrap_err();
+    assert!(err.contains("too weak to sign ek certificates"), "{err}");
+    // The EK certificate's own key (a TPM with a 1024-bit EK can't even enroll: the EK key
+    // must match; the stored-certificate re-check refuses it on its own).
+    let test_ca = pem("ekcert_variants/test_ca.pem");
+    let err =
+        tpm::recheck_ek_cert(Some(&variant("ek_short_key.der")), &[test_ca], now()).unwrap_err();
+    assert_eq!(
+        err,
+        PolicyDenied::EkCertRefused("its rsa key has 1024 bits, under 2048".into()).into()
+    );
+}
+
+#[test]
+fn the_stored_certificate_is_rechecked_against_todays_cas() {
+    let cert = fixture("ek_rsa.der");
+    // No allow-list today: nothing to check.
+    assert_eq!(tpm::recheck_ek_cert(Some(&cert), &[], now()), Ok(()));
+    assert_eq!(tpm::recheck_ek_cert(None, &[], now()), Ok(()));
+    assert_eq!(
+        tpm::recheck_ek_cert(Some(&cert), &[pem("ca_issuer.pem")], now()),
+        Ok(())
+    );
+    // The CA was replaced in the allow-list: refused.
+    assert!(matches!(
+        tpm::recheck_ek_cert(Some(&cert), &[pem("other_ca_issuer.pem")], now()),
+        Err(TpmError::PolicyDenied(PolicyDenied::EkCertUntrusted(_)))
+    ));
+    // No stored certificate while CAs are listed (enrolled as tpm_ekpub, or before
+    // certificates were stored): refused.
+    assert_eq!(
+        tpm::recheck_ek_cert(None, &[pem("ca_issuer.pem")], now()),
+        Err(PolicyDenied::EkCertRequired.into())
+    );
+}

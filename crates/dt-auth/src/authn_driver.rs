@@ -189,6 +189,25 @@ impl AuthServer {
                 return Err(status_for(e.code(), e.user_message()));
             }
         };
+        // Opt-in: the allowed EK CAs of today, not only those of enrollment day.
+        if cap.spec.device_trust.ekcert_check_at_authentication
+            && let Some(cred) = device
+                .as_ref()
+                .and_then(|(d, _)| d.spec.credential.as_ref())
+            && let Err(e) = dt_ceremony::tpm::recheck_ek_cert(
+                cred,
+                &cap.spec.device_trust.ekcert_allowed_cas,
+                now,
+            )
+        {
+            let msg =
+                format!("device authentication refused by ekcert_check_at_authentication: {e}");
+            self.audit
+                .emit(fail(msg.clone(), dev_info))
+                .await
+                .map_err(ApiError::from)?;
+            return Err(Status::permission_denied(msg));
+        }
         tx.send(out(&AuthenticateResponse::Challenge(challenge)))
             .await
             .map_err(|_| Status::cancelled("client left"))?;

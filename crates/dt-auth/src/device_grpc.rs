@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::devices::{device_info, device_json, parse_device};
+use crate::devices::{credential_key_index, device_info, device_json, parse_device};
 use crate::error::{ApiError, ApiResult};
 use crate::grpc::Caller;
 use crate::grpc::peer_of;
@@ -134,6 +134,17 @@ impl AuthServer {
                 Status::failed_precondition(format!("auto-enrollment refused: {msg}")),
             )
         };
+        // No allow rule is needed, but an admin's deny on `device: enroll` stops it too.
+        if let dt_authz::Decision::Deny(reason) =
+            dt_authz::check_deny_rules(&caller.roles, "device", Verb::Enroll)
+        {
+            return refuse(
+                format!("{reason} (a role denies it); ask an admin to enroll this device"),
+                String::new(),
+                None,
+            )
+            .await;
+        }
         if !cap.spec.device_trust.auto_enroll {
             return refuse(
                 "auto-enrollment is off; enroll with a token from an admin (dtctl devices enroll)"
@@ -198,6 +209,21 @@ impl AuthServer {
                 format!(
                     "OS user {:?} is not listed in the MDM profile",
                     data.os_username
+                ),
+                String::new(),
+                Some(device),
+            )
+            .await;
+        }
+        // The serial and profile values are no secret: only an MDM record that names this
+        // user lets them claim the device (and become its owner).
+        if cap.spec.device_trust.auto_enroll_require_user_match
+            && !profile.names_user(caller.name())
+        {
+            return refuse(
+                format!(
+                    "the device's MDM profile does not name user {:?} (as assigned_user or in os_usernames); ask an admin to assign the device to you or for an enrollment token",
+                    caller.name()
                 ),
                 String::new(),
                 Some(device),
@@ -443,10 +469,19 @@ impl AuthServer {
                 expires: None,
             });
         }
-        let conds = vec![
+        let mut conds = vec![
             Condition::Revision(keys::resource(Kind::Device, &id), device_rev),
             Condition::NotExists(keys::device_credential_index(&cred)),
         ];
+        // One public key, one device: a second credential id for the same key is refused.
+        if let Some(key) = d.spec.credential.as_ref().and_then(credential_key_index) {
+            conds.push(Condition::NotExists(key.clone()));
+            ops.push(Op::Put {
+                key,
+                value: id.clone().into_bytes(),
+                expires: None,
+            });
+        }
         let event = AuditEvent::new(EventType::DeviceEnroll, true, OffsetDateTime::now_utc())
             .user(caller.name())
             .device(device_info(&d))
@@ -454,10 +489,16 @@ impl AuthServer {
         match self.audit.write_with(conds, ops, event).await {
             Ok(_) => {}
             Err(StoreError::ConditionFailed { index, .. }) => {
-                let msg = if index == 0 {
-                    "the device changed during enrollment; ask for a new token and enroll again"
-                } else {
-                    "the device credential id is already in use: enroll again with a new token"
+                let msg = match index {
+                    0 => {
+                        "the device changed during enrollment; ask for a new token and enroll again"
+                    }
+                    1 => {
+                        "the device credential id is already in use: enroll again with a new token"
+                    }
+                    _ => {
+                        "this device key is already enrolled as another device; one key can't be two devices: un-enroll the other device or use a new key, then ask for a new token"
+                    }
                 };
                 self.audit
                     .emit(fail_event(msg.into(), Some(&device_before)))
@@ -526,8 +567,10 @@ impl DeviceTrustService for GrpcDevices {
         req: Request<pb::FindDevicesRequest>,
     ) -> Result<Response<pb::FindDevicesResponse>, Status> {
         let caller = self.srv.caller(peer_of(&req)?).await?;
-        self.srv.authorize(&caller, "device", Verb::Read)?;
-        let found = self.srv.find_devices(&req.get_ref().id_or_tag).await?;
+        let found = self
+            .srv
+            .find_readable_devices(&caller, &req.get_ref().id_or_tag)
+            .await?;
         Ok(Response::new(pb::FindDevicesResponse {
             devices: found
                 .iter()
@@ -543,8 +586,7 @@ impl DeviceTrustService for GrpcDevices {
         req: Request<pb::DeviceRef>,
     ) -> Result<Response<pb::DeviceJson>, Status> {
         let caller = self.srv.caller(peer_of(&req)?).await?;
-        self.srv.authorize(&caller, "device", Verb::Read)?;
-        let (d, rev) = self.srv.resolve_device(req.get_ref()).await?;
+        let (d, rev) = self.srv.read_device(&caller, req.get_ref()).await?;
         Ok(Response::new(pb::DeviceJson {
             json: device_json(&d, rev),
         }))

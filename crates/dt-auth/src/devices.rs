@@ -65,6 +65,20 @@ pub fn parse_device(json: &str) -> ApiResult<Device> {
     }
 }
 
+/// The public-key index key of a credential (P-256 SubjectPublicKeyInfo, or a TPM AK's
+/// public area), `None` for a credential without key material.
+pub(crate) fn credential_key_index(c: &dt_types::device::DeviceCredential) -> Option<String> {
+    use sha2::Digest;
+    let material = match (&c.public_key_der, &c.tpm_ak_public) {
+        (k, _) if !k.is_empty() => k.as_str(),
+        (_, Some(ak)) if !ak.is_empty() => ak.as_str(),
+        _ => return None,
+    };
+    Some(keys::device_key_index(&crate::grpc::hex_lower(
+        &sha2::Sha256::digest(material.as_bytes()),
+    )))
+}
+
 /// The index and record writes that store `d` (no conditions).
 fn put_ops(d: &Device) -> ApiResult<Vec<Op>> {
     let id = &d.metadata.name;
@@ -93,6 +107,13 @@ fn put_ops(d: &Device) -> ApiResult<Vec<Op>> {
             value: id.clone().into_bytes(),
             expires: None,
         });
+        if let Some(key) = credential_key_index(c) {
+            ops.push(Op::Put {
+                key,
+                value: id.clone().into_bytes(),
+                expires: None,
+            });
+        }
     }
     Ok(ops)
 }
@@ -112,11 +133,89 @@ fn index_deletes(d: &Device) -> Vec<Op> {
         ops.push(Op::Delete {
             key: keys::device_credential_index(&c.id),
         });
+        if let Some(key) = credential_key_index(c) {
+            ops.push(Op::Delete { key });
+        }
     }
     ops
 }
 
+/// A lock that revokes the certificates augmented with a deleted or un-enrolled device.
+struct Revocation {
+    op: Op,
+    event: AuditEvent,
+    key: String,
+    value: Vec<u8>,
+}
+
 impl AuthServer {
+    /// Certificates already augmented with `d` keep their device extension until they
+    /// expire. Deleting or un-enrolling `d` therefore writes, in the same transaction, a lock
+    /// on its id and credential id (so a later re-enrollment, with a new credential, is not
+    /// caught) that lasts as long as the longest certificate any role allows. Locks already
+    /// reach every API call and, through the node watch, every SSH decision and live session.
+    /// `None` when `d` has no credential: nothing was ever augmented with it.
+    async fn revocation(
+        &self,
+        caller: &Caller,
+        d: &Device,
+        why: &str,
+        now: OffsetDateTime,
+    ) -> ApiResult<Option<Revocation>> {
+        let Some(cred) = &d.spec.credential else {
+            return Ok(None);
+        };
+        let roles = self
+            .list_resources::<dt_types::resource::RoleSpec>()
+            .await?;
+        let longest = roles
+            .iter()
+            .filter_map(|r| r.spec.options.max_session_ttl.map(|t| t.0))
+            .chain([dt_authz::DEFAULT_MAX_SESSION_TTL])
+            .max()
+            .unwrap_or(dt_authz::DEFAULT_MAX_SESSION_TTL);
+        let expires = now + longest;
+        let name = format!("device-revoked-{}", uuid::Uuid::new_v4());
+        let mut lock: dt_types::Lock = Resource::new(
+            name.clone(),
+            dt_types::resource::LockSpec {
+                target: dt_types::LockTarget {
+                    device: Some(d.metadata.name.clone()),
+                    device_credential: Some(cred.id.clone()),
+                    ..Default::default()
+                },
+                message: Some(format!(
+                    "device {:?} was {why}; log in again (certificates augmented with it are revoked)",
+                    d.spec.asset_tag
+                )),
+                created_by: Some(caller.name().to_string()),
+                created_at: Some(now),
+            },
+        );
+        lock.metadata.expires = Some(expires);
+        let key = keys::resource(Kind::Lock, &name);
+        let value = serde_json::to_vec(&lock).map_err(ApiError::internal)?;
+        let mut event = AuditEvent::new(EventType::LockCreate, true, now)
+            .user(caller.name())
+            .device(device_info(d))
+            .message(format!(
+                "lock targeting {}: certificates augmented with device {:?} revoked until {expires} (device {why})",
+                lock.spec.target, d.spec.asset_tag
+            ))
+            .remote_addr(caller.peer.addr.ip().to_string());
+        event.lock = Some(name);
+        Ok(Some(Revocation {
+            op: Op::Put {
+                key: key.clone(),
+                value: value.clone(),
+                expires: Some(expires),
+            },
+            event,
+            key,
+            value,
+        }))
+    }
+
     /// RBAC on a device verb; a refusal leaves a failed `event` naming the reason.
     async fn authorize_device(
         &self,
@@ -136,6 +235,47 @@ impl AuthServer {
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Which devices `caller` may read with `verb` (`read`, `list`): every device when a role
+    /// allows it (`None`), otherwise only the devices they own (`Some(user)`); a deny rule on
+    /// the verb refuses even those.
+    pub(crate) fn device_read_scope<'c>(
+        &self,
+        caller: &'c Caller,
+        verb: Verb,
+    ) -> ApiResult<Option<&'c str>> {
+        match self.authorize(caller, "device", verb) {
+            Ok(()) => Ok(None),
+            Err(e) => match dt_authz::check_deny_rules(&caller.roles, "device", verb) {
+                dt_authz::Decision::Allow => Ok(Some(caller.name())),
+                dt_authz::Decision::Deny(_) => Err(e),
+            },
+        }
+    }
+
+    /// [`AuthServer::resolve_device`] for a reader: a device outside their scope reads as
+    /// absent, so its existence is not disclosed.
+    pub async fn read_device(
+        &self,
+        caller: &Caller,
+        r: &pb::DeviceRef,
+    ) -> ApiResult<(Device, i64)> {
+        let scope = self.device_read_scope(caller, Verb::Read)?;
+        let (d, rev) = self.resolve_device(r).await?;
+        match scope {
+            Some(owner) if d.spec.owner.as_deref() != Some(owner) => {
+                let what = if r.device_id.is_empty() {
+                    &r.asset_tag
+                } else {
+                    &r.device_id
+                };
+                Err(ApiError::NotFound(format!(
+                    "device {what:?} not found among your devices"
+                )))
+            }
+            _ => Ok((d, rev)),
+        }
     }
 
     pub async fn get_device(&self, id: &str) -> ApiResult<Option<(Device, i64)>> {
@@ -163,6 +303,20 @@ impl AuthServer {
         };
         let id = String::from_utf8(item.value).map_err(ApiError::internal)?;
         self.get_device(&id).await
+    }
+
+    /// Devices whose id or asset tag equals `needle` (any OS) that `caller` may read.
+    pub async fn find_readable_devices(
+        &self,
+        caller: &Caller,
+        needle: &str,
+    ) -> ApiResult<Vec<(Device, i64)>> {
+        let scope = self.device_read_scope(caller, Verb::Read)?;
+        let mut found = self.find_devices(needle).await?;
+        if let Some(owner) = scope {
+            found.retain(|(d, _)| d.spec.owner.as_deref() == Some(owner));
+        }
+        Ok(found)
     }
 
     /// Devices whose id or asset tag equals `needle` (any OS).
@@ -440,16 +594,27 @@ impl AuthServer {
             .user(caller.name())
             .device(device_info(&current))
             .remote_addr(caller.peer.addr.ip().to_string());
+        let mut revocation = None;
         if unenroll {
-            event.message =
-                Some("device un-enrolled: credential, owner and collected data cleared".into());
+            event.message = Some(
+                "device un-enrolled: credential, owner and collected data cleared; its certificates revoked"
+                    .into(),
+            );
+            revocation = self
+                .revocation(caller, &current, "un-enrolled", now)
+                .await?;
+        }
+        let mut events = vec![event];
+        if let Some(r) = &revocation {
+            ops.push(r.op.clone());
+            events.push(r.event.clone());
         }
         let rev = self
             .audit
-            .write_with(
+            .write_with_events(
                 vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
                 ops,
-                event,
+                events,
             )
             .await
             .map_err(|e| match e {
@@ -458,6 +623,10 @@ impl AuthServer {
                 }
                 other => other.into(),
             })?;
+        // Refused by this server's next request at once, not only when the watch delivers it.
+        if let Some(r) = revocation {
+            self.cache.apply(&r.key, rev, Some(&r.value));
+        }
         Ok((next, rev))
     }
 
@@ -479,14 +648,24 @@ impl AuthServer {
                 key: keys::device_token_index(&id),
             });
         }
-        self.audit
-            .write_with(
+        let now = OffsetDateTime::now_utc();
+        let mut events = vec![
+            AuditEvent::new(EventType::DeviceDelete, true, now)
+                .user(caller.name())
+                .device(device_info(&d))
+                .remote_addr(caller.peer.addr.ip().to_string()),
+        ];
+        let revocation = self.revocation(caller, &d, "deleted", now).await?;
+        if let Some(r) = &revocation {
+            ops.push(r.op.clone());
+            events.push(r.event.clone());
+        }
+        let rev = self
+            .audit
+            .write_with_events(
                 vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
                 ops,
-                AuditEvent::new(EventType::DeviceDelete, true, OffsetDateTime::now_utc())
-                    .user(caller.name())
-                    .device(device_info(&d))
-                    .remote_addr(caller.peer.addr.ip().to_string()),
+                events,
             )
             .await
             .map_err(|e| match e {
@@ -495,6 +674,9 @@ impl AuthServer {
                 }
                 other => other.into(),
             })?;
+        if let Some(r) = revocation {
+            self.cache.apply(&r.key, rev, Some(&r.value));
+        }
         Ok(d)
     }
 
@@ -571,12 +753,15 @@ impl AuthServer {
         page_size: usize,
         page_token: &str,
     ) -> ApiResult<(Vec<(Device, i64)>, Option<String>)> {
-        self.authorize(caller, "device", Verb::List)?;
+        let scope = self.device_read_scope(caller, Verb::List)?;
         let limit = if page_size == 0 {
             MAX_PAGE
         } else {
             page_size.min(MAX_PAGE)
         };
+        if let Some(owner) = scope {
+            return self.list_owned_devices(owner, limit, page_token).await;
+        }
         let prefix = keys::resource_prefix(Kind::Device);
         let start = (!page_token.is_empty()).then(|| keys::resource(Kind::Device, page_token));
         let page = self.backend.range(&prefix, start.as_deref(), limit).await?;
@@ -585,6 +770,32 @@ impl AuthServer {
             match serde_json::from_slice::<Device>(&item.value) {
                 Ok(d) => out.push((d, item.revision)),
                 Err(e) => tracing::warn!(key = %item.key, error = %e, "skipping unreadable device"),
+            }
+        }
+        Ok((
+            out,
+            page.next.map(|k| k.trim_start_matches(&prefix).to_string()),
+        ))
+    }
+
+    /// One page of the devices `owner` owns, through the owner index, by device id.
+    async fn list_owned_devices(
+        &self,
+        owner: &str,
+        limit: usize,
+        page_token: &str,
+    ) -> ApiResult<(Vec<(Device, i64)>, Option<String>)> {
+        let prefix = keys::device_owner_index(owner, "");
+        let start = (!page_token.is_empty()).then(|| keys::device_owner_index(owner, page_token));
+        let page = self.backend.range(&prefix, start.as_deref(), limit).await?;
+        let mut out = Vec::with_capacity(page.items.len());
+        for item in page.items {
+            let id = item.key.trim_start_matches(&prefix);
+            // The index and the record are written together; re-check the owner anyway.
+            if let Some((d, rev)) = self.get_device(id).await?
+                && d.spec.owner.as_deref() == Some(owner)
+            {
+                out.push((d, rev));
             }
         }
         Ok((

@@ -157,6 +157,7 @@ impl AuthServer {
             roles: &role_names,
             // Certificates that carry a device are cut off by a lock on that device.
             device: identity.device.as_ref().map(|d| d.device_id.as_str()),
+            device_credential: identity.device.as_ref().map(|d| d.credential_id.as_str()),
             ..Default::default()
         };
         if let Some(lock) = dt_authz::first_matching_lock(&locks, &ctx) {

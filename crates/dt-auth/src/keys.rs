@@ -56,6 +56,12 @@ pub fn device_credential_index(credential_id: &str) -> String {
     format!("/index/device_cred/{credential_id}")
 }
 
+/// Device credential public key (SHA-256 hex of its stored encoding) → device id. Makes one
+/// key usable by one device only, whatever credential id a client announces.
+pub fn device_key_index(key_hash: &str) -> String {
+    format!("/index/device_key/{key_hash}")
+}
+
 /// Enrollment token record by SHA-256 hex of the token.
 pub fn device_token(hash: &str) -> String {
     format!("/secrets/device_token/{hash}")

@@ -51,7 +51,6 @@ spec:
   allow:
     logins: ['{{internal.logins}}']
     node_labels: {'*': '*'}
-    rules: [{resources: [device], verbs: [read, list]}]
 "#;
 
 /// The preset roles. The text above is static and tested, so parsing cannot fail at run

@@ -782,9 +782,12 @@ fn auto_enroll_with_a_matching_profile() {
         .await;
         let user = cl.user("auto-match-", &["access"]).await;
         let tag = unique("AUTOOK");
-        let (id, _) = cl
-            .add_device(OsType::Linux, &tag, Some(profile(MODEL)), false)
-            .await;
+        // The profile names the user (auto_enroll_require_user_match, on by default).
+        let named = DeviceProfile {
+            assigned_user: user.name.clone(),
+            ..profile(MODEL)
+        };
+        let (id, _) = cl.add_device(OsType::Linux, &tag, Some(named), false).await;
         let key = DeviceKey::new();
         let device = dt_client::devices::enroll(
             user.ch.clone(),

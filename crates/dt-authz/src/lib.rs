@@ -125,6 +125,23 @@ pub fn check_rule(roles: &[Role], resource: &str, verb: Verb) -> Decision {
     }
 }
 
+/// Deny rules only: refuses when a deny rule matches, whatever the allow rules say. For the
+/// paths that need no allow rule (auto-enrollment, reading one's own devices) but must still
+/// honour an admin's explicit deny.
+pub fn check_deny_rules(roles: &[Role], resource: &str, verb: Verb) -> Decision {
+    if roles
+        .iter()
+        .any(|r| rule_matches(&r.spec.deny, resource, verb))
+    {
+        Decision::Deny(DenyReason::NotPermitted {
+            resource: resource.to_string(),
+            verb,
+        })
+    } else {
+        Decision::Allow
+    }
+}
+
 /// Expand `{{internal.logins}}` with the user's login traits; other text is literal.
 fn expand(logins: &[String], user_logins: &[String]) -> Vec<String> {
     let mut out = Vec::new();
@@ -201,6 +218,8 @@ pub struct SshAccess<'a> {
     pub device_verified: bool,
     /// The certificate's device id, when it carries one.
     pub device_id: Option<&'a str>,
+    /// The certificate's device credential id, when it carries a device.
+    pub device_credential: Option<&'a str>,
     pub cluster_mode: &'a DeviceTrustMode,
     pub locks: &'a [Lock],
 }
@@ -215,6 +234,7 @@ pub fn check_ssh(a: &SshAccess<'_>) -> Decision {
         login: Some(a.login),
         node: Some(a.node_name),
         device: a.device_id,
+        device_credential: a.device_credential,
     };
     if let Some(lock) = first_matching_lock(a.locks, &ctx) {
         return locked(lock);
@@ -279,6 +299,8 @@ pub struct LockContext<'a> {
     pub login: Option<&'a str>,
     pub node: Option<&'a str>,
     pub device: Option<&'a str>,
+    /// The credential id the certificate's device extension names.
+    pub device_credential: Option<&'a str>,
 }
 
 /// A lock matches when every field it sets matches the context.
@@ -294,6 +316,7 @@ pub fn lock_matches(target: &LockTarget, ctx: &LockContext<'_>) -> bool {
         && eq(&target.login, ctx.login)
         && eq(&target.node, ctx.node)
         && eq(&target.device, ctx.device)
+        && eq(&target.device_credential, ctx.device_credential)
         && match &target.role {
             None => true,
             Some(r) => ctx.roles.contains(&r.as_str()),

@@ -58,7 +58,13 @@ fn rules_deny_before_allow_and_wildcards() {
     let reader = role("{allow: {rules: [{resources: [device], verbs: [read, list]}]}}");
     assert!(check_rule(std::slice::from_ref(&admin), "device", Verb::Delete).is_allow());
     assert!(!check_rule(&[admin.clone(), no_delete.clone()], "device", Verb::Delete).is_allow());
-    assert!(check_rule(&[admin, no_delete], "device", Verb::Read).is_allow());
+    assert!(check_rule(&[admin.clone(), no_delete.clone()], "device", Verb::Read).is_allow());
+    // Deny rules alone: no allow needed, any deny refuses.
+    assert!(check_deny_rules(&[], "device", Verb::Delete).is_allow());
+    assert!(
+        !check_deny_rules(&[admin.clone(), no_delete.clone()], "device", Verb::Delete).is_allow()
+    );
+    assert!(check_deny_rules(&[admin, no_delete], "device", Verb::Enroll).is_allow());
     assert!(check_rule(std::slice::from_ref(&reader), "device", Verb::List).is_allow());
     assert!(!check_rule(std::slice::from_ref(&reader), "device", Verb::Enroll).is_allow());
     assert!(!check_rule(&[reader], "user", Verb::Read).is_allow());
@@ -104,6 +110,7 @@ fn ssh<'a>(
         principal: who,
         device_verified: device,
         device_id: if device { Some("dev-1") } else { None },
+        device_credential: if device { Some("cred-1") } else { None },
         cluster_mode: mode,
         locks,
     })
@@ -226,6 +233,7 @@ fn locks_match_every_target_kind_and_all_set_fields() {
         login: Some("root"),
         node: Some("server1"),
         device: Some("dev-1"),
+        device_credential: Some("cred-1"),
     };
     let t = |f: fn(&mut LockTarget)| {
         let mut t = LockTarget::default();
@@ -238,6 +246,18 @@ fn locks_match_every_target_kind_and_all_set_fields() {
     assert!(lock_matches(&t(|t| t.node = Some("server1".into())), &ctx));
     assert!(lock_matches(&t(|t| t.device = Some("dev-1".into())), &ctx));
     assert!(!lock_matches(&t(|t| t.device = Some("dev-2".into())), &ctx));
+    // A revoked credential of the device: only certificates through that credential.
+    let revoked = LockTarget {
+        device: Some("dev-1".into()),
+        device_credential: Some("cred-1".into()),
+        ..Default::default()
+    };
+    assert!(lock_matches(&revoked, &ctx));
+    let reenrolled = LockContext {
+        device_credential: Some("cred-2"),
+        ..ctx.clone()
+    };
+    assert!(!lock_matches(&revoked, &reenrolled));
     assert!(!lock_matches(&t(|t| t.user = Some("bob".into())), &ctx));
     // all set fields must match
     let both = LockTarget {

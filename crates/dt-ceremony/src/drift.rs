@@ -4,11 +4,14 @@
 //! Drift is: the OS type or the serial number differs from the enrollment record; the model
 //! differs from the enrollment record (when the enrollment record had one); the OS version
 //! is lower than the most recent version recorded (compared numerically, component by
-//! component, so `13.10` > `13.9` and `13` == `13.0`), or missing when one was recorded.
+//! component, so `13.10` > `13.9` and `13` == `13.0`), or missing when one was recorded, or
+//! different from it when either is not numeric (`rolling`, `bookworm/sid`).
 //!
-//! What it deliberately does not police: versions that are not numeric (`rolling`,
-//! `bookworm/sid`) — two such versions that differ are accepted, since no order is known;
-//! OS build strings, host names and user names, which change legitimately.
+//! Non-numeric versions fail closed: with no order known, a changed version could be a
+//! downgrade, and a client that reports a version we can't parse must not switch the rule
+//! off for itself. An unchanged non-numeric version is fine; after a real upgrade to such a
+//! version the device is re-enrolled. What it deliberately does not police: OS build strings,
+//! host names and user names, which change legitimately.
 
 use std::cmp::Ordering;
 use std::fmt;
@@ -20,8 +23,19 @@ use dt_types::device::DeviceCollectedData;
 pub enum DriftKind {
     OsTypeChanged,
     SerialChanged,
-    ModelChanged { enrolled: String, now: String },
-    OsVersionWentBackwards { before: String, now: String },
+    ModelChanged {
+        enrolled: String,
+        now: String,
+    },
+    OsVersionWentBackwards {
+        before: String,
+        now: String,
+    },
+    /// The version changed and at least one side is not numeric, so no order is known.
+    OsVersionUnordered {
+        before: String,
+        now: String,
+    },
 }
 
 impl fmt::Display for DriftKind {
@@ -35,6 +49,10 @@ impl fmt::Display for DriftKind {
             DriftKind::OsVersionWentBackwards { before, now } => {
                 write!(f, "os version went backwards ({before:?} → {now:?})")
             }
+            DriftKind::OsVersionUnordered { before, now } => write!(
+                f,
+                "os version changed and can't be compared ({before:?} → {now:?}); re-enroll the device"
+            ),
         }
     }
 }
@@ -107,16 +125,16 @@ pub fn check_drift(
         .map(|d| d.os_version.as_str())
         .find(|v| !v.is_empty())
     {
-        let backwards = if current.os_version.trim().is_empty() {
-            true
-        } else {
-            compare_versions(&current.os_version, before) == Some(Ordering::Less)
-        };
-        if backwards {
-            return Err(DriftKind::OsVersionWentBackwards {
-                before: before.to_string(),
-                now: current.os_version.clone(),
-            });
+        let (before, now) = (before.to_string(), current.os_version.clone());
+        if now.trim().is_empty() {
+            return Err(DriftKind::OsVersionWentBackwards { before, now });
+        }
+        match compare_versions(&now, &before) {
+            Some(Ordering::Less) => return Err(DriftKind::OsVersionWentBackwards { before, now }),
+            Some(_) => {}
+            // Fail closed (see the module docs): only an unchanged version passes.
+            None if now.trim() == before.trim() => {}
+            None => return Err(DriftKind::OsVersionUnordered { before, now }),
         }
     }
     Ok(())
@@ -193,9 +211,19 @@ mod tests {
         let mut linux = data("SER1", "Mac14,2", "14.3");
         linux.os_type = Some(OsType::Linux);
         assert_eq!(check_drift(&history, &linux), Err(DriftKind::OsTypeChanged));
-        // Non-numeric versions that differ are not policed.
+        // Non-numeric versions: unchanged passes; changed, or numeric <-> not, is drift.
         let rolling = vec![data("SER1", "", "rolling")];
-        check_drift(&rolling, &data("SER1", "", "other")).unwrap();
+        check_drift(&rolling, &data("SER1", "", "rolling")).unwrap();
+        for now in ["other", "14.3", "0"] {
+            assert!(matches!(
+                check_drift(&rolling, &data("SER1", "", now)),
+                Err(DriftKind::OsVersionUnordered { .. })
+            ));
+        }
+        assert!(matches!(
+            check_drift(&history, &data("SER1", "Mac14,2", "sequoia")),
+            Err(DriftKind::OsVersionUnordered { .. })
+        ));
         // No history, no drift.
         check_drift(&[], &data("X", "", "")).unwrap();
     }

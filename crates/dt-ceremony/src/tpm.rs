@@ -117,6 +117,8 @@ pub struct TpmCredentialFacts {
     pub attestation_type: AttestationType,
     /// Serial of the EK certificate, when there was one.
     pub ekcert_serial: Option<String>,
+    /// The EK certificate itself (DER), kept for `ekcert_check_at_authentication`.
+    pub ekcert_der: Option<Vec<u8>>,
     /// TPM2B_PUBLIC of the AK: what later quotes are verified with.
     pub ak_public: Vec<u8>,
 }
@@ -192,6 +194,36 @@ impl AttestTpmVerifier {
     }
 }
 
+/// `ekcert_check_at_authentication`: checks an enrolled TPM credential's stored EK
+/// certificate against today's `ekcert_allowed_cas`. Credentials that are not TPM ones pass
+/// (there is no EK); a TPM credential enrolled before certificates were stored has none and
+/// is refused while CAs are listed (fail closed: re-enroll it).
+pub fn recheck_ek_cert(
+    credential: &dt_types::device::DeviceCredential,
+    ekcert_allowed_cas: &[String],
+    now: OffsetDateTime,
+) -> Result<(), TpmVerifyError> {
+    use base64::Engine as _;
+    if !matches!(
+        credential.attestation_type,
+        AttestationType::TpmEkpub | AttestationType::TpmEkcert | AttestationType::TpmEkcertTrusted
+    ) {
+        return Ok(());
+    }
+    let der = match &credential.tpm_ekcert_der {
+        None => None,
+        Some(b64) => Some(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .map_err(|_| {
+                    TpmVerifyError::Failed("the stored ek certificate is not base64".into())
+                })?,
+        ),
+    };
+    dt_attest::tpm::recheck_ek_cert(der.as_deref(), ekcert_allowed_cas, now.into())
+        .map_err(from_attest)
+}
+
 fn from_attest(e: dt_attest::tpm::TpmError) -> TpmVerifyError {
     match e {
         dt_attest::tpm::TpmError::PeerMisbehaved(
@@ -242,6 +274,7 @@ impl TpmPendingEnrollment for AttestPending {
                 }
             },
             ekcert_serial: verified.ek_cert_serial,
+            ekcert_der: verified.ek_cert,
             ak_public: verified.ak_public,
         })
     }

@@ -615,6 +615,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 login,
                 node,
                 device,
+                // Written by the server when a device is deleted or un-enrolled.
+                device_credential: None,
             };
             if target.is_empty() {
                 bail!("name a target: --user, --role, --login, --node or --device");

@@ -70,8 +70,8 @@ pub enum DevicesCmd {
         format: Format,
     },
     /// Import devices from a CSV file: columns `os,asset_tag`; other columns go into the
-    /// device profile (model_identifier, os_version, os_build, os_usernames are recognized;
-    /// os_usernames may list several separated by `;`).
+    /// device profile (model_identifier, os_version, os_build, os_usernames, assigned_user
+    /// are recognized; os_usernames may list several separated by `;`).
     Import {
         file: PathBuf,
         /// Devices per request.
@@ -339,6 +339,7 @@ pub fn row_to_device(headers: &[String], row: &[String]) -> Result<Device, Strin
             "model_identifier" => profile.model_identifier = v.clone(),
             "os_version" => profile.os_version = v.clone(),
             "os_build" => profile.os_build = v.clone(),
+            "assigned_user" => profile.assigned_user = v.clone(),
             "os_usernames" => {
                 profile.os_usernames = v
                     .split(';')

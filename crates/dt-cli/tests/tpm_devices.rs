@@ -228,3 +228,108 @@ fn ek_certificate_allow_list_on_a_real_chain() {
         "tpm_ekpub"
     );
 }
+
+fn set_ek_policy(s: &Server, pems: &[String], check_at_authentication: bool) -> Out {
+    let doc = serde_json::json!({
+        "kind": "cluster_auth_preference",
+        "version": "v2",
+        "metadata": {"name": "cluster-auth-preference"},
+        "spec": {"device_trust": {
+            "mode": "optional",
+            "ekcert_allowed_cas": pems,
+            "ekcert_check_at_authentication": check_at_authentication,
+        }},
+    });
+    let path = s.write_file("cap-ek.json", &doc.to_string());
+    s.dtctl(&["create", "-f", &path, "--force"])
+}
+
+fn dtsh_tpm_login(s: &Server, home: &Home, device_home: &Path, tcti: &str, serial: &str) -> Out {
+    Run::new(
+        DTSH,
+        [
+            "login",
+            &format!("--proxy={}", s.addr),
+            "--user=erik",
+            "--password-stdin",
+            &format!("--ca-pin={}", s.pin),
+        ],
+    )
+    .env("DTSH_HOME", &home.path)
+    .env("DTSH_DEVICE_HOME", device_home)
+    .env("DTSH_TPM_TCTI", tcti)
+    .env("DTSH_DEVICE_SERIAL", serial)
+    .env("DTSH_DEVICE_KEYSTORE", "tpm")
+    .stdin(format!("{PASSWORD}\n"))
+    .run()
+}
+
+/// Issue 11, hole 11: `ekcert_allowed_cas` applies to new enrollments; with
+/// `ekcert_check_at_authentication: true` it also applies, as it is today, at every device
+/// authentication, so taking a CA off the list cuts off the devices it vouched for.
+#[test]
+fn ek_certificate_recheck_at_authentication_is_opt_in() {
+    let ca = LocalCa::new();
+    let other = LocalCa::new();
+    let _provisions_the_other_ca = Swtpm::start_with_ek_certs(&other);
+    let tpm = Swtpm::start_with_ek_certs(&ca);
+    let s = Server::start();
+    let home = s.new_user("erik", "access,editor", "root", PASSWORD);
+    set_ek_policy(&s, &[ca.issuer_pem()], false).ok();
+    let dev = tempfile::tempdir().unwrap();
+    let out = dtsh_tpm(
+        &home,
+        dev.path(),
+        &tpm.tcti,
+        "TPM-RECHECK-1",
+        &["device", "enroll", "--current-device"],
+    );
+    assert!(out.ok().contains("enrolled"), "{out}");
+
+    // Only another CA is allowed now. Without the opt-in the enrolled device still
+    // authenticates (the allow-list is an enrollment rule).
+    set_ek_policy(&s, &[other.issuer_pem()], false).ok();
+    let login = dtsh_tpm_login(&s, &home, dev.path(), &tpm.tcti, "TPM-RECHECK-1");
+    assert!(
+        login.ok().contains("devtrust-device-credential-id"),
+        "{login}"
+    );
+
+    // With the opt-in, today's list applies: the login works, the device is not trusted.
+    set_ek_policy(&s, &[other.issuer_pem()], true).ok();
+    let login = dtsh_tpm_login(&s, &home, dev.path(), &tpm.tcti, "TPM-RECHECK-1");
+    assert!(
+        !login.ok().contains("devtrust-device-credential-id"),
+        "{login}"
+    );
+    assert!(
+        login
+            .stderr
+            .contains("WARNING: this device is not trusted for this session")
+            && login.stderr.contains("ekcert_check_at_authentication")
+            && login
+                .stderr
+                .contains("does not chain to any ca in ekcert_allowed_cas"),
+        "{login}"
+    );
+    let refused: Vec<String> = s
+        .events(&["--type=device.authenticate"])
+        .into_iter()
+        .filter(|e| e["success"] == false)
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        refused.iter().any(|m| m
+            .contains("device authentication refused by ekcert_check_at_authentication")
+            && m.contains("does not chain")),
+        "{refused:?}"
+    );
+
+    // The enrolling CA back on the list: trusted again.
+    set_ek_policy(&s, &[ca.issuer_pem()], true).ok();
+    let login = dtsh_tpm_login(&s, &home, dev.path(), &tpm.tcti, "TPM-RECHECK-1");
+    assert!(
+        login.ok().contains("devtrust-device-credential-id"),
+        "{login}"
+    );
+}

@@ -201,6 +201,7 @@ pub fn decide(
         principal: principal(id),
         device_verified: id.is_device_verified(),
         device_id: id.device.as_ref().map(|d| d.device_id.as_str()),
+        device_credential: id.device.as_ref().map(|d| d.credential_id.as_str()),
         cluster_mode: &cluster_mode,
         locks: &locks,
     };
@@ -245,6 +246,7 @@ pub fn matching_lock(
         login: Some(login),
         node: Some(node),
         device: id.device.as_ref().map(|d| d.device_id.as_str()),
+        device_credential: id.device.as_ref().map(|d| d.credential_id.as_str()),
     };
     dt_authz::first_matching_lock(&locks, &ctx).map(|l| Ok(l.clone()))
 }

@@ -94,6 +94,10 @@ pub struct DeviceCredential {
     /// TPM2B_PUBLIC of the attestation key, base64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tpm_ak_public: Option<String>,
+    /// The EK certificate accepted at enrollment (DER, base64), for
+    /// `ekcert_check_at_authentication`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tpm_ekcert_der: Option<String>,
 }
 
 /// What a device says about itself at enrollment and at every authentication.
@@ -190,9 +194,21 @@ pub struct DeviceProfile {
     pub os_build: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub os_usernames: Vec<String>,
+    /// The devtrust user the MDM assigns the device to.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub assigned_user: String,
     /// Anything else an import carried (extra CSV columns...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub extra: BTreeMap<String, String>,
+}
+
+impl DeviceProfile {
+    /// Does the profile name devtrust user `user`, as its assigned user or as one of its
+    /// local accounts? (What auto-enrollment asks before letting `user` claim the device.)
+    pub fn names_user(&self, user: &str) -> bool {
+        !user.is_empty()
+            && (self.assigned_user == user || self.os_usernames.iter().any(|u| u == user))
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

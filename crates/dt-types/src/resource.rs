@@ -190,6 +190,9 @@ pub type Lock = Resource<LockSpec>;
 pub type Device = Resource<DeviceSpec>;
 
 /// Any resource, as read from a file or from storage.
+// A device is the largest variant (~600 bytes); values are short-lived (one per request or
+// document), so boxing it would only churn every match on this enum.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum AnyResource {
     Role(Role),
@@ -685,19 +688,46 @@ pub struct CapSpec {
     pub disconnect_expired_cert: bool,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceTrustSettings {
     #[serde(default)]
     pub mode: DeviceTrustMode,
     #[serde(default)]
     pub auto_enroll: bool,
+    /// Auto-enroll only a device whose MDM profile names the user logging in (as its
+    /// `assigned_user` or in its `os_usernames`). On by default; turn it off only when the
+    /// MDM records no users and every registered device may be claimed by any user.
+    #[serde(default = "default_true")]
+    pub auto_enroll_require_user_match: bool,
     /// PEM CA certificates; when set, TPM EK certificates must chain to one of them.
     #[serde(default)]
     pub ekcert_allowed_cas: Vec<String>,
     /// Accept devices without a TPM or Secure Enclave (labs and tests).
     #[serde(default)]
     pub allow_software_credentials: bool,
+    /// Re-check a TPM device's stored EK certificate against the current
+    /// `ekcert_allowed_cas` at every device authentication (not only at enrollment), so
+    /// removing a CA cuts off the devices it vouched for.
+    #[serde(default)]
+    pub ekcert_check_at_authentication: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for DeviceTrustSettings {
+    fn default() -> Self {
+        DeviceTrustSettings {
+            mode: DeviceTrustMode::default(),
+            auto_enroll: false,
+            auto_enroll_require_user_match: true,
+            ekcert_allowed_cas: Vec::new(),
+            allow_software_credentials: false,
+            ekcert_check_at_authentication: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -781,6 +811,10 @@ pub struct LockTarget {
     pub node: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device: Option<String>,
+    /// A device credential id: the certificates augmented through that credential (what a
+    /// deleted or un-enrolled device leaves behind, see `DeviceSpec`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_credential: Option<String>,
 }
 
 impl LockTarget {
@@ -790,6 +824,7 @@ impl LockTarget {
             && self.login.is_none()
             && self.node.is_none()
             && self.device.is_none()
+            && self.device_credential.is_none()
     }
 }
 
@@ -803,6 +838,7 @@ impl fmt::Display for LockTarget {
             ("Login", &self.login),
             ("Node", &self.node),
             ("Device", &self.device),
+            ("DeviceCredential", &self.device_credential),
         ] {
             if let Some(v) = v {
                 parts.push(format!("{label}:{v:?}"));
@@ -832,7 +868,10 @@ impl Spec for LockSpec {
     const KIND: Kind = Kind::Lock;
     fn validate(&self, _meta: &Metadata) -> Result<(), String> {
         if self.target.is_empty() {
-            return Err("spec.target needs at least one of user, role, login, node, device".into());
+            return Err(
+                "spec.target needs at least one of user, role, login, node, device, device_credential"
+                    .into(),
+            );
         }
         if self.message.as_ref().is_some_and(|m| m.len() > 1024) {
             return Err("spec.message is longer than 1024 characters".into());

@@ -1,9 +1,10 @@
 //! Endorsement key certificates (TCG EK Credential Profile for TPM Family 2.0, §3).
 //!
 //! An EK certificate binds an EK public key to a TPM manufacturer's CA. We check that the
-//! certificate certifies *this* EK (its key equals the public area's key), and, when the
-//! cluster lists allowed CAs, that one of them signed it and that both are within their
-//! validity period.
+//! certificate certifies *this* EK (its key equals the public area's key), is not a CA
+//! certificate, is not signed with SHA-1 and has no RSA key under 2048 bits; and, when the
+//! cluster lists allowed CAs, that one of them (named as its issuer, with no RSA key under
+//! 2048 bits) signed it and that both are within their validity period.
 //!
 //! Deliberately tolerated (generic path builders reject these, the EK profile requires them):
 //! - an empty subject with a **critical** SubjectAltName holding the TPM manufacturer, model
@@ -177,6 +178,43 @@ fn is_ca(cert: &X509Certificate<'_>) -> bool {
     matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca)
 }
 
+/// Smallest RSA modulus we accept, in an EK certificate or the CA key that signs it.
+pub const MIN_RSA_BITS: usize = 2048;
+
+/// Signature algorithms built on SHA-1 (content octets of their OIDs): sha1WithRSAEncryption,
+/// its obsolete OIW twin, ecdsa-with-SHA1 and dsa-with-sha1. SHA-1 collisions are practical,
+/// so a SHA-1 signature proves nothing about who issued the certificate.
+const SHA1_SIGNATURES: [&[u8]; 4] = [
+    &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x05],
+    &[0x2b, 0x0e, 0x03, 0x02, 0x1d],
+    &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x01],
+    &[0x2a, 0x86, 0x48, 0xce, 0x38, 0x04, 0x03],
+];
+
+/// An RSA key under [`MIN_RSA_BITS`], described for an error message.
+fn weak_rsa_key(cert: &X509Certificate<'_>) -> Option<String> {
+    match cert.public_key().parsed() {
+        Ok(X509PublicKey::RSA(rsa)) if rsa.key_size() < MIN_RSA_BITS => Some(format!(
+            "its rsa key has {} bits, under {MIN_RSA_BITS}",
+            rsa.key_size()
+        )),
+        _ => None,
+    }
+}
+
+/// What makes a certificate unfit to be an EK certificate whatever its issuer: a CA
+/// certificate (EK profile §3.2.16: cA is false; a CA certificate for the EK key would let
+/// the TPM's owner issue "EK certificates"), a SHA-1 signature, a short RSA key.
+fn unfit_as_ek_cert(cert: &X509Certificate<'_>) -> Option<String> {
+    if is_ca(cert) {
+        return Some("it is a ca certificate (basicConstraints cA is set)".into());
+    }
+    if SHA1_SIGNATURES.contains(&cert.signature_algorithm.algorithm.as_bytes()) {
+        return Some("it is signed with sha-1".into());
+    }
+    weak_rsa_key(cert)
+}
+
 /// Checks `der` against `ek` and, when `anchors` (DER CA certificates) is not empty, against
 /// them. An untrusted chain with anchors configured is an error; without anchors the
 /// certificate is only checked to certify this EK.
@@ -188,6 +226,9 @@ pub(crate) fn check_ek_cert(
 ) -> Result<EkCertInfo, TpmError> {
     let cert = parse_der(der).map_err(PeerMisbehaved::EkCertMalformed)?;
     check_key_matches(&cert, ek)?;
+    if let Some(why) = unfit_as_ek_cert(&cert) {
+        return Err(PolicyDenied::EkCertRefused(why).into());
+    }
     let serial_hex = hex(cert.raw_serial());
     if anchors.is_empty() {
         return Ok(EkCertInfo {
@@ -195,13 +236,49 @@ pub(crate) fn check_ek_cert(
             trusted: false,
         });
     }
+    check_chain(&cert, anchors, now)?;
+    Ok(EkCertInfo {
+        serial_hex,
+        trusted: true,
+    })
+}
 
-    critical_extensions_understood(&cert).map_err(PolicyDenied::EkCertUntrusted)?;
+/// Checks an EK certificate accepted at enrollment (so already known to certify the
+/// device's EK) against the allowed CAs of today: what authentication re-checks when the
+/// cluster asks for it.
+pub(crate) fn recheck_ek_cert(
+    der: &[u8],
+    anchors: &[Vec<u8>],
+    now: SystemTime,
+) -> Result<(), TpmError> {
+    let cert = parse_der(der).map_err(PeerMisbehaved::EkCertMalformed)?;
+    if let Some(why) = unfit_as_ek_cert(&cert) {
+        return Err(PolicyDenied::EkCertRefused(why).into());
+    }
+    check_chain(&cert, anchors, now)
+}
+
+/// One of `anchors` (not empty) issued `cert`, and both are valid at `now`.
+fn check_chain(
+    cert: &X509Certificate<'_>,
+    anchors: &[Vec<u8>],
+    now: SystemTime,
+) -> Result<(), TpmError> {
+    critical_extensions_understood(cert).map_err(PolicyDenied::EkCertUntrusted)?;
     let now = asn1_now(now)?;
     let mut reason = String::from("not signed by any allowed ca");
     for anchor_der in anchors {
         let anchor = parse_der(anchor_der).map_err(TpmError::Config)?;
         if !is_ca(&anchor) {
+            continue;
+        }
+        // RFC 5280 §6.1.3 (a)(4): the issuer name must be the anchor's subject (byte for
+        // byte: a CA that re-encodes its name is refused rather than guessed at).
+        if cert.issuer().as_raw() != anchor.subject().as_raw() {
+            continue;
+        }
+        if let Some(why) = weak_rsa_key(&anchor) {
+            reason = format!("the issuing ca {}: {why}", anchor.subject());
             continue;
         }
         if cert.verify_signature(Some(anchor.public_key())).is_err() {
@@ -216,10 +293,7 @@ pub(crate) fn check_ek_cert(
             reason = String::from("the issuing ca is expired or not yet valid");
             continue;
         }
-        return Ok(EkCertInfo {
-            serial_hex,
-            trusted: true,
-        });
+        return Ok(());
     }
     Err(PolicyDenied::EkCertUntrusted(reason).into())
 }
@@ -252,6 +326,13 @@ pub fn validate_allowed_ca_pem(pem: &str) -> Result<(), String> {
         if !is_ca(&cert) {
             return Err(format!(
                 "certificate {} ({}) is not a ca certificate (basicConstraints cA is not set)",
+                i + 1,
+                cert.subject()
+            ));
+        }
+        if let Some(why) = weak_rsa_key(&cert) {
+            return Err(format!(
+                "certificate {} ({}) is too weak to sign ek certificates: {why}",
                 i + 1,
                 cert.subject()
             ));

@@ -113,6 +113,10 @@ pub enum PolicyDenied {
         "the endorsement key certificate does not chain to any ca in ekcert_allowed_cas ({0}): add the issuing ca of this TPM's ek certificates"
     )]
     EkCertUntrusted(String),
+    #[error(
+        "the endorsement key certificate is refused: {0}; this TPM's ek certificate can't be trusted, use another TPM or ask an admin"
+    )]
+    EkCertRefused(String),
 }
 
 /// Valid structures using algorithms this server does not implement.

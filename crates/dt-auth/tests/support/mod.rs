@@ -85,6 +85,7 @@ const SPKI_P256_PREFIX: [u8; 26] = [
 /// A software P-256 device credential.
 pub struct DeviceKey {
     pair: EcdsaKeyPair,
+    pkcs8: Vec<u8>,
     pub credential_id: String,
 }
 
@@ -97,7 +98,20 @@ impl DeviceKey {
             .expect("p256 key");
         DeviceKey {
             pair,
+            pkcs8: pkcs8.as_ref().to_vec(),
             credential_id: uuid::Uuid::new_v4().to_string(),
+        }
+    }
+
+    /// The same key pair announced under another credential id.
+    pub fn same_key_as(&self, credential_id: &str) -> Self {
+        let rng = ring::rand::SystemRandom::new();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &self.pkcs8, &rng)
+            .expect("p256 key");
+        DeviceKey {
+            pair,
+            pkcs8: self.pkcs8.clone(),
+            credential_id: credential_id.into(),
         }
     }
 
@@ -424,9 +438,8 @@ impl Default for Options {
             ceremonies_per_minute: 1_000_000,
             device_trust: DeviceTrustSettings {
                 mode: DeviceTrustMode::Optional,
-                auto_enroll: false,
-                ekcert_allowed_cas: vec![],
                 allow_software_credentials: true,
+                ..Default::default()
             },
         }
     }
@@ -566,6 +579,23 @@ impl Cluster {
             .await
             .expect("create lock");
         name
+    }
+
+    /// A role (as the admin, through UpsertResource) from its YAML `spec`.
+    pub async fn role(&self, name: &str, spec_yaml: &str) {
+        let text =
+            format!("kind: role\nversion: v7\nmetadata: {{name: {name}}}\nspec: {spec_yaml}");
+        let role = dt_types::AnyResource::parse_documents(&text)
+            .expect("role yaml")
+            .remove(0);
+        AuthServiceClient::new(self.admin.clone())
+            .upsert_resource(pb::UpsertResourceRequest {
+                json: serde_json::to_string(&role.to_json_value()).expect("role json"),
+                force: true,
+                expected_revision: 0,
+            })
+            .await
+            .expect("create role");
     }
 
     // --- users ---------------------------------------------------------------------------

@@ -300,8 +300,9 @@ impl ExpectInit {
             return Err(AuthnDenied::SoftwareCredentialsNotAllowed.into());
         }
 
-        // 7. Locks on the device.
-        if let Some(lock) = find_lock(ctx.locks, identity, Some(&device.metadata.name), now) {
+        // 7. Locks on the device (or on this credential of it).
+        let this = Some((device.metadata.name.as_str(), credential.id.as_str()));
+        if let Some(lock) = find_lock(ctx.locks, identity, this, now) {
             return Err(locked(lock));
         }
 
@@ -477,13 +478,14 @@ pub fn append_history(
     out
 }
 
-/// The first lock that applies to this user (and device, when given). A lock applies when
-/// every target field it sets among user, role and device matches; locks that also set a
-/// login or a node don't concern certificates and are left to the access points.
+/// The first lock that applies to this user (and device and credential id, when given). A
+/// lock applies when every target field it sets among user, role, device and device
+/// credential matches; locks that also set a login or a node don't concern certificates and
+/// are left to the access points.
 fn find_lock<'l>(
     locks: &'l [Lock],
     identity: &CertView,
-    device_id: Option<&str>,
+    device: Option<(&str, &str)>,
     now: OffsetDateTime,
 ) -> Option<&'l Lock> {
     locks.iter().find(|lock| {
@@ -496,12 +498,17 @@ fn find_lock<'l>(
         }
         let user_ok = t.user.as_ref().is_none_or(|u| *u == identity.user);
         let role_ok = t.role.as_ref().is_none_or(|r| identity.roles.contains(r));
-        let device_ok = match (&t.device, device_id) {
+        let device_ok = match (&t.device, device) {
             (None, _) => true,
-            (Some(d), Some(id)) => d == id,
+            (Some(d), Some((id, _))) => d == id,
             (Some(_), None) => false,
         };
-        user_ok && role_ok && device_ok
+        let credential_ok = match (&t.device_credential, device) {
+            (None, _) => true,
+            (Some(c), Some((_, id))) => c == id,
+            (Some(_), None) => false,
+        };
+        user_ok && role_ok && device_ok && credential_ok
     })
 }
 

@@ -399,6 +399,7 @@ impl ExpectChallengeResponse {
                     attestation_type,
                     tpm_ekcert_serial: None,
                     tpm_ak_public: None,
+                    tpm_ekcert_der: None,
                 }
             }
             (Pending::Tpm { pending }, EnrollChallengeResponse::Tpm(resp)) => {
@@ -413,6 +414,7 @@ impl ExpectChallengeResponse {
                     attestation_type: facts.attestation_type,
                     tpm_ekcert_serial: facts.ekcert_serial,
                     tpm_ak_public: Some(STANDARD.encode(&facts.ak_public)),
+                    tpm_ekcert_der: facts.ekcert_der.as_ref().map(|d| STANDARD.encode(d)),
                 }
             }
             (Pending::P256 { .. }, EnrollChallengeResponse::Tpm(_)) => {

@@ -97,6 +97,7 @@ impl TestKey {
             attestation_type,
             tpm_ekcert_serial: None,
             tpm_ak_public: None,
+            tpm_ekcert_der: None,
         }
     }
 }
@@ -104,9 +105,8 @@ impl TestKey {
 pub fn settings(mode: DeviceTrustMode, allow_software: bool) -> DeviceTrustSettings {
     DeviceTrustSettings {
         mode,
-        auto_enroll: false,
-        ekcert_allowed_cas: vec![],
         allow_software_credentials: allow_software,
+        ..Default::default()
     }
 }
 
@@ -265,6 +265,7 @@ impl TpmPendingEnrollment for FakePending {
         Ok(TpmCredentialFacts {
             attestation_type: AttestationType::TpmEkpub,
             ekcert_serial: None,
+            ekcert_der: None,
             ak_public: self.ak.clone(),
         })
     }
