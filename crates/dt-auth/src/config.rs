@@ -51,6 +51,10 @@ struct RawLimits {
     device_ceremonies_per_minute: Option<usize>,
     #[serde(default)]
     login_failures_per_5m: Option<usize>,
+    #[serde(default)]
+    login_failure_window: Option<String>,
+    #[serde(default)]
+    login_throttle_buckets: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -112,6 +116,10 @@ pub struct Config {
     pub device_ceremonies_per_minute: usize,
     /// Failed logins per user and address within 5 minutes before refusing.
     pub login_failures_per_5m: usize,
+    /// The window `login_failures_per_5m` counts in (5 minutes unless shortened in tests).
+    pub login_failure_window: std::time::Duration,
+    /// (user, address) pairs tracked per window, cluster-wide; beyond, pairs share one bucket.
+    pub login_throttle_buckets: usize,
 }
 
 impl Default for Config {
@@ -129,6 +137,8 @@ impl Default for Config {
             log_level: "info".into(),
             device_ceremonies_per_minute: 30,
             login_failures_per_5m: 5,
+            login_failure_window: std::time::Duration::from_secs(300),
+            login_throttle_buckets: 10_000,
         }
     }
 }
@@ -266,6 +276,25 @@ impl TryFrom<RawConfig> for Config {
                 }
                 c.login_failures_per_5m = n;
             }
+            if let Some(w) = l.login_failure_window {
+                let w = dt_types::duration::parse_duration(&w).map_err(|e| {
+                    ConfigError::Invalid(format!("limits.login_failure_window: {e}"))
+                })?;
+                if w < std::time::Duration::from_secs(1) {
+                    return Err(ConfigError::Invalid(
+                        "limits.login_failure_window must be at least 1s".into(),
+                    ));
+                }
+                c.login_failure_window = w;
+            }
+            if let Some(n) = l.login_throttle_buckets {
+                if n == 0 {
+                    return Err(ConfigError::Invalid(
+                        "limits.login_throttle_buckets must be at least 1".into(),
+                    ));
+                }
+                c.login_throttle_buckets = n;
+            }
         }
         Ok(c)
     }
@@ -304,10 +333,14 @@ log:
   format: text   # text | json
   level: info    # error | warn | info | debug | trace
 
-# Per-user rate limits (per auth server process).
+# Rate limits. Login failures are counted in storage, shared by all auth servers;
+# device ceremonies per auth server process.
 limits:
   device_ceremonies_per_minute: 30   # device enrollments + authentications
   login_failures_per_5m: 5           # failed logins per user and address
+  # login_failure_window: 5m         # the window of login_failures_per_5m
+  # login_throttle_buckets: 10000    # user/address pairs tracked per window; beyond,
+  #                                  # new pairs share one bucket (and its lockout)
 "#;
 
 #[cfg(test)]
