@@ -66,6 +66,8 @@ struct RawStorage {
     conn: Option<String>,
     #[serde(default)]
     path: Option<PathBuf>,
+    #[serde(default)]
+    statement_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,6 +112,8 @@ pub struct Config {
     /// Extra DNS names / IPs for the TLS server certificate.
     pub public_addrs: Vec<String>,
     pub storage: StorageConfig,
+    /// PostgreSQL: `statement_timeout` of every connection.
+    pub storage_statement_timeout: std::time::Duration,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Device enrollments + authentications per user per minute.
@@ -133,6 +137,7 @@ impl Default for Config {
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 3080))),
             public_addrs: Vec::new(),
             storage: StorageConfig::Sqlite { path: None },
+            storage_statement_timeout: dt_store::postgres::DEFAULT_STATEMENT_TIMEOUT,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             device_ceremonies_per_minute: 30,
@@ -212,9 +217,9 @@ impl TryFrom<RawConfig> for Config {
         if let Some(s) = raw.storage {
             c.storage = match s.kind.as_str() {
                 "sqlite" => {
-                    if s.conn.is_some() {
+                    if s.conn.is_some() || s.statement_timeout.is_some() {
                         return Err(ConfigError::Invalid(
-                            "storage.conn is for postgres; sqlite takes an optional storage.path"
+                            "storage.conn and storage.statement_timeout are for postgres; sqlite takes an optional storage.path"
                                 .into(),
                         ));
                     }
@@ -228,6 +233,17 @@ impl TryFrom<RawConfig> for Config {
                     })?;
                     if s.path.is_some() {
                         return Err(ConfigError::Invalid("storage.path is for sqlite".into()));
+                    }
+                    if let Some(t) = &s.statement_timeout {
+                        let t = dt_types::duration::parse_duration(t).map_err(|e| {
+                            ConfigError::Invalid(format!("storage.statement_timeout: {e}"))
+                        })?;
+                        if t < std::time::Duration::from_millis(100) {
+                            return Err(ConfigError::Invalid(
+                                "storage.statement_timeout must be at least 100ms".into(),
+                            ));
+                        }
+                        c.storage_statement_timeout = t;
                     }
                     StorageConfig::Postgres { conn }
                 }
@@ -327,7 +343,8 @@ storage:
 # ... or PostgreSQL, for several auth servers sharing one cluster state:
 # storage:
 #   type: postgres
-#   conn: "host=127.0.0.1 port=5432 user=postgres dbname=devtrust"
+#   conn: "host=127.0.0.1 port=5432 user=postgres dbname=devtrust sslmode=verify-full sslrootcert=/etc/devtrust/pg-ca.pem"
+#   statement_timeout: 30s   # per connection; a stuck query fails instead of hanging
 
 log:
   format: text   # text | json

@@ -73,8 +73,12 @@ pub async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, StartErro
             b
         }
         StorageConfig::Postgres { conn } => {
-            let b: Arc<dyn Backend> =
-                dt_store::postgres::PostgresBackend::connect(conn, tuning).await?;
+            let b: Arc<dyn Backend> = dt_store::postgres::PostgresBackend::connect_with(
+                conn,
+                tuning,
+                config.storage_statement_timeout,
+            )
+            .await?;
             b
         }
     })
