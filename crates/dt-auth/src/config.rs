@@ -384,6 +384,20 @@ mod tests {
     }
 
     #[test]
+    fn throttle_and_statement_timeout_settings() {
+        let c = Config::parse(
+            "storage: {type: postgres, conn: 'host=h', statement_timeout: 2s}\nlimits: {login_failure_window: 1m, login_throttle_buckets: 7}",
+        )
+        .unwrap();
+        assert_eq!(c.storage_statement_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(c.login_failure_window, std::time::Duration::from_secs(60));
+        assert_eq!(c.login_throttle_buckets, 7);
+        let d = Config::parse("").unwrap();
+        assert_eq!(d.storage_statement_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(d.login_failure_window, std::time::Duration::from_secs(300));
+    }
+
+    #[test]
     fn refuses_bad_input_with_the_reason() {
         for (text, want) in [
             ("listne: 1.2.3.4:5", "listne"),
@@ -393,6 +407,16 @@ mod tests {
             ("storage: {type: sqlite, cnn: x}", "cnn"),
             ("log: {format: xml}", "log.format"),
             ("version: v9", "unsupported version"),
+            (
+                "storage: {type: sqlite, statement_timeout: 5s}",
+                "statement_timeout are for postgres",
+            ),
+            (
+                "storage: {type: postgres, conn: x, statement_timeout: 10ms}",
+                "at least 100ms",
+            ),
+            ("limits: {login_failure_window: soon}", "login_failure_window"),
+            ("limits: {login_throttle_buckets: 0}", "at least 1"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");
