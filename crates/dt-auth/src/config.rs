@@ -389,11 +389,17 @@ mod tests {
             "storage: {type: postgres, conn: 'host=h', statement_timeout: 2s}\nlimits: {login_failure_window: 1m, login_throttle_buckets: 7}",
         )
         .unwrap();
-        assert_eq!(c.storage_statement_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(
+            c.storage_statement_timeout,
+            std::time::Duration::from_secs(2)
+        );
         assert_eq!(c.login_failure_window, std::time::Duration::from_secs(60));
         assert_eq!(c.login_throttle_buckets, 7);
         let d = Config::parse("").unwrap();
-        assert_eq!(d.storage_statement_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(
+            d.storage_statement_timeout,
+            std::time::Duration::from_secs(30)
+        );
         assert_eq!(d.login_failure_window, std::time::Duration::from_secs(300));
     }
 
@@ -415,7 +421,10 @@ mod tests {
                 "storage: {type: postgres, conn: x, statement_timeout: 10ms}",
                 "at least 100ms",
             ),
-            ("limits: {login_failure_window: soon}", "login_failure_window"),
+            (
+                "limits: {login_failure_window: soon}",
+                "login_failure_window",
+            ),
             ("limits: {login_throttle_buckets: 0}", "at least 1"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
