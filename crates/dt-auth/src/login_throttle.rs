@@ -268,19 +268,24 @@ impl LoginThrottle {
         for _ in 0..MAX_ROUNDS {
             let Some((item, mut b)) = self.read(backend, &attempt.key).await? else {
                 // The bucket was summarized and removed meanwhile (a concurrent success or
-                // the window closing): this failure is in no count, so audit it on its own.
+                // the window closing), perhaps counting this attempt as in flight: audit it
+                // on its own anyway, so it is over-counted at worst, never lost.
                 return audit.emit(event(reason.to_string())).await;
             };
             let mut conditions = vec![Condition::Revision(attempt.key.clone(), item.revision)];
             let mut ops = Vec::new();
-            let message = if b.audited == 0 {
-                if attempt.key != OVERFLOW {
-                    let (condition, op) = self.count_bucket(backend).await?;
-                    conditions.push(condition);
-                    ops.push(op);
-                }
-                reason.to_string()
-            } else if b.attempts >= self.max_attempts && !b.lock_audited {
+            let first = b.audited == 0;
+            let locks = b.attempts >= self.max_attempts && !b.lock_audited;
+            if !first && !locks {
+                // Counted at admission; the summary reports it.
+                return Ok(());
+            }
+            if first && attempt.key != OVERFLOW {
+                let (condition, op) = self.count_bucket(backend).await?;
+                conditions.push(condition);
+                ops.push(op);
+            }
+            let message = if locks {
                 b.lock_audited = true;
                 format!(
                     "{reason}; {} failed attempts, further logins refused for {} s (rate limited)",
@@ -288,7 +293,7 @@ impl LoginThrottle {
                     self.wait(&b, now_ms()).as_secs().max(1)
                 )
             } else {
-                return Ok(());
+                reason.to_string()
             };
             b.audited += 1;
             ops.push(Op::Put {
@@ -448,5 +453,65 @@ impl LoginThrottle {
                 None => return Ok(closed),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Arc<dyn Backend>, Arc<AuditSink>) {
+        let dir = tempfile::tempdir().unwrap();
+        let b: Arc<dyn Backend> =
+            dt_store::sqlite::SqliteBackend::open(&dir.path().join("t.db"), Default::default())
+                .await
+                .unwrap();
+        let audit = Arc::new(AuditSink::new(b.clone()));
+        (dir, b, audit)
+    }
+
+    /// Invariant `parallel_guesses_bounded`: however many attempts race, at most
+    /// `max_attempts` are admitted per window.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn parallel_attempts_never_exceed_the_limit() {
+        let (_dir, b, audit) = store().await;
+        let t = Arc::new(LoginThrottle::new(5, Duration::from_secs(60), 100));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..40 {
+            let (t, b, audit) = (t.clone(), b.clone(), audit.clone());
+            set.spawn(async move {
+                match t
+                    .admit(b.as_ref(), &audit, "eve", "10.0.0.1")
+                    .await
+                    .unwrap()
+                {
+                    Admission::Admitted(a) => {
+                        t.fail(b.as_ref(), &audit, a, "invalid password")
+                            .await
+                            .unwrap();
+                        1
+                    }
+                    Admission::Locked { .. } => 0,
+                }
+            });
+        }
+        let mut admitted = 0;
+        while let Some(n) = set.join_next().await {
+            admitted += n.unwrap();
+        }
+        assert_eq!(admitted, 5);
+        // The first failure and the lockout (one event when the first failure finds the
+        // bucket full already); the rest are counted for the summary.
+        let (events, _) = audit.search(&Default::default(), None, 100).await.unwrap();
+        assert!((1..=2).contains(&events.len()), "{events:#?}");
+        assert!(
+            events.iter().any(|e| e
+                .message
+                .as_deref()
+                .is_some_and(|m| m.contains("rate limited"))),
+            "{events:#?}"
+        );
     }
 }
