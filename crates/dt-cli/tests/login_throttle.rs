@@ -65,17 +65,16 @@ fn a_spray_of_random_usernames_does_not_reset_a_lockout() {
     );
 }
 
-fn median_login_time(srv: &Server, user: &str, n: usize) -> Duration {
-    let mut times: Vec<Duration> = (0..n)
-        .map(|i| {
-            let t = Instant::now();
-            srv.login(&Home::new(), user, &format!("wrong-{i}"))
-                .fails_with("invalid username or password");
-            t.elapsed()
-        })
-        .collect();
-    times.sort();
-    times[n / 2]
+fn refusal_time(srv: &Server, user: &str) -> Duration {
+    let t = Instant::now();
+    srv.login(&Home::new(), user, "wrong-password")
+        .fails_with("invalid username or password");
+    t.elapsed()
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
 }
 
 #[test]
@@ -87,19 +86,25 @@ fn unknown_users_take_as_long_to_refuse_as_known_ones() {
     // A user who never set a password verifies against the dummy hash as well.
     srv.add_user("bob", "access", "");
     // Warm up (first connection, dummy hash computed once).
-    median_login_time(&srv, "nobody", 1);
-    let known = median_login_time(&srv, "alice", 5);
-    let unknown = median_login_time(&srv, "nobody", 5);
-    let no_password = median_login_time(&srv, "bob", 5);
+    refusal_time(&srv, "nobody");
+    // Interleaved, so a change in machine load hits the three alike.
+    let (mut known, mut unknown, mut no_password) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..7 {
+        known.push(refusal_time(&srv, "alice"));
+        unknown.push(refusal_time(&srv, "nobody"));
+        no_password.push(refusal_time(&srv, "bob"));
+    }
+    let (known, unknown, no_password) = (median(known), median(unknown), median(no_password));
     eprintln!("median refusal: known {known:?}, unknown {unknown:?}, no password {no_password:?}");
     // Each refusal costs a process start plus one argon2 verify; without the dummy verify the
-    // unknown user's refusal skips the hash and is far faster.
+    // unknown user's refusal skips the hash and is far faster (15 ms against 1.1 s in a
+    // debug build).
     for (what, t) in [
         ("unknown user", unknown),
         ("password-less user", no_password),
     ] {
         assert!(
-            t.as_secs_f64() >= 0.7 * known.as_secs_f64(),
+            t.as_secs_f64() >= 0.6 * known.as_secs_f64(),
             "{what} refused in {t:?}, a known user in {known:?}: timing reveals who exists"
         );
     }
