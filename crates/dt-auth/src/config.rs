@@ -51,6 +51,10 @@ struct RawLimits {
     device_ceremonies_per_minute: Option<usize>,
     #[serde(default)]
     login_failures_per_5m: Option<usize>,
+    #[serde(default)]
+    login_failure_window: Option<String>,
+    #[serde(default)]
+    login_throttle_buckets: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +66,8 @@ struct RawStorage {
     conn: Option<String>,
     #[serde(default)]
     path: Option<PathBuf>,
+    #[serde(default)]
+    statement_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,12 +112,18 @@ pub struct Config {
     /// Extra DNS names / IPs for the TLS server certificate.
     pub public_addrs: Vec<String>,
     pub storage: StorageConfig,
+    /// PostgreSQL: `statement_timeout` of every connection.
+    pub storage_statement_timeout: std::time::Duration,
     pub log_format: LogFormat,
     pub log_level: String,
     /// Device enrollments + authentications per user per minute.
     pub device_ceremonies_per_minute: usize,
     /// Failed logins per user and address within 5 minutes before refusing.
     pub login_failures_per_5m: usize,
+    /// The window `login_failures_per_5m` counts in (5 minutes unless shortened in tests).
+    pub login_failure_window: std::time::Duration,
+    /// (user, address) pairs tracked per window, cluster-wide; beyond, pairs share one bucket.
+    pub login_throttle_buckets: usize,
 }
 
 impl Default for Config {
@@ -125,10 +137,13 @@ impl Default for Config {
                 .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 3080))),
             public_addrs: Vec::new(),
             storage: StorageConfig::Sqlite { path: None },
+            storage_statement_timeout: dt_store::postgres::DEFAULT_STATEMENT_TIMEOUT,
             log_format: LogFormat::Text,
             log_level: "info".into(),
             device_ceremonies_per_minute: 30,
             login_failures_per_5m: 5,
+            login_failure_window: std::time::Duration::from_secs(300),
+            login_throttle_buckets: 10_000,
         }
     }
 }
@@ -202,9 +217,9 @@ impl TryFrom<RawConfig> for Config {
         if let Some(s) = raw.storage {
             c.storage = match s.kind.as_str() {
                 "sqlite" => {
-                    if s.conn.is_some() {
+                    if s.conn.is_some() || s.statement_timeout.is_some() {
                         return Err(ConfigError::Invalid(
-                            "storage.conn is for postgres; sqlite takes an optional storage.path"
+                            "storage.conn and storage.statement_timeout are for postgres; sqlite takes an optional storage.path"
                                 .into(),
                         ));
                     }
@@ -218,6 +233,17 @@ impl TryFrom<RawConfig> for Config {
                     })?;
                     if s.path.is_some() {
                         return Err(ConfigError::Invalid("storage.path is for sqlite".into()));
+                    }
+                    if let Some(t) = &s.statement_timeout {
+                        let t = dt_types::duration::parse_duration(t).map_err(|e| {
+                            ConfigError::Invalid(format!("storage.statement_timeout: {e}"))
+                        })?;
+                        if t < std::time::Duration::from_millis(100) {
+                            return Err(ConfigError::Invalid(
+                                "storage.statement_timeout must be at least 100ms".into(),
+                            ));
+                        }
+                        c.storage_statement_timeout = t;
                     }
                     StorageConfig::Postgres { conn }
                 }
@@ -266,6 +292,25 @@ impl TryFrom<RawConfig> for Config {
                 }
                 c.login_failures_per_5m = n;
             }
+            if let Some(w) = l.login_failure_window {
+                let w = dt_types::duration::parse_duration(&w).map_err(|e| {
+                    ConfigError::Invalid(format!("limits.login_failure_window: {e}"))
+                })?;
+                if w < std::time::Duration::from_secs(1) {
+                    return Err(ConfigError::Invalid(
+                        "limits.login_failure_window must be at least 1s".into(),
+                    ));
+                }
+                c.login_failure_window = w;
+            }
+            if let Some(n) = l.login_throttle_buckets {
+                if n == 0 {
+                    return Err(ConfigError::Invalid(
+                        "limits.login_throttle_buckets must be at least 1".into(),
+                    ));
+                }
+                c.login_throttle_buckets = n;
+            }
         }
         Ok(c)
     }
@@ -298,16 +343,21 @@ storage:
 # ... or PostgreSQL, for several auth servers sharing one cluster state:
 # storage:
 #   type: postgres
-#   conn: "host=127.0.0.1 port=5432 user=postgres dbname=devtrust"
+#   conn: "host=127.0.0.1 port=5432 user=postgres dbname=devtrust sslmode=verify-full sslrootcert=/etc/devtrust/pg-ca.pem"
+#   statement_timeout: 30s   # per connection; a stuck query fails instead of hanging
 
 log:
   format: text   # text | json
   level: info    # error | warn | info | debug | trace
 
-# Per-user rate limits (per auth server process).
+# Rate limits. Login failures are counted in storage, shared by all auth servers;
+# device ceremonies per auth server process.
 limits:
   device_ceremonies_per_minute: 30   # device enrollments + authentications
   login_failures_per_5m: 5           # failed logins per user and address
+  # login_failure_window: 5m         # the window of login_failures_per_5m
+  # login_throttle_buckets: 10000    # user/address pairs tracked per window; beyond,
+  #                                  # new pairs share one bucket (and its lockout)
 "#;
 
 #[cfg(test)]
@@ -334,6 +384,26 @@ mod tests {
     }
 
     #[test]
+    fn throttle_and_statement_timeout_settings() {
+        let c = Config::parse(
+            "storage: {type: postgres, conn: 'host=h', statement_timeout: 2s}\nlimits: {login_failure_window: 1m, login_throttle_buckets: 7}",
+        )
+        .unwrap();
+        assert_eq!(
+            c.storage_statement_timeout,
+            std::time::Duration::from_secs(2)
+        );
+        assert_eq!(c.login_failure_window, std::time::Duration::from_secs(60));
+        assert_eq!(c.login_throttle_buckets, 7);
+        let d = Config::parse("").unwrap();
+        assert_eq!(
+            d.storage_statement_timeout,
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(d.login_failure_window, std::time::Duration::from_secs(300));
+    }
+
+    #[test]
     fn refuses_bad_input_with_the_reason() {
         for (text, want) in [
             ("listne: 1.2.3.4:5", "listne"),
@@ -343,6 +413,19 @@ mod tests {
             ("storage: {type: sqlite, cnn: x}", "cnn"),
             ("log: {format: xml}", "log.format"),
             ("version: v9", "unsupported version"),
+            (
+                "storage: {type: sqlite, statement_timeout: 5s}",
+                "statement_timeout are for postgres",
+            ),
+            (
+                "storage: {type: postgres, conn: x, statement_timeout: 10ms}",
+                "at least 100ms",
+            ),
+            (
+                "limits: {login_failure_window: soon}",
+                "login_failure_window",
+            ),
+            ("limits: {login_throttle_buckets: 0}", "at least 1"),
         ] {
             let err = Config::parse(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: {err}");

@@ -288,60 +288,54 @@ impl AuthServer {
         if username.is_empty() {
             return Err(ApiError::InvalidArgument("--user is required".into()));
         }
-        let limiter_key = format!("{username}@{remote}");
-        if let Err(wait) = self.login_failures.check(&limiter_key) {
-            self.audit
-                .emit(
-                    AuditEvent::new(EventType::UserLogin, false, OffsetDateTime::now_utc())
-                        .user(&username)
-                        .message("too many failed attempts (rate limited)")
-                        .remote_addr(&remote),
-                )
-                .await?;
-            return Err(ApiError::TooMany(format!(
-                "too many failed login attempts for {username}; try again in {} s",
-                wait.as_secs().max(1)
-            )));
+        let attempt = match self
+            .login_throttle
+            .admit(self.backend.as_ref(), &self.audit, &username, &remote)
+            .await?
+        {
+            crate::login_throttle::Admission::Admitted(a) => a,
+            // Counted in the throttle's bucket and summarized in its audit event.
+            crate::login_throttle::Admission::Locked { wait } => {
+                return Err(ApiError::TooMany(format!(
+                    "too many failed login attempts for {username}; try again in {} s",
+                    wait.as_secs().max(1)
+                )));
+            }
+        };
+        let fail = |attempt, reason: &'static str| async move {
+            self.login_throttle
+                .fail(self.backend.as_ref(), &self.audit, attempt, reason)
+                .await
+                .map_err(ApiError::from)
+        };
+        let user = self
+            .get_resource::<UserSpec>(&username)
+            .await?
+            .map(|(u, _)| u);
+        // Bots log in with join tokens only: a password (or a signup token left from before
+        // `users reset` refused bots) must never let a human take a bot over.
+        let is_bot = user.as_ref().is_some_and(|u| u.spec.bot);
+        let refusal = if is_bot {
+            "password login refused for a bot user"
+        } else if user.is_some() {
+            "invalid password"
+        } else {
+            "unknown user"
+        };
+        if !req.signup_token.is_empty() && (user.is_none() || is_bot) {
+            fail(attempt, refusal).await?;
+            return Err(bad_credentials(true));
         }
-        let fail = |reason: &'static str| {
-            let (limiter_key, username, remote) =
-                (limiter_key.clone(), username.clone(), remote.clone());
-            async move {
-                self.login_failures.record_failure(&limiter_key);
-                self.audit
-                    .emit(
-                        AuditEvent::new(EventType::UserLogin, false, OffsetDateTime::now_utc())
-                            .user(&username)
-                            .message(reason)
-                            .remote_addr(&remote),
-                    )
-                    .await
-                    .map_err(ApiError::from)
-            }
-        };
-        let user = match self.get_resource::<UserSpec>(&username).await? {
-            Some((u, _)) if u.spec.bot => {
-                // Bots log in with join tokens only (a signup token left from before
-                // `users reset` refused bots must not set a bot's password).
-                fail("password login refused for a bot user").await?;
-                return Err(bad_credentials(!req.signup_token.is_empty()));
-            }
-            Some((u, _)) => u,
-            None => {
-                fail("unknown user").await?;
-                return Err(bad_credentials(!req.signup_token.is_empty()));
-            }
-        };
         let ttl = (req.ttl_seconds > 0).then(|| Duration::from_secs(req.ttl_seconds));
 
         if !req.signup_token.is_empty() {
             let key = keys::signup_token(&sha256_hex(&req.signup_token));
             let Some(item) = self.backend.get(&key).await? else {
-                fail("invalid, used or expired signup token").await?;
+                fail(attempt, "invalid, used or expired signup token").await?;
                 return Err(bad_credentials(true));
             };
             if item.value != username.as_bytes() {
-                fail("signup token issued for another user").await?;
+                fail(attempt, "signup token issued for another user").await?;
                 return Err(bad_credentials(true));
             }
             if req.new_password.chars().count() < MIN_PASSWORD_LEN {
@@ -377,30 +371,37 @@ impl AuthServer {
             match result {
                 Ok(_) => {}
                 Err(StoreError::ConditionFailed { .. }) => {
-                    fail("signup token already used").await?;
+                    fail(attempt, "signup token already used").await?;
                     return Err(bad_credentials(true));
                 }
                 Err(e) => return Err(e.into()),
             }
         } else {
-            let stored = self.backend.get(&keys::password(&username)).await?;
-            let ok = match stored {
-                Some(item) => {
-                    let hash = String::from_utf8(item.value).map_err(ApiError::internal)?;
-                    verify_password(req.password.clone(), hash).await?
-                }
-                None => {
-                    // Same cost as a real check, so timing does not reveal password-less users.
-                    let _ = hash_password(req.password.clone()).await;
-                    false
-                }
+            // Unknown and password-less users verify against a dummy hash: the same argon2
+            // cost as a real check, so timing reveals neither.
+            let stored = match &user {
+                Some(u) if !u.spec.bot => self.backend.get(&keys::password(&username)).await?,
+                _ => None,
             };
+            let (hash, real) = match stored {
+                Some(item) => (
+                    String::from_utf8(item.value).map_err(ApiError::internal)?,
+                    true,
+                ),
+                None => (dummy_hash().await?, false),
+            };
+            let ok = verify_password(req.password.clone(), hash).await? && real;
             if !ok {
-                fail("invalid password").await?;
+                fail(attempt, refusal).await?;
                 return Err(bad_credentials(false));
             }
         }
-        self.login_failures.reset(&format!("{username}@{remote}"));
+        let Some(user) = user else {
+            return Err(ApiError::internal("login: user vanished after the check"));
+        };
+        self.login_throttle
+            .succeed(self.backend.as_ref(), &self.audit, attempt)
+            .await?;
         let resp = self
             .issue_user_certs(
                 &user,
@@ -1002,6 +1003,15 @@ async fn hash_password(password: String) -> ApiResult<String> {
     })
     .await
     .map_err(ApiError::internal)?
+}
+
+/// A hash of no one's password, with the same argon2 parameters as real ones.
+async fn dummy_hash() -> ApiResult<String> {
+    static DUMMY: tokio::sync::OnceCell<String> = tokio::sync::OnceCell::const_new();
+    DUMMY
+        .get_or_try_init(|| hash_password("devtrust-dummy-password".into()))
+        .await
+        .cloned()
 }
 
 async fn verify_password(password: String, hash: String) -> ApiResult<bool> {

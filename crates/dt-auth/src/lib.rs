@@ -18,6 +18,7 @@ pub mod grpc;
 pub mod http;
 pub mod keys;
 pub mod listener;
+pub mod login_throttle;
 pub mod metrics;
 pub mod nodes;
 pub mod presets;

@@ -54,6 +54,8 @@ pub struct AuthServer {
     pub host_ca: CertAuthority,
     pub audit: AuditSink,
     pub login_failures: FailureLimiter,
+    /// Password logins, in storage: shared by the cluster's auth servers.
+    pub login_throttle: crate::login_throttle::LoginThrottle,
     pub device_ceremonies: RateLimiter,
     pub config: Config,
     /// Counters and histograms for `/metrics`.
@@ -77,8 +79,12 @@ pub async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, StartErro
             b
         }
         StorageConfig::Postgres { conn } => {
-            let b: Arc<dyn Backend> =
-                dt_store::postgres::PostgresBackend::connect(conn, tuning).await?;
+            let b: Arc<dyn Backend> = dt_store::postgres::PostgresBackend::connect_with(
+                conn,
+                tuning,
+                config.storage_statement_timeout,
+            )
+            .await?;
             b
         }
     })
@@ -197,7 +203,7 @@ impl AuthServer {
 
         let cache = Arc::new(crate::cache::ClusterCache::default());
         cache.spawn(backend.clone());
-        Ok(Arc::new(AuthServer {
+        let srv = Arc::new(AuthServer {
             metrics: crate::metrics::AuthMetrics::new(cache.clone()),
             cache,
             audit: AuditSink::new(backend.clone()),
@@ -209,12 +215,19 @@ impl AuthServer {
                 config.login_failures_per_5m,
                 Duration::from_secs(300),
             ),
+            login_throttle: crate::login_throttle::LoginThrottle::new(
+                config.login_failures_per_5m,
+                config.login_failure_window,
+                config.login_throttle_buckets,
+            ),
             device_ceremonies: RateLimiter::new(
                 config.device_ceremonies_per_minute,
                 Duration::from_secs(60),
             ),
             config,
-        }))
+        });
+        spawn_throttle_flush(Arc::downgrade(&srv));
+        Ok(srv)
     }
 
     /// Issue this process's TLS server certificate and (re)write the local admin identity.
@@ -503,6 +516,22 @@ fn quote_list(names: &[&str]) -> String {
         .map(|n| format!("{n:?}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Summarize closed login-throttle windows until the server is dropped.
+fn spawn_throttle_flush(srv: std::sync::Weak<AuthServer>) {
+    tokio::spawn(async move {
+        loop {
+            let Some(every) = srv.upgrade().map(|s| s.login_throttle.flush_every()) else {
+                return;
+            };
+            tokio::time::sleep(every).await;
+            let Some(s) = srv.upgrade() else { return };
+            if let Err(e) = s.login_throttle.flush(s.backend.as_ref(), &s.audit).await {
+                tracing::warn!(error = %e, "login throttle: summarizing closed windows failed; retrying");
+            }
+        }
+    });
 }
 
 pub fn create_private_dir(path: &Path) -> Result<(), StartError> {

@@ -21,6 +21,7 @@ use time::OffsetDateTime;
 mod common;
 pub mod conformance;
 mod hub;
+pub mod pg_tls;
 pub mod postgres;
 pub mod sqlite;
 

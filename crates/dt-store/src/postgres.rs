@@ -8,8 +8,10 @@
 //! also polls every `Tuning::poll_every` in case a notification is lost.
 //!
 //! Connections: a small pool of clients (each with its statements prepared once) behind a
-//! semaphore, plus the listen connection. TLS is not configured here (`NoTls`): use a
-//! local socket or a trusted network to reach the database.
+//! semaphore, plus the listen connection. TLS follows libpq's `sslmode` and `sslrootcert`
+//! in the connection string ([`crate::pg_tls`]); every pooled connection has a
+//! `statement_timeout` (default [`DEFAULT_STATEMENT_TIMEOUT`]), so a stuck query or lock
+//! wait fails instead of holding a request and a pool slot forever.
 //!
 //! Keys are stored as `text COLLATE "C"`, so ordering is bytewise like SQLite's and Rust's,
 //! whatever the database's default collation. Expiry instants are stored with millisecond
@@ -23,7 +25,7 @@ use futures::StreamExt;
 use time::OffsetDateTime;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, watch};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{AsyncMessage, Client, Config, IsolationLevel, NoTls, Row, Statement};
+use tokio_postgres::{AsyncMessage, Client, Config, IsolationLevel, Row, Statement};
 
 use crate::common::{
     Applied, Background, PutRow, Stored, Tx, WRITE_RETRIES, Write, apply, backend_msg, closed,
@@ -31,8 +33,11 @@ use crate::common::{
     validate_key,
 };
 use crate::hub::{EventSource, Hub, StoredEvent, kind_from_code};
+use crate::pg_tls::{MakeRustls, SslMode};
 use crate::{Backend, Condition, Item, Op, Page, Result, StoreError, Tuning, Watcher};
 
+/// `statement_timeout` of every pooled connection unless configured.
+pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Pooled connections per backend instance (the LISTEN connection is extra).
 const POOL_SIZE: usize = 4;
 /// `pg_advisory_xact_lock` key held while migrating ("dtstore" + 1).
@@ -93,10 +98,21 @@ impl PostgresBackend {
     /// processes start at once), and start the LISTEN connection, watch fan-out and expiry
     /// sweeper.
     pub async fn connect(conn: &str, tuning: Tuning) -> Result<Arc<Self>> {
+        Self::connect_with(conn, tuning, DEFAULT_STATEMENT_TIMEOUT).await
+    }
+
+    /// [`connect`](Self::connect) with the `statement_timeout` of pooled connections.
+    pub async fn connect_with(
+        conn: &str,
+        tuning: Tuning,
+        statement_timeout: Duration,
+    ) -> Result<Arc<Self>> {
         let tuning = sane(tuning);
-        let mut config: Config = conn.parse().map_err(|e| {
+        let split = crate::pg_tls::split_conn(conn)?;
+        let mut config: Config = split.rest.parse().map_err(|e| {
             StoreError::Invalid(format!("invalid PostgreSQL connection string: {e}"))
         })?;
+        config.ssl_mode(crate::pg_tls::pg_ssl_mode(split.mode));
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
@@ -105,6 +121,19 @@ impl PostgresBackend {
             config.application_name("devtrust dt-store");
             listen_config.application_name("devtrust dt-store listen");
         }
+        let tls = MakeRustls::new(split.mode, split.root_cert)?;
+        let config = Target {
+            config,
+            tls: tls.clone(),
+            mode: split.mode,
+            statement_timeout: Some(statement_timeout),
+        };
+        let listen_config = Target {
+            config: listen_config,
+            tls,
+            mode: split.mode,
+            statement_timeout: None,
+        };
 
         let mut client = open_client(&config).await?;
         migrate(&mut client).await?;
@@ -579,18 +608,60 @@ struct PgConn {
     st: Stmts,
 }
 
-async fn open_client(config: &Config) -> Result<Client> {
-    let (client, connection) = config.connect(NoTls).await.map_err(pg)?;
+/// Where and how to connect.
+struct Target {
+    config: Config,
+    tls: MakeRustls,
+    mode: SslMode,
+    /// Set on each new connection; `None` for the LISTEN connection (it runs no queries).
+    statement_timeout: Option<Duration>,
+}
+
+/// A failed connection attempt, with the `sslmode` it was made with.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to PostgreSQL (sslmode={mode}): {source}")]
+struct ConnectError {
+    mode: &'static str,
+    source: PgError,
+}
+
+impl Target {
+    async fn connect(
+        &self,
+    ) -> Result<(
+        Client,
+        tokio_postgres::Connection<
+            tokio_postgres::Socket,
+            crate::pg_tls::RustlsStream<tokio_postgres::Socket>,
+        >,
+    )> {
+        self.config.connect(self.tls.clone()).await.map_err(|e| {
+            StoreError::backend(ConnectError {
+                mode: self.mode.as_str(),
+                source: PgError(e),
+            })
+        })
+    }
+}
+
+async fn open_client(target: &Target) -> Result<Client> {
+    let (client, connection) = target.connect().await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %PgError(e), "dt-store: PostgreSQL connection ended");
         }
     });
+    if let Some(t) = target.statement_timeout {
+        client
+            .batch_execute(&format!("SET statement_timeout = {}", t.as_millis().max(1)))
+            .await
+            .map_err(pg)?;
+    }
     Ok(client)
 }
 
 struct Pool {
-    config: Config,
+    config: Target,
     idle: Mutex<Vec<PgConn>>,
     sem: Arc<Semaphore>,
     closed: AtomicBool,
@@ -710,7 +781,7 @@ async fn migrate(client: &mut Client) -> Result<i64> {
 
 /// Keep one connection in `LISTEN dt_store_events`, waking the hub on every notification
 /// and after every (re)connect (which makes it read whatever it missed meanwhile).
-async fn listen_loop(config: Config, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn listen_loop(config: Target, wake: Arc<Notify>, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut listening = false;
@@ -732,8 +803,8 @@ async fn listen_loop(config: Config, wake: Arc<Notify>, mut stop: watch::Receive
     }
 }
 
-async fn listen_once(config: &Config, wake: &Notify, listening: &mut bool) -> Result<()> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(pg)?;
+async fn listen_once(config: &Target, wake: &Notify, listening: &mut bool) -> Result<()> {
+    let (client, mut connection) = config.connect().await?;
     let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
     let listen = client.batch_execute("LISTEN dt_store_events");
     tokio::pin!(listen);

@@ -499,12 +499,17 @@ impl Server {
         self.terminate_and_check()
     }
 
-    /// SIGKILL: the server dies at once, as in a crash or a lost machine.
+    /// SIGKILL the server and reap it (a crash: no shutdown code runs).
     pub fn kill(mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            signal(child.id(), "KILL");
             let _ = child.wait();
         }
+    }
+
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
     }
 
     #[track_caller]
