@@ -97,12 +97,7 @@ impl AuthServer {
         let req = next_msg(inbound, opened + FIRST_MESSAGE_DEADLINE, "AuthenticateInit").await?;
         let init = authn::ExpectInit::expect_message(req)
             .map_err(|e| status_for(e.code(), e.user_message()))?;
-        if let Err(wait) = self.device_ceremonies.take(caller.name()) {
-            let msg = format!(
-                "too many device ceremonies for {}; try again in {} s",
-                caller.name(),
-                wait.as_secs().max(1)
-            );
+        if let Err(msg) = self.ceremony_budget(caller.name()).await? {
             self.audit
                 .emit(fail(msg.clone(), None))
                 .await

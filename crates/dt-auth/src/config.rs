@@ -350,11 +350,11 @@ log:
   format: text   # text | json
   level: info    # error | warn | info | debug | trace
 
-# Rate limits. Login failures are counted in storage, shared by all auth servers;
-# device ceremonies per auth server process.
+# Rate limits, counted in storage and shared by all auth servers of the cluster.
 limits:
   device_ceremonies_per_minute: 30   # device enrollments + authentications
-  login_failures_per_5m: 5           # failed logins per user and address
+  login_failures_per_5m: 5           # failed logins per user and address (and failed
+                                     # node joins and bot logins per address)
   # login_failure_window: 5m         # the window of login_failures_per_5m
   # login_throttle_buckets: 10000    # user/address pairs tracked per window; beyond,
   #                                  # new pairs share one bucket (and its lockout)

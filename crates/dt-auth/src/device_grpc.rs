@@ -310,12 +310,7 @@ impl AuthServer {
                 .map_err(ApiError::from)?;
             return Err(e.into());
         }
-        if let Err(wait) = self.device_ceremonies.take(caller.name()) {
-            let msg = format!(
-                "too many device ceremonies for {}; try again in {} s",
-                caller.name(),
-                wait.as_secs().max(1)
-            );
+        if let Err(msg) = self.ceremony_budget(caller.name()).await? {
             self.audit
                 .emit(fail_event(msg.clone(), None))
                 .await

@@ -22,8 +22,8 @@ pub mod login_throttle;
 pub mod metrics;
 pub mod nodes;
 pub mod presets;
-pub mod ratelimit;
 pub mod server;
+pub mod shared_limit;
 
 pub use server::AuthServer;
 

@@ -282,7 +282,11 @@ impl AuthServer {
             }
         };
         let limiter_key = format!("node-join@{remote}");
-        if let Err(wait) = self.login_failures.check(&limiter_key) {
+        if let Err(wait) = self
+            .login_failures
+            .check(self.backend.as_ref(), &limiter_key)
+            .await?
+        {
             fail("too many failed joins (rate limited)".into()).await?;
             return Err(ApiError::TooMany(format!(
                 "too many failed joins from this address; try again in {} s",
@@ -300,7 +304,7 @@ impl AuthServer {
         addr_host(&req.addr)?;
         let (ssh_key, key_sha256) = check_node_keys(&req.ssh_public_key, &req.tls_public_key_der)?;
         let Some((token, _)) = self.find_join_token(&req.token, TokenRole::Node).await? else {
-            self.login_failures.record_failure(&limiter_key);
+            self.record_failure(&limiter_key).await?;
             fail("invalid or expired node join token".into()).await?;
             return Err(invalid_join_token());
         };
@@ -404,7 +408,9 @@ impl AuthServer {
             }
             Err(e) => return Err(e.into()),
         }
-        self.login_failures.reset(&limiter_key);
+        self.login_failures
+            .clear(self.backend.as_ref(), &limiter_key)
+            .await?;
         Ok(pb::JoinNodeResponse {
             ssh_host_cert: host_cert.to_openssh().map_err(ApiError::internal)?,
             tls_cert_der: tls_cert,
@@ -774,7 +780,7 @@ impl AuthServer {
             let remote = remote.clone();
             let limiter_key = limiter_key.clone();
             async move {
-                self.login_failures.record_failure(&limiter_key);
+                self.record_failure(&limiter_key).await?;
                 self.audit
                     .emit(
                         AuditEvent::new(EventType::UserLogin, false, OffsetDateTime::now_utc())
@@ -786,7 +792,11 @@ impl AuthServer {
                     .map_err(ApiError::from)
             }
         };
-        if let Err(wait) = self.login_failures.check(&limiter_key) {
+        if let Err(wait) = self
+            .login_failures
+            .check(self.backend.as_ref(), &limiter_key)
+            .await?
+        {
             return Err(ApiError::TooMany(format!(
                 "too many failed bot logins from this address; try again in {} s",
                 wait.as_secs().max(1)
@@ -817,7 +827,9 @@ impl AuthServer {
                 return Err(invalid_bot_token());
             }
         };
-        self.login_failures.reset(&limiter_key);
+        self.login_failures
+            .clear(self.backend.as_ref(), &limiter_key)
+            .await?;
         let ttl = (req.ttl_seconds > 0).then(|| Duration::from_secs(req.ttl_seconds));
         let resp = self
             .issue_user_certs(

@@ -19,7 +19,7 @@ use crate::config::{Config, StorageConfig};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::presets;
-use crate::ratelimit::{FailureLimiter, RateLimiter};
+use crate::shared_limit::SharedRateLimiter;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// The built-in identity of `dtctl --data-dir` on the auth host. Not a stored user; no
@@ -53,10 +53,12 @@ pub struct AuthServer {
     pub user_ca: CertAuthority,
     pub host_ca: CertAuthority,
     pub audit: AuditSink,
-    pub login_failures: FailureLimiter,
+    /// Failed node joins and bot logins per address, counted in storage for the cluster.
+    pub login_failures: SharedRateLimiter,
     /// Password logins, in storage: shared by the cluster's auth servers.
     pub login_throttle: crate::login_throttle::LoginThrottle,
-    pub device_ceremonies: RateLimiter,
+    /// Device ceremonies per user, counted in storage for the whole cluster.
+    pub device_ceremonies: SharedRateLimiter,
     pub config: Config,
     /// Counters and histograms for `/metrics`.
     pub metrics: crate::metrics::AuthMetrics,
@@ -211,7 +213,8 @@ impl AuthServer {
             cluster_name,
             user_ca,
             host_ca,
-            login_failures: FailureLimiter::new(
+            login_failures: SharedRateLimiter::new(
+                "/ratelimit/join/",
                 config.login_failures_per_5m,
                 Duration::from_secs(300),
             ),
@@ -220,7 +223,8 @@ impl AuthServer {
                 config.login_failure_window,
                 config.login_throttle_buckets,
             ),
-            device_ceremonies: RateLimiter::new(
+            device_ceremonies: SharedRateLimiter::new(
+                "/ratelimit/ceremony/",
                 config.device_ceremonies_per_minute,
                 Duration::from_secs(60),
             ),
@@ -228,6 +232,28 @@ impl AuthServer {
         });
         spawn_throttle_flush(Arc::downgrade(&srv));
         Ok(srv)
+    }
+
+    /// Count one failed join or bot login from `key`; a full window only means the next
+    /// attempt is refused.
+    pub async fn record_failure(&self, key: &str) -> ApiResult<()> {
+        let _full = self.login_failures.take(self.backend.as_ref(), key).await?;
+        Ok(())
+    }
+
+    /// Admit one device ceremony for `who`: `Ok(Err(message))` when the user had too many
+    /// in the last minute on any auth server of the cluster.
+    pub async fn ceremony_budget(&self, who: &str) -> ApiResult<Result<(), String>> {
+        Ok(self
+            .device_ceremonies
+            .take(self.backend.as_ref(), who)
+            .await?
+            .map_err(|wait| {
+                format!(
+                    "too many device ceremonies for {who}; try again in {} s",
+                    wait.as_secs().max(1)
+                )
+            }))
     }
 
     /// Issue this process's TLS server certificate and (re)write the local admin identity.

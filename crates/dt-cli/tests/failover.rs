@@ -212,3 +212,71 @@ fn killing_one_auth_server_fails_no_login_or_device_authentication() {
     }
     node.stop();
 }
+
+/// Device-ceremony limits belong to the cluster: ceremonies on either auth server count
+/// against one budget per user (`limits.device_ceremonies_per_minute`).
+#[test]
+fn device_ceremony_limits_are_shared_by_the_auth_servers() {
+    let db = PgDb::create("sharedlimit");
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = tmp.path().join("devtrust.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "version: v1\nstorage:\n  type: postgres\n  conn: \"{}\"\nlimits:\n  device_ceremonies_per_minute: 4\n",
+            db.conn()
+        ),
+    )
+    .unwrap();
+    let a = Server::opts().config(&cfg).start();
+    let b = Server::opts().config(&cfg).start();
+    let cap = a.write_file(
+        "cap.yaml",
+        "kind: cluster_auth_preference\nversion: v2\nmetadata: {name: cluster-auth-preference}\nspec:\n  device_trust: {mode: optional, allow_software_credentials: true}\n",
+    );
+    a.dtctl(&["create", "-f", &cap, "--force"]).ok();
+    let token = a.add_user("lim", "access,editor", "root");
+    let c = Client {
+        user: "lim".into(),
+        home: Home::new(),
+        device: tempfile::tempdir().unwrap(),
+        serial: "LIMIT-1".into(),
+    };
+    c.run(
+        &[
+            "login",
+            &format!("--proxy={}", a.addr),
+            "--user=lim",
+            &format!("--signup-token={token}"),
+            "--password-stdin",
+            &format!("--ca-pin={}", a.pin),
+        ],
+        &format!("{PW}\n"),
+    )
+    .ok();
+    // Ceremonies 1 and 2 on A: enrollment, then the authentication that follows it.
+    c.run(&["device", "enroll", "--current-device"], "").ok();
+    // 3 on B, 4 on A: logins that authenticate the device.
+    for srv in [&b, &a] {
+        let out = c.login(&srv.addr, &srv.pin);
+        assert!(login_and_device_ok(&out), "{out}");
+    }
+    // 5 on B: over the cluster's budget, though B itself saw only one.
+    let out = c.login(&b.addr, &b.pin);
+    out.ok();
+    assert!(
+        out.stderr.contains("too many device ceremonies for lim"),
+        "{out}"
+    );
+    let refused: Vec<_> = b
+        .events(&["--type=device.authenticate"])
+        .into_iter()
+        .filter(|e| e["success"] == false)
+        .collect();
+    assert!(
+        refused.iter().any(|e| e["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("too many device ceremonies"))),
+        "{refused:?}"
+    );
+}
