@@ -436,12 +436,7 @@ impl AuthServer {
             .collect();
         check_labels(&labels)?;
         addr_host(&req.addr)?;
-        let key_sha256 = peer
-            .cert_der
-            .as_deref()
-            .and_then(|d| cert_key_sha256(d))
-            .ok_or_else(|| ApiError::internal("node certificate without a key"))?;
-        self.check_node_key(&node.name, &key_sha256).await?;
+        let key_sha256 = self.check_peer_node_key(&node.name, peer).await?;
         let ttl = req.ttl_seconds.clamp(MIN_HEARTBEAT_TTL, MAX_HEARTBEAT_TTL);
         let now = OffsetDateTime::now_utc();
         let record = NodeRecord {
@@ -493,13 +488,20 @@ impl AuthServer {
     /// The joined node on the other end whose key is still registered for its name.
     async fn live_node(&self, peer: &Peer) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
         let node = node_of(peer)?;
+        self.check_peer_node_key(&node.name, peer).await?;
+        Ok(node)
+    }
+
+    /// The key of the peer's certificate is the one registered for node `name`; returns
+    /// that key's SHA-256.
+    async fn check_peer_node_key(&self, name: &str, peer: &Peer) -> ApiResult<String> {
         let key_sha256 = peer
             .cert_der
             .as_deref()
             .and_then(|d| cert_key_sha256(d))
             .ok_or_else(|| ApiError::internal("node certificate without a key"))?;
-        self.check_node_key(&node.name, &key_sha256).await?;
-        Ok(node)
+        self.check_node_key(name, &key_sha256).await?;
+        Ok(key_sha256)
     }
 
     /// `dtctl rm node/NAME`: forget the node's registration and live record, and refuse its
