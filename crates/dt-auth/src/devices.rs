@@ -604,7 +604,22 @@ impl AuthServer {
                 .revocation(caller, &current, "un-enrolled", now)
                 .await?;
         }
-        let mut events = vec![event];
+        let rev = self
+            .write_device_change(&id, rev, ops, vec![event], revocation)
+            .await?;
+        Ok((next, rev))
+    }
+
+    /// Write a change of device `id` (still at revision `rev`) with its events, and the
+    /// revocation lock when the change revokes its certificates, in one transaction.
+    async fn write_device_change(
+        &self,
+        id: &str,
+        rev: i64,
+        mut ops: Vec<Op>,
+        mut events: Vec<AuditEvent>,
+        revocation: Option<Revocation>,
+    ) -> ApiResult<i64> {
         if let Some(r) = &revocation {
             ops.push(r.op.clone());
             events.push(r.event.clone());
@@ -612,7 +627,7 @@ impl AuthServer {
         let rev = self
             .audit
             .write_with_events(
-                vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
+                vec![Condition::Revision(keys::resource(Kind::Device, id), rev)],
                 ops,
                 events,
             )
@@ -627,7 +642,7 @@ impl AuthServer {
         if let Some(r) = revocation {
             self.cache.apply(&r.key, rev, Some(&r.value));
         }
-        Ok((next, rev))
+        Ok(rev)
     }
 
     pub async fn delete_device(&self, caller: &Caller, r: &pb::DeviceRef) -> ApiResult<Device> {
@@ -649,34 +664,13 @@ impl AuthServer {
             });
         }
         let now = OffsetDateTime::now_utc();
-        let mut events = vec![
-            AuditEvent::new(EventType::DeviceDelete, true, now)
-                .user(caller.name())
-                .device(device_info(&d))
-                .remote_addr(caller.peer.addr.ip().to_string()),
-        ];
+        let event = AuditEvent::new(EventType::DeviceDelete, true, now)
+            .user(caller.name())
+            .device(device_info(&d))
+            .remote_addr(caller.peer.addr.ip().to_string());
         let revocation = self.revocation(caller, &d, "deleted", now).await?;
-        if let Some(r) = &revocation {
-            ops.push(r.op.clone());
-            events.push(r.event.clone());
-        }
-        let rev = self
-            .audit
-            .write_with_events(
-                vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
-                ops,
-                events,
-            )
-            .await
-            .map_err(|e| match e {
-                StoreError::ConditionFailed { .. } => {
-                    ApiError::Conflict(format!("device {id:?} changed meanwhile; try again"))
-                }
-                other => other.into(),
-            })?;
-        if let Some(r) = revocation {
-            self.cache.apply(&r.key, rev, Some(&r.value));
-        }
+        self.write_device_change(&id, rev, ops, vec![event], revocation)
+            .await?;
         Ok(d)
     }
 
