@@ -37,7 +37,8 @@ pub struct Global {
     /// Use the local admin identity in this auth server data directory.
     #[arg(long, global = true, env = "DTCTL_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Auth server address (default: from --data-dir, or the dtsh profile).
+    /// Auth server address, HOST:PORT, or several of one cluster as HOST:PORT,HOST:PORT
+    /// (default: from --data-dir, or the dtsh profile).
     #[arg(long, global = true, env = "DTCTL_AUTH_SERVER")]
     auth_server: Option<String>,
 }

@@ -18,7 +18,9 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("invalid server address {0:?}: use HOST:PORT, e.g. 127.0.0.1:3080")]
+    #[error(
+        "invalid server address {0:?}: use HOST:PORT, e.g. 127.0.0.1:3080, or several as HOST:PORT,HOST:PORT"
+    )]
     BadAddress(String),
     #[error(
         "cannot reach the devtrust server{}: {reason}; is `devtrust start` running there?",
