@@ -902,6 +902,16 @@ impl NodeService for GrpcNodes {
         Ok(Response::new(pb::ListNodesResponse { nodes }))
     }
 
+    async fn list_served_resources(
+        &self,
+        req: Request<pb::ListServedResourcesRequest>,
+    ) -> Result<Response<pb::ListServedResourcesResponse>, Status> {
+        self.srv.caller(peer_of(&req)?).await?;
+        Err(Status::unimplemented(
+            "listing served resources is not implemented yet",
+        ))
+    }
+
     type WatchClusterStream = WatchStream;
 
     async fn watch_cluster(

@@ -7,12 +7,18 @@
 //! - **One place**: the auth service, SSH nodes and the OpenSSH helper all call the same
 //!   functions, so a decision cannot differ between access paths.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use dt_types::resource::{DeviceTrustMode, LockTarget, Role, RoleConditions};
-use dt_types::{Lock, Verb};
+use dt_types::{Lock, ServiceKind, Verb};
+
+mod access;
+pub use access::{
+    Check, Effect, Explained, KubeIdentityError, Policy, Reason, Subject, Target, check_app,
+    check_db, check_desktop, check_kube, check_ssh, decide, kube_impersonation, labels_match,
+    may_list,
+};
 
 /// Default and upper bound for certificate TTL when no role says otherwise.
 pub const DEFAULT_MAX_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -41,6 +47,13 @@ pub enum DenyReason {
     UnknownDeviceTrustMode(String),
     /// No role allows this login on this node (or a deny matched).
     LoginNotAllowed { login: String, node: String },
+    /// No role allows this database, Kubernetes cluster, app or desktop access (or a deny
+    /// matched). `what` describes the request (`database "pg" as db user "alice" ...`).
+    ResourceNotAllowed {
+        kind: ServiceKind,
+        resource: String,
+        what: String,
+    },
     /// A lock is in force.
     Locked {
         lock: String,
@@ -67,6 +80,9 @@ impl fmt::Display for DenyReason {
             }
             DenyReason::LoginNotAllowed { login, node } => {
                 write!(f, "access denied to {login} connecting to {node}")
+            }
+            DenyReason::ResourceNotAllowed { what, .. } => {
+                write!(f, "access denied to {what}: your roles do not allow it")
             }
             DenyReason::Locked { target, .. } => {
                 write!(f, "lock targeting {target} is in force")
@@ -143,7 +159,7 @@ pub fn check_deny_rules(roles: &[Role], resource: &str, verb: Verb) -> Decision 
 }
 
 /// Expand `{{internal.logins}}` with the user's login traits; other text is literal.
-fn expand(logins: &[String], user_logins: &[String]) -> Vec<String> {
+pub(crate) fn expand(logins: &[String], user_logins: &[String]) -> Vec<String> {
     let mut out = Vec::new();
     for l in logins {
         if l.trim() == "{{internal.logins}}" {
@@ -187,99 +203,6 @@ pub fn disconnect_expired_cert(cluster: bool, roles: &[Role]) -> bool {
     cluster || roles.iter().any(|r| r.spec.options.disconnect_expired_cert)
 }
 
-/// Does a label selector (`{'*': '*'}`, `{env: [dev, staging]}`) match these labels?
-pub fn labels_match(
-    selector: &BTreeMap<String, dt_types::resource::LabelValues>,
-    labels: &BTreeMap<String, String>,
-) -> bool {
-    if selector.is_empty() {
-        return false;
-    }
-    selector.iter().all(|(k, want)| {
-        if k == "*" {
-            return want.values().iter().any(|v| v == "*");
-        }
-        match labels.get(k) {
-            Some(have) => want.values().iter().any(|v| v == "*" || v == have),
-            None => false,
-        }
-    })
-}
-
-/// Everything an SSH access decision needs about the node and the identity.
-pub struct SshAccess<'a> {
-    pub login: &'a str,
-    pub node_name: &'a str,
-    pub node_labels: &'a BTreeMap<String, String>,
-    pub user: &'a str,
-    pub user_logins: &'a [String],
-    pub roles: &'a [Role],
-    pub principal: Principal,
-    pub device_verified: bool,
-    /// The certificate's device id, when it carries one.
-    pub device_id: Option<&'a str>,
-    /// The certificate's device credential id, when it carries a device.
-    pub device_credential: Option<&'a str>,
-    pub cluster_mode: &'a DeviceTrustMode,
-    pub locks: &'a [Lock],
-}
-
-/// One SSH access decision: locks, cluster mode, logins and labels (deny first), then the
-/// device requirement of every role that grants this access.
-pub fn check_ssh(a: &SshAccess<'_>) -> Decision {
-    let role_names: Vec<&str> = a.roles.iter().map(|r| r.name()).collect();
-    let ctx = LockContext {
-        user: Some(a.user),
-        roles: &role_names,
-        login: Some(a.login),
-        node: Some(a.node_name),
-        device: a.device_id,
-        device_credential: a.device_credential,
-    };
-    if let Some(lock) = first_matching_lock(a.locks, &ctx) {
-        return locked(lock);
-    }
-    if let d @ Decision::Deny(_) = check_device(a.cluster_mode, a.device_verified, a.principal) {
-        return d;
-    }
-    let denied = a.roles.iter().any(|r| {
-        expand(&r.spec.deny.logins, a.user_logins)
-            .iter()
-            .any(|l| l == a.login)
-            || labels_match(&r.spec.deny.node_labels, a.node_labels)
-    });
-    let granting: Vec<&Role> = a
-        .roles
-        .iter()
-        .filter(|r| {
-            expand(&r.spec.allow.logins, a.user_logins)
-                .iter()
-                .any(|l| l == a.login)
-                && labels_match(&r.spec.allow.node_labels, a.node_labels)
-        })
-        .collect();
-    if denied || granting.is_empty() {
-        return Decision::Deny(DenyReason::LoginNotAllowed {
-            login: a.login.to_string(),
-            node: a.node_name.to_string(),
-        });
-    }
-    for role in granting {
-        if let Some(mode) = &role.spec.options.device_trust_mode {
-            match check_device(mode, a.device_verified, a.principal) {
-                Decision::Allow => {}
-                Decision::Deny(DenyReason::ClusterRequiresTrustedDevice) => {
-                    return Decision::Deny(DenyReason::RoleRequiresTrustedDevice {
-                        role: role.name().to_string(),
-                    });
-                }
-                deny => return deny,
-            }
-        }
-    }
-    Decision::Allow
-}
-
 /// Does this user need a trusted device for anything (cluster mode or any role)?
 pub fn device_required(cluster_mode: &DeviceTrustMode, roles: &[Role], who: Principal) -> bool {
     std::iter::once(cluster_mode)
@@ -301,6 +224,10 @@ pub struct LockContext<'a> {
     pub device: Option<&'a str>,
     /// The credential id the certificate's device extension names.
     pub device_credential: Option<&'a str>,
+    pub db: Option<&'a str>,
+    pub kube_cluster: Option<&'a str>,
+    pub app: Option<&'a str>,
+    pub desktop: Option<&'a str>,
 }
 
 /// A lock matches when every field it sets matches the context.
@@ -317,6 +244,10 @@ pub fn lock_matches(target: &LockTarget, ctx: &LockContext<'_>) -> bool {
         && eq(&target.node, ctx.node)
         && eq(&target.device, ctx.device)
         && eq(&target.device_credential, ctx.device_credential)
+        && eq(&target.db, ctx.db)
+        && eq(&target.kube_cluster, ctx.kube_cluster)
+        && eq(&target.app, ctx.app)
+        && eq(&target.desktop, ctx.desktop)
         && match &target.role {
             None => true,
             Some(r) => ctx.roles.contains(&r.as_str()),

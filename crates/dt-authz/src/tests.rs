@@ -1,6 +1,7 @@
 use super::*;
 use dt_types::AnyResource;
 use dt_types::resource::{LockSpec, Metadata, Resource};
+use std::collections::BTreeMap;
 
 fn role(yaml_spec: &str) -> Role {
     let text = format!("kind: role\nversion: v7\nmetadata: {{name: r}}\nspec: {yaml_spec}");
@@ -100,20 +101,20 @@ fn ssh<'a>(
     locks: &'a [Lock],
 ) -> Decision {
     static LOGINS: [String; 0] = [];
-    check_ssh(&SshAccess {
-        login: "root",
-        node_name: "server1",
-        node_labels: labels,
+    let who = Subject {
         user: "alice",
         user_logins: &LOGINS,
-        roles,
         principal: who,
         device_verified: device,
         device_id: if device { Some("dev-1") } else { None },
         device_credential: if device { Some("cred-1") } else { None },
+    };
+    let policy = Policy {
         cluster_mode: mode,
+        roles,
         locks,
-    })
+    };
+    check_ssh(&who, "server1", labels, "root", &policy).decision
 }
 
 #[test]
@@ -234,6 +235,7 @@ fn locks_match_every_target_kind_and_all_set_fields() {
         node: Some("server1"),
         device: Some("dev-1"),
         device_credential: Some("cred-1"),
+        ..Default::default()
     };
     let t = |f: fn(&mut LockTarget)| {
         let mut t = LockTarget::default();

@@ -84,7 +84,8 @@ enum Cmd {
     /// The audit log.
     #[command(subcommand)]
     Events(EventsCmd),
-    /// Lock a user, role, login, node or device: blocks certificates and access.
+    /// Lock a user, role, login, device or resource: blocks certificates and access, and
+    /// ends live sessions. Several targets in one lock must all match.
     Lock {
         #[arg(long)]
         user: Option<String>,
@@ -92,10 +93,24 @@ enum Cmd {
         role: Option<String>,
         #[arg(long)]
         login: Option<String>,
+        /// An SSH node by name.
         #[arg(long)]
         node: Option<String>,
+        /// A device by id.
         #[arg(long)]
         device: Option<String>,
+        /// A database by name.
+        #[arg(long)]
+        db: Option<String>,
+        /// A Kubernetes cluster by name.
+        #[arg(long)]
+        kube_cluster: Option<String>,
+        /// An app by name.
+        #[arg(long)]
+        app: Option<String>,
+        /// A desktop by name.
+        #[arg(long)]
+        desktop: Option<String>,
         /// How long the lock lasts (e.g. 12h); forever when omitted.
         #[arg(long, value_parser = parse_duration)]
         ttl: Option<Duration>,
@@ -607,6 +622,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             login,
             node,
             device,
+            db,
+            kube_cluster,
+            app,
+            desktop,
             ttl,
             message,
         } => {
@@ -618,9 +637,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 device,
                 // Written by the server when a device is deleted or un-enrolled.
                 device_credential: None,
+                db,
+                kube_cluster,
+                app,
+                desktop,
             };
             if target.is_empty() {
-                bail!("name a target: --user, --role, --login, --node or --device");
+                bail!(
+                    "name a target: --user, --role, --login, --device, --node, --db, --kube-cluster, --app or --desktop"
+                );
             }
             let name = uuid::Uuid::new_v4().to_string();
             let mut lock: dt_types::Lock = dt_types::resource::Resource::new(

@@ -22,7 +22,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use dt_authz::{Decision, DenyReason, Principal, SshAccess};
+use dt_authz::{Decision, DenyReason, Principal};
 use dt_ca::{Identity, SshCertRefusal, SshUserCaKey};
 use dt_types::audit::DeviceInfo;
 use dt_types::resource::LockingMode;
@@ -189,25 +189,28 @@ pub fn decide(
     }
     let roles = view.roles(&id.roles).map_err(Denial::View)?;
     let locks = view.active_locks(now).map_err(Denial::View)?;
-    let access = SshAccess {
-        login,
-        node_name: &node.name,
-        node_labels: &node.labels,
-        user: &id.username,
-        // The login traits, never the principals: those hold every role's logins, also
-        // the ones a role grants only on other nodes.
-        user_logins: &id.trait_logins,
+    let who = subject(id);
+    let policy = dt_authz::Policy {
+        cluster_mode: &cluster_mode,
         roles: &roles,
+        locks: &locks,
+    };
+    match dt_authz::check_ssh(&who, &node.name, &node.labels, login, &policy).decision {
+        Decision::Allow => Ok(()),
+        Decision::Deny(reason) => Err(Denial::Policy(reason)),
+    }
+}
+
+/// The decision's view of a verified identity: the login traits, never the principals (those
+/// hold every role's logins, also the ones a role grants only on other nodes).
+pub fn subject(id: &Identity) -> dt_authz::Subject<'_> {
+    dt_authz::Subject {
+        user: &id.username,
+        user_logins: &id.trait_logins,
         principal: principal(id),
         device_verified: id.is_device_verified(),
         device_id: id.device.as_ref().map(|d| d.device_id.as_str()),
         device_credential: id.device.as_ref().map(|d| d.credential_id.as_str()),
-        cluster_mode: &cluster_mode,
-        locks: &locks,
-    };
-    match dt_authz::check_ssh(&access) {
-        Decision::Allow => Ok(()),
-        Decision::Deny(reason) => Err(Denial::Policy(reason)),
     }
 }
 
@@ -247,6 +250,7 @@ pub fn matching_lock(
         node: Some(node),
         device: id.device.as_ref().map(|d| d.device_id.as_str()),
         device_credential: id.device.as_ref().map(|d| d.credential_id.as_str()),
+        ..Default::default()
     };
     dt_authz::first_matching_lock(&locks, &ctx).map(|l| Ok(l.clone()))
 }

@@ -128,6 +128,7 @@ pub async fn join(
             addr: addr.to_string(),
             ssh_public_key: ssh_pub,
             tls_public_key_der: key.spki_der(),
+            kind: dt_types::ServiceKind::Node.as_str().into(),
         })
         .await?
         .into_inner();
@@ -421,6 +422,7 @@ async fn heartbeat_loop(
                 labels: labels.clone().into_iter().collect(),
                 version: env!("CARGO_PKG_VERSION").into(),
                 ttl_seconds: ttl,
+                resources: Vec::new(),
             })
             .await;
         if let Err(s) = r {

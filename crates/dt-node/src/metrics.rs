@@ -96,6 +96,7 @@ fn result_label(result: Result<(), &Denial>) -> &'static str {
             DenyReason::RoleRequiresTrustedDevice { .. } => "role_requires_trusted_device",
             DenyReason::UnknownDeviceTrustMode(_) => "unknown_device_trust_mode",
             DenyReason::LoginNotAllowed { .. } => "login_not_allowed",
+            DenyReason::ResourceNotAllowed { .. } => "resource_not_allowed",
             DenyReason::Locked { .. } => "locked",
         },
         Err(Denial::View(_)) => "view_unusable",

@@ -40,6 +40,7 @@ async fn join(
             addr: addr.into(),
             ssh_public_key: key.ssh_public_key().unwrap().to_openssh().unwrap(),
             tls_public_key_der: key.spki_der(),
+            kind: "node".into(),
         })
         .await
         .map(|r| r.into_inner())

@@ -15,6 +15,6 @@ pub mod secret;
 pub use duration::DurationStr;
 pub use resource::{
     AnyResource, ClusterAuthPreference, Device, DeviceTrustMode, Kind, Lock, LockTarget, Metadata,
-    ResourceError, Role, Rule, Token, User, Verb,
+    ResourceError, Role, Rule, ServiceKind, Token, User, Verb,
 };
 pub use secret::Secret;

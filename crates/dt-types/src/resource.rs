@@ -536,6 +536,13 @@ pub struct RoleOptions {
     pub disconnect_expired_cert: bool,
 }
 
+/// What a role allows (or denies), for every kind of resource (DESIGN.md §10).
+///
+/// Label selectors (`*_labels`) map a label key (or `*`) to one value or a list; a value is a
+/// literal, `*`, or a regular expression written `^...$` that must match the whole label
+/// value. Name lists (`logins`, `db_names`, `db_users`, `kubernetes_groups`,
+/// `kubernetes_users`, `desktop_logins`) hold literals or `*`; `logins` and
+/// `desktop_logins` may also hold `{{internal.logins}}` (the user's login traits).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleConditions {
@@ -543,8 +550,120 @@ pub struct RoleConditions {
     pub logins: Vec<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_labels: BTreeMap<String, LabelValues>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub db_labels: BTreeMap<String, LabelValues>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub db_names: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub db_users: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kubernetes_labels: BTreeMap<String, LabelValues>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kubernetes_groups: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kubernetes_users: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_labels: BTreeMap<String, LabelValues>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub desktop_labels: BTreeMap<String, LabelValues>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub desktop_logins: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<Rule>,
+}
+
+impl RoleConditions {
+    /// The label selectors of every kind, with their field names (for validation and
+    /// messages).
+    pub fn label_selectors(&self) -> [(&'static str, &BTreeMap<String, LabelValues>); 5] {
+        [
+            ("node_labels", &self.node_labels),
+            ("db_labels", &self.db_labels),
+            ("kubernetes_labels", &self.kubernetes_labels),
+            ("app_labels", &self.app_labels),
+            ("desktop_labels", &self.desktop_labels),
+        ]
+    }
+
+    /// The name lists of every kind, with their field names.
+    pub fn name_lists(&self) -> [(&'static str, &Vec<String>); 6] {
+        [
+            ("logins", &self.logins),
+            ("db_names", &self.db_names),
+            ("db_users", &self.db_users),
+            ("kubernetes_groups", &self.kubernetes_groups),
+            ("kubernetes_users", &self.kubernetes_users),
+            ("desktop_logins", &self.desktop_logins),
+        ]
+    }
+
+    fn check(&self, side: &str) -> Result<(), String> {
+        for rule in &self.rules {
+            rule.check()?;
+        }
+        for (field, selector) in self.label_selectors() {
+            for (key, values) in selector {
+                if key.is_empty() {
+                    return Err(format!("{side}.{field}: empty label key"));
+                }
+                for v in values.values() {
+                    check_label_value(v).map_err(|e| format!("{side}.{field}.{key}: {e}"))?;
+                }
+            }
+        }
+        for (field, names) in self.name_lists() {
+            for name in names {
+                if name.is_empty()
+                    || name.len() > 256
+                    || name
+                        .chars()
+                        .any(|c| c.is_whitespace() || c == ',' || c.is_control())
+                {
+                    let what = if field == "logins" { "login" } else { field };
+                    return Err(format!("invalid {what} {name:?} in {side}.{field}"));
+                }
+                // Templates expand only in login lists (an unknown one expands to nothing
+                // there); anywhere else it would be taken literally, so refuse it.
+                if name.contains("{{") && !matches!(field, "logins" | "desktop_logins") {
+                    return Err(format!(
+                        "{side}.{field}: unknown template {name:?} (templates such as {{{{internal.logins}}}} work only in logins and desktop_logins)"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A label selector value is a literal, `*`, or `^regex$` (anchored at both ends, so it
+/// matches whole values only).
+pub fn check_label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Err("empty label value (use \"*\" for any)".into());
+    }
+    if is_label_regex(v) {
+        label_regex(v).map_err(|e| format!("invalid regular expression {v:?}: {e}"))?;
+    } else if v.starts_with('^') || v.ends_with('$') {
+        return Err(format!(
+            "{v:?} looks like a regular expression: write it as ^...$ (both anchors)"
+        ));
+    }
+    Ok(())
+}
+
+/// `^...$`: a label value written as a regular expression.
+pub fn is_label_regex(v: &str) -> bool {
+    v.len() >= 2 && v.starts_with('^') && v.ends_with('$')
+}
+
+/// Compiles a `^...$` label value so that it matches whole values only, even when the
+/// expression inside has alternatives (`^a|b$` means `a` or `b`, never "starts with a").
+pub fn label_regex(v: &str) -> Result<regex::Regex, regex::Error> {
+    let inner = v.strip_prefix('^').unwrap_or(v);
+    let inner = inner.strip_suffix('$').unwrap_or(inner);
+    regex::RegexBuilder::new(&format!("^(?:{inner})$"))
+        .size_limit(1 << 20)
+        .build()
 }
 
 /// A label selector value: one string or a list (any of which may match).
@@ -608,16 +727,8 @@ impl Spec for RoleSpec {
         {
             return Err("options.max_session_ttl must be positive".into());
         }
-        for cond in [&self.allow, &self.deny] {
-            for rule in &cond.rules {
-                rule.check()?;
-            }
-            for login in &cond.logins {
-                if login.is_empty() || login.chars().any(|c| c.is_whitespace() || c == ',') {
-                    return Err(format!("invalid login {login:?}"));
-                }
-            }
-        }
+        self.allow.check("allow")?;
+        self.deny.check("deny")?;
         Ok(())
     }
 }
@@ -761,11 +872,91 @@ impl Spec for CapSpec {
 // ---------------------------------------------------------------------------------------
 // token (join tokens for nodes and bots)
 
+/// What a join token lets its holder join as: an access point of one kind, the MDM sync
+/// service, or a bot user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenRole {
     Node,
     Bot,
+    Db,
+    Kube,
+    App,
+    Desktop,
+    Mdm,
+}
+
+impl TokenRole {
+    /// The token role that joins a service of `kind`.
+    pub fn for_service(kind: ServiceKind) -> TokenRole {
+        match kind {
+            ServiceKind::Node => TokenRole::Node,
+            ServiceKind::Db => TokenRole::Db,
+            ServiceKind::Kube => TokenRole::Kube,
+            ServiceKind::App => TokenRole::App,
+            ServiceKind::Desktop => TokenRole::Desktop,
+            ServiceKind::Mdm => TokenRole::Mdm,
+        }
+    }
+
+    /// `dtctl tokens add --type=...` spellings.
+    pub fn parse(s: &str) -> Option<TokenRole> {
+        if s == "bot" {
+            return Some(TokenRole::Bot);
+        }
+        ServiceKind::parse(s).map(TokenRole::for_service)
+    }
+}
+
+/// The kinds of service that join a cluster with a join token and a host certificate:
+/// the access points (DESIGN.md §10) and the MDM sync service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServiceKind {
+    /// An SSH node.
+    Node,
+    Db,
+    Kube,
+    App,
+    Desktop,
+    Mdm,
+}
+
+impl ServiceKind {
+    pub const ALL: [ServiceKind; 6] = [
+        ServiceKind::Node,
+        ServiceKind::Db,
+        ServiceKind::Kube,
+        ServiceKind::App,
+        ServiceKind::Desktop,
+        ServiceKind::Mdm,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceKind::Node => "node",
+            ServiceKind::Db => "db",
+            ServiceKind::Kube => "kube",
+            ServiceKind::App => "app",
+            ServiceKind::Desktop => "desktop",
+            ServiceKind::Mdm => "mdm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ServiceKind> {
+        ServiceKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// Does a service of this kind serve resources users reach (an access point)?
+    pub fn is_access_point(self) -> bool {
+        self != ServiceKind::Mdm
+    }
+}
+
+impl fmt::Display for ServiceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -783,7 +974,7 @@ impl Spec for TokenSpec {
     const KIND: Kind = Kind::Token;
     fn validate(&self, _meta: &Metadata) -> Result<(), String> {
         if self.roles.is_empty() {
-            return Err("spec.roles must name node or bot".into());
+            return Err("spec.roles must name node, db, kube, app, desktop, mdm or bot".into());
         }
         if self.roles.contains(&TokenRole::Bot) && self.bot_name.is_none() {
             return Err("a bot token needs spec.bot_name".into());
@@ -815,16 +1006,39 @@ pub struct LockTarget {
     /// deleted or un-enrolled device leaves behind, see `DeviceSpec`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_credential: Option<String>,
+    /// A database by name (as its access point serves it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db: Option<String>,
+    /// A Kubernetes cluster by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_cluster: Option<String>,
+    /// An app by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    /// A desktop by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desktop: Option<String>,
 }
 
 impl LockTarget {
     pub fn is_empty(&self) -> bool {
-        self.user.is_none()
-            && self.role.is_none()
-            && self.login.is_none()
-            && self.node.is_none()
-            && self.device.is_none()
-            && self.device_credential.is_none()
+        self.fields().iter().all(|(_, v)| v.is_none())
+    }
+
+    /// Every target field with the label [`fmt::Display`] gives it.
+    pub fn fields(&self) -> [(&'static str, &Option<String>); 10] {
+        [
+            ("User", &self.user),
+            ("Role", &self.role),
+            ("Login", &self.login),
+            ("Node", &self.node),
+            ("Device", &self.device),
+            ("DeviceCredential", &self.device_credential),
+            ("Database", &self.db),
+            ("KubernetesCluster", &self.kube_cluster),
+            ("App", &self.app),
+            ("Desktop", &self.desktop),
+        ]
     }
 }
 
@@ -832,14 +1046,7 @@ impl fmt::Display for LockTarget {
     /// `Device:"ID"`, `User:"alice"`, several joined with `, `.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut parts = Vec::new();
-        for (label, v) in [
-            ("User", &self.user),
-            ("Role", &self.role),
-            ("Login", &self.login),
-            ("Node", &self.node),
-            ("Device", &self.device),
-            ("DeviceCredential", &self.device_credential),
-        ] {
+        for (label, v) in self.fields() {
             if let Some(v) = v {
                 parts.push(format!("{label}:{v:?}"));
             }
@@ -869,7 +1076,7 @@ impl Spec for LockSpec {
     fn validate(&self, _meta: &Metadata) -> Result<(), String> {
         if self.target.is_empty() {
             return Err(
-                "spec.target needs at least one of user, role, login, node, device, device_credential"
+                "spec.target needs at least one of user, role, login, node, device, device_credential, db, kube_cluster, app, desktop"
                     .into(),
             );
         }
