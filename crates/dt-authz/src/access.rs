@@ -108,7 +108,12 @@ impl Target<'_> {
         }
     }
 
-    fn lock_context<'c>(&'c self, who: &'c Subject<'c>, roles: &'c [&'c str]) -> LockContext<'c> {
+    /// What a lock is matched against for this request.
+    pub fn lock_context<'c>(
+        &'c self,
+        who: &'c Subject<'c>,
+        roles: &'c [&'c str],
+    ) -> LockContext<'c> {
         let mut ctx = LockContext {
             user: Some(who.user),
             roles,

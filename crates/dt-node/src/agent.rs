@@ -1,11 +1,6 @@
-//! The node runtime: join (once), then heartbeat, keep a live watch of the cluster, send
-//! audit events, and serve SSH (or, in OpenSSH mode, keep the view cached on disk for
-//! `devtrust openssh-principals`).
-//!
-//! The watch reconnects with exponential backoff (100 ms doubling to [`MAX_BACKOFF`], with
-//! jitter) whenever the stream ends, fails, or stays silent longer than
-//! [`WATCH_SILENCE`] (the auth service sends a keepalive every 2 s). Until the first snapshot
-//! arrives every access is denied; afterwards the last view is kept and its age tracked.
+//! Starting an SSH node: the access-point runtime ([`dt_agent::Runtime`]: join, heartbeat,
+//! the watched cluster view, the audit spool), then SSH on top of it (or, in OpenSSH mode,
+//! the view cached on disk for `devtrust openssh-principals`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -13,38 +8,22 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dt_ca::{ClientKey, SshUserCaKey};
-use dt_client::{Identity as TlsIdentity, TrustPolicy};
-use dt_proto::v1 as pb;
-use dt_proto::v1::node_service_client::NodeServiceClient;
-use dt_types::Secret;
+use dt_agent::identity::{DataDir, ServiceIdentity, write_private};
+use dt_agent::{Runtime, RuntimeConfig};
+use dt_ca::SshUserCaKey;
+use dt_types::ServiceKind;
 use time::OffsetDateTime;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tonic::transport::Channel;
 
+use crate::NodeError;
 use crate::access::{Freshness, NodeFacts};
-use crate::audit::AuditQueue;
-use crate::client::lazy_channel;
-use crate::error::NodeError;
-use crate::identity::{DataDir, NodeIdentity, NodeMeta, write_private};
 use crate::server::{self, NodeState, SharedView};
 use crate::users::RunAs;
-use crate::view::{Doc, ViewFile};
+use crate::view::ViewFile;
 
-/// Longest wait between two watch attempts.
-pub const MAX_BACKOFF: Duration = Duration::from_secs(3);
-/// A watch stream silent this long is considered dead.
-pub const WATCH_SILENCE: Duration = Duration::from_secs(7);
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
-
-/// How to join a cluster the first time.
-#[derive(Clone, Debug)]
-pub struct JoinRequest {
-    pub auth_server: String,
-    pub token: Secret<String>,
-    pub trust: TrustPolicy,
-}
+pub use dt_agent::runtime::{
+    DEFAULT_HEARTBEAT, JoinRequest, MAX_BACKOFF, WATCH_SILENCE, apply, tls_identity,
+};
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -84,92 +63,36 @@ pub struct RunningNode {
     pub view: Arc<SharedView>,
     pub identity_name: String,
     pub cluster: String,
-    shutdown: watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
+    runtime: Runtime,
 }
 
 impl RunningNode {
     /// Stop serving and end the background tasks.
     pub async fn stop(self) {
-        let _ = self.shutdown.send(true);
-        for t in self.tasks {
-            t.abort();
-            let _ = t.await;
-        }
+        self.runtime.stop().await;
     }
 
     /// Resolves when a shutdown was requested.
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.shutdown.subscribe()
+        self.runtime.shutdown_signal()
+    }
+
+    /// Audit events spooled and not yet acknowledged by the auth service.
+    pub fn audit_pending(&self) -> u64 {
+        self.runtime.audit.pending()
     }
 }
 
-/// Join: a fresh key, certificates from the auth service, everything saved in `dir`.
+/// Join as an SSH node: a fresh key, certificates from the auth service, everything saved
+/// in `dir`.
 pub async fn join(
     dir: &DataDir,
     req: &JoinRequest,
     name: &str,
     addr: &str,
     labels: &BTreeMap<String, String>,
-) -> Result<NodeIdentity, NodeError> {
-    let key = ClientKey::generate()?;
-    let ssh_pub = key
-        .ssh_public_key()?
-        .to_openssh()
-        .map_err(|e| NodeError::Corrupt(e.to_string()))?;
-    let channel =
-        dt_client::connect::channel(&req.auth_server, req.trust.clone(), TlsIdentity::Anonymous)
-            .await?;
-    let resp = NodeServiceClient::new(channel)
-        .join_node(pb::JoinNodeRequest {
-            token: req.token.expose().clone(),
-            name: name.to_string(),
-            labels: labels.clone().into_iter().collect(),
-            addr: addr.to_string(),
-            ssh_public_key: ssh_pub,
-            tls_public_key_der: key.spki_der(),
-            kind: dt_types::ServiceKind::Node.as_str().into(),
-        })
-        .await?
-        .into_inner();
-    let ssh_host_cert =
-        ssh_key::Certificate::from_openssh(resp.ssh_host_cert.trim()).map_err(|e| {
-            NodeError::Auth(format!("the auth service sent a bad host certificate: {e}"))
-        })?;
-    let (ca_pin, insecure) = match &req.trust {
-        TrustPolicy::Pin(p) => (p.clone(), false),
-        TrustPolicy::Insecure => (String::new(), true),
-        TrustPolicy::Capture => {
-            return Err(NodeError::Config(
-                "pass --ca-pin (printed by `devtrust start`) or --insecure".into(),
-            ));
-        }
-    };
-    let id = NodeIdentity {
-        meta: NodeMeta {
-            name: name.to_string(),
-            cluster: resp.cluster_name,
-            auth_server: req.auth_server.clone(),
-            ca_pin,
-            insecure,
-            valid_until_unix: resp.valid_until_unix,
-        },
-        key,
-        ssh_host_cert,
-        tls_cert_der: resp.tls_cert_der,
-        user_ca_ssh: resp.user_ca_ssh_public_key,
-        host_ca_der: resp.host_ca_cert_der,
-    };
-    dir.save(&id)?;
-    Ok(id)
-}
-
-/// The mTLS identity of a joined node.
-pub fn tls_identity(id: &NodeIdentity) -> TlsIdentity {
-    TlsIdentity::Cert {
-        cert_der: id.tls_cert_der.clone(),
-        key_pkcs8_der: id.key.pkcs8_der().to_vec(),
-    }
+) -> Result<ServiceIdentity, NodeError> {
+    dt_agent::runtime::join(dir, req, ServiceKind::Node, name, addr, labels).await
 }
 
 /// Load (or, with a token, create) the identity and start everything.
@@ -201,50 +124,26 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
             ));
         }
     };
-    let id = if dir.exists() {
-        let id = dir.load()?;
-        if id.meta.name != cfg.name {
-            return Err(NodeError::Config(format!(
-                "{} belongs to node {:?}, not {:?}; use another --data-dir or --name={}",
-                cfg.data_dir.display(),
-                id.meta.name,
-                cfg.name,
-                id.meta.name
-            )));
-        }
-        id
-    } else {
-        let Some(req) = &cfg.join else {
-            return Err(NodeError::Config(format!(
-                "{} holds no node identity yet: pass --auth-server, --token (from `dtctl tokens add --type=node`) and --ca-pin to join",
-                cfg.data_dir.display()
-            )));
-        };
-        join(&dir, req, &cfg.name, &advertise, &cfg.labels).await?
-    };
-    let auth_servers = cfg.auth_servers.as_deref().unwrap_or(&id.meta.auth_server);
-    let channel = lazy_channel(auth_servers, id.meta.trust(), tls_identity(&id))?;
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let view = Arc::new(SharedView::default());
+    let mut runtime = Runtime::start(RuntimeConfig {
+        data_dir: cfg.data_dir.clone(),
+        kind: ServiceKind::Node,
+        name: cfg.name.clone(),
+        advertise_addr: advertise.clone(),
+        labels: cfg.labels.clone(),
+        // An SSH node serves itself.
+        resources: Vec::new(),
+        heartbeat_every: cfg.heartbeat_every,
+        join: cfg.join.clone(),
+        auth_servers: cfg.auth_servers.clone(),
+    })
+    .await?;
+    let id = runtime.identity.clone();
+    let view = runtime.view.clone();
+    let shutdown_rx = runtime.shutdown_signal();
     let facts = NodeFacts {
         name: id.meta.name.clone(),
         labels: cfg.labels.clone(),
     };
-    let mut tasks = vec![
-        tokio::spawn(watch_loop(
-            channel.clone(),
-            view.clone(),
-            shutdown_rx.clone(),
-        )),
-        tokio::spawn(heartbeat_loop(
-            channel.clone(),
-            advertise.clone(),
-            cfg.labels.clone(),
-            cfg.heartbeat_every,
-            shutdown_rx.clone(),
-        )),
-    ];
-    let audit = AuditQueue::start(channel.clone());
     let mut state_out = None;
     let mut metrics_addr = None;
     match (&cfg.mode, listener) {
@@ -253,46 +152,43 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
             let host_key =
                 russh::keys::PrivateKey::from_openssh(id.key.ssh_private_key_openssh()?.as_str())
                     .map_err(|e| NodeError::Corrupt(format!("node key: {e}")))?;
-            let config = Arc::new(server::ssh_config(host_key, id.ssh_host_cert.clone()));
+            let host_cert = id.ssh_host_cert.clone().ok_or_else(|| {
+                NodeError::Corrupt(format!(
+                    "{} holds no SSH host certificate; remove it and join again",
+                    cfg.data_dir.display()
+                ))
+            })?;
+            let config = Arc::new(server::ssh_config(host_key, host_cert));
             let state = NodeState::new(
                 facts,
                 user_ca,
                 view.clone(),
-                audit,
+                runtime.audit.clone(),
                 RunAs::detect(),
                 cfg.freshness,
             );
             let mut stop = shutdown_rx.clone();
-            tasks.push(tokio::spawn(server::serve(
-                state.clone(),
-                config,
-                listener,
-                async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                },
-            )));
-            tasks.push(tokio::spawn(server::enforce_locks(state.clone())));
+            runtime.spawn(server::serve(state.clone(), config, listener, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            }));
+            runtime.spawn(server::enforce_locks(state.clone()));
             if let Some(addr) = cfg.metrics_listen {
                 let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
                     NodeError::Config(format!("cannot listen for metrics on {addr}: {e}"))
                 })?;
                 metrics_addr = l.local_addr().ok();
                 state.metrics.watch(&state, &view);
-                tasks.push(tokio::spawn(crate::metrics::serve(
-                    l,
-                    state.clone(),
-                    view.clone(),
-                )));
+                runtime.spawn(crate::metrics::serve(l, state.clone(), view.clone()));
             }
             state_out = Some(state);
         }
         (Mode::OpenSsh { .. }, _) => {
-            tasks.push(tokio::spawn(cache_loop(
-                dir.clone(),
+            runtime.spawn(cache_loop(
+                runtime.dir.clone(),
                 view.clone(),
                 facts,
                 shutdown_rx.clone(),
-            )));
+            ));
         }
         (Mode::Ssh { .. }, None) => {
             return Err(NodeError::Config(
@@ -313,122 +209,8 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
         view,
         identity_name: id.meta.name.clone(),
         cluster: id.meta.cluster.clone(),
-        shutdown,
-        tasks,
+        runtime,
     })
-}
-
-fn docs(resources: Vec<pb::ResourceJson>) -> Vec<Doc> {
-    resources
-        .into_iter()
-        .map(|r| Doc {
-            kind: r.kind,
-            json: r.json,
-        })
-        .collect()
-}
-
-/// Apply one watch message to the view.
-pub fn apply(view: &SharedView, ev: pb::ClusterEvent) {
-    use pb::cluster_event::Type;
-    let now = OffsetDateTime::now_utc();
-    match Type::try_from(ev.r#type).unwrap_or(Type::Unspecified) {
-        Type::Snapshot => view.update(|v| v.replace_with_snapshot(&docs(ev.resources), now)),
-        Type::Put => view.update(|v| {
-            for d in docs(ev.resources) {
-                v.put(&d);
-            }
-            v.confirm(now);
-        }),
-        Type::Delete => view.update(|v| {
-            v.delete(&ev.kind, &ev.name);
-            v.confirm(now);
-        }),
-        Type::Keepalive => view.update(|v| v.confirm(now)),
-        Type::Unspecified => {}
-    }
-}
-
-fn jitter(d: Duration) -> Duration {
-    use rand::Rng;
-    let ms = d.as_millis() as u64;
-    Duration::from_millis(ms / 2 + rand::rng().random_range(0..=ms / 2 + 1))
-}
-
-async fn watch_loop(channel: Channel, view: Arc<SharedView>, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        let mut client = NodeServiceClient::new(channel.clone());
-        let attempt = async {
-            let mut stream = client
-                .watch_cluster(pb::WatchClusterRequest {})
-                .await?
-                .into_inner();
-            let mut first = true;
-            loop {
-                match tokio::time::timeout(WATCH_SILENCE, stream.message()).await {
-                    Ok(Ok(Some(ev))) => {
-                        if first {
-                            tracing::info!("cluster view received; watching for changes");
-                            first = false;
-                        }
-                        apply(&view, ev);
-                        backoff = Duration::from_millis(100);
-                    }
-                    Ok(Ok(None)) => return Err(tonic::Status::unavailable("the watch ended")),
-                    Ok(Err(s)) => return Err(s),
-                    Err(_) => {
-                        return Err(tonic::Status::deadline_exceeded("the watch went silent"));
-                    }
-                }
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), tonic::Status>(())
-        };
-        tokio::select! {
-            r = attempt => {
-                if let Err(s) = r {
-                    tracing::warn!(error = %s.message(), retry_in_ms = backoff.as_millis() as u64, "cluster watch lost; reconnecting");
-                }
-            }
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(jitter(backoff)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-    }
-}
-
-async fn heartbeat_loop(
-    channel: Channel,
-    addr: String,
-    labels: BTreeMap<String, String>,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-) {
-    let mut client = NodeServiceClient::new(channel);
-    let ttl = (every * 3).as_secs().max(3);
-    let mut tick = tokio::time::interval(every);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-        let r = client
-            .heartbeat(pb::HeartbeatRequest {
-                addr: addr.clone(),
-                labels: labels.clone().into_iter().collect(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                ttl_seconds: ttl,
-                resources: Vec::new(),
-            })
-            .await;
-        if let Err(s) = r {
-            tracing::warn!(error = %s.message(), "heartbeat failed; will retry");
-        }
-    }
 }
 
 /// OpenSSH mode: keep `cluster-view.json` current (rewritten on change and at least every

@@ -3,7 +3,9 @@
 //!
 //! Why a crate of its own: it is the only place that links an SSH server (russh) and spawns
 //! login sessions, and it must stay free of client device code (it never depends on
-//! `dt-device`; a test checks it).
+//! `dt-device`; a test checks it). Everything that is not SSH (joining, the watched view of
+//! the cluster, the decision, ending sessions on a lock, the audit spool) is the shared
+//! access-point runtime, `dt-agent`: this crate is the SSH front on it.
 //!
 //! What it guarantees:
 //! - **Certificates only.** A login needs an OpenSSH user certificate that chains to the
@@ -31,10 +33,6 @@
 
 pub mod access;
 pub mod agent;
-pub mod audit;
-pub mod client;
-pub mod error;
-pub mod identity;
 pub mod metrics;
 pub mod openssh;
 pub mod server;
@@ -43,4 +41,7 @@ pub mod ssh_client;
 pub mod users;
 pub mod view;
 
-pub use error::NodeError;
+// The access-point runtime this node runs on (joining, the view, audit, identity).
+/// The node's errors are the runtime's (SSH failures are its `Protocol` errors).
+pub use dt_agent::AgentError as NodeError;
+pub use dt_agent::{audit, identity};

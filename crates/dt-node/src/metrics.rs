@@ -7,7 +7,6 @@
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use dt_authz::DenyReason;
 use dt_metrics::{CounterVec, HistogramVec, Registry};
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -90,19 +89,7 @@ impl NodeMetrics {
 fn result_label(result: Result<(), &Denial>) -> &'static str {
     match result {
         Ok(()) => "allow",
-        Err(Denial::Policy(reason)) => match reason {
-            DenyReason::NotPermitted { .. } => "not_permitted",
-            DenyReason::ClusterRequiresTrustedDevice => "cluster_requires_trusted_device",
-            DenyReason::RoleRequiresTrustedDevice { .. } => "role_requires_trusted_device",
-            DenyReason::UnknownDeviceTrustMode(_) => "unknown_device_trust_mode",
-            DenyReason::LoginNotAllowed { .. } => "login_not_allowed",
-            DenyReason::ResourceNotAllowed { .. } => "resource_not_allowed",
-            DenyReason::Locked { .. } => "locked",
-        },
-        Err(Denial::View(_)) => "view_unusable",
-        Err(Denial::StaleLocks { .. }) => "stale_locks",
-        Err(Denial::LocalLogin(_)) => "local_login",
-        Err(Denial::CertExpired { .. }) => "certificate_expired",
+        Err(d) => d.metric_label(),
     }
 }
 

@@ -24,9 +24,9 @@ use dt_proto::v1::node_service_client::NodeServiceClient;
 use dt_types::audit::{AuditEvent, EventType};
 use time::OffsetDateTime;
 
+use crate::NodeError;
 use crate::access::{self, Freshness};
 use crate::agent::tls_identity;
-use crate::error::NodeError;
 use crate::identity::DataDir;
 use crate::view::ViewFile;
 
@@ -141,7 +141,7 @@ pub fn principals(q: &PrincipalsQuery, now: OffsetDateTime) -> PrincipalsAnswer 
         Ok(()) => PrincipalsAnswer::Allow(q.login.clone()),
         Err(d) => {
             let mut ans = deny(
-                d.audit_message(&q.login, &facts.name),
+                d.audit_message(&facts.target(&q.login)),
                 Some(&id),
                 d.lock().map(str::to_owned),
             );

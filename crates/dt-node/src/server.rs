@@ -14,114 +14,58 @@
 //! - Live sessions are registered with their identity ([`SessionRegistry`]) so that a new
 //!   lock ends them ([`enforce_locks`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dt_ca::{Identity, SshUserCaKey};
 use dt_types::audit::EventType;
-use dt_types::resource::LockingMode;
 use russh::server::{Auth, ChannelOpenHandle, Handle, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Disconnect, MethodKind, MethodSet, Pty, Sig};
 use time::OffsetDateTime;
-use tokio::sync::watch;
+
+use dt_agent::access::{Ending, SessionTarget};
+use dt_agent::sessions::LiveSession;
+pub use dt_agent::view::SharedView;
+use dt_authz::Target;
 
 use crate::access::{self, Denial, Freshness, NodeFacts};
 use crate::audit::{self, AuditQueue};
 use crate::session::{self, Input, PtyRequest, Running, SessionSpec};
 use crate::users::{LocalUser, RunAs};
-use crate::view::ClusterView;
 
 /// At most this many session channels per connection.
 const MAX_CHANNELS: usize = 10;
 
-/// The cluster view shared by every connection, with a change signal.
-pub struct SharedView {
-    inner: RwLock<ClusterView>,
-    changed: watch::Sender<u64>,
-}
-
-impl Default for SharedView {
-    fn default() -> Self {
-        Self::new(ClusterView::default())
-    }
-}
-
-impl SharedView {
-    pub fn new(view: ClusterView) -> Self {
-        let (changed, _) = watch::channel(view.generation());
-        SharedView {
-            inner: RwLock::new(view),
-            changed,
-        }
-    }
-
-    pub fn read<R>(&self, f: impl FnOnce(&ClusterView) -> R) -> R {
-        match self.inner.read() {
-            Ok(g) => f(&g),
-            Err(poisoned) => f(&poisoned.into_inner()),
-        }
-    }
-
-    /// Change the view; watchers are told when the content changed.
-    pub fn update(&self, f: impl FnOnce(&mut ClusterView)) {
-        let generation = {
-            let mut g = match self.inner.write() {
-                Ok(g) => g,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            f(&mut g);
-            g.generation()
-        };
-        self.changed.send_if_modified(|cur| {
-            let changed = *cur != generation;
-            *cur = generation;
-            changed
-        });
-    }
-
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
-    }
-}
-
 /// One live, authenticated connection.
-struct LiveConn {
+pub struct LiveConn {
     identity: Arc<Identity>,
+    /// `login` on this node: what locks and messages are about.
+    target: SessionTarget,
     login: String,
     handle: Handle,
     channels: Vec<(ChannelId, String)>,
     remote: String,
 }
 
-/// A connection id and, when a lock (or a stale view) ends it, the reason and the lock.
-type Verdict = (u64, Option<(String, Option<String>)>);
+impl LiveSession for LiveConn {
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+    fn target(&self) -> &SessionTarget {
+        &self.target
+    }
+    /// A connection with no open session can run nothing; its next channel open is decided
+    /// (and refused with the lock's message and an audit event) against the current view.
+    /// Cutting it here would only lose the message.
+    fn is_active(&self) -> bool {
+        !self.channels.is_empty()
+    }
+}
 
 /// Live connections by id, so locks can end them.
-#[derive(Default)]
-pub struct SessionRegistry {
-    conns: Mutex<HashMap<u64, LiveConn>>,
-}
-
-impl SessionRegistry {
-    fn with<R>(&self, f: impl FnOnce(&mut HashMap<u64, LiveConn>) -> R) -> R {
-        match self.conns.lock() {
-            Ok(mut g) => f(&mut g),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
-        }
-    }
-
-    /// How many authenticated connections are live.
-    pub fn len(&self) -> usize {
-        self.with(|c| c.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+pub type SessionRegistry = dt_agent::sessions::SessionRegistry<LiveConn>;
 
 /// Everything connections share.
 pub struct NodeState {
@@ -130,11 +74,10 @@ pub struct NodeState {
     pub view: Arc<SharedView>,
     pub audit: AuditQueue,
     pub run_as: RunAs,
-    pub sessions: SessionRegistry,
+    pub sessions: Arc<SessionRegistry>,
     pub freshness: Freshness,
     /// Counters for `/metrics` (`--metrics-listen`).
     pub metrics: crate::metrics::NodeMetrics,
-    next_conn: AtomicU64,
 }
 
 impl NodeState {
@@ -152,10 +95,9 @@ impl NodeState {
             view,
             audit,
             run_as,
-            sessions: SessionRegistry::default(),
+            sessions: Arc::new(SessionRegistry::default()),
             freshness,
             metrics: crate::metrics::NodeMetrics::default(),
-            next_conn: AtomicU64::new(1),
         })
     }
 
@@ -170,7 +112,7 @@ impl NodeState {
     pub fn handler(self: &Arc<Self>, peer: Option<SocketAddr>) -> ConnHandler {
         ConnHandler {
             state: self.clone(),
-            conn_id: self.next_conn.fetch_add(1, Ordering::Relaxed),
+            conn_id: self.sessions.next_id(),
             remote: peer.map(|p| p.to_string()).unwrap_or_default(),
             auth: None,
             channels: HashMap::new(),
@@ -227,7 +169,7 @@ pub struct ConnHandler {
 impl Drop for ConnHandler {
     fn drop(&mut self) {
         let id = self.conn_id;
-        self.state.sessions.with(|c| c.remove(&id));
+        self.state.sessions.remove(id);
         for ch in self.channels.values() {
             if let Some(r) = &ch.running {
                 let _ = r
@@ -292,9 +234,13 @@ impl ConnHandler {
             let denial = Denial::CertExpired {
                 not_after: a.identity.not_after,
             };
-            let mut e = self
-                .base_event(EventType::AccessDenied, false)
-                .message(denial.audit_message(&a.login, &node));
+            let mut e =
+                self.base_event(EventType::AccessDenied, false)
+                    .message(denial.audit_message(&Target::Ssh {
+                        node: &node,
+                        labels: &BTreeMap::new(),
+                        login: &a.login,
+                    }));
             e.node = Some(node.clone());
             e.session_id = Some(ch.session_id.clone());
             self.state.audit.emit(e);
@@ -398,13 +344,17 @@ impl russh::server::Handler for ConnHandler {
         if let Some(a) = &self.auth {
             let conn = LiveConn {
                 identity: a.identity.clone(),
+                target: SessionTarget::Ssh {
+                    node: self.state.facts().name,
+                    login: a.login.clone(),
+                },
                 login: a.login.clone(),
                 handle: session.handle(),
                 channels: Vec::new(),
                 remote: self.remote.clone(),
             };
             let id = self.conn_id;
-            self.state.sessions.with(|c| c.insert(id, conn));
+            self.state.sessions.insert(id, conn);
         }
         Ok(())
     }
@@ -443,7 +393,7 @@ impl russh::server::Handler for ConnHandler {
             self.state
                 .run_as
                 .resolve(&a.login, &facts.name)
-                .map_err(Denial::LocalLogin)
+                .map_err(Denial::Local)
         });
         match decision {
             Ok((user, switch_user)) => {
@@ -471,11 +421,11 @@ impl russh::server::Handler for ConnHandler {
                 let login = a.login.clone();
                 let mut e = self
                     .base_event(EventType::AccessDenied, false)
-                    .message(denial.audit_message(&login, &facts.name));
+                    .message(denial.audit_message(&facts.target(&login)));
                 e.node = Some(facts.name.clone());
                 e.lock = denial.lock().map(str::to_owned);
                 self.state.audit.emit(e);
-                let description = denial.description(&login, &facts.name);
+                let description = denial.description(&facts.target(&login));
                 tracing::info!(login = %login, reason = %description, "access denied");
                 reply
                     .reject(ChannelOpenFailure::Other {
@@ -679,87 +629,36 @@ pub async fn serve(
 
 /// End the live sessions a lock now targets, those whose certificate expired when
 /// `disconnect_expired_cert` is set (cluster or role), and, under `locking_mode: strict`, all
-/// of them while the lock view is stale: the client reads the reason on stderr, then the connection
-/// is closed. Runs until the view's change signal closes.
+/// of them while the lock view is stale: the client reads the reason on stderr, then the
+/// connection is closed. Runs until the view's change signal closes.
 pub async fn enforce_locks(state: Arc<NodeState>) {
-    let mut changed = state.view.subscribe();
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            r = changed.changed() => if r.is_err() { return },
-            _ = tick.tick() => {}
-        }
-        sweep(&state).await;
-    }
-}
-
-/// One pass over the live sessions.
-pub async fn sweep(state: &NodeState) {
-    if state.sessions.is_empty() {
-        return;
-    }
     let node = state.facts().name;
-    let now = OffsetDateTime::now_utc();
-    let freshness = state.freshness;
-    let (strict_stale, verdicts) = state.view.read(|v| {
-        let stale = v.locking_mode() == LockingMode::Strict
-            && v.age(now).is_none_or(|a| a > freshness.strict_max_age);
-        let verdicts: Vec<Verdict> = state.sessions.with(|conns| {
-            conns
-                .iter()
-                // A connection with no open session can run nothing; its next channel open
-                // is decided (and refused with the lock's message and an audit event)
-                // against the current view. Cutting it here would only lose the message.
-                .filter(|(_, c)| !c.channels.is_empty())
-                .map(|(id, c)| {
-                    if let Some(d) = access::expired_session(v, &c.identity, now) {
-                        return (*id, Some((d.description(&c.login, &node), None)));
-                    }
-                    let hit = access::matching_lock(v, &c.identity, &c.login, &node, now).map(
-                        |r| match r {
-                            Ok(lock) => {
-                                let d = Denial::Policy(dt_authz::DenyReason::Locked {
-                                    lock: lock.metadata.name.clone(),
-                                    target: lock.spec.target.to_string(),
-                                    message: lock.spec.message.clone(),
-                                });
-                                (
-                                    d.description(&c.login, &node),
-                                    Some(lock.metadata.name.clone()),
-                                )
-                            }
-                            Err(e) => (e.to_string(), None),
-                        },
-                    );
-                    (*id, hit)
-                })
-                .collect()
-        });
-        (stale, verdicts)
-    });
-    for (id, hit) in verdicts {
-        let reason = match (hit, strict_stale) {
-            (Some(h), _) => h,
-            (None, true) => (
-                Denial::StaleLocks { age: None }.description("", &node),
-                None,
-            ),
-            (None, false) => continue,
-        };
-        let Some(conn) = state.sessions.with(|c| c.remove(&id)) else {
-            continue;
-        };
-        terminate(state, &node, conn, &reason.0, reason.1).await;
+    dt_agent::sessions::enforce(
+        state.sessions.clone(),
+        state.view.clone(),
+        state.freshness,
+        "node",
+        |_, conn, why: Ending| terminate(&state, &node, conn, why),
+    )
+    .await;
+}
+
+/// One pass over the live sessions (tests call it to skip the wait).
+pub async fn sweep(state: &NodeState) {
+    let node = state.facts().name;
+    let ended = state.sessions.sweep(
+        &state.view,
+        OffsetDateTime::now_utc(),
+        state.freshness,
+        "node",
+    );
+    for (_, conn, why) in ended {
+        terminate(state, &node, conn, why).await;
     }
 }
 
-async fn terminate(
-    state: &NodeState,
-    node: &str,
-    conn: LiveConn,
-    message: &str,
-    lock: Option<String>,
-) {
+async fn terminate(state: &NodeState, node: &str, conn: LiveConn, why: Ending) {
+    let (message, lock) = (why.message.as_str(), why.lock);
     for (ch, session_id) in &conn.channels {
         let _ = conn
             .handle

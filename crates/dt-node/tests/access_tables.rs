@@ -336,7 +336,7 @@ async fn an_unknown_mode_in_storage_denies() {
     let g = cluster.user(&TestUser::human("gina", &["access", "garbled"]).with_device());
     assert_eq!(
         rejection(node.run(&g, "root", "true").await),
-        "this node cannot read role \"garbled\"; denying until it can"
+        "this access point cannot read role \"garbled\"; denying until it can"
     );
 }
 

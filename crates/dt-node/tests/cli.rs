@@ -475,3 +475,143 @@ fn binaries_end_to_end() {
     drop(node);
     drop(auth);
 }
+
+fn signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success(), "kill {sig} {pid}");
+}
+
+/// An access point killed with SIGKILL while the auth service cannot take its audit events
+/// delivers them after a restart: the spool on disk, not memory, holds them.
+#[test]
+fn audit_events_survive_sigkill_of_the_node_and_an_unreachable_auth_service() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = Env {
+        home: dir.path().join("alice-home"),
+        auth_dir: dir.path().join("auth").to_string_lossy().into_owned(),
+        dir,
+    };
+    let auth_dir = env.auth_dir.clone();
+    let auth = Daemon::start(
+        "devtrust",
+        &["start", "--data-dir", &auth_dir, "--listen", "127.0.0.1:0"],
+        "Next:",
+    );
+    let addr = auth.field("listen:");
+    let pin = auth.field("CA pin:");
+    let token = env
+        .dtctl(&["tokens", "add", "--type=node", "--format=text"])
+        .stdout
+        .trim()
+        .to_string();
+    let node_dir = env.dir.path().join("node").to_string_lossy().into_owned();
+    let node_args = |token: Option<&str>| {
+        let mut a = vec![
+            "node".to_string(),
+            "start".into(),
+            format!("--auth-server={addr}"),
+            "--name=node1".into(),
+            "--listen=127.0.0.1:0".into(),
+            format!("--data-dir={node_dir}"),
+            format!("--ca-pin={pin}"),
+            "--heartbeat=1s".into(),
+        ];
+        if let Some(t) = token {
+            a.push(format!("--token={t}"));
+        }
+        a
+    };
+    let args = node_args(Some(&token));
+    let node = Daemon::start(
+        "devtrust",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "Next:",
+    );
+    let added = env.dtctl(&["users", "add", "alice", "--roles=access", "--logins=root"]);
+    let signup = added
+        .stdout
+        .split("--signup-token=")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let first = env.run(
+        "dtsh",
+        &[
+            "login",
+            &format!("--proxy={addr}"),
+            "--user=alice",
+            &format!("--signup-token={signup}"),
+            "--password-stdin",
+            &format!("--ca-pin={pin}"),
+        ],
+        Some("correct horse battery\n"),
+    );
+    assert_eq!(first.code, Some(0), "{first:?}");
+    wait_until("node1 in dtsh ls", || {
+        env.run("dtsh", &["ls"], None).stdout.contains("node1")
+    });
+    let cfg = env.dir.path().join("ssh_config");
+    let conf = env.run("dtsh", &["config"], None);
+    assert_eq!(conf.code, Some(0), "{conf:?}");
+    std::fs::write(&cfg, &conf.stdout).unwrap();
+    let ssh = |cmd: &str| {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&cfg)
+            .args(["-o", "BatchMode=yes", "root@node1", cmd])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    assert!(ssh("true").status.success());
+
+    // The auth service stops answering (frozen, so the node's calls hang instead of
+    // failing fast); the node keeps serving from its view and spools what it sees.
+    signal(auth.child.id(), "-STOP");
+    let markers: Vec<String> = (0..3).map(|i| format!("echo spooled-{i}")).collect();
+    for m in &markers {
+        let out = ssh(m);
+        assert!(out.status.success(), "{out:?}");
+    }
+    let spool = Path::new(&node_dir).join("audit").join("spool.jsonl");
+    wait_until("the spool holds the exec events", || {
+        let text = std::fs::read_to_string(&spool).unwrap_or_default();
+        markers.iter().all(|m| text.contains(m.as_str()))
+    });
+
+    // Crash the node, bring the auth service back, restart the node from its data dir.
+    let node_pid = node.child.id();
+    signal(node_pid, "-KILL");
+    drop(node);
+    signal(auth.child.id(), "-CONT");
+    let args = node_args(None);
+    let _node = Daemon::start(
+        "devtrust",
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        "Next:",
+    );
+    wait_until("the spooled exec events reach the audit log", || {
+        let out = env.run(
+            "dtctl",
+            &[
+                "--data-dir",
+                &env.auth_dir,
+                "events",
+                "ls",
+                "--type=exec",
+                "--format=json",
+            ],
+            None,
+        );
+        markers.iter().all(|m| out.stdout.contains(m.as_str()))
+    });
+    wait_until("the spool is emptied once delivered", || {
+        std::fs::metadata(&spool).map(|m| m.len()).unwrap_or(1) == 0
+    });
+}

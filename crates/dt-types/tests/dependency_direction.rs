@@ -22,7 +22,9 @@ const FORBIDDEN_IN_PURE: [&str; 7] = [
     "tokio-postgres",
     "tss-esapi",
 ];
-const SERVER: [&str; 3] = ["dt-auth", "dt-store", "dt-node"];
+const SERVER: [&str; 4] = ["dt-auth", "dt-store", "dt-node", "dt-agent"];
+/// Access points run on the runtime next to the resources they guard: no storage driver.
+const ACCESS_POINTS: [&str; 2] = ["dt-agent", "dt-node"];
 
 struct Graph {
     /// package id -> name
@@ -145,6 +147,21 @@ fn server_crates_never_link_client_device_code() {
         let reach = closure(&g, krate);
         assert!(!reach.contains("dt-device"), "{krate} depends on dt-device");
         assert!(!reach.contains("tss-esapi"), "{krate} links libtss2");
+    }
+}
+
+#[test]
+fn access_points_link_no_storage_driver() {
+    let g = graph();
+    for krate in ACCESS_POINTS {
+        let reach = closure(&g, krate);
+        for driver in ["dt-store", "rusqlite", "tokio-postgres"] {
+            assert!(!reach.contains(driver), "{krate} depends on {driver}");
+        }
+        assert!(
+            reach.contains("dt-authz"),
+            "{krate} must decide through dt-authz"
+        );
     }
 }
 

@@ -1,14 +1,18 @@
-//! A joined node's identity in its data directory, all files `0600` in a `0700` directory:
+//! A joined service's identity in its data directory, all files `0600` in a `0700` directory:
 //!
 //! ```text
-//! DATA_DIR/node.json             name, cluster, auth server, how to trust it, validity
-//! DATA_DIR/key.pem               the node key (PKCS#8): SSH host key and TLS client key
-//! DATA_DIR/ssh_host_cert.pub     SSH host certificate (host CA)
-//! DATA_DIR/tls.crt               X.509 client certificate (host CA, node role)
+//! DATA_DIR/node.json             kind, name, cluster, auth server, how to trust it, validity
+//! DATA_DIR/key.pem               the service key (PKCS#8): SSH host key and TLS client key
+//! DATA_DIR/ssh_host_cert.pub     SSH host certificate (host CA; SSH nodes only)
+//! DATA_DIR/tls.crt               X.509 client certificate (host CA, role = the kind)
 //! DATA_DIR/user-ca.pub           the user CA's SSH key: sshd's TrustedUserCAKeys
 //! DATA_DIR/host-ca.pem           the host CA certificate
 //! DATA_DIR/cluster-view.json     the cached cluster view (OpenSSH mode)
+//! DATA_DIR/audit/                the audit spool (events not yet acknowledged)
 //! ```
+//!
+//! The file keeps its historical name `node.json` for every kind, so data dirs of SSH nodes
+//! joined by earlier versions load unchanged (their `kind` defaults to `node`).
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -16,14 +20,18 @@ use std::path::{Path, PathBuf};
 
 use dt_ca::ClientKey;
 use dt_client::TrustPolicy;
+use dt_types::ServiceKind;
 use serde::{Deserialize, Serialize};
 
-use crate::error::NodeError;
+use crate::error::AgentError;
 
 /// What `node.json` holds.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct NodeMeta {
+pub struct ServiceMeta {
+    /// What joined; `node` for data dirs written before other kinds existed.
+    #[serde(default = "node_kind")]
+    pub kind: ServiceKind,
     pub name: String,
     pub cluster: String,
     pub auth_server: String,
@@ -34,7 +42,11 @@ pub struct NodeMeta {
     pub valid_until_unix: i64,
 }
 
-impl NodeMeta {
+fn node_kind() -> ServiceKind {
+    ServiceKind::Node
+}
+
+impl ServiceMeta {
     pub fn trust(&self) -> TrustPolicy {
         if self.insecure {
             TrustPolicy::Insecure
@@ -44,11 +56,12 @@ impl NodeMeta {
     }
 }
 
-/// A node's identity, loaded.
-pub struct NodeIdentity {
-    pub meta: NodeMeta,
+/// A joined service's identity, loaded.
+pub struct ServiceIdentity {
+    pub meta: ServiceMeta,
     pub key: ClientKey,
-    pub ssh_host_cert: ssh_key::Certificate,
+    /// SSH nodes only.
+    pub ssh_host_cert: Option<ssh_key::Certificate>,
     pub tls_cert_der: Vec<u8>,
     pub user_ca_ssh: String,
     pub host_ca_der: Vec<u8>,
@@ -85,14 +98,17 @@ impl DataDir {
     pub fn view_cache(&self) -> PathBuf {
         self.dir.join("cluster-view.json")
     }
+    pub fn audit_spool(&self) -> PathBuf {
+        self.dir.join("audit")
+    }
 
     pub fn exists(&self) -> bool {
         self.meta().exists()
     }
 
     /// Create the directory (0700) if needed, and tighten it if it is open to others.
-    pub fn ensure(&self) -> Result<(), NodeError> {
-        let io = |e| NodeError::io(&self.dir, e);
+    pub fn ensure(&self) -> Result<(), AgentError> {
+        let io = |e| AgentError::io(&self.dir, e);
         if !self.dir.exists() {
             std::fs::DirBuilder::new()
                 .recursive(true)
@@ -111,16 +127,17 @@ impl DataDir {
         Ok(())
     }
 
-    pub fn save(&self, id: &NodeIdentity) -> Result<(), NodeError> {
+    pub fn save(&self, id: &ServiceIdentity) -> Result<(), AgentError> {
         self.ensure()?;
         let meta = serde_json::to_vec_pretty(&id.meta)
-            .map_err(|e| NodeError::Corrupt(format!("node.json: {e}")))?;
+            .map_err(|e| AgentError::Corrupt(format!("node.json: {e}")))?;
         write_private(&self.key(), id.key.to_pkcs8_pem().as_bytes())?;
-        let cert = id
-            .ssh_host_cert
-            .to_openssh()
-            .map_err(|e| NodeError::Corrupt(format!("host certificate: {e}")))?;
-        write_private(&self.ssh_host_cert(), format!("{cert}\n").as_bytes())?;
+        if let Some(cert) = &id.ssh_host_cert {
+            let cert = cert
+                .to_openssh()
+                .map_err(|e| AgentError::Corrupt(format!("host certificate: {e}")))?;
+            write_private(&self.ssh_host_cert(), format!("{cert}\n").as_bytes())?;
+        }
         write_private(
             &self.tls_cert(),
             dt_ca::pem::to_pem("CERTIFICATE", &id.tls_cert_der).as_bytes(),
@@ -137,26 +154,32 @@ impl DataDir {
         write_private(&self.meta(), &meta)
     }
 
-    pub fn load(&self) -> Result<NodeIdentity, NodeError> {
-        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| NodeError::io(p, e));
+    pub fn load(&self) -> Result<ServiceIdentity, AgentError> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| AgentError::io(p, e));
         let corrupt = |p: &Path, e: &dyn std::fmt::Display| {
-            NodeError::Corrupt(format!(
+            AgentError::Corrupt(format!(
                 "{}: {e}; remove the data dir and join again",
                 p.display()
             ))
         };
-        let meta: NodeMeta =
+        let meta: ServiceMeta =
             serde_json::from_str(&read(&self.meta())?).map_err(|e| corrupt(&self.meta(), &e))?;
         let key =
             ClientKey::from_pkcs8_pem(&read(&self.key())?).map_err(|e| corrupt(&self.key(), &e))?;
-        let ssh_host_cert = ssh_key::Certificate::from_openssh(read(&self.ssh_host_cert())?.trim())
-            .map_err(|e| corrupt(&self.ssh_host_cert(), &e))?;
+        let ssh_host_cert = if meta.kind == ServiceKind::Node {
+            Some(
+                ssh_key::Certificate::from_openssh(read(&self.ssh_host_cert())?.trim())
+                    .map_err(|e| corrupt(&self.ssh_host_cert(), &e))?,
+            )
+        } else {
+            None
+        };
         let tls_cert_der = dt_ca::pem::parse_cert_pem(&read(&self.tls_cert())?)
             .map_err(|e| corrupt(&self.tls_cert(), &e))?;
         let user_ca_ssh = read(&self.user_ca())?.trim().to_string();
         let host_ca_der = dt_ca::pem::parse_cert_pem(&read(&self.host_ca())?)
             .map_err(|e| corrupt(&self.host_ca(), &e))?;
-        Ok(NodeIdentity {
+        Ok(ServiceIdentity {
             meta,
             key,
             ssh_host_cert,
@@ -168,8 +191,8 @@ impl DataDir {
 }
 
 /// Write a file readable only by its owner, atomically (temp file, then rename).
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), NodeError> {
-    let io = |e| NodeError::io(path, e);
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AgentError> {
+    let io = |e| AgentError::io(path, e);
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
