@@ -12,7 +12,14 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::process::Command;
 
-const PURE: [&str; 5] = ["dt-types", "dt-attest", "dt-ceremony", "dt-authz", "dt-ca"];
+const PURE: [&str; 6] = [
+    "dt-types",
+    "dt-attest",
+    "dt-ceremony",
+    "dt-authz",
+    "dt-ca",
+    "dt-dbwire",
+];
 const FORBIDDEN_IN_PURE: [&str; 7] = [
     "tokio",
     "tonic",
