@@ -17,7 +17,7 @@ use crate::{asn1, pem};
 /// How long a generated CA certificate is valid.
 pub const CA_VALIDITY: Duration = Duration::days(3650);
 
-/// Which of the cluster's two authorities this is.
+/// Which of the cluster's authorities this is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CaKind {
@@ -25,6 +25,10 @@ pub enum CaKind {
     User,
     /// Signs host SSH certificates and TLS server certificates.
     Host,
+    /// Signs database server certificates (`dtctl auth sign --format=db`) and the
+    /// short-lived client certificates database access points log in with; database
+    /// servers trust it and nothing else does.
+    Db,
 }
 
 impl fmt::Display for CaKind {
@@ -32,6 +36,7 @@ impl fmt::Display for CaKind {
         f.write_str(match self {
             CaKind::User => "user",
             CaKind::Host => "host",
+            CaKind::Db => "db",
         })
     }
 }

@@ -32,6 +32,7 @@
 mod asn1;
 mod augment;
 mod authority;
+mod db;
 mod error;
 mod identity;
 mod key;

@@ -197,6 +197,17 @@ impl CertAuthority {
         not_after: OffsetDateTime,
     ) -> Result<Vec<u8>> {
         self.require_kind("issuing a tls server certificate", CaKind::Host)?;
+        self.server_cert(subject_spki_der, dns_names, ips, not_after)
+    }
+
+    /// A serverAuth certificate for these names, whatever the CA's kind (callers check it).
+    pub(crate) fn server_cert(
+        &self,
+        subject_spki_der: &[u8],
+        dns_names: &[String],
+        ips: &[IpAddr],
+        not_after: OffsetDateTime,
+    ) -> Result<Vec<u8>> {
         key::point_from_spki(subject_spki_der)?;
         let not_before = self.not_before;
         if not_after <= not_before {
@@ -246,7 +257,7 @@ impl CertAuthority {
         )
     }
 
-    fn end_entity_extensions(&self, eku: &[u8], extra: Option<Vec<u8>>) -> Vec<Vec<u8>> {
+    pub(crate) fn end_entity_extensions(&self, eku: &[u8], extra: Option<Vec<u8>>) -> Vec<Vec<u8>> {
         let mut exts = vec![
             // cA FALSE is the DEFAULT, so DER leaves the SEQUENCE empty.
             extension(&oid::BASIC_CONSTRAINTS, true, &asn1::sequence(&[])),
@@ -270,7 +281,7 @@ impl CertAuthority {
         exts
     }
 
-    fn issue(
+    pub(crate) fn issue(
         &self,
         subject: &[u8],
         spki: &[u8],
@@ -329,6 +340,9 @@ impl CertAuthority {
         let usable = match self.kind {
             CaKind::User => eku.is_some_and(|e| e.value.client_auth),
             CaKind::Host => eku.is_some_and(|e| e.value.server_auth),
+            // The database CA vouches for database servers and database users only, never
+            // for a devtrust identity.
+            CaKind::Db => false,
         };
         if !usable {
             return Err(CaError::WrongUsage(format!(
