@@ -15,6 +15,10 @@ done
 if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   need+=(postgresql)
 fi
+# The database-access tests start MariaDB servers of their own (mariadb-install-db, mariadbd).
+if ! command -v mariadbd >/dev/null 2>&1 || ! command -v mariadb-install-db >/dev/null 2>&1; then
+  need+=(mariadb-server)
+fi
 if [ "${#need[@]}" -gt 0 ]; then
   echo "==> installing: ${need[*]}"
   $SUDO apt-get update -qq

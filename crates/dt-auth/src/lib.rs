@@ -11,6 +11,7 @@ pub mod audit;
 mod authn_driver;
 pub mod cache;
 pub mod config;
+pub mod databases;
 pub mod device_grpc;
 pub mod devices;
 pub mod error;
@@ -41,6 +42,11 @@ pub fn router(srv: Arc<AuthServer>) -> axum::Router {
         .add_service(dt_proto::v1::node_service_server::NodeServiceServer::new(
             nodes::GrpcNodes { srv: srv.clone() },
         ))
+        .add_service(
+            dt_proto::v1::database_service_server::DatabaseServiceServer::new(
+                databases::GrpcDatabases { srv: srv.clone() },
+            ),
+        )
         .into_axum_router();
     http::router(srv).merge(grpc)
 }

@@ -52,6 +52,8 @@ pub struct AuthServer {
     pub cluster_name: String,
     pub user_ca: CertAuthority,
     pub host_ca: CertAuthority,
+    /// Trusted by database servers only (`dtctl auth sign --format=db`).
+    pub db_ca: CertAuthority,
     pub audit: AuditSink,
     /// Failed node joins and bot logins per address, counted in storage for the cluster.
     pub login_failures: SharedRateLimiter,
@@ -172,6 +174,8 @@ impl AuthServer {
             load_or_create_ca(backend.as_ref(), keys::USER_CA, &cluster_name, CaKind::User).await?;
         let host_ca =
             load_or_create_ca(backend.as_ref(), keys::HOST_CA, &cluster_name, CaKind::Host).await?;
+        let db_ca =
+            load_or_create_ca(backend.as_ref(), keys::DB_CA, &cluster_name, CaKind::Db).await?;
 
         let now = OffsetDateTime::now_utc();
         for mut role in presets::roles() {
@@ -213,6 +217,7 @@ impl AuthServer {
             cluster_name,
             user_ca,
             host_ca,
+            db_ca,
             login_failures: SharedRateLimiter::new(
                 "/ratelimit/join/",
                 config.login_failures_per_5m,

@@ -81,6 +81,9 @@ enum Cmd {
     /// Bots (machine users) and their join tokens.
     #[command(subcommand)]
     Bots(crate::dtctl_bots::BotsCmd),
+    /// Certificates of the cluster's CAs for servers devtrust connects to (databases).
+    #[command(subcommand)]
+    Auth(crate::dtctl_auth::AuthCmd),
     /// The audit log.
     #[command(subcommand)]
     Events(EventsCmd),
@@ -550,6 +553,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Devices(cmd) => crate::dtctl_devices::run(&g, cmd).await?,
         Cmd::Tokens(cmd) => tokens(&g, cmd).await?,
         Cmd::Bots(cmd) => crate::dtctl_bots::run(&g, cmd).await?,
+        Cmd::Auth(cmd) => crate::dtctl_auth::run(&g, cmd).await?,
         Cmd::Events(EventsCmd::Ls {
             since,
             kind,

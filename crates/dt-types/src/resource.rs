@@ -498,8 +498,9 @@ impl fmt::Display for Verb {
     }
 }
 
-/// Resource names usable in RBAC rules: the stored kinds plus `event` (the audit log).
-pub const RULE_RESOURCES: [&str; 7] = [
+/// Resource names usable in RBAC rules: the stored kinds plus `event` (the audit log) and
+/// `db_certificate` (`dtctl auth sign --format=db`).
+pub const RULE_RESOURCES: [&str; 8] = [
     "role",
     "user",
     "cluster_auth_preference",
@@ -507,6 +508,7 @@ pub const RULE_RESOURCES: [&str; 7] = [
     "lock",
     "device",
     "event",
+    "db_certificate",
 ];
 
 // ---------------------------------------------------------------------------------------

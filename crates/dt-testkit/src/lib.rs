@@ -1,0 +1,226 @@
+//! The devtrust test kit: real parts that tests start and stop, never shipped (every user is
+//! a `[dev-dependencies]` entry).
+//!
+//! - [`Postgres`]: a PostgreSQL server of its own (`initdb`, a free port, `ssl=on` with the
+//!   files you give it, your `pg_hba.conf`), run as the `postgres` user.
+//! - [`Mariadb`]: a MariaDB server of its own (`mariadb-install-db`, a free port, TLS with the
+//!   files you give it).
+//!
+//! Both need root (as CI and the development machines run) and the servers' binaries, which
+//! `scripts/install-deps.sh` installs; a missing binary fails the test with what to install,
+//! it is never skipped. Both stop when dropped.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Run a command; panic with its output when it fails.
+pub fn run(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// TLS files for a database server: certificate chain, key, and the CA it trusts for client
+/// certificates (all PEM).
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+/// A PostgreSQL server of the test's own.
+pub struct Postgres {
+    pub dir: tempfile::TempDir,
+    pub bindir: PathBuf,
+    pub port: u16,
+}
+
+fn as_postgres(bin: &Path) -> Command {
+    let mut c = Command::new("runuser");
+    c.args(["-u", "postgres", "--"]).arg(bin);
+    c
+}
+
+impl Postgres {
+    /// Start a server with TLS from `tls` and this `pg_hba.conf` (the unix socket in
+    /// [`Postgres::socket_dir`] should stay `local all all trust` for [`Postgres::psql_admin`]).
+    pub fn start(tls: &ServerTls, pg_hba: &str) -> Postgres {
+        let bindir = PathBuf::from(
+            run(Command::new("pg_config").arg("--bindir"))
+                .trim()
+                .to_string(),
+        );
+        let dir = tempfile::Builder::new().prefix("dt-pg").tempdir().unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        run(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path()));
+        run(as_postgres(&bindir.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data));
+        for (from, to) in [
+            (&tls.cert, "server.crt"),
+            (&tls.key, "server.key"),
+            (&tls.client_ca, "client-ca.crt"),
+        ] {
+            std::fs::copy(from, data.join(to)).unwrap();
+        }
+        std::fs::set_permissions(
+            data.join("server.key"),
+            std::fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        std::fs::write(data.join("pg_hba.conf"), pg_hba).unwrap();
+        run(Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir.path()));
+        let port = free_port();
+        run(as_postgres(&bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.path().join("server.log"))
+            .arg("-w")
+            .arg("-o")
+            .arg(format!(
+                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c ssl=on -c ssl_ca_file=client-ca.crt -c fsync=off",
+                dir.path().display()
+            ))
+            .arg("start"));
+        Postgres { dir, bindir, port }
+    }
+
+    /// Where the unix socket is.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Run SQL as the superuser over the unix socket.
+    pub fn psql_admin(&self, sql: &str) -> String {
+        run(Command::new("psql")
+            .arg(format!(
+                "host={} port={} user=postgres dbname=postgres",
+                self.dir.path().display(),
+                self.port
+            ))
+            .args(["-v", "ON_ERROR_STOP=1", "-At", "-c", sql]))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = as_postgres(&self.bindir.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+/// A MariaDB server of the test's own.
+pub struct Mariadb {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+}
+
+impl Mariadb {
+    /// Start a server with TLS from `tls` on a free port; root logs in over the unix socket.
+    pub fn start(tls: &ServerTls) -> Mariadb {
+        let dir = tempfile::Builder::new()
+            .prefix("dt-maria")
+            .tempdir()
+            .unwrap();
+        let data = dir.path().join("data");
+        // --no-defaults: the machine's own my.cnf (log paths, a running server's socket)
+        // must not leak into the test's server.
+        run(Command::new("mariadb-install-db")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--user=root", "--auth-root-authentication-method=normal"])
+            .arg("--skip-test-db"));
+        let port = free_port();
+        let sock = dir.path().join("mysqld.sock");
+        let log = std::fs::File::create(dir.path().join("server.log")).unwrap();
+        let child = Command::new("mariadbd")
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", sock.display()))
+            .arg(format!(
+                "--pid-file={}",
+                dir.path().join("mysqld.pid").display()
+            ))
+            .args(["--user=root", "--bind-address=127.0.0.1"])
+            .arg(format!("--port={port}"))
+            .arg(format!("--ssl-cert={}", tls.cert.display()))
+            .arg(format!("--ssl-key={}", tls.key.display()))
+            .arg(format!("--ssl-ca={}", tls.client_ca.display()))
+            .args(["--skip-log-bin", "--innodb-buffer-pool-size=16M"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mariadbd (scripts/install-deps.sh installs mariadb-server)");
+        let m = Mariadb { dir, port, child };
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            let ok = Command::new("mariadb")
+                .arg(format!("--socket={}", sock.display()))
+                .args(["-uroot", "-e", "select 1"])
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false);
+            if ok {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!("mariadbd did not start: {}", m.log());
+    }
+
+    /// Run SQL as root over the unix socket.
+    pub fn sql_admin(&self, sql: &str) -> String {
+        run(Command::new("mariadb")
+            .arg(format!(
+                "--socket={}",
+                self.dir.path().join("mysqld.sock").display()
+            ))
+            .args(["-uroot", "-N", "-e", sql]))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Mariadb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
