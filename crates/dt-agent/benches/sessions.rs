@@ -119,6 +119,14 @@ async fn join_token(srv: &AuthServer, i: usize) -> String {
         )
         .await
         .unwrap();
+    srv.backend
+        .put(
+            &dt_auth::keys::join_token_index(&res.spec.token_hash),
+            name.into_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
     token
 }
 
@@ -190,6 +198,13 @@ async fn run() {
         })
         .await
         .unwrap();
+        // Sessions exist only once the view is loaded (an access point decides first); an
+        // access point without a view ends everything (fail closed).
+        let t0 = Instant::now();
+        while !runtime.view.read(|v| v.is_loaded()) {
+            assert!(t0.elapsed() < Duration::from_secs(30), "view never loaded");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let registry = Arc::new(SessionRegistry::<BenchSession>::default());
         for j in 0..per {
             let id = registry.next_id();
@@ -227,6 +242,8 @@ async fn run() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let live: usize = runtimes.iter().map(|(_, r)| r.len()).sum();
+    assert_eq!(live, n_rt * per, "no session may end before a lock");
+    assert!(rx.try_recv().is_err());
     println!(
         "{n_rt} access-point runtimes, {live} live sessions, one auth service (SQLite) on loopback"
     );

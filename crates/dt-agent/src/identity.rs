@@ -6,6 +6,7 @@
 //! DATA_DIR/ssh_host_cert.pub     SSH host certificate (host CA; SSH nodes only)
 //! DATA_DIR/tls.crt               X.509 client certificate (host CA, role = the kind)
 //! DATA_DIR/user-ca.pub           the user CA's SSH key: sshd's TrustedUserCAKeys
+//! DATA_DIR/user-ca.pem           the user CA's certificate (TLS client certificates of users)
 //! DATA_DIR/host-ca.pem           the host CA certificate
 //! DATA_DIR/cluster-view.json     the cached cluster view (OpenSSH mode)
 //! DATA_DIR/audit/                the audit spool (events not yet acknowledged)
@@ -64,6 +65,10 @@ pub struct ServiceIdentity {
     pub ssh_host_cert: Option<ssh_key::Certificate>,
     pub tls_cert_der: Vec<u8>,
     pub user_ca_ssh: String,
+    /// The user CA's X.509 certificate: what access points that take TLS client
+    /// certificates from users (databases, Kubernetes, apps) verify them with. `None` for
+    /// data dirs of SSH nodes joined before it was kept.
+    pub user_ca_der: Option<Vec<u8>>,
     pub host_ca_der: Vec<u8>,
 }
 
@@ -91,6 +96,9 @@ impl DataDir {
     }
     pub fn user_ca(&self) -> PathBuf {
         self.dir.join("user-ca.pub")
+    }
+    pub fn user_ca_x509(&self) -> PathBuf {
+        self.dir.join("user-ca.pem")
     }
     pub fn host_ca(&self) -> PathBuf {
         self.dir.join("host-ca.pem")
@@ -150,6 +158,12 @@ impl DataDir {
             &self.host_ca(),
             dt_ca::pem::to_pem("CERTIFICATE", &id.host_ca_der).as_bytes(),
         )?;
+        if let Some(der) = &id.user_ca_der {
+            write_private(
+                &self.user_ca_x509(),
+                dt_ca::pem::to_pem("CERTIFICATE", der).as_bytes(),
+            )?;
+        }
         // Last, so a crash halfway leaves no node.json pointing at missing files.
         write_private(&self.meta(), &meta)
     }
@@ -179,12 +193,20 @@ impl DataDir {
         let user_ca_ssh = read(&self.user_ca())?.trim().to_string();
         let host_ca_der = dt_ca::pem::parse_cert_pem(&read(&self.host_ca())?)
             .map_err(|e| corrupt(&self.host_ca(), &e))?;
+        let user_ca_der = match std::fs::read_to_string(self.user_ca_x509()) {
+            Ok(pem) => Some(
+                dt_ca::pem::parse_cert_pem(&pem).map_err(|e| corrupt(&self.user_ca_x509(), &e))?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(AgentError::io(&self.user_ca_x509(), e)),
+        };
         Ok(ServiceIdentity {
             meta,
             key,
             ssh_host_cert,
             tls_cert_der,
             user_ca_ssh,
+            user_ca_der,
             host_ca_der,
         })
     }

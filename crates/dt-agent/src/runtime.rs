@@ -258,6 +258,7 @@ pub async fn join(
         ssh_host_cert,
         tls_cert_der: resp.tls_cert_der,
         user_ca_ssh: resp.user_ca_ssh_public_key,
+        user_ca_der: Some(resp.user_ca_cert_der),
         host_ca_der: resp.host_ca_cert_der,
     };
     dir.save(&id)?;

@@ -63,12 +63,15 @@ const JOIN_RECORD_TTL: time::Duration = time::Duration::seconds(60);
 /// Default lifetime of a bot join token.
 pub const DEFAULT_BOT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Event types a node may submit.
-const NODE_EVENTS: [EventType; 5] = [
+const NODE_EVENTS: [EventType; 8] = [
     EventType::SessionStart,
     EventType::SessionEnd,
     EventType::SessionTerminate,
     EventType::Exec,
     EventType::AccessDenied,
+    EventType::DbSessionStart,
+    EventType::DbSessionEnd,
+    EventType::DbSessionQuery,
 ];
 const MAX_EVENTS_PER_SUBMIT: usize = 1000;
 const MAX_EVENT_JSON: usize = 64 * 1024;

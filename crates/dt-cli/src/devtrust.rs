@@ -51,6 +51,9 @@ enum Cmd {
     /// SSH access points: `devtrust node start`.
     #[command(subcommand)]
     Node(crate::node_cmd::NodeCmd),
+    /// Database access points: `devtrust db start`.
+    #[command(subcommand)]
+    Db(crate::db_cmd::DbCmd),
     /// sshd's AuthorizedPrincipalsCommand (%u %k %t): the devtrust decision for OpenSSH.
     OpensshPrincipals(crate::node_cmd::PrincipalsArgs),
     /// Print the sshd_config lines (and the CA file) for agentless OpenSSH access.
@@ -69,6 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Node(cmd) => crate::node_cmd::run_node(cmd),
+        Cmd::Db(cmd) => crate::db_cmd::run_db(cmd),
         Cmd::OpensshPrincipals(a) => crate::node_cmd::principals(a),
         Cmd::OpensshSetup(a) => crate::node_cmd::setup(a),
         Cmd::Check { config } => {

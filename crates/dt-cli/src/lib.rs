@@ -3,6 +3,7 @@
 //! `src/bin/` only call into here. `anyhow` lives here and nowhere else.
 
 pub mod common;
+pub mod db_cmd;
 pub mod devtrust;
 pub mod dtctl;
 pub mod dtctl_auth;

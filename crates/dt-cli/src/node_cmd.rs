@@ -110,7 +110,7 @@ pub struct SetupArgs {
     helper: Option<PathBuf>,
 }
 
-fn init_logging(format: &str) {
+pub(crate) fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DEVTRUST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
@@ -129,7 +129,7 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "node".into())
 }
 
-fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+pub(crate) fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     let mut out = BTreeMap::new();
     for item in items.iter().filter(|s| !s.is_empty()) {
         let Some((k, v)) = item.split_once('=') else {
@@ -140,7 +140,49 @@ fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
     Ok(out)
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+/// The join request of the first start (`--token` with `--auth-server`), trusting the auth
+/// server by `--ca-pin` or, in labs, `--insecure`.
+pub(crate) fn join_request(
+    token: &Option<String>,
+    auth_server: &Option<String>,
+    ca_pin: &Option<String>,
+    insecure: bool,
+) -> anyhow::Result<Option<JoinRequest>> {
+    Ok(match (token, auth_server) {
+        (Some(token), Some(addr)) => {
+            let trust = if insecure {
+                eprintln!(
+                    "WARNING: --insecure: the auth server's identity is NOT verified. Use only in labs."
+                );
+                TrustPolicy::Insecure
+            } else if let Some(pin) = ca_pin {
+                TrustPolicy::Pin(pin.trim().to_ascii_lowercase())
+            } else {
+                bail!(
+                    "pass --ca-pin=sha256:... (printed by `devtrust start`) to trust the auth server, or --insecure in labs"
+                );
+            };
+            Some(JoinRequest {
+                auth_server: addr.clone(),
+                token: dt_types::Secret::new(token.clone()),
+                trust,
+            })
+        }
+        (Some(_), None) => bail!("--token needs --auth-server=HOST:PORT"),
+        _ => None,
+    })
+}
+
+/// Wait for Ctrl-C or SIGTERM.
+pub(crate) async fn until_stopped() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -159,29 +201,7 @@ pub fn run_node(cmd: NodeCmd) -> anyhow::Result<ExitCode> {
 async fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
     let name = a.name.clone().unwrap_or_else(hostname);
     let labels = parse_labels(&a.labels)?;
-    let join = match (&a.token, &a.auth_server) {
-        (Some(token), Some(addr)) => {
-            let trust = if a.insecure {
-                eprintln!(
-                    "WARNING: --insecure: the auth server's identity is NOT verified. Use only in labs."
-                );
-                TrustPolicy::Insecure
-            } else if let Some(pin) = &a.ca_pin {
-                TrustPolicy::Pin(pin.trim().to_ascii_lowercase())
-            } else {
-                bail!(
-                    "pass --ca-pin=sha256:... (printed by `devtrust start`) to trust the auth server, or --insecure in labs"
-                );
-            };
-            Some(JoinRequest {
-                auth_server: addr.clone(),
-                token: dt_types::Secret::new(token.clone()),
-                trust,
-            })
-        }
-        (Some(_), None) => bail!("--token needs --auth-server=HOST:PORT"),
-        _ => None,
-    };
+    let join = join_request(&a.token, &a.auth_server, &a.ca_pin, a.insecure)?;
     let mode = if a.openssh {
         Mode::OpenSsh {
             addr: a.advertise.clone().unwrap_or_default(),
@@ -230,11 +250,7 @@ async fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
         println!("Next: dtsh ls; dtsh ssh LOGIN@{name}");
     }
     let _ = std::io::stdout().flush();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
+    until_stopped().await;
     node.stop().await;
     println!("devtrust node {name} stopped");
     Ok(ExitCode::SUCCESS)

@@ -61,6 +61,15 @@ pub enum EventType {
     Exec,
     #[serde(rename = "access.denied")]
     AccessDenied,
+    /// A database session began (after the access decision allowed it).
+    #[serde(rename = "db.session.start")]
+    DbSessionStart,
+    #[serde(rename = "db.session.end")]
+    DbSessionEnd,
+    /// One statement a client sent (PostgreSQL Query or Parse; MySQL COM_QUERY or
+    /// COM_STMT_PREPARE), its text in `command`.
+    #[serde(rename = "db.session.query")]
+    DbSessionQuery,
     #[serde(rename = "lock.create")]
     LockCreate,
     #[serde(rename = "lock.delete")]
@@ -68,7 +77,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 26] = [
+    pub const ALL: [EventType; 29] = [
         EventType::UserLogin,
         EventType::UserCreate,
         EventType::UserUpdate,
@@ -93,6 +102,9 @@ impl EventType {
         EventType::SessionTerminate,
         EventType::Exec,
         EventType::AccessDenied,
+        EventType::DbSessionStart,
+        EventType::DbSessionEnd,
+        EventType::DbSessionQuery,
         EventType::LockCreate,
         EventType::LockDelete,
     ];
@@ -123,6 +135,9 @@ impl EventType {
             EventType::SessionTerminate => "session.terminate",
             EventType::Exec => "exec",
             EventType::AccessDenied => "access.denied",
+            EventType::DbSessionStart => "db.session.start",
+            EventType::DbSessionEnd => "db.session.end",
+            EventType::DbSessionQuery => "db.session.query",
             EventType::LockCreate => "lock.create",
             EventType::LockDelete => "lock.delete",
         }
@@ -160,6 +175,9 @@ impl EventType {
             EventType::SessionTerminate => "S5002",
             EventType::Exec => "S5003",
             EventType::AccessDenied => "A6000",
+            EventType::DbSessionStart => "DB7000",
+            EventType::DbSessionEnd => "DB7001",
+            EventType::DbSessionQuery => "DB7002",
             EventType::LockCreate => "L7000",
             EventType::LockDelete => "L7001",
         };

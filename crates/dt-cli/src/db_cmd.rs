@@ -1,0 +1,157 @@
+//! `devtrust db start`: a database access point (PostgreSQL) on the access-point runtime.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand, ValueEnum};
+use dt_agent::RuntimeConfig;
+use dt_agent::access::Freshness;
+use dt_types::ServiceKind;
+
+use crate::common::parse_duration;
+use crate::node_cmd::{init_logging, join_request, parse_labels, runtime, until_stopped};
+
+pub const DEFAULT_DB_DATA_DIR: &str = "/var/lib/devtrust-db";
+
+#[derive(Subcommand)]
+pub enum DbCmd {
+    /// Run a database access point: join the cluster (first start, with a `db` join token),
+    /// heartbeat the database so `dtsh db ls` lists it, watch the cluster's roles, locks and
+    /// device-trust settings, and let PostgreSQL clients reach the database only as the
+    /// roles' db_labels, db_users and db_names and the device-trust modes allow.
+    ///
+    /// The database must trust the cluster's database CA for client certificates
+    /// (`dtctl auth sign --format=db`, then `hostssl ... cert` in pg_hba.conf): the access
+    /// point logs in as the requested database user with a short-lived certificate of it.
+    Start(DbStartArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProtocolArg {
+    Postgres,
+}
+
+#[derive(Args)]
+pub struct DbStartArgs {
+    /// Auth server address, HOST:PORT (several: HOST:PORT,HOST:PORT). Needed at the first
+    /// start (with --token); later it replaces the addresses saved at join.
+    #[arg(long, env = "DEVTRUST_AUTH_SERVER")]
+    auth_server: Option<String>,
+    /// Join token from `dtctl tokens add --type=db` (first start).
+    #[arg(long, env = "DEVTRUST_DB_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The database's name in devtrust (`dtsh db ls`, roles' locks, `dtctl lock --db`).
+    #[arg(long)]
+    name: String,
+    /// Where clients connect (TLS with their devtrust certificate).
+    #[arg(long, default_value = "127.0.0.1:3036")]
+    listen: SocketAddr,
+    /// The address clients dial, if not the listen address.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Labels, e.g. env=prod,team=billing (roles' db_labels match them).
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// The wire protocol of the database.
+    #[arg(long, value_enum, default_value = "postgres")]
+    protocol: ProtocolArg,
+    /// The database server, HOST:PORT. HOST must be a name (or address) in its certificate.
+    #[arg(long)]
+    uri: String,
+    /// The CA (PEM file) that signed the database server's certificate; by default the
+    /// cluster's database CA (the one `dtctl auth sign --format=db` uses).
+    #[arg(long)]
+    db_ca: Option<PathBuf>,
+    /// Where the access point keeps its identity and audit spool (0700).
+    #[arg(long, env = "DEVTRUST_DB_DATA_DIR", default_value = DEFAULT_DB_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Trust the auth server whose CA has this pin (printed by `devtrust start`).
+    #[arg(long, conflicts_with = "insecure")]
+    ca_pin: Option<String>,
+    /// Do not verify the auth server (labs only).
+    #[arg(long)]
+    insecure: bool,
+    /// How often to heartbeat (the database is listed for three heartbeats).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    heartbeat: Duration,
+    /// With `locking_mode: strict`, deny when the lock view is older than this.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    strict_max_age: Duration,
+    /// Log format: text or json.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+pub fn run_db(cmd: DbCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        DbCmd::Start(a) => {
+            init_logging(&a.log_format);
+            runtime()?.block_on(start(a))
+        }
+    }
+}
+
+async fn start(a: DbStartArgs) -> anyhow::Result<ExitCode> {
+    if !a.uri.contains(':') {
+        bail!("--uri={:?}: use HOST:PORT of the database server", a.uri);
+    }
+    let server_ca_pem = match &a.db_ca {
+        Some(p) => {
+            Some(std::fs::read_to_string(p).with_context(|| format!("--db-ca {}", p.display()))?)
+        }
+        None => None,
+    };
+    let join = join_request(&a.token, &a.auth_server, &a.ca_pin, a.insecure)?;
+    let db = dt_db::start(dt_db::DbConfig {
+        runtime: RuntimeConfig {
+            data_dir: a.data_dir.clone(),
+            kind: ServiceKind::Db,
+            name: a.name.clone(),
+            advertise_addr: a.advertise.clone().unwrap_or_default(),
+            labels: Default::default(),
+            resources: Vec::new(),
+            heartbeat_every: a.heartbeat,
+            auth_servers: match (&a.token, &a.auth_server) {
+                (None, Some(addr)) => Some(addr.clone()),
+                _ => None,
+            },
+            join,
+        },
+        listen: a.listen,
+        database: dt_db::Database {
+            name: a.name.clone(),
+            labels: parse_labels(&a.labels)?,
+            protocol: match a.protocol {
+                ProtocolArg::Postgres => dt_db::Protocol::Postgres,
+            },
+            uri: a.uri.clone(),
+            server_ca_pem,
+        },
+        freshness: Freshness {
+            strict_max_age: a.strict_max_age,
+        },
+    })
+    .await
+    .context("cannot start the database access point")?;
+    println!("devtrust database access point {} is running", a.name);
+    println!("  listen:    {}", db.addr);
+    println!(
+        "  database:  {} ({})",
+        a.uri,
+        a.protocol
+            .to_possible_value()
+            .map(|v| v.get_name().to_string())
+            .unwrap_or_default()
+    );
+    println!("  data dir:  {}", a.data_dir.display());
+    println!("Next: dtsh db ls; psql through the access point with your devtrust certificate");
+    let _ = std::io::stdout().flush();
+    until_stopped().await;
+    db.stop().await;
+    println!("devtrust database access point {} stopped", a.name);
+    Ok(ExitCode::SUCCESS)
+}
