@@ -291,7 +291,7 @@ async fn self_enroll_token(
     let d = crate::dtctl_devices::new_device(os, tag);
     match c
         .create_device(pb::CreateDeviceRequest {
-            json: serde_json::to_string(&d)?,
+            device: Some(pb::Device::try_from(&d).context("encoding the device")?),
             create_enroll_token: true,
             enroll_token_ttl_seconds: 300,
         })
@@ -304,7 +304,7 @@ async fn self_enroll_token(
         Err(s) if s.code() == tonic::Code::AlreadyExists => {
             let t = c
                 .create_device_enroll_token(pb::CreateDeviceEnrollTokenRequest {
-                    device: Some(pb::DeviceRef { asset_tag: tag.into(), os_type: os.as_str().into(), device_id: String::new() }),
+                    device: Some(pb::DeviceRef { asset_tag: tag.into(), os_type: pb::OsType::from(os).into(), device_id: String::new() }),
                     ttl_seconds: 300,
                 })
                 .await
