@@ -48,7 +48,8 @@ pub enum DeviceCmd {
 
 /// The credential store of this device: the TPM when one is reachable (`DTSH_TPM_TCTI`, e.g.
 /// `swtpm:host=127.0.0.1,port=2321`, or `/dev/tpmrm0`), otherwise a software key under
-/// `$DTSH_DEVICE_HOME`. `DTSH_DEVICE_KEYSTORE=software|tpm` forces one.
+/// `$DTSH_DEVICE_HOME`. `DTSH_DEVICE_KEYSTORE=software|tpm` forces one;
+/// `DTSH_TPM_EVENT_LOG=FILE` sends FILE as the firmware event log (labs and tests).
 pub fn device_keys() -> anyhow::Result<Box<dyn DeviceKeys>> {
     let forced = std::env::var("DTSH_DEVICE_KEYSTORE").unwrap_or_default();
     match forced.as_str() {
@@ -60,10 +61,11 @@ pub fn device_keys() -> anyhow::Result<Box<dyn DeviceKeys>> {
         match dt_device::tpm::tcti_from_env() {
             Ok(tcti) => {
                 let home = dt_device::resolve_device_home(|v| std::env::var_os(v))?;
-                return Ok(Box::new(dt_device::tpm::TpmKeyStore::new(
-                    tcti,
-                    home.join("tpm"),
-                )));
+                let mut store = dt_device::tpm::TpmKeyStore::new(tcti, home.join("tpm"));
+                if let Some(log) = std::env::var_os(dt_device::tpm::EVENT_LOG_ENV) {
+                    store = store.with_event_log_path(log);
+                }
+                return Ok(Box::new(store));
             }
             Err(e) if forced == "tpm" => {
                 bail!("DTSH_DEVICE_KEYSTORE=tpm, but no TPM is usable: {e}")
