@@ -249,7 +249,7 @@ impl Cluster {
         cap.spec.device_trust.allow_software_credentials = true;
         AuthServiceClient::new(admin)
             .upsert_resource(pb::UpsertResourceRequest {
-                json: serde_json::to_string(&cap)?,
+                canonical_json: serde_json::to_vec(&cap)?,
                 force: true,
                 expected_revision: 0,
             })

@@ -335,7 +335,8 @@ pub async fn after_login(store: &ProfileStore) -> anyhow::Result<()> {
         }
     })
     .await?;
-    if who.device_trust_mode == "off" {
+    let mode = dt_proto::resource::trust_mode_from_proto(who.device_trust_mode);
+    if mode == dt_types::resource::DeviceTrustMode::Off {
         return Ok(());
     }
     let keys = device_keys()?;
@@ -367,7 +368,7 @@ pub async fn after_login(store: &ProfileStore) -> anyhow::Result<()> {
     if who.device_required {
         eprintln!(
             "WARNING: your roles or the cluster require a trusted device (mode {}), and this device is not trusted.",
-            who.device_trust_mode
+            mode.as_str()
         );
         eprintln!(
             "Enroll it with `dtsh device enroll --current-device`, or ask an admin for a token (`dtctl devices enroll --asset-tag=$(dtsh device asset-tag)`)."

@@ -36,6 +36,10 @@ pub enum ProtoError {
     /// time, stored data that is not what it should be).
     #[error("invalid {field}: {why}")]
     Invalid { field: &'static str, why: String },
+    /// A resource document or audit event that is not what dt-types reads (the text is
+    /// dt-types' own error: kind, name and what is wrong).
+    #[error("{0}")]
+    Document(String),
 }
 
 pub(crate) fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), ProtoError> {

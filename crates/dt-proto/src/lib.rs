@@ -23,6 +23,7 @@ pub mod v1 {
 pub mod ceremony;
 pub mod device;
 pub mod error;
+pub mod resource;
 
 mod time_conv;
 

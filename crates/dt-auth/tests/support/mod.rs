@@ -560,7 +560,7 @@ impl Cluster {
         cap.spec.device_trust = dt;
         AuthServiceClient::new(self.admin.clone())
             .upsert_resource(pb::UpsertResourceRequest {
-                json: serde_json::to_string(&cap).expect("cap json"),
+                canonical_json: serde_json::to_vec(&cap).expect("cap json"),
                 force: true,
                 expected_revision: 0,
             })
@@ -586,7 +586,7 @@ impl Cluster {
         );
         AuthServiceClient::new(self.admin.clone())
             .upsert_resource(pb::UpsertResourceRequest {
-                json: serde_json::to_string(&lock).expect("lock json"),
+                canonical_json: serde_json::to_vec(&lock).expect("lock json"),
                 force: false,
                 expected_revision: 0,
             })
@@ -604,7 +604,7 @@ impl Cluster {
             .remove(0);
         AuthServiceClient::new(self.admin.clone())
             .upsert_resource(pb::UpsertResourceRequest {
-                json: serde_json::to_string(&role.to_json_value()).expect("role json"),
+                canonical_json: serde_json::to_vec(&role.to_json_value()).expect("role json"),
                 force: true,
                 expected_revision: 0,
             })

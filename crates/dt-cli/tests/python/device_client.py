@@ -10,6 +10,7 @@ generates at run time. Against a running `devtrust start`, it
   4. registers a device and gets an enrollment token (DeviceTrustService.CreateDevice),
   5. enrolls a software P-256 credential (EnrollDevice: EnrollInit, EnrollChallenge,
      EnrollChallengeResponse, EnrollSuccess), signing with the `cryptography` package,
+     and sees the spent token refused (PERMISSION_DENIED),
   6. authenticates the device (AuthenticateDevice) and checks the augmented certificates:
      the X.509 subject carries the device attributes, the SSH certificate the device
      extensions, both for the same key and expiry,
@@ -263,6 +264,19 @@ def main():
         check(enrolled.credential.attestation_type == dev.DEVICE_ATTESTATION_TYPE_SOFTWARE,
               "the credential is not recorded as software")
         step(f"EnrollDevice: enrolled, credential {credential_id} (software)")
+
+        # The token was spent at EnrollInit: a second use is refused with the stable code and
+        # the one generic message.
+        send, replies = bidi(devices.EnrollDevice, dev.EnrollDeviceRequest(init=init))
+        try:
+            got = next(replies)
+            fail(f"a spent token was accepted: {got}")
+        except grpc.RpcError as e:
+            send(None)
+            check(e.code() == grpc.StatusCode.PERMISSION_DENIED
+                  and "invalid device enrollment token" in e.details(),
+                  f"a spent token: {e.code()}: {e.details()}")
+        step("EnrollDevice with the spent token: PERMISSION_DENIED invalid device enrollment token")
 
         # 6. Authenticate the device: augmented certificates.
         ainit = dev.AuthenticateInit(
