@@ -30,16 +30,21 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 
-# Python packages the interoperability tests use (paramiko reads dtsh's SSH key files as
-# Ansible does). pip first; a Python that refuses pip installs (PEP 668) gets Debian's package.
+# Python packages the interoperability tests use: paramiko reads dtsh's SSH key files as
+# Ansible does; grpcio + grpcio-tools generate a client from crates/dt-proto/proto and
+# cryptography signs as its device key (crates/dt-cli/tests/python_client.rs). pip first; a
+# Python that refuses pip installs (PEP 668) gets Debian's packages.
 py_need=()
-for m in paramiko; do
-  python3 -c "import $m" 2>/dev/null || py_need+=("$m")
+deb_need=()
+for spec in paramiko:paramiko:python3-paramiko grpc:grpcio:python3-grpcio \
+            grpc_tools:grpcio-tools:python3-grpc-tools cryptography:cryptography:python3-cryptography; do
+  IFS=: read -r mod pkg deb <<<"$spec"
+  python3 -c "import $mod" 2>/dev/null || { py_need+=("$pkg"); deb_need+=("$deb"); }
 done
 if [ "${#py_need[@]}" -gt 0 ]; then
   echo "==> installing Python packages: ${py_need[*]}"
   python3 -m pip install -q "${py_need[@]}" 2>/dev/null \
-    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-paramiko >/dev/null; }
+    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${deb_need[@]}" >/dev/null; }
 fi
 
 # PostgreSQL for the storage conformance suite and multi-server tests.

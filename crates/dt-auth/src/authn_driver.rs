@@ -5,9 +5,7 @@
 
 use dt_ceremony::authn::server as authn;
 use dt_ceremony::authn::server::{CertView, DeviceBinding, MtlsIdentity};
-use dt_ceremony::messages::{
-    AuthenticateRequest, AuthenticateResponse, AuthenticateSuccess, UserCertificates,
-};
+use dt_ceremony::messages::{AuthenticateResponse, AuthenticateSuccess, UserCertificates};
 use dt_proto::v1 as pb;
 use dt_store::{Condition, Op, StoreError};
 use dt_types::audit::{AuditEvent, CertInfo, DeviceInfo, EventType};
@@ -17,7 +15,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use crate::device_grpc::{CEREMONY_DEADLINE, FIRST_MESSAGE_DEADLINE, status_for};
+use crate::device_grpc::{CEREMONY_DEADLINE, FIRST_MESSAGE_DEADLINE, next_msg, status_for};
 use crate::devices::device_info;
 use crate::error::ApiError;
 use crate::grpc::Caller;
@@ -50,34 +48,16 @@ fn x509_view(id: &dt_ca::Identity, der: &[u8]) -> Result<CertView, Status> {
     })
 }
 
-async fn next_msg(
-    inbound: &mut Streaming<pb::CeremonyMessage>,
-    deadline: tokio::time::Instant,
-    what: &str,
-) -> Result<AuthenticateRequest, Status> {
-    let msg = tokio::time::timeout_at(deadline, inbound.message())
-        .await
-        .map_err(|_| Status::deadline_exceeded(format!("no {what} in time; try again")))??
-        .ok_or_else(|| Status::cancelled(format!("the client closed the stream before {what}")))?;
-    if msg.json.len() > 256 * 1024 {
-        return Err(Status::invalid_argument(format!("{what} is too large")));
-    }
-    serde_json::from_str(&msg.json)
-        .map_err(|e| Status::invalid_argument(format!("malformed {what}: {e}")))
-}
-
-fn out(v: &AuthenticateResponse) -> Result<pb::CeremonyMessage, Status> {
-    serde_json::to_string(v)
-        .map(|json| pb::CeremonyMessage { json })
-        .map_err(|e| Status::internal(e.to_string()))
+fn out(v: &AuthenticateResponse) -> Result<pb::AuthenticateDeviceResponse, Status> {
+    Ok(pb::AuthenticateDeviceResponse::from(v))
 }
 
 impl AuthServer {
     pub(crate) async fn drive_authenticate(
         &self,
         caller: &Caller,
-        inbound: &mut Streaming<pb::CeremonyMessage>,
-        tx: &mpsc::Sender<Result<pb::CeremonyMessage, Status>>,
+        inbound: &mut Streaming<pb::AuthenticateDeviceRequest>,
+        tx: &mpsc::Sender<Result<pb::AuthenticateDeviceResponse, Status>>,
     ) -> Result<(), Status> {
         let mut env = dt_ceremony::env::SystemEnv::new();
         let opened = tokio::time::Instant::now();
@@ -94,7 +74,20 @@ impl AuthServer {
             e.device = device;
             e
         };
-        let req = next_msg(inbound, opened + FIRST_MESSAGE_DEADLINE, "AuthenticateInit").await?;
+        let req = match next_msg(inbound, opened + FIRST_MESSAGE_DEADLINE, "AuthenticateInit").await
+        {
+            Ok(r) => r,
+            Err(status) => {
+                // An unreadable message is a failed authentication too, with its reason.
+                if status.code() == tonic::Code::InvalidArgument {
+                    self.audit
+                        .emit(fail(status.message().to_string(), None))
+                        .await
+                        .map_err(ApiError::from)?;
+                }
+                return Err(status);
+            }
+        };
         let init = authn::ExpectInit::expect_message(req)
             .map_err(|e| status_for(e.code(), e.user_message()))?;
         if let Err(msg) = self.ceremony_budget(caller.name()).await? {
@@ -207,12 +200,24 @@ impl AuthServer {
             .await
             .map_err(|_| Status::cancelled("client left"))?;
 
-        let req = next_msg(
+        let req = match next_msg(
             inbound,
             opened + CEREMONY_DEADLINE,
             "AuthenticateChallengeResponse",
         )
-        .await?;
+        .await
+        {
+            Ok(r) => r,
+            Err(status) => {
+                if status.code() == tonic::Code::InvalidArgument {
+                    self.audit
+                        .emit(fail(status.message().to_string(), dev_info))
+                        .await
+                        .map_err(ApiError::from)?;
+                }
+                return Err(status);
+            }
+        };
         let outcome = match authn::ExpectChallengeResponse::expect_message(req)
             .and_then(|r| next.handle(r, &mut env))
         {

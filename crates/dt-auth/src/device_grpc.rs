@@ -11,6 +11,7 @@ use dt_ceremony::enroll::server as enroll;
 use dt_ceremony::error::ErrorCode;
 use dt_ceremony::messages::{EnrollRequest, EnrollResponse};
 use dt_ceremony::token::{EnrollTokenRecord, TokenDisposition};
+use dt_proto::ProtoError;
 use dt_proto::v1 as pb;
 use dt_proto::v1::device_trust_service_server::DeviceTrustService;
 use dt_store::{Condition, Op, StoreError};
@@ -21,7 +22,7 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::devices::{credential_key_index, device_info, device_json, parse_device};
+use crate::devices::{credential_key_index, device_from_proto, device_info, device_to_proto};
 use crate::error::{ApiError, ApiResult};
 use crate::grpc::Caller;
 use crate::grpc::peer_of;
@@ -29,15 +30,17 @@ use crate::keys;
 use crate::listener::Peer;
 use crate::server::AuthServer;
 
-pub const FIRST_MESSAGE_DEADLINE: Duration = Duration::from_secs(10);
-pub const CEREMONY_DEADLINE: Duration = Duration::from_secs(60);
+/// dt-ceremony's deadlines (DESIGN.md §4), as the drivers' timers take them.
+pub const FIRST_MESSAGE_DEADLINE: Duration =
+    dt_ceremony::limits::FIRST_MESSAGE_TIMEOUT.unsigned_abs();
+pub const CEREMONY_DEADLINE: Duration = dt_ceremony::limits::CEREMONY_TIMEOUT.unsigned_abs();
 
 #[derive(Clone)]
 pub struct GrpcDevices {
     pub srv: Arc<AuthServer>,
 }
 
-type CeremonyStream = Pin<Box<dyn Stream<Item = Result<pb::CeremonyMessage, Status>> + Send>>;
+type CeremonyStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 pub fn status_for(code: ErrorCode, msg: String) -> Status {
     match code {
@@ -50,27 +53,40 @@ pub fn status_for(code: ErrorCode, msg: String) -> Status {
     }
 }
 
-/// Read the next ceremony message before `deadline`.
-async fn next_msg<T: serde::de::DeserializeOwned>(
-    inbound: &mut Streaming<pb::CeremonyMessage>,
+/// The one wire helper of both ceremony drivers: reads the next message before
+/// `deadline`, refuses it when its encoding is over dt-ceremony's message limit, and
+/// converts it to the state machine's type (dt-proto checks shapes and field sizes).
+pub(crate) async fn next_msg<P, T>(
+    inbound: &mut Streaming<P>,
     deadline: tokio::time::Instant,
-    what: &str,
-) -> Result<T, Status> {
+    what: &'static str,
+) -> Result<T, Status>
+where
+    P: prost::Message + Default,
+    T: TryFrom<P, Error = ProtoError>,
+{
     let msg = tokio::time::timeout_at(deadline, inbound.message())
         .await
         .map_err(|_| Status::deadline_exceeded(format!("no {what} in time; start again")))??
         .ok_or_else(|| Status::cancelled(format!("the client closed the stream before {what}")))?;
-    if msg.json.len() > 256 * 1024 {
-        return Err(Status::invalid_argument(format!("{what} is too large")));
-    }
-    serde_json::from_str(&msg.json)
-        .map_err(|e| Status::invalid_argument(format!("malformed {what}: {e}")))
+    dt_proto::ceremony::check_message_len(what, &msg).map_err(|e| wire_status(what, e))?;
+    T::try_from(msg).map_err(|e| wire_status(what, e))
 }
 
-fn out<T: serde::Serialize>(v: &T) -> Result<pb::CeremonyMessage, Status> {
-    serde_json::to_string(v)
-        .map(|json| pb::CeremonyMessage { json })
-        .map_err(|e| Status::internal(e.to_string()))
+/// A message that did not convert, as the peer sees it.
+pub(crate) fn wire_status(what: &'static str, e: ProtoError) -> Status {
+    match e {
+        ProtoError::MessageTooLarge { .. } => Status::invalid_argument(e.to_string()),
+        e => Status::invalid_argument(format!("malformed {what}: {e}")),
+    }
+}
+
+/// Encodes a reply of the server half.
+fn out<'a, R: 'a, P>(v: &'a R) -> Result<P, Status>
+where
+    P: TryFrom<&'a R, Error = ProtoError>,
+{
+    P::try_from(v).map_err(|e| ApiError::internal(e).into())
 }
 
 impl AuthServer {
@@ -266,8 +282,8 @@ impl AuthServer {
     async fn drive_enroll(
         &self,
         caller: &Caller,
-        inbound: &mut Streaming<pb::CeremonyMessage>,
-        tx: &mpsc::Sender<Result<pb::CeremonyMessage, Status>>,
+        inbound: &mut Streaming<pb::EnrollDeviceRequest>,
+        tx: &mpsc::Sender<Result<pb::EnrollDeviceResponse, Status>>,
     ) -> Result<(), Status> {
         let mut env = dt_ceremony::env::SystemEnv::new();
         let opened = tokio::time::Instant::now();
@@ -285,7 +301,7 @@ impl AuthServer {
         };
         // Every refusal, even of an unreadable first message, leaves an event.
         let first =
-            next_msg::<EnrollRequest>(inbound, opened + FIRST_MESSAGE_DEADLINE, "EnrollInit")
+            next_msg::<_, EnrollRequest>(inbound, opened + FIRST_MESSAGE_DEADLINE, "EnrollInit")
                 .await
                 .and_then(|req| {
                     enroll::ExpectInit::expect_message(req)
@@ -417,15 +433,31 @@ impl AuthServer {
             .await
             .map_err(|_| Status::cancelled("client left"))?;
 
-        let resp: EnrollRequest = next_msg(
+        let (device_before, device_rev) = device
+            .clone()
+            .ok_or_else(|| ApiError::internal("device vanished"))?;
+        let resp: EnrollRequest = match next_msg(
             inbound,
             opened + CEREMONY_DEADLINE,
             "EnrollChallengeResponse",
         )
-        .await?;
-        let (device_before, device_rev) = device
-            .clone()
-            .ok_or_else(|| ApiError::internal("device vanished"))?;
+        .await
+        {
+            Ok(r) => r,
+            Err(status) => {
+                // An unreadable answer is a failed enrollment too, with its reason.
+                if status.code() == tonic::Code::InvalidArgument {
+                    self.audit
+                        .emit(fail_event(
+                            status.message().to_string(),
+                            Some(&device_before),
+                        ))
+                        .await
+                        .map_err(ApiError::from)?;
+                }
+                return Err(status);
+            }
+        };
         let enrolled = match enroll::ExpectChallengeResponse::expect_message(resp)
             .and_then(|r| next.handle(r, &mut env))
         {
@@ -518,13 +550,13 @@ impl DeviceTrustService for GrpcDevices {
     ) -> Result<Response<pb::CreateDeviceResponse>, Status> {
         let caller = self.srv.caller(peer_of(&req)?).await?;
         let req = req.into_inner();
-        let device = parse_device(&req.json)?;
+        let device = device_from_proto(req.device)?;
         let ttl = req
             .create_enroll_token
             .then(|| Duration::from_secs(req.enroll_token_ttl_seconds));
         let (d, rev, token) = self.srv.create_device(&caller, device, ttl).await?;
         Ok(Response::new(pb::CreateDeviceResponse {
-            json: device_json(&d, rev),
+            device: Some(device_to_proto(&d, rev)?),
             enroll_token: token,
         }))
     }
@@ -532,17 +564,15 @@ impl DeviceTrustService for GrpcDevices {
     async fn update_device(
         &self,
         req: Request<pb::UpdateDeviceRequest>,
-    ) -> Result<Response<pb::DeviceJson>, Status> {
+    ) -> Result<Response<pb::Device>, Status> {
         let caller = self.srv.caller(peer_of(&req)?).await?;
         let req = req.into_inner();
-        let device = parse_device(&req.json)?;
+        let device = device_from_proto(req.device)?;
         let (d, rev) = self
             .srv
             .update_device(&caller, device, req.expected_revision)
             .await?;
-        Ok(Response::new(pb::DeviceJson {
-            json: device_json(&d, rev),
-        }))
+        Ok(Response::new(device_to_proto(&d, rev)?))
     }
 
     async fn delete_device(
@@ -569,22 +599,18 @@ impl DeviceTrustService for GrpcDevices {
         Ok(Response::new(pb::FindDevicesResponse {
             devices: found
                 .iter()
-                .map(|(d, r)| pb::DeviceJson {
-                    json: device_json(d, *r),
-                })
-                .collect(),
+                .map(|(d, r)| device_to_proto(d, *r))
+                .collect::<Result<_, _>>()?,
         }))
     }
 
     async fn get_device(
         &self,
         req: Request<pb::DeviceRef>,
-    ) -> Result<Response<pb::DeviceJson>, Status> {
+    ) -> Result<Response<pb::Device>, Status> {
         let caller = self.srv.caller(peer_of(&req)?).await?;
         let (d, rev) = self.srv.read_device(&caller, req.get_ref()).await?;
-        Ok(Response::new(pb::DeviceJson {
-            json: device_json(&d, rev),
-        }))
+        Ok(Response::new(device_to_proto(&d, rev)?))
     }
 
     async fn list_devices(
@@ -600,10 +626,8 @@ impl DeviceTrustService for GrpcDevices {
         Ok(Response::new(pb::ListDevicesResponse {
             devices: devices
                 .iter()
-                .map(|(d, r)| pb::DeviceJson {
-                    json: device_json(d, *r),
-                })
-                .collect(),
+                .map(|(d, r)| device_to_proto(d, *r))
+                .collect::<Result<_, _>>()?,
             next_page_token: next.unwrap_or_default(),
         }))
     }
@@ -615,7 +639,7 @@ impl DeviceTrustService for GrpcDevices {
         let caller = self.srv.caller(peer_of(&req)?).await?;
         let statuses = self
             .srv
-            .bulk_create_devices(&caller, req.into_inner().devices_json)
+            .bulk_create_devices(&caller, req.into_inner().devices)
             .await?;
         Ok(Response::new(pb::BulkCreateDevicesResponse { statuses }))
     }
@@ -634,11 +658,11 @@ impl DeviceTrustService for GrpcDevices {
         Ok(Response::new(token))
     }
 
-    type EnrollDeviceStream = CeremonyStream;
+    type EnrollDeviceStream = CeremonyStream<pb::EnrollDeviceResponse>;
 
     async fn enroll_device(
         &self,
-        req: Request<Streaming<pb::CeremonyMessage>>,
+        req: Request<Streaming<pb::EnrollDeviceRequest>>,
     ) -> Result<Response<Self::EnrollDeviceStream>, Status> {
         let caller = self
             .srv
@@ -667,11 +691,11 @@ impl DeviceTrustService for GrpcDevices {
         )))
     }
 
-    type AuthenticateDeviceStream = CeremonyStream;
+    type AuthenticateDeviceStream = CeremonyStream<pb::AuthenticateDeviceResponse>;
 
     async fn authenticate_device(
         &self,
-        req: Request<Streaming<pb::CeremonyMessage>>,
+        req: Request<Streaming<pb::AuthenticateDeviceRequest>>,
     ) -> Result<Response<Self::AuthenticateDeviceStream>, Status> {
         let caller = self
             .srv

@@ -44,25 +44,26 @@ fn to_json(d: &Device) -> ApiResult<Vec<u8>> {
     serde_json::to_vec(d).map_err(ApiError::internal)
 }
 
-pub fn device_json(d: &Device, revision: i64) -> String {
-    let mut d = d.clone();
-    d.metadata.revision = Some(revision.to_string());
-    serde_json::to_string(&d).unwrap_or_default()
+/// A device as the wire carries it, with its storage revision.
+pub fn device_to_proto(d: &Device, revision: i64) -> ApiResult<pb::Device> {
+    let mut wire = pb::Device::try_from(d).map_err(ApiError::internal)?;
+    wire.revision = revision;
+    Ok(wire)
 }
 
-/// Parse a device document sent by a client (strict fields, validated).
-pub fn parse_device(json: &str) -> ApiResult<Device> {
-    let value: serde_json::Value = serde_json::from_str(json)
-        .map_err(|e| ApiError::InvalidArgument(format!("device is not valid JSON: {e}")))?;
-    match AnyResource::from_json_value(value)
-        .map_err(|e| ApiError::InvalidArgument(e.to_string()))?
-    {
-        AnyResource::Device(d) => Ok(d),
-        other => Err(ApiError::InvalidArgument(format!(
-            "expected a device, got a {}",
-            other.kind()
-        ))),
+/// A device a client sent: dt-proto checked its shape and sizes, this validates it as a
+/// resource (strictly, like a document). An empty id gets a fresh one.
+pub fn device_from_proto(d: Option<pb::Device>) -> ApiResult<Device> {
+    let d = d.ok_or_else(|| ApiError::InvalidArgument("the request has no device".into()))?;
+    let mut d = Device::try_from(d)
+        .map_err(|e| ApiError::InvalidArgument(format!("invalid device: {e}")))?;
+    if d.metadata.name.is_empty() {
+        d.metadata.name = uuid::Uuid::new_v4().to_string();
     }
+    AnyResource::Device(d.clone())
+        .validate()
+        .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+    Ok(d)
 }
 
 /// The public-key index key of a credential (P-256 SubjectPublicKeyInfo, or a TPM AK's
@@ -352,13 +353,9 @@ impl AuthServer {
                 "name the device: --device-id or --asset-tag".into(),
             ));
         }
-        if !r.os_type.is_empty() {
-            let os = OsType::parse(&r.os_type).ok_or_else(|| {
-                ApiError::InvalidArgument(format!(
-                    "unknown OS {:?} (use macos, windows or linux)",
-                    r.os_type
-                ))
-            })?;
+        let os = dt_proto::device::os_type_from_proto(r.os_type, "os_type")
+            .map_err(|e| ApiError::InvalidArgument(format!("{e} (use macos, windows or linux)")))?;
+        if let Some(os) = os {
             return self.device_by_tag(os, &r.asset_tag).await?.ok_or_else(|| {
                 ApiError::NotFound(format!("device {:?}/{os} not found", r.asset_tag))
             });
@@ -802,7 +799,7 @@ impl AuthServer {
     pub async fn bulk_create_devices(
         &self,
         caller: &Caller,
-        items: Vec<String>,
+        items: Vec<pb::Device>,
     ) -> ApiResult<Vec<pb::BulkCreateStatus>> {
         self.authorize_device(caller, Verb::Create, EventType::DeviceCreate)
             .await?;
@@ -824,8 +821,8 @@ impl AuthServer {
         };
         let mut pending: Vec<(usize, Device)> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        for (i, json) in items.iter().enumerate() {
-            match parse_device(json) {
+        for (i, item) in items.into_iter().enumerate() {
+            match device_from_proto(Some(item)) {
                 Err(e) => out[i] = Some(failed("", e.to_string())),
                 Ok(d) => {
                     let d = self.new_device(d, now);

@@ -421,13 +421,8 @@ impl AuthServer {
         Ok(resp)
     }
 
-    fn resource_json(&self, r: &AnyResource, revision: i64) -> pb::ResourceJson {
-        let mut r = r.clone();
-        r.metadata_mut().revision = Some(revision.to_string());
-        pb::ResourceJson {
-            kind: r.kind().as_str().into(),
-            json: r.to_json_value().to_string(),
-        }
+    fn resource_document(&self, r: &AnyResource, revision: i64) -> pb::ResourceDocument {
+        dt_proto::resource::resource_document(r, revision)
     }
 
     async fn get_any(&self, kind: Kind, name: &str) -> ApiResult<Option<(AnyResource, i64)>> {
@@ -447,9 +442,7 @@ impl AuthServer {
         caller: &Caller,
         req: pb::UpsertResourceRequest,
     ) -> ApiResult<pb::UpsertResourceResponse> {
-        let value: serde_json::Value = serde_json::from_str(&req.json)
-            .map_err(|e| ApiError::InvalidArgument(format!("resource is not valid JSON: {e}")))?;
-        let mut res = AnyResource::from_json_value(value)
+        let mut res = dt_proto::resource::parse_document(&req.canonical_json)
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         let kind = res.kind();
         let name = res.name().to_string();
@@ -1064,7 +1057,7 @@ impl AuthService for GrpcAuth {
             server_version: VERSION.into(),
             host_ca_pin: self.srv.host_ca.pin(),
             user_ca_pin: self.srv.user_ca.pin(),
-            device_trust_mode: cap.spec.device_trust.mode.to_string(),
+            device_trust_mode: pb::DeviceTrustMode::from(&cap.spec.device_trust.mode).into(),
             auto_enroll: cap.spec.device_trust.auto_enroll,
         }))
     }
@@ -1108,7 +1101,7 @@ impl AuthService for GrpcAuth {
                 .as_ref()
                 .map(|d| d.device_id.clone())
                 .unwrap_or_default(),
-            device_trust_mode: cap.spec.device_trust.mode.to_string(),
+            device_trust_mode: pb::DeviceTrustMode::from(&cap.spec.device_trust.mode).into(),
             auto_enroll: cap.spec.device_trust.auto_enroll,
             device_required: dt_authz::device_required(
                 &cap.spec.device_trust.mode,
@@ -1152,7 +1145,7 @@ impl AuthService for GrpcAuth {
     async fn get_resource(
         &self,
         req: Request<pb::GetResourceRequest>,
-    ) -> Result<Response<pb::ResourceJson>, Status> {
+    ) -> Result<Response<pb::ResourceDocument>, Status> {
         let caller = self.srv.caller(peer_of(&req)?).await?;
         let req = req.into_inner();
         let kind = Kind::parse(&req.kind).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
@@ -1164,11 +1157,11 @@ impl AuthService for GrpcAuth {
             };
             let (d, rev) = self.srv.resolve_device(&dref).await?;
             return Ok(Response::new(
-                self.srv.resource_json(&AnyResource::Device(d), rev),
+                self.srv.resource_document(&AnyResource::Device(d), rev),
             ));
         }
         match self.srv.get_any(kind, &req.name).await? {
-            Some((r, rev)) => Ok(Response::new(self.srv.resource_json(&r, rev))),
+            Some((r, rev)) => Ok(Response::new(self.srv.resource_document(&r, rev))),
             None => Err(ApiError::NotFound(format!("{kind} {:?} not found", req.name)).into()),
         }
     }
@@ -1199,7 +1192,7 @@ impl AuthService for GrpcAuth {
             let value: serde_json::Value =
                 serde_json::from_slice(&item.value).map_err(ApiError::internal)?;
             match AnyResource::from_json_value(value) {
-                Ok(r) => out.push(self.srv.resource_json(&r, item.revision)),
+                Ok(r) => out.push(self.srv.resource_document(&r, item.revision)),
                 Err(e) => {
                     tracing::warn!(key = %item.key, error = %e, "skipping unreadable resource")
                 }
@@ -1307,7 +1300,7 @@ impl AuthService for GrpcAuth {
             .map_err(ApiError::from)?;
         let events = events
             .iter()
-            .map(|e| serde_json::to_string(e).map_err(ApiError::internal))
+            .map(|e| pb::AuditEventDocument::try_from(e).map_err(ApiError::internal))
             .collect::<ApiResult<Vec<_>>>()?;
         Ok(Response::new(pb::SearchEventsResponse {
             events,

@@ -589,7 +589,9 @@ fn device_locked_during_the_ceremony() {
         let u = cl.user("lockmid-", &["device-enroll"]).await;
         let dev = cl.enrolled_device(&u).await;
         let before = rev(cl, &dev).await;
-        let mut raw = Raw::open_authenticate(&u.ch).await.expect("open");
+        let mut raw = RawAuthenticate::open_authenticate(&u.ch)
+            .await
+            .expect("open");
         raw.send(&AuthenticateRequest::Init(Box::new(authn_init(
             &u.certs,
             &dev.key.credential_id,
@@ -755,7 +757,9 @@ fn silent_client_hits_the_first_message_deadline() {
         let cl = shared().await;
         let u = cl.user("silent-", &["device-enroll"]).await;
         let started = std::time::Instant::now();
-        let mut raw = Raw::open_authenticate(&u.ch).await.expect("open");
+        let mut raw = RawAuthenticate::open_authenticate(&u.ch)
+            .await
+            .expect("open");
         let r = raw.recv::<AuthenticateResponse>().await;
         let took = started.elapsed();
         assert_status(r, Code::DeadlineExceeded, "no AuthenticateInit in time");
@@ -835,7 +839,9 @@ fn challenge_response_before_init() {
         let u = cl.user("order-", &["device-enroll"]).await;
         let dev = cl.enrolled_device(&u).await;
         let before = rev(cl, &dev).await;
-        let mut raw = Raw::open_authenticate(&u.ch).await.expect("open");
+        let mut raw = RawAuthenticate::open_authenticate(&u.ch)
+            .await
+            .expect("open");
         raw.send(&AuthenticateRequest::ChallengeResponse(
             dev.key.authn_response(&[0u8; 32]),
         ))

@@ -207,13 +207,8 @@ fn users_without_device_read_see_only_their_own_devices() {
                     .expect("list devices")
                     .into_inner()
                     .devices
-                    .iter()
-                    .map(|d| {
-                        serde_json::from_str::<Device>(&d.json)
-                            .unwrap()
-                            .metadata
-                            .name
-                    })
+                    .into_iter()
+                    .map(|d| Device::try_from(d).unwrap().metadata.name)
                     .collect::<Vec<_>>()
             }
         };

@@ -111,7 +111,7 @@ fn unenrolling_revokes_old_certificates_but_not_a_new_enrollment() {
         d.spec.enroll_status = EnrollStatus::NotEnrolled;
         DeviceTrustServiceClient::new(cl.admin.clone())
             .update_device(pb::UpdateDeviceRequest {
-                json: serde_json::to_string(&d).unwrap(),
+                device: Some(pb::Device::try_from(&d).unwrap()),
                 expected_revision: rev,
             })
             .await

@@ -297,7 +297,7 @@ fn enrolling_an_already_enrolled_device() {
         let f = fixture(cl, "twice-").await;
         // Ceremony A passes Init with the first token...
         let key_a = DeviceKey::new();
-        let mut a = Raw::open_enroll(&f.user.ch).await.expect("open A");
+        let mut a = RawEnroll::open_enroll(&f.user.ch).await.expect("open A");
         a.send(&EnrollRequest::Init(Box::new(enroll_init(
             &f.token,
             &key_a,
@@ -433,7 +433,7 @@ fn current_device_without_the_create_verbs() {
         );
         let r = c
             .create_device(dt_proto::v1::CreateDeviceRequest {
-                json: serde_json::to_string(&d).expect("json"),
+                device: Some(dt_proto::v1::Device::try_from(&d).expect("device")),
                 create_enroll_token: true,
                 enroll_token_ttl_seconds: 300,
             })
@@ -483,7 +483,7 @@ fn current_device_without_the_create_verbs_is_audited() {
             user.ch.clone(),
         )
         .create_device(dt_proto::v1::CreateDeviceRequest {
-            json: serde_json::to_string(&d).expect("json"),
+            device: Some(dt_proto::v1::Device::try_from(&d).expect("device")),
             create_enroll_token: true,
             enroll_token_ttl_seconds: 300,
         })
@@ -613,7 +613,7 @@ fn oversized_credential_id() {
     })
 }
 
-/// A first message over the 256 KiB the drivers read is refused before it is parsed.
+/// A first message over dt-ceremony's message limit is refused before it is converted.
 #[test]
 fn oversized_message() {
     block_on(async {
@@ -621,9 +621,10 @@ fn oversized_message() {
         let f = fixture(cl, "bigmsg-").await;
         let key = DeviceKey::new();
         let mut d = f.data();
-        // Valid JSON, 300 KB: the size check, not serde, must stop it.
-        d.hostname = "h".repeat(300 * 1024);
-        let mut raw = Raw::open_enroll(&f.user.ch).await.expect("open");
+        // Well-formed protobuf one byte too large: the size check, not a field check, must
+        // stop it.
+        d.hostname = "h".repeat(dt_ceremony::limits::MAX_CEREMONY_MESSAGE_LEN);
+        let mut raw = RawEnroll::open_enroll(&f.user.ch).await.expect("open");
         raw.send(&EnrollRequest::Init(Box::new(enroll_init(
             &f.token, &key, d,
         ))))
@@ -646,8 +647,8 @@ fn oversized_message_is_audited() {
         let f = fixture(cl, "bigmsg-audit-").await;
         let key = DeviceKey::new();
         let mut d = f.data();
-        d.hostname = "h".repeat(300 * 1024);
-        let mut raw = Raw::open_enroll(&f.user.ch).await.expect("open");
+        d.hostname = "h".repeat(dt_ceremony::limits::MAX_CEREMONY_MESSAGE_LEN);
+        let mut raw = RawEnroll::open_enroll(&f.user.ch).await.expect("open");
         raw.send(&EnrollRequest::Init(Box::new(enroll_init(
             &f.token, &key, d,
         ))))
@@ -961,14 +962,17 @@ fn bulk_create_keeps_asset_tags_unique() {
         let twice = unique("BULKTWICE");
         let fresh = unique("BULKNEW");
         let doc = |tag: &str| {
-            serde_json::to_string(&dt_auth::devices::new_device_resource(OsType::Linux, tag))
-                .expect("json")
+            dt_proto::v1::Device::try_from(&dt_auth::devices::new_device_resource(
+                OsType::Linux,
+                tag,
+            ))
+            .expect("device")
         };
         let r = dt_proto::v1::device_trust_service_client::DeviceTrustServiceClient::new(
             cl.admin.clone(),
         )
         .bulk_create_devices(dt_proto::v1::BulkCreateDevicesRequest {
-            devices_json: vec![doc(&twice), doc(&twice), doc(&existing), doc(&fresh)],
+            devices: vec![doc(&twice), doc(&twice), doc(&existing), doc(&fresh)],
         })
         .await
         .expect("bulk create")

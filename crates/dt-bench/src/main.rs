@@ -249,7 +249,7 @@ impl Cluster {
         cap.spec.device_trust.allow_software_credentials = true;
         AuthServiceClient::new(admin)
             .upsert_resource(pb::UpsertResourceRequest {
-                json: serde_json::to_string(&cap)?,
+                canonical_json: serde_json::to_vec(&cap)?,
                 force: true,
                 expected_revision: 0,
             })
@@ -278,8 +278,8 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn new_device_json(os: OsType, tag: &str) -> anyhow::Result<String> {
-    let d: dt_types::Device = dt_types::resource::Resource::new(
+fn new_device(os: OsType, tag: &str) -> dt_types::Device {
+    dt_types::resource::Resource::new(
         uuid::Uuid::new_v4().to_string(),
         dt_types::device::DeviceSpec {
             os_type: os,
@@ -293,8 +293,15 @@ fn new_device_json(os: OsType, tag: &str) -> anyhow::Result<String> {
             profile: None,
             owner: None,
         },
-    );
-    Ok(serde_json::to_string(&d)?)
+    )
+}
+
+fn new_device_json(os: OsType, tag: &str) -> anyhow::Result<String> {
+    Ok(serde_json::to_string(&new_device(os, tag))?)
+}
+
+fn new_device_wire(os: OsType, tag: &str) -> anyhow::Result<pb::Device> {
+    Ok(pb::Device::try_from(&new_device(os, tag))?)
 }
 
 /// Register `n` devices through BulkCreateDevices (1000 a request, 4 in flight).
@@ -311,12 +318,10 @@ async fn bulk_import(admin: &Channel, prefix: &str, n: usize) -> anyhow::Result<
             while i < hi {
                 let end = (i + 1000).min(hi);
                 let batch = (i..end)
-                    .map(|k| new_device_json(OsType::Linux, &format!("{prefix}{k:08}")))
+                    .map(|k| new_device_wire(OsType::Linux, &format!("{prefix}{k:08}")))
                     .collect::<anyhow::Result<Vec<_>>>()?;
                 let r = c
-                    .bulk_create_devices(pb::BulkCreateDevicesRequest {
-                        devices_json: batch,
-                    })
+                    .bulk_create_devices(pb::BulkCreateDevicesRequest { devices: batch })
                     .await?;
                 if let Some(bad) = r.get_ref().statuses.iter().find(|s| !s.ok) {
                     anyhow::bail!("bulk create failed: {}", bad.error);
@@ -466,7 +471,7 @@ async fn devices_bench(
             let tag = format!("ENR{c_i:03}{k:05}");
             let r = dc
                 .create_device(pb::CreateDeviceRequest {
-                    json: new_device_json(OsType::Linux, &tag)?,
+                    device: Some(new_device_wire(OsType::Linux, &tag)?),
                     create_enroll_token: true,
                     enroll_token_ttl_seconds: 3600,
                 })
@@ -579,7 +584,7 @@ async fn authn_bench(postgres: bool, seconds: u64, clients_list: Vec<usize>) -> 
         let tag = format!("AUTHN{i:05}");
         let r = dc
             .create_device(pb::CreateDeviceRequest {
-                json: new_device_json(OsType::Linux, &tag)?,
+                device: Some(new_device_wire(OsType::Linux, &tag)?),
                 create_enroll_token: true,
                 enroll_token_ttl_seconds: 3600,
             })

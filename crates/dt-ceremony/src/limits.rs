@@ -26,6 +26,19 @@ pub const MAX_TPM_EVENT_LOG_LEN: usize = 512 * 1024;
 /// Most quotes or PCR values a TPM platform report may carry.
 pub const MAX_TPM_ITEMS: usize = 64;
 
+/// Largest encoded ceremony message (protobuf) a driver reads. The largest message is a TPM
+/// challenge response: an event log at its limit, plus a solution, a quote and its PCRs; the
+/// other messages are far smaller. Derived from the field limits above, so raising one of
+/// them raises this too, and the wire never refuses what the state machines would accept.
+pub const MAX_CEREMONY_MESSAGE_LEN: usize = MAX_TPM_EVENT_LOG_LEN
+    + 3 * MAX_TPM_BLOB_LEN // solution, quote.attest, quote.signature
+    + MAX_TPM_ITEMS * (64 + 16) // PCR digests and their framing
+    + 4 * 1024; // tags, lengths and nested message framing
+
+// Every Init fits as well: two certificates, a TPM payload, the collected data.
+const _: () =
+    assert!(2 * MAX_CERTIFICATE_LEN + 3 * MAX_TPM_BLOB_LEN + 16 * 1024 < MAX_CEREMONY_MESSAGE_LEN);
+
 /// The first message must arrive within this long after the stream opens (DESIGN.md §4).
 pub const FIRST_MESSAGE_TIMEOUT: Duration = Duration::seconds(10);
 /// The whole ceremony must finish within this long (DESIGN.md §4).

@@ -297,8 +297,9 @@ fn read_input(path: &Path) -> anyhow::Result<String> {
     }
 }
 
-fn parse_json(r: &pb::ResourceJson) -> anyhow::Result<serde_json::Value> {
-    Ok(serde_json::from_str(&r.json)?)
+fn parse_json(r: &pb::ResourceDocument) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_slice(&r.canonical_json)
+        .with_context(|| format!("the server sent an unreadable {} document", r.kind))
 }
 
 async fn list_all(
@@ -496,7 +497,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 let (kind, name) = (doc.kind(), doc.name().to_string());
                 let resp = c
                     .upsert_resource(pb::UpsertResourceRequest {
-                        json: doc.to_json_value().to_string(),
+                        canonical_json: doc.to_json_value().to_string().into_bytes(),
                         force,
                         expected_revision: 0,
                     })
@@ -580,13 +581,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .into_inner();
             if format == Format::Json || format == Format::Yaml {
                 for e in &resp.events {
-                    println!("{e}");
+                    println!("{}", String::from_utf8_lossy(&e.canonical_json));
                 }
             } else {
                 let rows: Vec<Vec<String>> = resp
                     .events
                     .iter()
-                    .filter_map(|e| serde_json::from_str::<dt_types::audit::AuditEvent>(e).ok())
+                    .filter_map(|e| dt_types::audit::AuditEvent::try_from(e.clone()).ok())
                     .map(|e| {
                         vec![
                             fmt_time(e.time),
@@ -666,7 +667,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let mut c = connect(&g).await?;
             c.upsert_resource(pb::UpsertResourceRequest {
-                json: serde_json::to_string(&lock)?,
+                canonical_json: serde_json::to_vec(&lock)?,
                 force: false,
                 expected_revision: 0,
             })
@@ -854,7 +855,7 @@ async fn edit(g: &Global, target: &str) -> anyhow::Result<ExitCode> {
         );
     }
     c.upsert_resource(pb::UpsertResourceRequest {
-        json: doc.to_json_value().to_string(),
+        canonical_json: doc.to_json_value().to_string().into_bytes(),
         force: false,
         expected_revision: revision,
     })

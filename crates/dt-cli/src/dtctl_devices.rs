@@ -87,16 +87,30 @@ fn parse_os(os: &str) -> anyhow::Result<OsType> {
     OsType::parse(os).with_context(|| format!("unknown OS {os:?}: use macos, windows or linux"))
 }
 
-fn dref(device_id: Option<String>, asset_tag: Option<String>, os: Option<String>) -> pb::DeviceRef {
-    pb::DeviceRef {
+fn dref(
+    device_id: Option<String>,
+    asset_tag: Option<String>,
+    os: Option<String>,
+) -> anyhow::Result<pb::DeviceRef> {
+    let os_type = match os {
+        None => pb::OsType::Unspecified,
+        Some(os) => pb::OsType::from(parse_os(&os)?),
+    };
+    Ok(pb::DeviceRef {
         device_id: device_id.unwrap_or_default(),
         asset_tag: asset_tag.unwrap_or_default(),
-        os_type: os.unwrap_or_default(),
-    }
+        os_type: os_type.into(),
+    })
 }
 
-fn parse_device(json: &str) -> anyhow::Result<Device> {
-    Ok(serde_json::from_str(json)?)
+/// A device the server sent (dt-proto checks its shape).
+fn from_wire(d: Option<pb::Device>) -> anyhow::Result<Device> {
+    let d = d.context("the server sent no device")?;
+    Device::try_from(d).context("the server sent a malformed device")
+}
+
+fn to_wire(d: &Device) -> anyhow::Result<pb::Device> {
+    pb::Device::try_from(d).context("encoding the device")
 }
 
 pub fn new_device(os: OsType, tag: &str) -> Device {
@@ -136,14 +150,14 @@ pub async fn run(g: &Global, cmd: DevicesCmd) -> anyhow::Result<()> {
             let mut c = client(g).await?;
             let resp = c
                 .create_device(pb::CreateDeviceRequest {
-                    json: serde_json::to_string(&d)?,
+                    device: Some(to_wire(&d)?),
                     create_enroll_token: enroll,
                     enroll_token_ttl_seconds: enroll_ttl.as_secs(),
                 })
                 .await
                 .map_err(api_err)?
                 .into_inner();
-            let d = parse_device(&resp.json)?;
+            let d = from_wire(resp.device)?;
             if format == Format::Json {
                 println!(
                     "{}",
@@ -175,8 +189,8 @@ pub async fn run(g: &Global, cmd: DevicesCmd) -> anyhow::Result<()> {
                     .await
                     .map_err(api_err)?
                     .into_inner();
-                for d in &resp.devices {
-                    devices.push(parse_device(&d.json)?);
+                for d in resp.devices {
+                    devices.push(from_wire(Some(d))?);
                 }
                 if resp.next_page_token.is_empty() {
                     break;
@@ -233,7 +247,7 @@ pub async fn run(g: &Global, cmd: DevicesCmd) -> anyhow::Result<()> {
         } => {
             let shown = device_id.clone().or(asset_tag.clone()).unwrap_or_default();
             let mut c = client(g).await?;
-            c.delete_device(dref(device_id, asset_tag, None))
+            c.delete_device(dref(device_id, asset_tag, None)?)
                 .await
                 .map_err(api_err)?;
             println!("Device {shown:?} removed");
@@ -246,14 +260,10 @@ pub async fn run(g: &Global, cmd: DevicesCmd) -> anyhow::Result<()> {
             format,
         } => {
             let mut c = client(g).await?;
-            let r = dref(device_id, asset_tag, os);
-            let d = parse_device(
-                &c.get_device(r.clone())
-                    .await
-                    .map_err(api_err)?
-                    .into_inner()
-                    .json,
-            )?;
+            let r = dref(device_id, asset_tag, os)?;
+            let d = from_wire(Some(
+                c.get_device(r.clone()).await.map_err(api_err)?.into_inner(),
+            ))?;
             let t = c
                 .create_device_enroll_token(pb::CreateDeviceEnrollTokenRequest {
                     device: Some(r),
@@ -408,7 +418,7 @@ async fn import(
         for (line, row) in chunk {
             match row_to_device(&headers, row) {
                 Ok(d) => {
-                    send.push(serde_json::to_string(&d)?);
+                    send.push(to_wire(&d)?);
                     lines_sent.push(*line);
                 }
                 Err(e) => errors.push((*line, e)),
@@ -416,7 +426,7 @@ async fn import(
         }
         if !send.is_empty() {
             let resp = c
-                .bulk_create_devices(pb::BulkCreateDevicesRequest { devices_json: send })
+                .bulk_create_devices(pb::BulkCreateDevicesRequest { devices: send })
                 .await
                 .map_err(api_err)?
                 .into_inner();

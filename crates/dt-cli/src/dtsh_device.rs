@@ -48,7 +48,8 @@ pub enum DeviceCmd {
 
 /// The credential store of this device: the TPM when one is reachable (`DTSH_TPM_TCTI`, e.g.
 /// `swtpm:host=127.0.0.1,port=2321`, or `/dev/tpmrm0`), otherwise a software key under
-/// `$DTSH_DEVICE_HOME`. `DTSH_DEVICE_KEYSTORE=software|tpm` forces one.
+/// `$DTSH_DEVICE_HOME`. `DTSH_DEVICE_KEYSTORE=software|tpm` forces one;
+/// `DTSH_TPM_EVENT_LOG=FILE` sends FILE as the firmware event log (labs and tests).
 pub fn device_keys() -> anyhow::Result<Box<dyn DeviceKeys>> {
     let forced = std::env::var("DTSH_DEVICE_KEYSTORE").unwrap_or_default();
     match forced.as_str() {
@@ -60,10 +61,11 @@ pub fn device_keys() -> anyhow::Result<Box<dyn DeviceKeys>> {
         match dt_device::tpm::tcti_from_env() {
             Ok(tcti) => {
                 let home = dt_device::resolve_device_home(|v| std::env::var_os(v))?;
-                return Ok(Box::new(dt_device::tpm::TpmKeyStore::new(
-                    tcti,
-                    home.join("tpm"),
-                )));
+                let mut store = dt_device::tpm::TpmKeyStore::new(tcti, home.join("tpm"));
+                if let Some(log) = std::env::var_os(dt_device::tpm::EVENT_LOG_ENV) {
+                    store = store.with_event_log_path(log);
+                }
+                return Ok(Box::new(store));
             }
             Err(e) if forced == "tpm" => {
                 bail!("DTSH_DEVICE_KEYSTORE=tpm, but no TPM is usable: {e}")
@@ -291,7 +293,7 @@ async fn self_enroll_token(
     let d = crate::dtctl_devices::new_device(os, tag);
     match c
         .create_device(pb::CreateDeviceRequest {
-            json: serde_json::to_string(&d)?,
+            device: Some(pb::Device::try_from(&d).context("encoding the device")?),
             create_enroll_token: true,
             enroll_token_ttl_seconds: 300,
         })
@@ -304,7 +306,7 @@ async fn self_enroll_token(
         Err(s) if s.code() == tonic::Code::AlreadyExists => {
             let t = c
                 .create_device_enroll_token(pb::CreateDeviceEnrollTokenRequest {
-                    device: Some(pb::DeviceRef { asset_tag: tag.into(), os_type: os.as_str().into(), device_id: String::new() }),
+                    device: Some(pb::DeviceRef { asset_tag: tag.into(), os_type: pb::OsType::from(os).into(), device_id: String::new() }),
                     ttl_seconds: 300,
                 })
                 .await
@@ -333,7 +335,8 @@ pub async fn after_login(store: &ProfileStore) -> anyhow::Result<()> {
         }
     })
     .await?;
-    if who.device_trust_mode == "off" {
+    let mode = dt_proto::resource::trust_mode_from_proto(who.device_trust_mode);
+    if mode == dt_types::resource::DeviceTrustMode::Off {
         return Ok(());
     }
     let keys = device_keys()?;
@@ -365,7 +368,7 @@ pub async fn after_login(store: &ProfileStore) -> anyhow::Result<()> {
     if who.device_required {
         eprintln!(
             "WARNING: your roles or the cluster require a trusted device (mode {}), and this device is not trusted.",
-            who.device_trust_mode
+            mode.as_str()
         );
         eprintln!(
             "Enroll it with `dtsh device enroll --current-device`, or ask an admin for a token (`dtctl devices enroll --asset-tag=$(dtsh device asset-tag)`)."

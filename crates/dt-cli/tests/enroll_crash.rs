@@ -155,13 +155,15 @@ fn crash_and_check(pg: Option<String>) {
                 let _permit = sem.acquire().await.unwrap();
                 let id = uuid::Uuid::new_v4().to_string();
                 let tag = format!("CRASH{i:04}");
-                let device = json!({
-                    "kind": "device", "version": "v1", "metadata": {"name": id},
-                    "spec": {"os_type": "linux", "asset_tag": tag, "enroll_status": "not_enrolled"},
-                });
+                let device = pb::Device {
+                    id: id.clone(),
+                    os_type: pb::OsType::Linux.into(),
+                    asset_tag: tag.clone(),
+                    ..Default::default()
+                };
                 let r = DeviceTrustServiceClient::new(ch)
                     .create_device(pb::CreateDeviceRequest {
-                        json: device.to_string(),
+                        device: Some(device),
                         create_enroll_token: true,
                         enroll_token_ttl_seconds: 3600,
                     })

@@ -17,16 +17,16 @@ use tonic::transport::Channel;
 
 use crate::connect::ClientError;
 
-fn msg<T: serde::Serialize>(v: &T) -> Result<pb::CeremonyMessage, ClientError> {
-    serde_json::to_string(v)
-        .map(|json| pb::CeremonyMessage { json })
-        .map_err(|e| ClientError::Api(format!("encoding a ceremony message: {e}")))
+/// Encodes a request of the client half. Only the server's replies can fail to convert.
+fn msg<'a, R: 'a, P: From<&'a R>>(v: &'a R) -> Result<P, ClientError> {
+    Ok(P::from(v))
 }
 
-async fn recv<T: serde::de::DeserializeOwned>(
-    inbound: &mut tonic::Streaming<pb::CeremonyMessage>,
-    what: &str,
-) -> Result<T, ClientError> {
+/// The next server message, converted (and checked) by dt-proto.
+async fn recv<P, T>(inbound: &mut tonic::Streaming<P>, what: &str) -> Result<T, ClientError>
+where
+    T: TryFrom<P, Error = dt_proto::ProtoError>,
+{
     let m = inbound
         .message()
         .await
@@ -34,8 +34,7 @@ async fn recv<T: serde::de::DeserializeOwned>(
         // A server that refuses says so with a status; a stream that just ends means the
         // connection went away (e.g. the server was stopped), so the ceremony may be rerun.
         .ok_or_else(|| closed(&format!("before sending {what}")))?;
-    serde_json::from_str(&m.json)
-        .map_err(|e| ClientError::Api(format!("the server sent a malformed {what}: {e}")))
+    T::try_from(m).map_err(|e| ClientError::Api(format!("the server sent a malformed {what}: {e}")))
 }
 
 /// The connection ended mid-ceremony: a transport failure ([`ClientError::is_transport`]).
@@ -61,16 +60,18 @@ pub async fn enroll(
 ) -> Result<Device, ClientError> {
     let (state, init) = enroll::start(token, credential_id, device_data, payload);
     let (tx, rx) = mpsc::channel(4);
-    tx.send(msg(&EnrollRequest::Init(Box::new(init)))?)
-        .await
-        .map_err(|_| ClientError::Api("internal: request channel closed".into()))?;
+    tx.send(msg::<_, pb::EnrollDeviceRequest>(&EnrollRequest::Init(
+        Box::new(init),
+    ))?)
+    .await
+    .map_err(|_| ClientError::Api("internal: request channel closed".into()))?;
     let mut client = DeviceTrustServiceClient::new(channel);
     let mut inbound = client
         .enroll_device(tokio_stream::wrappers::ReceiverStream::new(rx))
         .await
         .map_err(ClientError::from_status)?
         .into_inner();
-    let challenge = match recv::<EnrollResponse>(&mut inbound, "EnrollChallenge").await? {
+    let challenge = match recv::<_, EnrollResponse>(&mut inbound, "EnrollChallenge").await? {
         EnrollResponse::Challenge(c) => c,
         EnrollResponse::Success(_) => {
             return Err(ClientError::Api(
@@ -82,7 +83,7 @@ pub async fn enroll(
     tx.send(msg(&EnrollRequest::ChallengeResponse(response))?)
         .await
         .map_err(|_| closed("before the challenge response was sent"))?;
-    let success = match recv::<EnrollResponse>(&mut inbound, "EnrollSuccess").await? {
+    let success = match recv::<_, EnrollResponse>(&mut inbound, "EnrollSuccess").await? {
         EnrollResponse::Success(s) => s,
         EnrollResponse::Challenge(_) => {
             return Err(ClientError::Api(
@@ -105,9 +106,11 @@ pub async fn authenticate(
     let (state, init) = authn::start(certificates, credential_id, attestation, device_data)
         .map_err(ceremony_err)?;
     let (tx, rx) = mpsc::channel(4);
-    tx.send(msg(&AuthenticateRequest::Init(Box::new(init)))?)
-        .await
-        .map_err(|_| ClientError::Api("internal: request channel closed".into()))?;
+    tx.send(msg::<_, pb::AuthenticateDeviceRequest>(
+        &AuthenticateRequest::Init(Box::new(init)),
+    )?)
+    .await
+    .map_err(|_| ClientError::Api("internal: request channel closed".into()))?;
     let mut client = DeviceTrustServiceClient::new(channel);
     let mut inbound = client
         .authenticate_device(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -115,7 +118,7 @@ pub async fn authenticate(
         .map_err(ClientError::from_status)?
         .into_inner();
     let challenge =
-        match recv::<AuthenticateResponse>(&mut inbound, "AuthenticateChallenge").await? {
+        match recv::<_, AuthenticateResponse>(&mut inbound, "AuthenticateChallenge").await? {
             AuthenticateResponse::Challenge(c) => c,
             AuthenticateResponse::Success(_) => {
                 return Err(ClientError::Api(
@@ -127,7 +130,8 @@ pub async fn authenticate(
     tx.send(msg(&AuthenticateRequest::ChallengeResponse(response))?)
         .await
         .map_err(|_| closed("before the challenge response was sent"))?;
-    let success = match recv::<AuthenticateResponse>(&mut inbound, "AuthenticateSuccess").await? {
+    let success = match recv::<_, AuthenticateResponse>(&mut inbound, "AuthenticateSuccess").await?
+    {
         AuthenticateResponse::Success(s) => s,
         AuthenticateResponse::Challenge(_) => {
             return Err(ClientError::Api(

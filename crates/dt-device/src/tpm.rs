@@ -61,6 +61,9 @@ pub const DEFAULT_DEVICE: &str = "/dev/tpmrm0";
 /// The firmware event log (TCG PC Client Platform Firmware Profile), readable by root only on
 /// most distributions.
 pub const EVENT_LOG_PATH: &str = "/sys/kernel/security/tpm0/binary_bios_measurements";
+/// Environment variable naming another event log file to send (labs and tests; `dtsh`
+/// reads it). Unlike the kernel's log, a named file must be readable.
+pub const EVENT_LOG_ENV: &str = "DTSH_TPM_EVENT_LOG";
 /// PCRs quoted by default: the firmware and boot loader measurements (PC Client PFP §3.3.4).
 pub const DEFAULT_QUOTE_PCRS: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
 
@@ -231,6 +234,8 @@ pub struct TpmKeyStore {
     ek_alg: Option<EkAlgorithm>,
     ak_alg: AkAlgorithm,
     pcrs: Vec<u8>,
+    /// A named event log file (must be readable); `None`: the kernel's, when readable.
+    event_log: Option<PathBuf>,
 }
 
 impl TpmKeyStore {
@@ -243,6 +248,7 @@ impl TpmKeyStore {
             ek_alg: None,
             ak_alg: AkAlgorithm::default(),
             pcrs: DEFAULT_QUOTE_PCRS.to_vec(),
+            event_log: None,
         }
     }
 
@@ -268,6 +274,27 @@ impl TpmKeyStore {
     pub fn with_quote_pcrs(mut self, pcrs: &[u8]) -> Self {
         self.pcrs = pcrs.to_vec();
         self
+    }
+
+    /// Sends this file as the firmware event log instead of the kernel's
+    /// ([`EVENT_LOG_PATH`]); a quote fails when it can't be read.
+    pub fn with_event_log_path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.event_log = Some(path.into());
+        self
+    }
+
+    /// The event log to send with a quote: the named file, else the kernel's when readable
+    /// (it is root-only on most distributions, so its absence is no error).
+    fn read_event_log(&self) -> Result<Option<Vec<u8>>, TpmDeviceError> {
+        match &self.event_log {
+            None => Ok(fs::read(EVENT_LOG_PATH).ok()),
+            Some(path) => fs::read(path)
+                .map(Some)
+                .map_err(|source| TpmDeviceError::Io {
+                    path: path.clone(),
+                    source,
+                }),
+        }
     }
 
     fn context(&self) -> Result<Context, TpmDeviceError> {
@@ -516,7 +543,7 @@ impl TpmKeyStore {
                 .marshall()
                 .map_err(tss("Tss2_MU_TPMT_SIGNATURE_Marshal"))?,
             pcrs,
-            event_log: fs::read(EVENT_LOG_PATH).ok(),
+            event_log: self.read_event_log()?,
         })
     }
 }

@@ -207,14 +207,18 @@ pub fn authn_init(
 // ---------------------------------------------------------------------------------------
 // raw ceremony streams
 
-/// One ceremony stream, driven by hand: send any JSON, read what the server answers.
-pub struct Raw {
-    tx: mpsc::Sender<pb::CeremonyMessage>,
-    inbound: tonic::Streaming<pb::CeremonyMessage>,
+/// One ceremony stream, driven by hand: send any message (typed, or protobuf as built by
+/// the test), read what the server answers.
+pub struct Raw<Req, Resp> {
+    tx: mpsc::Sender<Req>,
+    inbound: tonic::Streaming<Resp>,
 }
 
-impl Raw {
-    pub async fn open_enroll(ch: &Channel) -> Result<Raw, Status> {
+pub type RawEnroll = Raw<pb::EnrollDeviceRequest, pb::EnrollDeviceResponse>;
+pub type RawAuthenticate = Raw<pb::AuthenticateDeviceRequest, pb::AuthenticateDeviceResponse>;
+
+impl RawEnroll {
+    pub async fn open_enroll(ch: &Channel) -> Result<RawEnroll, Status> {
         let (tx, rx) = mpsc::channel(4);
         let inbound = DeviceTrustServiceClient::new(ch.clone())
             .enroll_device(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -222,8 +226,10 @@ impl Raw {
             .into_inner();
         Ok(Raw { tx, inbound })
     }
+}
 
-    pub async fn open_authenticate(ch: &Channel) -> Result<Raw, Status> {
+impl RawAuthenticate {
+    pub async fn open_authenticate(ch: &Channel) -> Result<RawAuthenticate, Status> {
         let (tx, rx) = mpsc::channel(4);
         let inbound = DeviceTrustServiceClient::new(ch.clone())
             .authenticate_device(tokio_stream::wrappers::ReceiverStream::new(rx))
@@ -231,21 +237,29 @@ impl Raw {
             .into_inner();
         Ok(Raw { tx, inbound })
     }
+}
 
-    pub async fn send<T: serde::Serialize>(&self, m: &T) {
-        self.send_json(serde_json::to_string(m).expect("encode"))
-            .await;
+impl<Req, Resp> Raw<Req, Resp> {
+    /// Sends a ceremony message, encoded by dt-proto.
+    pub async fn send<'a, T: 'a>(&self, m: &'a T)
+    where
+        Req: From<&'a T>,
+    {
+        self.send_proto(Req::from(m)).await;
     }
 
-    /// Sends `json` as one `CeremonyMessage` (the server may already have hung up).
-    pub async fn send_json(&self, json: String) {
-        let _ = self.tx.send(pb::CeremonyMessage { json }).await;
+    /// Sends a protobuf message exactly as given (the server may already have hung up).
+    pub async fn send_proto(&self, m: Req) {
+        let _ = self.tx.send(m).await;
     }
 
     /// The next server message, or the status the server ended the stream with.
-    pub async fn recv<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, Status> {
+    pub async fn recv<T>(&mut self) -> Result<T, Status>
+    where
+        T: TryFrom<Resp, Error = dt_proto::ProtoError>,
+    {
         match self.inbound.message().await? {
-            Some(m) => Ok(serde_json::from_str(&m.json).expect("server sent valid JSON")),
+            Some(m) => Ok(T::try_from(m).expect("the server sent a well-formed message")),
             None => Err(Status::unknown(
                 "test harness: the stream ended without a message or a status",
             )),
@@ -259,7 +273,7 @@ pub async fn enroll_raw(
     init: EnrollInit,
     respond: impl FnOnce(&[u8]) -> EnrollChallengeResponse,
 ) -> Result<Device, Status> {
-    let mut raw = Raw::open_enroll(ch).await?;
+    let mut raw = RawEnroll::open_enroll(ch).await?;
     raw.send(&EnrollRequest::Init(Box::new(init))).await;
     let challenge = match raw.recv::<EnrollResponse>().await? {
         EnrollResponse::Challenge(EnrollChallenge::P256 { challenge }) => challenge,
@@ -280,7 +294,7 @@ pub async fn authenticate_raw(
     init: AuthenticateInit,
     respond: impl FnOnce(&[u8]) -> AuthenticateChallengeResponse,
 ) -> Result<UserCertificates, Status> {
-    let mut raw = Raw::open_authenticate(ch).await?;
+    let mut raw = RawAuthenticate::open_authenticate(ch).await?;
     raw.send(&AuthenticateRequest::Init(Box::new(init))).await;
     let challenge = match raw.recv::<AuthenticateResponse>().await? {
         AuthenticateResponse::Challenge(AuthenticateChallenge::P256 { challenge }) => challenge,
@@ -298,7 +312,7 @@ pub async fn authenticate_raw(
 /// Sends `init` alone and returns the server's first answer: for cheats that must be
 /// refused at Init, before any challenge is handed out.
 pub async fn enroll_init_reply(ch: &Channel, init: EnrollInit) -> Result<EnrollResponse, Status> {
-    let mut raw = Raw::open_enroll(ch).await?;
+    let mut raw = RawEnroll::open_enroll(ch).await?;
     raw.send(&EnrollRequest::Init(Box::new(init))).await;
     raw.recv().await
 }
@@ -308,7 +322,7 @@ pub async fn authn_init_reply(
     ch: &Channel,
     init: AuthenticateInit,
 ) -> Result<AuthenticateResponse, Status> {
-    let mut raw = Raw::open_authenticate(ch).await?;
+    let mut raw = RawAuthenticate::open_authenticate(ch).await?;
     raw.send(&AuthenticateRequest::Init(Box::new(init))).await;
     raw.recv().await
 }
@@ -546,7 +560,7 @@ impl Cluster {
         cap.spec.device_trust = dt;
         AuthServiceClient::new(self.admin.clone())
             .upsert_resource(pb::UpsertResourceRequest {
-                json: serde_json::to_string(&cap).expect("cap json"),
+                canonical_json: serde_json::to_vec(&cap).expect("cap json"),
                 force: true,
                 expected_revision: 0,
             })
@@ -572,7 +586,7 @@ impl Cluster {
         );
         AuthServiceClient::new(self.admin.clone())
             .upsert_resource(pb::UpsertResourceRequest {
-                json: serde_json::to_string(&lock).expect("lock json"),
+                canonical_json: serde_json::to_vec(&lock).expect("lock json"),
                 force: false,
                 expected_revision: 0,
             })
@@ -590,7 +604,7 @@ impl Cluster {
             .remove(0);
         AuthServiceClient::new(self.admin.clone())
             .upsert_resource(pb::UpsertResourceRequest {
-                json: serde_json::to_string(&role.to_json_value()).expect("role json"),
+                canonical_json: serde_json::to_vec(&role.to_json_value()).expect("role json"),
                 force: true,
                 expected_revision: 0,
             })
@@ -675,7 +689,7 @@ impl Cluster {
         );
         let r = DeviceTrustServiceClient::new(self.admin.clone())
             .create_device(pb::CreateDeviceRequest {
-                json: serde_json::to_string(&d).expect("device json"),
+                device: Some(pb::Device::try_from(&d).expect("device")),
                 create_enroll_token: with_token,
                 enroll_token_ttl_seconds: 3600,
             })

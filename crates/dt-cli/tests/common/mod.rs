@@ -32,6 +32,7 @@ const SERVER_TIMEOUT: Duration = Duration::from_secs(30);
 /// Variables that would make a command use something other than what the test set up.
 const SCRUBBED_ENV: &[&str] = &[
     "DTSH_HOME",
+    "DTSH_TPM_EVENT_LOG",
     "DTSH_PROXY",
     "DTSH_USER",
     "DTCTL_DATA_DIR",

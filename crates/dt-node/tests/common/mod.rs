@@ -200,7 +200,7 @@ impl Cluster {
         let mut c = pb::auth_service_client::AuthServiceClient::new(self.admin_channel().await);
         for doc in dt_types::AnyResource::parse_documents(text).unwrap() {
             c.upsert_resource(pb::UpsertResourceRequest {
-                json: doc.to_json_value().to_string(),
+                canonical_json: doc.to_json_value().to_string().into_bytes(),
                 force: true,
                 expected_revision: 0,
             })
