@@ -390,7 +390,10 @@ fn names_and_labels_per_kind_deny_first() {
         "star",
         "{allow: {db_labels: {'*': '*'}, db_users: ['*'], db_names: ['*']}}",
     );
-    assert!(allow(std::slice::from_ref(&star), db(&dev, "postgres", "x")));
+    assert!(allow(
+        std::slice::from_ref(&star),
+        db(&dev, "postgres", "x")
+    ));
     assert!(
         !allow(&[star, no_admin], db(&dev, "postgres", "x")),
         "deny db_users wins"

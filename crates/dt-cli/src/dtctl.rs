@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use dt_client::{Identity, ProfileStore, TrustPolicy};
 use dt_proto::v1 as pb;
 use dt_proto::v1::auth_service_client::AuthServiceClient;
-use dt_types::{AnyResource, Kind};
+use dt_types::{AnyResource, Kind, ServiceKind};
 use tonic::transport::Channel;
 
 use crate::common::{Format, api_err, fmt_time, parse_duration, report, table, to_yaml_docs};
@@ -67,7 +67,8 @@ enum Cmd {
     },
     /// Edit a resource in $EDITOR; invalid edits are refused with the reason.
     Edit { target: String },
-    /// Remove a resource: KIND/NAME.
+    /// Remove a resource: KIND/NAME. A joined service (node/NAME, db/NAME, kube/NAME,
+    /// app/NAME, desktop/NAME, mdm/NAME) is forgotten and its key refused from then on.
     Rm { target: String },
     /// Manage users.
     #[command(subcommand)]
@@ -153,8 +154,10 @@ enum UsersCmd {
 enum TokensCmd {
     /// Create a join token.
     Add {
-        /// node or bot
-        #[arg(long = "type", value_parser = ["node", "bot"])]
+        /// What the token joins: node (SSH), db, kube, app, desktop (access points), mdm
+        /// (the MDM sync service), or bot (a login for an existing bot, see --bot-name).
+        /// A token joins only its own type.
+        #[arg(long = "type", value_parser = ["node", "db", "kube", "app", "desktop", "mdm", "bot"])]
         kind: String,
         /// With --type=bot: the existing bot (from `dtctl bots add`) the token logs in as.
         #[arg(long)]
@@ -253,20 +256,21 @@ pub async fn connect_channel(g: &Global) -> anyhow::Result<Channel> {
     Ok(dt_client::connect::channel(&addr, policy, id).await?)
 }
 
-/// `dtctl rm node/NAME`: forget a node's registration (its name and key), so a machine
+/// `dtctl rm node/NAME` (or `db/NAME`, `kube/NAME`, `app/NAME`, `desktop/NAME`,
+/// `mdm/NAME`): forget a joined service's registration (its name and key), so a machine
 /// with a new key can join under that name.
-async fn remove_node(g: &Global, name: &str) -> anyhow::Result<ExitCode> {
+async fn remove_node(g: &Global, kind: ServiceKind, name: &str) -> anyhow::Result<ExitCode> {
     if name.is_empty() {
-        bail!("name what to remove: node/NAME");
+        bail!("name what to remove: {kind}/NAME");
     }
     let mut c = connect(g).await?;
     c.delete_resource(pb::DeleteResourceRequest {
-        kind: "node".into(),
+        kind: kind.as_str().into(),
         name: name.into(),
     })
     .await
     .map_err(api_err)?;
-    println!("node {name:?} has been removed; a machine can now join with that name");
+    println!("{kind} {name:?} has been removed; a machine can now join with that name");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -527,11 +531,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Edit { target } => return edit(&g, &target).await,
         Cmd::Rm { target } => {
-            if let Some(node) = target
-                .strip_prefix("node/")
-                .or(target.strip_prefix("nodes/"))
+            if let Some(node) = target.strip_prefix("nodes/") {
+                return remove_node(&g, ServiceKind::Node, node).await;
+            }
+            if let Some((kind, name)) = target
+                .split_once('/')
+                .and_then(|(k, n)| ServiceKind::parse(k).map(|k| (k, n)))
             {
-                return remove_node(&g, node).await;
+                return remove_node(&g, kind, name).await;
             }
             let (kind, name) = split_target(&target)?;
             let Some(name) = name else {
