@@ -5,6 +5,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/devtrust.proto",
         "proto/devices.proto",
         "proto/nodes.proto",
+        "proto/access.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -27,6 +27,8 @@ pub mod shared_limit;
 
 pub use server::AuthServer;
 
+pub mod access;
+
 /// gRPC services and the JSON API as one router.
 pub fn router(srv: Arc<AuthServer>) -> axum::Router {
     let grpc =
@@ -41,6 +43,11 @@ pub fn router(srv: Arc<AuthServer>) -> axum::Router {
         .add_service(dt_proto::v1::node_service_server::NodeServiceServer::new(
             nodes::GrpcNodes { srv: srv.clone() },
         ))
+        .add_service(
+            dt_proto::v1::access_service_server::AccessServiceServer::new(access::GrpcAccess {
+                srv: srv.clone(),
+            }),
+        )
         .into_axum_router();
     http::router(srv).merge(grpc)
 }

@@ -76,9 +76,12 @@ enum Cmd {
     /// The device inventory: register, list, remove, and issue enrollment tokens.
     #[command(subcommand)]
     Devices(crate::dtctl_devices::DevicesCmd),
-    /// Join tokens for nodes and bots.
+    /// Join tokens for access points (node, db, kube, app, desktop), the MDM service and bots.
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Access: `explain` why a user on a device may or may not reach a resource.
+    #[command(subcommand)]
+    Access(crate::dtctl_access::AccessCmd),
     /// Bots (machine users) and their join tokens.
     #[command(subcommand)]
     Bots(crate::dtctl_bots::BotsCmd),
@@ -557,6 +560,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Devices(cmd) => crate::dtctl_devices::run(&g, cmd).await?,
         Cmd::Tokens(cmd) => tokens(&g, cmd).await?,
         Cmd::Bots(cmd) => crate::dtctl_bots::run(&g, cmd).await?,
+        Cmd::Access(cmd) => return crate::dtctl_access::run(&g, cmd).await,
         Cmd::Events(EventsCmd::Ls {
             since,
             kind,

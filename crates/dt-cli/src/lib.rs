@@ -5,6 +5,7 @@
 pub mod common;
 pub mod devtrust;
 pub mod dtctl;
+pub mod dtctl_access;
 pub mod dtctl_bots;
 pub mod dtctl_devices;
 pub mod dtsh;
