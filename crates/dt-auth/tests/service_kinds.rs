@@ -6,120 +6,16 @@
 
 mod support;
 
-use std::collections::HashMap;
-
 use dt_ca::ClientKey;
 use dt_proto::v1 as pb;
 use dt_proto::v1::auth_service_client::AuthServiceClient;
 use dt_proto::v1::node_service_client::NodeServiceClient;
 use dt_types::ServiceKind;
 use dt_types::audit::{AuditEvent, EventType, ServiceInfo};
+use support::services::*;
 use support::*;
 use tonic::Code;
 use tonic::transport::Channel;
-
-async fn token(cl: &Cluster, kind: &str) -> String {
-    AuthServiceClient::new(cl.admin.clone())
-        .create_join_token(pb::CreateJoinTokenRequest {
-            r#type: kind.into(),
-            ttl_seconds: 600,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .token
-}
-
-async fn anonymous(cl: &Cluster) -> NodeServiceClient<Channel> {
-    let ch = dt_client::connect::channel(
-        &cl.addr,
-        dt_client::TrustPolicy::Pin(cl.pin.clone()),
-        dt_client::Identity::Anonymous,
-    )
-    .await
-    .unwrap();
-    NodeServiceClient::new(ch)
-}
-
-/// A joined service: its key, what the join returned, and a client using its certificate.
-struct Service {
-    name: String,
-    joined: pb::JoinNodeResponse,
-    client: NodeServiceClient<Channel>,
-}
-
-async fn try_join(
-    cl: &Cluster,
-    token: &str,
-    kind: &str,
-    name: &str,
-    key: &ClientKey,
-) -> Result<pb::JoinNodeResponse, tonic::Status> {
-    anonymous(cl)
-        .await
-        .join_node(pb::JoinNodeRequest {
-            token: token.into(),
-            name: name.into(),
-            labels: Default::default(),
-            addr: "127.0.0.1:5432".into(),
-            ssh_public_key: key.ssh_public_key().unwrap().to_openssh().unwrap(),
-            tls_public_key_der: key.spki_der(),
-            kind: kind.into(),
-        })
-        .await
-        .map(|r| r.into_inner())
-}
-
-async fn join(cl: &Cluster, kind: &str, name: &str) -> Service {
-    let key = ClientKey::generate().unwrap();
-    let tok = token(cl, kind).await;
-    let joined = try_join(cl, &tok, kind, name, &key).await.unwrap();
-    let ch = cl.channel_with(&joined.tls_cert_der, &key).await.unwrap();
-    Service {
-        name: name.into(),
-        joined,
-        client: NodeServiceClient::new(ch),
-    }
-}
-
-fn served(kind: &str, name: &str, labels: &[(&str, &str)]) -> pb::ServedResource {
-    pb::ServedResource {
-        kind: kind.into(),
-        name: name.into(),
-        labels: labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-        addr: String::new(),
-        protocol: if kind == "db" {
-            "postgres".into()
-        } else {
-            String::new()
-        },
-        description: String::new(),
-    }
-}
-
-async fn heartbeat(
-    s: &mut Service,
-    labels: &[(&str, &str)],
-    resources: Vec<pb::ServedResource>,
-) -> Result<(), tonic::Status> {
-    s.client
-        .heartbeat(pb::HeartbeatRequest {
-            addr: "127.0.0.1:5432".into(),
-            labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<HashMap<_, _>>(),
-            version: "test".into(),
-            ttl_seconds: 60,
-            resources,
-        })
-        .await
-        .map(|_| ())
-}
 
 async fn list(ch: &Channel, kind: &str) -> Result<Vec<String>, tonic::Status> {
     let mut names: Vec<String> = NodeServiceClient::new(ch.clone())
