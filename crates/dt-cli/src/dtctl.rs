@@ -794,11 +794,33 @@ async fn tokens(g: &Global, cmd: TokensCmd) -> anyhow::Result<()> {
                         resp.token,
                         dt_types::duration::format_duration(ttl)
                     );
-                    println!(
-                        "\nRun this on the node:\n\n  devtrust node start --auth-server={} --token={} --name=NAME --listen=127.0.0.1:3022\n",
-                        proxy_hint(g),
-                        resp.token
-                    );
+                    let (who, command) = match kind.as_str() {
+                        "bot" => (
+                            "where the bot runs",
+                            format!(
+                                "dtsh login --bot --token={} --proxy={}",
+                                resp.token,
+                                proxy_hint(g)
+                            ),
+                        ),
+                        "node" => (
+                            "on the node",
+                            format!(
+                                "devtrust node start --auth-server={} --token={} --name=NAME --listen=127.0.0.1:3022",
+                                proxy_hint(g),
+                                resp.token
+                            ),
+                        ),
+                        other => (
+                            "on the service's host",
+                            format!(
+                                "devtrust {other} start --auth-server={} --token={} --name=NAME",
+                                proxy_hint(g),
+                                resp.token
+                            ),
+                        ),
+                    };
+                    println!("\nRun this {who}:\n\n  {command}\n");
                 }
             }
         }

@@ -276,3 +276,42 @@ fn explain_agrees_with_the_node_and_ls_shows_only_reachable_nodes() {
     s.dtctl(&["access", "explain", "--user=alice", "--node=web1"])
         .fails_with("--login");
 }
+
+#[test]
+fn typed_join_tokens_and_removal_by_kind() {
+    let s = Server::start();
+    // Each type's token says where it goes; an unknown type is a usage error.
+    let out = s.dtctl(&["tokens", "add", "--type=db"]).ok().to_string();
+    assert!(
+        out.contains("The db join token") && out.contains("devtrust db start"),
+        "{out}"
+    );
+    let out = s.dtctl(&["tokens", "add", "--type=node"]).ok().to_string();
+    assert!(out.contains("devtrust node start"), "{out}");
+    let out = s.dtctl(&["tokens", "add", "--type=printer"]);
+    out.fails_with("--type");
+    assert_eq!(out.code, Some(2), "{out}");
+    // A db token does not join an SSH node.
+    let db_token = s.dtctl(&["tokens", "add", "--type=db", "--format=text"]);
+    let db_token = db_token.ok().trim().to_string();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Run::new(
+        DEVTRUST,
+        [
+            "node",
+            "start",
+            &format!("--auth-server={}", s.addr),
+            &format!("--token={db_token}"),
+            &format!("--ca-pin={}", s.pin),
+            "--name=web1",
+            "--listen=127.0.0.1:0",
+            "--data-dir",
+            &tmp.path().join("node").to_string_lossy(),
+        ],
+    )
+    .run();
+    out.fails_with("invalid or expired join token for a node");
+    // Removal is per kind.
+    s.dtctl(&["rm", "db/nothing"])
+        .fails_with_one_line("db \"nothing\" not found");
+}
