@@ -10,13 +10,13 @@
 //!   database access point pose as an SSH node to `dtsh ssh`). Registrations and records
 //!   are per kind: SSH nodes keep `/node_registrations/<name>` and `/nodes/<name>`, other
 //!   kinds live under their own prefixes ([`keys::service_record`]), so a database and a
-//!   node may share a name. Join tokens are
-//!   **reusable until they expire** (one token can join a fleet, and a node that lost its
-//!   data dir can join again); `dtctl rm token/NAME` revokes one early. The first join
-//!   registers the name with the node's key ([`NodeRegistration`]); a join under that name
-//!   with another key is refused until an admin runs `dtctl rm node/NAME` (which also refuses
-//!   the old key from then on). Host certificates name the registered node only, never an
-//!   address the client asks for.
+//!   node may share a name. Join tokens are **reusable until they expire** (one token can
+//!   join a fleet, and a node that lost its data dir can join again); `dtctl rm token/NAME`
+//!   revokes one early. The first join registers the name with the service's key
+//!   ([`NodeRegistration`]); a join under that name and kind with another key is refused
+//!   until an admin runs `dtctl rm KIND/NAME` (which also refuses the old key from then
+//!   on). Host certificates name the registered node only, never an address the client
+//!   asks for.
 //! - **Heartbeat**: the service's record (with the resources it serves, all of its own kind,
 //!   validated like labels) expires a few heartbeats later, so `dtsh ls` lists only live
 //!   resources. An SSH node serves itself; it may resend itself as its one resource (to
@@ -37,8 +37,7 @@
 //!   with that token (reusable until it expires) gets certificates marked `devtrust-bot`.
 //!
 //! Identity comes from the mTLS [`Peer`] only: [`Peer::node`] for joined services (host CA,
-//! their kind),
-//! [`Peer::identity`] for users.
+//! their kind), [`Peer::identity`] for users.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
