@@ -126,6 +126,13 @@ run dtsh logout
 run dtsh login --proxy="$ADDR" --user=alice --password-stdin --ca-pin="$PIN" <<<"alice-demo-password"
 refused "ERROR: access denied to $LOGIN connecting to server1" dtsh ssh "$LOGIN@server1" true
 
+step "Why? dtctl access explain runs the node's decision (exit 3: denied)"
+show dtctl access explain --user=alice --node=server1 --login="$LOGIN" --no-device
+rc=0; OUT="$(dtctl access explain --user=alice --node=server1 --login="$LOGIN" --no-device 2>&1)" || rc=$?
+echo "$OUT"
+[ "$rc" -eq 3 ] || fail "access explain should deny with exit 3 (got $rc)"
+grep -q 'role "require-trusted-device" requires a trusted device' <<<"$OUT" || fail "explain does not name the role"
+
 step "Step 2/2: enroll this device"
 run dtsh device enroll --current-device
 grep -q "registered and enrolled" <<<"$OUT" || fail "expected 'registered and enrolled'"
@@ -155,11 +162,17 @@ LOCK="$(sed -n 's/Created a lock with name "\(.*\)"\./\1/p' <<<"$OUT")"
 eventually bash -c "! '$BIN/dtsh' ssh '$LOGIN@server1' true" || fail "the lock did not apply"
 refused "ERROR: ssh: rejected: administratively prohibited (lock targeting Device:\"$DEVICE_ID\" is in force)" \
   dtsh ssh "$LOGIN@server1" true
+show dtctl access explain --user=alice --device="$DEVICE_ID" --node=server1 --login="$LOGIN" --format=json
+rc=0; OUT="$(dtctl access explain --user=alice --device="$DEVICE_ID" --node=server1 --login="$LOGIN" --format=json 2>&1)" || rc=$?
+echo "$OUT"
+[ "$rc" -eq 3 ] && grep -q '"decision": "deny"' <<<"$OUT" || fail "access explain should see the lock"
 
 step "Remove the lock"
 run dtctl rm "lock/$LOCK"
 eventually dtsh ssh "$LOGIN@server1" true || fail "still locked"
 run dtsh ssh "$LOGIN@server1" echo "unlocked: ok"
+run dtctl access explain --user=alice --device="$DEVICE_ID" --node=server1 --login="$LOGIN"
+grep -q '^ALLOW: ' <<<"$OUT" || fail "access explain should allow alice on her device"
 
 step "The audit trail"
 run dtctl events ls --type=access.denied

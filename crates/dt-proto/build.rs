@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/devices.proto",
         "proto/nodes.proto",
         "proto/db.proto",
+        "proto/access.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -102,6 +102,12 @@ impl AuthServer {
         peer: &crate::listener::Peer,
         req: pb::SignDatabaseClientRequest,
     ) -> ApiResult<pb::SignDatabaseClientResponse> {
+        if service.kind != dt_types::ServiceKind::Db {
+            return Err(ApiError::PermissionDenied(format!(
+                "only database access points get database client certificates; {:?} joined as {}",
+                service.name, service.kind
+            )));
+        }
         let now = OffsetDateTime::now_utc();
         if now >= service.not_after {
             return Err(ApiError::Unauthenticated(format!(

@@ -831,14 +831,11 @@ impl AuthServer {
         req: pb::CreateJoinTokenRequest,
     ) -> ApiResult<pb::CreateJoinTokenResponse> {
         self.authorize(caller, "token", Verb::Create)?;
-        let role = match req.r#type.as_str() {
-            "node" => TokenRole::Node,
-            "bot" => TokenRole::Bot,
-            other => {
-                return Err(ApiError::InvalidArgument(format!(
-                    "token type {other:?} (use node or bot)"
-                )));
-            }
+        let Some(role) = TokenRole::parse(&req.r#type) else {
+            return Err(ApiError::InvalidArgument(format!(
+                "token type {:?} (use node, db, kube, app, desktop, mdm or bot)",
+                req.r#type
+            )));
         };
         if role == TokenRole::Bot {
             self.authorize_bot_token(caller, &req.bot_name).await?;
@@ -1214,8 +1211,13 @@ impl AuthService for GrpcAuth {
     ) -> Result<Response<pb::DeleteResourceResponse>, Status> {
         let caller = self.srv.caller(peer_of(&req)?).await?;
         let req = req.into_inner();
-        if matches!(req.kind.as_str(), "node" | "nodes") {
-            self.srv.remove_node(&caller, &req.name).await?;
+        // Joined services (`node/NAME`, `db/NAME`, ...) are not stored resources.
+        let service = match req.kind.as_str() {
+            "nodes" => Some(dt_types::ServiceKind::Node),
+            k => dt_types::ServiceKind::parse(k),
+        };
+        if let Some(kind) = service {
+            self.srv.remove_service(&caller, kind, &req.name).await?;
             return Ok(Response::new(pb::DeleteResourceResponse {}));
         }
         let kind = Kind::parse(&req.kind).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;

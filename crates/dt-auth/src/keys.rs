@@ -1,7 +1,7 @@
 //! The storage key layout, in one place. Every key the auth service reads or writes is built
 //! here, so indexes and their records can't drift apart.
 
-use dt_types::Kind;
+use dt_types::{Kind, ServiceKind};
 
 pub const CLUSTER_NAME: &str = "/cluster/name";
 pub const USER_CA: &str = "/cluster/ca/user";
@@ -77,6 +77,33 @@ pub fn device_token_index(device_id: &str) -> String {
 /// rm node/NAME` removes it).
 pub fn node_registration(name: &str) -> String {
     format!("/node_registrations/{name}")
+}
+
+/// Live SSH node records: `/nodes/<name>`, expiring without heartbeats.
+pub const NODES_PREFIX: &str = "/nodes/";
+
+/// Where the live records of joined services of `kind` are: SSH nodes keep the keys they
+/// had before other kinds existed (`/nodes/`); every other kind has its own space
+/// (`/services/<kind>/`), so a database and a node may share a name.
+pub fn service_records_prefix(kind: ServiceKind) -> String {
+    match kind {
+        ServiceKind::Node => NODES_PREFIX.to_string(),
+        other => format!("/services/{other}/"),
+    }
+}
+
+/// The live record of the joined service `name` of `kind` (see [`service_records_prefix`]).
+pub fn service_record(kind: ServiceKind, name: &str) -> String {
+    format!("{}{name}", service_records_prefix(kind))
+}
+
+/// The registration (name bound to key) of a joined service: [`node_registration`] for SSH
+/// nodes, `/service_registrations/<kind>/<name>` for the other kinds.
+pub fn service_registration(kind: ServiceKind, name: &str) -> String {
+    match kind {
+        ServiceKind::Node => node_registration(name),
+        other => format!("/service_registrations/{other}/{name}"),
+    }
 }
 
 /// Keys of removed nodes (hex SHA-256 of the SPKI), refused until their certificates expire.

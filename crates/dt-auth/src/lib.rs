@@ -28,6 +28,8 @@ pub mod shared_limit;
 
 pub use server::AuthServer;
 
+pub mod access;
+
 /// gRPC services and the JSON API as one router.
 pub fn router(srv: Arc<AuthServer>) -> axum::Router {
     let grpc =
@@ -46,6 +48,11 @@ pub fn router(srv: Arc<AuthServer>) -> axum::Router {
             dt_proto::v1::database_service_server::DatabaseServiceServer::new(
                 databases::GrpcDatabases { srv: srv.clone() },
             ),
+        )
+        .add_service(
+            dt_proto::v1::access_service_server::AccessServiceServer::new(access::GrpcAccess {
+                srv: srv.clone(),
+            }),
         )
         .into_axum_router();
     http::router(srv).merge(grpc)

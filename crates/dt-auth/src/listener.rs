@@ -28,8 +28,8 @@ pub struct Peer {
     pub identity: Option<Arc<dt_ca::Identity>>,
     /// That certificate, byte for byte (ceremonies compare in-band certificates with it).
     pub cert_der: Option<Arc<Vec<u8>>>,
-    /// Present when the client sent a node certificate issued by the host CA (a joined
-    /// SSH access point; see `nodes`).
+    /// Present when the client sent a joined service's certificate issued by the host CA
+    /// (an SSH node or another kind of access point, or the MDM service: see `nodes`).
     pub node: Option<Arc<dt_ca::NodeIdentity>>,
 }
 

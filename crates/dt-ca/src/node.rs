@@ -1,5 +1,7 @@
-//! Node (SSH access point) identities: an X.509 client certificate from the **host** CA, so a
-//! node can call the auth service over mutual TLS after it joined the cluster.
+//! Joined-service identities: an X.509 client certificate from the **host** CA, so an access
+//! point (SSH node, database, Kubernetes, app, desktop) or the MDM sync service can call the
+//! auth service over mutual TLS after it joined the cluster. "Node" here is meant in the wide
+//! sense of the `NodeService` API: any joined service; the certificate says which kind.
 //!
 //! Why the host CA: a node is a host, and the user CA must never vouch for anything but users
 //! (a user certificate is what grants access to nodes). The auth listener already trusts both
@@ -7,8 +9,12 @@
 //! from the auth server's own TLS server certificate (same CA, `serverAuth` only) and from a
 //! user (other CA).
 //!
-//! Encoding: Subject CN = node name plus one attribute `ARC.2.1` (`2.25.<devtrust uuid>.2.1`)
-//! with the value `node`; extendedKeyUsage clientAuth; keyUsage digitalSignature; not a CA.
+//! Encoding: Subject CN = service name plus one attribute `ARC.2.1` (`2.25.<devtrust uuid>.2.1`)
+//! whose value is the service's kind ([`ServiceKind::as_str`]: `node`, `db`, `kube`, `app`,
+//! `desktop`, `mdm`); extendedKeyUsage clientAuth; keyUsage digitalSignature; not a CA.
+//! Certificates issued before kinds existed say `node`, which is still what an SSH node's
+//! says. A role value this build does not know is refused, never read as `node`: a newer
+//! server's kind must not gain an SSH node's rights on an older one.
 
 use time::OffsetDateTime;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
@@ -19,8 +25,9 @@ use crate::error::{CaError, Result};
 use crate::identity::x509_oid;
 use crate::key;
 use crate::x509::{self, oid};
+use dt_types::ServiceKind;
 
-/// `ARC.2.1`: the role of a host-CA client certificate (value `node`).
+/// `ARC.2.1`: the role of a host-CA client certificate: the kind of the joined service.
 pub const NODE_ROLE_OID: &str = "2.25.112976937590999683324659271999942156561.2.1";
 
 /// Content octets of [`NODE_ROLE_OID`].
@@ -36,14 +43,13 @@ const NODE_ROLE_CONTENT: [u8; 22] = {
     out
 };
 
-/// The value of the role attribute of a node certificate.
-const NODE_ROLE: &str = "node";
-
 /// What a verified node certificate says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeIdentity {
-    /// The node's name (Subject CN), as it joined.
+    /// The service's name (Subject CN), as it joined.
     pub name: String,
+    /// What joined (the role attribute): an SSH node, a database access point, ...
+    pub kind: ServiceKind,
     /// Start of validity.
     pub not_before: OffsetDateTime,
     /// End of validity.
@@ -51,13 +57,26 @@ pub struct NodeIdentity {
 }
 
 impl CertAuthority {
-    /// Issues a node's X.509 client certificate (DER) for `subject_spki_der` (a P-256
-    /// SubjectPublicKeyInfo) from the host CA, valid from the CA's own NotBefore through
-    /// `not_after`.
+    /// Issues a joined service's X.509 client certificate (DER) for `subject_spki_der` (a
+    /// P-256 SubjectPublicKeyInfo) from the host CA, naming its `kind`, valid from the CA's
+    /// own NotBefore through `not_after`.
     pub fn issue_node_client_cert(
         &self,
         subject_spki_der: &[u8],
         node_name: &str,
+        kind: ServiceKind,
+        not_after: OffsetDateTime,
+    ) -> Result<Vec<u8>> {
+        self.issue_service_cert_with_role(subject_spki_der, node_name, kind.as_str(), not_after)
+    }
+
+    /// The certificate of [`Self::issue_node_client_cert`] with any role value (the unit
+    /// tests forge unknown ones with it).
+    fn issue_service_cert_with_role(
+        &self,
+        subject_spki_der: &[u8],
+        node_name: &str,
+        role: &str,
         not_after: OffsetDateTime,
     ) -> Result<Vec<u8>> {
         self.require_kind("issuing a node client certificate", CaKind::Host)?;
@@ -73,10 +92,7 @@ impl CertAuthority {
                 "not_after must be later than not_before".into(),
             ));
         }
-        let subject = x509::name(&[
-            (&oid::COMMON_NAME, node_name),
-            (&NODE_ROLE_CONTENT, NODE_ROLE),
-        ]);
+        let subject = x509::name(&[(&oid::COMMON_NAME, node_name), (&NODE_ROLE_CONTENT, role)]);
         let extensions = vec![
             x509::extension(&oid::BASIC_CONSTRAINTS, true, &asn1::sequence(&[])),
             x509::extension(
@@ -108,9 +124,10 @@ impl CertAuthority {
         x509::sign_certificate(&self.key, &tbs)
     }
 
-    /// Checks that `der` is a node client certificate this (host) CA signed, valid at `now`,
-    /// and returns the node identity. A TLS server certificate of the same CA, a user
-    /// certificate or a CA certificate is refused.
+    /// Checks that `der` is a joined service's client certificate this (host) CA signed,
+    /// valid at `now`, and returns its identity and kind. A TLS server certificate of the
+    /// same CA, a user certificate, a CA certificate, or a role attribute naming no kind this
+    /// build knows is refused.
     pub fn verify_node_client_cert(&self, der: &[u8], now: OffsetDateTime) -> Result<NodeIdentity> {
         self.require_kind("verifying a node client certificate", CaKind::Host)?;
         let bad = |reason: &str| CaError::malformed("x509 certificate", reason);
@@ -165,9 +182,14 @@ impl CertAuthority {
                 return Err(bad("duplicate attribute in a node certificate"));
             }
         }
-        if role.as_deref() != Some(NODE_ROLE) {
-            return Err(CaError::WrongUsage("not a node certificate".into()));
-        }
+        let kind = match role.as_deref() {
+            None => return Err(CaError::WrongUsage("not a node certificate".into())),
+            Some(r) => ServiceKind::parse(r).ok_or_else(|| {
+                CaError::WrongUsage(format!(
+                    "unknown service kind {r:?} in a node certificate; upgrade this auth server or join the service again"
+                ))
+            })?,
+        };
         let name = name.ok_or_else(|| bad("no subject common name"))?;
         let validity = cert.validity();
         let (not_before, not_after) = (
@@ -183,6 +205,7 @@ impl CertAuthority {
         }
         Ok(NodeIdentity {
             name,
+            kind,
             not_before,
             not_after,
         })
@@ -208,10 +231,16 @@ mod tests {
         let host = host_ca();
         let key = client_key();
         let der = host
-            .issue_node_client_cert(&key.spki_der(), "node-1", NOW + time::Duration::days(30))
+            .issue_node_client_cert(
+                &key.spki_der(),
+                "node-1",
+                ServiceKind::Node,
+                NOW + time::Duration::days(30),
+            )
             .unwrap();
         let id = host.verify_node_client_cert(&der, NOW).unwrap();
         assert_eq!(id.name, "node-1");
+        assert_eq!(id.kind, ServiceKind::Node);
         // Expired, or from another host CA.
         assert!(matches!(
             host.verify_node_client_cert(&der, NOW + time::Duration::days(31)),
@@ -223,7 +252,12 @@ mod tests {
         ));
         // The user CA never issues or accepts node certificates.
         assert!(matches!(
-            user_ca().issue_node_client_cert(&key.spki_der(), "n", NOW + time::Duration::days(1)),
+            user_ca().issue_node_client_cert(
+                &key.spki_der(),
+                "n",
+                ServiceKind::Node,
+                NOW + time::Duration::days(1)
+            ),
             Err(CaError::WrongCaKind { .. })
         ));
         assert!(user_ca().verify_x509_issued_by(&der, NOW).is_err());
@@ -250,11 +284,41 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_round_trips_and_unknown_kinds_are_refused() {
+        let host = host_ca();
+        let key = client_key();
+        let until = NOW + time::Duration::days(30);
+        for kind in ServiceKind::ALL {
+            let der = host
+                .issue_node_client_cert(&key.spki_der(), "svc-1", kind, until)
+                .unwrap();
+            let id = host.verify_node_client_cert(&der, NOW).unwrap();
+            assert_eq!((id.name.as_str(), id.kind), ("svc-1", kind));
+        }
+        // Signed by the right CA, but with a role value no kind spells (a newer server's
+        // kind, a case variant, empty): refused, never taken for a node.
+        for role in ["bogus", "Node", "NODE", "", "node ", "bot"] {
+            let der = host
+                .issue_service_cert_with_role(&key.spki_der(), "svc-1", role, until)
+                .unwrap();
+            match host.verify_node_client_cert(&der, NOW) {
+                Err(CaError::WrongUsage(why)) => assert!(why.contains("unknown service kind")),
+                other => panic!("role {role:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn webpki_accepts_it_as_a_client_certificate() {
         let host = host_ca();
         let key = client_key();
         let der = host
-            .issue_node_client_cert(&key.spki_der(), "node-1", NOW + time::Duration::days(30))
+            .issue_node_client_cert(
+                &key.spki_der(),
+                "node-1",
+                ServiceKind::Node,
+                NOW + time::Duration::days(30),
+            )
             .unwrap();
         let ca = rustls_pki_types::CertificateDer::from(host.cert_der().to_vec());
         let anchor = webpki::anchor_from_trusted_cert(&ca).unwrap();

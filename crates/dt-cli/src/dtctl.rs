@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use dt_client::{Identity, ProfileStore, TrustPolicy};
 use dt_proto::v1 as pb;
 use dt_proto::v1::auth_service_client::AuthServiceClient;
-use dt_types::{AnyResource, Kind};
+use dt_types::{AnyResource, Kind, ServiceKind};
 use tonic::transport::Channel;
 
 use crate::common::{Format, api_err, fmt_time, parse_duration, report, table, to_yaml_docs};
@@ -67,7 +67,8 @@ enum Cmd {
     },
     /// Edit a resource in $EDITOR; invalid edits are refused with the reason.
     Edit { target: String },
-    /// Remove a resource: KIND/NAME.
+    /// Remove a resource: KIND/NAME. A joined service (node/NAME, db/NAME, kube/NAME,
+    /// app/NAME, desktop/NAME, mdm/NAME) is forgotten and its key refused from then on.
     Rm { target: String },
     /// Manage users.
     #[command(subcommand)]
@@ -75,9 +76,12 @@ enum Cmd {
     /// The device inventory: register, list, remove, and issue enrollment tokens.
     #[command(subcommand)]
     Devices(crate::dtctl_devices::DevicesCmd),
-    /// Join tokens for nodes and bots.
+    /// Join tokens for access points (node, db, kube, app, desktop), the MDM service and bots.
     #[command(subcommand)]
     Tokens(TokensCmd),
+    /// Access: `explain` why a user on a device may or may not reach a resource.
+    #[command(subcommand)]
+    Access(crate::dtctl_access::AccessCmd),
     /// Bots (machine users) and their join tokens.
     #[command(subcommand)]
     Bots(crate::dtctl_bots::BotsCmd),
@@ -156,8 +160,10 @@ enum UsersCmd {
 enum TokensCmd {
     /// Create a join token.
     Add {
-        /// node or bot
-        #[arg(long = "type", value_parser = ["node", "bot"])]
+        /// What the token joins: node (SSH), db, kube, app, desktop (access points), mdm
+        /// (the MDM sync service), or bot (a login for an existing bot, see --bot-name).
+        /// A token joins only its own type.
+        #[arg(long = "type", value_parser = ["node", "db", "kube", "app", "desktop", "mdm", "bot"])]
         kind: String,
         /// With --type=bot: the existing bot (from `dtctl bots add`) the token logs in as.
         #[arg(long)]
@@ -256,20 +262,21 @@ pub async fn connect_channel(g: &Global) -> anyhow::Result<Channel> {
     Ok(dt_client::connect::channel(&addr, policy, id).await?)
 }
 
-/// `dtctl rm node/NAME`: forget a node's registration (its name and key), so a machine
+/// `dtctl rm node/NAME` (or `db/NAME`, `kube/NAME`, `app/NAME`, `desktop/NAME`,
+/// `mdm/NAME`): forget a joined service's registration (its name and key), so a machine
 /// with a new key can join under that name.
-async fn remove_node(g: &Global, name: &str) -> anyhow::Result<ExitCode> {
+async fn remove_node(g: &Global, kind: ServiceKind, name: &str) -> anyhow::Result<ExitCode> {
     if name.is_empty() {
-        bail!("name what to remove: node/NAME");
+        bail!("name what to remove: {kind}/NAME");
     }
     let mut c = connect(g).await?;
     c.delete_resource(pb::DeleteResourceRequest {
-        kind: "node".into(),
+        kind: kind.as_str().into(),
         name: name.into(),
     })
     .await
     .map_err(api_err)?;
-    println!("node {name:?} has been removed; a machine can now join with that name");
+    println!("{kind} {name:?} has been removed; a machine can now join with that name");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -531,11 +538,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Edit { target } => return edit(&g, &target).await,
         Cmd::Rm { target } => {
-            if let Some(node) = target
-                .strip_prefix("node/")
-                .or(target.strip_prefix("nodes/"))
+            if let Some(node) = target.strip_prefix("nodes/") {
+                return remove_node(&g, ServiceKind::Node, node).await;
+            }
+            if let Some((kind, name)) = target
+                .split_once('/')
+                .and_then(|(k, n)| ServiceKind::parse(k).map(|k| (k, n)))
             {
-                return remove_node(&g, node).await;
+                return remove_node(&g, kind, name).await;
             }
             let (kind, name) = split_target(&target)?;
             let Some(name) = name else {
@@ -555,6 +565,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Tokens(cmd) => tokens(&g, cmd).await?,
         Cmd::Bots(cmd) => crate::dtctl_bots::run(&g, cmd).await?,
         Cmd::Auth(cmd) => crate::dtctl_auth::run(&g, cmd).await?,
+        Cmd::Access(cmd) => return crate::dtctl_access::run(&g, cmd).await,
         Cmd::Events(EventsCmd::Ls {
             since,
             kind,
@@ -788,11 +799,33 @@ async fn tokens(g: &Global, cmd: TokensCmd) -> anyhow::Result<()> {
                         resp.token,
                         dt_types::duration::format_duration(ttl)
                     );
-                    println!(
-                        "\nRun this on the node:\n\n  devtrust node start --auth-server={} --token={} --name=NAME --listen=127.0.0.1:3022\n",
-                        proxy_hint(g),
-                        resp.token
-                    );
+                    let (who, command) = match kind.as_str() {
+                        "bot" => (
+                            "where the bot runs",
+                            format!(
+                                "dtsh login --bot --token={} --proxy={}",
+                                resp.token,
+                                proxy_hint(g)
+                            ),
+                        ),
+                        "node" => (
+                            "on the node",
+                            format!(
+                                "devtrust node start --auth-server={} --token={} --name=NAME --listen=127.0.0.1:3022",
+                                proxy_hint(g),
+                                resp.token
+                            ),
+                        ),
+                        other => (
+                            "on the service's host",
+                            format!(
+                                "devtrust {other} start --auth-server={} --token={} --name=NAME",
+                                proxy_hint(g),
+                                resp.token
+                            ),
+                        ),
+                    };
+                    println!("\nRun this {who}:\n\n  {command}\n");
                 }
             }
         }

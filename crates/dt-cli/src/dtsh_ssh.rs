@@ -263,7 +263,7 @@ pub async fn ssh(args: SshArgs) -> anyhow::Result<ExitCode> {
     };
     let Some(node) = nodes.iter().find(|n| n.name == node_name) else {
         bail!(
-            "node {node_name:?} is not online in cluster {:?} (see `dtsh ls`)",
+            "node {node_name:?} is not online in cluster {:?}, or your roles do not let you reach it (see `dtsh ls`)",
             profile.cluster
         );
     };

@@ -6,6 +6,7 @@ pub mod common;
 pub mod db_cmd;
 pub mod devtrust;
 pub mod dtctl;
+pub mod dtctl_access;
 pub mod dtctl_auth;
 pub mod dtctl_bots;
 pub mod dtctl_devices;

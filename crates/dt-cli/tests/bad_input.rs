@@ -317,7 +317,7 @@ fn bad_command_lines_are_refused_with_a_reason() {
         (&["users", "rm", "nobody"], "user \"nobody\" not found"),
         (
             &["lock"],
-            "name a target: --user, --role, --login, --node or --device",
+            "name a target: --user, --role, --login, --device, --node, --db, --kube-cluster, --app or --desktop",
         ),
     ] {
         srv.dtctl(args).fails_with_one_line(needle);

@@ -118,25 +118,51 @@ fn database_ca_certificates_work_with_real_postgres_and_mariadb() {
 
     // A joined access point asks for client certificates; a user cannot.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let token = srv
-        .dtctl(&["tokens", "add", "--type=node", "--format=text"])
-        .ok()
-        .trim()
-        .to_string();
-    let service = rt
-        .block_on(join(
-            &DataDir::new(srv.scratch().join("ap")),
+    let join_as = |kind: ServiceKind, name: &str| {
+        let token = srv
+            .dtctl(&[
+                "tokens",
+                "add",
+                &format!("--type={}", kind.as_str()),
+                "--format=text",
+            ])
+            .ok()
+            .trim()
+            .to_string();
+        rt.block_on(join(
+            &DataDir::new(srv.scratch().join(name)),
             &JoinRequest {
                 auth_server: srv.addr.clone(),
                 token: Secret::new(token),
                 trust: TrustPolicy::Pin(srv.pin.clone()),
             },
-            ServiceKind::Node,
-            "db-ap",
+            kind,
+            name,
             "127.0.0.1:1",
             &BTreeMap::new(),
         ))
+        .unwrap()
+    };
+    let service = join_as(ServiceKind::Db, "db-ap");
+    // An SSH node is a joined service too, but not a database access point.
+    let node = join_as(ServiceKind::Node, "node-1");
+    let from_node = rt.block_on(async {
+        let ch = dt_client::connect::channel(
+            &srv.addr,
+            TrustPolicy::Pin(srv.pin.clone()),
+            tls_identity(&node),
+        )
+        .await
         .unwrap();
+        DatabaseServiceClient::new(ch)
+            .sign_database_client(pb::SignDatabaseClientRequest {
+                public_key_der: dt_ca::ClientKey::generate().unwrap().spki_der(),
+                db_user: "postgres".into(),
+            })
+            .await
+    });
+    let err = from_node.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     let (alice_crt, alice_key) = db_client_cert(&rt, &srv, &service, "alice");
     let (bob_crt, bob_key) = db_client_cert(&rt, &srv, &service, "bob");
     let bob_profile = dt_client::ProfileStore {

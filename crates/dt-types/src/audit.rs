@@ -221,6 +221,14 @@ pub struct CertInfo {
     pub not_after: OffsetDateTime,
 }
 
+/// A joined service an event concerns, by kind and name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceInfo {
+    pub kind: crate::ServiceKind,
+    pub name: String,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuditEvent {
@@ -250,6 +258,10 @@ pub struct AuditEvent {
     pub login: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The joined service (other than an SSH node, which is `node`) that observed or
+    /// submitted the event: a database, Kubernetes, app or desktop access point.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub session_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -284,6 +296,7 @@ impl AuditEvent {
             cert: None,
             login: None,
             node: None,
+            service: None,
             session_id: None,
             command: None,
             exit_code: None,

@@ -16,6 +16,7 @@
 #![allow(dead_code)]
 
 pub mod scenarios;
+pub mod services;
 
 use std::future::Future;
 use std::sync::OnceLock;
