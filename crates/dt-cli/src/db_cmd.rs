@@ -137,9 +137,12 @@ async fn start(a: DbStartArgs) -> anyhow::Result<ExitCode> {
     })
     .await
     .context("cannot start the database access point")?;
-    println!("devtrust database access point {} is running", a.name);
-    println!("  listen:    {}", db.addr);
-    println!(
+    // A closed stdout (a supervisor that stopped reading) must not take the access point down.
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "devtrust database access point {} is running", a.name);
+    let _ = writeln!(out, "  listen:    {}", db.addr);
+    let _ = writeln!(
+        out,
         "  database:  {} ({})",
         a.uri,
         a.protocol
@@ -147,11 +150,14 @@ async fn start(a: DbStartArgs) -> anyhow::Result<ExitCode> {
             .map(|v| v.get_name().to_string())
             .unwrap_or_default()
     );
-    println!("  data dir:  {}", a.data_dir.display());
-    println!("Next: dtsh db ls; psql through the access point with your devtrust certificate");
-    let _ = std::io::stdout().flush();
+    let _ = writeln!(out, "  data dir:  {}", a.data_dir.display());
+    let _ = writeln!(
+        out,
+        "Next: psql through the access point with your devtrust certificate (sslmode=require, sslcert, sslkey)"
+    );
+    let _ = out.flush();
     until_stopped().await;
     db.stop().await;
-    println!("devtrust database access point {} stopped", a.name);
+    let _ = writeln!(out, "devtrust database access point {} stopped", a.name);
     Ok(ExitCode::SUCCESS)
 }
