@@ -46,7 +46,7 @@ pub use authority::{CA_VALIDITY, CaKind, CertAuthority, SecretPem, StoredCa};
 pub use error::{CaError, Result};
 pub use identity::{DeviceExt, Identity, ssh_ext, x509_oid};
 pub use key::ClientKey;
-pub use node::{NODE_ROLE_OID, NodeIdentity};
+pub use node::{NODE_ROLE_OID, NodeIdentity, verify_service_cert_by_ca_cert};
 pub use ssh::parse_ssh_identity;
 pub use ssh_verify::{SshCertRefusal, SshUserCaKey};
 pub use x509::{BACKDATE, parse_x509_identity};

@@ -130,24 +130,54 @@ impl CertAuthority {
     /// build knows is refused.
     pub fn verify_node_client_cert(&self, der: &[u8], now: OffsetDateTime) -> Result<NodeIdentity> {
         self.require_kind("verifying a node client certificate", CaKind::Host)?;
+        verify_service_cert(&self.subject_der, self.key.point(), der, now)
+    }
+}
+
+/// [`CertAuthority::verify_node_client_cert`] for whoever holds only the host CA's
+/// certificate (a client verifying the access point it connects to): the same checks, with
+/// the CA's subject and public key taken from `host_ca_cert_der`.
+pub fn verify_service_cert_by_ca_cert(
+    host_ca_cert_der: &[u8],
+    der: &[u8],
+    now: OffsetDateTime,
+) -> Result<NodeIdentity> {
+    let (_, ca) = X509Certificate::from_der(host_ca_cert_der)
+        .map_err(|e| CaError::malformed("host ca certificate", e.to_string()))?;
+    if !ca.is_ca() {
+        return Err(CaError::WrongUsage(
+            "the host CA certificate given is not a CA certificate".into(),
+        ));
+    }
+    let point = key::point_from_spki(ca.public_key().raw)?;
+    verify_service_cert(ca.subject().as_raw(), point, der, now)
+}
+
+fn verify_service_cert(
+    ca_subject_der: &[u8],
+    ca_point: &[u8],
+    der: &[u8],
+    now: OffsetDateTime,
+) -> Result<NodeIdentity> {
+    {
         let bad = |reason: &str| CaError::malformed("x509 certificate", reason);
         let (rest, cert) = X509Certificate::from_der(der)
             .map_err(|e| CaError::malformed("x509 certificate", e.to_string()))?;
         if !rest.is_empty() {
             return Err(bad("trailing bytes"));
         }
-        let signed_by_us = cert.issuer().as_raw() == self.subject_der.as_slice()
+        let signed_by_us = cert.issuer().as_raw() == ca_subject_der
             && cert.signature_algorithm.algorithm.as_bytes() == oid::ECDSA_WITH_SHA256
             && cert.signature_algorithm.parameters.is_none()
             && cert.tbs_certificate.signature == cert.signature_algorithm
             && cert.signature_value.unused_bits == 0
             && key::verify_asn1(
-                self.key.point(),
+                ca_point,
                 cert.tbs_certificate.as_ref(),
                 &cert.signature_value.data,
             );
         if !signed_by_us {
-            return Err(CaError::NotIssuedByCa(self.kind));
+            return Err(CaError::NotIssuedByCa(CaKind::Host));
         }
         if cert.is_ca() {
             return Err(CaError::WrongUsage(
@@ -216,6 +246,39 @@ impl CertAuthority {
 mod tests {
     use super::*;
     use crate::testutil::*;
+
+    #[test]
+    fn the_host_ca_certificate_alone_verifies_a_service_certificate() {
+        let host = host_ca();
+        let key = client_key();
+        let der = host
+            .issue_node_client_cert(
+                &key.spki_der(),
+                "pg1",
+                ServiceKind::Db,
+                NOW + time::Duration::days(30),
+            )
+            .unwrap();
+        let id = verify_service_cert_by_ca_cert(host.cert_der(), &der, NOW).unwrap();
+        assert_eq!((id.name.as_str(), id.kind), ("pg1", ServiceKind::Db));
+        assert_eq!(
+            id,
+            host.verify_node_client_cert(&der, NOW).unwrap(),
+            "the same answer as with the key"
+        );
+        // Another CA's certificate, the CA's own certificate, expiry.
+        let other = CertAuthority::generate("other", CaKind::Host, NOW).unwrap();
+        assert!(verify_service_cert_by_ca_cert(other.cert_der(), &der, NOW).is_err());
+        assert!(verify_service_cert_by_ca_cert(host.cert_der(), host.cert_der(), NOW).is_err());
+        assert!(
+            verify_service_cert_by_ca_cert(&der, &der, NOW).is_err(),
+            "not a CA"
+        );
+        assert!(
+            verify_service_cert_by_ca_cert(host.cert_der(), &der, NOW + time::Duration::days(31))
+                .is_err()
+        );
+    }
 
     #[test]
     fn oid_constant_agrees_with_its_dotted_form() {

@@ -81,6 +81,12 @@ enum Cmd {
     Ssh(crate::dtsh_ssh::SshArgs),
     /// Print an ssh_config block so plain OpenSSH reaches the nodes with this profile.
     Config,
+    /// Databases: list, log in, connect with psql, log out.
+    #[command(subcommand)]
+    Db(crate::dtsh_db::DbCmd),
+    /// Local ports that tunnel to access points: dtsh proxy db NAME --tunnel --port=N
+    #[command(subcommand)]
+    Proxy(crate::dtsh_db::ProxyCmd),
 }
 
 pub fn main() -> ExitCode {
@@ -144,6 +150,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Ls { format } => crate::dtsh_ssh::ls(format).await,
         Cmd::Ssh(args) => crate::dtsh_ssh::ssh(args).await,
         Cmd::Config => crate::dtsh_ssh::config().await,
+        Cmd::Db(cmd) => crate::dtsh_db::run(cmd).await,
+        Cmd::Proxy(cmd) => crate::dtsh_db::proxy(cmd).await,
         Cmd::Status { format } => {
             let store = ProfileStore::from_env();
             let profile = store.current()?;

@@ -48,7 +48,7 @@ pub struct SshArgs {
 }
 
 /// The profile's gRPC channel to the auth service (mutual TLS as the logged-in user).
-async fn profile_channel(
+pub(crate) async fn profile_channel(
     store: &ProfileStore,
     profile: &Profile,
 ) -> anyhow::Result<tonic::transport::Channel> {

@@ -11,6 +11,7 @@ pub mod dtctl_auth;
 pub mod dtctl_bots;
 pub mod dtctl_devices;
 pub mod dtsh;
+pub mod dtsh_db;
 pub mod dtsh_device;
 pub mod dtsh_ssh;
 pub mod node_cmd;

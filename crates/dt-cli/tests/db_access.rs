@@ -56,6 +56,7 @@ impl AccessPoint {
             }
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("devtrust db start did not print its address: {seen:?}");
     }
 
@@ -180,6 +181,81 @@ fn psql_through_the_access_point_with_roles_modes_locks_and_audit() {
     let ok = psql(&ap, &alice, "alice", "", "select current_user");
     assert!(ok.status.success(), "{}\n{}", stderr(&ok), pg.log());
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "alice");
+
+    // dtsh: the listing follows the roles; psql through dtsh's tunnel.
+    wait_until("pg1 in dtsh db ls", || {
+        srv.dtsh(&alice, &["db", "ls"], "").ok().contains("pg1")
+    });
+    let ls = srv.dtsh(&alice, &["db", "ls", "--format=json"], "").json();
+    assert_eq!(ls[0]["name"], "pg1");
+    assert_eq!(ls[0]["protocol"], "postgres");
+    assert_eq!(ls[0]["labels"]["env"], "dev");
+    assert!(
+        !srv.dtsh(&bob, &["db", "ls"], "").ok().contains("pg1"),
+        "bob's roles reach no database"
+    );
+    let c = srv.dtsh(
+        &alice,
+        &[
+            "db",
+            "connect",
+            "pg1",
+            "--db-user=alice",
+            "--db-name=postgres",
+            "--",
+            "-At",
+            "-c",
+            "select current_user",
+        ],
+        "",
+    );
+    assert_eq!(c.ok().trim(), "alice");
+    srv.dtsh(
+        &alice,
+        &[
+            "db",
+            "login",
+            "pg1",
+            "--db-user=alice",
+            "--db-name=postgres",
+        ],
+        "",
+    )
+    .ok();
+    let mut proxy = Command::new(DTSH)
+        .args(["proxy", "db", "pg1", "--tunnel", "--port=0"])
+        .env("DTSH_HOME", &alice.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(proxy.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let port = first
+        .split("127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no port in {first:?}"))
+        .to_string();
+    let through = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={port} user=whoever dbname=whatever sslmode=disable connect_timeout=10"
+        ))
+        .args(["-At", "-c", "select current_user || '@' || current_database()"])
+        .output()
+        .unwrap();
+    let _ = proxy.kill();
+    let _ = proxy.wait();
+    assert!(through.status.success(), "{}", stderr(&through));
+    assert_eq!(
+        String::from_utf8_lossy(&through.stdout).trim(),
+        "alice@postgres",
+        "dtsh db login's route replaces what the client asked"
+    );
+    srv.dtsh(&alice, &["db", "logout"], "").ok();
 
     // A database user the roles do not allow, and a user with no database role.
     let no = psql(&ap, &alice, "bob", "", "select 1");

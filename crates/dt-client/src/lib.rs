@@ -5,6 +5,7 @@
 //! the server certificate against a CA whose SubjectPublicKeyInfo hash equals a known pin,
 //! or the caller asked for `--insecure` and was warned.
 
+pub mod access_point;
 pub mod connect;
 pub mod devices;
 pub mod profile;

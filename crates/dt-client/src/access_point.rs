@@ -1,0 +1,119 @@
+//! TLS from a user to a devtrust access point (the database access point today): the user's
+//! devtrust certificate as client identity, and the access point verified by its service
+//! certificate: issued by the cluster's host CA (the profile keeps it from login, which the
+//! CA pin decided), valid, and naming the expected kind and name. A certificate of another
+//! service (an SSH node, another database) is refused, so a tunnel to `pg1` cannot be
+//! answered by something else.
+
+use std::sync::Arc;
+
+use dt_types::ServiceKind;
+use rustls::DigitallySignedStruct;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+use crate::connect::ClientError;
+
+#[derive(Debug)]
+struct ServiceVerifier {
+    host_ca_der: Vec<u8>,
+    kind: ServiceKind,
+    name: String,
+    provider: Arc<CryptoProvider>,
+}
+
+fn tls_err(msg: impl Into<String>) -> rustls::Error {
+    rustls::Error::General(msg.into())
+}
+
+impl ServerCertVerifier for ServiceVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let now = time::OffsetDateTime::from_unix_timestamp(now.as_secs() as i64)
+            .map_err(|e| tls_err(e.to_string()))?;
+        let id = dt_ca::verify_service_cert_by_ca_cert(&self.host_ca_der, end_entity.as_ref(), now)
+            .map_err(|e| tls_err(format!("the access point's certificate is refused: {e}")))?;
+        if id.kind != self.kind || id.name != self.name {
+            return Err(tls_err(format!(
+                "expected the {} access point {:?}, but the certificate names {} {:?}",
+                self.kind, self.name, id.kind, id.name
+            )));
+        }
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A connector for the access point `kind`/`name`, with the user's certificate and key.
+pub fn connector(
+    host_ca_der: Vec<u8>,
+    kind: ServiceKind,
+    name: &str,
+    cert_der: Vec<u8>,
+    key_pkcs8_der: Vec<u8>,
+) -> Result<tokio_rustls::TlsConnector, ClientError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = Arc::new(ServiceVerifier {
+        host_ca_der,
+        kind,
+        name: name.to_string(),
+        provider: provider.clone(),
+    });
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ClientError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_client_auth_cert(
+            vec![CertificateDer::from(cert_der)],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_pkcs8_der)),
+        )
+        .map_err(|e| ClientError::Tls(e.to_string()))?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(cfg)))
+}
+
+/// The name the handshake carries (the verifier checks the certificate's own name).
+pub fn server_name(name: &str) -> ServerName<'static> {
+    ServerName::try_from(name.to_string())
+        .unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
+}
