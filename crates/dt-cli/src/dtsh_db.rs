@@ -263,16 +263,21 @@ pub async fn proxy(cmd: ProxyCmd) -> anyhow::Result<ExitCode> {
         ProxyCmd::Db { route, port, .. } => {
             let r = route_for(&store, &profile, &route);
             let tunnel = Tunnel::open(&store, &profile, &route.name, r, port).await?;
-            println!(
+            // A closed stdout (a script that read the port and went on) must not stop the
+            // tunnel.
+            use std::io::Write;
+            let mut out = std::io::stdout();
+            let _ = writeln!(
+                out,
                 "Tunnel to database {:?} on 127.0.0.1:{} (connect with sslmode=disable; Ctrl-C stops it)",
                 route.name, tunnel.port
             );
-            println!(
+            let _ = writeln!(
+                out,
                 "  psql \"host=127.0.0.1 port={} user=USER dbname=DB sslmode=disable\"",
                 tunnel.port
             );
-            use std::io::Write;
-            let _ = std::io::stdout().flush();
+            let _ = out.flush();
             tokio::select! {
                 _ = tunnel.serve() => {}
                 _ = tokio::signal::ctrl_c() => {}

@@ -230,10 +230,11 @@ fn psql_through_the_access_point_with_roles_modes_locks_and_audit() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    let mut reader = BufReader::new(proxy.stdout.take().unwrap());
     let mut first = String::new();
-    BufReader::new(proxy.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    reader.read_line(&mut first).unwrap();
+    // Keep draining: the tunnel goes on writing.
+    std::thread::spawn(move || for _ in reader.lines() {});
     let port = first
         .split("127.0.0.1:")
         .nth(1)

@@ -1,0 +1,274 @@
+//! `cargo bench -p dt-cli --bench db`: pgbench through the database access point against
+//! pgbench straight to the same PostgreSQL server, as ratios.
+//!
+//! Real parts only: `devtrust start`, `devtrust db start`, `dtsh proxy db --tunnel` (the
+//! binaries of this build), a PostgreSQL server of the benchmark's own (dt-testkit) with TLS
+//! from `dtctl auth sign --format=db`, and the real `pgbench`. Both paths use TLS to the
+//! server; the access point's path adds the local tunnel, TLS to the access point, the
+//! decision and the per-statement audit.
+//!
+//! Printed: TPS of pgbench's select-only script (`-S`) with 8 clients for `BENCH_SECONDS`
+//! (10), and connection setup time (pgbench `-C`: a new connection per transaction).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dt_testkit::{Postgres, ServerTls, run};
+
+const DEVTRUST: &str = env!("CARGO_BIN_EXE_devtrust");
+const DTCTL: &str = env!("CARGO_BIN_EXE_dtctl");
+const DTSH: &str = env!("CARGO_BIN_EXE_dtsh");
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start a program and wait for a stdout line containing `needle`; returns the line.
+fn daemon(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &Path)],
+    needle: &str,
+) -> (Daemon, Vec<String>) {
+    let mut c = Command::new(program);
+    c.args(args)
+        .env("DEVTRUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            let done = l.contains(needle);
+            lines.push(l);
+            if done {
+                return (Daemon(child), lines);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{program} did not print {needle:?}: {lines:?}");
+}
+
+fn field(lines: &[String], name: &str) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
+}
+
+/// pgbench's "tps = N" figure.
+fn pgbench(conn: &str, extra: &[&str], seconds: u64) -> f64 {
+    let out = run(Command::new("pgbench")
+        .args(["-n", "-S", "-c", "8", "-j", "2", "-T"])
+        .arg(seconds.to_string())
+        .args(extra)
+        .arg(conn));
+    out.lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("tps = ")
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no tps in pgbench output:\n{out}"))
+}
+
+fn main() {
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("auth");
+    let (auth, lines) = daemon(
+        DEVTRUST,
+        &[
+            "start",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        &[("HOME", dir.path())],
+        "Next:",
+    );
+    let addr = field(&lines, "listen:");
+    let pin = field(&lines, "CA pin:");
+    let dtctl = |args: &[&str]| run(Command::new(DTCTL).arg("--data-dir").arg(&data).args(args));
+    let certs = dir.path().join("certs");
+    dtctl(&[
+        "auth",
+        "sign",
+        "--format=db",
+        "--host=localhost,127.0.0.1",
+        "--out",
+        certs.to_str().unwrap(),
+    ]);
+    let tls = ServerTls {
+        cert: certs.join("server.crt"),
+        key: certs.join("server.key"),
+        client_ca: certs.join("server.cas"),
+    };
+    // The access point logs in with a certificate; pgbench's direct path uses TLS without
+    // one (trust), so both paths pay for TLS to the server.
+    let pg = Postgres::start(
+        &tls,
+        "local all all trust\nhostssl all alice 127.0.0.1/32 cert\nhostssl all direct 127.0.0.1/32 trust\n",
+    );
+    pg.psql_admin("create role alice login; create role direct login; grant pg_read_all_data to alice, direct");
+    run(Command::new("pgbench")
+        .args(["-i", "-q", "-s", "1"])
+        .arg(format!(
+            "host={} port={} user=postgres dbname=postgres",
+            pg.socket_dir().display(),
+            pg.port
+        )));
+
+    let token = dtctl(&["tokens", "add", "--type=db", "--format=text"])
+        .trim()
+        .to_string();
+    let ap_dir = dir.path().join("ap");
+    let (_ap, _) = daemon(
+        DEVTRUST,
+        &[
+            "db",
+            "start",
+            &format!("--auth-server={addr}"),
+            &format!("--token={token}"),
+            "--name=pg1",
+            "--listen=127.0.0.1:0",
+            &format!("--uri=localhost:{}", pg.port),
+            &format!("--data-dir={}", ap_dir.display()),
+            &format!("--ca-pin={pin}"),
+            "--heartbeat=1s",
+        ],
+        &[],
+        "listen:",
+    );
+    let role = dir.path().join("role.yaml");
+    std::fs::write(
+        &role,
+        "kind: role\nversion: v7\nmetadata: {name: db}\nspec: {allow: {db_labels: {'*': '*'}, db_users: [alice], db_names: ['*']}}\n",
+    )
+    .unwrap();
+    dtctl(&["create", "-f", role.to_str().unwrap()]);
+    let added = dtctl(&["users", "add", "alice", "--roles=db"]);
+    let signup = added
+        .split("--signup-token=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let home = dir.path().join("alice");
+    let mut login = Command::new(DTSH)
+        .args([
+            "login",
+            &format!("--proxy={addr}"),
+            "--user=alice",
+            &format!("--signup-token={signup}"),
+            "--password-stdin",
+            &format!("--ca-pin={pin}"),
+        ])
+        .env("DTSH_HOME", &home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        login
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"correct horse battery\n")
+            .unwrap();
+    }
+    assert!(login.wait().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !String::from_utf8_lossy(
+        &Command::new(DTSH)
+            .args(["db", "ls"])
+            .env("DTSH_HOME", &home)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .contains("pg1")
+    {
+        assert!(Instant::now() < deadline, "pg1 never listed");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_tunnel, lines) = daemon(
+        DTSH,
+        &[
+            "proxy",
+            "db",
+            "pg1",
+            "--tunnel",
+            "--port=0",
+            "--db-user=alice",
+            "--db-name=postgres",
+        ],
+        &[("DTSH_HOME", &home)],
+        "Tunnel to database",
+    );
+    let port = lines
+        .last()
+        .and_then(|l| l.split("127.0.0.1:").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    let through = format!("host=127.0.0.1 port={port} user=alice dbname=postgres sslmode=disable");
+    let direct = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user=direct dbname=postgres sslmode=require",
+        pg.port
+    );
+
+    println!(
+        "pgbench -S, 8 clients, {seconds} s each; PostgreSQL 15 on loopback; SQLite auth service"
+    );
+    let d_tps = pgbench(&direct, &[], seconds);
+    let a_tps = pgbench(&through, &[], seconds);
+    let d_conn = pgbench(&direct, &["-C"], seconds);
+    let a_conn = pgbench(&through, &["-C"], seconds);
+    println!();
+    println!("                                  direct       through devtrust   ratio");
+    println!(
+        "select-only TPS                   {d_tps:>9.0}    {a_tps:>9.0}          {:.2}",
+        a_tps / d_tps
+    );
+    println!(
+        "new connection per txn (TPS)      {d_conn:>9.0}    {a_conn:>9.0}          {:.2}",
+        a_conn / d_conn
+    );
+    println!(
+        "connection setup (ms, 8 clients)  {:>9.2}    {:>9.2}          {:.2}",
+        8_000.0 / d_conn,
+        8_000.0 / a_conn,
+        d_conn / a_conn
+    );
+    println!("(aim: through/direct TPS >= 0.8)");
+    drop(auth);
+}
