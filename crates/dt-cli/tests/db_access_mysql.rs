@@ -133,6 +133,26 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
         stderr(&clear)
     );
 
+    // TLS without a client certificate: the handshake is refused, and audited.
+    let no_cert = Command::new("mariadb")
+        .args(["--no-defaults", "--protocol=TCP", "--host=127.0.0.1"])
+        .arg(format!("--port={}", ap.port()))
+        .args([
+            "--user=alice",
+            "--connect-timeout=10",
+            "--ssl",
+            "-e",
+            "select 1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!no_cert.status.success());
+    assert!(
+        stderr(&no_cert).contains("ERROR 2026"),
+        "{}",
+        stderr(&no_cert)
+    );
+
     // The cluster-wide mode applies to databases.
     set_cluster_mode(&srv, "required");
     wait_until("the cluster mode reaches the access point", || {
@@ -197,7 +217,12 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
         );
     }
     let denied = srv.events(&["--type=access.denied"]);
-    for needle in ["unauthorized device", "without TLS", "\"bob\""] {
+    for needle in [
+        "unauthorized device",
+        "without TLS",
+        "\"bob\"",
+        "TLS handshake refused",
+    ] {
         assert!(
             denied
                 .iter()

@@ -1,8 +1,7 @@
 //! devtrust's database access point (`devtrust db start`): PostgreSQL and MySQL/MariaDB
-//! clients reach a
-//! database through it, and only as the runtime's decision allows.
+//! clients reach a database through it, and only as the runtime's decision allows.
 //!
-//! For each client connection ([`pg`]):
+//! For each PostgreSQL client connection ([`pg`]):
 //!
 //! 1. The client must ask for TLS (PostgreSQL's SSLRequest); the access point presents its
 //!    own certificate (host CA, named after it) and requires a client certificate that

@@ -303,10 +303,13 @@ async fn connection(
             r = cr.read(&mut cbuf) => {
                 let n = match r { Ok(0) | Err(_) => break Outcome::Closed, Ok(n) => n };
                 pending.extend_from_slice(&cbuf[..n]);
-                let relay = match frame_client(&pending, &req) {
+                let relay = match frame_client(&pending) {
                     Ok(r) => r,
                     Err(why) => break Outcome::Broken(why),
                 };
+                for statement in &relay.statements {
+                    req.query(statement);
+                }
                 if relay.used == 0 {
                     continue;
                 }
@@ -354,26 +357,25 @@ async fn connection(
 }
 
 /// What to do with the whole packets at the front of the client's bytes.
+#[derive(Debug, Default, PartialEq, Eq)]
 struct ClientRelay {
     /// Bytes consumed from the front.
     used: usize,
     /// What goes to the database.
     forward: Vec<u8>,
+    /// The statements to audit (COM_QUERY, COM_STMT_PREPARE), in order.
+    statements: Vec<String>,
     /// A command refused instead of forwarded (the client gets an ERR with this message).
     refuse: Option<&'static str>,
     /// The sequence id of the last packet forwarded.
     last_seq: Option<u8>,
 }
 
-/// Frame the client's packets: audit each statement (the first packet of a command, sequence
-/// id 0), forward them, and hold back `COM_CHANGE_USER`.
-fn frame_client(pending: &[u8], req: &Request<'_>) -> Result<ClientRelay, String> {
-    let mut relay = ClientRelay {
-        used: 0,
-        forward: Vec::new(),
-        refuse: None,
-        last_seq: None,
-    };
+/// Frame the client's packets: collect each statement (the first packet of a command,
+/// sequence id 0), forward them, and hold back `COM_CHANGE_USER` (and whatever follows it
+/// until the client has read the refusal).
+fn frame_client(pending: &[u8]) -> Result<ClientRelay, String> {
+    let mut relay = ClientRelay::default();
     while relay.refuse.is_none() {
         let Some((p, n)) = read_packet(&pending[relay.used..]).map_err(|e| e.to_string())? else {
             break;
@@ -382,7 +384,7 @@ fn frame_client(pending: &[u8], req: &Request<'_>) -> Result<ClientRelay, String
         relay.used += n;
         if p.seq == 0 {
             match mysql::command(p.payload).map_err(|e| format!("malformed command: {e}"))? {
-                Command::Query(q) | Command::Prepare(q) => req.query(&q),
+                Command::Query(q) | Command::Prepare(q) => relay.statements.push(q),
                 Command::Other(COM_CHANGE_USER) => {
                     relay.refuse = Some(
                         "changing the database user is not supported through devtrust: connect again as that user",
@@ -504,13 +506,68 @@ mod tests {
         assert_eq!(ADVERTISED & 0x80, 0, "never local files");
     }
 
+    fn cmd(code: u8, text: &str) -> Vec<u8> {
+        let mut payload = vec![code];
+        payload.extend_from_slice(text.as_bytes());
+        mysql::packet(0, &payload).unwrap()
+    }
+
     #[test]
-    fn com_query_is_a_command() {
-        let p = mysql::packet(0, &[mysql::COM_QUERY, b'x']).unwrap();
-        let (pk, _) = read_packet(&p).unwrap().unwrap();
+    fn statements_are_collected_and_whole_packets_forwarded() {
+        let mut bytes = cmd(mysql::COM_QUERY, "select 1");
+        bytes.extend(cmd(mysql::COM_STMT_PREPARE, "select ?"));
+        // COM_STMT_EXECUTE is relayed, not a statement of its own.
+        bytes.extend(cmd(0x17, "\x01\x00\x00\x00"));
+        let whole = bytes.len();
+        bytes.extend(&cmd(mysql::COM_QUERY, "select 2")[..6]);
+        let r = frame_client(&bytes).unwrap();
+        assert_eq!(r.statements, ["select 1", "select ?"]);
+        assert_eq!((r.used, r.forward.len()), (whole, whole));
+        assert_eq!(r.last_seq, Some(0));
+        assert_eq!(r.refuse, None);
+        // A partial packet waits for the rest.
         assert_eq!(
-            mysql::command(pk.payload).unwrap(),
-            Command::Query("x".into())
+            frame_client(&bytes[whole..]).unwrap(),
+            ClientRelay::default()
         );
+    }
+
+    #[test]
+    fn change_user_is_refused_not_forwarded() {
+        let mut bytes = cmd(mysql::COM_QUERY, "select 1");
+        let first = bytes.len();
+        bytes.extend(cmd(COM_CHANGE_USER, "bob\0"));
+        let held = bytes.len();
+        bytes.extend(cmd(mysql::COM_QUERY, "select 2"));
+        let r = frame_client(&bytes).unwrap();
+        assert_eq!(r.forward, bytes[..first]);
+        assert_eq!(
+            r.used, held,
+            "what follows waits until the refusal is answered"
+        );
+        assert!(r.refuse.is_some());
+        assert_eq!(r.statements, ["select 1"]);
+    }
+
+    #[test]
+    fn an_empty_command_breaks_the_session() {
+        let bytes = mysql::packet(0, &[]).unwrap();
+        assert!(
+            frame_client(&bytes)
+                .unwrap_err()
+                .contains("malformed command")
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn framing_never_panics_and_forwards_only_what_it_consumed(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)
+        ) {
+            if let Ok(r) = frame_client(&bytes) {
+                proptest::prop_assert!(r.used <= bytes.len());
+                proptest::prop_assert!(r.forward.len() <= r.used);
+            }
+        }
     }
 }

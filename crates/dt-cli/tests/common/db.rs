@@ -50,6 +50,7 @@ impl AccessPoint {
             }
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!("devtrust db start did not print its address: {seen:?}");
     }
 
