@@ -83,7 +83,7 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
 
     let role = srv.write_file(
         "roles.yaml",
-        "kind: role\nversion: v7\nmetadata: {name: db-dev}\nspec: {allow: {db_labels: {env: dev}, db_users: [alice], db_names: ['*']}}\n",
+        "kind: role\nversion: v7\nmetadata: {name: db-dev}\nspec: {allow: {db_labels: {env: dev}, db_users: [alice], db_names: ['*']}}\n---\nkind: role\nversion: v7\nmetadata: {name: db-dev-trusted}\nspec: {options: {device_trust_mode: required}, allow: {db_labels: {env: dev}, db_users: [alice], db_names: ['*']}}\n",
     );
     srv.dtctl(&["create", "-f", &role]).ok();
     let alice = srv.new_user("alice", "db-dev", "", "correct horse battery");
@@ -166,6 +166,57 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
         mariadb(&ap, &alice, "alice", "select 1").status.success()
     });
 
+    // A role that requires a trusted device.
+    let set_roles = |roles: &str| {
+        let f = srv.write_file(
+            "alice.yaml",
+            &format!(
+                "kind: user\nversion: v2\nmetadata: {{name: alice}}\nspec: {{roles: [{roles}]}}\n"
+            ),
+        );
+        srv.dtctl(&["create", "-f", &f, "--force"]).ok();
+        srv.login(&alice, "alice", "correct horse battery").ok();
+    };
+    set_roles("db-dev-trusted");
+    let o = mariadb(&ap, &alice, "alice", "select 1");
+    assert!(
+        stderr(&o).contains("ERROR 1045 (28000): access denied to database \"maria1\" as db user \"alice\" on db \"\": a trusted device is required"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("dtsh device enroll"), "{}", stderr(&o));
+    set_roles("db-dev");
+
+    // A database that is down: a clear error from a second access point, which is audited.
+    let token2 = srv
+        .dtctl(&["tokens", "add", "--type=db", "--format=text"])
+        .ok()
+        .trim()
+        .to_string();
+    let down = AccessPoint::start(&[
+        format!("--auth-server={}", srv.addr),
+        format!("--token={token2}"),
+        "--name=maria-down".into(),
+        "--protocol=mysql".into(),
+        "--listen=127.0.0.1:0".into(),
+        "--labels=env=dev".into(),
+        format!("--uri=localhost:{}", dt_testkit::free_port()),
+        format!("--data-dir={}", srv.scratch().join("db-down").display()),
+        format!("--ca-pin={}", srv.pin),
+        "--heartbeat=1s".into(),
+    ]);
+    let o = mariadb(&down, &alice, "alice", "select 1");
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("ERROR 1105 (HY000): database \"maria-down\" at localhost:")
+            && stderr(&o).contains("is unreachable"),
+        "{}",
+        stderr(&o)
+    );
+    drop(down);
+    // The first access point kept serving.
+    assert!(mariadb(&ap, &alice, "alice", "select 1").status.success());
+
     // A lock ends a live session with its message, and refuses new ones.
     let live = mariadb_cmd(&ap, &alice, "alice", true, "select sleep(30)")
         .stderr(Stdio::piped())
@@ -222,6 +273,7 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
         "without TLS",
         "\"bob\"",
         "TLS handshake refused",
+        "is unreachable",
     ] {
         assert!(
             denied

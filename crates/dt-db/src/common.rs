@@ -5,7 +5,9 @@
 //! A front (`pg`, `mysql`) keeps only its wire: how to ask for TLS, where the database user
 //! and name come from, and how an error reaches its client.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use dt_agent::access::{Denial, Ending, SessionTarget, device_info};
@@ -16,6 +18,7 @@ use dt_proto::v1 as pb;
 use dt_proto::v1::database_service_client::DatabaseServiceClient;
 use dt_types::audit::{AuditEvent, EventType};
 use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -357,8 +360,74 @@ pub(crate) fn no_tls_upstream(state: &DbState) -> String {
     )
 }
 
+/// A stream that first yields bytes already read from it: a MySQL client starts its TLS
+/// handshake right after the SSLRequest without waiting for an answer, so the first read may
+/// hold both.
+pub(crate) struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Prefixed<S> {
+        Prefixed {
+            prefix,
+            pos: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let left = this.prefix.get(this.pos..).unwrap_or_default();
+        if !left.is_empty() && buf.remaining() > 0 {
+            let n = left.len().min(buf.remaining());
+            buf.put_slice(&left[..n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn prefixed_yields_the_prefix_then_the_stream() {
+        let (mut a, b) = tokio::io::duplex(64);
+        let mut p = super::Prefixed::new(b"hello ".to_vec(), b);
+        a.write_all(b"world").await.unwrap();
+        drop(a);
+        let mut out = String::new();
+        p.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "hello world");
+    }
+
     #[test]
     fn host_of_uri() {
         assert_eq!(super::host("localhost:5432"), "localhost");

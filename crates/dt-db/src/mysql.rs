@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 
 use crate::DbState;
 use crate::common::{
-    ConnError, NEEDS_TLS, Outcome, Request, STARTUP_TIMEOUT, Upstream, connect_tcp,
+    ConnError, NEEDS_TLS, Outcome, Prefixed, Request, STARTUP_TIMEOUT, Upstream, connect_tcp,
     no_tls_upstream, peer_identity, refuse_anonymous, unreachable, upstream_tls,
 };
 
@@ -49,8 +49,10 @@ const ER_HANDSHAKE: u16 = 1043;
 const ER_CONNECTION_KILLED: u16 = 1927;
 /// `ER_NOT_SUPPORTED_YET`: a command the access point does not relay.
 const ER_NOT_SUPPORTED: u16 = 1235;
-/// `ER_CANT_CONNECT`-like: the database is unreachable or refused the access point.
-const ER_UPSTREAM: u16 = 2003;
+/// `ER_UNKNOWN_ERROR`: the database is unreachable or refused the access point. (Client
+/// error codes, 2000-2999, are not allowed from a server: the `mariadb` client reports
+/// "malformed packet" instead.)
+const ER_UPSTREAM: u16 = 1105;
 /// `COM_CHANGE_USER`: would log in as another database user than the one decided.
 const COM_CHANGE_USER: u8 = 0x11;
 
@@ -183,14 +185,8 @@ async fn connection(
     let mut buf = Vec::new();
     let (seq, payload) = read_timed(&mut tcp, &mut buf, "SSLRequest").await?;
     match ClientHello::parse(&payload) {
-        Ok(ClientHello::SslRequest { .. }) if buf.is_empty() => {}
-        Ok(ClientHello::SslRequest { .. }) => {
-            return Err(refuse_anonymous(
-                state,
-                remote,
-                "bytes after SSLRequest before the TLS handshake".into(),
-            ));
-        }
+        // What follows the SSLRequest in the same read is the start of the TLS handshake.
+        Ok(ClientHello::SslRequest { .. }) => {}
         Ok(ClientHello::Response(_)) => {
             let seq = seq.wrapping_add(1);
             err(&mut tcp, seq, ER_ACCESS_DENIED, "28000", NEEDS_TLS).await;
@@ -208,18 +204,22 @@ async fn connection(
     }
 
     // 2. TLS with a user-CA client certificate (rustls checks chain, validity and usage).
-    let mut client =
-        match tokio::time::timeout(STARTUP_TIMEOUT, state.tls.acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(refuse_anonymous(
-                    state,
-                    remote,
-                    format!("TLS handshake refused: {e}"),
-                ));
-            }
-            Err(_) => return Err(ConnError::Refused("TLS handshake timed out".into())),
-        };
+    let mut client = match tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        state.tls.acceptor.accept(Prefixed::new(buf, tcp)),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(refuse_anonymous(
+                state,
+                remote,
+                format!("TLS handshake refused: {e}"),
+            ));
+        }
+        Err(_) => return Err(ConnError::Refused("TLS handshake timed out".into())),
+    };
 
     // 3. The HandshakeResponse41 inside TLS: the database user and database.
     let mut buf = Vec::new();
@@ -277,7 +277,7 @@ async fn connection(
     let (mut upstream, ok) = match open_upstream(state, &resp).await {
         Ok(u) => u,
         Err(why) => {
-            err(&mut client, reply_seq, ER_UPSTREAM, "08S01", &why).await;
+            err(&mut client, reply_seq, ER_UPSTREAM, "HY000", &why).await;
             return Err(req.refuse(why));
         }
     };
