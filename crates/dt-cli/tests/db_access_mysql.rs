@@ -103,6 +103,14 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
     assert!(ok.status.success(), "{}", stderr(&ok));
     assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "42");
 
+    // A client that sends its TLS ClientHello in the same write as the SSLRequest (MySQL's
+    // SSLRequest gets no answer) logs in too, and is refused the same way.
+    assert_eq!(
+        login_with_coalesced_client_hello(&ap, &alice, "alice"),
+        0x00
+    );
+    assert_eq!(login_with_coalesced_client_hello(&ap, &alice, "bob"), 0xff);
+
     // A database user the roles do not allow, and a user with no database role.
     let no = mariadb(&ap, &alice, "bob", "select 1");
     assert!(!no.status.success());
@@ -288,4 +296,125 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
             .any(|e| e["resource_name"] == "maria1"),
         "the lock's termination is audited"
     );
+}
+
+/// Accepts any server certificate: the access point's own certificate is not what this test
+/// is about.
+#[derive(Debug)]
+struct AnyServer(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyServer {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// A client that sends the SSLRequest and its TLS ClientHello in one write (as a fast
+/// client may: MySQL's SSLRequest gets no answer), then logs in: the access point must take
+/// the ClientHello it read along with the SSLRequest. Returns the first byte of the answer
+/// to the HandshakeResponse (0x00: OK).
+fn login_with_coalesced_client_hello(ap: &AccessPoint, home: &Home, db_user: &str) -> u8 {
+    use dt_dbwire::mysql;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::{Read, Write};
+
+    fn read_packet(s: &mut impl Read) -> (u8, Vec<u8>) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some((p, _)) = mysql::read_packet(&buf).unwrap() {
+                return (p.seq, p.payload.to_vec());
+            }
+            let n = s.read(&mut chunk).unwrap();
+            assert!(n > 0, "the access point closed the connection");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    let (cert, key) = profile_tls(home);
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(provider)))
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_file(&cert).unwrap()],
+            PrivateKeyDer::from_pem_file(&key).unwrap(),
+        )
+        .unwrap();
+    let mut tcp = std::net::TcpStream::connect(&ap.addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (_, greeting) = read_packet(&mut tcp);
+    let hs = mysql::Handshake::parse(&greeting).unwrap();
+    assert_ne!(
+        hs.capabilities & mysql::CLIENT_SSL,
+        0,
+        "the greeting offers TLS"
+    );
+    let caps = mysql::CLIENT_PROTOCOL_41
+        | mysql::CLIENT_SECURE_CONNECTION
+        | mysql::CLIENT_PLUGIN_AUTH
+        | mysql::CLIENT_SSL;
+    let mut conn = rustls::ClientConnection::new(
+        std::sync::Arc::new(cfg),
+        ServerName::try_from("localhost").unwrap(),
+    )
+    .unwrap();
+    let mut first = mysql::packet(1, &mysql::ssl_request(caps, 1 << 24, 45)).unwrap();
+    conn.write_tls(&mut first).unwrap();
+    tcp.write_all(&first).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let resp = mysql::HandshakeResponse {
+        capabilities: caps,
+        max_packet: 1 << 24,
+        charset: 45,
+        user: db_user.into(),
+        auth_response: Vec::new(),
+        database: None,
+        auth_plugin: Some("mysql_native_password".into()),
+    };
+    tls.write_all(&mysql::packet(2, &resp.encode()).unwrap())
+        .unwrap();
+    let (seq, answer) = read_packet(&mut tls);
+    assert_eq!(seq, 3, "the answer follows the client's sequence ids");
+    let _ = tls.write_all(&mysql::packet(0, &[mysql::COM_QUIT]).unwrap());
+    answer[0]
 }
