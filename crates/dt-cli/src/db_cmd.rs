@@ -1,4 +1,4 @@
-//! `devtrust db start`: a database access point (PostgreSQL) on the access-point runtime.
+//! `devtrust db start`: a database access point (PostgreSQL, MySQL/MariaDB) on the access-point runtime.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -21,18 +21,21 @@ pub const DEFAULT_DB_DATA_DIR: &str = "/var/lib/devtrust-db";
 pub enum DbCmd {
     /// Run a database access point: join the cluster (first start, with a `db` join token),
     /// heartbeat the database so `dtsh db ls` lists it, watch the cluster's roles, locks and
-    /// device-trust settings, and let PostgreSQL clients reach the database only as the
+    /// device-trust settings, and let PostgreSQL or MySQL/MariaDB clients reach the database only as the
     /// roles' db_labels, db_users and db_names and the device-trust modes allow.
     ///
     /// The database must trust the cluster's database CA for client certificates
-    /// (`dtctl auth sign --format=db`, then `hostssl ... cert` in pg_hba.conf): the access
-    /// point logs in as the requested database user with a short-lived certificate of it.
+    /// (`dtctl auth sign --format=db`, then `hostssl ... cert` in pg_hba.conf, or MariaDB's
+    /// `ssl-ca` and users created with `REQUIRE SUBJECT '/CN=<user>'`): the access point logs
+    /// in as the requested database user with a short-lived certificate of it.
     Start(DbStartArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ProtocolArg {
     Postgres,
+    /// MySQL or MariaDB.
+    Mysql,
 }
 
 #[derive(Args)]
@@ -127,6 +130,7 @@ async fn start(a: DbStartArgs) -> anyhow::Result<ExitCode> {
             labels: parse_labels(&a.labels)?,
             protocol: match a.protocol {
                 ProtocolArg::Postgres => dt_db::Protocol::Postgres,
+                ProtocolArg::Mysql => dt_db::Protocol::Mysql,
             },
             uri: a.uri.clone(),
             server_ca_pem,
@@ -151,10 +155,15 @@ async fn start(a: DbStartArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default()
     );
     let _ = writeln!(out, "  data dir:  {}", a.data_dir.display());
-    let _ = writeln!(
-        out,
-        "Next: psql through the access point with your devtrust certificate (sslmode=require, sslcert, sslkey)"
-    );
+    let next = match a.protocol {
+        ProtocolArg::Postgres => {
+            "Next: psql through the access point with your devtrust certificate (sslmode=require, sslcert, sslkey)"
+        }
+        ProtocolArg::Mysql => {
+            "Next: mariadb through the access point with your devtrust certificate (--ssl, --ssl-cert, --ssl-key)"
+        }
+    };
+    let _ = writeln!(out, "{next}");
     let _ = out.flush();
     until_stopped().await;
     db.stop().await;

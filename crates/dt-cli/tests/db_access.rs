@@ -8,79 +8,13 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::db::*;
 use common::*;
 use dt_testkit::{Postgres, ServerTls};
-
-/// `devtrust db start`, killed on drop.
-struct AccessPoint {
-    child: Child,
-    addr: String,
-}
-
-impl AccessPoint {
-    fn start(args: &[String]) -> AccessPoint {
-        let mut child = Command::new(DEVTRUST)
-            .args(["db", "start"])
-            .args(args)
-            .env("DEVTRUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep draining after the address is read: a closed pipe would fail the
-            // access point's later output.
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-                if let Some(a) = l.trim().strip_prefix("listen:") {
-                    return AccessPoint {
-                        child,
-                        addr: a.trim().to_string(),
-                    };
-                }
-                seen.push(l);
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("devtrust db start did not print its address: {seen:?}");
-    }
-
-    fn port(&self) -> &str {
-        self.addr.rsplit_once(':').unwrap().1
-    }
-}
-
-impl Drop for AccessPoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The TLS certificate and key of the profile at `home` (what psql presents).
-fn profile_tls(home: &Home) -> (PathBuf, PathBuf) {
-    let store = dt_client::ProfileStore {
-        home: home.path.clone(),
-    };
-    let p = store.current().unwrap();
-    let f = store.files(&p.proxy);
-    (f.tls_cert(), f.key_pem())
-}
 
 fn psql(
     ap: &AccessPoint,
@@ -100,31 +34,6 @@ fn psql(
         .args(["-At", "-c", sql])
         .output()
         .unwrap()
-}
-
-fn stderr(o: &std::process::Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn set_cluster_mode(srv: &Server, mode: &str) {
-    let f = srv.write_file(
-        "cap.yaml",
-        &format!(
-            "kind: cluster_auth_preference\nversion: v2\nmetadata: {{name: cluster-auth-preference}}\nspec: {{device_trust: {{mode: {mode}}}}}\n"
-        ),
-    );
-    srv.dtctl(&["create", "-f", &f, "--force"]).ok();
-}
-
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for {what}");
 }
 
 #[test]

@@ -1,7 +1,7 @@
-//! devtrust's database access point (`devtrust db start`): PostgreSQL clients reach a
-//! database through it, and only as the runtime's decision allows.
+//! devtrust's database access point (`devtrust db start`): PostgreSQL and MySQL/MariaDB
+//! clients reach a database through it, and only as the runtime's decision allows.
 //!
-//! For each client connection ([`pg`]):
+//! For each PostgreSQL client connection ([`pg`]):
 //!
 //! 1. The client must ask for TLS (PostgreSQL's SSLRequest); the access point presents its
 //!    own certificate (host CA, named after it) and requires a client certificate that
@@ -20,8 +20,15 @@
 //! 4. The session is registered with the runtime, so a lock that matches it ends it within
 //!    a sweep (a `FATAL` with the lock's message, then the connection closes).
 //!
-//! MySQL is the next protocol on the same shape (its wire is in `dt-dbwire`).
+//! The MySQL/MariaDB front ([`mysql`]) follows the same steps on its own wire: the access
+//! point sends the server greeting advertising CLIENT_SSL, the client's SSLRequest starts TLS,
+//! and the HandshakeResponse inside TLS names the database user and database.
+//!
+//! What both fronts share (identity, decision, audit, session registry, upstream
+//! certificate) is in `common`.
 
+mod common;
+pub mod mysql;
 pub mod pg;
 mod tls;
 
@@ -34,18 +41,21 @@ use dt_agent::sessions::SessionRegistry;
 use dt_agent::{AgentError, Runtime, RuntimeConfig, Served};
 use dt_types::ServiceKind;
 
-pub use pg::DbSession;
+pub use common::DbSession;
 
 /// The database protocols an access point speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Postgres,
+    /// MySQL and MariaDB.
+    Mysql,
 }
 
 impl Protocol {
     pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Postgres => "postgres",
+            Protocol::Mysql => "mysql",
         }
     }
 }
@@ -136,7 +146,7 @@ pub async fn start(mut cfg: DbConfig) -> Result<RunningDb, AgentError> {
         channel: runtime.channel.clone(),
     });
     let shutdown = runtime.shutdown_signal();
-    runtime.spawn(pg::serve(state.clone(), listener, shutdown));
+    runtime.spawn(common::serve(state.clone(), listener, shutdown));
     let s = state.clone();
     runtime.spawn(dt_agent::sessions::enforce(
         state.sessions.clone(),
@@ -145,7 +155,7 @@ pub async fn start(mut cfg: DbConfig) -> Result<RunningDb, AgentError> {
         "database access point",
         move |_, session: DbSession, why| {
             let s = s.clone();
-            async move { pg::end_session(&s, session, why) }
+            async move { common::end_session(&s, session, why) }
         },
     ));
     tracing::info!(db = %cfg.database.name, %addr, upstream = %cfg.database.uri, "database access point serving");

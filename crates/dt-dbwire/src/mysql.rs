@@ -316,7 +316,9 @@ pub fn command(payload: &[u8]) -> Result<Command, WireError> {
 }
 
 /// An ERR packet payload the `mariadb` and `mysql` clients print as
-/// `ERROR 1045 (28000): message` (1045 access denied, 1927 connection killed, 2013 lost).
+/// `ERROR 1045 (28000): message` (1045 access denied, 1927 connection killed). Client error
+/// codes (2000-2999) must not come from a server: the `mariadb` client then reports a
+/// malformed packet.
 pub fn err_payload(code: u16, sql_state: &str, message: &str) -> Vec<u8> {
     let mut out = vec![0xff];
     out.extend(code.to_le_bytes());

@@ -12,6 +12,8 @@
 //!   unreachable fails the test loudly; it is never skipped.
 #![allow(dead_code)]
 
+pub mod db;
+
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
