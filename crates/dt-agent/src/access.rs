@@ -244,69 +244,7 @@ pub fn decide(
 }
 
 /// What a live session reaches, owned (a session outlives the request that started it).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SessionTarget {
-    Ssh {
-        node: String,
-        login: String,
-    },
-    Db {
-        name: String,
-        db_user: String,
-        db_name: String,
-    },
-    Kube {
-        name: String,
-        users: Vec<String>,
-        groups: Vec<String>,
-    },
-    App {
-        name: String,
-    },
-    Desktop {
-        name: String,
-        login: String,
-    },
-}
-
-impl SessionTarget {
-    /// The borrowed form the decision takes (labels do not matter to locks and messages).
-    pub fn as_target<'a>(&'a self, labels: &'a BTreeMap<String, String>) -> Target<'a> {
-        match self {
-            SessionTarget::Ssh { node, login } => Target::Ssh {
-                node,
-                labels,
-                login,
-            },
-            SessionTarget::Db {
-                name,
-                db_user,
-                db_name,
-            } => Target::Db {
-                name,
-                labels,
-                db_user,
-                db_name,
-            },
-            SessionTarget::Kube {
-                name,
-                users,
-                groups,
-            } => Target::Kube {
-                name,
-                labels,
-                users,
-                groups,
-            },
-            SessionTarget::App { name } => Target::App { name, labels },
-            SessionTarget::Desktop { name, login } => Target::Desktop {
-                name,
-                labels,
-                login,
-            },
-        }
-    }
-}
+pub use dt_authz::TargetBuf as SessionTarget;
 
 /// Why a live session must end now, if it must: its certificate expired and the cluster or
 /// one of its roles sets `disconnect_expired_cert` (an unreadable role counts as setting it),

@@ -18,15 +18,14 @@
 //! logins and what the roles say), and `read` on `device` when a device is named (its
 //! enrollment state). It is a read: no audit event.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use dt_authz::{Check, Decision, Effect, Explained, Policy, Principal, Subject, Target};
+use dt_authz::{Check, Decision, Effect, Explained, Policy, Principal, Subject, TargetBuf};
 use dt_proto::v1 as pb;
 use dt_proto::v1::access_service_server::AccessService;
 use dt_types::device::EnrollStatus;
 use dt_types::resource::UserSpec;
-use dt_types::{Device, ServiceKind, Verb};
+use dt_types::{Device, Verb};
 use tonic::{Request, Response, Status};
 
 use crate::error::{ApiError, ApiResult};
@@ -41,144 +40,62 @@ pub struct GrpcAccess {
     pub srv: Arc<AuthServer>,
 }
 
-/// What is asked for, owned (the wire form, checked).
-enum Asked {
-    Ssh {
-        node: String,
-        login: String,
-    },
-    Db {
-        name: String,
-        db_user: String,
-        db_name: String,
-    },
-    Kube {
-        name: String,
-        users: Vec<String>,
-        groups: Vec<String>,
-    },
-    App {
-        name: String,
-    },
-    Desktop {
-        name: String,
-        login: String,
-    },
-}
-
-impl Asked {
-    fn from_wire(t: Option<pb::explain_access_request::Target>) -> ApiResult<Asked> {
-        use pb::explain_access_request::Target as T;
-        let need = |v: &str, what: &str| {
-            if v.trim().is_empty() {
-                Err(ApiError::InvalidArgument(format!("give {what}")))
-            } else {
-                Ok(())
-            }
-        };
-        let asked = match t {
-            None => {
-                return Err(ApiError::InvalidArgument(
+/// What is asked for, from the wire form, checked.
+fn asked_from_wire(t: Option<pb::explain_access_request::Target>) -> ApiResult<TargetBuf> {
+    use pb::explain_access_request::Target as T;
+    let need = |v: &str, what: &str| {
+        if v.trim().is_empty() {
+            Err(ApiError::InvalidArgument(format!("give {what}")))
+        } else {
+            Ok(())
+        }
+    };
+    let asked = match t {
+        None => {
+            return Err(ApiError::InvalidArgument(
                     "say what is asked for: --node with --login, --db with --db-user and --db-name, --kube, --app, or --desktop with --desktop-login".into(),
                 ));
-            }
-            Some(T::Ssh(s)) => {
-                need(&s.node, "the node (--node)")?;
-                need(&s.login, "the login (--login)")?;
-                Asked::Ssh {
-                    node: s.node,
-                    login: s.login,
-                }
-            }
-            Some(T::Db(d)) => {
-                need(&d.name, "the database (--db)")?;
-                need(&d.db_user, "the database user (--db-user)")?;
-                need(&d.db_name, "the database name (--db-name)")?;
-                Asked::Db {
-                    name: d.name,
-                    db_user: d.db_user,
-                    db_name: d.db_name,
-                }
-            }
-            Some(T::Kube(k)) => {
-                need(&k.name, "the Kubernetes cluster (--kube)")?;
-                Asked::Kube {
-                    name: k.name,
-                    users: k.users,
-                    groups: k.groups,
-                }
-            }
-            Some(T::App(a)) => {
-                need(&a.name, "the app (--app)")?;
-                Asked::App { name: a.name }
-            }
-            Some(T::Desktop(d)) => {
-                need(&d.name, "the desktop (--desktop)")?;
-                need(&d.login, "the desktop login (--desktop-login)")?;
-                Asked::Desktop {
-                    name: d.name,
-                    login: d.login,
-                }
-            }
-        };
-        Ok(asked)
-    }
-
-    fn kind(&self) -> ServiceKind {
-        match self {
-            Asked::Ssh { .. } => ServiceKind::Node,
-            Asked::Db { .. } => ServiceKind::Db,
-            Asked::Kube { .. } => ServiceKind::Kube,
-            Asked::App { .. } => ServiceKind::App,
-            Asked::Desktop { .. } => ServiceKind::Desktop,
         }
-    }
-
-    fn name(&self) -> &str {
-        match self {
-            Asked::Ssh { node, .. } => node,
-            Asked::Db { name, .. }
-            | Asked::Kube { name, .. }
-            | Asked::App { name }
-            | Asked::Desktop { name, .. } => name,
+        Some(T::Ssh(s)) => {
+            need(&s.node, "the node (--node)")?;
+            need(&s.login, "the login (--login)")?;
+            TargetBuf::Ssh {
+                node: s.node,
+                login: s.login,
+            }
         }
-    }
-
-    fn target<'a>(&'a self, labels: &'a BTreeMap<String, String>) -> Target<'a> {
-        match self {
-            Asked::Ssh { node, login } => Target::Ssh {
-                node,
-                labels,
-                login,
-            },
-            Asked::Db {
-                name,
-                db_user,
-                db_name,
-            } => Target::Db {
-                name,
-                labels,
-                db_user,
-                db_name,
-            },
-            Asked::Kube {
-                name,
-                users,
-                groups,
-            } => Target::Kube {
-                name,
-                labels,
-                users,
-                groups,
-            },
-            Asked::App { name } => Target::App { name, labels },
-            Asked::Desktop { name, login } => Target::Desktop {
-                name,
-                labels,
-                login,
-            },
+        Some(T::Db(d)) => {
+            need(&d.name, "the database (--db)")?;
+            need(&d.db_user, "the database user (--db-user)")?;
+            need(&d.db_name, "the database name (--db-name)")?;
+            TargetBuf::Db {
+                name: d.name,
+                db_user: d.db_user,
+                db_name: d.db_name,
+            }
         }
-    }
+        Some(T::Kube(k)) => {
+            need(&k.name, "the Kubernetes cluster (--kube)")?;
+            TargetBuf::Kube {
+                name: k.name,
+                users: k.users,
+                groups: k.groups,
+            }
+        }
+        Some(T::App(a)) => {
+            need(&a.name, "the app (--app)")?;
+            TargetBuf::App { name: a.name }
+        }
+        Some(T::Desktop(d)) => {
+            need(&d.name, "the desktop (--desktop)")?;
+            need(&d.login, "the desktop login (--desktop-login)")?;
+            TargetBuf::Desktop {
+                name: d.name,
+                login: d.login,
+            }
+        }
+    };
+    Ok(asked)
 }
 
 /// The device the explanation assumes.
@@ -220,7 +137,7 @@ impl AuthServer {
     ) -> ApiResult<pb::ExplainAccessResponse> {
         self.authorize(caller, "user", Verb::Read)?;
         self.authorize(caller, "role", Verb::Read)?;
-        let asked = Asked::from_wire(req.target)?;
+        let asked = asked_from_wire(req.target)?;
         let user_name = req.user.trim();
         if user_name.is_empty() {
             return Err(ApiError::InvalidArgument(
@@ -297,7 +214,7 @@ impl AuthServer {
             device_id,
             device_credential: credential_id,
         };
-        let target = asked.target(&found.resource.labels);
+        let target = asked.as_target(&found.resource.labels);
         let policy = Policy {
             cluster_mode: &cluster_mode,
             roles: &roles,

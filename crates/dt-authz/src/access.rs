@@ -163,6 +163,86 @@ impl Target<'_> {
     }
 }
 
+/// What is asked for, owned: a live session's target, or a request to explain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TargetBuf {
+    Ssh {
+        node: String,
+        login: String,
+    },
+    Db {
+        name: String,
+        db_user: String,
+        db_name: String,
+    },
+    Kube {
+        name: String,
+        users: Vec<String>,
+        groups: Vec<String>,
+    },
+    App {
+        name: String,
+    },
+    Desktop {
+        name: String,
+        login: String,
+    },
+}
+
+impl TargetBuf {
+    /// The borrowed form the decision takes, with the resource's labels.
+    pub fn as_target<'a>(&'a self, labels: &'a BTreeMap<String, String>) -> Target<'a> {
+        match self {
+            TargetBuf::Ssh { node, login } => Target::Ssh {
+                node,
+                labels,
+                login,
+            },
+            TargetBuf::Db {
+                name,
+                db_user,
+                db_name,
+            } => Target::Db {
+                name,
+                labels,
+                db_user,
+                db_name,
+            },
+            TargetBuf::Kube {
+                name,
+                users,
+                groups,
+            } => Target::Kube {
+                name,
+                labels,
+                users,
+                groups,
+            },
+            TargetBuf::App { name } => Target::App { name, labels },
+            TargetBuf::Desktop { name, login } => Target::Desktop {
+                name,
+                labels,
+                login,
+            },
+        }
+    }
+
+    pub fn kind(&self) -> ServiceKind {
+        static NO_LABELS: BTreeMap<String, String> = BTreeMap::new();
+        self.as_target(&NO_LABELS).kind()
+    }
+
+    pub fn name(&self) -> &str {
+        match self {
+            TargetBuf::Ssh { node, .. } => node,
+            TargetBuf::Db { name, .. }
+            | TargetBuf::Kube { name, .. }
+            | TargetBuf::App { name }
+            | TargetBuf::Desktop { name, .. } => name,
+        }
+    }
+}
+
 /// Who asks: taken from a certificate verified against the user CA.
 #[derive(Clone, Copy, Debug)]
 pub struct Subject<'a> {

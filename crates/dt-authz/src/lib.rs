@@ -15,9 +15,9 @@ use dt_types::{Lock, ServiceKind, Verb};
 
 mod access;
 pub use access::{
-    Check, Effect, Explained, KubeIdentityError, Policy, Reason, Subject, Target, check_app,
-    check_db, check_desktop, check_kube, check_ssh, decide, kube_impersonation, labels_match,
-    may_list,
+    Check, Effect, Explained, KubeIdentityError, Policy, Reason, Subject, Target, TargetBuf,
+    check_app, check_db, check_desktop, check_kube, check_ssh, decide, kube_impersonation,
+    labels_match, may_list,
 };
 
 /// Default and upper bound for certificate TTL when no role says otherwise.
