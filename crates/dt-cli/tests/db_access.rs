@@ -197,6 +197,32 @@ fn psql_through_the_access_point_with_roles_modes_locks_and_audit() {
         stderr(&clear)
     );
 
+    // A certificate of another CA (the access point's own host-CA certificate) is refused
+    // in the TLS handshake, and audited.
+    let other_ca = Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=alice dbname=postgres sslmode=require sslcert={} sslkey={} connect_timeout=10",
+            ap.port(),
+            data.join("tls.crt").display(),
+            data.join("key.pem").display()
+        ))
+        .args(["-c", "select 1"])
+        .output()
+        .unwrap();
+    assert!(
+        !other_ca.status.success(),
+        "a host-CA certificate must not pass"
+    );
+    wait_until("the refused handshake is audited", || {
+        srv.events(&["--type=access.denied"]).iter().any(|e| {
+            e["resource_name"] == "pg1"
+                && e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("TLS handshake refused")
+        })
+    });
+
     // The cluster-wide mode applies to databases.
     set_cluster_mode(&srv, "required");
     wait_until("the cluster mode reaches the access point", || {

@@ -117,3 +117,52 @@ pub fn server_name(name: &str) -> ServerName<'static> {
     ServerName::try_from(name.to_string())
         .unwrap_or(ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use dt_ca::{CaKind, CertAuthority, ClientKey};
+
+    fn verify(host_ca: &CertAuthority, expect: &str, cert: &[u8]) -> Result<(), rustls::Error> {
+        let v = ServiceVerifier {
+            host_ca_der: host_ca.cert_der().to_vec(),
+            kind: ServiceKind::Db,
+            name: expect.into(),
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+        };
+        v.verify_server_cert(
+            &CertificateDer::from(cert.to_vec()),
+            &[],
+            &server_name(expect),
+            &[],
+            UnixTime::now(),
+        )
+        .map(|_| ())
+    }
+
+    #[test]
+    fn only_the_named_database_access_point_is_accepted() {
+        let now = time::OffsetDateTime::now_utc();
+        let host = CertAuthority::generate("c", CaKind::Host, now).unwrap();
+        let key = ClientKey::generate().unwrap();
+        let until = now + time::Duration::days(1);
+        let issue = |ca: &CertAuthority, name: &str, kind| {
+            ca.issue_node_client_cert(&key.spki_der(), name, kind, until)
+                .unwrap()
+        };
+        verify(&host, "pg1", &issue(&host, "pg1", ServiceKind::Db)).unwrap();
+        // Another database, an SSH node of the same name, another cluster's host CA.
+        let e = verify(&host, "pg1", &issue(&host, "pg2", ServiceKind::Db)).unwrap_err();
+        assert!(e.to_string().contains("names db \"pg2\""), "{e}");
+        assert!(verify(&host, "pg1", &issue(&host, "pg1", ServiceKind::Node)).is_err());
+        let other = CertAuthority::generate("other", CaKind::Host, now).unwrap();
+        assert!(verify(&host, "pg1", &issue(&other, "pg1", ServiceKind::Db)).is_err());
+        // A TLS server certificate of the right CA is no service certificate.
+        let server = host
+            .issue_tls_server_cert(&key.spki_der(), &["pg1".into()], &[], until)
+            .unwrap();
+        assert!(verify(&host, "pg1", &server).is_err());
+    }
+}
