@@ -16,6 +16,7 @@ fn tls_err(what: &str) -> impl Fn(rustls::Error) -> AgentError + '_ {
     move |e| AgentError::Config(format!("{what}: {e}"))
 }
 
+#[derive(Clone)]
 pub struct Tls {
     pub acceptor: tokio_rustls::TlsAcceptor,
 }
