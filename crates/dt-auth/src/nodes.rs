@@ -950,8 +950,12 @@ impl AuthServer {
             parsed.push(e);
         }
         let n = parsed.len() as u32;
-        for e in parsed {
-            self.audit.emit(e).await?;
+        // One transaction for the whole batch (chained in order): an access point that
+        // audits every statement sends hundreds at a time, and a commit each would cap it.
+        if !parsed.is_empty() {
+            self.audit
+                .write_with_events(Vec::new(), Vec::new(), parsed)
+                .await?;
         }
         tracing::debug!(node = %node.name, from = %peer.addr, n, "node audit events recorded");
         Ok(n)
