@@ -288,6 +288,53 @@ fn every_mode_role_and_device_case_through_psql_and_mariadb() {
         })
     });
 
+    // Garbage instead of, and bytes smuggled after, the SSLRequest; garbage instead of a
+    // MySQL handshake: each gets an error, is audited, and the access point serves on.
+    let raw = |addr: &str, bytes: &[u8]| -> Vec<u8> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        s.write_all(bytes).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        out
+    };
+    let http = raw(&ap.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(
+        http.first(),
+        Some(&b'E'),
+        "a PostgreSQL ErrorResponse: {http:?}"
+    );
+    let mut smuggled = vec![0, 0, 0, 8, 4, 210, 22, 47];
+    smuggled.extend_from_slice(b"Q\0\0\0\x0dselect 1\0");
+    let answer = raw(&ap.addr, &smuggled);
+    assert!(
+        answer.is_empty() || answer[0] != b'S',
+        "no TLS after smuggled bytes: {answer:?}"
+    );
+    let mysql_garbage = raw(&mysql_listen, b"\x05\0\0\x01hello");
+    assert!(
+        String::from_utf8_lossy(&mysql_garbage).contains("invalid handshake response"),
+        "{mysql_garbage:?}"
+    );
+    wait_until("bad input audited", || {
+        let denied = srv.events(&["--type=access.denied"]);
+        [
+            "invalid startup packet",
+            "bytes after SSLRequest",
+            "invalid handshake response",
+        ]
+        .iter()
+        .all(|n| {
+            denied
+                .iter()
+                .any(|e| e["message"].as_str().unwrap_or("").contains(n))
+        })
+    });
+    let still = psql(&ap, &alice, "pg-dev", "alice", "postgres");
+    assert!(still.status.success(), "{}", stderr(&still));
+
     // A database that is down: a clear error, and the access point keeps serving the rest.
     drop(maria);
     let down = mariadb(&alice, "maria-dev", "alice");
