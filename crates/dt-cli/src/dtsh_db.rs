@@ -17,13 +17,12 @@ use clap::{Args, Subcommand};
 use dt_client::{Profile, ProfileStore};
 use dt_dbwire::pg;
 use dt_proto::v1 as pb;
-use dt_proto::v1::node_service_client::NodeServiceClient;
 use dt_types::ServiceKind;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{Format, api_err, table};
+use crate::common::{Format, table};
 
 #[derive(Subcommand)]
 pub enum DbCmd {
@@ -62,6 +61,8 @@ pub enum ProxyCmd {
         #[arg(long, default_value_t = 0)]
         port: u16,
     },
+    /// A local plain-HTTP port for an app: dtsh proxy app NAME --port=N
+    App(crate::dtsh_app::ProxyAppArgs),
 }
 
 #[derive(Args, Clone)]
@@ -115,20 +116,7 @@ async fn databases(
     store: &ProfileStore,
     profile: &Profile,
 ) -> anyhow::Result<Vec<pb::ServedResourceInfo>> {
-    let ch = crate::dtsh_ssh::profile_channel(store, profile).await?;
-    let mut dbs = NodeServiceClient::new(ch)
-        .list_served_resources(pb::ListServedResourcesRequest {
-            kind: ServiceKind::Db.as_str().into(),
-        })
-        .await
-        .map_err(api_err)?
-        .into_inner()
-        .resources;
-    dbs.sort_by(|a, b| {
-        let name = |x: &pb::ServedResourceInfo| x.resource.as_ref().map(|r| r.name.clone());
-        name(a).cmp(&name(b))
-    });
-    Ok(dbs)
+    crate::dtsh_app::served(store, profile, ServiceKind::Db).await
 }
 
 /// The database `name` and the access point that serves it.
@@ -137,27 +125,7 @@ async fn find(
     profile: &Profile,
     name: &str,
 ) -> anyhow::Result<(pb::ServedResource, String)> {
-    let dbs = databases(store, profile).await?;
-    if let Some((r, service)) = dbs.iter().find_map(|d| {
-        d.resource
-            .as_ref()
-            .filter(|r| r.name == name)
-            .map(|r| (r.clone(), d.service.clone()))
-    }) {
-        return Ok((r, service));
-    }
-    let names: Vec<String> = dbs
-        .iter()
-        .filter_map(|d| d.resource.as_ref().map(|r| r.name.clone()))
-        .collect();
-    bail!(
-        "database {name:?} is not online, or your roles do not let you reach it (you can reach: {})",
-        if names.is_empty() {
-            "none".into()
-        } else {
-            names.join(", ")
-        }
-    )
+    crate::dtsh_app::find_served(store, profile, ServiceKind::Db, name).await
 }
 
 pub async fn run(cmd: DbCmd) -> anyhow::Result<ExitCode> {
@@ -289,6 +257,7 @@ pub async fn proxy(cmd: ProxyCmd) -> anyhow::Result<ExitCode> {
     let store = ProfileStore::from_env();
     let profile = store.current()?;
     match cmd {
+        ProxyCmd::App(a) => crate::dtsh_app::proxy(a).await,
         ProxyCmd::Db { route, port, .. } => {
             let r = route_for(&store, &profile, &route);
             let tunnel = Tunnel::open(&store, &profile, &route.name, r, port).await?;
@@ -364,14 +333,6 @@ impl Tunnel {
             "mysql" => Wire::Mysql,
             other => bail!("database {name:?} speaks {other:?}, which this dtsh cannot tunnel"),
         };
-        let f = store.files(&profile.proxy);
-        let read = |p: PathBuf| {
-            std::fs::read_to_string(&p)
-                .with_context(|| format!("cannot read {} (log in again)", p.display()))
-        };
-        let cert = dt_ca::pem::parse_cert_pem(&read(f.tls_cert())?)?;
-        let key = dt_ca::ClientKey::from_pkcs8_pem(&read(f.key_pem())?)?;
-        let host_ca = dt_ca::pem::parse_cert_pem(&read(f.host_ca())?)?;
         // The access point proves it is the service that heartbeats this database; the TLS
         // server name (SNI) tells it which of its databases we want.
         let service = if service.is_empty() {
@@ -379,13 +340,7 @@ impl Tunnel {
         } else {
             service
         };
-        let connector = dt_client::access_point::connector(
-            host_ca,
-            ServiceKind::Db,
-            &service,
-            cert,
-            key.pkcs8_der().to_vec(),
-        )?;
+        let connector = crate::dtsh_app::connector_for(store, profile, ServiceKind::Db, &service)?;
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use dt_agent::access::{Denial, Ending, SessionTarget, device_info};
+use dt_agent::access::{Ending, SessionTarget, device_info};
 use dt_agent::sessions::LiveSession;
-use dt_authz::{DenyReason, Target};
+use dt_authz::Target;
 use dt_ca::Identity;
 use dt_proto::v1 as pb;
 use dt_proto::v1::database_service_client::DatabaseServiceClient;
@@ -175,16 +175,8 @@ impl Request<'_> {
             return Ok(());
         };
         let mut text = denial.description(&target);
-        if matches!(
-            denial,
-            Denial::Policy(
-                DenyReason::ClusterRequiresTrustedDevice
-                    | DenyReason::RoleRequiresTrustedDevice { .. }
-            )
-        ) {
-            text.push_str(
-                ". Enroll this device (`dtsh device enroll --current-device`, or ask an admin for an enrollment token) and log in again",
-            );
+        if let Some(advice) = denial.advice() {
+            text = format!("{text}. {advice}");
         }
         let refusal = Refusal {
             text,
