@@ -73,10 +73,7 @@ impl AuthServer {
             claims["device_asset_tag"] = json!(d.asset_tag);
         }
         let body = serde_json::to_vec(&claims).map_err(ApiError::internal)?;
-        let token = self
-            .jwt_ca
-            .sign_jwt(&body)
-            .map_err(ApiError::internal)?;
+        let token = self.jwt_ca.sign_jwt(&body).map_err(ApiError::internal)?;
         Ok(pb::SignAppTokenResponse {
             token,
             expires_unix: exp.unix_timestamp(),

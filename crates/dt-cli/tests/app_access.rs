@@ -17,19 +17,64 @@ use dt_testkit::free_port;
 const PW: &str = "correct horse battery";
 
 const ECHO_APP: &str = r#"
-import json, sys
+import base64, hashlib, json, sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
     def do_GET(self):
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            return self.websocket()
         body = json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+    def websocket(self):
+        # RFC 6455 handshake, then echo every frame back unmasked (small text frames only).
+        key = self.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            head = self.rfile.read(2)
+            if len(head) < 2:
+                return
+            n = head[1] & 0x7F
+            mask = self.rfile.read(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+            self.wfile.write(bytes([0x81, len(data)]) + data)
+            self.wfile.flush()
     def log_message(self, *a):
         pass
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// A WebSocket client over the proxy's local port: it sends one text frame, prints the
+/// echo, then waits for the connection to close and prints how it ended.
+const WS_CLIENT: &str = r#"
+import base64, os, socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall(("GET /ws HTTP/1.1\r\nHost: wiki\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key).encode())
+resp = b""
+while b"\r\n\r\n" not in resp:
+    resp += s.recv(1)
+print(resp.split(b"\r\n")[0].decode(), flush=True)
+mask = os.urandom(4)
+msg = b"hello ws"
+s.sendall(bytes([0x81, 0x80 | len(msg)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(msg)))
+frame = s.recv(2 + len(msg))
+print("echo:", frame[2:].decode(), flush=True)
+start = time.time()
+while s.recv(1024):
+    pass
+print("closed", flush=True)
 "#;
 
 /// A child process killed on drop.
@@ -293,9 +338,30 @@ fn apps_through_dtsh_proxy_app_with_role_device_trust_jwt_locks_and_audit() {
         "{body}"
     );
 
-    // A lock on the app: the next request is refused with the lock's message.
+    // A WebSocket passes through, and stays open until the lock below ends it.
+    let ws_script = srv.write_file("ws.py", WS_CLIENT);
+    let mut ws = Command::new("python3")
+        .args([ws_script.as_str(), &alice_wiki.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ws_out = BufReader::new(ws.stdout.take().unwrap()).lines();
+    assert_eq!(
+        ws_out.next().unwrap().unwrap(),
+        "HTTP/1.1 101 Switching Protocols"
+    );
+    assert_eq!(ws_out.next().unwrap().unwrap(), "echo: hello ws");
+
+    // A lock on the app: the open WebSocket closes, and the next request is refused with the
+    // lock's message.
     srv.dtctl(&["lock", "--app=wiki", "--message=wiki migration"])
         .ok();
+    assert_eq!(
+        ws_out.next().unwrap().unwrap(),
+        "closed",
+        "the lock ends the live WebSocket"
+    );
+    let _ = ws.wait();
     wait_until("the lock reaches the access point", || {
         let (code, body) = curl(&[&format!("http://127.0.0.1:{alice_wiki}/")]);
         code == 403 && body.contains("wiki migration")
