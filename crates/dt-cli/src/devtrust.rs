@@ -40,6 +40,10 @@ enum Cmd {
         /// Log format: text or json.
         #[arg(long, value_parser = ["text", "json"])]
         log_format: Option<String>,
+        /// A load balancer whose X-Forwarded-For the web UI believes (repeat for several);
+        /// device web authentication compares the browser's address with dtsh's.
+        #[arg(long = "web-trusted-proxy", value_name = "IP")]
+        web_trusted_proxies: Vec<std::net::IpAddr>,
     },
     /// Print an annotated sample devtrust.yaml.
     Configure,
@@ -91,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             listen,
             log_format,
+            web_trusted_proxies,
         } => {
             let mut c = match &config {
                 Some(p) => Config::load(p)?,
@@ -115,7 +120,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(start(c))?;
+            let web = dt_web::WebConfig {
+                trusted_proxies: web_trusted_proxies,
+                ..Default::default()
+            };
+            rt.block_on(start(c, web))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -135,7 +144,7 @@ fn init_logging(c: &Config) {
     }
 }
 
-async fn start(config: Config) -> anyhow::Result<()> {
+async fn start(config: Config, web: dt_web::WebConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -162,6 +171,7 @@ async fn start(config: Config) -> anyhow::Result<()> {
     println!("devtrust auth service is running");
     println!("  cluster:   {}", srv.cluster_name);
     println!("  listen:    {addr}");
+    println!("  web UI:    https://{addr}/web/");
     println!("  CA pin:    {}", srv.host_ca.pin());
     println!("  storage:   {storage_desc}");
     println!("  data dir:  {data_dir}");
@@ -181,7 +191,8 @@ async fn start(config: Config) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    dt_auth::listener::serve(srv.clone(), listener, tls, shutdown).await;
+    let app = dt_web::mount(dt_auth::router(srv.clone()), srv.clone(), web);
+    dt_auth::listener::serve_app(srv.clone(), app, listener, tls, shutdown).await;
     srv.backend.close().await;
     println!("devtrust auth service stopped");
     Ok(())

@@ -14,4 +14,5 @@ pub mod dtsh;
 pub mod dtsh_db;
 pub mod dtsh_device;
 pub mod dtsh_ssh;
+pub mod dtsh_web;
 pub mod node_cmd;
