@@ -44,6 +44,9 @@ enum Cmd {
         /// device web authentication compares the browser's address with dtsh's.
         #[arg(long = "web-trusted-proxy", value_name = "IP")]
         web_trusted_proxies: Vec<std::net::IpAddr>,
+        /// How long the device web token of a web login lives (at most, and by default, 5m).
+        #[arg(long, env = "DEVTRUST_WEB_DEVICE_TOKEN_TTL", value_parser = crate::common::parse_duration)]
+        web_device_token_ttl: Option<std::time::Duration>,
     },
     /// Print an annotated sample devtrust.yaml.
     Configure,
@@ -96,6 +99,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             log_format,
             web_trusted_proxies,
+            web_device_token_ttl,
         } => {
             let mut c = match &config {
                 Some(p) => Config::load(p)?,
@@ -120,8 +124,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
+            let max_ttl = dt_auth::device_web::WEB_TOKEN_TTL;
+            if web_device_token_ttl.is_some_and(|t| t > max_ttl || t.is_zero()) {
+                anyhow::bail!("--web-device-token-ttl must be between 1s and 5m");
+            }
             let web = dt_web::WebConfig {
                 trusted_proxies: web_trusted_proxies,
+                device_web_token_ttl: web_device_token_ttl.unwrap_or(max_ttl),
                 ..Default::default()
             };
             rt.block_on(start(c, web))?;

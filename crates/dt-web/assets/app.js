@@ -156,7 +156,7 @@ async function indexPage() {
     text($('#device-web-auth-command'), "dtsh device web-auth '" + me.device_web_auth_url + "'");
     show($('#device-web-auth-panel'), true);
   }
-  show($('#required-panel'), me.shield === 'required');
+  show($('#required-panel'), me.shield === 'required' && !me.device_web_auth_url);
   const res = await api('GET', '/web/api/resources');
   fillTable($('#nodes'), $('#nodes-empty'), res.nodes.map((n) => [n.name, n.addr, labels(n.labels)]));
   fillTable($('#databases'), $('#databases-empty'),

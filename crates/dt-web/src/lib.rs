@@ -409,8 +409,12 @@ fn handoff_url(user: &str, host: &str, token: &dt_auth::device_web::IssuedWebTok
     )
 }
 
-fn request_host(headers: &HeaderMap) -> Option<String> {
-    let host = headers.get(header::HOST)?.to_str().ok()?;
+/// The address the browser used: `:authority` over HTTP/2 (in the URI), `Host` otherwise.
+fn request_host(uri: &axum::http::Uri, headers: &HeaderMap) -> Option<String> {
+    let host = match uri.authority() {
+        Some(a) => a.as_str(),
+        None => headers.get(header::HOST)?.to_str().ok()?,
+    };
     let ok = !host.is_empty()
         && host
             .bytes()
@@ -430,6 +434,7 @@ fn shield(trusted: bool, required: bool) -> &'static str {
 async fn me(
     State(web): State<Web>,
     Extension(peer): Extension<Peer>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
 ) -> WebResult<Json<serde_json::Value>> {
     let (_, session, caller) = web.session(&peer, &headers).await?;
@@ -442,7 +447,7 @@ async fn me(
     let required = dt_authz::device_required(&cap.spec.device_trust.mode, &caller.roles, who);
     let trusted = caller.identity.device.is_some();
     let devices = web.srv.enrolled_devices_of(caller.name()).await?;
-    let handoff = match (&session.web_token, trusted, request_host(&headers)) {
+    let handoff = match (&session.web_token, trusted, request_host(&uri, &headers)) {
         (Some(t), false, Some(host)) => Some(handoff_url(caller.name(), &host, t)),
         _ => None,
     };
