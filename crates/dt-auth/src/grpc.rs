@@ -437,7 +437,7 @@ impl AuthServer {
         Ok(Some((r, item.revision)))
     }
 
-    async fn upsert(
+    pub async fn upsert(
         &self,
         caller: &Caller,
         req: pb::UpsertResourceRequest,

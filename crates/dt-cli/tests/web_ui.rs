@@ -208,6 +208,67 @@ fn device_web_authentication_in_a_real_browser() {
     assert_eq!(q["handoff_panel"], false, "carol owns no device: {q:#}");
     assert_eq!(q["console_errors"], json!([]), "{q:#}");
 
+    // The device inventory and the audit log, through the same calls as dtctl.
+    let a = &c["admin_pages"];
+    let nav = str_of(a, "nav");
+    assert!(
+        nav.contains("Devices") && nav.contains("Audit log"),
+        "{a:#}"
+    );
+    assert!(
+        a["listed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap_or_default().contains("WEB-LAPTOP-1")),
+        "{a:#}"
+    );
+    assert_eq!(
+        str_of(a, "added"),
+        "Device WEB-NEW-1/linux added to the inventory",
+        "{a:#}"
+    );
+    assert!(
+        str_of(a, "token").contains("dtsh device enroll --token="),
+        "{a:#}"
+    );
+    assert!(
+        str_of(a, "locked").starts_with("Created a lock with name"),
+        "{a:#}"
+    );
+    assert_eq!(
+        str_of(a, "removed"),
+        "Device \"WEB-NEW-1\" removed",
+        "{a:#}"
+    );
+    let rows: Vec<&str> = a["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert!(
+        rows.iter()
+            .all(|r| r.contains("device.authenticate.confirm")),
+        "{a:#}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("IP mismatch: browser 127.0.0.1, device 127.0.0.2")),
+        "{a:#}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.contains("WEB-LAPTOP-1") && r.contains("success")),
+        "{a:#}"
+    );
+    assert_eq!(a["console_errors"], json!([]), "{a:#}");
+    let ls = s.dtctl(&["devices", "ls", "--format=json"]);
+    assert!(
+        !ls.ok().contains("WEB-NEW-1"),
+        "removed from the web UI: {ls}"
+    );
+
     let e = &c["expired_token"];
     assert_ne!(e["code"], 0, "{e:#}");
     assert!(
@@ -217,7 +278,7 @@ fn device_web_authentication_in_a_real_browser() {
 
     // The audit log tells the story, failures with readable reasons.
     let created = s.events(&["--type=device.webtoken.create"]);
-    assert_eq!(created.len(), 3, "one per web login of alice: {created:#?}");
+    assert_eq!(created.len(), 4, "one per web login of alice: {created:#?}");
     assert!(created.iter().all(|e| e["user"] == "alice"), "{created:#?}");
     let authn = s.events(&["--type=device.authenticate"]);
     let web_ok = authn.iter().filter(|e| {

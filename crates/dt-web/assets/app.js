@@ -116,6 +116,18 @@ function renderHeader(me) {
   }
   text($('#session-expires'), new Date(me.expires).toLocaleString());
 
+  const nav = $('#nav');
+  const links = [['/web/', 'Resources', true], ['/web/devices', 'Devices', me.can.list_devices], ['/web/audit', 'Audit log', me.can.list_events]];
+  nav.replaceChildren();
+  for (const [href, label, allowed] of links) {
+    if (!allowed) continue;
+    const a = document.createElement('a');
+    a.href = href;
+    text(a, label);
+    if (window.location.pathname === href) a.setAttribute('aria-current', 'page');
+    nav.appendChild(a);
+  }
+
   const button = $('#user-menu-button');
   const menu = $('#user-menu');
   button.addEventListener('click', () => {
@@ -164,6 +176,105 @@ async function indexPage() {
   document.body.dataset.ready = 'true';
 }
 
+// ----------------------------------------------------------------------------- devices
+
+function actionButton(label, onClick) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.className = 'small';
+  text(b, label);
+  b.addEventListener('click', onClick);
+  return b;
+}
+
+async function devicesPage() {
+  const me = await loadMe();
+  if (!me) return;
+  renderHeader(me);
+  const result = $('#action-result');
+  const say = (msg, ok) => {
+    text(result, msg);
+    result.className = ok ? 'ok' : 'error';
+  };
+  const act = async (path, body, done) => {
+    try {
+      const r = await api('POST', path, body, me.csrf_token);
+      say(done(r), true);
+      await load('');
+    } catch (e) {
+      say(e.message, false);
+    }
+  };
+  let query = '';
+  const load = async (token) => {
+    const params = new URLSearchParams({ q: query, page_token: token || '', limit: '10' });
+    const res = await api('GET', '/web/api/devices?' + params);
+    const body = $('#devices tbody');
+    body.replaceChildren();
+    for (const d of res.items) {
+      const tr = document.createElement('tr');
+      tr.dataset.deviceId = d.id;
+      for (const c of [d.asset_tag, d.os_type, d.enroll_status, d.owner || '', d.id]) {
+        const td = document.createElement('td');
+        text(td, c);
+        tr.appendChild(td);
+      }
+      const td = document.createElement('td');
+      td.appendChild(actionButton('Enrollment token', () => act('/web/api/devices/enroll-token', { device_id: d.id },
+        (r) => 'Give this command to the device owner: ' + r.command)));
+      td.appendChild(actionButton('Lock', () => act('/web/api/devices/lock', { device_id: d.id, message: 'locked from the web UI' },
+        (r) => 'Created a lock with name "' + r.lock + '".')));
+      td.appendChild(actionButton('Remove', () => act('/web/api/devices/remove', { device_id: d.id },
+        (r) => 'Device "' + r.removed.asset_tag + '" removed')));
+      tr.appendChild(td);
+      body.appendChild(tr);
+    }
+    show($('#devices-empty'), res.items.length === 0);
+    const next = $('#devices-next');
+    show(next, !!res.next_page_token);
+    next.onclick = () => load(res.next_page_token).catch(fail);
+    document.body.dataset.ready = 'true';
+  };
+  $('#device-search').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    query = ev.target.elements.q.value.trim();
+    load('').catch(fail);
+  });
+  $('#device-add').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const f = ev.target.elements;
+    act('/web/api/devices/add', { os_type: f.os_type.value, asset_tag: f.asset_tag.value },
+      (r) => 'Device ' + r.device.asset_tag + '/' + r.device.os_type + ' added to the inventory');
+  });
+  await load('');
+}
+
+// ----------------------------------------------------------------------------- audit
+
+async function auditPage() {
+  const me = await loadMe();
+  if (!me) return;
+  renderHeader(me);
+  const form = $('#event-filters');
+  const load = async () => {
+    const f = form.elements;
+    const params = new URLSearchParams();
+    for (const k of ['type', 'user', 'device', 'since_hours']) if (f[k].value) params.set(k, f[k].value.trim());
+    const res = await api('GET', '/web/api/events?' + params);
+    fillTable($('#events'), $('#events-empty'), res.items.map((e) => [
+      new Date(e.time).toLocaleString(), e.event, e.code, e.user || '',
+      (e.device && e.device.device_id) || '', (e.device && e.device.asset_tag) || '',
+      e.success ? 'success' : 'failure', e.message || '',
+    ]));
+    document.body.dataset.ready = 'true';
+  };
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    load().catch(fail);
+  });
+  await load();
+}
+
 // ----------------------------------------------------------------------------- confirm
 
 async function confirmPage() {
@@ -192,6 +303,6 @@ function fail(e) {
 
 document.addEventListener('DOMContentLoaded', () => {
   const page = document.body.dataset.page;
-  const run = { login: loginPage, index: indexPage, confirm: confirmPage }[page];
+  const run = { login: loginPage, index: indexPage, devices: devicesPage, audit: auditPage, confirm: confirmPage }[page];
   if (run) Promise.resolve().then(run).catch(fail);
 });

@@ -19,6 +19,7 @@
 //! What it does not do (yet): share sessions between auth servers, read the PROXY protocol,
 //! the browser SSH terminal. See docs/web.md.
 
+mod admin;
 pub mod client_ip;
 mod pages;
 pub mod session;
@@ -109,6 +110,9 @@ pub fn router_with_sessions(
         .route("/web/api/me", get(me))
         .route("/web/api/resources", get(resources))
         .route("/web/api/device/confirm", post(confirm))
+        .route("/web/devices", get(devices_page))
+        .route("/web/audit", get(audit_page))
+        .merge(admin::routes())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(web)
 }
@@ -254,6 +258,28 @@ async fn index_page(
 ) -> Response {
     match web.session(&peer, &headers).await {
         Ok(_) => pages::html(pages::INDEX_HTML.to_string()),
+        Err(_) => Redirect::to("/web/login").into_response(),
+    }
+}
+
+async fn devices_page(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    match web.session(&peer, &headers).await {
+        Ok(_) => pages::html(pages::DEVICES_HTML.to_string()),
+        Err(_) => Redirect::to("/web/login").into_response(),
+    }
+}
+
+async fn audit_page(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    match web.session(&peer, &headers).await {
+        Ok(_) => pages::html(pages::AUDIT_HTML.to_string()),
         Err(_) => Redirect::to("/web/login").into_response(),
     }
 }

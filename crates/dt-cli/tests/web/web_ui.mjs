@@ -196,6 +196,57 @@ try {
     await context.close();
   }
 
+  // 8. The device inventory and the audit log (alice is an editor).
+  {
+    const { context, page, errors } = await newPage(browser);
+    await login(page, base, 'alice', alice.password);
+    const nav = (await page.textContent('#nav')).replace(/\s+/g, ' ').trim();
+    await page.goto(base + '/web/devices');
+    await page.waitForSelector('body[data-ready="true"]');
+    const listed = await page.locator('#devices tbody tr').allTextContents();
+    const act = async () => {
+      await page.waitForFunction(() => document.querySelector('#action-result').textContent !== '');
+      const t = (await page.textContent('#action-result')).trim();
+      await page.evaluate(() => { document.querySelector('#action-result').textContent = ''; });
+      return t;
+    };
+    await page.selectOption('#device-add select[name="os_type"]', 'linux');
+    await page.fill('#device-add input[name="asset_tag"]', 'WEB-NEW-1');
+    await page.click('#device-add button[type="submit"]');
+    const added = await act();
+    await page.fill('#device-search input[name="q"]', 'WEB-NEW-1');
+    await page.click('#device-search button[type="submit"]');
+    await page.waitForFunction(() => document.querySelectorAll('#devices tbody tr').length === 1);
+    const found = await page.locator('#devices tbody tr').allTextContents();
+    const row = page.locator('#devices tbody tr').first();
+    await row.getByText('Enrollment token').click();
+    const token = await act();
+    await page.fill('#device-search input[name="q"]', 'WEB-NEW-1');
+    await page.click('#device-search button[type="submit"]');
+    await page.waitForFunction(() => document.querySelectorAll('#devices tbody tr').length === 1);
+    await page.locator('#devices tbody tr').first().getByText('Lock').click();
+    const locked = await act();
+    await page.fill('#device-search input[name="q"]', 'WEB-NEW-1');
+    await page.click('#device-search button[type="submit"]');
+    await page.waitForFunction(() => document.querySelectorAll('#devices tbody tr').length === 1);
+    await page.locator('#devices tbody tr').first().getByText('Remove').click();
+    const removed = await act();
+    await page.fill('#device-search input[name="q"]', '');
+    await page.click('#device-search button[type="submit"]');
+    await page.waitForSelector('#devices tbody tr');
+    await shot(page, 'devices');
+    await page.goto(base + '/web/audit');
+    await page.waitForSelector('body[data-ready="true"]');
+    await page.fill('#event-filters input[name="type"]', 'device.authenticate.confirm');
+    await page.evaluate(() => { document.body.dataset.ready = ''; });
+    await page.click('#event-filters button[type="submit"]');
+    await page.waitForSelector('body[data-ready="true"]');
+    const events = await page.locator('#events tbody tr').allTextContents();
+    await shot(page, 'audit');
+    report('admin_pages', { nav, listed, added, found, token, locked, removed, events, console_errors: errors });
+    await context.close();
+  }
+
   // 7. Expired token (a server whose web tokens live 1 s).
   if (cfg.expired) {
     const e = cfg.expired;
