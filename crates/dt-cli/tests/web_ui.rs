@@ -71,6 +71,16 @@ fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or_default()
 }
 
+fn wait_until_listed(s: &Server, home: &Home, node: &str) {
+    for _ in 0..200 {
+        if s.dtsh(home, &["ls"], "").stdout.contains(node) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("node {node} never came online");
+}
+
 #[test]
 fn device_web_authentication_in_a_real_browser() {
     assert!(
@@ -86,7 +96,20 @@ fn device_web_authentication_in_a_real_browser() {
     let s = Server::start();
     let alice_home = alice(&s, device.path());
     let bob = s.new_user("bob", "access", "", PASSWORD);
-    let _carol = s.new_user("carol", "access,require-trusted-device", "", PASSWORD);
+    let _carol = s.new_user("carol", "access,require-trusted-device", "root", PASSWORD);
+    // An SSH node for the browser terminal.
+    let token = s.dtctl(&["tokens", "add", "--type=node", "--format=text"]);
+    let token = token.ok().trim().to_string();
+    let node_dir = tempfile::tempdir().unwrap();
+    let _node = NodeProc::start(
+        &s.addr,
+        &token,
+        &s.pin,
+        "node1",
+        &node_dir.path().join("node1"),
+        &[],
+    );
+    wait_until_listed(&s, &alice_home, "node1");
     // A second cluster whose device web tokens live 1 s.
     let short = Server::opts()
         .env("DEVTRUST_WEB_DEVICE_TOKEN_TTL", "1s")
@@ -117,6 +140,7 @@ fn device_web_authentication_in_a_real_browser() {
             "home": short_alice.path,
         },
         "screenshots": shots,
+        "node": "node1",
     });
     let out = Command::new("node")
         .arg("web_ui.mjs")
@@ -175,6 +199,7 @@ fn device_web_authentication_in_a_real_browser() {
     assert_eq!(x["status"], 403, "{x:#}");
     assert!(str_of(x, "error").contains("CSRF"), "{x:#}");
     assert_eq!(x["still_logged_in"], true, "{x:#}");
+    assert_eq!(x["websocket"], "refused", "{x:#}");
     assert_eq!(c["logout"]["me_status"], 401, "{ctx}");
 
     let m = &c["ip_mismatch"];
@@ -207,6 +232,26 @@ fn device_web_authentication_in_a_real_browser() {
     assert_eq!(q["required_panel"], true, "{q:#}");
     assert_eq!(q["handoff_panel"], false, "carol owns no device: {q:#}");
     assert_eq!(q["console_errors"], json!([]), "{q:#}");
+
+    // The browser terminal: refused with dtsh's words until the session is device-trusted.
+    let term = &c["terminal"];
+    assert!(
+        term["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r.as_str().unwrap_or_default().contains("node1")),
+        "{term:#}"
+    );
+    let refused = str_of(term, "refused");
+    assert!(
+        refused.contains("ERROR: access denied to root connecting to node1"),
+        "{term:#}"
+    );
+    assert!(refused.contains("trusted device"), "{term:#}");
+    assert_eq!(term["confirm"]["result"], "confirmed", "{term:#}");
+    assert!(str_of(term, "output").contains("web-term-42"), "{term:#}");
+    assert_eq!(term["console_errors"], json!([]), "{term:#}");
 
     // The device inventory and the audit log, through the same calls as dtctl.
     let a = &c["admin_pages"];
@@ -278,7 +323,7 @@ fn device_web_authentication_in_a_real_browser() {
 
     // The audit log tells the story, failures with readable reasons.
     let created = s.events(&["--type=device.webtoken.create"]);
-    assert_eq!(created.len(), 4, "one per web login of alice: {created:#?}");
+    assert_eq!(created.len(), 5, "one per web login of alice: {created:#?}");
     assert!(created.iter().all(|e| e["user"] == "alice"), "{created:#?}");
     let authn = s.events(&["--type=device.authenticate"]);
     let web_ok = authn.iter().filter(|e| {
@@ -286,8 +331,8 @@ fn device_web_authentication_in_a_real_browser() {
     });
     assert_eq!(
         web_ok.count(),
-        2,
-        "the trusted flow and the IP-mismatch one: {authn:#?}"
+        3,
+        "the trusted flow, the IP-mismatch one and the terminal one: {authn:#?}"
     );
     for needle in [
         "invalid, used or expired device web token",
@@ -314,10 +359,13 @@ fn device_web_authentication_in_a_real_browser() {
     );
     // Every refused state-changing call is audited too.
     let denied = s.events(&["--type=access.denied"]);
-    assert!(
-        denied.iter().any(|e| str_of(e, "message").contains("CSRF")),
-        "{denied:#?}"
-    );
+    for what in ["logout", "terminal"] {
+        let needle = format!("web {what} refused: missing or wrong CSRF token");
+        assert!(
+            denied.iter().any(|e| str_of(e, "message") == needle),
+            "no {needle:?} in {denied:#?}"
+        );
+    }
 }
 
 #[test]

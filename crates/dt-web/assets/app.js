@@ -171,6 +171,18 @@ async function indexPage() {
   show($('#required-panel'), me.shield === 'required' && !me.device_web_auth_url);
   const res = await api('GET', '/web/api/resources');
   fillTable($('#nodes'), $('#nodes-empty'), res.nodes.map((n) => [n.name, n.addr, labels(n.labels)]));
+  const rows = $('#nodes tbody').children;
+  res.nodes.forEach((n, i) => {
+    const td = document.createElement('td');
+    for (const login of me.logins || []) {
+      const a = document.createElement('a');
+      a.className = 'connect';
+      a.href = '/web/terminal?' + new URLSearchParams({ node: n.name, login });
+      text(a, login);
+      td.appendChild(a);
+    }
+    rows[i].appendChild(td);
+  });
   fillTable($('#databases'), $('#databases-empty'),
     res.databases.map((d) => [d.name, d.protocol, labels(d.labels), d.description]));
   document.body.dataset.ready = 'true';
@@ -275,6 +287,75 @@ async function auditPage() {
   await load();
 }
 
+// ----------------------------------------------------------------------------- terminal
+
+// Strip what a plain <pre> cannot show: CSI and OSC escape sequences; apply \r\n and
+// backspaces well enough for a shell prompt.
+function termText(current, chunk) {
+  const clean = chunk
+    .replace(/\x1b\][^\x07\x1b]*(\x07|\x1b\\)/g, '')
+    .replace(/\x1b\[[0-9;?]*[ -\/]*[@-~]/g, '')
+    .replace(/\x1b[()][0-9A-Za-z]/g, '')
+    .replace(/\x1b[=>]/g, '')
+    .replace(/\r\n/g, '\n')
+    .replace(/\r/g, '');
+  let out = current;
+  for (const ch of clean) {
+    if (ch === '\b') out = out.slice(0, -1);
+    else if (ch === '\x07') continue;
+    else out += ch;
+  }
+  return out.length > 200000 ? out.slice(-200000) : out;
+}
+
+const KEYS = {
+  Enter: '\r', Backspace: '\x7f', Tab: '\t', Escape: '\x1b',
+  ArrowUp: '\x1b[A', ArrowDown: '\x1b[B', ArrowRight: '\x1b[C', ArrowLeft: '\x1b[D',
+};
+
+async function terminalPage() {
+  const me = await loadMe();
+  if (!me) return;
+  renderHeader(me);
+  const q = new URLSearchParams(window.location.search);
+  const node = q.get('node') || '';
+  const login = q.get('login') || '';
+  text($('#terminal-title'), login + '@' + node);
+  const out = $('#terminal-output');
+  let buffer = '';
+  const write = (chunk) => {
+    buffer = termText(buffer, chunk);
+    out.textContent = buffer;
+    out.scrollTop = out.scrollHeight;
+  };
+  const params = new URLSearchParams({ node, login, csrf: me.csrf_token, cols: '100', rows: '30' });
+  const ws = new WebSocket('wss://' + window.location.host + '/web/api/ssh?' + params);
+  ws.addEventListener('open', () => { document.body.dataset.terminal = 'open'; });
+  ws.addEventListener('message', (ev) => { if (typeof ev.data === 'string') write(ev.data); });
+  ws.addEventListener('close', () => { document.body.dataset.terminal = 'closed'; });
+  out.addEventListener('keydown', (ev) => {
+    if (ws.readyState !== WebSocket.OPEN) return;
+    let data = null;
+    if (ev.ctrlKey && ev.key.length === 1) {
+      const c = ev.key.toUpperCase().charCodeAt(0);
+      if (c >= 64 && c <= 95) data = String.fromCharCode(c - 64);
+    } else if (KEYS[ev.key]) {
+      data = KEYS[ev.key];
+    } else if (ev.key.length === 1 && !ev.metaKey && !ev.altKey) {
+      data = ev.key;
+    }
+    if (data !== null) {
+      ev.preventDefault();
+      ws.send(data);
+    }
+  });
+  out.addEventListener('paste', (ev) => {
+    ev.preventDefault();
+    if (ws.readyState === WebSocket.OPEN) ws.send(ev.clipboardData.getData('text'));
+  });
+  out.focus();
+}
+
 // ----------------------------------------------------------------------------- confirm
 
 async function confirmPage() {
@@ -303,6 +384,6 @@ function fail(e) {
 
 document.addEventListener('DOMContentLoaded', () => {
   const page = document.body.dataset.page;
-  const run = { login: loginPage, index: indexPage, devices: devicesPage, audit: auditPage, confirm: confirmPage }[page];
+  const run = { login: loginPage, index: indexPage, devices: devicesPage, audit: auditPage, terminal: terminalPage, confirm: confirmPage }[page];
   if (run) Promise.resolve().then(run).catch(fail);
 });

@@ -16,13 +16,17 @@
 //!   is accepted only from dtsh's IP (trusted proxies only for `X-Forwarded-For`), and the
 //!   session's certificates are then augmented with the device: the green shield.
 //!
-//! What it does not do (yet): share sessions between auth servers, read the PROXY protocol,
-//! the browser SSH terminal. See docs/web.md.
+//! - **The browser terminal** logs in to nodes with the session's own certificate; the node
+//!   decides as for `dtsh ssh` (see `terminal`).
+//!
+//! What it does not do (yet): share sessions between auth servers, read the PROXY protocol.
+//! See docs/web.md.
 
 mod admin;
 pub mod client_ip;
 mod pages;
 pub mod session;
+mod terminal;
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -112,6 +116,8 @@ pub fn router_with_sessions(
         .route("/web/api/device/confirm", post(confirm))
         .route("/web/devices", get(devices_page))
         .route("/web/audit", get(audit_page))
+        .route("/web/terminal", get(terminal_page))
+        .route("/web/api/ssh", get(terminal::connect))
         .merge(admin::routes())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(web)
@@ -273,6 +279,17 @@ async fn devices_page(
     }
 }
 
+async fn terminal_page(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    match web.session(&peer, &headers).await {
+        Ok(_) => pages::html(pages::TERMINAL_HTML.to_string()),
+        Err(_) => Redirect::to("/web/login").into_response(),
+    }
+}
+
 async fn audit_page(
     State(web): State<Web>,
     Extension(peer): Extension<Peer>,
@@ -383,6 +400,7 @@ async fn login(
         identity: Arc::new(identity),
         tls_cert_der: Arc::new(resp.tls_cert_der),
         ssh_cert: resp.ssh_cert,
+        ssh_key_openssh: Arc::new(key.ssh_private_key_openssh().map_err(ApiError::internal)?),
         login_ip: ip,
         web_token,
         device: None,
@@ -435,6 +453,8 @@ fn handoff_url(user: &str, host: &str, token: &dt_auth::device_web::IssuedWebTok
     )
 }
 
+pub(crate) use request_host as browser_host;
+
 /// The address the browser used: `:authority` over HTTP/2 (in the URI), `Host` otherwise.
 fn request_host(uri: &axum::http::Uri, headers: &HeaderMap) -> Option<String> {
     let host = match uri.authority() {
@@ -481,6 +501,7 @@ async fn me(
     Ok(Json(json!({
         "user": caller.name(),
         "roles": caller.identity.roles,
+        "logins": caller.identity.logins,
         "csrf_token": session.csrf,
         "expires": session.expires.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         "cluster_mode": cap.spec.device_trust.mode.to_string(),

@@ -9,6 +9,7 @@ pub const LOGIN_HTML: &str = include_str!("../assets/login.html");
 pub const INDEX_HTML: &str = include_str!("../assets/index.html");
 pub const DEVICES_HTML: &str = include_str!("../assets/devices.html");
 pub const AUDIT_HTML: &str = include_str!("../assets/audit.html");
+pub const TERMINAL_HTML: &str = include_str!("../assets/terminal.html");
 pub const CONFIRM_HTML: &str = include_str!("../assets/confirm.html");
 pub const CONFIRM_NO_SESSION_HTML: &str = include_str!("../assets/confirm-login.html");
 

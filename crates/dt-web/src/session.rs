@@ -58,6 +58,9 @@ pub struct Session {
     pub identity: Arc<dt_ca::Identity>,
     pub tls_cert_der: Arc<Vec<u8>>,
     pub ssh_cert: String,
+    /// The session key (OpenSSH private key text), for the browser terminal's SSH login.
+    /// Never leaves this process.
+    pub ssh_key_openssh: Arc<String>,
     /// The browser's address at login (audit only).
     pub login_ip: IpAddr,
     /// The device web token of this login, until the page has been shown it and the

@@ -134,7 +134,13 @@ try {
       const r = await fetch('/web/api/logout', { method: 'POST' });
       const body = await r.json();
       const me = await fetch('/web/api/me');
-      return { status: r.status, error: body.error, still_logged_in: me.status === 200 };
+      // The terminal's WebSocket without the token is refused at the handshake.
+      const ws = await new Promise((resolve) => {
+        const s = new WebSocket('wss://' + location.host + '/web/api/ssh?node=node1&login=root');
+        s.onopen = () => resolve('open');
+        s.onerror = () => resolve('refused');
+      });
+      return { status: r.status, error: body.error, still_logged_in: me.status === 200, websocket: ws };
     });
     report('csrf_refused', csrf);
 
@@ -193,6 +199,42 @@ try {
     await shot(page, 'required');
     const nodes = await page.locator('#nodes tbody tr').count();
     report('required', { shield: state, required_panel: required, handoff_panel: handoff, nodes, console_errors: errors });
+    await context.close();
+  }
+
+  // 9. The browser terminal: refused while the session has no trusted device (alice's role
+  // requires one), allowed after device web authentication.
+  if (cfg.node) {
+    const { context, page, errors } = await newPage(browser);
+    await login(page, base, 'alice', alice.password);
+    const href = await handoffLink(page);
+    const nodes = await page.locator('#nodes tbody tr').allTextContents();
+    const open = async () => {
+      await page.goto(base + '/web/terminal?' + new URLSearchParams({ node: cfg.node, login: 'root' }));
+      await page.waitForSelector('body[data-terminal]');
+    };
+    await open();
+    await page.waitForSelector('body[data-terminal="closed"]');
+    const refused = await page.textContent('#terminal-output');
+    await shot(page, 'terminal-refused');
+    const run = dtsh(alice.home, ['device', 'web-auth', '--no-browser', href]);
+    let confirm = null;
+    let output = null;
+    if (run.code === 0) {
+      confirm = await confirmIn(page, run.last);
+      await open();
+      await page.waitForSelector('body[data-terminal="open"]');
+      await page.click('#terminal-output');
+      await page.keyboard.type('echo web-term-$((6*7))');
+      await page.keyboard.press('Enter');
+      await page.waitForFunction(() => document.querySelector('#terminal-output').textContent.includes('web-term-42'));
+      await shot(page, 'terminal');
+      output = await page.textContent('#terminal-output');
+      await page.keyboard.type('exit');
+      await page.keyboard.press('Enter');
+      await page.waitForSelector('body[data-terminal="closed"]');
+    }
+    report('terminal', { nodes, refused, dtsh_code: run.code, dtsh_stderr: run.stderr, confirm, output, console_errors: errors });
     await context.close();
   }
 
