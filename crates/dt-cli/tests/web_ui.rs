@@ -252,6 +252,15 @@ fn device_web_authentication_in_a_real_browser() {
     assert_eq!(term["confirm"]["result"], "confirmed", "{term:#}");
     assert!(str_of(term, "output").contains("web-term-42"), "{term:#}");
     assert_eq!(term["console_errors"], json!([]), "{term:#}");
+    // Locking the device (from the inventory page) ends the live terminal with the lock's
+    // message, and the device-trusted web session (its next request is refused).
+    let tail = str_of(&term["lock"], "terminal_tail");
+    assert!(
+        tail.contains("ERROR: lock targeting Device:")
+            && tail.contains("[connection to node1 closed"),
+        "{term:#}"
+    );
+    assert_eq!(term["lock"]["me"]["status"], 401, "{term:#}");
 
     // The device inventory and the audit log, through the same calls as dtctl.
     let a = &c["admin_pages"];

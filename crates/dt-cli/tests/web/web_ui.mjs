@@ -202,42 +202,6 @@ try {
     await context.close();
   }
 
-  // 9. The browser terminal: refused while the session has no trusted device (alice's role
-  // requires one), allowed after device web authentication.
-  if (cfg.node) {
-    const { context, page, errors } = await newPage(browser);
-    await login(page, base, 'alice', alice.password);
-    const href = await handoffLink(page);
-    const nodes = await page.locator('#nodes tbody tr').allTextContents();
-    const open = async () => {
-      await page.goto(base + '/web/terminal?' + new URLSearchParams({ node: cfg.node, login: 'root' }));
-      await page.waitForSelector('body[data-terminal]');
-    };
-    await open();
-    await page.waitForSelector('body[data-terminal="closed"]');
-    const refused = await page.textContent('#terminal-output');
-    await shot(page, 'terminal-refused');
-    const run = dtsh(alice.home, ['device', 'web-auth', '--no-browser', href]);
-    let confirm = null;
-    let output = null;
-    if (run.code === 0) {
-      confirm = await confirmIn(page, run.last);
-      await open();
-      await page.waitForSelector('body[data-terminal="open"]');
-      await page.click('#terminal-output');
-      await page.keyboard.type('echo web-term-$((6*7))');
-      await page.keyboard.press('Enter');
-      await page.waitForFunction(() => document.querySelector('#terminal-output').textContent.includes('web-term-42'));
-      await shot(page, 'terminal');
-      output = await page.textContent('#terminal-output');
-      await page.keyboard.type('exit');
-      await page.keyboard.press('Enter');
-      await page.waitForSelector('body[data-terminal="closed"]');
-    }
-    report('terminal', { nodes, refused, dtsh_code: run.code, dtsh_stderr: run.stderr, confirm, output, console_errors: errors });
-    await context.close();
-  }
-
   // 8. The device inventory and the audit log (alice is an editor).
   {
     const { context, page, errors } = await newPage(browser);
@@ -300,6 +264,58 @@ try {
     report('expired_token', { code: run.code, stderr: run.stderr });
     await context.close();
   }
+  // 9. The browser terminal: refused while the session has no trusted device (alice's role
+  // requires one), allowed after device web authentication. Last: it locks alice's device.
+  if (cfg.node) {
+    const { context, page, errors } = await newPage(browser);
+    await login(page, base, 'alice', alice.password);
+    const href = await handoffLink(page);
+    const nodes = await page.locator('#nodes tbody tr').allTextContents();
+    const open = async () => {
+      await page.goto(base + '/web/terminal?' + new URLSearchParams({ node: cfg.node, login: 'root' }));
+      await page.waitForSelector('body[data-terminal]');
+    };
+    await open();
+    await page.waitForSelector('body[data-terminal="closed"]');
+    const refused = await page.textContent('#terminal-output');
+    await shot(page, 'terminal-refused');
+    const run = dtsh(alice.home, ['device', 'web-auth', '--no-browser', href]);
+    let confirm = null;
+    let output = null;
+    let lock = null;
+    if (run.code === 0) {
+      confirm = await confirmIn(page, run.last);
+      await open();
+      await page.waitForSelector('body[data-terminal="open"]');
+      await page.click('#terminal-output');
+      await page.keyboard.type('echo web-term-$((6*7))');
+      await page.keyboard.press('Enter');
+      await page.waitForFunction(() => document.querySelector('#terminal-output').textContent.includes('web-term-42'));
+      await shot(page, 'terminal');
+      output = await page.textContent('#terminal-output');
+      // A lock on the device (from the inventory page, in another tab) ends the live
+      // terminal and the device-trusted web session.
+      const admin = await context.newPage();
+      admin.setDefaultTimeout(TIMEOUT);
+      await admin.goto(base + '/web/devices');
+      await admin.waitForSelector('body[data-ready="true"]');
+      await admin.fill('#device-search input[name="q"]', 'WEB-LAPTOP-1');
+      await admin.click('#device-search button[type="submit"]');
+      await admin.waitForFunction(() => document.querySelectorAll('#devices tbody tr').length === 1);
+      await admin.locator('#devices tbody tr').first().getByText('Lock').click();
+      await admin.waitForFunction(() => document.querySelector('#action-result').textContent !== '');
+      await page.waitForSelector('body[data-terminal="closed"]');
+      const afterLock = await page.textContent('#terminal-output');
+      const me = await admin.evaluate(async () => {
+        const r = await fetch('/web/api/me');
+        return { status: r.status, error: (await r.json()).error };
+      });
+      lock = { terminal_tail: afterLock.slice(-300), me };
+    }
+    report('terminal', { nodes, refused, dtsh_code: run.code, dtsh_stderr: run.stderr, confirm, output, lock, console_errors: errors });
+    await context.close();
+  }
+
 } finally {
   await browser.close();
 }
