@@ -16,4 +16,5 @@ pub mod dtsh_app;
 pub mod dtsh_db;
 pub mod dtsh_device;
 pub mod dtsh_ssh;
+pub mod dtsh_web;
 pub mod node_cmd;
