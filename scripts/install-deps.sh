@@ -9,7 +9,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools openssh-client openssh-server postgresql-client mariadb-client-core; do
+# wrk: the app benchmark's load generator (cargo bench -p dt-cli --bench app).
+for p in pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools openssh-client openssh-server postgresql-client mariadb-client-core wrk; do
   have_pkg "$p" || need+=("$p")
 done
 if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
