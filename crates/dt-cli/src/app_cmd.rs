@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use dt_agent::RuntimeConfig;
 use dt_agent::access::Freshness;
 use dt_types::ServiceKind;
 
 use crate::common::parse_duration;
-use crate::node_cmd::{init_logging, join_request, parse_labels, runtime, until_stopped};
+use crate::node_cmd::{
+    JoinFlags, access_point_runtime, init_logging, parse_labels, runtime, until_stopped,
+};
 
 pub const DEFAULT_APP_DATA_DIR: &str = "/var/lib/devtrust-app";
 
@@ -157,22 +158,18 @@ fn apps(a: &AppStartArgs) -> anyhow::Result<Vec<dt_app::App>> {
 
 async fn start(a: AppStartArgs) -> anyhow::Result<ExitCode> {
     let served = apps(&a)?;
-    let join = join_request(&a.token, &a.auth_server, &a.ca_pin, a.insecure)?;
     let running = dt_app::start(dt_app::AppConfig {
-        runtime: RuntimeConfig {
-            data_dir: a.data_dir.clone(),
+        runtime: access_point_runtime(JoinFlags {
             kind: ServiceKind::App,
-            name: a.name.clone(),
-            advertise_addr: a.advertise.clone().unwrap_or_default(),
-            labels: Default::default(),
-            resources: Vec::new(),
-            heartbeat_every: a.heartbeat,
-            auth_servers: match (&a.token, &a.auth_server) {
-                (None, Some(addr)) => Some(addr.clone()),
-                _ => None,
-            },
-            join,
-        },
+            name: &a.name,
+            data_dir: &a.data_dir,
+            advertise: &a.advertise,
+            heartbeat: a.heartbeat,
+            token: &a.token,
+            auth_server: &a.auth_server,
+            ca_pin: &a.ca_pin,
+            insecure: a.insecure,
+        })?,
         listen: a.listen,
         apps: served.clone(),
         freshness: Freshness {

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
-use dt_agent::RuntimeConfig;
 use dt_agent::access::Freshness;
 use dt_types::ServiceKind;
 
 use crate::common::parse_duration;
-use crate::node_cmd::{init_logging, join_request, parse_labels, runtime, until_stopped};
+use crate::node_cmd::{
+    JoinFlags, access_point_runtime, init_logging, parse_labels, runtime, until_stopped,
+};
 
 pub const DEFAULT_DB_DATA_DIR: &str = "/var/lib/devtrust-db";
 
@@ -199,22 +200,18 @@ fn databases(a: &DbStartArgs) -> anyhow::Result<Vec<dt_db::Database>> {
 
 async fn start(a: DbStartArgs) -> anyhow::Result<ExitCode> {
     let dbs = databases(&a)?;
-    let join = join_request(&a.token, &a.auth_server, &a.ca_pin, a.insecure)?;
     let db = dt_db::start(dt_db::DbConfig {
-        runtime: RuntimeConfig {
-            data_dir: a.data_dir.clone(),
+        runtime: access_point_runtime(JoinFlags {
             kind: ServiceKind::Db,
-            name: a.name.clone(),
-            advertise_addr: a.advertise.clone().unwrap_or_default(),
-            labels: Default::default(),
-            resources: Vec::new(),
-            heartbeat_every: a.heartbeat,
-            auth_servers: match (&a.token, &a.auth_server) {
-                (None, Some(addr)) => Some(addr.clone()),
-                _ => None,
-            },
-            join,
-        },
+            name: &a.name,
+            data_dir: &a.data_dir,
+            advertise: &a.advertise,
+            heartbeat: a.heartbeat,
+            token: &a.token,
+            auth_server: &a.auth_server,
+            ca_pin: &a.ca_pin,
+            insecure: a.insecure,
+        })?,
         listen: a.listen,
         databases: dbs.clone(),
         freshness: Freshness {

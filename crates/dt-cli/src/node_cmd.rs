@@ -173,6 +173,38 @@ pub(crate) fn join_request(
     })
 }
 
+/// The join flags every access point takes (`devtrust db|app|... start`).
+pub(crate) struct JoinFlags<'a> {
+    pub kind: dt_types::ServiceKind,
+    pub name: &'a str,
+    pub data_dir: &'a std::path::Path,
+    pub advertise: &'a Option<String>,
+    pub heartbeat: std::time::Duration,
+    pub token: &'a Option<String>,
+    pub auth_server: &'a Option<String>,
+    pub ca_pin: &'a Option<String>,
+    pub insecure: bool,
+}
+
+/// The runtime configuration of an access point from its join flags: the join request at
+/// the first start, and `--auth-server` replacing the saved addresses later.
+pub(crate) fn access_point_runtime(f: JoinFlags<'_>) -> anyhow::Result<dt_agent::RuntimeConfig> {
+    Ok(dt_agent::RuntimeConfig {
+        data_dir: f.data_dir.to_path_buf(),
+        kind: f.kind,
+        name: f.name.to_string(),
+        advertise_addr: f.advertise.clone().unwrap_or_default(),
+        labels: Default::default(),
+        resources: Vec::new(),
+        heartbeat_every: f.heartbeat,
+        auth_servers: match (f.token, f.auth_server) {
+            (None, Some(addr)) => Some(addr.clone()),
+            _ => None,
+        },
+        join: join_request(f.token, f.auth_server, f.ca_pin, f.insecure)?,
+    })
+}
+
 /// Wait for Ctrl-C or SIGTERM.
 pub(crate) async fn until_stopped() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
 use common::db::*;
+use common::trust::*;
 use common::*;
 use dt_testkit::free_port;
 
@@ -147,20 +148,10 @@ fn curl(args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-fn set_mode(srv: &Server, mode: &str) {
-    let f = srv.write_file(
-        "cap.yaml",
-        &format!(
-            "kind: cluster_auth_preference\nversion: v2\nmetadata: {{name: cluster-auth-preference}}\nspec: {{device_trust: {{mode: {mode}, allow_software_credentials: true}}}}\n"
-        ),
-    );
-    srv.dtctl(&["create", "-f", &f, "--force"]).ok();
-}
-
 #[test]
 fn apps_through_dtsh_proxy_app_with_role_device_trust_jwt_locks_and_audit() {
     let srv = Server::start();
-    set_mode(&srv, "optional");
+    set_mode_software(&srv, "optional");
     let app_port = free_port();
     let script = srv.write_file("echo.py", ECHO_APP);
     let _app = Proc(
@@ -202,22 +193,7 @@ fn apps_through_dtsh_proxy_app_with_role_device_trust_jwt_locks_and_audit() {
     srv.dtctl(&["create", "-f", &roles]).ok();
     let alice = srv.new_user("alice", "editor,app-dev,app-prod", "", PW);
     let bob = srv.new_user("bob", "app-dev,app-prod", "", PW);
-    let device = tempfile::tempdir().unwrap();
-    let alice_dtsh = |args: &[&str], stdin: &str| {
-        Run::new(DTSH, args.iter().copied())
-            .env("DTSH_HOME", &alice.path)
-            .env("DTSH_DEVICE_HOME", device.path())
-            .env("DTSH_DEVICE_SERIAL", "APP-TRUST-1")
-            .env("DTSH_DEVICE_KEYSTORE", "software")
-            .stdin(stdin)
-            .run()
-    };
-    alice_dtsh(&["device", "enroll", "--current-device"], "").ok();
-    let login = alice_dtsh(
-        &["login", "--user=alice", "--password-stdin"],
-        &format!("{PW}\n"),
-    );
-    assert!(login.ok().contains("devtrust-device-id"), "{login}");
+    let _device = enroll_software_device(&alice, "alice", PW, "APP-TRUST-1");
 
     wait_until("the apps are listed", || {
         let ls = srv.dtsh(&bob, &["apps", "ls"], "");
@@ -305,14 +281,14 @@ fn apps_through_dtsh_proxy_app_with_role_device_trust_jwt_locks_and_audit() {
     assert!(body.contains("dtsh device enroll"), "{body}");
 
     // The cluster-wide mode alone does not apply to apps.
-    set_mode(&srv, "required");
+    set_mode_software(&srv, "required");
     std::thread::sleep(std::time::Duration::from_secs(2));
     let (code, body) = curl(&[&format!("http://127.0.0.1:{bob_wiki}/")]);
     assert_eq!(
         code, 200,
         "cluster mode required must not block an app: {body}"
     );
-    set_mode(&srv, "optional");
+    set_mode_software(&srv, "optional");
 
     // Without a certificate: told what to do.
     let ap_port = ap_addr.rsplit_once(':').unwrap().1;

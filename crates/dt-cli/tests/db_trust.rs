@@ -14,20 +14,11 @@ mod common;
 use std::process::Command;
 
 use common::db::*;
+use common::trust::*;
 use common::*;
 use dt_testkit::{Mariadb, Postgres, ServerTls, free_port};
 
 const PW: &str = "correct horse battery";
-
-fn set_mode(srv: &Server, mode: &str) {
-    let f = srv.write_file(
-        "cap.yaml",
-        &format!(
-            "kind: cluster_auth_preference\nversion: v2\nmetadata: {{name: cluster-auth-preference}}\nspec: {{device_trust: {{mode: {mode}, allow_software_credentials: true}}}}\n"
-        ),
-    );
-    srv.dtctl(&["create", "-f", &f, "--force"]).ok();
-}
 
 /// psql to the access point naming the database `sni` in TLS (host=NAME, hostaddr=IP).
 fn psql(
@@ -53,7 +44,7 @@ fn psql(
 #[test]
 fn every_mode_role_and_device_case_through_psql_and_mariadb() {
     let srv = Server::start();
-    set_mode(&srv, "optional");
+    set_mode_software(&srv, "optional");
     let out = srv.scratch().join("dbcerts");
     srv.dtctl(&[
         "auth",
@@ -123,22 +114,7 @@ fn every_mode_role_and_device_case_through_psql_and_mariadb() {
     // so her certificates carry the device; bob has no device.
     let alice = srv.new_user("alice", "editor,db-dev,db-prod", "", PW);
     let bob = srv.new_user("bob", "db-dev,db-prod", "", PW);
-    let device = tempfile::tempdir().unwrap();
-    let alice_dtsh = |args: &[&str], stdin: &str| {
-        Run::new(DTSH, args.iter().copied())
-            .env("DTSH_HOME", &alice.path)
-            .env("DTSH_DEVICE_HOME", device.path())
-            .env("DTSH_DEVICE_SERIAL", "DB-TRUST-1")
-            .env("DTSH_DEVICE_KEYSTORE", "software")
-            .stdin(stdin)
-            .run()
-    };
-    alice_dtsh(&["device", "enroll", "--current-device"], "").ok();
-    let login = alice_dtsh(
-        &["login", "--user=alice", "--password-stdin"],
-        &format!("{PW}\n"),
-    );
-    assert!(login.ok().contains("devtrust-device-id"), "{login}");
+    let _device = enroll_software_device(&alice, "alice", PW, "DB-TRUST-1");
 
     wait_until("all four databases listed", || {
         let ls = srv.dtsh(&bob, &["db", "ls"], "");
@@ -181,7 +157,7 @@ fn every_mode_role_and_device_case_through_psql_and_mariadb() {
     // (mode, database kind, user) → allowed?
     let modes = ["off", "optional", "required", "required-for-humans"];
     for mode in modes {
-        set_mode(&srv, mode);
+        set_mode_software(&srv, mode);
         let mut last = String::new();
         let mut settled = false;
         for _ in 0..100 {
@@ -232,7 +208,7 @@ fn every_mode_role_and_device_case_through_psql_and_mariadb() {
         }
         assert!(settled, "mode {mode}:\n{last}");
     }
-    set_mode(&srv, "optional");
+    set_mode_software(&srv, "optional");
 
     // A database name the roles do not allow; one the server does not have (the server's
     // own error comes through).

@@ -13,6 +13,7 @@
 #![allow(dead_code)]
 
 pub mod db;
+pub mod trust;
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};
