@@ -169,9 +169,9 @@ fn posture_rules_at_the_database_access_point() {
         assert!(!o.status.success(), "{rule}: allowed");
         let err = stderr(&o);
         assert!(
-            err.contains(&format!(
+            err.contains(
                 "FATAL:  access denied to database \"pg1\" as db user \"alice\" on db \"postgres\": role"
-            )) && err.contains(&format!("posture rule {rule}: {what}")),
+            ) && err.contains(&format!("posture rule {rule}: {what}")),
             "{rule}: {err}"
         );
         assert!(
