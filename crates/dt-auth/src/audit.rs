@@ -15,6 +15,9 @@ use tokio::sync::Mutex;
 
 use crate::keys;
 
+mod chain;
+pub use chain::{AUDIT_ANCHOR, Anchor, BrokenLink, ChainReport};
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct StoredHead {
     seq: u64,
