@@ -236,6 +236,7 @@ impl AuthServer {
             config,
         });
         spawn_throttle_flush(Arc::downgrade(&srv));
+        crate::audit_config::spawn_retention(Arc::downgrade(&srv));
         Ok(srv)
     }
 

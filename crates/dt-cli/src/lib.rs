@@ -10,6 +10,7 @@ pub mod dtctl_access;
 pub mod dtctl_auth;
 pub mod dtctl_bots;
 pub mod dtctl_devices;
+pub mod dtctl_events;
 pub mod dtsh;
 pub mod dtsh_db;
 pub mod dtsh_device;
