@@ -16,7 +16,9 @@ use tokio::sync::Mutex;
 use crate::keys;
 
 mod chain;
+mod file_sink;
 pub use chain::{AUDIT_ANCHOR, Anchor, BrokenLink, ChainReport};
+pub use file_sink::{FileSink, FileSinkConfig};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct StoredHead {
@@ -35,6 +37,8 @@ struct Head {
 pub struct AuditSink {
     backend: Arc<dyn Backend>,
     head: Mutex<Option<Head>>,
+    /// `audit.jsonl_file`: committed events are appended there too.
+    file: std::sync::OnceLock<FileSink>,
 }
 
 /// What `dtctl events ls` filters on.
@@ -69,6 +73,14 @@ impl AuditSink {
         AuditSink {
             backend,
             head: Mutex::new(None),
+            file: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Also append every committed event to a JSON-lines file (set once, at start).
+    pub fn set_file_sink(&self, sink: FileSink) {
+        if self.file.set(sink).is_err() {
+            tracing::warn!("the audit file sink was already set; keeping the first");
         }
     }
 
@@ -161,6 +173,11 @@ impl AuditSink {
                         hash: stored_head.hash,
                         revision: Some(rev),
                     });
+                    if let Some(f) = self.file.get()
+                        && let Err(e) = f.write(&events)
+                    {
+                        tracing::warn!(error = %e, "audit file sink: cannot append events (they are stored; export them with dtctl events export)");
+                    }
                     return Ok(rev);
                 }
                 Err(StoreError::ConditionFailed { index, .. }) if index == head_index => {
