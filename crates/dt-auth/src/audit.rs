@@ -17,8 +17,10 @@ use crate::keys;
 
 mod chain;
 mod file_sink;
+mod index;
 pub use chain::{AUDIT_ANCHOR, Anchor, BrokenLink, ChainReport};
 pub use file_sink::{FileSink, FileSinkConfig};
+pub use index::{INDEX_FROM, INDEX_PREFIX};
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct StoredHead {
@@ -153,6 +155,7 @@ impl AuditSink {
                         .map_err(|e| StoreError::Invalid(e.to_string()))?,
                     expires: None,
                 });
+                all_ops.extend(index::index_ops(event, seq));
             }
             let stored_head = StoredHead { seq, hash: prev };
             let mut conds = conditions.clone();
@@ -199,6 +202,9 @@ impl AuditSink {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<AuditEvent>, Option<String>), StoreError> {
+        if let Some(found) = self.search_indexed(filter, start_after, limit).await? {
+            return Ok(found);
+        }
         let mut out = Vec::new();
         let mut cursor = start_after.map(|id| format!("{}{id}", keys::AUDIT_EVENTS));
         loop {

@@ -240,6 +240,7 @@ impl AuthServer {
         if let Some(f) = file_sink {
             srv.audit.set_file_sink(f);
         }
+        srv.audit.init_index().await?;
         spawn_throttle_flush(Arc::downgrade(&srv));
         crate::audit_config::spawn_retention(Arc::downgrade(&srv));
         Ok(srv)

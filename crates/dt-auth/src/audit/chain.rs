@@ -252,6 +252,11 @@ impl AuditSink {
                 ops.push(Op::Delete {
                     key: item.key.clone(),
                 });
+                ops.extend(
+                    super::index::index_keys(&e, seq)
+                        .into_iter()
+                        .map(|key| Op::Delete { key }),
+                );
                 last = Some(Anchor {
                     seq,
                     hash: e.hash.clone(),
@@ -261,7 +266,10 @@ impl AuditSink {
             let Some(anchor) = last else {
                 return Ok(removed);
             };
-            let n = ops.len() as u64;
+            let n = ops
+                .iter()
+                .filter(|o| matches!(o, Op::Delete { key } if key.starts_with(keys::AUDIT_EVENTS)))
+                .count() as u64;
             ops.push(Op::Put {
                 key: AUDIT_ANCHOR.into(),
                 value: serde_json::to_vec(&anchor)
