@@ -37,10 +37,10 @@ fn event(i: u64, n: u64, now: OffsetDateTime) -> AuditEvent {
     let span = 400 * 86_400_000i64;
     let back = span - (span as i128 * i as i128 / n as i128) as i64;
     let t = now - time::Duration::milliseconds(back);
-    let mut e = AuditEvent::new(TYPES[(i % 10) as usize], i % 17 != 0, t)
+    let mut e = AuditEvent::new(TYPES[(i % 10) as usize], !i.is_multiple_of(17), t)
         .user(format!("user{}", (i * 7919) % 10_000))
         .message("a typical message of moderate length for an audit event");
-    if i % 4 == 0 {
+    if i.is_multiple_of(4) {
         e.device = Some(DeviceInfo {
             device_id: format!("5f2c6c39-3c4b-4a53-9d0c-{:012}", i % 5000),
             asset_tag: format!("TAG{}", i % 5000),
@@ -97,7 +97,7 @@ fn main() {
             let events: Vec<AuditEvent> = (i..(i + batch).min(n)).map(|j| event(j, n, now)).collect();
             audit.write_with_events(vec![], vec![], events).await.unwrap();
             i += batch;
-            if i % 1_000_000 == 0 {
+            if i.is_multiple_of(1_000_000) {
                 eprintln!("  filled {i} events in {:.0?}", start.elapsed());
             }
         }
