@@ -127,11 +127,14 @@ fn main() {
         );
 
         let hour = Some(now - time::Duration::hours(1));
+        // A user and type that occur in the last hour: those of the newest filled event.
+        let user = format!("user{}", ((n - 1) * 7919) % 10_000);
+        let kind = TYPES[((n - 1) % 10) as usize];
         let searches = [
-            ("--since=1h --type=device.authenticate --user=user4242", EventFilter {
+            ("--since=1h --type=T --user=U (one user's events of one type)", EventFilter {
                 since: hour,
-                event: Some(EventType::DeviceAuthenticate),
-                user: Some("user4242".into()),
+                event: Some(kind),
+                user: Some(user.clone()),
                 device: None,
             }),
             ("--since=1h --type=device.authenticate", EventFilter {
@@ -140,7 +143,7 @@ fn main() {
                 ..Default::default()
             }),
             ("--since=1h", EventFilter { since: hour, ..Default::default() }),
-            ("--user=user4242 (first 500)", EventFilter { user: Some("user4242".into()), ..Default::default() }),
+            ("--user=U (first 500)", EventFilter { user: Some(user.clone()), ..Default::default() }),
             ("--device=TAG42 --since=1h", EventFilter { device: Some("TAG42".into()), since: hour, ..Default::default() }),
         ];
         let mut first = Duration::ZERO;
@@ -154,7 +157,7 @@ fn main() {
         if full_read {
             // The same first search without indexes: every event read and filtered.
             backend
-                .atomic_write(vec![], vec![Op::Put { key: INDEX_FROM.into(), value: format!("{:020}", u64::MAX / 2).into_bytes(), expires: None }])
+                .atomic_write(vec![], vec![Op::Delete { key: INDEX_FROM.into() }])
                 .await
                 .unwrap();
             let (t, count) = time_search(&audit, &searches[0].1, 1).await;
