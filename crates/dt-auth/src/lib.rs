@@ -15,6 +15,7 @@ pub mod cache;
 pub mod config;
 pub mod databases;
 pub mod device_grpc;
+pub mod device_web;
 pub mod devices;
 pub mod error;
 pub mod grpc;
@@ -31,6 +32,7 @@ pub mod shared_limit;
 pub use server::AuthServer;
 
 pub mod access;
+pub mod apps;
 
 /// gRPC services and the JSON API as one router.
 pub fn router(srv: Arc<AuthServer>) -> axum::Router {
@@ -51,6 +53,9 @@ pub fn router(srv: Arc<AuthServer>) -> axum::Router {
                 databases::GrpcDatabases { srv: srv.clone() },
             ),
         )
+        .add_service(dt_proto::v1::app_service_server::AppServiceServer::new(
+            apps::GrpcApps { srv: srv.clone() },
+        ))
         .add_service(
             dt_proto::v1::access_service_server::AccessServiceServer::new(access::GrpcAccess {
                 srv: srv.clone(),

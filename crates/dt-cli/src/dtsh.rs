@@ -67,6 +67,8 @@ enum Cmd {
     /// Enroll and authenticate this device, or show what it reports.
     #[command(subcommand)]
     Device(crate::dtsh_device::DeviceCmd),
+    /// Register dtsh as this desktop's handler of devtrust:// links (device web authentication).
+    InstallUrlHandler,
     /// Show the current profile.
     Status {
         #[arg(long, value_enum, default_value_t)]
@@ -84,7 +86,14 @@ enum Cmd {
     /// Databases: list, log in, connect with psql, log out.
     #[command(subcommand)]
     Db(crate::dtsh_db::DbCmd),
-    /// Local ports that tunnel to access points: dtsh proxy db NAME --tunnel --port=N
+    /// Apps: list the apps your roles reach.
+    #[command(subcommand)]
+    Apps(crate::dtsh_app::AppsCmd),
+    /// An app: log in, log out (then `dtsh proxy app NAME`).
+    #[command(subcommand)]
+    App(crate::dtsh_app::AppCmd),
+    /// Local ports that tunnel to access points: dtsh proxy db NAME --tunnel --port=N,
+    /// dtsh proxy app NAME --port=N
     #[command(subcommand)]
     Proxy(crate::dtsh_db::ProxyCmd),
 }
@@ -147,11 +156,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Device(cmd) => crate::dtsh_device::run(cmd).await,
+        Cmd::InstallUrlHandler => crate::dtsh_web::install_url_handler(),
         Cmd::Ls { format } => crate::dtsh_ssh::ls(format).await,
         Cmd::Ssh(args) => crate::dtsh_ssh::ssh(args).await,
         Cmd::Config => crate::dtsh_ssh::config().await,
         Cmd::Db(cmd) => crate::dtsh_db::run(cmd).await,
         Cmd::Proxy(cmd) => crate::dtsh_db::proxy(cmd).await,
+        Cmd::Apps(cmd) => crate::dtsh_app::apps(cmd).await,
+        Cmd::App(cmd) => crate::dtsh_app::app(cmd).await,
         Cmd::Status { format } => {
             let store = ProfileStore::from_env();
             let profile = store.current()?;

@@ -2,6 +2,7 @@
 //! `devtrust` (the server), `dtctl` (the admin CLI), `dtsh` (the user CLI). The files in
 //! `src/bin/` only call into here. `anyhow` lives here and nowhere else.
 
+pub mod app_cmd;
 pub mod common;
 pub mod db_cmd;
 pub mod devtrust;
@@ -12,7 +13,9 @@ pub mod dtctl_bots;
 pub mod dtctl_devices;
 pub mod dtctl_events;
 pub mod dtsh;
+pub mod dtsh_app;
 pub mod dtsh_db;
 pub mod dtsh_device;
 pub mod dtsh_ssh;
+pub mod dtsh_web;
 pub mod node_cmd;

@@ -66,6 +66,13 @@ pub enum EventType {
     DbSessionStart,
     #[serde(rename = "db.session.end")]
     DbSessionEnd,
+    /// An app session began: the first request of a user's certificate (or app session)
+    /// to an app, after the decision allowed it.
+    #[serde(rename = "app.session.start")]
+    AppSessionStart,
+    /// One request forwarded to an app (method, path, status).
+    #[serde(rename = "app.session.request")]
+    AppSessionRequest,
     /// One statement a client sent (PostgreSQL Query or Parse; MySQL COM_QUERY or
     /// COM_STMT_PREPARE), its text in `command`.
     #[serde(rename = "db.session.query")]
@@ -77,7 +84,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 29] = [
+    pub const ALL: [EventType; 31] = [
         EventType::UserLogin,
         EventType::UserCreate,
         EventType::UserUpdate,
@@ -105,6 +112,8 @@ impl EventType {
         EventType::DbSessionStart,
         EventType::DbSessionEnd,
         EventType::DbSessionQuery,
+        EventType::AppSessionStart,
+        EventType::AppSessionRequest,
         EventType::LockCreate,
         EventType::LockDelete,
     ];
@@ -138,6 +147,8 @@ impl EventType {
             EventType::DbSessionStart => "db.session.start",
             EventType::DbSessionEnd => "db.session.end",
             EventType::DbSessionQuery => "db.session.query",
+            EventType::AppSessionStart => "app.session.start",
+            EventType::AppSessionRequest => "app.session.request",
             EventType::LockCreate => "lock.create",
             EventType::LockDelete => "lock.delete",
         }
@@ -178,6 +189,8 @@ impl EventType {
             EventType::DbSessionStart => "DB7000",
             EventType::DbSessionEnd => "DB7001",
             EventType::DbSessionQuery => "DB7002",
+            EventType::AppSessionStart => "AP8000",
+            EventType::AppSessionRequest => "AP8001",
             EventType::LockCreate => "L7000",
             EventType::LockDelete => "L7001",
         };
