@@ -59,6 +59,12 @@ impl Denial {
             Denial::Policy(DenyReason::Locked {
                 target, message, ..
             }) => lock_text(target, message.as_deref()),
+            Denial::Policy(posture @ DenyReason::DevicePosture { .. }) => match target {
+                Target::Ssh { node, login, .. } => {
+                    format!("{ACCESS_DENIED_PREFIX}{login} connecting to {node}: {posture}")
+                }
+                other => format!("{ACCESS_DENIED_PREFIX}{}: {posture}", other.describe()),
+            },
             Denial::Policy(other) => other.to_string(),
             Denial::View(e) => e.to_string(),
             Denial::StaleLocks { .. } => format!(
@@ -133,6 +139,7 @@ impl Denial {
                 DenyReason::NotPermitted { .. } => "not_permitted",
                 DenyReason::ClusterRequiresTrustedDevice => "cluster_requires_trusted_device",
                 DenyReason::RoleRequiresTrustedDevice { .. } => "role_requires_trusted_device",
+                DenyReason::DevicePosture { .. } => "device_posture",
                 DenyReason::UnknownDeviceTrustMode(_) => "unknown_device_trust_mode",
                 DenyReason::LoginNotAllowed { .. } => "login_not_allowed",
                 DenyReason::ResourceNotAllowed { .. } => "resource_not_allowed",
@@ -179,7 +186,11 @@ pub fn device_info(id: &Identity) -> Option<DeviceInfo> {
     id.device.as_ref().map(|d| DeviceInfo {
         device_id: d.device_id.clone(),
         asset_tag: d.asset_tag.clone(),
-        os_type: String::new(),
+        os_type: d
+            .posture
+            .os_type
+            .map(|o| o.as_str().to_string())
+            .unwrap_or_default(),
         credential_id: d.credential_id.clone(),
     })
 }
@@ -194,6 +205,7 @@ pub fn subject(id: &Identity) -> dt_authz::Subject<'_> {
         device_verified: id.is_device_verified(),
         device_id: id.device.as_ref().map(|d| d.device_id.as_str()),
         device_credential: id.device.as_ref().map(|d| d.credential_id.as_str()),
+        device_posture: id.device.as_ref().map(|d| &d.posture),
     }
 }
 
@@ -239,6 +251,7 @@ pub fn decide_explained(
         cluster_mode: &cluster_mode,
         roles: &roles,
         locks: &locks,
+        now,
     };
     Ok(dt_authz::decide(&subject(id), target, &policy))
 }

@@ -202,6 +202,21 @@ impl AuthServer {
             ),
             _ => (None, None),
         };
+        // What the device's certificates would say: its last authentication (the newest
+        // collected-data record), so `max_auth_age` is explained against that time.
+        let now = time::OffsetDateTime::now_utc();
+        let posture = match &device {
+            AssumedDevice::Trusted(d) => {
+                let last = d
+                    .spec
+                    .collected_data
+                    .last()
+                    .map(|c| c.record_time.unwrap_or(c.collect_time))
+                    .unwrap_or(now);
+                Some(crate::devices::posture_at_authentication(d, last))
+            }
+            _ => None,
+        };
         let who = Subject {
             user: user.name(),
             user_logins: &user.spec.traits.logins,
@@ -213,12 +228,14 @@ impl AuthServer {
             device_verified: device_id.is_some() && credential_id.is_some(),
             device_id,
             device_credential: credential_id,
+            device_posture: posture.as_ref(),
         };
         let target = asked.as_target(&found.resource.labels);
         let policy = Policy {
             cluster_mode: &cluster_mode,
             roles: &roles,
             locks: &locks,
+            now,
         };
         let Explained { decision, reasons } = dt_authz::decide(&who, &target, &policy);
 

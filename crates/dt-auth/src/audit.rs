@@ -15,6 +15,13 @@ use tokio::sync::Mutex;
 
 use crate::keys;
 
+mod chain;
+mod file_sink;
+mod index;
+pub use chain::{AUDIT_ANCHOR, Anchor, BrokenLink, ChainReport};
+pub use file_sink::{FileSink, FileSinkConfig};
+pub use index::{INDEX_FROM, INDEX_PREFIX};
+
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct StoredHead {
     seq: u64,
@@ -32,6 +39,8 @@ struct Head {
 pub struct AuditSink {
     backend: Arc<dyn Backend>,
     head: Mutex<Option<Head>>,
+    /// `audit.jsonl_file`: committed events are appended there too.
+    file: std::sync::OnceLock<FileSink>,
 }
 
 /// What `dtctl events ls` filters on.
@@ -66,6 +75,14 @@ impl AuditSink {
         AuditSink {
             backend,
             head: Mutex::new(None),
+            file: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Also append every committed event to a JSON-lines file (set once, at start).
+    pub fn set_file_sink(&self, sink: FileSink) {
+        if self.file.set(sink).is_err() {
+            tracing::warn!("the audit file sink was already set; keeping the first");
         }
     }
 
@@ -138,6 +155,7 @@ impl AuditSink {
                         .map_err(|e| StoreError::Invalid(e.to_string()))?,
                     expires: None,
                 });
+                all_ops.extend(index::index_ops(event, seq));
             }
             let stored_head = StoredHead { seq, hash: prev };
             let mut conds = conditions.clone();
@@ -158,6 +176,11 @@ impl AuditSink {
                         hash: stored_head.hash,
                         revision: Some(rev),
                     });
+                    if let Some(f) = self.file.get()
+                        && let Err(e) = f.write(&events)
+                    {
+                        tracing::warn!(error = %e, "audit file sink: cannot append events (they are stored; export them with dtctl events export)");
+                    }
                     return Ok(rev);
                 }
                 Err(StoreError::ConditionFailed { index, .. }) if index == head_index => {
@@ -179,6 +202,9 @@ impl AuditSink {
         start_after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<AuditEvent>, Option<String>), StoreError> {
+        if let Some(found) = self.search_indexed(filter, start_after, limit).await? {
+            return Ok(found);
+        }
         let mut out = Vec::new();
         let mut cursor = start_after.map(|id| format!("{}{id}", keys::AUDIT_EVENTS));
         loop {

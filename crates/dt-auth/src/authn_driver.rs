@@ -300,6 +300,7 @@ impl AuthServer {
             device_id: outcome.augment.device.device_id.clone(),
             asset_tag: outcome.augment.device.asset_tag.clone(),
             credential_id: outcome.augment.device.credential_id.clone(),
+            posture: crate::devices::posture_at_authentication(&d, now),
         };
         let (new_ssh, new_x509) =
             self.user_ca

@@ -42,6 +42,8 @@ struct RawConfig {
     log: Option<RawLog>,
     #[serde(default)]
     limits: Option<RawLimits>,
+    #[serde(default)]
+    audit: Option<crate::audit_config::RawAudit>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -124,6 +126,8 @@ pub struct Config {
     pub login_failure_window: std::time::Duration,
     /// (user, address) pairs tracked per window, cluster-wide; beyond, pairs share one bucket.
     pub login_throttle_buckets: usize,
+    /// `audit:`: retention and the JSON-lines sink (docs/audit.md).
+    pub audit: crate::audit_config::AuditConfig,
 }
 
 impl Default for Config {
@@ -144,6 +148,7 @@ impl Default for Config {
             login_failures_per_5m: 5,
             login_failure_window: std::time::Duration::from_secs(300),
             login_throttle_buckets: 10_000,
+            audit: Default::default(),
         }
     }
 }
@@ -274,6 +279,10 @@ impl TryFrom<RawConfig> for Config {
                 }
                 c.log_level = l;
             }
+        }
+        if let Some(a) = raw.audit {
+            c.audit =
+                crate::audit_config::AuditConfig::try_from(a).map_err(ConfigError::Invalid)?;
         }
         if let Some(l) = raw.limits {
             if let Some(n) = l.device_ceremonies_per_minute {

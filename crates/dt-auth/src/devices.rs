@@ -40,6 +40,28 @@ pub fn device_info(d: &Device) -> DeviceInfo {
     }
 }
 
+/// What the augmented certificates say about a device that authenticated at `at`: its
+/// credential's attestation, its inventory OS, the OS version it reported last (with this
+/// authentication), and the time, in whole seconds.
+pub fn posture_at_authentication(
+    d: &Device,
+    at: time::OffsetDateTime,
+) -> dt_types::posture::DevicePosture {
+    let reported = d
+        .spec
+        .collected_data
+        .last()
+        .map(|c| c.os_version.trim())
+        .filter(|v| !v.is_empty() && v.len() <= dt_types::device::MAX_FIELD_LEN)
+        .filter(|v| !v.chars().any(char::is_control));
+    dt_types::posture::DevicePosture {
+        attestation_type: d.spec.credential.as_ref().map(|c| c.attestation_type),
+        os_type: Some(d.spec.os_type),
+        os_version: reported.map(str::to_string),
+        authenticated_at: time::OffsetDateTime::from_unix_timestamp(at.unix_timestamp()).ok(),
+    }
+}
+
 fn to_json(d: &Device) -> ApiResult<Vec<u8>> {
     serde_json::to_vec(d).map_err(ApiError::internal)
 }

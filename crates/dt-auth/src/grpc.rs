@@ -1257,6 +1257,18 @@ impl AuthService for GrpcAuth {
         ))
     }
 
+    async fn verify_events(
+        &self,
+        req: Request<pb::VerifyEventsRequest>,
+    ) -> Result<Response<pb::VerifyEventsResponse>, Status> {
+        let caller = self.srv.caller(peer_of(&req)?).await?;
+        self.srv.authorize(&caller, "event", Verb::List)?;
+        let req = req.into_inner();
+        Ok(Response::new(
+            crate::audit_api::verify_events(&self.srv.audit, req.since_unix_ms).await?,
+        ))
+    }
+
     async fn search_events(
         &self,
         req: Request<pb::SearchEventsRequest>,

@@ -8,6 +8,8 @@
 use std::sync::Arc;
 
 pub mod audit;
+mod audit_api;
+pub mod audit_config;
 mod authn_driver;
 pub mod cache;
 pub mod config;

@@ -211,6 +211,8 @@ impl AuthServer {
         }
         tracing::debug!(cluster = %cluster_name, at = %now, "cluster ready");
 
+        let file_sink = crate::audit_config::file_sink(&config.audit)
+            .map_err(|e| StartError::Invalid(format!("audit.jsonl_file: {e}")))?;
         let cache = Arc::new(crate::cache::ClusterCache::default());
         cache.spawn(backend.clone());
         let srv = Arc::new(AuthServer {
@@ -240,7 +242,12 @@ impl AuthServer {
             ),
             config,
         });
+        if let Some(f) = file_sink {
+            srv.audit.set_file_sink(f);
+        }
+        srv.audit.init_index().await?;
         spawn_throttle_flush(Arc::downgrade(&srv));
+        crate::audit_config::spawn_retention(Arc::downgrade(&srv));
         Ok(srv)
     }
 

@@ -20,9 +20,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use dt_types::posture::DevicePosture;
 use dt_types::resource::{DeviceTrustMode, LabelValues, Role, RoleConditions};
 use dt_types::{Lock, ServiceKind};
 use serde::Serialize;
+use time::OffsetDateTime;
 
 use crate::{Decision, DenyReason, LockContext, Principal, check_device, expand, locked};
 
@@ -255,6 +257,8 @@ pub struct Subject<'a> {
     pub device_verified: bool,
     pub device_id: Option<&'a str>,
     pub device_credential: Option<&'a str>,
+    /// What the certificate says about the device at authentication (for posture rules).
+    pub device_posture: Option<&'a DevicePosture>,
 }
 
 /// What the cluster says: its device-trust mode, the identity's roles, the locks in force.
@@ -263,6 +267,8 @@ pub struct Policy<'a> {
     pub cluster_mode: &'a DeviceTrustMode,
     pub roles: &'a [Role],
     pub locks: &'a [Lock],
+    /// The decision's clock, for `max_auth_age`.
+    pub now: OffsetDateTime,
 }
 
 /// Which check a reason is about.
@@ -469,10 +475,11 @@ pub fn decide(who: &Subject<'_>, target: &Target<'_>, policy: &Policy<'_>) -> Ex
         return trail.done(Decision::Deny(not_allowed(target)));
     }
 
-    // 4. The device-trust mode of every granting role.
+    // 4. The device-trust mode of every granting role, and its posture rules.
     let mut verdict = Decision::Allow;
     for role in granting {
-        let Some(mode) = &role.spec.options.device_trust_mode else {
+        let rules = &role.spec.options.device_trust;
+        let Some(mode) = crate::role_mode(&role.spec.options) else {
             trail.add(
                 Check::RoleMode,
                 Some(role.name()),
@@ -481,13 +488,21 @@ pub fn decide(who: &Subject<'_>, target: &Target<'_>, policy: &Policy<'_>) -> Ex
             );
             continue;
         };
+        let implied = if role.spec.options.device_trust_mode.is_none() {
+            " (implied by its posture rules)"
+        } else {
+            ""
+        };
         let d = check_device(mode, who.device_verified, who.principal);
         let ok = d.is_allow();
         trail.add(
             Check::RoleMode,
             Some(role.name()),
             if ok { Effect::None } else { Effect::Deny },
-            format!("device_trust_mode {mode}: {}", mode_effect(mode, who, ok)),
+            format!(
+                "device_trust_mode {mode}{implied}: {}",
+                mode_effect(mode, who, ok)
+            ),
         );
         if verdict.is_allow() {
             match d {
@@ -498,6 +513,34 @@ pub fn decide(who: &Subject<'_>, target: &Target<'_>, policy: &Policy<'_>) -> Ex
                     });
                 }
                 deny => verdict = deny,
+            }
+        }
+        if rules.is_empty() || !ok {
+            continue;
+        }
+        // Posture rules bind whoever the mode requires a device of.
+        if check_device(mode, false, who.principal).is_allow() {
+            trail.add(
+                Check::RoleMode,
+                Some(role.name()),
+                Effect::None,
+                format!("device_trust posture rules: not applied ({mode} needs no device here)"),
+            );
+            continue;
+        }
+        for c in crate::check_posture(rules, who.device_posture, policy.now) {
+            trail.add(
+                Check::RoleMode,
+                Some(role.name()),
+                if c.passed { Effect::None } else { Effect::Deny },
+                format!("device_trust.{}: {}", c.rule, c.detail),
+            );
+            if !c.passed && verdict.is_allow() {
+                verdict = Decision::Deny(DenyReason::DevicePosture {
+                    role: role.name().to_string(),
+                    rule: c.rule,
+                    detail: c.detail,
+                });
             }
         }
     }

@@ -10,15 +10,18 @@
 use std::fmt;
 use std::time::Duration;
 
-use dt_types::resource::{DeviceTrustMode, LockTarget, Role, RoleConditions};
+use dt_types::posture::PostureRule;
+use dt_types::resource::{DeviceTrustMode, LockTarget, Role, RoleConditions, RoleOptions};
 use dt_types::{Lock, ServiceKind, Verb};
 
 mod access;
+mod posture;
 pub use access::{
     Check, Effect, Explained, KubeIdentityError, Policy, Reason, Subject, Target, TargetBuf,
     check_app, check_db, check_desktop, check_kube, check_ssh, decide, kube_impersonation,
     labels_match, may_list,
 };
+pub use posture::{PostureCheck, check_posture};
 
 /// Default and upper bound for certificate TTL when no role says otherwise.
 pub const DEFAULT_MAX_SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
@@ -43,6 +46,13 @@ pub enum DenyReason {
     ClusterRequiresTrustedDevice,
     /// A granting role requires a trusted device and the identity has none.
     RoleRequiresTrustedDevice { role: String },
+    /// A granting role requires a device that passes its posture rules, and the device
+    /// fails `rule`. `detail` says what the device is and what would satisfy the rule.
+    DevicePosture {
+        role: String,
+        rule: PostureRule,
+        detail: String,
+    },
     /// A mode this build does not know: fail closed.
     UnknownDeviceTrustMode(String),
     /// No role allows this login on this node (or a deny matched).
@@ -74,6 +84,12 @@ impl fmt::Display for DenyReason {
             DenyReason::ClusterRequiresTrustedDevice => f.write_str("unauthorized device"),
             DenyReason::RoleRequiresTrustedDevice { role } => {
                 write!(f, "role {role:?} requires a trusted device")
+            }
+            DenyReason::DevicePosture { role, rule, detail } => {
+                write!(
+                    f,
+                    "role {role:?} requires a device that passes its posture rule {rule}: {detail}"
+                )
             }
             DenyReason::UnknownDeviceTrustMode(m) => {
                 write!(f, "unknown device trust mode {m:?}: denying")
@@ -203,14 +219,21 @@ pub fn disconnect_expired_cert(cluster: bool, roles: &[Role]) -> bool {
     cluster || roles.iter().any(|r| r.spec.options.disconnect_expired_cert)
 }
 
+/// The device-trust mode a role applies: its `device_trust_mode`, or `required` when it sets
+/// posture rules (`options.device_trust`) and no mode.
+pub fn role_mode(options: &RoleOptions) -> Option<&DeviceTrustMode> {
+    static IMPLIED: DeviceTrustMode = DeviceTrustMode::Required;
+    match (&options.device_trust_mode, options.device_trust.is_empty()) {
+        (Some(mode), _) => Some(mode),
+        (None, false) => Some(&IMPLIED),
+        (None, true) => None,
+    }
+}
+
 /// Does this user need a trusted device for anything (cluster mode or any role)?
 pub fn device_required(cluster_mode: &DeviceTrustMode, roles: &[Role], who: Principal) -> bool {
     std::iter::once(cluster_mode)
-        .chain(
-            roles
-                .iter()
-                .filter_map(|r| r.spec.options.device_trust_mode.as_ref()),
-        )
+        .chain(roles.iter().filter_map(|r| role_mode(&r.spec.options)))
         .any(|m| !check_device(m, false, who).is_allow())
 }
 

@@ -108,11 +108,13 @@ fn ssh<'a>(
         device_verified: device,
         device_id: if device { Some("dev-1") } else { None },
         device_credential: if device { Some("cred-1") } else { None },
+        device_posture: None,
     };
     let policy = Policy {
         cluster_mode: mode,
         roles,
         locks,
+        now: time::OffsetDateTime::UNIX_EPOCH,
     };
     check_ssh(&who, "server1", labels, "root", &policy).decision
 }

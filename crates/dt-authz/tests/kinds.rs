@@ -216,11 +216,13 @@ fn every_kind_mode_principal_device_and_lock() {
                                 device_verified: trusted,
                                 device_id: trusted.then_some("dev-1"),
                                 device_credential: trusted.then_some("cred-1"),
+                                device_posture: None,
                             };
                             let policy = Policy {
                                 cluster_mode: &cluster_mode,
                                 roles: &roles,
                                 locks: &locks,
+                                now: time::OffsetDateTime::UNIX_EPOCH,
                             };
                             let got = decide(&who, &target(kind, &labels, &groups), &policy);
 
@@ -308,6 +310,7 @@ fn any_granting_role_that_requires_a_device_requires_it() {
             device_verified: false,
             device_id: None,
             device_credential: None,
+            device_posture: None,
         };
         let got = decide(
             &who,
@@ -316,6 +319,7 @@ fn any_granting_role_that_requires_a_device_requires_it() {
                 cluster_mode: &DeviceTrustMode::Off,
                 roles: &roles,
                 locks: &[],
+                now: time::OffsetDateTime::UNIX_EPOCH,
             },
         );
         assert_eq!(
@@ -336,6 +340,7 @@ fn human<'a>(logins: &'a [String]) -> Subject<'a> {
         device_verified: false,
         device_id: None,
         device_credential: None,
+        device_posture: None,
     }
 }
 
@@ -354,6 +359,7 @@ fn names_and_labels_per_kind_deny_first() {
                 cluster_mode: &off,
                 roles,
                 locks: &[],
+                now: time::OffsetDateTime::UNIX_EPOCH,
             },
         )
         .is_allow()
@@ -600,6 +606,7 @@ fn explanations_name_roles_modes_and_locks() {
             cluster_mode: &DeviceTrustMode::Optional,
             roles: &roles,
             locks: &[],
+            now: time::OffsetDateTime::UNIX_EPOCH,
         },
     );
     assert!(!got.is_allow());
@@ -627,6 +634,7 @@ fn explanations_name_roles_modes_and_locks() {
             cluster_mode: &DeviceTrustMode::Required,
             roles: &app_roles,
             locks: &[],
+            now: time::OffsetDateTime::UNIX_EPOCH,
         },
     );
     assert!(

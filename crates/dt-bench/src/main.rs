@@ -534,6 +534,7 @@ fn crypto_bound(cl: &Cluster, certs: &UserCertificates) -> anyhow::Result<Durati
         device_id: "d".into(),
         asset_tag: "t".into(),
         credential_id: "c".into(),
+        posture: Default::default(),
     };
     let challenge = [7u8; 32];
     let spki = key.spki();

@@ -4,6 +4,9 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use dt_types::device::{AttestationType, OsType};
+use dt_types::posture::DevicePosture;
+
 use crate::error::{CaError, Result};
 
 /// The device a certificate was augmented with: present only after a successful device
@@ -17,6 +20,10 @@ pub struct DeviceExt {
     pub asset_tag: String,
     /// The id of the device credential that answered the challenge.
     pub credential_id: String,
+    /// What the device was at authentication (attestation, OS and version, time), for the
+    /// roles' posture rules. Empty on certificates augmented before posture existed.
+    #[serde(default, skip_serializing_if = "DevicePosture::is_empty")]
+    pub posture: DevicePosture,
 }
 
 /// The identity a user certificate asserts.
@@ -108,8 +115,58 @@ impl DeviceExt {
     pub(crate) fn validate(&self) -> Result<()> {
         check_text("device id", &self.device_id)?;
         check_text("asset tag", &self.asset_tag)?;
-        check_text("credential id", &self.credential_id)
+        check_text("credential id", &self.credential_id)?;
+        self.posture.check().map_err(CaError::InvalidIdentity)
     }
+}
+
+/// The posture values as certificate text, in the order of [`POSTURE_NAMES`]:
+/// attestation type, OS, OS version, authentication time (unix seconds).
+pub(crate) fn posture_values(p: &DevicePosture) -> [Option<String>; 4] {
+    [
+        p.attestation_type.map(|a| a.as_str().to_string()),
+        p.os_type.map(|o| o.as_str().to_string()),
+        p.os_version.clone(),
+        p.authenticated_at.map(|t| t.unix_timestamp().to_string()),
+    ]
+}
+
+/// Reads the posture values back; a value this build cannot read is refused (fail closed),
+/// never dropped.
+pub(crate) fn posture_from_values(
+    values: [Option<String>; 4],
+    bad: impl Fn(String) -> CaError,
+) -> Result<DevicePosture> {
+    let [att, os, version, time] = values;
+    let attestation_type = att
+        .map(|a| {
+            AttestationType::parse(&a)
+                .ok_or_else(|| bad(format!("unknown device attestation type {a:?}")))
+        })
+        .transpose()?;
+    let os_type = os
+        .map(|o| OsType::parse(&o).ok_or_else(|| bad(format!("unknown device os {o:?}"))))
+        .transpose()?;
+    let authenticated_at = time
+        .map(|t| {
+            t.parse::<i64>()
+                .ok()
+                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                .ok_or_else(|| {
+                    bad(format!(
+                        "device authentication time {t:?} is not unix seconds"
+                    ))
+                })
+        })
+        .transpose()?;
+    let posture = DevicePosture {
+        attestation_type,
+        os_type,
+        os_version: version,
+        authenticated_at,
+    };
+    posture.check().map_err(bad)?;
+    Ok(posture)
 }
 
 fn check_text(what: &str, value: &str) -> Result<()> {
@@ -139,6 +196,21 @@ pub mod ssh_ext {
     pub const DEVICE_ASSET_TAG: &str = "devtrust-device-asset-tag";
     /// The device credential id of an augmented certificate.
     pub const DEVICE_CREDENTIAL_ID: &str = "devtrust-device-credential-id";
+    /// How the device key is attested (`tpm_ekcert_trusted`, `secure_enclave`, ...).
+    pub const DEVICE_ATTESTATION: &str = "devtrust-device-attestation";
+    /// The device's OS (`linux`, `macos`, `windows`).
+    pub const DEVICE_OS: &str = "devtrust-device-os";
+    /// The OS version the device reported when it authenticated.
+    pub const DEVICE_OS_VERSION: &str = "devtrust-device-os-version";
+    /// When the device authenticated, unix seconds.
+    pub const DEVICE_AUTH_TIME: &str = "devtrust-device-auth-time";
+    /// The posture extensions, in the order of the posture values.
+    pub const POSTURE: [&str; 4] = [
+        DEVICE_ATTESTATION,
+        DEVICE_OS,
+        DEVICE_OS_VERSION,
+        DEVICE_AUTH_TIME,
+    ];
     /// The usual OpenSSH permissions every user certificate gets.
     pub const PERMITS: [&str; 3] = [
         "permit-agent-forwarding",
@@ -171,6 +243,14 @@ pub mod x509_oid {
     pub const DEVICE_ASSET_TAG: &str = "2.25.112976937590999683324659271999942156561.3.2";
     /// `ARC.3.3`: device credential id.
     pub const DEVICE_CREDENTIAL_ID: &str = "2.25.112976937590999683324659271999942156561.3.3";
+    /// `ARC.3.4`: how the device key is attested.
+    pub const DEVICE_ATTESTATION: &str = "2.25.112976937590999683324659271999942156561.3.4";
+    /// `ARC.3.5`: the device's OS.
+    pub const DEVICE_OS: &str = "2.25.112976937590999683324659271999942156561.3.5";
+    /// `ARC.3.6`: the OS version at authentication.
+    pub const DEVICE_OS_VERSION: &str = "2.25.112976937590999683324659271999942156561.3.6";
+    /// `ARC.3.7`: the authentication time, unix seconds.
+    pub const DEVICE_AUTH_TIME: &str = "2.25.112976937590999683324659271999942156561.3.7";
 
     /// DER content octets of [`ARC`]: `2.25` is `2 * 40 + 25`, then [`ARC_UUID`] in base 128
     /// (19 octets, since the UUID's top bit is bit 126).
@@ -207,6 +287,17 @@ pub mod x509_oid {
     pub(crate) const DEVICE_ID_CONTENT: [u8; 22] = under_arc(3, 1);
     pub(crate) const DEVICE_ASSET_TAG_CONTENT: [u8; 22] = under_arc(3, 2);
     pub(crate) const DEVICE_CREDENTIAL_ID_CONTENT: [u8; 22] = under_arc(3, 3);
+    pub(crate) const DEVICE_ATTESTATION_CONTENT: [u8; 22] = under_arc(3, 4);
+    pub(crate) const DEVICE_OS_CONTENT: [u8; 22] = under_arc(3, 5);
+    pub(crate) const DEVICE_OS_VERSION_CONTENT: [u8; 22] = under_arc(3, 6);
+    pub(crate) const DEVICE_AUTH_TIME_CONTENT: [u8; 22] = under_arc(3, 7);
+    /// The posture attributes, in the order of the posture values.
+    pub(crate) const POSTURE_CONTENT: [[u8; 22]; 4] = [
+        DEVICE_ATTESTATION_CONTENT,
+        DEVICE_OS_CONTENT,
+        DEVICE_OS_VERSION_CONTENT,
+        DEVICE_AUTH_TIME_CONTENT,
+    ];
 }
 
 #[cfg(test)]
@@ -233,6 +324,10 @@ mod tests {
             (DEVICE_ID, DEVICE_ID_CONTENT),
             (DEVICE_ASSET_TAG, DEVICE_ASSET_TAG_CONTENT),
             (DEVICE_CREDENTIAL_ID, DEVICE_CREDENTIAL_ID_CONTENT),
+            (DEVICE_ATTESTATION, DEVICE_ATTESTATION_CONTENT),
+            (DEVICE_OS, DEVICE_OS_CONTENT),
+            (DEVICE_OS_VERSION, DEVICE_OS_VERSION_CONTENT),
+            (DEVICE_AUTH_TIME, DEVICE_AUTH_TIME_CONTENT),
         ] {
             assert_eq!(dotted_to_content(dotted), content, "{dotted}");
         }
@@ -274,6 +369,7 @@ mod tests {
                     device_id: "d".into(),
                     asset_tag: String::new(),
                     credential_id: "c".into(),
+                    posture: DevicePosture::default(),
                 })
             },
         ];

@@ -102,6 +102,12 @@ pub(crate) mod testutil {
             device_id: "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11".into(),
             asset_tag: "C00AA0AAAA0A".into(),
             credential_id: "c7d7a1e2-credential".into(),
+            posture: dt_types::posture::DevicePosture {
+                attestation_type: Some(dt_types::device::AttestationType::TpmEkcertTrusted),
+                os_type: Some(dt_types::device::OsType::Macos),
+                os_version: Some("14.4.1".into()),
+                authenticated_at: Some(time::macros::datetime!(2026-01-01 00:00 UTC)),
+            },
         }
     }
 

@@ -81,6 +81,12 @@ impl CertAuthority {
             builder
                 .extension(ssh_ext::DEVICE_CREDENTIAL_ID, d.credential_id.as_str())
                 .map_err(ssh_err)?;
+            let values = crate::identity::posture_values(&d.posture);
+            for (name, value) in ssh_ext::POSTURE.iter().zip(values) {
+                if let Some(v) = value {
+                    builder.extension(*name, v).map_err(ssh_err)?;
+                }
+            }
         }
         self.ssh_sign(builder)
     }
@@ -252,6 +258,7 @@ pub fn parse_ssh_identity(cert: &Certificate) -> Result<Identity> {
         ext.get(ssh_ext::DEVICE_ID).cloned(),
         ext.get(ssh_ext::DEVICE_ASSET_TAG).cloned(),
         ext.get(ssh_ext::DEVICE_CREDENTIAL_ID).cloned(),
+        crate::identity::posture_from_values(ssh_ext::POSTURE.map(|n| ext.get(n).cloned()), bad)?,
         [
             ssh_ext::DEVICE_ID,
             ssh_ext::DEVICE_ASSET_TAG,
@@ -329,8 +336,12 @@ mod tests {
             ext,
             [
                 ("devtrust-device-asset-tag", "C00AA0AAAA0A"),
+                ("devtrust-device-attestation", "tpm_ekcert_trusted"),
+                ("devtrust-device-auth-time", "1767225600"),
                 ("devtrust-device-credential-id", "c7d7a1e2-credential"),
                 ("devtrust-device-id", "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11"),
+                ("devtrust-device-os", "macos"),
+                ("devtrust-device-os-version", "14.4.1"),
                 ("devtrust-logins", "alice"),
                 ("devtrust-roles", "access,editor"),
                 ("permit-agent-forwarding", ""),
@@ -568,6 +579,44 @@ mod tests {
                 .unwrap()
                 .is_device_verified()
         );
+        // Posture without a device is a claim about nothing; posture values this build
+        // cannot read are refused, never dropped.
+        let os = (ssh_ext::DEVICE_OS, "linux");
+        assert_eq!(
+            ca.verify_ssh_user_cert(&issue_with_extensions(&ca, &[roles, os], &[]), NOW),
+            Err(CaError::PartialDevice {
+                missing: ssh_ext::DEVICE_ID
+            })
+        );
+        for odd in [
+            (ssh_ext::DEVICE_ATTESTATION, "tpm"),
+            (ssh_ext::DEVICE_OS, "beos"),
+            (ssh_ext::DEVICE_AUTH_TIME, "yesterday"),
+            (ssh_ext::DEVICE_OS_VERSION, ""),
+        ] {
+            let cert = issue_with_extensions(&ca, &[roles, id, tag, cred, odd], &[]);
+            assert!(
+                matches!(
+                    ca.verify_ssh_user_cert(&cert, NOW),
+                    Err(CaError::Malformed { .. })
+                ),
+                "{odd:?}"
+            );
+        }
+        let posture = issue_with_extensions(
+            &ca,
+            &[roles, id, tag, cred, os, (ssh_ext::DEVICE_OS_VERSION, "12")],
+            &[],
+        );
+        let p = ca
+            .verify_ssh_user_cert(&posture, NOW)
+            .unwrap()
+            .device
+            .unwrap()
+            .posture;
+        assert_eq!(p.os_type, Some(dt_types::device::OsType::Linux));
+        assert_eq!(p.os_version.as_deref(), Some("12"));
+        assert_eq!(p.attestation_type, None);
         // No roles extension, a bot extension with a value, a critical option.
         for cert in [
             issue_with_extensions(&ca, &[], &[]),
@@ -663,8 +712,12 @@ mod tests {
             listed,
             [
                 "devtrust-device-asset-tag",
+                "devtrust-device-attestation",
+                "devtrust-device-auth-time",
                 "devtrust-device-credential-id",
                 "devtrust-device-id",
+                "devtrust-device-os",
+                "devtrust-device-os-version",
                 "devtrust-logins",
                 "devtrust-roles",
                 "permit-agent-forwarding",

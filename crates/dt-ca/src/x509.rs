@@ -172,6 +172,16 @@ impl CertAuthority {
             attrs.push((&x509_oid::DEVICE_ASSET_TAG_CONTENT, &d.asset_tag));
             attrs.push((&x509_oid::DEVICE_CREDENTIAL_ID_CONTENT, &d.credential_id));
         }
+        let posture = id
+            .device
+            .as_ref()
+            .map(|d| crate::identity::posture_values(&d.posture))
+            .unwrap_or_default();
+        for (oid, value) in x509_oid::POSTURE_CONTENT.iter().zip(&posture) {
+            if let Some(v) = value {
+                attrs.push((oid, v));
+            }
+        }
         let subject = name(&attrs);
         let extensions = self.end_entity_extensions(&oid::KP_CLIENT_AUTH, None);
         self.issue(
@@ -399,6 +409,7 @@ fn identity_from_cert(cert: &X509Certificate<'_>) -> Result<Identity> {
     let mut trait_logins = Vec::new();
     let mut bot = false;
     let (mut device_id, mut asset_tag, mut credential_id) = (None, None, None);
+    let mut posture: [Option<String>; 4] = Default::default();
 
     for attr in cert.subject().iter_attributes() {
         let oid = attr.attr_type().as_bytes();
@@ -442,6 +453,8 @@ fn identity_from_cert(cert: &X509Certificate<'_>) -> Result<Identity> {
             set_once(&mut asset_tag, "device asset tag")?;
         } else if oid == x509_oid::DEVICE_CREDENTIAL_ID_CONTENT {
             set_once(&mut credential_id, "device credential id")?;
+        } else if let Some(i) = x509_oid::POSTURE_CONTENT.iter().position(|c| c == oid) {
+            set_once(&mut posture[i], "device posture")?;
         } else {
             return Err(bad(format!(
                 "unknown devtrust attribute {}",
@@ -454,6 +467,7 @@ fn identity_from_cert(cert: &X509Certificate<'_>) -> Result<Identity> {
         device_id,
         asset_tag,
         credential_id,
+        crate::identity::posture_from_values(posture, bad)?,
         [
             "device id attribute",
             "device asset tag attribute",
@@ -478,14 +492,18 @@ pub(crate) fn device_from_parts(
     device_id: Option<String>,
     asset_tag: Option<String>,
     credential_id: Option<String>,
+    posture: dt_types::posture::DevicePosture,
     names: [&'static str; 3],
 ) -> Result<Option<DeviceExt>> {
     match (device_id, asset_tag, credential_id) {
-        (None, None, None) => Ok(None),
+        // Posture without a device is a claim about nothing.
+        (None, None, None) if posture.is_empty() => Ok(None),
+        (None, None, None) => Err(CaError::PartialDevice { missing: names[0] }),
         (Some(device_id), Some(asset_tag), Some(credential_id)) => Ok(Some(DeviceExt {
             device_id,
             asset_tag,
             credential_id,
+            posture,
         })),
         (d, a, _) => Err(CaError::PartialDevice {
             missing: if d.is_none() {
@@ -834,6 +852,30 @@ mod tests {
                 .unwrap()
                 .is_device_verified()
         );
+        // Posture without a device is refused; so are posture values this build cannot read
+        // and a posture value given twice.
+        let os: (&[u8], &str) = (&x509_oid::DEVICE_OS_CONTENT, "linux");
+        assert_eq!(
+            ca.verify_x509_issued_by(&issue_with_attrs(&ca, &[cn, os]), NOW),
+            Err(CaError::PartialDevice {
+                missing: "device id attribute"
+            })
+        );
+        for odd in [
+            (&x509_oid::DEVICE_ATTESTATION_CONTENT[..], "tpm"),
+            (&x509_oid::DEVICE_OS_CONTENT[..], "beos"),
+            (&x509_oid::DEVICE_AUTH_TIME_CONTENT[..], "-"),
+            (&x509_oid::DEVICE_OS_CONTENT[..], "linux"),
+        ] {
+            let der = issue_with_attrs(&ca, &[cn, id, tag, cred, os, odd]);
+            assert!(
+                matches!(
+                    ca.verify_x509_issued_by(&der, NOW),
+                    Err(CaError::Malformed { .. })
+                ),
+                "{odd:?}"
+            );
+        }
     }
 
     #[test]

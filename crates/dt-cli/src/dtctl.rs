@@ -202,6 +202,10 @@ enum EventsCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+    /// Walk the audit hash chain and report the first broken or missing link.
+    Verify(crate::dtctl_events::VerifyArgs),
+    /// Stream events as JSON lines, resuming from a cursor file (for a SIEM).
+    Export(crate::dtctl_events::ExportArgs),
 }
 
 pub fn main() -> ExitCode {
@@ -566,6 +570,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bots(cmd) => crate::dtctl_bots::run(&g, cmd).await?,
         Cmd::Auth(cmd) => crate::dtctl_auth::run(&g, cmd).await?,
         Cmd::Access(cmd) => return crate::dtctl_access::run(&g, cmd).await,
+        Cmd::Events(EventsCmd::Verify(a)) => return crate::dtctl_events::verify(&g, a).await,
+        Cmd::Events(EventsCmd::Export(a)) => return crate::dtctl_events::export(&g, a).await,
         Cmd::Events(EventsCmd::Ls {
             since,
             kind,

@@ -11,6 +11,7 @@ pub mod dtctl_access;
 pub mod dtctl_auth;
 pub mod dtctl_bots;
 pub mod dtctl_devices;
+pub mod dtctl_events;
 pub mod dtsh;
 pub mod dtsh_app;
 pub mod dtsh_db;

@@ -21,6 +21,7 @@ pub mod v1 {
 }
 
 pub mod ceremony;
+pub mod chain;
 pub mod device;
 pub mod error;
 pub mod resource;

@@ -530,6 +530,13 @@ pub struct RoleSpec {
 pub struct RoleOptions {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub device_trust_mode: Option<DeviceTrustMode>,
+    /// Posture rules on the trusted device (attestation, OS version, authentication age),
+    /// checked whenever this role's mode requires a device (docs/access.md, "Device posture").
+    #[serde(
+        default,
+        skip_serializing_if = "crate::posture::PostureRules::is_empty"
+    )]
+    pub device_trust: crate::posture::PostureRules,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_session_ttl: Option<DurationStr>,
     /// End the holder's live SSH sessions when its certificate expires (new sessions and
@@ -723,6 +730,18 @@ impl Spec for RoleSpec {
     fn validate(&self, _meta: &Metadata) -> Result<(), String> {
         if let Some(mode) = &self.options.device_trust_mode {
             mode.check()?;
+        }
+        self.options.device_trust.check()?;
+        if !self.options.device_trust.is_empty()
+            && matches!(
+                self.options.device_trust_mode,
+                Some(DeviceTrustMode::Off | DeviceTrustMode::Optional)
+            )
+        {
+            return Err(
+                "options.device_trust posture rules need a trusted device: set device_trust_mode to required or required-for-humans, or leave it unset (then required)"
+                    .into(),
+            );
         }
         if let Some(ttl) = self.options.max_session_ttl
             && ttl.0.is_zero()

@@ -586,10 +586,25 @@ async fn confirm(
     let now = OffsetDateTime::now_utc();
     let ssh =
         dt_ca::SshCertificate::from_openssh(session.ssh_cert.trim()).map_err(ApiError::internal)?;
+    // The posture of the device's last authentication (the one this confirmation proves),
+    // for the roles' posture rules; a device gone since carries none (rules then fail).
+    let posture = match web.srv.get_device(&confirmed.device.device_id).await? {
+        Some((d, _)) => {
+            let at = d
+                .spec
+                .collected_data
+                .last()
+                .map(|c| c.record_time.unwrap_or(c.collect_time))
+                .unwrap_or(now);
+            dt_auth::devices::posture_at_authentication(&d, at)
+        }
+        None => Default::default(),
+    };
     let ext = dt_ca::DeviceExt {
         device_id: confirmed.device.device_id.clone(),
         asset_tag: confirmed.device.asset_tag.clone(),
         credential_id: confirmed.device.credential_id.clone(),
+        posture,
     };
     let (new_ssh, new_tls) = web
         .srv

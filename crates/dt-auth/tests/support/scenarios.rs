@@ -94,10 +94,11 @@ pub async fn enroll_and_authenticate(cl: &Cluster) {
         .await
         .expect("device authentication");
     let now = time::OffsetDateTime::now_utc();
-    let want = dt_ca::DeviceExt {
+    let mut want = dt_ca::DeviceExt {
         device_id: dev.id.clone(),
         asset_tag: dev.tag.clone(),
         credential_id: dev.key.credential_id.clone(),
+        posture: Default::default(),
     };
 
     // X.509: verified by the user CA, the three Subject attributes, same key and expiry.
@@ -106,6 +107,19 @@ pub async fn enroll_and_authenticate(cl: &Cluster) {
         .user_ca
         .verify_x509_issued_by(&augmented.x509_der, now)
         .expect("augmented x509 verifies");
+    // The posture the auth service wrote: the credential's attestation, the inventory's OS,
+    // the version the device just reported, and now.
+    let posture = x509_id
+        .device
+        .as_ref()
+        .map(|d| d.posture.clone())
+        .unwrap_or_default();
+    assert!(posture.attestation_type.is_some(), "{posture:?}");
+    assert!(posture.os_type.is_some(), "{posture:?}");
+    assert_eq!(posture.os_version.as_deref(), Some(OS_VERSION));
+    let at = posture.authenticated_at.expect("authentication time");
+    assert!((now - at).whole_seconds().abs() < 120, "{at} vs {now}");
+    want.posture = posture;
     assert_eq!(x509_id.device.as_ref(), Some(&want));
     assert!(x509_id.is_device_verified());
     assert_eq!(x509_id.username, bob.name);

@@ -356,6 +356,7 @@ pub fn device() -> DeviceExt {
         device_id: "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11".into(),
         asset_tag: "C00AA0AAAA0A".into(),
         credential_id: "cred-1".into(),
+        posture: Default::default(),
     }
 }
 

@@ -1,0 +1,253 @@
+//! Secondary indexes over the audit log, so `dtctl events ls --since=1h --type=T --user=U`
+//! reads the few events it returns instead of every stored event.
+//!
+//! The indexes are items in the same store, written in the same transaction as the event
+//! (empty values; the key is the index): `/audit/idx/time/<unix ms>/<id>`,
+//! `/audit/idx/type/<type>/<id>`, `/audit/idx/user/<user>/<id>`, and
+//! `/audit/idx/device/<device id or asset tag>/<id>`. Both backends keep items in key order
+//! (SQLite and PostgreSQL primary keys), so one index is one range read.
+//!
+//! Events stored before the indexes existed are found by reading them all: `/audit/idx/from`
+//! names the first event written with indexes, set once when a server with indexes first
+//! starts, and searches read the older ones in order.
+//!
+//! With `--since`, the search starts at the first event (by id) whose time index entry is at
+//! or after that time; every result's time is still checked. An event written with an older
+//! time than an event before it (clock skew between auth servers) can be left out of a
+//! `--since` search that starts just after it.
+
+use dt_store::{Condition, Op, StoreError};
+use dt_types::audit::AuditEvent;
+
+use super::{AuditSink, EventFilter};
+use crate::keys;
+
+pub const INDEX_PREFIX: &str = "/audit/idx/";
+/// The first event id written with indexes.
+pub const INDEX_FROM: &str = "/audit/idx-from";
+
+/// Index components must not contain the key separator.
+fn part(s: &str) -> String {
+    s.replace('%', "%25").replace('/', "%2F")
+}
+
+fn seq_str(seq: u64) -> String {
+    format!("{seq:020}")
+}
+
+/// The index keys of one event.
+pub(crate) fn index_keys(e: &AuditEvent, seq: u64) -> Vec<String> {
+    let id = seq_str(seq);
+    let ms = (e.time.unix_timestamp_nanos() / 1_000_000).max(0);
+    let mut out = vec![
+        format!("{INDEX_PREFIX}time/{ms:016}/{id}"),
+        format!("{INDEX_PREFIX}type/{}/{id}", part(e.event.as_str())),
+    ];
+    if let Some(u) = &e.user {
+        out.push(format!("{INDEX_PREFIX}user/{}/{id}", part(u)));
+    }
+    if let Some(d) = &e.device {
+        if !d.device_id.is_empty() {
+            out.push(format!("{INDEX_PREFIX}device/{}/{id}", part(&d.device_id)));
+        }
+        if !d.asset_tag.is_empty() && d.asset_tag != d.device_id {
+            out.push(format!("{INDEX_PREFIX}device/{}/{id}", part(&d.asset_tag)));
+        }
+    }
+    out
+}
+
+pub(crate) fn index_ops(e: &AuditEvent, seq: u64) -> impl Iterator<Item = Op> {
+    index_keys(e, seq).into_iter().map(|key| Op::Put {
+        key,
+        value: Vec::new(),
+        expires: None,
+    })
+}
+
+fn seq_of_index_key(key: &str) -> Option<u64> {
+    key.rsplit('/').next()?.parse().ok()
+}
+
+impl AuditSink {
+    /// Mark where indexed events start (once per cluster): events after the current head
+    /// are written with indexes by this build.
+    pub async fn init_index(&self) -> Result<(), StoreError> {
+        for _ in 0..20 {
+            if self.backend.get(INDEX_FROM).await?.is_some() {
+                return Ok(());
+            }
+            let head = self.load_head().await?;
+            let head_cond = match head.revision {
+                Some(rev) => Condition::Revision(keys::AUDIT_HEAD.into(), rev),
+                None => Condition::NotExists(keys::AUDIT_HEAD.into()),
+            };
+            match self
+                .backend
+                .atomic_write(
+                    vec![Condition::NotExists(INDEX_FROM.into()), head_cond],
+                    vec![Op::Put {
+                        key: INDEX_FROM.into(),
+                        value: seq_str(head.seq + 1).into_bytes(),
+                        expires: None,
+                    }],
+                )
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(StoreError::ConditionFailed { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Invalid(
+            "audit log is too contended to start its index; try again".into(),
+        ))
+    }
+
+    async fn index_from(&self) -> Result<Option<u64>, StoreError> {
+        Ok(self
+            .backend
+            .get(INDEX_FROM)
+            .await?
+            .and_then(|i| String::from_utf8(i.value).ok())
+            .and_then(|s| s.trim().parse().ok()))
+    }
+
+    /// The first event id at or after `filter.since`, by the time index.
+    async fn first_seq_since(&self, filter: &EventFilter) -> Result<u64, StoreError> {
+        let Some(since) = filter.since else {
+            return Ok(0);
+        };
+        let ms = (since.unix_timestamp_nanos() / 1_000_000).max(0);
+        let prefix = format!("{INDEX_PREFIX}time/");
+        // Keys sort by time first: the first one after `<ms - 1>/~` is at or after `ms`.
+        let start = format!("{prefix}{:016}/~", ms - 1);
+        let page = self.backend.range(&prefix, Some(&start), 1).await?;
+        Ok(page
+            .items
+            .first()
+            .and_then(|i| seq_of_index_key(&i.key))
+            .unwrap_or(u64::MAX))
+    }
+
+    /// An indexed search: `Ok(None)` when the log has no index (use the full read).
+    pub(crate) async fn search_indexed(
+        &self,
+        filter: &EventFilter,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Option<(Vec<AuditEvent>, Option<String>)>, StoreError> {
+        let Some(from) = self.index_from().await? else {
+            return Ok(None);
+        };
+        // The most selective index the filter names; with only --since, the event ids.
+        let prefix = if let Some(u) = &filter.user {
+            format!("{INDEX_PREFIX}user/{}/", part(u))
+        } else if let Some(d) = &filter.device {
+            format!("{INDEX_PREFIX}device/{}/", part(d))
+        } else if let Some(t) = filter.event {
+            format!("{INDEX_PREFIX}type/{}/", part(t.as_str()))
+        } else if filter.since.is_some() {
+            keys::AUDIT_EVENTS.to_string()
+        } else {
+            return Ok(None);
+        };
+        let after: u64 = start_after.and_then(|s| s.parse().ok()).unwrap_or(0);
+        let lowest = after
+            .saturating_add(1)
+            .max(self.first_seq_since(filter).await?);
+        let mut out = Vec::new();
+        // Events from before the index: read in order, as before.
+        if lowest < from {
+            let mut cursor = Some(format!("{}{}", keys::AUDIT_EVENTS, seq_str(lowest - 1)));
+            'old: loop {
+                let page = self
+                    .backend
+                    .range(keys::AUDIT_EVENTS, cursor.as_deref(), 1000)
+                    .await?;
+                for item in &page.items {
+                    let Some(seq) = seq_of_index_key(&item.key) else {
+                        continue;
+                    };
+                    if seq >= from {
+                        break 'old;
+                    }
+                    if let Ok(e) = serde_json::from_slice::<AuditEvent>(&item.value)
+                        && filter.matches(&e)
+                    {
+                        out.push(e);
+                        if out.len() >= limit {
+                            let next = out.last().map(|e| e.id.clone());
+                            return Ok(Some((out, next)));
+                        }
+                    }
+                }
+                match page.next {
+                    Some(n) => cursor = Some(n),
+                    None => break,
+                }
+            }
+        }
+        let mut cursor = Some(format!("{prefix}{}", seq_str(lowest.max(from) - 1)));
+        loop {
+            let page = self.backend.range(&prefix, cursor.as_deref(), 1000).await?;
+            for item in &page.items {
+                let Some(seq) = seq_of_index_key(&item.key) else {
+                    continue;
+                };
+                let e = if prefix == keys::AUDIT_EVENTS {
+                    serde_json::from_slice::<AuditEvent>(&item.value).ok()
+                } else {
+                    match self.backend.get(&keys::audit_event(seq)).await? {
+                        Some(i) => serde_json::from_slice::<AuditEvent>(&i.value).ok(),
+                        None => None,
+                    }
+                };
+                let Some(e) = e else { continue };
+                if filter.matches(&e) {
+                    out.push(e);
+                    if out.len() >= limit {
+                        let next = out.last().map(|e| e.id.clone());
+                        return Ok(Some((out, next)));
+                    }
+                }
+            }
+            match page.next {
+                Some(n) => cursor = Some(n),
+                None => return Ok(Some((out, None))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dt_types::audit::{DeviceInfo, EventType};
+
+    #[test]
+    fn keys_sort_by_time_then_id_and_escape_separators() {
+        let t = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let mut e = AuditEvent::new(EventType::DeviceAuthenticate, true, t).user("a/b%c");
+        e.device = Some(DeviceInfo {
+            device_id: "d1".into(),
+            asset_tag: "TAG".into(),
+            os_type: String::new(),
+            credential_id: String::new(),
+        });
+        let k = index_keys(&e, 7);
+        assert_eq!(
+            k,
+            vec![
+                "/audit/idx/time/0001700000000000/00000000000000000007",
+                "/audit/idx/type/device.authenticate/00000000000000000007",
+                "/audit/idx/user/a%2Fb%25c/00000000000000000007",
+                "/audit/idx/device/d1/00000000000000000007",
+                "/audit/idx/device/TAG/00000000000000000007",
+            ]
+        );
+        for key in &k {
+            assert_eq!(seq_of_index_key(key), Some(7));
+        }
+    }
+}
