@@ -54,6 +54,9 @@ enum Cmd {
     /// Database access points: `devtrust db start`.
     #[command(subcommand)]
     Db(crate::db_cmd::DbCmd),
+    /// Kubernetes access points: `devtrust kube start`.
+    #[command(subcommand)]
+    Kube(crate::kube_cmd::KubeCmd),
     /// sshd's AuthorizedPrincipalsCommand (%u %k %t): the devtrust decision for OpenSSH.
     OpensshPrincipals(crate::node_cmd::PrincipalsArgs),
     /// Print the sshd_config lines (and the CA file) for agentless OpenSSH access.
@@ -73,6 +76,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Node(cmd) => crate::node_cmd::run_node(cmd),
         Cmd::Db(cmd) => crate::db_cmd::run_db(cmd),
+        Cmd::Kube(cmd) => crate::kube_cmd::run_kube(cmd),
         Cmd::OpensshPrincipals(a) => crate::node_cmd::principals(a),
         Cmd::OpensshSetup(a) => crate::node_cmd::setup(a),
         Cmd::Check { config } => {

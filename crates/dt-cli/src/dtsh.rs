@@ -84,6 +84,9 @@ enum Cmd {
     /// Databases: list, log in, connect with psql, log out.
     #[command(subcommand)]
     Db(crate::dtsh_db::DbCmd),
+    /// Kubernetes clusters: list, log in (a kubectl context), log out.
+    #[command(subcommand)]
+    Kube(crate::dtsh_kube::KubeCmd),
     /// Local ports that tunnel to access points: dtsh proxy db NAME --tunnel --port=N
     #[command(subcommand)]
     Proxy(crate::dtsh_db::ProxyCmd),
@@ -151,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Ssh(args) => crate::dtsh_ssh::ssh(args).await,
         Cmd::Config => crate::dtsh_ssh::config().await,
         Cmd::Db(cmd) => crate::dtsh_db::run(cmd).await,
+        Cmd::Kube(cmd) => crate::dtsh_kube::run(cmd).await,
         Cmd::Proxy(cmd) => crate::dtsh_db::proxy(cmd).await,
         Cmd::Status { format } => {
             let store = ProfileStore::from_env();

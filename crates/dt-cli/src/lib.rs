@@ -13,5 +13,7 @@ pub mod dtctl_devices;
 pub mod dtsh;
 pub mod dtsh_db;
 pub mod dtsh_device;
+pub mod dtsh_kube;
 pub mod dtsh_ssh;
+pub mod kube_cmd;
 pub mod node_cmd;

@@ -70,6 +70,15 @@ pub enum EventType {
     /// COM_STMT_PREPARE), its text in `command`.
     #[serde(rename = "db.session.query")]
     DbSessionQuery,
+    /// One request through a Kubernetes access point: verb, resource, namespace and the
+    /// API server's response code.
+    #[serde(rename = "kube.request")]
+    KubeRequest,
+    /// A `kubectl exec` (or attach, port-forward) stream through a Kubernetes access point.
+    #[serde(rename = "kube.exec.start")]
+    KubeExecStart,
+    #[serde(rename = "kube.exec.end")]
+    KubeExecEnd,
     #[serde(rename = "lock.create")]
     LockCreate,
     #[serde(rename = "lock.delete")]
@@ -77,7 +86,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 29] = [
+    pub const ALL: [EventType; 32] = [
         EventType::UserLogin,
         EventType::UserCreate,
         EventType::UserUpdate,
@@ -105,6 +114,9 @@ impl EventType {
         EventType::DbSessionStart,
         EventType::DbSessionEnd,
         EventType::DbSessionQuery,
+        EventType::KubeRequest,
+        EventType::KubeExecStart,
+        EventType::KubeExecEnd,
         EventType::LockCreate,
         EventType::LockDelete,
     ];
@@ -138,6 +150,9 @@ impl EventType {
             EventType::DbSessionStart => "db.session.start",
             EventType::DbSessionEnd => "db.session.end",
             EventType::DbSessionQuery => "db.session.query",
+            EventType::KubeRequest => "kube.request",
+            EventType::KubeExecStart => "kube.exec.start",
+            EventType::KubeExecEnd => "kube.exec.end",
             EventType::LockCreate => "lock.create",
             EventType::LockDelete => "lock.delete",
         }
@@ -178,6 +193,9 @@ impl EventType {
             EventType::DbSessionStart => "DB7000",
             EventType::DbSessionEnd => "DB7001",
             EventType::DbSessionQuery => "DB7002",
+            EventType::KubeRequest => "K8000",
+            EventType::KubeExecStart => "K8001",
+            EventType::KubeExecEnd => "K8002",
             EventType::LockCreate => "L7000",
             EventType::LockDelete => "L7001",
         };
