@@ -272,3 +272,118 @@ pub fn acceptor(
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), verifier))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The front-certificate rule, both ways: the identity always comes from the user-CA
+    //! certificate, and only when the front certificate is for the same key.
+
+    use super::*;
+
+    struct Pki {
+        ca: dt_ca::CertAuthority,
+        verifier: UserCertVerifier,
+    }
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+
+    fn pki() -> Pki {
+        let ca = dt_ca::CertAuthority::generate(
+            "example",
+            dt_ca::CaKind::User,
+            now() - time::Duration::hours(1),
+        )
+        .unwrap();
+        let verifier = UserCertVerifier::new(ca.cert_der().to_vec()).unwrap();
+        Pki { ca, verifier }
+    }
+
+    fn user_cert(ca: &dt_ca::CertAuthority, key: &dt_ca::ClientKey, name: &str) -> Vec<u8> {
+        ca.issue_x509_client_cert(
+            &key.spki_der(),
+            &dt_ca::Identity {
+                username: name.into(),
+                roles: vec!["access".into()],
+                logins: vec![],
+                bot: false,
+                trait_logins: vec![],
+                device: None,
+                not_before: now() - time::Duration::minutes(5),
+                not_after: now() + time::Duration::hours(1),
+            },
+        )
+        .unwrap()
+    }
+
+    fn front(key: &dt_ca::ClientKey, name: &str) -> Vec<u8> {
+        dt_ca::self_signed_client_cert(
+            key,
+            name,
+            now() - time::Duration::minutes(5),
+            now() + time::Duration::hours(1),
+        )
+        .unwrap()
+    }
+
+    fn identity_of(p: &Pki, chain: Vec<Vec<u8>>) -> Result<String, rustls::Error> {
+        let chain: Vec<CertificateDer<'static>> =
+            chain.into_iter().map(CertificateDer::from).collect();
+        let der = p.verifier.verified_user_cert(&chain, UnixTime::now())?;
+        Ok(dt_ca::parse_x509_identity(der.as_ref()).unwrap().username)
+    }
+
+    #[test]
+    fn a_devtrust_certificate_alone_passes() {
+        let p = pki();
+        let k = dt_ca::ClientKey::generate().unwrap();
+        assert_eq!(
+            identity_of(&p, vec![user_cert(&p.ca, &k, "alice")]).unwrap(),
+            "alice"
+        );
+    }
+
+    #[test]
+    fn a_front_certificate_for_the_same_key_passes_and_claims_nothing() {
+        let p = pki();
+        let k = dt_ca::ClientKey::generate().unwrap();
+        // The front certificate names someone else: the identity is still alice's.
+        let chain = vec![front(&k, "admin"), user_cert(&p.ca, &k, "alice")];
+        assert_eq!(identity_of(&p, chain).unwrap(), "alice");
+    }
+
+    #[test]
+    fn a_front_certificate_for_another_key_is_refused() {
+        let p = pki();
+        let alice = dt_ca::ClientKey::generate().unwrap();
+        let mallory = dt_ca::ClientKey::generate().unwrap();
+        // Mallory holds her own key and a copy of alice's (public) certificate.
+        let chain = vec![front(&mallory, "alice"), user_cert(&p.ca, &alice, "alice")];
+        let e = identity_of(&p, chain).unwrap_err();
+        assert!(
+            e.to_string().contains("not the devtrust certificate's"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn another_cas_certificate_is_refused_alone_and_behind_a_front() {
+        let p = pki();
+        let other = pki();
+        let k = dt_ca::ClientKey::generate().unwrap();
+        assert!(identity_of(&p, vec![user_cert(&other.ca, &k, "alice")]).is_err());
+        assert!(
+            identity_of(
+                &p,
+                vec![front(&k, "alice"), user_cert(&other.ca, &k, "alice")]
+            )
+            .is_err()
+        );
+        assert!(
+            identity_of(&p, vec![front(&k, "alice")]).is_err(),
+            "a front alone"
+        );
+        assert!(identity_of(&p, vec![]).is_err());
+    }
+}
