@@ -594,3 +594,80 @@ fn kubectl_through_the_access_point_with_roles_modes_locks_and_audit() {
     drop(rt);
     drop(ap);
 }
+
+/// `--config`: one access point serves two clusters, one reached with a bearer token and
+/// one with a client certificate; each is its own resource (listing, labels, decision).
+#[test]
+fn one_access_point_serves_several_clusters_from_a_config_file() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let api = rt.block_on(FakeKube::start());
+    let srv = Server::start();
+    let scratch = srv.scratch().to_path_buf();
+    write(&scratch, "a.kubeconfig", &api.kubeconfig(Credential::Token));
+    write(
+        &scratch,
+        "b.kubeconfig",
+        &api.kubeconfig(Credential::ClientCert),
+    );
+    let config = write(
+        &scratch,
+        "clusters.yaml",
+        "clusters:\n  - {name: kube-a, kubeconfig: a.kubeconfig, labels: {env: dev}}\n  - {name: kube-b, kubeconfig: b.kubeconfig, labels: {env: prod}}\n",
+    );
+    let role = srv.write_file(
+        "role.yaml",
+        "kind: role\nversion: v7\nmetadata: {name: kube-dev}\nspec: {allow: {kubernetes_labels: {env: dev}, kubernetes_groups: [viewers]}}\n",
+    );
+    srv.dtctl(&["create", "-f", &role]).ok();
+    let token = srv
+        .dtctl(&["tokens", "add", "--type=kube", "--format=text"])
+        .ok()
+        .trim()
+        .to_string();
+    let ap = KubeAp::start(&[
+        format!("--auth-server={}", srv.addr),
+        format!("--token={token}"),
+        "--name=kube-ap".into(),
+        "--listen=127.0.0.1:0".into(),
+        format!("--config={}", config.display()),
+        format!("--data-dir={}", scratch.join("ap").display()),
+        format!("--ca-pin={}", srv.pin),
+        "--heartbeat=1s".into(),
+    ]);
+    let bob = User::new(&srv, "bob", "kube-dev");
+    wait_until("kube-a listed", || {
+        bob.dtsh(&["kube", "ls"], "").ok().contains("kube-a")
+    });
+    let ls = bob.dtsh(&["kube", "ls"], "").ok().to_string();
+    assert!(
+        !ls.contains("kube-b"),
+        "bob's roles do not reach env=prod: {ls}"
+    );
+    bob.dtsh(&["kube", "login", "kube-b"], "").fails_with(
+        "Kubernetes cluster \"kube-b\" is not online, or your roles do not let you reach it",
+    );
+    bob.dtsh(&["kube", "login", "kube-a"], "").ok();
+    api.clear_requests();
+    let pods = ok(&bob.kubectl(&["get", "pods", "-A"]));
+    assert!(pods.contains("coredns-0"), "{pods}");
+    let r = api.requests().pop().unwrap();
+    assert_eq!(
+        r.authenticated,
+        dt_fakekube::TOKEN_USER,
+        "kube-a uses the bearer token"
+    );
+    assert_eq!(r.impersonate_user.as_deref(), Some("bob"));
+    // kube-b through the same access point: the decision refuses it (labels env=prod).
+    let b = bob.kubectl(&[
+        "get",
+        "pods",
+        &format!("--server=https://{}/kube/kube-b", ap.addr),
+    ]);
+    refused(&b, "access denied to Kubernetes cluster \"kube-b\"");
+    drop(ap);
+    drop(api);
+}
