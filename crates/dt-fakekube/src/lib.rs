@@ -142,10 +142,12 @@ impl FakeKube {
             .issue_x509_client_cert(
                 &client_key.spki_der(),
                 &dt_ca::Identity {
+                    // CN only: kubectl (Go) must parse it in the benchmark's direct path, and
+                    // Go cannot parse devtrust's own attributes.
                     username: CLIENT_CERT_USER.into(),
-                    roles: vec!["impersonator".into()],
+                    roles: vec![],
                     logins: vec![],
-                    bot: true,
+                    bot: false,
                     trait_logins: vec![],
                     device: None,
                     not_before: now,
