@@ -274,5 +274,33 @@ fn main() {
         ms(t.p90) / ms(d.p90),
         t.per_second / d.per_second
     );
+
+    // A lock ends a live `kubectl exec`: from `dtctl lock` returning to kubectl exiting.
+    let mut live = Command::new("kubectl")
+        .args(["exec", "web-0", "--", "sleep", "60"])
+        .env("KUBECONFIG", &through)
+        .env("HOME", &kube_home)
+        .env("DTSH_HOME", &home)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !dtctl(&["events", "ls", "--format=json", "--type=kube.exec.start"]).contains("sleep 60")
+    {
+        assert!(Instant::now() < deadline, "the exec never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let locked = Instant::now();
+    dtctl(&["lock", "--user=alice", "--message=bench"]);
+    let lock_returned = locked.elapsed();
+    live.wait().unwrap();
+    let ended = locked.elapsed();
+    println!(
+        "  lock to the end of a live kubectl exec: {:.0} ms (dtctl lock itself: {:.0} ms)",
+        ms(ended),
+        ms(lock_returned)
+    );
     drop(api);
 }
