@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/nodes.proto",
         "proto/db.proto",
         "proto/access.proto",
+        "proto/apps.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

@@ -104,6 +104,20 @@ impl Denial {
         }
     }
 
+    /// What the user can do about it, for access points whose clients show a whole message
+    /// (databases, apps): enroll when a trusted device is what is missing.
+    pub fn advice(&self) -> Option<&'static str> {
+        match self {
+            Denial::Policy(
+                DenyReason::ClusterRequiresTrustedDevice
+                | DenyReason::RoleRequiresTrustedDevice { .. },
+            ) => Some(
+                "Enroll this device (`dtsh device enroll --current-device`, or ask an admin for an enrollment token) and log in again",
+            ),
+            _ => None,
+        }
+    }
+
     /// The lock this denial names, if any.
     pub fn lock(&self) -> Option<&str> {
         match self {

@@ -52,6 +52,8 @@ pub struct Served {
     /// db: `postgres` or `mysql`; app: its public address; otherwise empty.
     pub protocol: String,
     pub description: String,
+    /// Where clients dial it, HOST:PORT; empty: the service's advertised address.
+    pub addr: String,
 }
 
 #[derive(Clone, Debug)]
@@ -135,7 +137,11 @@ impl Runtime {
                 kind: cfg.kind.as_str().into(),
                 name: r.name.clone(),
                 labels: r.labels.clone().into_iter().collect(),
-                addr: cfg.advertise_addr.clone(),
+                addr: if r.addr.is_empty() {
+                    cfg.advertise_addr.clone()
+                } else {
+                    r.addr.clone()
+                },
                 protocol: r.protocol.clone(),
                 description: r.description.clone(),
             })

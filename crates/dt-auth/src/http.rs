@@ -32,11 +32,17 @@ pub fn router(srv: Arc<AuthServer>) -> Router {
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/.well-known/jwks.json", get(jwks))
         .route("/v1/ping", get(ping))
         .route("/v1/whoami", get(whoami))
         .route("/v1/resources/{kind}", get(list))
         .route("/v1/resources/{kind}/{name}", get(get_one))
         .with_state(srv)
+}
+
+/// The keys apps verify `devtrust-jwt-assertion` tokens with (RFC 7517). Public.
+async fn jwks(State(srv): S) -> Response {
+    Json(json!({"keys": [srv.jwt_ca.jwk()]})).into_response()
 }
 
 /// Ready means storage answers within a second: a load balancer stops sending requests to

@@ -7,6 +7,7 @@ pub const CLUSTER_NAME: &str = "/cluster/name";
 pub const USER_CA: &str = "/cluster/ca/user";
 pub const HOST_CA: &str = "/cluster/ca/host";
 pub const DB_CA: &str = "/cluster/ca/db";
+pub const JWT_CA: &str = "/cluster/ca/jwt";
 pub const AUDIT_HEAD: &str = "/audit/head";
 pub const AUDIT_EVENTS: &str = "/audit/events/";
 

@@ -29,6 +29,7 @@ pub mod shared_limit;
 pub use server::AuthServer;
 
 pub mod access;
+pub mod apps;
 
 /// gRPC services and the JSON API as one router.
 pub fn router(srv: Arc<AuthServer>) -> axum::Router {
@@ -49,6 +50,9 @@ pub fn router(srv: Arc<AuthServer>) -> axum::Router {
                 databases::GrpcDatabases { srv: srv.clone() },
             ),
         )
+        .add_service(dt_proto::v1::app_service_server::AppServiceServer::new(
+            apps::GrpcApps { srv: srv.clone() },
+        ))
         .add_service(
             dt_proto::v1::access_service_server::AccessServiceServer::new(access::GrpcAccess {
                 srv: srv.clone(),

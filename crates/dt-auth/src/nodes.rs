@@ -79,7 +79,7 @@ const JOIN_RECORD_TTL: time::Duration = time::Duration::seconds(60);
 /// Default lifetime of a bot join token.
 pub const DEFAULT_BOT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Event types an access point may submit.
-const NODE_EVENTS: [EventType; 11] = [
+const NODE_EVENTS: [EventType; 13] = [
     EventType::SessionStart,
     EventType::SessionEnd,
     EventType::SessionTerminate,
@@ -91,6 +91,8 @@ const NODE_EVENTS: [EventType; 11] = [
     EventType::KubeRequest,
     EventType::KubeExecStart,
     EventType::KubeExecEnd,
+    EventType::AppSessionStart,
+    EventType::AppSessionRequest,
 ];
 const MAX_EVENTS_PER_SUBMIT: usize = 1000;
 const MAX_EVENT_JSON: usize = 64 * 1024;
@@ -953,8 +955,12 @@ impl AuthServer {
             parsed.push(e);
         }
         let n = parsed.len() as u32;
-        for e in parsed {
-            self.audit.emit(e).await?;
+        // One transaction for the whole batch (chained in order): an access point that
+        // audits every statement sends hundreds at a time, and a commit each would cap it.
+        if !parsed.is_empty() {
+            self.audit
+                .write_with_events(Vec::new(), Vec::new(), parsed)
+                .await?;
         }
         tracing::debug!(node = %node.name, from = %peer.addr, n, "node audit events recorded");
         Ok(n)

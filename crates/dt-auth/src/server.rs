@@ -54,6 +54,8 @@ pub struct AuthServer {
     pub host_ca: CertAuthority,
     /// Trusted by database servers only (`dtctl auth sign --format=db`).
     pub db_ca: CertAuthority,
+    /// Signs the JWTs app access points forward (`/.well-known/jwks.json` publishes it).
+    pub jwt_ca: CertAuthority,
     pub audit: AuditSink,
     /// Failed node joins and bot logins per address, counted in storage for the cluster.
     pub login_failures: SharedRateLimiter,
@@ -176,6 +178,8 @@ impl AuthServer {
             load_or_create_ca(backend.as_ref(), keys::HOST_CA, &cluster_name, CaKind::Host).await?;
         let db_ca =
             load_or_create_ca(backend.as_ref(), keys::DB_CA, &cluster_name, CaKind::Db).await?;
+        let jwt_ca =
+            load_or_create_ca(backend.as_ref(), keys::JWT_CA, &cluster_name, CaKind::Jwt).await?;
 
         let now = OffsetDateTime::now_utc();
         for mut role in presets::roles() {
@@ -218,6 +222,7 @@ impl AuthServer {
             user_ca,
             host_ca,
             db_ca,
+            jwt_ca,
             login_failures: SharedRateLimiter::new(
                 "/ratelimit/join/",
                 config.login_failures_per_5m,

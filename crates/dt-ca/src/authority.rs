@@ -29,6 +29,10 @@ pub enum CaKind {
     /// short-lived client certificates database access points log in with; database
     /// servers trust it and nothing else does.
     Db,
+    /// Signs the JWTs app access points forward to apps (`devtrust-jwt-assertion`); apps
+    /// verify them with the keys at `/.well-known/jwks.json`. Its certificate vouches for
+    /// nothing.
+    Jwt,
 }
 
 impl fmt::Display for CaKind {
@@ -37,6 +41,7 @@ impl fmt::Display for CaKind {
             CaKind::User => "user",
             CaKind::Host => "host",
             CaKind::Db => "db",
+            CaKind::Jwt => "jwt",
         })
     }
 }

@@ -35,6 +35,7 @@ mod authority;
 mod db;
 mod error;
 mod identity;
+pub mod jwt;
 mod key;
 mod node;
 pub mod pem;

@@ -343,6 +343,7 @@ impl CertAuthority {
             // The database CA vouches for database servers and database users only, never
             // for a devtrust identity.
             CaKind::Db => false,
+            CaKind::Jwt => false,
         };
         if !usable {
             return Err(CaError::WrongUsage(format!(

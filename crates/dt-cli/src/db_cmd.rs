@@ -31,7 +31,8 @@ pub enum DbCmd {
     Start(DbStartArgs),
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ProtocolArg {
     Postgres,
     /// MySQL or MariaDB.
@@ -47,9 +48,24 @@ pub struct DbStartArgs {
     /// Join token from `dtctl tokens add --type=db` (first start).
     #[arg(long, env = "DEVTRUST_DB_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// The database's name in devtrust (`dtsh db ls`, roles' locks, `dtctl lock --db`).
+    /// The database's name in devtrust (`dtsh db ls`, roles' locks, `dtctl lock --db`). With
+    /// --config: the access point's own name.
     #[arg(long)]
     name: String,
+    /// Serve several databases, listed in a YAML file:
+    ///
+    ///   databases:
+    ///     - name: pg-main            # as in --name
+    ///       protocol: postgres       # or mysql
+    ///       uri: pg.internal:5432
+    ///       labels: {env: prod}      # optional
+    ///       db_ca: /etc/pg-ca.pem    # optional, as --db-ca
+    ///       listen: 0.0.0.0:3037     # optional: its own listener (needed to mix protocols)
+    ///
+    /// Databases on one listener are told apart by the TLS server name the client sends
+    /// (`dtsh db connect NAME` sends NAME; psql: host=NAME hostaddr=ADDRESS).
+    #[arg(long, conflicts_with_all = ["uri", "labels", "db_ca", "protocol"], verbatim_doc_comment)]
+    config: Option<PathBuf>,
     /// Where clients connect (TLS with their devtrust certificate).
     #[arg(long, default_value = "127.0.0.1:3036")]
     listen: SocketAddr,
@@ -60,11 +76,11 @@ pub struct DbStartArgs {
     #[arg(long, value_delimiter = ',')]
     labels: Vec<String>,
     /// The wire protocol of the database.
-    #[arg(long, value_enum, default_value = "postgres")]
-    protocol: ProtocolArg,
+    #[arg(long, value_enum)]
+    protocol: Option<ProtocolArg>,
     /// The database server, HOST:PORT. HOST must be a name (or address) in its certificate.
-    #[arg(long)]
-    uri: String,
+    #[arg(long, required_unless_present = "config")]
+    uri: Option<String>,
     /// The CA (PEM file) that signed the database server's certificate; by default the
     /// cluster's database CA (the one `dtctl auth sign --format=db` uses).
     #[arg(long)]
@@ -98,16 +114,91 @@ pub fn run_db(cmd: DbCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn start(a: DbStartArgs) -> anyhow::Result<ExitCode> {
-    if !a.uri.contains(':') {
-        bail!("--uri={:?}: use HOST:PORT of the database server", a.uri);
+/// One database of a `--config` file.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DbEntry {
+    name: String,
+    protocol: ProtocolArg,
+    uri: String,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    db_ca: Option<PathBuf>,
+    listen: Option<SocketAddr>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DbFile {
+    databases: Vec<DbEntry>,
+}
+
+fn protocol(p: ProtocolArg) -> dt_db::Protocol {
+    match p {
+        ProtocolArg::Postgres => dt_db::Protocol::Postgres,
+        ProtocolArg::Mysql => dt_db::Protocol::Mysql,
     }
-    let server_ca_pem = match &a.db_ca {
-        Some(p) => {
-            Some(std::fs::read_to_string(p).with_context(|| format!("--db-ca {}", p.display()))?)
-        }
-        None => None,
+}
+
+fn read_ca(path: &Option<PathBuf>, what: &str) -> anyhow::Result<Option<String>> {
+    path.as_ref()
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .with_context(|| format!("{what}: cannot read {}", p.display()))
+        })
+        .transpose()
+}
+
+fn check_uri(uri: &str, what: &str) -> anyhow::Result<()> {
+    if !uri.contains(':') {
+        bail!("{what}={uri:?}: use HOST:PORT of the database server");
+    }
+    Ok(())
+}
+
+/// The databases to serve: from --config, or the one of --name/--uri/--protocol.
+fn databases(a: &DbStartArgs) -> anyhow::Result<Vec<dt_db::Database>> {
+    let Some(path) = &a.config else {
+        let uri = a.uri.clone().unwrap_or_default();
+        check_uri(&uri, "--uri")?;
+        return Ok(vec![dt_db::Database {
+            name: a.name.clone(),
+            labels: parse_labels(&a.labels)?,
+            protocol: protocol(a.protocol.unwrap_or(ProtocolArg::Postgres)),
+            uri,
+            server_ca_pem: read_ca(&a.db_ca, "--db-ca")?,
+            listen: None,
+        }]);
     };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--config: cannot read {}", path.display()))?;
+    let file: DbFile = serde_saphyr::from_str(&text)
+        .with_context(|| format!("--config {}: not a valid database list", path.display()))?;
+    if file.databases.is_empty() {
+        bail!("--config {}: `databases` lists none", path.display());
+    }
+    file.databases
+        .into_iter()
+        .map(|d| {
+            let what = format!("database {:?}", d.name);
+            if d.name.is_empty() {
+                bail!("--config {}: a database without a name", path.display());
+            }
+            check_uri(&d.uri, &format!("{what}: uri"))?;
+            Ok(dt_db::Database {
+                server_ca_pem: read_ca(&d.db_ca, &format!("{what}: db_ca"))?,
+                name: d.name,
+                labels: d.labels,
+                protocol: protocol(d.protocol),
+                uri: d.uri,
+                listen: d.listen,
+            })
+        })
+        .collect()
+}
+
+async fn start(a: DbStartArgs) -> anyhow::Result<ExitCode> {
+    let dbs = databases(&a)?;
     let join = join_request(&a.token, &a.auth_server, &a.ca_pin, a.insecure)?;
     let db = dt_db::start(dt_db::DbConfig {
         runtime: RuntimeConfig {
@@ -125,16 +216,7 @@ async fn start(a: DbStartArgs) -> anyhow::Result<ExitCode> {
             join,
         },
         listen: a.listen,
-        database: dt_db::Database {
-            name: a.name.clone(),
-            labels: parse_labels(&a.labels)?,
-            protocol: match a.protocol {
-                ProtocolArg::Postgres => dt_db::Protocol::Postgres,
-                ProtocolArg::Mysql => dt_db::Protocol::Mysql,
-            },
-            uri: a.uri.clone(),
-            server_ca_pem,
-        },
+        databases: dbs.clone(),
         freshness: Freshness {
             strict_max_age: a.strict_max_age,
         },
@@ -145,23 +227,24 @@ async fn start(a: DbStartArgs) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "devtrust database access point {} is running", a.name);
     let _ = writeln!(out, "  listen:    {}", db.addr);
-    let _ = writeln!(
-        out,
-        "  database:  {} ({})",
-        a.uri,
-        a.protocol
-            .to_possible_value()
-            .map(|v| v.get_name().to_string())
-            .unwrap_or_default()
-    );
+    for d in &dbs {
+        let _ = writeln!(
+            out,
+            "  database:  {} = {} {} (clients: {})",
+            d.name,
+            d.protocol.as_str(),
+            d.uri,
+            db.addrs
+                .get(&d.name)
+                .map(|a| a.to_string())
+                .unwrap_or_default()
+        );
+    }
     let _ = writeln!(out, "  data dir:  {}", a.data_dir.display());
-    let next = match a.protocol {
-        ProtocolArg::Postgres => {
-            "Next: psql through the access point with your devtrust certificate (sslmode=require, sslcert, sslkey)"
-        }
-        ProtocolArg::Mysql => {
-            "Next: mariadb through the access point with your devtrust certificate (--ssl, --ssl-cert, --ssl-key)"
-        }
+    let next = if dbs.iter().all(|d| d.protocol == dt_db::Protocol::Mysql) {
+        "Next: mariadb through the access point with your devtrust certificate (--ssl, --ssl-cert, --ssl-key), or `dtsh db connect NAME`"
+    } else {
+        "Next: psql through the access point with your devtrust certificate (sslmode=require, sslcert, sslkey), or `dtsh db connect NAME`"
     };
     let _ = writeln!(out, "{next}");
     let _ = out.flush();

@@ -87,7 +87,14 @@ enum Cmd {
     /// Kubernetes clusters: list, log in (a kubectl context), log out.
     #[command(subcommand)]
     Kube(crate::dtsh_kube::KubeCmd),
-    /// Local ports that tunnel to access points: dtsh proxy db NAME --tunnel --port=N
+    /// Apps: list the apps your roles reach.
+    #[command(subcommand)]
+    Apps(crate::dtsh_app::AppsCmd),
+    /// An app: log in, log out (then `dtsh proxy app NAME`).
+    #[command(subcommand)]
+    App(crate::dtsh_app::AppCmd),
+    /// Local ports that tunnel to access points: dtsh proxy db NAME --tunnel --port=N,
+    /// dtsh proxy app NAME --port=N
     #[command(subcommand)]
     Proxy(crate::dtsh_db::ProxyCmd),
 }
@@ -156,6 +163,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Db(cmd) => crate::dtsh_db::run(cmd).await,
         Cmd::Kube(cmd) => crate::dtsh_kube::run(cmd).await,
         Cmd::Proxy(cmd) => crate::dtsh_db::proxy(cmd).await,
+        Cmd::Apps(cmd) => crate::dtsh_app::apps(cmd).await,
+        Cmd::App(cmd) => crate::dtsh_app::app(cmd).await,
         Cmd::Status { format } => {
             let store = ProfileStore::from_env();
             let profile = store.current()?;

@@ -1,11 +1,13 @@
 //! `dtsh db ls|login|connect|logout` and `dtsh proxy db NAME --tunnel --port=N`.
 //!
-//! A local tunnel takes plain PostgreSQL connections on 127.0.0.1 (any client or GUI, with
-//! `sslmode=disable`: the connection never leaves this machine in clear), and carries each
-//! to the database access point over TLS with this profile's devtrust certificate (which
-//! carries the device when it authenticated one), verifying the access point by its service
-//! certificate (host CA, kind `db`, the database's name). `dtsh db connect` runs `psql`
-//! through such a tunnel. `dtsh db login` remembers the database user and name to use.
+//! A local tunnel takes plain PostgreSQL or MySQL connections on 127.0.0.1 (any client or
+//! GUI, with `sslmode=disable` / `--skip-ssl`: the connection never leaves this machine in
+//! clear), and carries each to the database access point over TLS with this profile's
+//! devtrust certificate (which carries the device when it authenticated one), verifying the
+//! access point by its service certificate (host CA, kind `db`, the name of the access point
+//! that lists the database) and naming the database in the TLS server name. `dtsh db
+//! connect` runs `psql` or `mariadb` through such a tunnel. `dtsh db login` remembers the
+//! database user and name to use.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,13 +17,12 @@ use clap::{Args, Subcommand};
 use dt_client::{Profile, ProfileStore};
 use dt_dbwire::pg;
 use dt_proto::v1 as pb;
-use dt_proto::v1::node_service_client::NodeServiceClient;
 use dt_types::ServiceKind;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::common::{Format, api_err, table};
+use crate::common::{Format, table};
 
 #[derive(Subcommand)]
 pub enum DbCmd {
@@ -33,11 +34,12 @@ pub enum DbCmd {
     /// Remember which database user and database to use for NAME (`dtsh db connect` and
     /// `dtsh proxy db` then need no flags).
     Login(RouteArgs),
-    /// Run psql on NAME through a local tunnel: dtsh db connect NAME [-- PSQL ARGS...]
+    /// Run psql (PostgreSQL) or mariadb (MySQL, MariaDB) on NAME through a local tunnel:
+    /// dtsh db connect NAME [-- CLIENT ARGS...]
     Connect {
         #[command(flatten)]
         route: RouteArgs,
-        /// Arguments for psql, after `--` (e.g. -- -c 'select 1').
+        /// Arguments for psql or mariadb, after `--` (e.g. -- -c 'select 1', or -- -e 'select 1').
         #[arg(last = true)]
         args: Vec<String>,
     },
@@ -59,6 +61,8 @@ pub enum ProxyCmd {
         #[arg(long, default_value_t = 0)]
         port: u16,
     },
+    /// A local plain-HTTP port for an app: dtsh proxy app NAME --port=N
+    App(crate::dtsh_app::ProxyAppArgs),
 }
 
 #[derive(Args, Clone)]
@@ -68,7 +72,7 @@ pub struct RouteArgs {
     /// The database user to log in as.
     #[arg(long)]
     pub db_user: Option<String>,
-    /// The database (PostgreSQL dbname) to open.
+    /// The database to open (PostgreSQL's dbname: by default the user's; MySQL: none).
     #[arg(long)]
     pub db_name: Option<String>,
 }
@@ -112,47 +116,16 @@ async fn databases(
     store: &ProfileStore,
     profile: &Profile,
 ) -> anyhow::Result<Vec<pb::ServedResourceInfo>> {
-    let ch = crate::dtsh_ssh::profile_channel(store, profile).await?;
-    let mut dbs = NodeServiceClient::new(ch)
-        .list_served_resources(pb::ListServedResourcesRequest {
-            kind: ServiceKind::Db.as_str().into(),
-        })
-        .await
-        .map_err(api_err)?
-        .into_inner()
-        .resources;
-    dbs.sort_by(|a, b| {
-        let name = |x: &pb::ServedResourceInfo| x.resource.as_ref().map(|r| r.name.clone());
-        name(a).cmp(&name(b))
-    });
-    Ok(dbs)
+    crate::dtsh_app::served(store, profile, ServiceKind::Db).await
 }
 
+/// The database `name` and the access point that serves it.
 async fn find(
     store: &ProfileStore,
     profile: &Profile,
     name: &str,
-) -> anyhow::Result<pb::ServedResource> {
-    let dbs = databases(store, profile).await?;
-    if let Some(r) = dbs
-        .iter()
-        .filter_map(|d| d.resource.as_ref())
-        .find(|r| r.name == name)
-    {
-        return Ok(r.clone());
-    }
-    let names: Vec<String> = dbs
-        .iter()
-        .filter_map(|d| d.resource.as_ref().map(|r| r.name.clone()))
-        .collect();
-    bail!(
-        "database {name:?} is not online, or your roles do not let you reach it (you can reach: {})",
-        if names.is_empty() {
-            "none".into()
-        } else {
-            names.join(", ")
-        }
-    )
+) -> anyhow::Result<(pb::ServedResource, String)> {
+    crate::dtsh_app::find_served(store, profile, ServiceKind::Db, name).await
 }
 
 pub async fn run(cmd: DbCmd) -> anyhow::Result<ExitCode> {
@@ -233,21 +206,45 @@ pub async fn run(cmd: DbCmd) -> anyhow::Result<ExitCode> {
         }
         DbCmd::Connect { route, args } => {
             let r = route_for(&store, &profile, &route);
-            let db_user = r.db_user.clone().context(
-                "name the database user: --db-user=U (or `dtsh db login NAME --db-user=U`)",
-            )?;
-            let db_name = r.db_name.clone().unwrap_or_else(|| db_user.clone());
-            let tunnel = Tunnel::open(&store, &profile, &route.name, r, 0).await?;
+            let tunnel = Tunnel::open(&store, &profile, &route.name, r.clone(), 0).await?;
             let port = tunnel.port;
+            let mut cmd = match tunnel.protocol {
+                Wire::Postgres => {
+                    let db_user = r.db_user.clone().context(
+                        "name the database user: --db-user=U (or `dtsh db login NAME --db-user=U`)",
+                    )?;
+                    let db_name = r.db_name.clone().unwrap_or_else(|| db_user.clone());
+                    let mut c = tokio::process::Command::new("psql");
+                    c.arg(format!(
+                        "host=127.0.0.1 port={port} user={db_user} dbname={db_name} sslmode=disable"
+                    ));
+                    c
+                }
+                Wire::Mysql => {
+                    let db_user = r.db_user.clone().context(
+                        "name the database user: --db-user=U (or `dtsh db login NAME --db-user=U`)",
+                    )?;
+                    let mut c = tokio::process::Command::new("mariadb");
+                    c.args([
+                        "--no-defaults",
+                        "--protocol=TCP",
+                        "--host=127.0.0.1",
+                        "--skip-ssl",
+                    ])
+                    .arg(format!("--port={port}"))
+                    .arg(format!("--user={db_user}"));
+                    if let Some(d) = &r.db_name {
+                        c.arg(format!("--database={d}"));
+                    }
+                    c
+                }
+            };
+            let client = tunnel.protocol.client();
             let serve = tokio::spawn(tunnel.serve());
-            let status = tokio::process::Command::new("psql")
-                .arg(format!(
-                    "host=127.0.0.1 port={port} user={db_user} dbname={db_name} sslmode=disable"
-                ))
-                .args(&args)
-                .status()
-                .await
-                .context("cannot run psql (install the PostgreSQL client)")?;
+            let status =
+                cmd.args(&args).status().await.with_context(|| {
+                    format!("cannot run {client} (install the {client} client)")
+                })?;
             serve.abort();
             Ok(ExitCode::from(
                 status.code().unwrap_or(1).clamp(0, 255) as u8
@@ -260,6 +257,7 @@ pub async fn proxy(cmd: ProxyCmd) -> anyhow::Result<ExitCode> {
     let store = ProfileStore::from_env();
     let profile = store.current()?;
     match cmd {
+        ProxyCmd::App(a) => crate::dtsh_app::proxy(a).await,
         ProxyCmd::Db { route, port, .. } => {
             let r = route_for(&store, &profile, &route);
             let tunnel = Tunnel::open(&store, &profile, &route.name, r, port).await?;
@@ -272,11 +270,18 @@ pub async fn proxy(cmd: ProxyCmd) -> anyhow::Result<ExitCode> {
                 "Tunnel to database {:?} on 127.0.0.1:{} (connect with sslmode=disable; Ctrl-C stops it)",
                 route.name, tunnel.port
             );
-            let _ = writeln!(
-                out,
-                "  psql \"host=127.0.0.1 port={} user=USER dbname=DB sslmode=disable\"",
-                tunnel.port
-            );
+            let _ = match tunnel.protocol {
+                Wire::Postgres => writeln!(
+                    out,
+                    "  psql \"host=127.0.0.1 port={} user=USER dbname=DB sslmode=disable\"",
+                    tunnel.port
+                ),
+                Wire::Mysql => writeln!(
+                    out,
+                    "  mariadb --protocol=TCP --host=127.0.0.1 --port={} --user=USER --skip-ssl",
+                    tunnel.port
+                ),
+            };
             let _ = out.flush();
             tokio::select! {
                 _ = tunnel.serve() => {}
@@ -287,12 +292,29 @@ pub async fn proxy(cmd: ProxyCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The wire a tunnel carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wire {
+    Postgres,
+    Mysql,
+}
+
+impl Wire {
+    fn client(self) -> &'static str {
+        match self {
+            Wire::Postgres => "psql",
+            Wire::Mysql => "mariadb",
+        }
+    }
+}
+
 /// A local listener whose connections go to one database access point.
 struct Tunnel {
     listener: TcpListener,
     port: u16,
     ap_addr: String,
     name: String,
+    protocol: Wire,
     route: Route,
     connector: tokio_rustls::TlsConnector,
 }
@@ -305,28 +327,20 @@ impl Tunnel {
         route: Route,
         port: u16,
     ) -> anyhow::Result<Tunnel> {
-        let db = find(store, profile, name).await?;
-        if db.protocol != "postgres" {
-            bail!(
-                "database {name:?} speaks {}; dtsh tunnels PostgreSQL only so far",
-                db.protocol
-            );
-        }
-        let f = store.files(&profile.proxy);
-        let read = |p: PathBuf| {
-            std::fs::read_to_string(&p)
-                .with_context(|| format!("cannot read {} (log in again)", p.display()))
+        let (db, service) = find(store, profile, name).await?;
+        let protocol = match db.protocol.as_str() {
+            "postgres" => Wire::Postgres,
+            "mysql" => Wire::Mysql,
+            other => bail!("database {name:?} speaks {other:?}, which this dtsh cannot tunnel"),
         };
-        let cert = dt_ca::pem::parse_cert_pem(&read(f.tls_cert())?)?;
-        let key = dt_ca::ClientKey::from_pkcs8_pem(&read(f.key_pem())?)?;
-        let host_ca = dt_ca::pem::parse_cert_pem(&read(f.host_ca())?)?;
-        let connector = dt_client::access_point::connector(
-            host_ca,
-            ServiceKind::Db,
-            name,
-            cert,
-            key.pkcs8_der().to_vec(),
-        )?;
+        // The access point proves it is the service that heartbeats this database; the TLS
+        // server name (SNI) tells it which of its databases we want.
+        let service = if service.is_empty() {
+            name.to_string()
+        } else {
+            service
+        };
+        let connector = crate::dtsh_app::connector_for(store, profile, ServiceKind::Db, &service)?;
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .with_context(|| format!("cannot listen on 127.0.0.1:{port}"))?;
@@ -336,6 +350,7 @@ impl Tunnel {
             port,
             ap_addr: db.addr,
             name: name.to_string(),
+            protocol,
             route,
             connector,
         })
@@ -356,8 +371,86 @@ impl Tunnel {
         }
     }
 
-    /// One local connection: its startup (plain), then TLS to the access point and a relay.
-    async fn carry(&self, mut client: TcpStream) -> anyhow::Result<()> {
+    async fn carry(&self, client: TcpStream) -> anyhow::Result<()> {
+        match self.protocol {
+            Wire::Postgres => self.carry_pg(client).await,
+            Wire::Mysql => self.carry_mysql(client).await,
+        }
+    }
+
+    async fn dial(&self) -> anyhow::Result<TcpStream> {
+        let ap = TcpStream::connect(&self.ap_addr)
+            .await
+            .with_context(|| format!("cannot reach the access point at {}", self.ap_addr))?;
+        let _ = ap.set_nodelay(true);
+        Ok(ap)
+    }
+
+    async fn tls(
+        &self,
+        ap: TcpStream,
+    ) -> anyhow::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        self.connector
+            .connect(dt_client::access_point::server_name(&self.name), ap)
+            .await
+            .context("TLS to the access point")
+    }
+
+    /// One local MySQL connection: the access point's greeting goes to the client without
+    /// CLIENT_SSL (the local leg stays plain), the client's HandshakeResponse goes to the
+    /// access point inside TLS (after our SSLRequest, so one sequence id later), and the
+    /// access point's answer comes back with the client's sequence id; then a relay.
+    async fn carry_mysql(&self, mut client: TcpStream) -> anyhow::Result<()> {
+        use dt_dbwire::mysql;
+        let mut ap = self.dial().await?;
+        let mut abuf = Vec::new();
+        let (_, greeting) = read_mysql(&mut ap, &mut abuf, "the access point's greeting").await?;
+        let mut hello = mysql::Handshake::parse(&greeting)
+            .map_err(|e| anyhow::anyhow!("the access point's greeting: {e}"))?;
+        if hello.capabilities & mysql::CLIENT_SSL == 0 {
+            bail!("the access point at {} does not offer TLS", self.ap_addr);
+        }
+        hello.capabilities &= !mysql::CLIENT_SSL;
+        client
+            .write_all(&mysql::packet(0, &hello.encode())?)
+            .await?;
+        let mut cbuf = Vec::new();
+        let (seq, payload) = read_mysql(&mut client, &mut cbuf, "the client's handshake").await?;
+        let mysql::ClientHello::Response(mut resp) = mysql::ClientHello::parse(&payload)
+            .map_err(|e| anyhow::anyhow!("the client's handshake: {e}"))?
+        else {
+            bail!("the client asked for TLS on the local leg: connect with --skip-ssl");
+        };
+        if let Some(u) = &self.route.db_user {
+            resp.user = u.clone();
+        }
+        if let Some(d) = &self.route.db_name {
+            resp.database = Some(d.clone());
+            resp.capabilities |= mysql::CLIENT_CONNECT_WITH_DB;
+        }
+        resp.capabilities |= mysql::CLIENT_SSL;
+        ap.write_all(&mysql::packet(
+            seq,
+            &mysql::ssl_request(resp.capabilities, resp.max_packet, resp.charset),
+        )?)
+        .await?;
+        let mut tls = self.tls(ap).await?;
+        tls.write_all(&mysql::packet(seq.wrapping_add(1), &resp.encode())?)
+            .await?;
+        let mut tbuf = Vec::new();
+        let (_, answer) = read_mysql(&mut tls, &mut tbuf, "the access point's answer").await?;
+        client
+            .write_all(&mysql::packet(seq.wrapping_add(1), &answer)?)
+            .await?;
+        client.write_all(&tbuf).await?;
+        client.write_all(&cbuf).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut tls).await?;
+        Ok(())
+    }
+
+    /// One local PostgreSQL connection: its startup (plain), then TLS to the access point and
+    /// a relay.
+    async fn carry_pg(&self, mut client: TcpStream) -> anyhow::Result<()> {
         let mut buf = Vec::new();
         let startup = loop {
             match read_startup(&mut client, &mut buf).await? {
@@ -382,26 +475,45 @@ impl Tunnel {
                 out.push((key.to_string(), v.clone()));
             }
         }
-        let mut ap = TcpStream::connect(&self.ap_addr)
-            .await
-            .with_context(|| format!("cannot reach the access point at {}", self.ap_addr))?;
-        let _ = ap.set_nodelay(true);
+        let mut ap = self.dial().await?;
         ap.write_all(&pg::SSL_REQUEST).await?;
         let mut answer = [0u8; 1];
         ap.read_exact(&mut answer).await?;
         if answer[0] != pg::SSL_ACCEPTED {
             bail!("the access point at {} does not speak TLS", self.ap_addr);
         }
-        let mut tls = self
-            .connector
-            .connect(dt_client::access_point::server_name(&self.name), ap)
-            .await
-            .context("TLS to the access point")?;
+        let mut tls = self.tls(ap).await?;
         let pairs: Vec<(&str, &str)> = out.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         tls.write_all(&pg::startup_message(&pairs)).await?;
         tls.write_all(&buf).await?;
         tokio::io::copy_bidirectional(&mut client, &mut tls).await?;
         Ok(())
+    }
+}
+
+/// Read one MySQL packet (sequence id, payload); bytes after it stay in `buf`.
+async fn read_mysql<S: AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+    what: &str,
+) -> anyhow::Result<(u8, Vec<u8>)> {
+    loop {
+        if let Some((p, n)) =
+            dt_dbwire::mysql::read_packet(buf).map_err(|e| anyhow::anyhow!("{what}: {e}"))?
+        {
+            let out = (p.seq, p.payload.to_vec());
+            buf.drain(..n);
+            return Ok(out);
+        }
+        if buf.len() > 1 << 20 {
+            bail!("{what}: packet too long");
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("{what}: the connection closed");
+        }
+        buf.extend_from_slice(&chunk[..n]);
     }
 }
 

@@ -2,6 +2,7 @@
 //! `devtrust` (the server), `dtctl` (the admin CLI), `dtsh` (the user CLI). The files in
 //! `src/bin/` only call into here. `anyhow` lives here and nowhere else.
 
+pub mod app_cmd;
 pub mod common;
 pub mod db_cmd;
 pub mod devtrust;
@@ -11,6 +12,7 @@ pub mod dtctl_auth;
 pub mod dtctl_bots;
 pub mod dtctl_devices;
 pub mod dtsh;
+pub mod dtsh_app;
 pub mod dtsh_db;
 pub mod dtsh_device;
 pub mod dtsh_kube;

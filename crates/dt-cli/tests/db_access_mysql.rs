@@ -275,6 +275,15 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
             "{statement}: {queries:?}"
         );
     }
+    // The second access point ships its events on its own schedule.
+    wait_until("the unreachable database's refusal is audited", || {
+        srv.events(&["--type=access.denied"]).iter().any(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("is unreachable")
+        })
+    });
     let denied = srv.events(&["--type=access.denied"]);
     for needle in [
         "unauthorized device",

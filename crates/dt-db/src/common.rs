@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use dt_agent::access::{Denial, Ending, SessionTarget, device_info};
+use dt_agent::access::{Ending, SessionTarget, device_info};
 use dt_agent::sessions::LiveSession;
-use dt_authz::{DenyReason, Target};
+use dt_authz::Target;
 use dt_ca::Identity;
 use dt_proto::v1 as pb;
 use dt_proto::v1::database_service_client::DatabaseServiceClient;
@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::{DbState, Protocol};
+use crate::{DbState, Front, Protocol};
 
 /// How long a client has for the startup phase and the TLS handshake.
 pub(crate) const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -35,7 +35,7 @@ pub(crate) const NEEDS_TLS: &str = "devtrust database access needs TLS with your
 /// Accept clients until `shutdown` turns true; each connection gets the front of the
 /// database's protocol.
 pub async fn serve(
-    state: Arc<DbState>,
+    front: Arc<Front>,
     listener: tokio::net::TcpListener,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -44,10 +44,10 @@ pub async fn serve(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
-                    let (state, remote) = (state.clone(), peer.to_string());
-                    match state.database.protocol {
-                        Protocol::Postgres => tokio::spawn(crate::pg::handle(state, tcp, remote)),
-                        Protocol::Mysql => tokio::spawn(crate::mysql::handle(state, tcp, remote)),
+                    let (front, remote) = (front.clone(), peer.to_string());
+                    match front.protocol {
+                        Protocol::Postgres => tokio::spawn(crate::pg::handle(front, tcp, remote)),
+                        Protocol::Mysql => tokio::spawn(crate::mysql::handle(front, tcp, remote)),
                     };
                 }
                 Err(e) => {
@@ -78,7 +78,7 @@ impl LiveSession for DbSession {
 }
 
 /// A lock (or expiry) ends `session`: its relay tells the client and closes.
-pub fn end_session(_state: &DbState, session: DbSession, why: Ending) {
+pub fn end_session(session: DbSession, why: Ending) {
     let _ = session.kill.send(Some(why));
 }
 
@@ -91,19 +91,37 @@ pub(crate) enum ConnError {
     Refused(String),
 }
 
-/// An audit event about this database and client address.
-pub(crate) fn event(state: &DbState, kind: EventType, success: bool, remote: &str) -> AuditEvent {
+/// An audit event about the database (or access point) `resource` and client address.
+pub(crate) fn event(resource: &str, kind: EventType, success: bool, remote: &str) -> AuditEvent {
     AuditEvent::new(kind, success, OffsetDateTime::now_utc())
-        .resource("db", state.database.name.clone())
+        .resource("db", resource.to_string())
         .remote_addr(remote.to_string())
 }
 
-/// Audit a refusal before any identity is known; returns `why` for the connection's error.
-pub(crate) fn refuse_anonymous(state: &DbState, remote: &str, why: String) -> ConnError {
-    state
-        .audit
-        .emit(event(state, EventType::AccessDenied, false, remote).message(why.clone()));
+/// Audit a refusal before any identity is known (or before the client named a database);
+/// returns `why` for the connection's error.
+pub(crate) fn refuse_anonymous(front: &Front, remote: &str, why: String) -> ConnError {
+    front.shared().audit.emit(
+        event(
+            front.resource_name(),
+            EventType::AccessDenied,
+            false,
+            remote,
+        )
+        .message(why.clone()),
+    );
     ConnError::Refused(why)
+}
+
+/// The database the client named in TLS (SNI), or a refusal for the client.
+pub(crate) fn route(
+    front: &Front,
+    conn: &rustls::ServerConnection,
+    remote: &str,
+) -> Result<Arc<DbState>, String> {
+    front.route(conn.server_name()).inspect_err(|why| {
+        let _ = refuse_anonymous(front, remote, why.clone());
+    })
 }
 
 /// The devtrust identity in the client's certificate (rustls has verified its chain to the
@@ -157,16 +175,8 @@ impl Request<'_> {
             return Ok(());
         };
         let mut text = denial.description(&target);
-        if matches!(
-            denial,
-            Denial::Policy(
-                DenyReason::ClusterRequiresTrustedDevice
-                    | DenyReason::RoleRequiresTrustedDevice { .. }
-            )
-        ) {
-            text.push_str(
-                ". Enroll this device (`dtsh device enroll --current-device`, or ask an admin for an enrollment token) and log in again",
-            );
+        if let Some(advice) = denial.advice() {
+            text = format!("{text}. {advice}");
         }
         let refusal = Refusal {
             text,
@@ -184,7 +194,7 @@ impl Request<'_> {
     /// An audit event with the user, device, database user and name (and session, once
     /// there is one).
     pub fn event(&self, kind: EventType, ok: bool) -> AuditEvent {
-        let mut e = event(self.state, kind, ok, self.remote)
+        let mut e = event(&self.state.database.name, kind, ok, self.remote)
             .user(self.identity.username.clone())
             .message(format!("database {:?}", self.db_name));
         e.login = Some(self.db_user.clone());

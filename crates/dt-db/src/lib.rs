@@ -72,18 +72,21 @@ pub struct Database {
     /// The CA that signed the database server's certificate (PEM); `None`: the cluster's
     /// database CA.
     pub server_ca_pem: Option<String>,
+    /// Where its clients connect, when not the access point's `listen`.
+    pub listen: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
 pub struct DbConfig {
-    /// The runtime (kind, name, join, data dir). Its `resources` are filled from `database`.
+    /// The runtime (kind, name, join, data dir). Its `resources` are filled from `databases`.
     pub runtime: RuntimeConfig,
+    /// The listener of every database that names none of its own.
     pub listen: SocketAddr,
-    pub database: Database,
+    pub databases: Vec<Database>,
     pub freshness: Freshness,
 }
 
-/// What every connection shares.
+/// What every connection to one database shares.
 pub struct DbState {
     pub database: Database,
     pub view: Arc<dt_agent::view::SharedView>,
@@ -94,10 +97,96 @@ pub struct DbState {
     pub channel: tonic::transport::Channel,
 }
 
+/// One listener: the databases its clients may name (all of one protocol), and the access
+/// point's name for what happens before a client has named one.
+pub struct Front {
+    pub access_point: String,
+    pub protocol: Protocol,
+    pub databases: Vec<Arc<DbState>>,
+}
+
+impl Front {
+    /// Any database's state: they share the audit queue, TLS and sessions.
+    pub(crate) fn shared(&self) -> &DbState {
+        &self.databases[0]
+    }
+
+    /// What a refusal before routing is about: the one database, or the access point.
+    pub(crate) fn resource_name(&self) -> &str {
+        match self.databases.as_slice() {
+            [one] => &one.database.name,
+            _ => &self.access_point,
+        }
+    }
+
+    /// The database a client asked for by its TLS server name (SNI). With one database, any
+    /// name (or none) reaches it: psql sends the host it dialled.
+    pub fn route(&self, sni: Option<&str>) -> Result<Arc<DbState>, String> {
+        if let Some(db) = sni.and_then(|n| self.databases.iter().find(|d| d.database.name == n)) {
+            return Ok(db.clone());
+        }
+        if let [one] = self.databases.as_slice() {
+            return Ok(one.clone());
+        }
+        let names: Vec<&str> = self
+            .databases
+            .iter()
+            .map(|d| d.database.name.as_str())
+            .collect();
+        let names = names.join(", ");
+        Err(match sni {
+            Some(n) => format!(
+                "no database {n:?} at access point {:?}; it serves {names}. Use `dtsh db ls` and `dtsh db connect NAME`",
+                self.access_point
+            ),
+            None => format!(
+                "access point {:?} serves several databases ({names}): name one in the TLS server name (`dtsh db connect NAME` does; psql: host=NAME hostaddr=ADDRESS)",
+                self.access_point
+            ),
+        })
+    }
+}
+
+/// Group `databases` into listeners: one per address, each of one protocol.
+fn fronts_of(cfg: &DbConfig) -> Result<BTreeMap<SocketAddr, Vec<Database>>, AgentError> {
+    if cfg.databases.is_empty() {
+        return Err(AgentError::Config("no database to serve".into()));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    let mut by_addr: BTreeMap<SocketAddr, Vec<Database>> = BTreeMap::new();
+    for db in &cfg.databases {
+        if !names.insert(db.name.as_str()) {
+            return Err(AgentError::Config(format!(
+                "database {:?} is listed twice",
+                db.name
+            )));
+        }
+        by_addr
+            .entry(db.listen.unwrap_or(cfg.listen))
+            .or_default()
+            .push(db.clone());
+    }
+    for (addr, dbs) in &by_addr {
+        if let Some(other) = dbs.iter().find(|d| d.protocol != dbs[0].protocol) {
+            return Err(AgentError::Config(format!(
+                "databases {:?} ({}) and {:?} ({}) cannot share the listener {addr}: a MySQL server speaks first, a PostgreSQL client does; give one of them its own `listen`",
+                dbs[0].name,
+                dbs[0].protocol.as_str(),
+                other.name,
+                other.protocol.as_str()
+            )));
+        }
+    }
+    Ok(by_addr)
+}
+
 /// A running database access point.
 pub struct RunningDb {
+    /// The first listener's address.
     pub addr: SocketAddr,
-    pub state: Arc<DbState>,
+    /// Each database's listener.
+    pub addrs: BTreeMap<String, SocketAddr>,
+    pub fronts: Vec<Arc<Front>>,
     runtime: Runtime,
 }
 
@@ -111,57 +200,180 @@ impl RunningDb {
     }
 }
 
-/// Join (if needed), start the runtime, and serve the database on `cfg.listen`.
-pub async fn start(mut cfg: DbConfig) -> Result<RunningDb, AgentError> {
-    let listener = tokio::net::TcpListener::bind(cfg.listen)
-        .await
-        .map_err(|e| AgentError::Config(format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| AgentError::Config(format!("listener: {e}")))?;
-    if cfg.runtime.advertise_addr.is_empty() {
-        cfg.runtime.advertise_addr = addr.to_string();
+/// Where clients dial a listener bound to `local`: an unspecified address becomes the
+/// advertised host.
+fn dial_addr(local: SocketAddr, advertise: &str) -> String {
+    if !local.ip().is_unspecified() {
+        return local.to_string();
     }
-    cfg.runtime.resources = vec![Served {
-        name: cfg.database.name.clone(),
-        labels: cfg.database.labels.clone(),
-        protocol: cfg.database.protocol.as_str().into(),
-        description: format!("{} at {}", cfg.database.protocol.as_str(), cfg.database.uri),
-    }];
+    let host = advertise
+        .rsplit_once(':')
+        .map(|(h, _)| h)
+        .filter(|h| !h.is_empty())
+        .unwrap_or("127.0.0.1");
+    format!("{host}:{}", local.port())
+}
+
+/// Join (if needed), start the runtime, and serve the databases on their listeners.
+pub async fn start(mut cfg: DbConfig) -> Result<RunningDb, AgentError> {
     let kind = cfg.runtime.kind;
     if !matches!(kind, ServiceKind::Db | ServiceKind::Node) {
         return Err(AgentError::Config(format!(
             "a database access point joins as kind db, not {kind}"
         )));
     }
+    let groups = fronts_of(&cfg)?;
+    let mut listeners = Vec::new();
+    for (want, dbs) in groups {
+        let listener = tokio::net::TcpListener::bind(want)
+            .await
+            .map_err(|e| AgentError::Config(format!("cannot listen on {want}: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| AgentError::Config(format!("listener: {e}")))?;
+        listeners.push((listener, addr, dbs));
+    }
+    if cfg.runtime.advertise_addr.is_empty() {
+        cfg.runtime.advertise_addr = listeners[0].1.to_string();
+    }
+    let advertise = cfg.runtime.advertise_addr.clone();
+    let first = listeners[0].1;
+    cfg.runtime.resources = listeners
+        .iter()
+        .flat_map(|(_, addr, dbs)| {
+            let dial = if *addr == first {
+                String::new()
+            } else {
+                dial_addr(*addr, &advertise)
+            };
+            dbs.iter().map(move |db| Served {
+                name: db.name.clone(),
+                labels: db.labels.clone(),
+                protocol: db.protocol.as_str().into(),
+                description: format!("{} at {}", db.protocol.as_str(), db.uri),
+                addr: dial.clone(),
+            })
+        })
+        .collect();
     let mut runtime = Runtime::start(cfg.runtime.clone()).await?;
     let tls = tls::Tls::new(&runtime.identity)?;
-    let state = Arc::new(DbState {
-        database: cfg.database.clone(),
-        view: runtime.view.clone(),
-        audit: runtime.audit.clone(),
-        sessions: Arc::new(SessionRegistry::default()),
-        freshness: cfg.freshness,
-        tls,
-        channel: runtime.channel.clone(),
-    });
-    let shutdown = runtime.shutdown_signal();
-    runtime.spawn(common::serve(state.clone(), listener, shutdown));
-    let s = state.clone();
+    let sessions = Arc::new(SessionRegistry::default());
+    let mut fronts = Vec::new();
+    let mut addrs = BTreeMap::new();
+    for (listener, addr, dbs) in listeners {
+        let front = Arc::new(Front {
+            access_point: cfg.runtime.name.clone(),
+            protocol: dbs[0].protocol,
+            databases: dbs
+                .into_iter()
+                .map(|database| {
+                    addrs.insert(database.name.clone(), addr);
+                    tracing::info!(db = %database.name, %addr, upstream = %database.uri, "database access point serving");
+                    Arc::new(DbState {
+                        database,
+                        view: runtime.view.clone(),
+                        audit: runtime.audit.clone(),
+                        sessions: sessions.clone(),
+                        freshness: cfg.freshness,
+                        tls: tls.clone(),
+                        channel: runtime.channel.clone(),
+                    })
+                })
+                .collect(),
+        });
+        let shutdown = runtime.shutdown_signal();
+        runtime.spawn(common::serve(front.clone(), listener, shutdown));
+        fronts.push(front);
+    }
     runtime.spawn(dt_agent::sessions::enforce(
-        state.sessions.clone(),
-        state.view.clone(),
-        state.freshness,
+        sessions,
+        runtime.view.clone(),
+        cfg.freshness,
         "database access point",
-        move |_, session: DbSession, why| {
-            let s = s.clone();
-            async move { common::end_session(&s, session, why) }
-        },
+        move |_, session: DbSession, why| async move { common::end_session(session, why) },
     ));
-    tracing::info!(db = %cfg.database.name, %addr, upstream = %cfg.database.uri, "database access point serving");
     Ok(RunningDb {
-        addr,
-        state,
+        addr: first,
+        addrs,
+        fronts,
         runtime,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+
+    fn db(name: &str, protocol: Protocol, listen: Option<&str>) -> Database {
+        Database {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            protocol,
+            uri: "localhost:5432".into(),
+            server_ca_pem: None,
+            listen: listen.map(|l| l.parse().unwrap()),
+        }
+    }
+
+    fn cfg(databases: Vec<Database>) -> DbConfig {
+        DbConfig {
+            runtime: RuntimeConfig {
+                data_dir: "/nonexistent".into(),
+                kind: ServiceKind::Db,
+                name: "ap".into(),
+                advertise_addr: String::new(),
+                labels: BTreeMap::new(),
+                resources: Vec::new(),
+                heartbeat_every: std::time::Duration::from_secs(10),
+                join: None,
+                auth_servers: None,
+            },
+            listen: "127.0.0.1:3036".parse().unwrap(),
+            databases,
+            freshness: Freshness::default(),
+        }
+    }
+
+    #[test]
+    fn databases_group_by_listener_and_protocol() {
+        let g = fronts_of(&cfg(vec![
+            db("a", Protocol::Postgres, None),
+            db("b", Protocol::Postgres, None),
+            db("m", Protocol::Mysql, Some("127.0.0.1:3037")),
+        ]))
+        .unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[&"127.0.0.1:3036".parse().unwrap()].len(), 2);
+
+        let mixed = fronts_of(&cfg(vec![
+            db("a", Protocol::Postgres, None),
+            db("m", Protocol::Mysql, None),
+        ]))
+        .unwrap_err();
+        assert!(
+            mixed.to_string().contains("cannot share the listener"),
+            "{mixed}"
+        );
+        let twice = fronts_of(&cfg(vec![
+            db("a", Protocol::Postgres, None),
+            db("a", Protocol::Postgres, Some("127.0.0.1:1")),
+        ]))
+        .unwrap_err();
+        assert!(twice.to_string().contains("listed twice"), "{twice}");
+        assert!(fronts_of(&cfg(vec![])).is_err());
+    }
+
+    #[test]
+    fn unspecified_listeners_are_dialled_at_the_advertised_host() {
+        assert_eq!(
+            dial_addr("0.0.0.0:5000".parse().unwrap(), "db.example.com:3036"),
+            "db.example.com:5000"
+        );
+        assert_eq!(
+            dial_addr("127.0.0.2:5000".parse().unwrap(), "x:1"),
+            "127.0.0.2:5000"
+        );
+    }
 }

@@ -31,11 +31,11 @@ use dt_dbwire::mysql::{self, ClientHello, Command, Handshake, HandshakeResponse,
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::DbState;
 use crate::common::{
     ConnError, NEEDS_TLS, Outcome, Prefixed, Request, STARTUP_TIMEOUT, Upstream, connect_tcp,
-    no_tls_upstream, peer_identity, refuse_anonymous, unreachable, upstream_tls,
+    no_tls_upstream, peer_identity, refuse_anonymous, route, unreachable, upstream_tls,
 };
+use crate::{DbState, Front};
 
 /// The longest handshake-phase packet the access point reads (a response with connection
 /// attributes is a few hundred bytes).
@@ -45,6 +45,8 @@ const MAX_STARTUP_PACKET: usize = 64 * 1024;
 const ER_ACCESS_DENIED: u16 = 1045;
 /// `ER_HANDSHAKE_ERROR`: a malformed handshake.
 const ER_HANDSHAKE: u16 = 1043;
+/// `ER_BAD_DB_ERROR`: the client named a database this access point does not serve.
+const ER_BAD_DB: u16 = 1049;
 /// `ER_CONNECTION_KILLED`: a lock ended the session (`ERROR 1927 (70100): ...`).
 const ER_CONNECTION_KILLED: u16 = 1927;
 /// `ER_NOT_SUPPORTED_YET`: a command the access point does not relay.
@@ -100,8 +102,8 @@ const FORMAT_BITS: u32 = CLIENT_MULTI_RESULTS
     | mysql::CLIENT_SECURE_CONNECTION
     | mysql::CLIENT_PLUGIN_AUTH;
 
-pub(crate) async fn handle(state: Arc<DbState>, tcp: TcpStream, remote: String) {
-    if let Err(e) = connection(&state, tcp, &remote).await {
+pub(crate) async fn handle(front: Arc<Front>, tcp: TcpStream, remote: String) {
+    if let Err(e) = connection(&front, tcp, &remote).await {
         tracing::info!(%remote, error = %e, "database connection ended");
     }
 }
@@ -172,13 +174,9 @@ async fn read_timed<S: AsyncRead + Unpin>(
         .map_err(|_| ConnError::Refused(format!("no {what} within 10 s")))?
 }
 
-async fn connection(
-    state: &Arc<DbState>,
-    mut tcp: TcpStream,
-    remote: &str,
-) -> Result<(), ConnError> {
+async fn connection(front: &Arc<Front>, mut tcp: TcpStream, remote: &str) -> Result<(), ConnError> {
     // 1. Our greeting; in clear only an SSLRequest may answer it.
-    let hello = greeting(state.sessions.next_id() as u32);
+    let hello = greeting(front.shared().sessions.next_id() as u32);
     let greeting_packet = mysql::packet(0, &hello.encode())
         .map_err(|e| ConnError::Refused(format!("greeting: {e}")))?;
     tcp.write_all(&greeting_packet).await?;
@@ -191,7 +189,7 @@ async fn connection(
             let seq = seq.wrapping_add(1);
             err(&mut tcp, seq, ER_ACCESS_DENIED, "28000", NEEDS_TLS).await;
             return Err(refuse_anonymous(
-                state,
+                front,
                 remote,
                 format!("refused a connection without TLS: {NEEDS_TLS}"),
             ));
@@ -199,21 +197,21 @@ async fn connection(
         Err(e) => {
             let why = format!("invalid handshake response: {e}");
             err(&mut tcp, seq.wrapping_add(1), ER_HANDSHAKE, "08S01", &why).await;
-            return Err(refuse_anonymous(state, remote, why));
+            return Err(refuse_anonymous(front, remote, why));
         }
     }
 
     // 2. TLS with a user-CA client certificate (rustls checks chain, validity and usage).
     let mut client = match tokio::time::timeout(
         STARTUP_TIMEOUT,
-        state.tls.acceptor.accept(Prefixed::new(buf, tcp)),
+        front.shared().tls.acceptor.accept(Prefixed::new(buf, tcp)),
     )
     .await
     {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             return Err(refuse_anonymous(
-                state,
+                front,
                 remote,
                 format!("TLS handshake refused: {e}"),
             ));
@@ -230,19 +228,19 @@ async fn connection(
         Ok(ClientHello::SslRequest { .. }) => {
             let why = "a second SSLRequest inside TLS".to_string();
             err(&mut client, reply_seq, ER_HANDSHAKE, "08S01", &why).await;
-            return Err(refuse_anonymous(state, remote, why));
+            return Err(refuse_anonymous(front, remote, why));
         }
         Err(e) => {
             let why = format!("invalid handshake response: {e}");
             err(&mut client, reply_seq, ER_HANDSHAKE, "08S01", &why).await;
-            return Err(refuse_anonymous(state, remote, why));
+            return Err(refuse_anonymous(front, remote, why));
         }
     };
     let identity = match peer_identity(client.get_ref().1) {
         Ok(id) => id,
         Err(why) => {
             err(&mut client, reply_seq, ER_ACCESS_DENIED, "28000", &why).await;
-            return Err(refuse_anonymous(state, remote, why));
+            return Err(refuse_anonymous(front, remote, why));
         }
     };
     if resp.user.is_empty() {
@@ -250,6 +248,14 @@ async fn connection(
         err(&mut client, reply_seq, ER_ACCESS_DENIED, "28000", why).await;
         return Err(ConnError::Refused(why.into()));
     }
+    // The database the client named (TLS server name).
+    let state = &match route(front, client.get_ref().1, remote) {
+        Ok(s) => s,
+        Err(why) => {
+            err(&mut client, reply_seq, ER_BAD_DB, "42000", &why).await;
+            return Err(ConnError::Refused(why));
+        }
+    };
     let mut req = Request {
         state,
         remote,

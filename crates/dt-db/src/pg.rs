@@ -7,14 +7,14 @@ use dt_dbwire::pg;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::DbState;
 use crate::common::{
     ConnError, NEEDS_TLS, Outcome, Request, STARTUP_TIMEOUT, Upstream, connect_tcp,
-    no_tls_upstream, peer_identity, refuse_anonymous, unreachable, upstream_tls,
+    no_tls_upstream, peer_identity, refuse_anonymous, route, unreachable, upstream_tls,
 };
+use crate::{DbState, Front};
 
-pub(crate) async fn handle(state: Arc<DbState>, tcp: TcpStream, remote: String) {
-    if let Err(e) = connection(&state, tcp, &remote).await {
+pub(crate) async fn handle(front: Arc<Front>, tcp: TcpStream, remote: String) {
+    if let Err(e) = connection(&front, tcp, &remote).await {
         tracing::info!(%remote, error = %e, "database connection ended");
     }
 }
@@ -53,11 +53,7 @@ async fn read_startup<S: AsyncRead + Unpin>(
     }
 }
 
-async fn connection(
-    state: &Arc<DbState>,
-    mut tcp: TcpStream,
-    remote: &str,
-) -> Result<(), ConnError> {
+async fn connection(front: &Arc<Front>, mut tcp: TcpStream, remote: &str) -> Result<(), ConnError> {
     // 1. In clear: only SSLRequest (or GSSENCRequest, which we decline) may come first.
     let mut buf = Vec::new();
     let first = tokio::time::timeout(STARTUP_TIMEOUT, async {
@@ -74,7 +70,7 @@ async fn connection(
         Ok(pg::Startup::SslRequest) if buf.is_empty() => {}
         Ok(pg::Startup::SslRequest) => {
             return Err(refuse_anonymous(
-                state,
+                front,
                 remote,
                 "bytes after SSLRequest before the TLS handshake".into(),
             ));
@@ -82,7 +78,7 @@ async fn connection(
         Ok(pg::Startup::Startup { .. }) => {
             fatal(&mut tcp, "28000", NEEDS_TLS).await;
             return Err(refuse_anonymous(
-                state,
+                front,
                 remote,
                 format!("refused a connection without TLS: {NEEDS_TLS}"),
             ));
@@ -98,30 +94,42 @@ async fn connection(
         }
         Err(ConnError::Refused(why)) => {
             fatal(&mut tcp, "08P01", &why).await;
-            return Err(refuse_anonymous(state, remote, why));
+            return Err(refuse_anonymous(front, remote, why));
         }
         Err(e) => return Err(e),
     }
     tcp.write_all(&[pg::SSL_ACCEPTED]).await?;
 
     // 2. TLS with a user-CA client certificate (rustls checks chain, validity and usage).
-    let mut client =
-        match tokio::time::timeout(STARTUP_TIMEOUT, state.tls.acceptor.accept(tcp)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(refuse_anonymous(
-                    state,
-                    remote,
-                    format!("TLS handshake refused: {e}"),
-                ));
-            }
-            Err(_) => return Err(ConnError::Refused("TLS handshake timed out".into())),
-        };
+    let mut client = match tokio::time::timeout(
+        STARTUP_TIMEOUT,
+        front.shared().tls.acceptor.accept(tcp),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            return Err(refuse_anonymous(
+                front,
+                remote,
+                format!("TLS handshake refused: {e}"),
+            ));
+        }
+        Err(_) => return Err(ConnError::Refused("TLS handshake timed out".into())),
+    };
     let identity = match peer_identity(client.get_ref().1) {
         Ok(id) => id,
         Err(why) => {
             fatal(&mut client, "28000", &why).await;
-            return Err(refuse_anonymous(state, remote, why));
+            return Err(refuse_anonymous(front, remote, why));
+        }
+    };
+    // The database the client named (TLS server name).
+    let state = &match route(front, client.get_ref().1, remote) {
+        Ok(s) => s,
+        Err(why) => {
+            fatal(&mut client, "3D000", &why).await;
+            return Err(ConnError::Refused(why));
         }
     };
 

@@ -152,6 +152,8 @@ pub async fn start(mut cfg: KubeConfig) -> Result<RunningKube, AgentError> {
             labels: c.labels.clone(),
             protocol: String::new(),
             description: format!("Kubernetes API at {}", c.upstream.server),
+            // The access point's advertised address.
+            addr: String::new(),
         })
         .collect();
     let names = serving_names(&cfg.runtime.advertise_addr, addr);

@@ -66,6 +66,13 @@ pub enum EventType {
     DbSessionStart,
     #[serde(rename = "db.session.end")]
     DbSessionEnd,
+    /// An app session began: the first request of a user's certificate (or app session)
+    /// to an app, after the decision allowed it.
+    #[serde(rename = "app.session.start")]
+    AppSessionStart,
+    /// One request forwarded to an app (method, path, status).
+    #[serde(rename = "app.session.request")]
+    AppSessionRequest,
     /// One statement a client sent (PostgreSQL Query or Parse; MySQL COM_QUERY or
     /// COM_STMT_PREPARE), its text in `command`.
     #[serde(rename = "db.session.query")]
@@ -86,7 +93,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 32] = [
+    pub const ALL: [EventType; 34] = [
         EventType::UserLogin,
         EventType::UserCreate,
         EventType::UserUpdate,
@@ -117,6 +124,8 @@ impl EventType {
         EventType::KubeRequest,
         EventType::KubeExecStart,
         EventType::KubeExecEnd,
+        EventType::AppSessionStart,
+        EventType::AppSessionRequest,
         EventType::LockCreate,
         EventType::LockDelete,
     ];
@@ -153,6 +162,8 @@ impl EventType {
             EventType::KubeRequest => "kube.request",
             EventType::KubeExecStart => "kube.exec.start",
             EventType::KubeExecEnd => "kube.exec.end",
+            EventType::AppSessionStart => "app.session.start",
+            EventType::AppSessionRequest => "app.session.request",
             EventType::LockCreate => "lock.create",
             EventType::LockDelete => "lock.delete",
         }
@@ -196,6 +207,8 @@ impl EventType {
             EventType::KubeRequest => "K8000",
             EventType::KubeExecStart => "K8001",
             EventType::KubeExecEnd => "K8002",
+            EventType::AppSessionStart => "AP8000",
+            EventType::AppSessionRequest => "AP8001",
             EventType::LockCreate => "L7000",
             EventType::LockDelete => "L7001",
         };

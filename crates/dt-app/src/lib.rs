@@ -1,0 +1,255 @@
+//! devtrust's app access point (`devtrust app start`): internal HTTP apps behind role-based
+//! device trust. The cluster-wide device-trust mode does not apply to apps (as the seeds
+//! say): only the granting roles' `device_trust_mode`, `app_labels` and locks decide.
+//!
+//! For each client connection:
+//!
+//! 1. TLS with the access point's own certificate (host CA, named after it). A client
+//!    certificate of the cluster's **user CA** (what `dtsh proxy app` presents: the user's
+//!    devtrust certificate, carrying the device when it authenticated one) identifies the
+//!    user. A connection without one is answered `401` with what to do.
+//! 2. Every request picks its app (the TLS server name, else the `Host` header, else the only
+//!    app) and is decided by [`dt_agent::access::decide`] for [`dt_authz::Target::App`]. A
+//!    refusal is a `403` whose text says why and how to fix it, and an `access.denied` event.
+//! 3. Allowed: the request goes to the app with our headers stripped and a fresh
+//!    `devtrust-jwt-assertion` (signed by the cluster's JWT CA; apps verify it with
+//!    `/.well-known/jwks.json`). Upgrades (WebSocket) pass through.
+//! 4. The connection is a live session: a lock that matches ends it (and any WebSocket it
+//!    carries) within a sweep, and its next request is refused.
+//!
+//! Audit: `app.session.start` (first allowed request of a connection, with the device) and
+//! one `app.session.request` per request (method, path, status).
+
+mod forward;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dt_agent::access::{Ending, Freshness, SessionTarget};
+use dt_agent::sessions::{LiveSession, SessionRegistry};
+use dt_agent::{AgentError, Runtime, RuntimeConfig, Served};
+use dt_ca::Identity;
+use dt_types::ServiceKind;
+use tokio::sync::watch;
+
+/// One app served.
+#[derive(Clone, Debug)]
+pub struct App {
+    /// The app's name in devtrust (`dtsh apps ls`, roles' locks, `dtctl lock --app`).
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// The upstream, `http://HOST:PORT` (a path prefix is kept).
+    pub uri: http::Uri,
+    /// Where users reach it, e.g. `grafana.apps.example.com` (matched against `Host`).
+    pub public_addr: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct AppConfig {
+    pub runtime: RuntimeConfig,
+    pub listen: SocketAddr,
+    pub apps: Vec<App>,
+    pub freshness: Freshness,
+}
+
+/// Why an app cannot be served as configured.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("app {name:?}: the URI {uri:?} {why}")]
+    Uri {
+        name: String,
+        uri: String,
+        why: &'static str,
+    },
+    #[error("app {0:?} is listed twice")]
+    Duplicate(String),
+    #[error("no app to serve")]
+    None,
+}
+
+impl App {
+    /// Check what the access point needs of an app's configuration.
+    pub fn check(&self) -> Result<(), AppError> {
+        let bad = |why| AppError::Uri {
+            name: self.name.clone(),
+            uri: self.uri.to_string(),
+            why,
+        };
+        match self.uri.scheme_str() {
+            Some("http") => {}
+            Some("https") => {
+                return Err(bad(
+                    "is https: this version forwards to plain-HTTP apps on a trusted network only (run the access point next to the app)",
+                ));
+            }
+            _ => return Err(bad("needs http://HOST:PORT")),
+        }
+        if self.uri.authority().is_none() {
+            return Err(bad("names no host"));
+        }
+        Ok(())
+    }
+}
+
+/// A live app connection, for the runtime's lock enforcement.
+pub struct AppSession {
+    identity: Arc<Identity>,
+    target: SessionTarget,
+    kill: watch::Sender<Option<Ending>>,
+}
+
+impl LiveSession for AppSession {
+    fn identity(&self) -> &Identity {
+        &self.identity
+    }
+    fn target(&self) -> &SessionTarget {
+        &self.target
+    }
+}
+
+/// A user certificate (DER) and an app's name.
+type TokenKey = (Vec<u8>, String);
+
+/// What every connection shares.
+pub struct AppState {
+    pub access_point: String,
+    pub apps: Vec<App>,
+    pub view: Arc<dt_agent::view::SharedView>,
+    pub audit: dt_agent::audit::AuditQueue,
+    pub sessions: Arc<SessionRegistry<AppSession>>,
+    pub freshness: Freshness,
+    channel: tonic::transport::Channel,
+    acceptor: tokio_rustls::TlsAcceptor,
+    client: forward::Upstream,
+    /// App tokens by (certificate, app): reused until a minute before they expire.
+    tokens: Mutex<HashMap<TokenKey, (String, i64)>>,
+}
+
+/// A running app access point.
+pub struct RunningApp {
+    pub addr: SocketAddr,
+    pub state: Arc<AppState>,
+    runtime: Runtime,
+}
+
+impl RunningApp {
+    pub async fn stop(self) {
+        self.runtime.stop().await;
+    }
+}
+
+fn tls_acceptor(
+    id: &dt_agent::identity::ServiceIdentity,
+) -> Result<tokio_rustls::TlsAcceptor, AgentError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let user_ca = id.user_ca_der.clone().ok_or_else(|| {
+        AgentError::Corrupt(
+            "this data dir keeps no user CA certificate (joined by an older version): remove it and join again"
+                .into(),
+        )
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(user_ca))
+        .map_err(|e| AgentError::Config(format!("user CA certificate: {e}")))?;
+    // A client certificate is optional at the TLS layer so the refusal can be an HTTP answer
+    // that says what to do; every request without one is refused.
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| AgentError::Config(format!("client verifier: {e}")))?;
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| AgentError::Config(format!("tls: {e}")))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![CertificateDer::from(id.tls_cert_der.clone())],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.pkcs8_der().to_vec())),
+        )
+        .map_err(|e| AgentError::Config(format!("our certificate: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// Join (if needed), start the runtime, and serve the apps on `cfg.listen`.
+pub async fn start(mut cfg: AppConfig) -> Result<RunningApp, AgentError> {
+    if cfg.apps.is_empty() {
+        return Err(AgentError::Config(AppError::None.to_string()));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for app in &cfg.apps {
+        app.check().map_err(|e| AgentError::Config(e.to_string()))?;
+        if !names.insert(app.name.clone()) {
+            return Err(AgentError::Config(
+                AppError::Duplicate(app.name.clone()).to_string(),
+            ));
+        }
+    }
+    if cfg.runtime.kind != ServiceKind::App {
+        return Err(AgentError::Config(format!(
+            "an app access point joins as kind app, not {}",
+            cfg.runtime.kind
+        )));
+    }
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| AgentError::Config(format!("cannot listen on {}: {e}", cfg.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| AgentError::Config(format!("listener: {e}")))?;
+    if cfg.runtime.advertise_addr.is_empty() {
+        cfg.runtime.advertise_addr = addr.to_string();
+    }
+    cfg.runtime.resources = cfg
+        .apps
+        .iter()
+        .map(|a| Served {
+            name: a.name.clone(),
+            labels: a.labels.clone(),
+            protocol: a.public_addr.clone(),
+            description: format!("app at {}", a.uri),
+            addr: String::new(),
+        })
+        .collect();
+    let mut runtime = Runtime::start(cfg.runtime.clone()).await?;
+    let state = Arc::new(AppState {
+        access_point: cfg.runtime.name.clone(),
+        apps: cfg.apps.clone(),
+        view: runtime.view.clone(),
+        audit: runtime.audit.clone(),
+        sessions: Arc::new(SessionRegistry::default()),
+        freshness: cfg.freshness,
+        channel: runtime.channel.clone(),
+        acceptor: tls_acceptor(&runtime.identity)?,
+        client: forward::Upstream::new(),
+        tokens: Mutex::new(HashMap::new()),
+    });
+    let shutdown = runtime.shutdown_signal();
+    runtime.spawn(forward::serve(state.clone(), listener, shutdown));
+    runtime.spawn(dt_agent::sessions::enforce(
+        state.sessions.clone(),
+        state.view.clone(),
+        state.freshness,
+        "app access point",
+        move |_, session: AppSession, why| async move {
+            let _ = session.kill.send(Some(why));
+        },
+    ));
+    for a in &cfg.apps {
+        tracing::info!(app = %a.name, %addr, upstream = %a.uri, "app access point serving");
+    }
+    Ok(RunningApp {
+        addr,
+        state,
+        runtime,
+    })
+}
+
+/// How long an app token is reused: until this much before it expires.
+const TOKEN_SLACK: Duration = Duration::from_secs(60);

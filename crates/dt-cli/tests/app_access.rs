@@ -1,0 +1,399 @@
+//! App access through `devtrust app start` with real parts: a small HTTP app started by the
+//! test (Python's http.server, echoing the headers it received), the real `dtsh proxy app`
+//! and `curl`. Role-based device trust both ways, the cluster-wide mode not applying to
+//! apps, the signed identity checked against the auth service's JWKS, a forged identity
+//! header dropped, locks, an app that is down, a client without a certificate, and audit.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use common::db::*;
+use common::*;
+use dt_testkit::free_port;
+
+const PW: &str = "correct horse battery";
+
+const ECHO_APP: &str = r#"
+import base64, hashlib, json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            return self.websocket()
+        body = json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def websocket(self):
+        # RFC 6455 handshake, then echo every frame back unmasked (small text frames only).
+        key = self.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            head = self.rfile.read(2)
+            if len(head) < 2:
+                return
+            n = head[1] & 0x7F
+            mask = self.rfile.read(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+            self.wfile.write(bytes([0x81, len(data)]) + data)
+            self.wfile.flush()
+    def log_message(self, *a):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"#;
+
+/// A WebSocket client over the proxy's local port: it sends one text frame, prints the
+/// echo, then waits for the connection to close and prints how it ended.
+const WS_CLIENT: &str = r#"
+import base64, os, socket, sys, time
+s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=30)
+key = base64.b64encode(os.urandom(16)).decode()
+s.sendall(("GET /ws HTTP/1.1\r\nHost: wiki\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n\r\n" % key).encode())
+resp = b""
+while b"\r\n\r\n" not in resp:
+    resp += s.recv(1)
+print(resp.split(b"\r\n")[0].decode(), flush=True)
+mask = os.urandom(4)
+msg = b"hello ws"
+s.sendall(bytes([0x81, 0x80 | len(msg)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(msg)))
+frame = s.recv(2 + len(msg))
+print("echo:", frame[2:].decode(), flush=True)
+start = time.time()
+while s.recv(1024):
+    pass
+print("closed", flush=True)
+"#;
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `devtrust app start`, once it printed its address.
+fn app_access_point(args: &[String]) -> (Proc, String) {
+    let mut child = Command::new(DEVTRUST)
+        .args(["app", "start"])
+        .args(args)
+        .env("DEVTRUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(l)) = lines.next() {
+        if let Some(a) = l.trim().strip_prefix("listen:") {
+            let addr = a.trim().to_string();
+            std::thread::spawn(move || for _ in lines {});
+            return (Proc(child), addr);
+        }
+        seen.push(l);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("devtrust app start did not print its address: {seen:?}");
+}
+
+/// `dtsh proxy app NAME` for the profile at `home`; its local port.
+fn proxy(home: &Home, name: &str) -> (Proc, u16) {
+    let mut child = Command::new(DTSH)
+        .args(["proxy", "app", name, "--port=0"])
+        .env("DTSH_HOME", &home.path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    std::thread::spawn(move || for _ in lines {});
+    let port = first
+        .split("http://127.0.0.1:")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no port in {first:?}"));
+    (Proc(child), port)
+}
+
+/// curl: (status, body).
+fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+fn set_mode(srv: &Server, mode: &str) {
+    let f = srv.write_file(
+        "cap.yaml",
+        &format!(
+            "kind: cluster_auth_preference\nversion: v2\nmetadata: {{name: cluster-auth-preference}}\nspec: {{device_trust: {{mode: {mode}, allow_software_credentials: true}}}}\n"
+        ),
+    );
+    srv.dtctl(&["create", "-f", &f, "--force"]).ok();
+}
+
+#[test]
+fn apps_through_dtsh_proxy_app_with_role_device_trust_jwt_locks_and_audit() {
+    let srv = Server::start();
+    set_mode(&srv, "optional");
+    let app_port = free_port();
+    let script = srv.write_file("echo.py", ECHO_APP);
+    let _app = Proc(
+        Command::new("python3")
+            .args([script.as_str(), &app_port.to_string()])
+            .spawn()
+            .unwrap(),
+    );
+    let config = srv.write_file(
+        "apps.yaml",
+        &format!(
+            "apps:
+  - {{name: wiki, uri: 'http://127.0.0.1:{app_port}', public_addr: wiki.localhost, labels: {{env: dev}}}}
+  - {{name: vault, uri: 'http://127.0.0.1:{app_port}/vault', labels: {{env: prod}}}}
+  - {{name: down, uri: 'http://127.0.0.1:{}', labels: {{env: dev}}}}
+",
+            free_port()
+        ),
+    );
+    let token = srv
+        .dtctl(&["tokens", "add", "--type=app", "--format=text"])
+        .ok()
+        .trim()
+        .to_string();
+    let (_ap, ap_addr) = app_access_point(&[
+        format!("--auth-server={}", srv.addr),
+        format!("--token={token}"),
+        "--name=apps1".into(),
+        format!("--config={config}"),
+        "--listen=127.0.0.1:0".into(),
+        format!("--data-dir={}", srv.scratch().join("app-ap").display()),
+        format!("--ca-pin={}", srv.pin),
+        "--heartbeat=1s".into(),
+    ]);
+    let roles = srv.write_file(
+        "roles.yaml",
+        "kind: role\nversion: v7\nmetadata: {name: app-dev}\nspec: {allow: {app_labels: {env: dev}}}\n---\nkind: role\nversion: v7\nmetadata: {name: app-prod}\nspec: {options: {device_trust_mode: required}, allow: {app_labels: {env: prod}}}\n",
+    );
+    srv.dtctl(&["create", "-f", &roles]).ok();
+    let alice = srv.new_user("alice", "editor,app-dev,app-prod", "", PW);
+    let bob = srv.new_user("bob", "app-dev,app-prod", "", PW);
+    let device = tempfile::tempdir().unwrap();
+    let alice_dtsh = |args: &[&str], stdin: &str| {
+        Run::new(DTSH, args.iter().copied())
+            .env("DTSH_HOME", &alice.path)
+            .env("DTSH_DEVICE_HOME", device.path())
+            .env("DTSH_DEVICE_SERIAL", "APP-TRUST-1")
+            .env("DTSH_DEVICE_KEYSTORE", "software")
+            .stdin(stdin)
+            .run()
+    };
+    alice_dtsh(&["device", "enroll", "--current-device"], "").ok();
+    let login = alice_dtsh(
+        &["login", "--user=alice", "--password-stdin"],
+        &format!("{PW}\n"),
+    );
+    assert!(login.ok().contains("devtrust-device-id"), "{login}");
+
+    wait_until("the apps are listed", || {
+        let ls = srv.dtsh(&bob, &["apps", "ls"], "");
+        ls.success() && ls.stdout.contains("wiki") && ls.stdout.contains("vault")
+    });
+    let ls = srv.dtsh(&bob, &["apps", "ls", "--format=json"], "").json();
+    assert!(
+        ls.as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "wiki" && a["public_addr"] == "wiki.localhost"),
+        "{ls}"
+    );
+    srv.dtsh(&alice, &["app", "login", "wiki"], "").ok();
+    srv.dtsh(&alice, &["app", "login", "nope"], "")
+        .fails_with("app \"nope\" is not online, or your roles do not let you reach it");
+
+    // The keys apps verify the identity with.
+    let store = dt_client::ProfileStore {
+        home: alice.path.clone(),
+    };
+    let host_ca = store.files(&store.current().unwrap().proxy).host_ca();
+    let (code, jwks) = curl(&[
+        "--cacert",
+        host_ca.to_str().unwrap(),
+        &format!("https://{}/.well-known/jwks.json", srv.addr),
+    ]);
+    assert_eq!(code, 200, "{jwks}");
+    let keys: Vec<dt_ca::jwt::Jwk> = serde_json::from_value(
+        serde_json::from_str::<serde_json::Value>(&jwks).unwrap()["keys"].clone(),
+    )
+    .unwrap();
+    let claims_of = |body: &str| -> serde_json::Value {
+        let echoed: serde_json::Value =
+            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        let token = echoed["headers"]["devtrust-jwt-assertion"]
+            .as_str()
+            .unwrap();
+        serde_json::from_slice(&dt_ca::jwt::verify(token, &keys).unwrap()).unwrap()
+    };
+
+    // alice, trusted device: both apps; the app sees who and from which device. A client's own
+    // identity header never reaches the app.
+    let (_pa, alice_wiki) = proxy(&alice, "wiki");
+    let (code, body) = curl(&[
+        "-H",
+        "devtrust-jwt-assertion: forged",
+        &format!("http://127.0.0.1:{alice_wiki}/hello?x=1"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let claims = claims_of(&body);
+    assert_eq!(claims["sub"], "alice");
+    assert!(
+        claims["device_id"].as_str().is_some_and(|d| !d.is_empty()),
+        "{claims}"
+    );
+    assert!(
+        claims["roles"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "app-dev")
+    );
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["path"], "/hello?x=1");
+    let (_pv, alice_vault) = proxy(&alice, "vault");
+    let (code, body) = curl(&[&format!("http://127.0.0.1:{alice_vault}/secret")]);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["path"],
+        "/vault/secret",
+        "the app's path prefix is kept"
+    );
+
+    // bob, no device: the dev app yes (its token names no device), the prod app no, with
+    // what to do.
+    let (_pb, bob_wiki) = proxy(&bob, "wiki");
+    let (code, body) = curl(&[&format!("http://127.0.0.1:{bob_wiki}/")]);
+    assert_eq!(code, 200, "{body}");
+    assert!(claims_of(&body).get("device_id").is_none());
+    let (_pbv, bob_vault) = proxy(&bob, "vault");
+    let (code, body) = curl(&[&format!("http://127.0.0.1:{bob_vault}/")]);
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains("a trusted device is required"), "{body}");
+    assert!(body.contains("dtsh device enroll"), "{body}");
+
+    // The cluster-wide mode alone does not apply to apps.
+    set_mode(&srv, "required");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let (code, body) = curl(&[&format!("http://127.0.0.1:{bob_wiki}/")]);
+    assert_eq!(
+        code, 200,
+        "cluster mode required must not block an app: {body}"
+    );
+    set_mode(&srv, "optional");
+
+    // Without a certificate: told what to do.
+    let ap_port = ap_addr.rsplit_once(':').unwrap().1;
+    let (code, body) = curl(&[
+        "-k",
+        "--resolve",
+        &format!("wiki.localhost:{ap_port}:127.0.0.1"),
+        &format!("https://wiki.localhost:{ap_port}/"),
+    ]);
+    assert_eq!(code, 401, "{body}");
+    // No app named by SNI or Host, among several: told which exist.
+    let (code, body) = curl(&["-k", &format!("https://{ap_addr}/")]);
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("it serves wiki, vault, down"), "{body}");
+    assert!(body.contains("dtsh proxy app"), "{body}");
+
+    // An app that is down.
+    let (_pd, alice_down) = proxy(&alice, "down");
+    let (code, body) = curl(&[&format!("http://127.0.0.1:{alice_down}/")]);
+    assert_eq!(code, 502, "{body}");
+    assert!(
+        body.contains("app \"down\" at http://127.0.0.1:") && body.contains("is unreachable"),
+        "{body}"
+    );
+
+    // A WebSocket passes through, and stays open until the lock below ends it.
+    let ws_script = srv.write_file("ws.py", WS_CLIENT);
+    let mut ws = Command::new("python3")
+        .args([ws_script.as_str(), &alice_wiki.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ws_out = BufReader::new(ws.stdout.take().unwrap()).lines();
+    assert_eq!(
+        ws_out.next().unwrap().unwrap(),
+        "HTTP/1.1 101 Switching Protocols"
+    );
+    assert_eq!(ws_out.next().unwrap().unwrap(), "echo: hello ws");
+
+    // A lock on the app: the open WebSocket closes, and the next request is refused with the
+    // lock's message.
+    srv.dtctl(&["lock", "--app=wiki", "--message=wiki migration"])
+        .ok();
+    assert_eq!(
+        ws_out.next().unwrap().unwrap(),
+        "closed",
+        "the lock ends the live WebSocket"
+    );
+    let _ = ws.wait();
+    wait_until("the lock reaches the access point", || {
+        let (code, body) = curl(&[&format!("http://127.0.0.1:{alice_wiki}/")]);
+        code == 403 && body.contains("wiki migration")
+    });
+    let (code, _) = curl(&[&format!("http://127.0.0.1:{alice_vault}/")]);
+    assert_eq!(code, 200, "the lock names wiki only");
+
+    // Audit: the session with the device, each request, the refusals.
+    wait_until("app events", || {
+        let starts = srv.events(&["--type=app.session.start", "--user=alice"]);
+        let reqs = srv.events(&["--type=app.session.request", "--user=alice"]);
+        starts
+            .iter()
+            .any(|e| e["resource_name"] == "wiki" && !e["device"].is_null())
+            && reqs.iter().any(|e| {
+                e["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("GET /hello 200")
+            })
+    });
+    let denied = srv.events(&["--type=access.denied"]);
+    for needle in [
+        "requires a trusted device",
+        "wiki migration",
+        "needs your devtrust certificate",
+    ] {
+        assert!(
+            denied
+                .iter()
+                .any(|e| e["message"].as_str().unwrap_or("").contains(needle)),
+            "{needle}: {denied:?}"
+        );
+    }
+}
