@@ -324,11 +324,28 @@ async fn handle(conn: Arc<Conn>, mut req: Request<Incoming>) -> Response<Body> {
         Err(e) => return asked.refuse(Refusal::bad_request(e), None),
     };
     let reuse = upgrade.is_none() && !long_running;
-    let mut sender = match sender(&conn, cluster, reuse).await {
+    let (mut sender, reused) = match sender(&conn, cluster, reuse).await {
         Ok(s) => s,
         Err(e) => return asked.refuse(Refusal::unavailable(e), None),
     };
-    let sent = tokio::time::timeout(RESPONSE_TIMEOUT, sender.send_request(up_req)).await;
+    let sent = tokio::time::timeout(RESPONSE_TIMEOUT, async {
+        match sender.try_send_request(up_req).await {
+            Ok(resp) => Ok(resp),
+            // A kept-alive connection the API server closed just now: the request was not
+            // sent, so it goes once more on a new connection.
+            Err(mut e) if reused && e.message().is_some() => {
+                let Some(req) = e.take_message() else {
+                    return Err(e.into_error().to_string());
+                };
+                let (mut fresh, _) = self::sender(&conn, cluster, false).await?;
+                let r = fresh.send_request(req).await.map_err(|e| e.to_string());
+                sender = fresh;
+                r
+            }
+            Err(e) => Err(e.into_error().to_string()),
+        }
+    })
+    .await;
     let mut resp = match sent {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
@@ -532,12 +549,12 @@ fn upstream_request(
     builder.body(body).map_err(|e| e.to_string())
 }
 
-/// An idle upstream connection of this client connection, or a new one.
+/// An idle upstream connection of this client connection (`true`: reused), or a new one.
 async fn sender(
     conn: &Conn,
     cluster: &Cluster,
     reuse: bool,
-) -> Result<SendRequest<Incoming>, String> {
+) -> Result<(SendRequest<Incoming>, bool), String> {
     if reuse
         && let Some(mut s) = conn.upstream.lock().await.remove(&cluster.name)
         && !s.is_closed()
@@ -545,7 +562,7 @@ async fn sender(
             .await
             .is_ok_and(|r| r.is_ok())
     {
-        return Ok(s);
+        return Ok((s, true));
     }
     let up = &cluster.upstream;
     let unreachable = |e: &dyn std::fmt::Display| {
@@ -575,7 +592,7 @@ async fn sender(
     tokio::spawn(async move {
         let _ = connection.with_upgrades().await;
     });
-    Ok(sender)
+    Ok((sender, false))
 }
 
 /// A live stream, for the runtime's lock enforcement.
