@@ -9,7 +9,8 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for p in pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools openssh-client openssh-server postgresql-client mariadb-client-core; do
+# wrk: the app benchmark's load generator (cargo bench -p dt-cli --bench app).
+for p in pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools openssh-client openssh-server postgresql-client mariadb-client-core wrk; do
   have_pkg "$p" || need+=("$p")
 done
 if ! command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
@@ -47,6 +48,23 @@ if [ "${#py_need[@]}" -gt 0 ]; then
   echo "==> installing Python packages: ${py_need[*]}"
   python3 -m pip install -q "${py_need[@]}" 2>/dev/null \
     || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${deb_need[@]}" >/dev/null; }
+fi
+
+# The web UI's browser tests (crates/dt-cli/tests/web_ui.rs): Debian's chromium driven by
+# playwright-core from npm, which never downloads a browser of its own.
+web_need=()
+have_pkg chromium || web_need+=(chromium)
+command -v node >/dev/null 2>&1 || web_need+=(nodejs)
+command -v npm >/dev/null 2>&1 || web_need+=(npm)
+if [ "${#web_need[@]}" -gt 0 ]; then
+  echo "==> installing for the browser tests: ${web_need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${web_need[@]}" >/dev/null
+fi
+web_tests="$(cd "$(dirname "$0")/.." && pwd)/crates/dt-cli/tests/web"
+if [ ! -d "$web_tests/node_modules/playwright-core" ]; then
+  echo "==> npm ci in $web_tests"
+  (cd "$web_tests" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)
 fi
 
 # PostgreSQL for the storage conformance suite and multi-server tests.

@@ -98,6 +98,20 @@ impl AuthServer {
             return Err(ApiError::TooMany(msg).into());
         }
 
+        // Device web authentication: the web login's token is spent here, at Init.
+        let web = match &init.device_web_token {
+            None => None,
+            Some(t) => match self.spend_device_web_token(caller.name(), t).await? {
+                Ok(record) => Some(record),
+                Err(msg) => {
+                    self.audit
+                        .emit(fail(format!("device web authentication: {msg}"), None))
+                        .await
+                        .map_err(ApiError::from)?;
+                    return Err(Status::permission_denied(msg));
+                }
+            },
+        };
         if init.user_certificates.ssh_authorized_key.is_none() {
             let msg = "send your SSH certificate with AuthenticateInit: both certificates are augmented together";
             self.audit
@@ -167,6 +181,19 @@ impl AuthServer {
             tpm: self.tpm_verifier(&cap),
         };
         let dev_info = device.as_ref().map(|(d, _)| device_info(d));
+        if let (Some(record), Some((d, _))) = (&web, &device)
+            && !AuthServer::web_token_allows_device(record, &d.metadata.name)
+        {
+            let msg = format!(
+                "device web authentication: device {:?} was not one of your enrolled devices at web login; log in to the web UI again",
+                d.spec.asset_tag
+            );
+            self.audit
+                .emit(fail(msg.clone(), dev_info))
+                .await
+                .map_err(ApiError::from)?;
+            return Err(Status::permission_denied(msg));
+        }
         let (next, challenge) = match state.handle(init, &ctx, &mut env) {
             Ok(x) => x,
             Err(e) => {
@@ -254,6 +281,11 @@ impl AuthServer {
                 return Err(Status::permission_denied(msg));
             }
         }
+        if let Some(record) = web {
+            return self
+                .finish_web(caller, &record, outcome, device, now, tx)
+                .await;
+        }
         let Some((ssh, _)) = ssh_cert else {
             return Err(Status::invalid_argument(
                 "send your SSH certificate with AuthenticateInit",
@@ -331,6 +363,58 @@ impl AuthServer {
         })))
         .await
         .map_err(|_| Status::cancelled("client left"))?;
+        Ok(())
+    }
+
+    /// The end of a device web authentication: the device's new history, a confirmation
+    /// token for the browser and the event in one transaction; no certificate changes.
+    async fn finish_web(
+        &self,
+        caller: &Caller,
+        record: &crate::device_web::WebTokenRecord,
+        outcome: authn::AuthnOutcome,
+        device: Option<(Device, i64)>,
+        now: OffsetDateTime,
+        tx: &mpsc::Sender<Result<pb::AuthenticateDeviceResponse, Status>>,
+    ) -> Result<(), Status> {
+        let (_, rev) = device.ok_or_else(|| ApiError::internal("device vanished"))?;
+        let mut d: Device = outcome.device;
+        d.spec.update_time = Some(now);
+        let id = d.metadata.name.clone();
+        let ip = caller.peer.addr.ip();
+        let (confirm_op, confirmation) = self.issue_confirmation(record, device_info(&d), ip)?;
+        let event = AuditEvent::new(EventType::DeviceAuthenticate, true, now)
+            .user(caller.name())
+            .device(device_info(&d))
+            .message("device web authentication: the browser session may now confirm")
+            .remote_addr(ip.to_string());
+        match self
+            .audit
+            .write_with_events(
+                vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
+                vec![
+                    Op::Put {
+                        key: keys::resource(Kind::Device, &id),
+                        value: serde_json::to_vec(&d).map_err(ApiError::internal)?,
+                        expires: None,
+                    },
+                    confirm_op,
+                ],
+                vec![event],
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::ConditionFailed { .. }) => {
+                return Err(Status::aborted(
+                    "the device changed during authentication; log in to the web UI again",
+                ));
+            }
+            Err(e) => return Err(ApiError::from(e).into()),
+        }
+        tx.send(out(&AuthenticateResponse::WebConfirmation(confirmation)))
+            .await
+            .map_err(|_| Status::cancelled("client left"))?;
         Ok(())
     }
 }

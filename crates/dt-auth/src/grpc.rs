@@ -279,7 +279,7 @@ impl AuthServer {
         })
     }
 
-    async fn login(&self, req: pb::LoginRequest, peer: Peer) -> ApiResult<pb::LoginResponse> {
+    pub async fn login(&self, req: pb::LoginRequest, peer: Peer) -> ApiResult<pb::LoginResponse> {
         if !req.bot_token.is_empty() {
             return self.bot_login(req, &peer).await;
         }
@@ -437,7 +437,7 @@ impl AuthServer {
         Ok(Some((r, item.revision)))
     }
 
-    async fn upsert(
+    pub async fn upsert(
         &self,
         caller: &Caller,
         req: pb::UpsertResourceRequest,

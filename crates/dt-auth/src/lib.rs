@@ -13,6 +13,7 @@ pub mod cache;
 pub mod config;
 pub mod databases;
 pub mod device_grpc;
+pub mod device_web;
 pub mod devices;
 pub mod error;
 pub mod grpc;

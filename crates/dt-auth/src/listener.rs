@@ -86,8 +86,20 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     let app = crate::router(server.clone());
+    serve_app(server, app, listener, tls, shutdown).await
+}
+
+/// [`serve`] with more routes next to the API (the web UI is mounted by the binary, which
+/// links `dt-web`; this crate does not depend on it).
+pub async fn serve_app(
+    server: Arc<AuthServer>,
+    app: axum::Router,
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {

@@ -141,6 +141,45 @@ pub struct AuthenticateInit {
     pub user_certificates: UserCertificates,
     pub credential_id: String,
     pub device_data: DeviceCollectedData,
+    /// Present for device web authentication: the single-use token the web login created.
+    /// The ceremony then proves the device for a browser session: the server answers with
+    /// [`AuthenticateResponse::WebConfirmation`] and augments no certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_web_token: Option<DeviceWebToken>,
+}
+
+/// The device web token of a web login, as `dtsh device web-auth` read it from the
+/// `devtrust://` URL. `Debug` never prints the token.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceWebToken {
+    pub id: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for DeviceWebToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceWebToken")
+            .field("id", &self.id)
+            .field("token", &"<secret>")
+            .finish()
+    }
+}
+
+/// server → dtsh at the end of a device web authentication: the single-use token the
+/// browser presents (through the confirmation URL) to mark its session device-trusted.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceConfirmationToken {
+    pub id: String,
+    pub token: String,
+}
+
+impl std::fmt::Debug for DeviceConfirmationToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceConfirmationToken")
+            .field("id", &self.id)
+            .field("token", &"<secret>")
+            .finish()
+    }
 }
 
 /// server → dtsh.
@@ -179,6 +218,8 @@ pub enum AuthenticateRequest {
 pub enum AuthenticateResponse {
     Challenge(AuthenticateChallenge),
     Success(AuthenticateSuccess),
+    /// Device web authentication only, instead of `Success`.
+    WebConfirmation(DeviceConfirmationToken),
 }
 
 impl AuthenticateRequest {
@@ -195,6 +236,7 @@ impl AuthenticateResponse {
         match self {
             AuthenticateResponse::Challenge(_) => "AuthenticateChallenge",
             AuthenticateResponse::Success(_) => "AuthenticateSuccess",
+            AuthenticateResponse::WebConfirmation(_) => "DeviceConfirmationToken",
         }
     }
 }

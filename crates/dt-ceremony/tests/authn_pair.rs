@@ -667,3 +667,101 @@ fn tpm_authentication_through_the_verifier() {
         AuthnError::TpmNotSupported
     );
 }
+
+/// Device web authentication: the same proof, with the web login's token in the Init;
+/// certificates that already carry a device are fine (none is augmented), and the client
+/// accepts only a confirmation token at the end (never certificates), and vice versa.
+#[test]
+fn device_web_authentication_ends_with_a_confirmation_only() {
+    let mut w = world();
+    w.identity.certificate.device = Some(DeviceBinding {
+        device_id: DEVICE_A.into(),
+        asset_tag: "TAG-A".into(),
+        credential_id: CRED.into(),
+    });
+    let mut env = w.env.clone();
+    let token = dt_ceremony::messages::DeviceWebToken {
+        id: "id".into(),
+        token: "s3cr3t-value".into(),
+    };
+    let (c, init) = client::start_web(
+        w.certs.clone(),
+        CRED.into(),
+        AttestationType::Software,
+        w.data.clone(),
+        token.clone(),
+    )
+    .unwrap();
+    assert_eq!(init.device_web_token.as_ref(), Some(&token));
+    assert!(
+        !format!("{token:?}").contains("s3cr3t"),
+        "Debug hides the token"
+    );
+    let (s, challenge) = ExpectInit::new(&env)
+        .handle(init, &ctx(&w), &mut env)
+        .expect("an augmented certificate may run device web authentication");
+    let (c, resp) = c.handle(challenge, w.key.prover()).unwrap();
+    let outcome = s.handle(resp, &mut env).unwrap();
+    assert_eq!(outcome.augment.device.device_id, DEVICE_A);
+    let confirmation = dt_ceremony::messages::DeviceConfirmationToken {
+        id: "c".into(),
+        token: "t".into(),
+    };
+    // (ExpectSuccess is consumed: run the client half again for each answer.)
+    let fresh = |env: &mut _| {
+        let (c, init) = client::start_web(
+            w.certs.clone(),
+            CRED.into(),
+            AttestationType::Software,
+            w.data.clone(),
+            token.clone(),
+        )
+        .unwrap();
+        let (_, challenge) = ExpectInit::new(env).handle(init, &ctx(&w), env).unwrap();
+        c.handle(challenge, w.key.prover()).unwrap().0
+    };
+    let _ = c;
+    assert_eq!(
+        fresh(&mut env).handle_web(confirmation.clone()).unwrap(),
+        confirmation
+    );
+    assert!(
+        fresh(&mut env)
+            .handle(AuthenticateSuccess {
+                user_certificates: w.certs.clone(),
+            })
+            .is_err(),
+        "certificates are no answer to a device web authentication"
+    );
+    // The ordinary ceremony refuses a confirmation, and still refuses augmented certificates.
+    let (c, init) = client::start(
+        w.certs.clone(),
+        CRED.into(),
+        AttestationType::Software,
+        w.data.clone(),
+    )
+    .unwrap();
+    assert_eq!(
+        ExpectInit::new(&env)
+            .handle(init, &ctx(&w), &mut env)
+            .unwrap_err(),
+        AuthnError::PolicyDenied(AuthnDenied::AlreadyAugmented)
+    );
+    w.identity.certificate.device = None;
+    let (_, challenge) = ExpectInit::new(&env)
+        .handle(
+            client::start(
+                w.certs.clone(),
+                CRED.into(),
+                AttestationType::Software,
+                w.data.clone(),
+            )
+            .unwrap()
+            .1,
+            &ctx(&w),
+            &mut env,
+        )
+        .unwrap();
+    let (c2, _) = c.handle(challenge, w.key.prover()).unwrap();
+    assert!(c2.handle_web(confirmation).is_err());
+}

@@ -569,6 +569,7 @@ impl AuthnModel {
                     },
                     credential_id: t.credential_id.clone(),
                     device_data: t.device_data.clone(),
+                    device_web_token: None,
                 }));
                 self.deliver(idx, msg);
             }

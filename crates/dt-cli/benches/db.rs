@@ -11,72 +11,14 @@
 //! (10), and connection setup time (pgbench `-C`: a new connection per transaction).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use dt_testkit::{Postgres, ServerTls, run};
+use dt_testkit::{Postgres, ServerTls, daemon, field, run};
 
 const DEVTRUST: &str = env!("CARGO_BIN_EXE_devtrust");
 const DTCTL: &str = env!("CARGO_BIN_EXE_dtctl");
 const DTSH: &str = env!("CARGO_BIN_EXE_dtsh");
-
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start a program and wait for a stdout line containing `needle`; returns the line.
-fn daemon(
-    program: &str,
-    args: &[&str],
-    env: &[(&str, &Path)],
-    needle: &str,
-) -> (Daemon, Vec<String>) {
-    let mut c = Command::new(program);
-    c.args(args)
-        .env("DEVTRUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            let done = l.contains(needle);
-            lines.push(l);
-            if done {
-                return (Daemon(child), lines);
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("{program} did not print {needle:?}: {lines:?}");
-}
-
-fn field(lines: &[String], name: &str) -> String {
-    lines
-        .iter()
-        .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
-        .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
-}
 
 /// pgbench's "tps = N" figure.
 fn pgbench(conn: &str, extra: &[&str], seconds: u64) -> f64 {

@@ -40,6 +40,13 @@ enum Cmd {
         /// Log format: text or json.
         #[arg(long, value_parser = ["text", "json"])]
         log_format: Option<String>,
+        /// A load balancer whose X-Forwarded-For the web UI believes (repeat for several);
+        /// device web authentication compares the browser's address with dtsh's.
+        #[arg(long = "web-trusted-proxy", value_name = "IP")]
+        web_trusted_proxies: Vec<std::net::IpAddr>,
+        /// How long the device web token of a web login lives (at most, and by default, 5m).
+        #[arg(long, env = "DEVTRUST_WEB_DEVICE_TOKEN_TTL", value_parser = crate::common::parse_duration)]
+        web_device_token_ttl: Option<std::time::Duration>,
     },
     /// Print an annotated sample devtrust.yaml.
     Configure,
@@ -99,6 +106,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             data_dir,
             listen,
             log_format,
+            web_trusted_proxies,
+            web_device_token_ttl,
         } => {
             let mut c = match &config {
                 Some(p) => Config::load(p)?,
@@ -123,7 +132,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(start(c))?;
+            let max_ttl = dt_auth::device_web::WEB_TOKEN_TTL;
+            if web_device_token_ttl.is_some_and(|t| t > max_ttl || t.is_zero()) {
+                anyhow::bail!("--web-device-token-ttl must be between 1s and 5m");
+            }
+            let web = dt_web::WebConfig {
+                trusted_proxies: web_trusted_proxies,
+                device_web_token_ttl: web_device_token_ttl.unwrap_or(max_ttl),
+                ..Default::default()
+            };
+            rt.block_on(start(c, web))?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -143,7 +161,7 @@ fn init_logging(c: &Config) {
     }
 }
 
-async fn start(config: Config) -> anyhow::Result<()> {
+async fn start(config: Config, web: dt_web::WebConfig) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -170,6 +188,7 @@ async fn start(config: Config) -> anyhow::Result<()> {
     println!("devtrust auth service is running");
     println!("  cluster:   {}", srv.cluster_name);
     println!("  listen:    {addr}");
+    println!("  web UI:    https://{addr}/web/");
     println!("  CA pin:    {}", srv.host_ca.pin());
     println!("  storage:   {storage_desc}");
     println!("  data dir:  {data_dir}");
@@ -189,7 +208,8 @@ async fn start(config: Config) -> anyhow::Result<()> {
         }
         tracing::info!("shutting down");
     };
-    dt_auth::listener::serve(srv.clone(), listener, tls, shutdown).await;
+    let app = dt_web::mount(dt_auth::router(srv.clone()), srv.clone(), web);
+    dt_auth::listener::serve_app(srv.clone(), app, listener, tls, shutdown).await;
     srv.backend.close().await;
     println!("devtrust auth service stopped");
     Ok(())

@@ -67,6 +67,8 @@ enum Cmd {
     /// Enroll and authenticate this device, or show what it reports.
     #[command(subcommand)]
     Device(crate::dtsh_device::DeviceCmd),
+    /// Register dtsh as this desktop's handler of devtrust:// links (device web authentication).
+    InstallUrlHandler,
     /// Show the current profile.
     Status {
         #[arg(long, value_enum, default_value_t)]
@@ -157,6 +159,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Device(cmd) => crate::dtsh_device::run(cmd).await,
+        Cmd::InstallUrlHandler => crate::dtsh_web::install_url_handler(),
         Cmd::Ls { format } => crate::dtsh_ssh::ls(format).await,
         Cmd::Ssh(args) => crate::dtsh_ssh::ssh(args).await,
         Cmd::Config => crate::dtsh_ssh::config().await,

@@ -32,6 +32,16 @@ pub enum DeviceCmd {
     },
     /// Prove this device to the cluster now; your certificates then carry it.
     Authenticate,
+    /// Authenticate this device for a web UI session: URL is the page's devtrust:// link.
+    /// Opens the confirmation page in the browser (--no-browser prints its URL last).
+    WebAuth {
+        url: String,
+        #[arg(long)]
+        no_browser: bool,
+        /// Connect to the auth service from this local address (like `ssh -b`).
+        #[arg(long, value_name = "IP")]
+        bind_addr: Option<std::net::IpAddr>,
+    },
     /// Print this device's asset tag (its serial number), for `dtctl devices add`.
     AssetTag,
     /// Print what this device reports about itself.
@@ -79,7 +89,7 @@ pub fn device_keys() -> anyhow::Result<Box<dyn DeviceKeys>> {
     Ok(Box::new(SoftwareKeys::from_env()?))
 }
 
-fn collect_device() -> anyhow::Result<Collected> {
+pub(crate) fn collect_device() -> anyhow::Result<Collected> {
     let c = dt_device::collect().context("cannot collect this device's data")?;
     for w in &c.warnings {
         eprintln!("WARNING: {w}");
@@ -103,7 +113,10 @@ pub async fn profile_channel(store: &ProfileStore) -> anyhow::Result<(Profile, C
     Ok((profile, ch))
 }
 
-fn current_certs(store: &ProfileStore, profile: &Profile) -> anyhow::Result<UserCertificates> {
+pub(crate) fn current_certs(
+    store: &ProfileStore,
+    profile: &Profile,
+) -> anyhow::Result<UserCertificates> {
     let f = store.files(&profile.proxy);
     let x509 = dt_ca::pem::parse_cert_pem(&std::fs::read_to_string(f.tls_cert())?)?;
     let ssh = std::fs::read_to_string(f.ssh_cert())?;
@@ -242,6 +255,11 @@ pub async fn run(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
                 println!("Public key (PKIX DER, base64): {pk}");
             }
         }
+        DeviceCmd::WebAuth {
+            url,
+            no_browser,
+            bind_addr,
+        } => return crate::dtsh_web::web_auth(&url, no_browser, bind_addr).await,
         DeviceCmd::Authenticate => {
             let store = ProfileStore::from_env();
             let (profile, ch) = profile_channel(&store).await?;

@@ -282,13 +282,44 @@ pub fn client_tls_config(
     Ok((Arc::new(cfg), verifier))
 }
 
+static SOURCE_ADDRESS: std::sync::OnceLock<std::net::IpAddr> = std::sync::OnceLock::new();
+
+/// Make this process's connections to the auth service leave from `ip` (`dtsh device
+/// web-auth --bind-addr`, like `ssh -b`: on a host with several addresses, the one the
+/// browser's traffic also leaves from). Returns false when one was already set.
+pub fn set_source_address(ip: std::net::IpAddr) -> bool {
+    SOURCE_ADDRESS.set(ip).is_ok()
+}
+
+async fn tcp_connect(host: &str, port: u16) -> Result<TcpStream, std::io::Error> {
+    let Some(source) = SOURCE_ADDRESS.get().copied() else {
+        return TcpStream::connect((host, port)).await;
+    };
+    let target = tokio::net::lookup_host((host, port))
+        .await?
+        .find(|a| a.is_ipv4() == source.is_ipv4())
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::AddrNotAvailable,
+                format!("{host} has no address of the family of the source address {source}"),
+            )
+        })?;
+    let socket = if source.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(source, 0))?;
+    socket.connect(target).await
+}
+
 async fn dial_one(
     host: &str,
     port: u16,
     tls: Arc<rustls::ClientConfig>,
     timeout: Duration,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, std::io::Error> {
-    let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+    let tcp = tokio::time::timeout(timeout, tcp_connect(host, port))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out"))??;
     let _ = tcp.set_nodelay(true);

@@ -3,8 +3,8 @@
 use dt_ceremony::authn::client as authn;
 use dt_ceremony::enroll::client as enroll;
 use dt_ceremony::messages::{
-    AuthenticateRequest, AuthenticateResponse, EnrollPayload, EnrollRequest, EnrollResponse,
-    UserCertificates,
+    AuthenticateInit, AuthenticateRequest, AuthenticateResponse, DeviceConfirmationToken,
+    DeviceWebToken, EnrollPayload, EnrollRequest, EnrollResponse, UserCertificates,
 };
 use dt_ceremony::proof::{Proof, ProofRequest, ProverError};
 use dt_ceremony::token::EnrollToken;
@@ -103,8 +103,64 @@ pub async fn authenticate(
     device_data: DeviceCollectedData,
     prover: impl FnOnce(ProofRequest<'_>) -> Result<Proof, ProverError>,
 ) -> Result<UserCertificates, ClientError> {
-    let (state, init) = authn::start(certificates, credential_id, attestation, device_data)
+    let started = authn::start(certificates, credential_id, attestation, device_data)
         .map_err(ceremony_err)?;
+    match run_authenticate(channel, started, prover).await? {
+        (state, AuthenticateResponse::Success(s)) => state.handle(s).map_err(ceremony_err),
+        (state, AuthenticateResponse::WebConfirmation(c)) => {
+            // Refused by the state machine (not asked for); the error says so.
+            state.handle_web(c).map_err(ceremony_err)?;
+            Err(ClientError::Api(
+                "the server answered a device web confirmation".into(),
+            ))
+        }
+        (_, AuthenticateResponse::Challenge(_)) => Err(ClientError::Api(
+            "the server sent a second challenge".into(),
+        )),
+    }
+}
+
+/// Device web authentication (`dtsh device web-auth`): the same ceremony with the web
+/// login's token; returns the confirmation token the browser presents.
+pub async fn authenticate_web(
+    channel: Channel,
+    certificates: UserCertificates,
+    credential_id: String,
+    attestation: AttestationType,
+    device_data: DeviceCollectedData,
+    web_token: DeviceWebToken,
+    prover: impl FnOnce(ProofRequest<'_>) -> Result<Proof, ProverError>,
+) -> Result<DeviceConfirmationToken, ClientError> {
+    let started = authn::start_web(
+        certificates,
+        credential_id,
+        attestation,
+        device_data,
+        web_token,
+    )
+    .map_err(ceremony_err)?;
+    match run_authenticate(channel, started, prover).await? {
+        (state, AuthenticateResponse::WebConfirmation(c)) => {
+            state.handle_web(c).map_err(ceremony_err)
+        }
+        (state, AuthenticateResponse::Success(s)) => {
+            state.handle(s).map_err(ceremony_err)?;
+            Err(ClientError::Api(
+                "the server answered certificates to a device web authentication".into(),
+            ))
+        }
+        (_, AuthenticateResponse::Challenge(_)) => Err(ClientError::Api(
+            "the server sent a second challenge".into(),
+        )),
+    }
+}
+
+/// The stream of one authentication ceremony up to the server's last answer.
+async fn run_authenticate(
+    channel: Channel,
+    (state, init): (authn::ExpectChallenge, AuthenticateInit),
+    prover: impl FnOnce(ProofRequest<'_>) -> Result<Proof, ProverError>,
+) -> Result<(authn::ExpectSuccess, AuthenticateResponse), ClientError> {
     let (tx, rx) = mpsc::channel(4);
     tx.send(msg::<_, pb::AuthenticateDeviceRequest>(
         &AuthenticateRequest::Init(Box::new(init)),
@@ -120,7 +176,7 @@ pub async fn authenticate(
     let challenge =
         match recv::<_, AuthenticateResponse>(&mut inbound, "AuthenticateChallenge").await? {
             AuthenticateResponse::Challenge(c) => c,
-            AuthenticateResponse::Success(_) => {
+            AuthenticateResponse::Success(_) | AuthenticateResponse::WebConfirmation(_) => {
                 return Err(ClientError::Api(
                     "the server skipped the challenge; refusing its answer".into(),
                 ));
@@ -130,14 +186,6 @@ pub async fn authenticate(
     tx.send(msg(&AuthenticateRequest::ChallengeResponse(response))?)
         .await
         .map_err(|_| closed("before the challenge response was sent"))?;
-    let success = match recv::<_, AuthenticateResponse>(&mut inbound, "AuthenticateSuccess").await?
-    {
-        AuthenticateResponse::Success(s) => s,
-        AuthenticateResponse::Challenge(_) => {
-            return Err(ClientError::Api(
-                "the server sent a second challenge".into(),
-            ));
-        }
-    };
-    state.handle(success).map_err(ceremony_err)
+    let last = recv::<_, AuthenticateResponse>(&mut inbound, "AuthenticateSuccess").await?;
+    Ok((state, last))
 }

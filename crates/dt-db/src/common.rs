@@ -291,40 +291,74 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    /// Ask the auth service for a 10-minute client certificate for `db_user` and build the
-    /// TLS connector that presents it and verifies the server.
+    /// A client certificate for `db_user` (10 minutes, from the auth service; reused by
+    /// later connections as the same database user until a minute before it expires) and
+    /// the TLS connector that presents it and verifies the server.
     pub async fn for_user(state: &DbState, db_user: &str) -> Result<Upstream, String> {
         let db = &state.database;
-        let key = dt_ca::ClientKey::generate().map_err(|e| format!("key: {e}"))?;
-        let signed = DatabaseServiceClient::new(state.channel.clone())
-            .sign_database_client(pb::SignDatabaseClientRequest {
-                public_key_der: key.spki_der(),
-                db_user: db_user.to_string(),
-            })
-            .await
-            .map_err(|s| {
-                format!(
-                    "the auth service did not sign a certificate for db user {db_user:?}: {}",
-                    s.message()
-                )
-            })?
-            .into_inner();
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let cached = state
+            .upstream_certs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(db_user)
+            .filter(|c| c.expires_unix - now > 60)
+            .cloned();
+        let cert = match cached {
+            Some(c) => c,
+            None => {
+                let key = dt_ca::ClientKey::generate().map_err(|e| format!("key: {e}"))?;
+                let signed = DatabaseServiceClient::new(state.channel.clone())
+                    .sign_database_client(pb::SignDatabaseClientRequest {
+                        public_key_der: key.spki_der(),
+                        db_user: db_user.to_string(),
+                    })
+                    .await
+                    .map_err(|s| {
+                        format!(
+                            "the auth service did not sign a certificate for db user {db_user:?}: {}",
+                            s.message()
+                        )
+                    })?
+                    .into_inner();
+                let c = UpstreamCert {
+                    key_pkcs8: key.pkcs8_der().to_vec(),
+                    cert_der: signed.cert_der,
+                    ca_cert_der: signed.ca_cert_der,
+                    expires_unix: signed.expires_unix,
+                };
+                let mut certs = state
+                    .upstream_certs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
+                if certs.len() > 1000 {
+                    certs.retain(|_, c| c.expires_unix > now);
+                }
+                certs.insert(db_user.to_string(), c.clone());
+                c
+            }
+        };
         let server_ca = match &db.server_ca_pem {
             Some(pem) => dt_ca::pem::parse_cert_pem(pem).map_err(|e| format!("--db-ca: {e}"))?,
-            None => signed.ca_cert_der.clone(),
+            None => cert.ca_cert_der.clone(),
         };
-        let (connector, server_name) = crate::tls::upstream(
-            &server_ca,
-            signed.cert_der,
-            key.pkcs8_der().to_vec(),
-            host(&db.uri),
-        )
-        .map_err(|e| e.to_string())?;
+        let (connector, server_name) =
+            crate::tls::upstream(&server_ca, cert.cert_der, cert.key_pkcs8, host(&db.uri))
+                .map_err(|e| e.to_string())?;
         Ok(Upstream {
             connector,
             server_name,
         })
     }
+}
+
+/// A database-CA client certificate the access point logs in upstream with.
+#[derive(Clone)]
+pub struct UpstreamCert {
+    key_pkcs8: Vec<u8>,
+    cert_der: Vec<u8>,
+    ca_cert_der: Vec<u8>,
+    expires_unix: i64,
 }
 
 /// The host part of `HOST:PORT` (brackets of an IPv6 address removed).

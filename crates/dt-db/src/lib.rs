@@ -95,6 +95,8 @@ pub struct DbState {
     pub freshness: Freshness,
     pub tls: tls::Tls,
     pub channel: tonic::transport::Channel,
+    /// Upstream client certificates by database user, reused until shortly before expiry.
+    pub upstream_certs: std::sync::Mutex<std::collections::HashMap<String, common::UpstreamCert>>,
 }
 
 /// One listener: the databases its clients may name (all of one protocol), and the access
@@ -277,6 +279,7 @@ pub async fn start(mut cfg: DbConfig) -> Result<RunningDb, AgentError> {
                         freshness: cfg.freshness,
                         tls: tls.clone(),
                         channel: runtime.channel.clone(),
+                        upstream_certs: Default::default(),
                     })
                 })
                 .collect(),

@@ -15,9 +15,9 @@ use dt_ceremony::limits::{
 };
 use dt_ceremony::messages::{
     AuthenticateChallenge, AuthenticateChallengeResponse, AuthenticateInit, AuthenticateRequest,
-    AuthenticateResponse, AuthenticateSuccess, EnrollChallenge, EnrollChallengeResponse,
-    EnrollInit, EnrollPayload, EnrollRequest, EnrollResponse, EnrollSuccess, P256KeyStorage,
-    UserCertificates,
+    AuthenticateResponse, AuthenticateSuccess, DeviceConfirmationToken, DeviceWebToken,
+    EnrollChallenge, EnrollChallengeResponse, EnrollInit, EnrollPayload, EnrollRequest,
+    EnrollResponse, EnrollSuccess, P256KeyStorage, UserCertificates,
 };
 use dt_ceremony::token::EnrollToken;
 use dt_ceremony::tpm::{
@@ -174,6 +174,9 @@ impl TryFrom<pb::UserCertificates> for UserCertificates {
 fn certificates(c: Option<pb::UserCertificates>) -> Result<UserCertificates, ProtoError> {
     UserCertificates::try_from(required(c, "user_certificates")?)
 }
+
+/// Web and confirmation tokens are 32 random bytes in base64url, their ids uuids.
+const MAX_WEB_TOKEN_LEN: usize = 128;
 
 fn credential_id(id: String) -> Result<String, ProtoError> {
     check_len("credential_id", id.len(), MAX_CREDENTIAL_ID_LEN)?;
@@ -408,6 +411,10 @@ impl From<&AuthenticateInit> for pb::AuthenticateInit {
             user_certificates: Some((&i.user_certificates).into()),
             credential_id: i.credential_id.clone(),
             device_data: Some((&i.device_data).into()),
+            device_web_token: i.device_web_token.as_ref().map(|t| pb::DeviceWebToken {
+                id: t.id.clone(),
+                token: t.token.clone(),
+            }),
         }
     }
 }
@@ -419,6 +426,17 @@ impl TryFrom<pb::AuthenticateInit> for AuthenticateInit {
             user_certificates: certificates(i.user_certificates)?,
             credential_id: credential_id(i.credential_id)?,
             device_data: collected(i.device_data)?,
+            device_web_token: match i.device_web_token {
+                None => None,
+                Some(t) => {
+                    check_len("device_web_token.id", t.id.len(), MAX_WEB_TOKEN_LEN)?;
+                    check_len("device_web_token.token", t.token.len(), MAX_WEB_TOKEN_LEN)?;
+                    Some(DeviceWebToken {
+                        id: t.id,
+                        token: t.token,
+                    })
+                }
+            },
         })
     }
 }
@@ -512,6 +530,12 @@ impl From<&AuthenticateResponse> for pb::AuthenticateDeviceResponse {
                 AuthenticateResponse::Success(s) => Payload::Success(pb::AuthenticateSuccess {
                     user_certificates: Some((&s.user_certificates).into()),
                 }),
+                AuthenticateResponse::WebConfirmation(c) => {
+                    Payload::WebConfirmation(pb::DeviceConfirmationToken {
+                        id: c.id.clone(),
+                        token: c.token.clone(),
+                    })
+                }
             }),
         }
     }
@@ -544,6 +568,14 @@ impl TryFrom<pb::AuthenticateDeviceResponse> for AuthenticateResponse {
                 Payload::Success(s) => AuthenticateResponse::Success(AuthenticateSuccess {
                     user_certificates: certificates(s.user_certificates)?,
                 }),
+                Payload::WebConfirmation(c) => {
+                    check_len("web_confirmation.id", c.id.len(), MAX_WEB_TOKEN_LEN)?;
+                    check_len("web_confirmation.token", c.token.len(), MAX_WEB_TOKEN_LEN)?;
+                    AuthenticateResponse::WebConfirmation(DeviceConfirmationToken {
+                        id: c.id,
+                        token: c.token,
+                    })
+                }
             },
         )
     }
@@ -640,6 +672,16 @@ mod tests {
                 user_certificates: certs.clone(),
                 credential_id: "c".into(),
                 device_data: data(),
+                device_web_token: None,
+            })),
+            AuthenticateRequest::Init(Box::new(AuthenticateInit {
+                user_certificates: certs.clone(),
+                credential_id: "c".into(),
+                device_data: data(),
+                device_web_token: Some(DeviceWebToken {
+                    id: "id".into(),
+                    token: "t".into(),
+                }),
             })),
             AuthenticateRequest::ChallengeResponse(AuthenticateChallengeResponse::Tpm(
                 TpmAuthenticateChallengeResponse {
@@ -659,6 +701,10 @@ mod tests {
             })),
             AuthenticateResponse::Success(AuthenticateSuccess {
                 user_certificates: certs.clone(),
+            }),
+            AuthenticateResponse::WebConfirmation(DeviceConfirmationToken {
+                id: "id".into(),
+                token: "t".into(),
             }),
         ] {
             let wire = pb::AuthenticateDeviceResponse::from(&r);

@@ -16,6 +16,67 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A long-running program of the test or benchmark (a server, an access point, a tunnel),
+/// killed when dropped.
+pub struct Daemon(pub Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `program` and wait (up to 60 s) for a stdout line containing `needle`; returns the
+/// daemon and the lines it printed so far. Its later output is drained.
+pub fn daemon(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &Path)],
+    needle: &str,
+) -> (Daemon, Vec<String>) {
+    use std::io::{BufRead, BufReader};
+    let mut c = Command::new(program);
+    c.args(args)
+        .env("DEVTRUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(out).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+            let done = l.contains(needle);
+            lines.push(l);
+            if done {
+                return (Daemon(child), lines);
+            }
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("{program} did not print {needle:?}: {lines:?}");
+}
+
+/// The value after `name` on the first line that starts with it (e.g. `listen:`).
+pub fn field(lines: &[String], name: &str) -> String {
+    lines
+        .iter()
+        .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+        .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
+}
+
 /// Run a command; panic with its output when it fails.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd

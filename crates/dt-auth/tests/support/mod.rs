@@ -202,6 +202,7 @@ pub fn authn_init(
         user_certificates: certs.clone(),
         credential_id: credential_id.into(),
         device_data: data,
+        device_web_token: None,
     }
 }
 

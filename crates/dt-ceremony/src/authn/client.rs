@@ -8,6 +8,10 @@
 //!        prover(ProofRequest) ─ AuthenticateChallengeResponse ──▶
 //!   ExpectSuccess      ◀── AuthenticateSuccess { augmented certificates }
 //! ```
+//!
+//! Device web authentication (`dtsh device web-auth`, [`start_web`]) is the same exchange
+//! with the web login's token in `AuthenticateInit`; it ends with a
+//! `DeviceConfirmationToken` for the browser instead of certificates.
 
 use dt_types::device::{AttestationType, DeviceCollectedData};
 
@@ -16,7 +20,7 @@ use crate::error::{ClientError, ServerMisbehaved};
 use crate::limits::{CHALLENGE_LEN, MAX_CERTIFICATE_LEN, TPM_NONCE_LEN};
 use crate::messages::{
     AuthenticateChallenge, AuthenticateChallengeResponse, AuthenticateInit, AuthenticateSuccess,
-    UserCertificates,
+    DeviceConfirmationToken, DeviceWebToken, UserCertificates,
 };
 use crate::proof::{Proof, ProofRequest, ProverError};
 
@@ -62,6 +66,7 @@ pub fn start(
     let state = ExpectChallenge {
         kind: CredentialKind::of(attestation),
         sent_ssh: user_certificates.ssh_authorized_key.is_some(),
+        web: false,
     };
     Ok((
         state,
@@ -69,8 +74,24 @@ pub fn start(
             user_certificates,
             credential_id,
             device_data,
+            device_web_token: None,
         },
     ))
+}
+
+/// Like [`start`], for device web authentication: the init carries the web login's token
+/// and the ceremony must end with a confirmation token ([`ExpectSuccess::handle_web`]).
+pub fn start_web(
+    user_certificates: UserCertificates,
+    credential_id: String,
+    attestation: AttestationType,
+    device_data: DeviceCollectedData,
+    web_token: DeviceWebToken,
+) -> Result<(ExpectChallenge, AuthenticateInit), ClientError> {
+    let (mut state, mut init) = start(user_certificates, credential_id, attestation, device_data)?;
+    state.web = true;
+    init.device_web_token = Some(web_token);
+    Ok((state, init))
 }
 
 /// Waiting for `AuthenticateChallenge`.
@@ -78,12 +99,14 @@ pub fn start(
 pub struct ExpectChallenge {
     kind: CredentialKind,
     sent_ssh: bool,
+    web: bool,
 }
 
 /// Waiting for `AuthenticateSuccess`.
 #[derive(Debug)]
 pub struct ExpectSuccess {
     sent_ssh: bool,
+    web: bool,
 }
 
 impl ExpectChallenge {
@@ -137,6 +160,7 @@ impl ExpectChallenge {
         Ok((
             ExpectSuccess {
                 sent_ssh: self.sent_ssh,
+                web: self.web,
             },
             response,
         ))
@@ -147,6 +171,12 @@ impl ExpectSuccess {
     /// Returns the augmented certificates. The caller (dt-client) checks them with dt-ca
     /// (same keys, device extensions present) before replacing the ones it holds.
     pub fn handle(self, success: AuthenticateSuccess) -> Result<UserCertificates, ClientError> {
+        if self.web {
+            return Err(ServerMisbehaved::SuccessMismatch(
+                "certificates instead of a device web confirmation",
+            )
+            .into());
+        }
         let certs = success.user_certificates;
         if certs.x509_der.is_empty() {
             return Err(ServerMisbehaved::SuccessMismatch("no x509 certificate").into());
@@ -158,5 +188,22 @@ impl ExpectSuccess {
             .into());
         }
         Ok(certs)
+    }
+
+    /// Device web authentication: returns the confirmation token for the browser.
+    pub fn handle_web(
+        self,
+        confirmation: DeviceConfirmationToken,
+    ) -> Result<DeviceConfirmationToken, ClientError> {
+        if !self.web {
+            return Err(ServerMisbehaved::SuccessMismatch(
+                "a device web confirmation that was not asked for",
+            )
+            .into());
+        }
+        if confirmation.id.is_empty() || confirmation.token.is_empty() {
+            return Err(ServerMisbehaved::SuccessMismatch("an empty confirmation token").into());
+        }
+        Ok(confirmation)
     }
 }

@@ -33,7 +33,8 @@
 //! 2. Field sizes.
 //! 3. The in-band X.509 certificate is byte-identical to the mTLS client certificate; the
 //!    SSH certificate, when sent, names the same user and the same public key.
-//! 4. Neither certificate already carries a device.
+//! 4. Neither certificate already carries a device (except for device web authentication,
+//!    where the driver checks the web token and issues a confirmation token instead).
 //! 5. No lock targets the user or one of the user's roles.
 //! 6. The device exists, is enrolled, and its credential id is the one sent
 //!    (`unknown device credential` otherwise); a software credential only while the
@@ -267,8 +268,12 @@ impl ExpectInit {
             }
         }
 
-        // 4. Not augmented yet.
-        if identity.device.is_some() || ctx.ssh_certificate.is_some_and(|s| s.device.is_some()) {
+        // 4. Not augmented yet. Device web authentication augments no certificate (it
+        // proves the device for a browser session), so dtsh's own may carry the device.
+        if init.device_web_token.is_none()
+            && (identity.device.is_some()
+                || ctx.ssh_certificate.is_some_and(|s| s.device.is_some()))
+        {
             return Err(AuthnDenied::AlreadyAugmented.into());
         }
 
