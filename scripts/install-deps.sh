@@ -20,6 +20,8 @@ fi
 if ! command -v mariadbd >/dev/null 2>&1 || ! command -v mariadb-install-db >/dev/null 2>&1; then
   need+=(mariadb-server)
 fi
+# The Kubernetes-access tests drive the real kubectl (exec over WebSocket needs 1.30+).
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
 if [ "${#need[@]}" -gt 0 ]; then
   echo "==> installing: ${need[*]}"
   $SUDO apt-get update -qq

@@ -79,7 +79,7 @@ const JOIN_RECORD_TTL: time::Duration = time::Duration::seconds(60);
 /// Default lifetime of a bot join token.
 pub const DEFAULT_BOT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Event types an access point may submit.
-const NODE_EVENTS: [EventType; 10] = [
+const NODE_EVENTS: [EventType; 13] = [
     EventType::SessionStart,
     EventType::SessionEnd,
     EventType::SessionTerminate,
@@ -88,6 +88,9 @@ const NODE_EVENTS: [EventType; 10] = [
     EventType::DbSessionStart,
     EventType::DbSessionEnd,
     EventType::DbSessionQuery,
+    EventType::KubeRequest,
+    EventType::KubeExecStart,
+    EventType::KubeExecEnd,
     EventType::AppSessionStart,
     EventType::AppSessionRequest,
 ];

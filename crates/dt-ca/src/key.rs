@@ -299,6 +299,10 @@ impl ClientKey {
         self.key.point()
     }
 
+    pub(crate) fn p256(&self) -> &P256Key {
+        &self.key
+    }
+
     /// The SubjectPublicKeyInfo DER, what X.509 issuance takes.
     pub fn spki_der(&self) -> Vec<u8> {
         spki_from_point(self.key.point())

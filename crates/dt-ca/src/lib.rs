@@ -39,6 +39,7 @@ pub mod jwt;
 mod key;
 mod node;
 pub mod pem;
+mod serving;
 mod ssh;
 mod ssh_verify;
 mod x509;
@@ -48,6 +49,9 @@ pub use error::{CaError, Result};
 pub use identity::{DeviceExt, Identity, ssh_ext, x509_oid};
 pub use key::ClientKey;
 pub use node::{NODE_ROLE_OID, NodeIdentity, verify_service_cert_by_ca_cert};
+pub use serving::{
+    cert_not_after, cert_spki_der, self_signed_client_cert, self_signed_serving_cert,
+};
 pub use ssh::parse_ssh_identity;
 pub use ssh_verify::{SshCertRefusal, SshUserCaKey};
 pub use x509::{BACKDATE, parse_x509_identity};

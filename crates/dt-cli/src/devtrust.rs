@@ -61,6 +61,9 @@ enum Cmd {
     /// Database access points: `devtrust db start`.
     #[command(subcommand)]
     Db(crate::db_cmd::DbCmd),
+    /// Kubernetes access points: `devtrust kube start`.
+    #[command(subcommand)]
+    Kube(crate::kube_cmd::KubeCmd),
     /// App access points: `devtrust app start`.
     #[command(subcommand)]
     App(crate::app_cmd::AppCmd),
@@ -83,6 +86,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Node(cmd) => crate::node_cmd::run_node(cmd),
         Cmd::Db(cmd) => crate::db_cmd::run_db(cmd),
+        Cmd::Kube(cmd) => crate::kube_cmd::run_kube(cmd),
         Cmd::App(cmd) => crate::app_cmd::run_app(cmd),
         Cmd::OpensshPrincipals(a) => crate::node_cmd::principals(a),
         Cmd::OpensshSetup(a) => crate::node_cmd::setup(a),

@@ -86,6 +86,9 @@ enum Cmd {
     /// Databases: list, log in, connect with psql, log out.
     #[command(subcommand)]
     Db(crate::dtsh_db::DbCmd),
+    /// Kubernetes clusters: list, log in (a kubectl context), log out.
+    #[command(subcommand)]
+    Kube(crate::dtsh_kube::KubeCmd),
     /// Apps: list the apps your roles reach.
     #[command(subcommand)]
     Apps(crate::dtsh_app::AppsCmd),
@@ -161,6 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Ssh(args) => crate::dtsh_ssh::ssh(args).await,
         Cmd::Config => crate::dtsh_ssh::config().await,
         Cmd::Db(cmd) => crate::dtsh_db::run(cmd).await,
+        Cmd::Kube(cmd) => crate::dtsh_kube::run(cmd).await,
         Cmd::Proxy(cmd) => crate::dtsh_db::proxy(cmd).await,
         Cmd::Apps(cmd) => crate::dtsh_app::apps(cmd).await,
         Cmd::App(cmd) => crate::dtsh_app::app(cmd).await,

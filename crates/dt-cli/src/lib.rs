@@ -16,6 +16,8 @@ pub mod dtsh;
 pub mod dtsh_app;
 pub mod dtsh_db;
 pub mod dtsh_device;
+pub mod dtsh_kube;
 pub mod dtsh_ssh;
 pub mod dtsh_web;
+pub mod kube_cmd;
 pub mod node_cmd;

@@ -77,6 +77,15 @@ pub enum EventType {
     /// COM_STMT_PREPARE), its text in `command`.
     #[serde(rename = "db.session.query")]
     DbSessionQuery,
+    /// One request through a Kubernetes access point: verb, resource, namespace and the
+    /// API server's response code.
+    #[serde(rename = "kube.request")]
+    KubeRequest,
+    /// A `kubectl exec` (or attach, port-forward) stream through a Kubernetes access point.
+    #[serde(rename = "kube.exec.start")]
+    KubeExecStart,
+    #[serde(rename = "kube.exec.end")]
+    KubeExecEnd,
     #[serde(rename = "lock.create")]
     LockCreate,
     #[serde(rename = "lock.delete")]
@@ -84,7 +93,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 31] = [
+    pub const ALL: [EventType; 34] = [
         EventType::UserLogin,
         EventType::UserCreate,
         EventType::UserUpdate,
@@ -112,6 +121,9 @@ impl EventType {
         EventType::DbSessionStart,
         EventType::DbSessionEnd,
         EventType::DbSessionQuery,
+        EventType::KubeRequest,
+        EventType::KubeExecStart,
+        EventType::KubeExecEnd,
         EventType::AppSessionStart,
         EventType::AppSessionRequest,
         EventType::LockCreate,
@@ -147,6 +159,9 @@ impl EventType {
             EventType::DbSessionStart => "db.session.start",
             EventType::DbSessionEnd => "db.session.end",
             EventType::DbSessionQuery => "db.session.query",
+            EventType::KubeRequest => "kube.request",
+            EventType::KubeExecStart => "kube.exec.start",
+            EventType::KubeExecEnd => "kube.exec.end",
             EventType::AppSessionStart => "app.session.start",
             EventType::AppSessionRequest => "app.session.request",
             EventType::LockCreate => "lock.create",
@@ -189,6 +204,9 @@ impl EventType {
             EventType::DbSessionStart => "DB7000",
             EventType::DbSessionEnd => "DB7001",
             EventType::DbSessionQuery => "DB7002",
+            EventType::KubeRequest => "K8000",
+            EventType::KubeExecStart => "K8001",
+            EventType::KubeExecEnd => "K8002",
             EventType::AppSessionStart => "AP8000",
             EventType::AppSessionRequest => "AP8001",
             EventType::LockCreate => "L7000",

@@ -29,9 +29,9 @@ const FORBIDDEN_IN_PURE: [&str; 7] = [
     "tokio-postgres",
     "tss-esapi",
 ];
-const SERVER: [&str; 4] = ["dt-auth", "dt-store", "dt-node", "dt-agent"];
+const SERVER: [&str; 5] = ["dt-auth", "dt-store", "dt-node", "dt-agent", "dt-kube"];
 /// Access points run on the runtime next to the resources they guard: no storage driver.
-const ACCESS_POINTS: [&str; 2] = ["dt-agent", "dt-node"];
+const ACCESS_POINTS: [&str; 3] = ["dt-agent", "dt-node", "dt-kube"];
 
 struct Graph {
     /// package id -> name
@@ -168,6 +168,23 @@ fn access_points_link_no_storage_driver() {
         assert!(
             reach.contains("dt-authz"),
             "{krate} must decide through dt-authz"
+        );
+    }
+}
+
+/// Test-only stand-ins (the fake Kubernetes API server) never reach what ships.
+#[test]
+fn shipped_crates_never_link_test_stand_ins() {
+    let g = graph();
+    for krate in ["dt-cli", "dt-kube", "dt-agent", "dt-auth"] {
+        let reach = closure(&g, krate);
+        assert!(
+            !reach.contains("dt-fakekube"),
+            "{krate} depends on dt-fakekube"
+        );
+        assert!(
+            !reach.contains("dt-testkit"),
+            "{krate} depends on dt-testkit"
         );
     }
 }

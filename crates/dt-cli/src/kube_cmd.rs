@@ -1,0 +1,180 @@
+//! `devtrust kube start`: a Kubernetes access point on the access-point runtime.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use dt_agent::RuntimeConfig;
+use dt_agent::access::Freshness;
+use dt_types::ServiceKind;
+use serde::Deserialize;
+
+use crate::common::parse_duration;
+use crate::node_cmd::{init_logging, join_request, parse_labels, runtime, until_stopped};
+
+pub const DEFAULT_KUBE_DATA_DIR: &str = "/var/lib/devtrust-kube";
+
+#[derive(Subcommand)]
+pub enum KubeCmd {
+    /// Run a Kubernetes access point: join the cluster (first start, with a `kube` join
+    /// token), heartbeat the Kubernetes clusters so `dtsh kube ls` lists them, watch the
+    /// cluster's roles, locks and device-trust settings, and let kubectl reach each API
+    /// server only as the roles' kubernetes_labels, kubernetes_users, kubernetes_groups and
+    /// the device-trust modes allow.
+    ///
+    /// The access point talks to the API server with its own credentials from a kubeconfig
+    /// (a client certificate or a bearer token, and the server's CA), impersonating the
+    /// user: those credentials need the `impersonate` verb on users and groups.
+    Start(KubeStartArgs),
+}
+
+#[derive(Args)]
+pub struct KubeStartArgs {
+    /// Auth server address, HOST:PORT (several: HOST:PORT,HOST:PORT). Needed at the first
+    /// start (with --token); later it replaces the addresses saved at join.
+    #[arg(long, env = "DEVTRUST_AUTH_SERVER")]
+    auth_server: Option<String>,
+    /// Join token from `dtctl tokens add --type=kube` (first start).
+    #[arg(long, env = "DEVTRUST_KUBE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The access point's name; with --kubeconfig also the cluster's name in devtrust
+    /// (`dtsh kube ls`, `dtctl lock --kube-cluster`).
+    #[arg(long)]
+    name: String,
+    /// Where kubectl connects (TLS with the user's devtrust certificate).
+    #[arg(long, default_value = "127.0.0.1:3026")]
+    listen: SocketAddr,
+    /// The address clients dial, if not the listen address.
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Labels of the cluster, e.g. env=prod,team=billing (roles' kubernetes_labels match them).
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// The access point's credentials to the API server (current context).
+    #[arg(long, required_unless_present = "config", conflicts_with = "config")]
+    kubeconfig: Option<PathBuf>,
+    /// Serve several clusters: a YAML file `clusters: [{name, kubeconfig, labels}]`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the access point keeps its identity and audit spool (0700).
+    #[arg(long, env = "DEVTRUST_KUBE_DATA_DIR", default_value = DEFAULT_KUBE_DATA_DIR)]
+    data_dir: PathBuf,
+    /// Trust the auth server whose CA has this pin (printed by `devtrust start`).
+    #[arg(long, conflicts_with = "insecure")]
+    ca_pin: Option<String>,
+    /// Do not verify the auth server (labs only).
+    #[arg(long)]
+    insecure: bool,
+    /// How often to heartbeat (the clusters are listed for three heartbeats).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    heartbeat: Duration,
+    /// With `locking_mode: strict`, deny when the lock view is older than this.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    strict_max_age: Duration,
+    /// Log format: text or json.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+}
+
+/// `--config FILE`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClustersFile {
+    clusters: Vec<ClusterEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterEntry {
+    name: String,
+    kubeconfig: PathBuf,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+fn cluster(
+    name: &str,
+    kubeconfig: &Path,
+    labels: BTreeMap<String, String>,
+) -> anyhow::Result<dt_kube::Cluster> {
+    let upstream = dt_kube::kubeconfig::load(kubeconfig)
+        .with_context(|| format!("cluster {name:?}: --kubeconfig"))?;
+    Ok(dt_kube::Cluster {
+        name: name.to_string(),
+        labels,
+        upstream,
+    })
+}
+
+pub fn run_kube(cmd: KubeCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        KubeCmd::Start(a) => {
+            init_logging(&a.log_format);
+            runtime()?.block_on(start(a))
+        }
+    }
+}
+
+async fn start(a: KubeStartArgs) -> anyhow::Result<ExitCode> {
+    let clusters = match (&a.kubeconfig, &a.config) {
+        (Some(k), None) => vec![cluster(&a.name, k, parse_labels(&a.labels)?)?],
+        (None, Some(c)) => {
+            let text =
+                std::fs::read_to_string(c).with_context(|| format!("--config {}", c.display()))?;
+            let file: ClustersFile = serde_saphyr::from_str(&text)
+                .with_context(|| format!("--config {}", c.display()))?;
+            let base = c.parent().unwrap_or(Path::new("."));
+            file.clusters
+                .into_iter()
+                .map(|e| cluster(&e.name, &base.join(&e.kubeconfig), e.labels))
+                .collect::<anyhow::Result<Vec<_>>>()?
+        }
+        _ => bail!("give --kubeconfig=FILE (one cluster) or --config=FILE (several)"),
+    };
+    let join = join_request(&a.token, &a.auth_server, &a.ca_pin, a.insecure)?;
+    let kube = dt_kube::start(dt_kube::KubeConfig {
+        runtime: RuntimeConfig {
+            data_dir: a.data_dir.clone(),
+            kind: ServiceKind::Kube,
+            name: a.name.clone(),
+            advertise_addr: a.advertise.clone().unwrap_or_default(),
+            labels: Default::default(),
+            resources: Vec::new(),
+            heartbeat_every: a.heartbeat,
+            auth_servers: match (&a.token, &a.auth_server) {
+                (None, Some(addr)) => Some(addr.clone()),
+                _ => None,
+            },
+            join,
+        },
+        listen: a.listen,
+        clusters: clusters.clone(),
+        freshness: Freshness {
+            strict_max_age: a.strict_max_age,
+        },
+    })
+    .await
+    .context("cannot start the Kubernetes access point")?;
+    let mut out = std::io::stdout();
+    let _ = writeln!(
+        out,
+        "devtrust Kubernetes access point {} is running",
+        a.name
+    );
+    let _ = writeln!(out, "  listen:    {}", kube.addr);
+    for c in &clusters {
+        let _ = writeln!(out, "  cluster:   {} -> {}", c.name, c.upstream.server);
+    }
+    let _ = writeln!(out, "  data dir:  {}", a.data_dir.display());
+    let _ = writeln!(out, "Next: dtsh kube login NAME, then kubectl");
+    let _ = out.flush();
+    until_stopped().await;
+    kube.stop().await;
+    let _ = writeln!(out, "devtrust Kubernetes access point {} stopped", a.name);
+    Ok(ExitCode::SUCCESS)
+}
