@@ -228,8 +228,9 @@ fn chain_tampering_is_caught_and_retention_keeps_it_on_postgres() {
 async fn indexed_search(cl: &Cluster) {
     use dt_types::audit::DeviceInfo;
     let audit = &cl.srv.audit;
-    // Times follow the ids, as they do when one clock stamps them (docs/audit.md says what
-    // --since does with events written out of time order).
+    // Times follow the ids except that each odd event is stamped 2 minutes before the even
+    // one numbered ahead of it, as concurrent requests (or two auth servers' clocks) do;
+    // docs/audit.md says how far out of order --since still finds them.
     let base =
         OffsetDateTime::now_utc().replace_nanosecond(0).unwrap() + time::Duration::minutes(1);
     let types = [
@@ -241,7 +242,8 @@ async fn indexed_search(cl: &Cluster) {
         let mut e = AuditEvent::new(
             types[(i % 3) as usize],
             i % 5 != 0,
-            base + time::Duration::minutes(10 * i),
+            base + time::Duration::minutes(10 * (i - i % 2))
+                + time::Duration::minutes(if i % 2 == 0 { 2 } else { 0 }),
         )
         .user(format!("user{}", i % 7));
         if i % 4 == 0 {

@@ -818,7 +818,16 @@ fn audit_events_are_typed_filterable_and_survive_a_restart() {
     assert!(alices.iter().any(|e| e["event"] == "cert.create"));
     assert_eq!(
         alices.len(),
-        all.iter().filter(|e| e["user"] == "alice").count()
+        all.iter().filter(|e| e["user"] == "alice").count(),
+        "indexed: {:?}\nall: {:?}",
+        alices
+            .iter()
+            .map(|e| (e["id"].clone(), e["event"].clone()))
+            .collect::<Vec<_>>(),
+        all.iter()
+            .filter(|e| e["user"] == "alice")
+            .map(|e| (e["id"].clone(), e["event"].clone()))
+            .collect::<Vec<_>>()
     );
     let both = srv.events(&["--type=user.login", "--user=alice"]);
     assert_eq!(both.len(), 2, "{both:#?}");

@@ -65,6 +65,9 @@ pub(crate) fn index_ops(e: &AuditEvent, seq: u64) -> impl Iterator<Item = Op> {
     })
 }
 
+/// How far out of order (by time) events may have been numbered for `--since` to find them.
+const SINCE_SKEW_MS: i128 = 5 * 60 * 1000;
+
 fn seq_of_index_key(key: &str) -> Option<u64> {
     key.rsplit('/').next()?.parse().ok()
 }
@@ -113,21 +116,39 @@ impl AuditSink {
             .and_then(|s| s.trim().parse().ok()))
     }
 
-    /// The first event id at or after `filter.since`, by the time index.
+    /// A lower bound on the ids of events at or after `filter.since`.
+    ///
+    /// Events are stamped when they are made and numbered when they commit, so a later
+    /// number can carry a slightly earlier time (concurrent requests; the clocks of several
+    /// auth servers). Assuming no event is stamped more than [`SINCE_SKEW_MS`] before one
+    /// numbered ahead of it, a binary search over ids finds `L` with event `L - 1` stamped
+    /// before `since - skew`: every event before it is then stamped before `since`. The
+    /// events from `L` on are checked against `since` itself. About log2(n) reads.
     async fn first_seq_since(&self, filter: &EventFilter) -> Result<u64, StoreError> {
         let Some(since) = filter.since else {
             return Ok(0);
         };
-        let ms = (since.unix_timestamp_nanos() / 1_000_000).max(0);
-        let prefix = format!("{INDEX_PREFIX}time/");
-        // Keys sort by time first: the first one after `<ms - 1>/~` is at or after `ms`.
-        let start = format!("{prefix}{:016}/~", ms - 1);
-        let page = self.backend.range(&prefix, Some(&start), 1).await?;
-        Ok(page
-            .items
-            .first()
-            .and_then(|i| seq_of_index_key(&i.key))
-            .unwrap_or(u64::MAX))
+        let threshold = since - time::Duration::milliseconds(SINCE_SKEW_MS as i64);
+        let head = self.load_head().await?.seq;
+        let anchor = self.anchor().await?.map(|a| a.seq).unwrap_or(0);
+        // Invariant: events before `lo` are stamped before the threshold (or gone); events
+        // from `hi` on are stamped at or after it (or beyond the head).
+        let (mut lo, mut hi) = (anchor + 1, head + 1);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let at_or_after = match self.backend.get(&keys::audit_event(mid)).await? {
+                Some(i) => serde_json::from_slice::<AuditEvent>(&i.value)
+                    .map(|e| e.time >= threshold)
+                    .unwrap_or(false),
+                None => false,
+            };
+            if at_or_after {
+                hi = mid;
+            } else {
+                lo = mid + 1;
+            }
+        }
+        Ok(lo)
     }
 
     /// An indexed search: `Ok(None)` when the log has no index (use the full read).
