@@ -145,17 +145,23 @@ fn auth_age(max: DurationStr, p: &DevicePosture, now: OffsetDateTime) -> Posture
     };
     // A time slightly ahead of this clock (skew between servers) counts as just now.
     let secs = (now - at).whole_seconds().max(0).unsigned_abs();
+    // Shown to people: whole minutes once it is an hour or more ("9h", not "9h0m7s").
+    let shown = DurationStr(Duration::from_secs(if secs >= 3600 {
+        secs / 60 * 60
+    } else {
+        secs
+    }));
     let age = DurationStr(Duration::from_secs(secs));
     if age.0 <= max.0 {
         pass(
             rule,
-            format!("the device authenticated {age} ago, within {max}"),
+            format!("the device authenticated {shown} ago, within {max}"),
         )
     } else {
         fail(
             rule,
             format!(
-                "the device authenticated {age} ago, and it must be within {max}: {LOG_IN_AGAIN}"
+                "the device authenticated {shown} ago, and it must be within {max}: {LOG_IN_AGAIN}"
             ),
         )
     }
