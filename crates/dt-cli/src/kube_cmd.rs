@@ -9,13 +9,14 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use dt_agent::RuntimeConfig;
 use dt_agent::access::Freshness;
 use dt_types::ServiceKind;
 use serde::Deserialize;
 
 use crate::common::parse_duration;
-use crate::node_cmd::{init_logging, join_request, parse_labels, runtime, until_stopped};
+use crate::node_cmd::{
+    JoinFlags, access_point_runtime, init_logging, parse_labels, runtime, until_stopped,
+};
 
 pub const DEFAULT_KUBE_DATA_DIR: &str = "/var/lib/devtrust-kube";
 
@@ -136,22 +137,18 @@ async fn start(a: KubeStartArgs) -> anyhow::Result<ExitCode> {
         }
         _ => bail!("give --kubeconfig=FILE (one cluster) or --config=FILE (several)"),
     };
-    let join = join_request(&a.token, &a.auth_server, &a.ca_pin, a.insecure)?;
     let kube = dt_kube::start(dt_kube::KubeConfig {
-        runtime: RuntimeConfig {
-            data_dir: a.data_dir.clone(),
+        runtime: access_point_runtime(JoinFlags {
             kind: ServiceKind::Kube,
-            name: a.name.clone(),
-            advertise_addr: a.advertise.clone().unwrap_or_default(),
-            labels: Default::default(),
-            resources: Vec::new(),
-            heartbeat_every: a.heartbeat,
-            auth_servers: match (&a.token, &a.auth_server) {
-                (None, Some(addr)) => Some(addr.clone()),
-                _ => None,
-            },
-            join,
-        },
+            name: &a.name,
+            data_dir: &a.data_dir,
+            advertise: &a.advertise,
+            heartbeat: a.heartbeat,
+            token: &a.token,
+            auth_server: &a.auth_server,
+            ca_pin: &a.ca_pin,
+            insecure: a.insecure,
+        })?,
         listen: a.listen,
         clusters: clusters.clone(),
         freshness: Freshness {
