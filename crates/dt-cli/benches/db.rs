@@ -11,10 +11,10 @@
 //! (10), and connection setup time (pgbench `-C`: a new connection per transaction).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use dt_testkit::{Postgres, ServerTls, daemon, field, run};
+use dt_testkit::{Postgres, ServerTls, daemon, field, run, signup_login};
 
 const DEVTRUST: &str = env!("CARGO_BIN_EXE_devtrust");
 const DTCTL: &str = env!("CARGO_BIN_EXE_dtctl");
@@ -121,38 +121,8 @@ fn main() {
     )
     .unwrap();
     dtctl(&["create", "-f", role.to_str().unwrap()]);
-    let added = dtctl(&["users", "add", "alice", "--roles=db"]);
-    let signup = added
-        .split("--signup-token=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
     let home = dir.path().join("alice");
-    let mut login = Command::new(DTSH)
-        .args([
-            "login",
-            &format!("--proxy={addr}"),
-            "--user=alice",
-            &format!("--signup-token={signup}"),
-            "--password-stdin",
-            &format!("--ca-pin={pin}"),
-        ])
-        .env("DTSH_HOME", &home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        login
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"correct horse battery\n")
-            .unwrap();
-    }
-    assert!(login.wait().unwrap().success());
+    signup_login(dtctl, DTSH, &addr, &pin, "alice", "db", &home);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !String::from_utf8_lossy(
         &Command::new(DTSH)

@@ -14,77 +14,18 @@
 //! `BENCH_SECONDS` (10). Discovery is cached (`~/.kube/cache`) on both paths after a warm-up.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dt_fakekube::{Credential, FakeKube};
-use dt_testkit::run;
+use dt_testkit::{daemon, field, run, signup_login};
 
 const DEVTRUST: &str = env!("CARGO_BIN_EXE_devtrust");
 const DTCTL: &str = env!("CARGO_BIN_EXE_dtctl");
 const DTSH: &str = env!("CARGO_BIN_EXE_dtsh");
 
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Start a program and wait for a stdout line containing `needle`; returns the line.
-fn daemon(
-    program: &str,
-    args: &[&str],
-    env: &[(&str, &Path)],
-    needle: &str,
-) -> (Daemon, Vec<String>) {
-    let mut c = Command::new(program);
-    c.args(args)
-        .env("DEVTRUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    let mut child = c.spawn().unwrap();
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    let mut lines = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-            let done = l.contains(needle);
-            lines.push(l);
-            if done {
-                return (Daemon(child), lines);
-            }
-        }
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("{program} did not print {needle:?}: {lines:?}");
-}
-
-fn field(lines: &[String], name: &str) -> String {
-    lines
-        .iter()
-        .find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().to_string()))
-        .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
-}
-
-/// pgbench's "tps = N" figure.
-/// One `kubectl get pods` with `kubeconfig`; panics when it fails.
 fn get_pods(kubeconfig: &Path, home: &Path, dtsh_home: &Path) -> Duration {
     let start = Instant::now();
     let out = Command::new("kubectl")
@@ -201,41 +142,11 @@ fn main() {
     )
     .unwrap();
     dtctl(&["create", "-f", role.to_str().unwrap()]);
-    let added = dtctl(&["users", "add", "alice", "--roles=kube"]);
-    let signup = added
-        .split("--signup-token=")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_string();
     let home = dir.path().join("alice");
     let kube_home = dir.path().join("kube-home");
     std::fs::create_dir_all(&kube_home).unwrap();
     let through = dir.path().join("through.kubeconfig");
-    let mut login = Command::new(DTSH)
-        .args([
-            "login",
-            &format!("--proxy={addr}"),
-            "--user=alice",
-            &format!("--signup-token={signup}"),
-            "--password-stdin",
-            &format!("--ca-pin={pin}"),
-        ])
-        .env("DTSH_HOME", &home)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    {
-        use std::io::Write;
-        login
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(b"correct horse battery\n")
-            .unwrap();
-    }
-    assert!(login.wait().unwrap().success());
+    signup_login(dtctl, DTSH, &addr, &pin, "alice", "kube", &home);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let out = Command::new(DTSH)

@@ -77,6 +77,52 @@ pub fn field(lines: &[String], name: &str) -> String {
         .unwrap_or_else(|| panic!("no {name} in {lines:?}"))
 }
 
+/// Add `user` with `roles` through `dtctl` (a closure over the admin's `dtctl`), then log in
+/// with `dtsh` (the program at `dtsh`) into the profile at `home` with the signup token and
+/// the password "correct horse battery", trusting the auth server at `addr` by `pin`.
+pub fn signup_login(
+    dtctl: impl Fn(&[&str]) -> String,
+    dtsh: &str,
+    addr: &str,
+    pin: &str,
+    user: &str,
+    roles: &str,
+    home: &Path,
+) {
+    use std::io::Write;
+    let added = dtctl(&["users", "add", user, &format!("--roles={roles}")]);
+    let signup = added
+        .split("--signup-token=")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no signup token in {added:?}"))
+        .to_string();
+    let mut login = Command::new(dtsh)
+        .args([
+            "login",
+            &format!("--proxy={addr}"),
+            &format!("--user={user}"),
+            &format!("--signup-token={signup}"),
+            "--password-stdin",
+            &format!("--ca-pin={pin}"),
+        ])
+        .env("DTSH_HOME", home)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    login
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"correct horse battery\n")
+        .unwrap();
+    assert!(
+        login.wait().unwrap().success(),
+        "dtsh login as {user} failed"
+    );
+}
+
 /// Run a command; panic with its output when it fails.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd
