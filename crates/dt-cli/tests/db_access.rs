@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::db::*;
 use common::*;
-use dt_testkit::{Postgres, ServerTls};
+use dt_testkit::Postgres;
 
 fn psql(
     ap: &AccessPoint,
@@ -39,21 +39,7 @@ fn psql(
 #[test]
 fn psql_through_the_access_point_with_roles_modes_locks_and_audit() {
     let srv = Server::start();
-    let out = srv.scratch().join("dbcerts");
-    srv.dtctl(&[
-        "auth",
-        "sign",
-        "--format=db",
-        "--host=localhost,127.0.0.1",
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .ok();
-    let tls = ServerTls {
-        cert: out.join("server.crt"),
-        key: out.join("server.key"),
-        client_ca: out.join("server.cas"),
-    };
+    let tls = db_server_tls(&srv);
     let pg = Postgres::start(
         &tls,
         "local all all trust\nhostssl all all 127.0.0.1/32 cert\nhostnossl all all 127.0.0.1/32 reject\n",

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::db::*;
 use common::*;
-use dt_testkit::{Mariadb, ServerTls};
+use dt_testkit::Mariadb;
 
 /// The `mariadb` client through the access point as `db_user`, with the profile's
 /// certificate (or without TLS when `tls` is false).
@@ -41,21 +41,7 @@ fn mariadb(ap: &AccessPoint, home: &Home, db_user: &str, sql: &str) -> std::proc
 #[test]
 fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
     let srv = Server::start();
-    let out = srv.scratch().join("dbcerts");
-    srv.dtctl(&[
-        "auth",
-        "sign",
-        "--format=db",
-        "--host=localhost,127.0.0.1",
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .ok();
-    let tls = ServerTls {
-        cert: out.join("server.crt"),
-        key: out.join("server.key"),
-        client_ca: out.join("server.cas"),
-    };
+    let tls = db_server_tls(&srv);
     let maria = Mariadb::start(&tls);
     maria.sql_admin(
         "create user alice@'%' require subject '/CN=alice'; grant select on *.* to alice@'%';

@@ -16,7 +16,7 @@ use std::process::Command;
 use common::db::*;
 use common::trust::*;
 use common::*;
-use dt_testkit::{Mariadb, Postgres, ServerTls, free_port};
+use dt_testkit::{Mariadb, Postgres, free_port};
 
 const PW: &str = "correct horse battery";
 
@@ -45,21 +45,7 @@ fn psql(
 fn every_mode_role_and_device_case_through_psql_and_mariadb() {
     let srv = Server::start();
     set_mode_software(&srv, "optional");
-    let out = srv.scratch().join("dbcerts");
-    srv.dtctl(&[
-        "auth",
-        "sign",
-        "--format=db",
-        "--host=localhost,127.0.0.1",
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .ok();
-    let tls = ServerTls {
-        cert: out.join("server.crt"),
-        key: out.join("server.key"),
-        client_ca: out.join("server.cas"),
-    };
+    let tls = db_server_tls(&srv);
     let pg = Postgres::start(
         &tls,
         "local all all trust\nhostssl all all 127.0.0.1/32 cert\nhostnossl all all 127.0.0.1/32 reject\n",

@@ -13,7 +13,7 @@ use std::process::Command;
 
 use common::db::*;
 use common::*;
-use dt_testkit::{Postgres, ServerTls};
+use dt_testkit::Postgres;
 
 const PW: &str = "correct horse battery";
 
@@ -55,21 +55,7 @@ fn posture_rules_at_the_database_access_point() {
         "kind: cluster_auth_preference\nversion: v2\nmetadata: {name: cluster-auth-preference}\nspec:\n  device_trust: {mode: optional, allow_software_credentials: true}\n",
     );
     srv.dtctl(&["create", "-f", &cap, "--force"]).ok();
-    let out = srv.scratch().join("dbcerts");
-    srv.dtctl(&[
-        "auth",
-        "sign",
-        "--format=db",
-        "--host=localhost,127.0.0.1",
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .ok();
-    let tls = ServerTls {
-        cert: out.join("server.crt"),
-        key: out.join("server.key"),
-        client_ca: out.join("server.cas"),
-    };
+    let tls = db_server_tls(&srv);
     let pg = Postgres::start(
         &tls,
         "local all all trust\nhostssl all all 127.0.0.1/32 cert\nhostnossl all all 127.0.0.1/32 reject\n",

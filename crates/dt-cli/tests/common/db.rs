@@ -66,6 +66,27 @@ impl Drop for AccessPoint {
     }
 }
 
+/// `dtctl auth sign --format=db --host=localhost,127.0.0.1`: the files a database server
+/// started by the test needs (its certificate and key, and the CA that signs the access
+/// point's client certificates).
+pub fn db_server_tls(srv: &Server) -> dt_testkit::ServerTls {
+    let out = srv.scratch().join("dbcerts");
+    srv.dtctl(&[
+        "auth",
+        "sign",
+        "--format=db",
+        "--host=localhost,127.0.0.1",
+        "--out",
+        out.to_str().unwrap(),
+    ])
+    .ok();
+    dt_testkit::ServerTls {
+        cert: out.join("server.crt"),
+        key: out.join("server.key"),
+        client_ca: out.join("server.cas"),
+    }
+}
+
 /// The TLS certificate and key of the profile at `home` (what psql presents).
 pub fn profile_tls(home: &Home) -> (PathBuf, PathBuf) {
     let store = dt_client::ProfileStore {
