@@ -282,13 +282,28 @@ fn apps_through_dtsh_proxy_app_with_role_device_trust_jwt_locks_and_audit() {
 
     // The cluster-wide mode alone does not apply to apps.
     set_mode_software(&srv, "required");
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // The watch delivers changes in order: once a lock made after the mode change is in force
+    // at the access point, so is the mode.
+    let (_pbd, bob_down) = proxy(&bob, "down");
+    let lock = srv
+        .dtctl(&["lock", "--app=down", "--message=ordering barrier"])
+        .ok()
+        .to_string();
+    let barrier = lock.split('"').nth(1).unwrap().to_string();
+    wait_until("the barrier lock reaches the access point", || {
+        let (code, body) = curl(&[&format!("http://127.0.0.1:{bob_down}/")]);
+        code == 403 && body.contains("ordering barrier")
+    });
     let (code, body) = curl(&[&format!("http://127.0.0.1:{bob_wiki}/")]);
     assert_eq!(
         code, 200,
         "cluster mode required must not block an app: {body}"
     );
     set_mode_software(&srv, "optional");
+    srv.dtctl(&["rm", &format!("lock/{barrier}")]).ok();
+    wait_until("the barrier lock is lifted", || {
+        curl(&[&format!("http://127.0.0.1:{bob_down}/")]).0 == 502
+    });
 
     // Without a certificate: told what to do.
     let ap_port = ap_addr.rsplit_once(':').unwrap().1;
