@@ -50,14 +50,30 @@ pub struct AppStartArgs {
     ///       uri: http://127.0.0.1:8080
     ///       public_addr: wiki.apps.example.com
     ///       labels: {env: prod}
+    ///     - name: grafana
+    ///       uri: https://grafana.internal:3000
+    ///       public_addr: grafana.apps.example.com
+    ///       ca_file: /etc/devtrust/grafana-ca.pem   # https: trust this CA (default: the system's)
+    ///       # insecure_skip_verify: true            # https without any check (labs only)
+    ///       rewrite:
+    ///         headers: ["X-Team: platform"]        # set on every request to the app
     #[arg(long, conflicts_with_all = ["uri", "labels", "public_addr"], verbatim_doc_comment)]
     config: Option<PathBuf>,
-    /// The app, http://HOST:PORT (a path prefix is kept).
+    /// The app, http://HOST:PORT or https://HOST:PORT (checked against the system's roots;
+    /// for a private CA or header rewrites, use --config). A path prefix is kept.
     #[arg(long, required_unless_present = "config")]
     uri: Option<String>,
     /// Where users reach the app, e.g. wiki.apps.example.com or wiki.localhost:3080.
     #[arg(long)]
     public_addr: Option<String>,
+    /// The auth service's web UI as browsers reach it, HOST:PORT: a browser without an app
+    /// session is sent there to launch the app (default: the first auth server address).
+    #[arg(long)]
+    web_addr: Option<String>,
+    /// How long the auth service's answer about a browser's app session is reused: a web
+    /// logout reaches this access point within it (app logout and locks act at once).
+    #[arg(long, value_parser = parse_duration, default_value = "30s")]
+    session_recheck: Duration,
     /// Where clients connect (TLS).
     #[arg(long, default_value = "127.0.0.1:3037")]
     listen: SocketAddr,
@@ -104,6 +120,41 @@ struct AppEntry {
     public_addr: Option<String>,
     #[serde(default)]
     labels: std::collections::BTreeMap<String, String>,
+    /// https apps: the CA certificates (PEM) to check the app's certificate with.
+    ca_file: Option<PathBuf>,
+    /// https apps: no check at all (labs only).
+    #[serde(default)]
+    insecure_skip_verify: bool,
+    #[serde(default)]
+    rewrite: Rewrite,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Rewrite {
+    /// `Name: value` headers set on every request to the app.
+    #[serde(default)]
+    headers: Vec<String>,
+}
+
+/// `Name: value` header rewrites.
+fn rewrites(
+    name: &str,
+    lines: &[String],
+) -> anyhow::Result<Vec<(http::HeaderName, http::HeaderValue)>> {
+    lines
+        .iter()
+        .map(|l| {
+            let (k, v) = l.split_once(':').with_context(|| {
+                format!("app {name:?}: rewrite header {l:?} is not `Name: value`")
+            })?;
+            let k = http::HeaderName::from_bytes(k.trim().as_bytes())
+                .with_context(|| format!("app {name:?}: {:?} is not a header name", k.trim()))?;
+            let v = http::HeaderValue::from_str(v.trim())
+                .with_context(|| format!("app {name:?}: the value of {k} is not a header value"))?;
+            Ok((k, v))
+        })
+        .collect()
 }
 
 #[derive(serde::Deserialize)]
@@ -117,6 +168,8 @@ fn app(
     uri: &str,
     public_addr: Option<String>,
     labels: std::collections::BTreeMap<String, String>,
+    tls: dt_app::UpstreamTls,
+    headers: Vec<(http::HeaderName, http::HeaderValue)>,
 ) -> anyhow::Result<dt_app::App> {
     if name.is_empty() {
         bail!("an app without a name");
@@ -129,6 +182,8 @@ fn app(
         name,
         labels,
         uri: parsed,
+        tls,
+        headers,
     };
     a.check()?;
     Ok(a)
@@ -141,6 +196,8 @@ fn apps(a: &AppStartArgs) -> anyhow::Result<Vec<dt_app::App>> {
             a.uri.as_deref().unwrap_or_default(),
             a.public_addr.clone(),
             parse_labels(&a.labels)?,
+            dt_app::UpstreamTls::System,
+            Vec::new(),
         )?]);
     };
     let text = std::fs::read_to_string(path)
@@ -152,7 +209,19 @@ fn apps(a: &AppStartArgs) -> anyhow::Result<Vec<dt_app::App>> {
     }
     file.apps
         .into_iter()
-        .map(|e| app(e.name, &e.uri, e.public_addr, e.labels))
+        .map(|e| {
+            let tls = match (e.ca_file, e.insecure_skip_verify) {
+                (Some(_), true) => bail!(
+                    "app {:?}: ca_file and insecure_skip_verify exclude each other",
+                    e.name
+                ),
+                (Some(f), false) => dt_app::UpstreamTls::CaFile(f),
+                (None, true) => dt_app::UpstreamTls::Insecure,
+                (None, false) => dt_app::UpstreamTls::System,
+            };
+            let headers = rewrites(&e.name, &e.rewrite.headers)?;
+            app(e.name, &e.uri, e.public_addr, e.labels, tls, headers)
+        })
         .collect()
 }
 
@@ -175,6 +244,8 @@ async fn start(a: AppStartArgs) -> anyhow::Result<ExitCode> {
         freshness: Freshness {
             strict_max_age: a.strict_max_age,
         },
+        web_addr: a.web_addr.clone().unwrap_or_default(),
+        session_recheck: a.session_recheck,
     })
     .await
     .context("cannot start the app access point")?;
@@ -191,7 +262,7 @@ async fn start(a: AppStartArgs) -> anyhow::Result<ExitCode> {
     let _ = writeln!(out, "  data dir:  {}", a.data_dir.display());
     let _ = writeln!(
         out,
-        "Next: dtsh apps ls, then dtsh proxy app NAME --port=8080 and open http://127.0.0.1:8080"
+        "Next: open https://PUBLIC_ADDR/ in a browser logged in to the web UI, or dtsh apps ls, then dtsh proxy app NAME --port=8080 and open http://127.0.0.1:8080"
     );
     let _ = out.flush();
     until_stopped().await;

@@ -8,52 +8,15 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
+use common::apps::*;
 use common::db::*;
 use common::trust::*;
 use common::*;
 use dt_testkit::free_port;
 
 const PW: &str = "correct horse battery";
-
-const ECHO_APP: &str = r#"
-import base64, hashlib, json, sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-class H(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        if self.headers.get("Upgrade", "").lower() == "websocket":
-            return self.websocket()
-        body = json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def websocket(self):
-        # RFC 6455 handshake, then echo every frame back unmasked (small text frames only).
-        key = self.headers["Sec-WebSocket-Key"]
-        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
-        self.send_response(101)
-        self.send_header("Upgrade", "websocket")
-        self.send_header("Connection", "Upgrade")
-        self.send_header("Sec-WebSocket-Accept", accept)
-        self.end_headers()
-        self.wfile.flush()
-        while True:
-            head = self.rfile.read(2)
-            if len(head) < 2:
-                return
-            n = head[1] & 0x7F
-            mask = self.rfile.read(4)
-            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
-            self.wfile.write(bytes([0x81, len(data)]) + data)
-            self.wfile.flush()
-    def log_message(self, *a):
-        pass
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
-"#;
 
 /// A WebSocket client over the proxy's local port: it sends one text frame, prints the
 /// echo, then waits for the connection to close and prints how it ended.
@@ -78,42 +41,6 @@ while s.recv(1024):
 print("closed", flush=True)
 "#;
 
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `devtrust app start`, once it printed its address.
-fn app_access_point(args: &[String]) -> (Proc, String) {
-    let mut child = Command::new(DEVTRUST)
-        .args(["app", "start"])
-        .args(args)
-        .env("DEVTRUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    while let Some(Ok(l)) = lines.next() {
-        if let Some(a) = l.trim().strip_prefix("listen:") {
-            let addr = a.trim().to_string();
-            std::thread::spawn(move || for _ in lines {});
-            return (Proc(child), addr);
-        }
-        seen.push(l);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("devtrust app start did not print its address: {seen:?}");
-}
-
 /// `dtsh proxy app NAME` for the profile at `home`; its local port.
 fn proxy(home: &Home, name: &str) -> (Proc, u16) {
     let mut child = Command::new(DTSH)
@@ -134,18 +61,6 @@ fn proxy(home: &Home, name: &str) -> (Proc, u16) {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no port in {first:?}"));
     (Proc(child), port)
-}
-
-/// curl: (status, body).
-fn curl(args: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 #[test]
@@ -387,4 +302,123 @@ fn apps_through_dtsh_proxy_app_with_role_device_trust_jwt_locks_and_audit() {
             "{needle}: {denied:?}"
         );
     }
+}
+
+#[test]
+fn https_apps_are_checked_against_their_ca_and_headers_are_rewritten() {
+    let srv = Server::start();
+    let tls = db_server_tls(&srv);
+    let app_port = free_port();
+    let script = srv.write_file("echo.py", ECHO_APP);
+    let _app = Proc(
+        Command::new("python3")
+            .args([
+                script.as_str(),
+                &app_port.to_string(),
+                tls.cert.to_str().unwrap(),
+                tls.key.to_str().unwrap(),
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    let ca = tls.client_ca.display();
+    let config = srv.write_file(
+        "apps.yaml",
+        &format!(
+            "apps:
+  - name: checked
+    uri: 'https://localhost:{app_port}'
+    ca_file: '{ca}'
+    labels: {{env: dev}}
+    rewrite: {{headers: ['X-Team: platform', 'X-Env: dev']}}
+  - {{name: unknown-ca, uri: 'https://localhost:{app_port}', labels: {{env: dev}}}}
+  - {{name: unchecked, uri: 'https://localhost:{app_port}', insecure_skip_verify: true, labels: {{env: dev}}}}
+  - {{name: wrong-name, uri: 'https://127.0.0.2:{app_port}', ca_file: '{ca}', labels: {{env: dev}}}}
+"
+        ),
+    );
+    let token = srv
+        .dtctl(&["tokens", "add", "--type=app", "--format=text"])
+        .ok()
+        .trim()
+        .to_string();
+    let data_dir = srv.scratch().join("app-ap");
+    let args = |config: &str, token: &str| {
+        vec![
+            format!("--auth-server={}", srv.addr),
+            format!("--token={token}"),
+            "--name=apps-tls".into(),
+            format!("--config={config}"),
+            "--listen=127.0.0.1:0".into(),
+            format!("--data-dir={}", data_dir.display()),
+            format!("--ca-pin={}", srv.pin),
+            "--heartbeat=1s".into(),
+        ]
+    };
+
+    // A rewrite may not touch what the access point sets itself; a CA file must exist.
+    for (bad, needle) in [
+        (
+            "apps:\n  - {name: a, uri: 'http://127.0.0.1:1', rewrite: {headers: ['devtrust-jwt-assertion: forged']}}\n",
+            "header \"devtrust-jwt-assertion\" is set by the access point itself",
+        ),
+        (
+            "apps:\n  - {name: a, uri: 'http://127.0.0.1:1', rewrite: {headers: ['no colon']}}\n",
+            "is not `Name: value`",
+        ),
+        (
+            "apps:\n  - {name: a, uri: 'https://127.0.0.1:1', ca_file: /nonexistent.pem}\n",
+            "cannot read CA certificates from /nonexistent.pem",
+        ),
+        (
+            "apps:\n  - {name: a, uri: 'https://127.0.0.1:1', ca_file: /x.pem, insecure_skip_verify: true}\n",
+            "ca_file and insecure_skip_verify exclude each other",
+        ),
+    ] {
+        let f = srv.write_file("bad.yaml", bad);
+        let mut argv = vec!["app".to_string(), "start".to_string()];
+        argv.extend(args(&f, &token));
+        let out = Run::new(DEVTRUST, argv).run();
+        out.fails_with(needle);
+    }
+
+    let (_ap, _) = app_access_point(&args(&config, &token));
+    let roles = srv.write_file(
+        "roles.yaml",
+        "kind: role\nversion: v7\nmetadata: {name: app-dev}\nspec: {allow: {app_labels: {env: dev}}}\n",
+    );
+    srv.dtctl(&["create", "-f", &roles]).ok();
+    let carol = srv.new_user("carol", "app-dev", "", PW);
+    wait_until("the apps are listed", || {
+        srv.dtsh(&carol, &["apps", "ls"], "")
+            .stdout
+            .contains("wrong-name")
+    });
+
+    // Checked against its CA: the app gets the rewritten headers, whatever the client sent.
+    let (_p1, checked) = proxy(&carol, "checked");
+    let (code, body) = curl(&[
+        "-H",
+        "X-Team: intruders",
+        &format!("http://127.0.0.1:{checked}/tls"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let echoed: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(echoed["headers"]["x-team"], "platform", "{body}");
+    assert_eq!(echoed["headers"]["x-env"], "dev", "{body}");
+    assert!(echoed["headers"]["devtrust-jwt-assertion"].is_string());
+
+    // The system's roots do not know the app's CA; a name the certificate lacks is refused
+    // too; the opt-in skips the check.
+    let (_p2, unknown) = proxy(&carol, "unknown-ca");
+    let (code, body) = curl(&[&format!("http://127.0.0.1:{unknown}/")]);
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("invalid peer certificate"), "{body}");
+    let (_p3, wrong) = proxy(&carol, "wrong-name");
+    let (code, body) = curl(&[&format!("http://127.0.0.1:{wrong}/")]);
+    assert_eq!(code, 502, "{body}");
+    assert!(body.contains("certificate not valid for name"), "{body}");
+    let (_p4, unchecked) = proxy(&carol, "unchecked");
+    let (code, body) = curl(&[&format!("http://127.0.0.1:{unchecked}/")]);
+    assert_eq!(code, 200, "{body}");
 }
