@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use dt_agent::access::{Ending, SessionTarget, device_info};
+use dt_agent::access::{Denial, Ending, SessionTarget, device_info};
+use dt_authz::DenyReason;
 use dt_authz::Target;
 use dt_ca::Identity;
 use dt_proto::v1 as pb;
@@ -16,15 +17,14 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
+use crate::browser::{self, CALLBACK_PATH, LOGOUT_PATH, SESSION_COOKIE};
 use crate::{App, AppSession, AppState, TOKEN_SLACK};
 
-type Body = BoxBody<Bytes, hyper::Error>;
+pub(crate) type Body = BoxBody<Bytes, hyper::Error>;
 
 /// The header that carries the signed identity to the app. A client's own is dropped.
 pub const JWT_HEADER: &str = "devtrust-jwt-assertion";
@@ -33,15 +33,25 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most header bytes a request may carry (hyper answers 431 beyond).
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// The HTTP client to apps.
-pub struct Upstream(Client<HttpConnector, Incoming>);
+/// The HTTP(S) clients to the apps, by app name.
+pub struct Upstream(std::collections::HashMap<String, crate::upstream::AppClient>);
 
 impl Upstream {
-    pub fn new() -> Upstream {
-        let mut http = HttpConnector::new();
-        http.set_nodelay(true);
-        http.set_connect_timeout(Some(Duration::from_secs(10)));
-        Upstream(Client::builder(TokioExecutor::new()).build(http))
+    pub fn new(apps: &[App]) -> Result<Upstream, dt_agent::AgentError> {
+        let mut out = std::collections::HashMap::new();
+        for a in apps {
+            let c = crate::upstream::client(&a.uri, &a.tls).map_err(|why| {
+                dt_agent::AgentError::Config(
+                    crate::AppError::Tls {
+                        name: a.name.clone(),
+                        why,
+                    }
+                    .to_string(),
+                )
+            })?;
+            out.insert(a.name.clone(), c);
+        }
+        Ok(Upstream(out))
     }
 }
 
@@ -81,22 +91,27 @@ pub async fn serve(
     }
 }
 
+/// A connection's session: app name, registry id, the certificate it was decided on.
+type Registered = (String, u64, Arc<Vec<u8>>);
+
 /// What every request of one connection shares.
 struct Conn {
     state: Arc<AppState>,
     remote: String,
     sni: Option<String>,
+    /// The client certificate's identity (`dtsh proxy app`), if one was shown.
     identity: Option<Arc<Identity>>,
-    cert_der: Vec<u8>,
-    /// The registered session (app name, registry id), once a request was allowed.
-    session: Mutex<Option<(String, u64)>>,
+    cert_der: Arc<Vec<u8>>,
+    /// The registered session (app name, registry id, the certificate it was decided on),
+    /// once a request was allowed. A connection carries one user's requests only.
+    session: Mutex<Option<Registered>>,
     kill: watch::Sender<Option<Ending>>,
 }
 
 impl Drop for Conn {
     fn drop(&mut self) {
         if let Ok(s) = self.session.lock()
-            && let Some((_, id)) = s.as_ref()
+            && let Some((_, id, _)) = s.as_ref()
         {
             self.state.sessions.remove(*id);
         }
@@ -148,7 +163,7 @@ async fn connection(state: Arc<AppState>, tcp: tokio::net::TcpStream, remote: St
         remote,
         sni,
         identity,
-        cert_der,
+        cert_der: Arc::new(cert_der),
         session: Mutex::new(None),
         kill,
     });
@@ -158,7 +173,7 @@ async fn connection(state: Arc<AppState>, tcp: tokio::net::TcpStream, remote: St
         async move { Ok::<_, Infallible>(handle(c, req).await) }
     });
     let served = hyper::server::conn::http1::Builder::new()
-        .max_buf_size(MAX_HEADER_BYTES.max(8192))
+        .max_header_size(MAX_HEADER_BYTES)
         .serve_connection(TokioIo::new(tls), svc)
         .with_upgrades();
     tokio::select! {
@@ -219,23 +234,16 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         );
         return text(StatusCode::NOT_FOUND, &why);
     };
-    let Some(identity) = conn.identity.clone() else {
-        let why = format!(
-            "app {:?} needs your devtrust certificate: reach it with `dtsh proxy app {}`",
-            app.name, app.name
-        );
-        state.audit.emit(
-            event(
-                &state,
-                &app.name,
-                EventType::AccessDenied,
-                false,
-                &conn.remote,
-            )
-            .message(why.clone()),
-        );
-        return text(StatusCode::UNAUTHORIZED, &why);
+    match req.uri().path() {
+        CALLBACK_PATH => return callback(&state, &conn, &app, &req).await,
+        LOGOUT_PATH => return logout(&state, &conn, &app, &req).await,
+        _ => {}
+    }
+    let who = match who(&state, &conn, &app, &req).await {
+        Ok(w) => w,
+        Err(resp) => return resp,
     };
+    let identity = who.identity.clone();
     let with_user = |e: AuditEvent| {
         let mut e = e.user(identity.username.clone());
         if let Some(d) = device_info(&identity) {
@@ -268,12 +276,36 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
         .message(denial.audit_message(&target));
         e.lock = denial.lock().map(str::to_owned);
         state.audit.emit(e);
+        if who.browser {
+            return denied_page(&state, &denial, &target);
+        }
         return text(StatusCode::FORBIDDEN, &msg);
     }
 
     // The session: registered at its first allowed request, so a lock ends it.
     let session_id = {
         let mut s = conn.session.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, bound)) = s.as_ref()
+            && **bound != *who.cert_der
+        {
+            drop(s);
+            let why = "this connection already carries another user's session; open the app again"
+                .to_string();
+            state.audit.emit(
+                with_user(event(
+                    &state,
+                    &app.name,
+                    EventType::AccessDenied,
+                    false,
+                    &conn.remote,
+                ))
+                .message(why.clone()),
+            );
+            let mut r = text(StatusCode::BAD_REQUEST, &why);
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return r;
+        }
         if s.is_none() {
             let id = state.sessions.next_id();
             state.sessions.insert(
@@ -286,7 +318,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
                     kill: conn.kill.clone(),
                 },
             );
-            *s = Some((app.name.clone(), id));
+            *s = Some((app.name.clone(), id, who.cert_der.clone()));
             state.audit.emit(with_user(event(
                 &state,
                 &app.name,
@@ -295,10 +327,10 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
                 &conn.remote,
             )));
         }
-        s.as_ref().map(|(_, id)| *id).unwrap_or_default()
+        s.as_ref().map(|(_, id, _)| *id).unwrap_or_default()
     };
 
-    let token = match app_token(&state, &conn.cert_der, &app).await {
+    let token = match app_token(&state, &who.cert_der, &app).await {
         Ok(t) => t,
         Err(why) => {
             state.audit.emit(
@@ -329,6 +361,273 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     e.session_id = Some(session_id.to_string());
     state.audit.emit(e);
     resp
+}
+
+/// Who a request is from: the client certificate's user (`dtsh proxy app`), or the user an
+/// app session cookie stands for (a browser after the web launch).
+struct Who {
+    identity: Arc<Identity>,
+    cert_der: Arc<Vec<u8>>,
+    /// A browser with an app session (refusals are pages, not text).
+    browser: bool,
+}
+
+fn refused(state: &AppState, conn: &Conn, app: &App, user: Option<&str>, why: &str) {
+    let mut e = event(
+        state,
+        &app.name,
+        EventType::AccessDenied,
+        false,
+        &conn.remote,
+    )
+    .message(why.to_string());
+    if let Some(u) = user {
+        e = e.user(u.to_string());
+    }
+    state.audit.emit(e);
+}
+
+fn web_ui(state: &AppState) -> String {
+    format!("https://{}/web/", state.web_addr)
+}
+
+async fn who(
+    state: &AppState,
+    conn: &Conn,
+    app: &App,
+    req: &Request<Incoming>,
+) -> Result<Who, Response<Body>> {
+    if let Some(identity) = conn.identity.clone() {
+        return Ok(Who {
+            identity,
+            cert_der: conn.cert_der.clone(),
+            browser: false,
+        });
+    }
+    let navigation = browser::is_navigation(req.method(), req.headers());
+    let Some(cookie) = browser::cookie(req.headers(), SESSION_COOKIE) else {
+        if navigation {
+            // Step 1 of the web launch.
+            let pq = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            return Err(browser::start_launch(&state.web_addr, &app.name, pq));
+        }
+        let why = format!(
+            "app {:?} needs your devtrust certificate (`dtsh proxy app {}`) or a browser session opened from the web UI",
+            app.name, app.name
+        );
+        refused(state, conn, app, None, &why);
+        return Err(text(StatusCode::UNAUTHORIZED, &why));
+    };
+    let bad_session = |why: String, user: Option<&str>| {
+        refused(
+            state,
+            conn,
+            app,
+            user,
+            &format!("app session refused: {why}"),
+        );
+        let mut r = browser::page(
+            StatusCode::UNAUTHORIZED,
+            "App session not valid",
+            &why,
+            &[format!(
+                "Open {} again from the devtrust web UI: {}",
+                app.name,
+                web_ui(state)
+            )],
+        );
+        browser::clear_session(&mut r);
+        r
+    };
+    let Some((id, secret)) = browser::split_session(cookie) else {
+        return Err(bad_session(
+            "the app session cookie is malformed".into(),
+            None,
+        ));
+    };
+    if let Some(k) = state.browser_sessions.get(&app.name, id, secret) {
+        return Ok(Who {
+            identity: k.identity,
+            cert_der: k.cert_der,
+            browser: true,
+        });
+    }
+    let got = AppServiceClient::new(state.channel.clone())
+        .get_app_session(pb::GetAppSessionRequest {
+            session_id: id.to_string(),
+            secret: secret.to_string(),
+            app: app.name.clone(),
+        })
+        .await;
+    let session = match got {
+        Ok(s) => s.into_inner(),
+        Err(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied
+            ) =>
+        {
+            state.browser_sessions.forget(&app.name, id);
+            return Err(bad_session(s.message().to_string(), None));
+        }
+        Err(s) => {
+            let why = format!(
+                "the auth service cannot check the app session right now: {}",
+                s.message()
+            );
+            refused(state, conn, app, None, &why);
+            return Err(browser::page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again shortly",
+                &why,
+                &[],
+            ));
+        }
+    };
+    match state.check_user_cert(&session.user_cert_der) {
+        Ok(identity) => {
+            let k = state.browser_sessions.put(
+                &app.name,
+                id,
+                secret,
+                Arc::new(identity),
+                Arc::new(session.user_cert_der),
+            );
+            Ok(Who {
+                identity: k.identity,
+                cert_der: k.cert_der,
+                browser: true,
+            })
+        }
+        Err(why) => Err(bad_session(why, None)),
+    }
+}
+
+/// Step 3 of the web launch: the state must be this browser's; the code is spent at the
+/// auth service for an app session.
+async fn callback(
+    state: &AppState,
+    conn: &Conn,
+    app: &App,
+    req: &Request<Incoming>,
+) -> Response<Body> {
+    let failed = |why: String, user: Option<&str>| {
+        refused(
+            state,
+            conn,
+            app,
+            user,
+            &format!("app launch refused: {why}"),
+        );
+        browser::page(
+            StatusCode::BAD_REQUEST,
+            "App launch failed",
+            &why,
+            &[format!(
+                "Open {} again from the devtrust web UI: {}",
+                app.name,
+                web_ui(state)
+            )],
+        )
+    };
+    let cb = match browser::check_callback(req.uri().query(), req.headers()) {
+        Ok(cb) => cb,
+        Err(why) => return failed(why, None),
+    };
+    let issued = match AppServiceClient::new(state.channel.clone())
+        .exchange_app_code(pb::ExchangeAppCodeRequest {
+            code: cb.code,
+            state: cb.state,
+            app: app.name.clone(),
+        })
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(s) => return failed(s.message().to_string(), None),
+    };
+    let identity = match state.check_user_cert(&issued.user_cert_der) {
+        Ok(i) => i,
+        Err(why) => return failed(why, None),
+    };
+    let max_age = (issued.expires_unix - OffsetDateTime::now_utc().unix_timestamp()).max(0);
+    state.browser_sessions.put(
+        &app.name,
+        &issued.session_id,
+        &issued.secret,
+        Arc::new(identity),
+        Arc::new(issued.user_cert_der),
+    );
+    browser::finish_launch(&cb.back, &issued.session_id, &issued.secret, max_age as u64)
+}
+
+/// App logout: the app session ends at the auth service and its cookie is cleared.
+async fn logout(
+    state: &AppState,
+    conn: &Conn,
+    app: &App,
+    req: &Request<Incoming>,
+) -> Response<Body> {
+    let mut ended = false;
+    if let Some((id, secret)) =
+        browser::cookie(req.headers(), SESSION_COOKIE).and_then(browser::split_session)
+    {
+        state.browser_sessions.forget(&app.name, id);
+        ended = AppServiceClient::new(state.channel.clone())
+            .end_app_session(pb::GetAppSessionRequest {
+                session_id: id.to_string(),
+                secret: secret.to_string(),
+                app: app.name.clone(),
+            })
+            .await
+            .is_ok_and(|r| r.into_inner().ended);
+    }
+    tracing::debug!(app = %app.name, remote = %conn.remote, ended, "app logout");
+    let mut r = browser::page(
+        StatusCode::OK,
+        "Logged out",
+        &format!("You are logged out of {}.", app.name),
+        &[format!(
+            "Open it again from the devtrust web UI: {}",
+            web_ui(state)
+        )],
+    );
+    browser::clear_session(&mut r);
+    r
+}
+
+/// The page a browser gets when the decision says no: why, and how to fix it.
+fn denied_page(state: &AppState, denial: &Denial, target: &Target<'_>) -> Response<Body> {
+    let why = denial.description(target);
+    let todo = match denial {
+        Denial::Policy(
+            DenyReason::RoleRequiresTrustedDevice { .. } | DenyReason::ClusterRequiresTrustedDevice,
+        ) => vec![
+            "Enroll this device, once: `dtsh device enroll --current-device` (or ask an admin for an enrollment token).".to_string(),
+            format!(
+                "Authenticate your web session with the device: log in at {} and use \u{201c}Authenticate this device with dtsh\u{201d}.",
+                web_ui(state)
+            ),
+            "Then open the app again from the web UI.".to_string(),
+        ],
+        Denial::Policy(DenyReason::DevicePosture { .. }) => vec![
+            "Bring this device up to your organization's requirements, then authenticate your web session with it again.".to_string(),
+        ],
+        _ => vec![format!(
+            "If you should have access, ask an administrator; the audit log names the reason. Web UI: {}",
+            web_ui(state)
+        )],
+    };
+    let title = match denial {
+        Denial::Policy(
+            DenyReason::RoleRequiresTrustedDevice { .. } | DenyReason::ClusterRequiresTrustedDevice,
+        ) => "A trusted device is required",
+        _ => "Access denied",
+    };
+    browser::page(StatusCode::FORBIDDEN, title, &why, &todo)
 }
 
 /// A token for `app` from the auth service, reused until shortly before it expires.
@@ -466,7 +765,10 @@ async fn forward(
         Ok(u) => u,
         Err(e) => return text(StatusCode::BAD_REQUEST, &format!("bad request path: {e}")),
     };
-    let headers = upstream_headers(req.headers(), upgrade, token, &conn.remote, host);
+    let mut headers = upstream_headers(req.headers(), upgrade, token, &conn.remote, host);
+    for (name, value) in &app.headers {
+        headers.insert(name.clone(), value.clone());
+    }
     let client_upgrade = if upgrade {
         Some(hyper::upgrade::on(&mut req))
     } else {
@@ -481,17 +783,26 @@ async fn forward(
     {
         parts.headers.insert(header::HOST, v);
     }
-    let mut resp = match state
-        .client
-        .0
-        .request(Request::from_parts(parts, body))
-        .await
-    {
+    let Some(client) = state.clients.0.get(&app.name) else {
+        return text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &format!("no client for app {:?}", app.name),
+        );
+    };
+    let mut resp = match client.request(Request::from_parts(parts, body)).await {
         Ok(r) => r,
         Err(e) => {
+            // hyper's own message is only "client error (Connect)": say what went wrong.
+            let mut why = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                why.push_str(": ");
+                why.push_str(&s.to_string());
+                source = s.source();
+            }
             return text(
                 StatusCode::BAD_GATEWAY,
-                &format!("app {:?} at {} is unreachable: {e}", app.name, app.uri),
+                &format!("app {:?} at {} is unreachable: {why}", app.name, app.uri),
             );
         }
     };
@@ -541,6 +852,8 @@ mod tests {
             labels: Default::default(),
             uri: "http://127.0.0.1:1".parse().unwrap(),
             public_addr: public.into(),
+            tls: crate::UpstreamTls::System,
+            headers: Vec::new(),
         }
     }
 

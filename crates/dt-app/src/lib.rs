@@ -20,7 +20,11 @@
 //! Audit: `app.session.start` (first allowed request of a connection, with the device) and
 //! one `app.session.request` per request (method, path, status).
 
+mod browser;
 mod forward;
+pub mod upstream;
+
+pub use upstream::UpstreamTls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -40,11 +44,32 @@ pub struct App {
     /// The app's name in devtrust (`dtsh apps ls`, roles' locks, `dtctl lock --app`).
     pub name: String,
     pub labels: BTreeMap<String, String>,
-    /// The upstream, `http://HOST:PORT` (a path prefix is kept).
+    /// The upstream, `http://HOST:PORT` or `https://HOST:PORT` (a path prefix is kept).
     pub uri: http::Uri,
     /// Where users reach it, e.g. `grafana.apps.example.com` (matched against `Host`).
     pub public_addr: String,
+    /// How an `https://` upstream's certificate is checked.
+    pub tls: UpstreamTls,
+    /// Headers set on every request to the app (replacing the client's), e.g. a fixed
+    /// `X-Team`; never one the access point owns (see [`App::check`]).
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
+
+/// Headers the access point sets or strips itself: a rewrite may not name them.
+const RESERVED_HEADERS: [&str; 12] = [
+    "devtrust-jwt-assertion",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
 
 #[derive(Clone, Debug)]
 pub struct AppConfig {
@@ -52,6 +77,12 @@ pub struct AppConfig {
     pub listen: SocketAddr,
     pub apps: Vec<App>,
     pub freshness: Freshness,
+    /// `HOST:PORT` of the auth service's web UI as browsers reach it (where the web launch
+    /// sends a browser without an app session). Empty: the first auth server address.
+    pub web_addr: String,
+    /// How long the auth service's answer about an app session is reused (a web logout
+    /// reaches the access point within this).
+    pub session_recheck: Duration,
 }
 
 /// Why an app cannot be served as configured.
@@ -62,6 +93,15 @@ pub enum AppError {
         name: String,
         uri: String,
         why: &'static str,
+    },
+    #[error(
+        "app {name:?}: header {header:?} is set by the access point itself and cannot be rewritten"
+    )]
+    ReservedHeader { name: String, header: String },
+    #[error("app {name:?}: {why}")]
+    Tls {
+        name: String,
+        why: upstream::UpstreamError,
     },
     #[error("app {0:?} is listed twice")]
     Duplicate(String),
@@ -78,16 +118,19 @@ impl App {
             why,
         };
         match self.uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(bad(
-                    "is https: this version forwards to plain-HTTP apps on a trusted network only (run the access point next to the app)",
-                ));
-            }
-            _ => return Err(bad("needs http://HOST:PORT")),
+            Some("http") | Some("https") => {}
+            _ => return Err(bad("needs http://HOST:PORT or https://HOST:PORT")),
         }
         if self.uri.authority().is_none() {
             return Err(bad("names no host"));
+        }
+        for (name, _) in &self.headers {
+            if RESERVED_HEADERS.contains(&name.as_str()) {
+                return Err(AppError::ReservedHeader {
+                    name: self.name.clone(),
+                    header: name.to_string(),
+                });
+            }
         }
         Ok(())
     }
@@ -122,9 +165,29 @@ pub struct AppState {
     pub freshness: Freshness,
     channel: tonic::transport::Channel,
     acceptor: tokio_rustls::TlsAcceptor,
-    client: forward::Upstream,
+    clients: forward::Upstream,
     /// App tokens by (certificate, app): reused until a minute before they expire.
     tokens: Mutex<HashMap<TokenKey, (String, i64)>>,
+    /// Where browsers without an app session are sent (see [`AppConfig::web_addr`]).
+    web_addr: String,
+    /// App sessions of browsers the auth service vouched for recently.
+    browser_sessions: browser::SessionCache,
+    /// Checks the certificate an app session stands for, as TLS checks client certificates.
+    user_certs: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+}
+
+impl AppState {
+    /// The identity of a user certificate the auth service handed over for an app session:
+    /// checked against the user CA (chain, dates, usage) like a client certificate.
+    fn check_user_cert(&self, der: &[u8]) -> Result<Identity, String> {
+        let cert = rustls::pki_types::CertificateDer::from(der);
+        let now = rustls::pki_types::UnixTime::now();
+        self.user_certs
+            .verify_client_cert(&cert, &[], now)
+            .map_err(|e| format!("the app session's certificate is refused: {e}"))?;
+        dt_ca::parse_x509_identity(der)
+            .map_err(|e| format!("the app session's certificate is unreadable: {e}"))
+    }
 }
 
 /// A running app access point.
@@ -140,9 +203,11 @@ impl RunningApp {
     }
 }
 
+type Verifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
+
 fn tls_acceptor(
     id: &dt_agent::identity::ServiceIdentity,
-) -> Result<tokio_rustls::TlsAcceptor, AgentError> {
+) -> Result<(tokio_rustls::TlsAcceptor, Verifier), AgentError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let user_ca = id.user_ca_der.clone().ok_or_else(|| {
@@ -167,14 +232,14 @@ fn tls_acceptor(
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| AgentError::Config(format!("tls: {e}")))?
-        .with_client_cert_verifier(verifier)
+        .with_client_cert_verifier(verifier.clone())
         .with_single_cert(
             vec![CertificateDer::from(id.tls_cert_der.clone())],
             PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.pkcs8_der().to_vec())),
         )
         .map_err(|e| AgentError::Config(format!("our certificate: {e}")))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    Ok((tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), verifier))
 }
 
 /// Join (if needed), start the runtime, and serve the apps on `cfg.listen`.
@@ -197,6 +262,8 @@ pub async fn start(mut cfg: AppConfig) -> Result<RunningApp, AgentError> {
             cfg.runtime.kind
         )));
     }
+    // Before joining: a bad CA file must not spend the join token.
+    let clients = forward::Upstream::new(&cfg.apps)?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| AgentError::Config(format!("cannot listen on {}: {e}", cfg.listen)))?;
@@ -218,6 +285,7 @@ pub async fn start(mut cfg: AppConfig) -> Result<RunningApp, AgentError> {
         })
         .collect();
     let mut runtime = Runtime::start(cfg.runtime.clone()).await?;
+    let (acceptor, user_certs) = tls_acceptor(&runtime.identity)?;
     let state = Arc::new(AppState {
         access_point: cfg.runtime.name.clone(),
         apps: cfg.apps.clone(),
@@ -226,9 +294,24 @@ pub async fn start(mut cfg: AppConfig) -> Result<RunningApp, AgentError> {
         sessions: Arc::new(SessionRegistry::default()),
         freshness: cfg.freshness,
         channel: runtime.channel.clone(),
-        acceptor: tls_acceptor(&runtime.identity)?,
-        client: forward::Upstream::new(),
+        acceptor,
+        clients,
         tokens: Mutex::new(HashMap::new()),
+        web_addr: if cfg.web_addr.is_empty() {
+            runtime
+                .identity
+                .meta
+                .auth_server
+                .split(',')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        } else {
+            cfg.web_addr.clone()
+        },
+        browser_sessions: browser::SessionCache::new(cfg.session_recheck),
+        user_certs,
     });
     let shutdown = runtime.shutdown_signal();
     runtime.spawn(forward::serve(state.clone(), listener, shutdown));

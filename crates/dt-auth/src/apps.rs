@@ -81,8 +81,142 @@ impl AuthServer {
     }
 }
 
+impl AuthServer {
+    /// Check that `service` is a live app access point serving `app`.
+    async fn check_serves_app(&self, service: &dt_ca::NodeIdentity, app: &str) -> ApiResult<()> {
+        if service.kind != dt_types::ServiceKind::App {
+            return Err(ApiError::PermissionDenied(format!(
+                "only app access points handle app sessions; {:?} joined as {}",
+                service.name, service.kind
+            )));
+        }
+        if OffsetDateTime::now_utc() >= service.not_after {
+            return Err(ApiError::Unauthenticated(format!(
+                "the certificate of {:?} expired; join it again",
+                service.name
+            )));
+        }
+        let serves = self
+            .list_served(dt_types::ServiceKind::App)
+            .await?
+            .iter()
+            .any(|r| r.service == service.name && r.resource.name == app);
+        if !serves {
+            return Err(ApiError::PermissionDenied(format!(
+                "app access point {:?} does not serve app {app:?}",
+                service.name
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn exchange_app_code(
+        &self,
+        service: &dt_ca::NodeIdentity,
+        req: pb::ExchangeAppCodeRequest,
+    ) -> ApiResult<pb::AppSession> {
+        self.check_serves_app(service, &req.app).await?;
+        let issued = self
+            .app_sessions
+            .exchange(&req.code, &req.state, &req.app, OffsetDateTime::now_utc())
+            .map_err(app_session_error)?;
+        Ok(pb::AppSession {
+            session_id: issued.id,
+            secret: issued.secret,
+            user_cert_der: issued.grant.cert_der.to_vec(),
+            expires_unix: issued.grant.expires.unix_timestamp(),
+        })
+    }
+
+    pub async fn get_app_session(
+        &self,
+        service: &dt_ca::NodeIdentity,
+        req: pb::GetAppSessionRequest,
+    ) -> ApiResult<pb::AppSession> {
+        self.check_serves_app(service, &req.app).await?;
+        let grant = self
+            .app_sessions
+            .resolve(
+                &req.session_id,
+                &req.secret,
+                &req.app,
+                OffsetDateTime::now_utc(),
+            )
+            .map_err(app_session_error)?;
+        Ok(pb::AppSession {
+            session_id: req.session_id,
+            secret: String::new(),
+            user_cert_der: grant.cert_der.to_vec(),
+            expires_unix: grant.expires.unix_timestamp(),
+        })
+    }
+
+    pub async fn end_app_session(
+        &self,
+        service: &dt_ca::NodeIdentity,
+        req: pb::GetAppSessionRequest,
+    ) -> ApiResult<pb::EndAppSessionResponse> {
+        self.check_serves_app(service, &req.app).await?;
+        Ok(pb::EndAppSessionResponse {
+            ended: self.app_sessions.end(&req.session_id, &req.secret),
+        })
+    }
+}
+
+fn app_session_error(e: crate::app_sessions::AppSessionError) -> ApiError {
+    use crate::app_sessions::AppSessionError as E;
+    match e {
+        E::BadState => ApiError::InvalidArgument(e.to_string()),
+        E::Full => ApiError::TooMany(e.to_string()),
+        E::UnknownCode | E::UnknownSession => ApiError::Unauthenticated(e.to_string()),
+        E::WrongApp { .. } | E::WrongState | E::SessionForOtherApp { .. } => {
+            ApiError::PermissionDenied(e.to_string())
+        }
+    }
+}
+
+fn app_service(peer: &crate::listener::Peer) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
+    peer.node.clone().ok_or_else(|| {
+        ApiError::Unauthenticated(
+            "app sessions are for joined app access points (`devtrust app start --token`)".into(),
+        )
+    })
+}
+
 #[tonic::async_trait]
 impl AppService for GrpcApps {
+    async fn exchange_app_code(
+        &self,
+        req: Request<pb::ExchangeAppCodeRequest>,
+    ) -> Result<Response<pb::AppSession>, Status> {
+        let service = app_service(&peer_of(&req)?)?;
+        Ok(Response::new(
+            self.srv
+                .exchange_app_code(&service, req.into_inner())
+                .await?,
+        ))
+    }
+
+    async fn get_app_session(
+        &self,
+        req: Request<pb::GetAppSessionRequest>,
+    ) -> Result<Response<pb::AppSession>, Status> {
+        let service = app_service(&peer_of(&req)?)?;
+        Ok(Response::new(
+            self.srv.get_app_session(&service, req.into_inner()).await?,
+        ))
+    }
+
+    async fn end_app_session(
+        &self,
+        req: Request<pb::GetAppSessionRequest>,
+    ) -> Result<Response<pb::EndAppSessionResponse>, Status> {
+        let service = app_service(&peer_of(&req)?)?;
+        Ok(Response::new(
+            self.srv.end_app_session(&service, req.into_inner()).await?,
+        ))
+    }
+
     async fn sign_app_token(
         &self,
         req: Request<pb::SignAppTokenRequest>,

@@ -32,6 +32,7 @@ pub mod shared_limit;
 pub use server::AuthServer;
 
 pub mod access;
+pub mod app_sessions;
 pub mod apps;
 
 /// gRPC services and the JSON API as one router.

@@ -64,6 +64,8 @@ pub struct AuthServer {
     /// Device ceremonies per user, counted in storage for the whole cluster.
     pub device_ceremonies: SharedRateLimiter,
     pub config: Config,
+    /// Launch codes and app sessions of browsers reaching apps (in memory, like web sessions).
+    pub app_sessions: crate::app_sessions::AppSessions,
     /// Counters and histograms for `/metrics`.
     pub metrics: crate::metrics::AuthMetrics,
 }
@@ -241,6 +243,7 @@ impl AuthServer {
                 Duration::from_secs(60),
             ),
             config,
+            app_sessions: Default::default(),
         });
         if let Some(f) = file_sink {
             srv.audit.set_file_sink(f);

@@ -9,17 +9,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
+use common::web::*;
 use common::*;
 use serde_json::{Value, json};
 
 const PASSWORD: &str = "correct-horse-battery";
-
-fn web_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web")
-}
 
 fn set_cluster(s: &Server) {
     let f = s.write_file(
@@ -59,14 +55,6 @@ fn alice(s: &Server, device_home: &Path) -> Home {
     home
 }
 
-fn checks(stdout: &str) -> std::collections::HashMap<String, Value> {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| Some((v["check"].as_str()?.to_string(), v)))
-        .collect()
-}
-
 fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or_default()
 }
@@ -83,15 +71,7 @@ fn wait_until_listed(s: &Server, home: &Home, node: &str) {
 
 #[test]
 fn device_web_authentication_in_a_real_browser() {
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "Debian's chromium is missing: run scripts/install-deps.sh"
-    );
-    assert!(
-        web_dir().join("node_modules/playwright-core").exists(),
-        "playwright-core is missing: run scripts/install-deps.sh (npm ci in {})",
-        web_dir().display()
-    );
+    require_browser();
     let device = tempfile::tempdir().unwrap();
     let s = Server::start();
     let alice_home = alice(&s, device.path());
@@ -116,11 +96,7 @@ fn device_web_authentication_in_a_real_browser() {
         .start();
     let short_alice = alice(&short, device.path());
 
-    let shots = if std::env::var_os("DEVTRUST_UPDATE_SCREENSHOTS").is_some() {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots")
-    } else {
-        s.scratch().join("screenshots")
-    };
+    let shots = screenshots(s.scratch());
     let config = json!({
         "url": format!("https://{}", s.addr),
         "dtsh": DTSH,
@@ -142,18 +118,7 @@ fn device_web_authentication_in_a_real_browser() {
         "screenshots": shots,
         "node": "node1",
     });
-    let out = Command::new("node")
-        .arg("web_ui.mjs")
-        .current_dir(web_dir())
-        .env("DT_WEB_TEST", config.to_string())
-        .output()
-        .expect("run node (install Node.js: scripts/install-deps.sh)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let ctx = format!("-- node stdout:\n{stdout}\n-- node stderr:\n{stderr}");
-    assert!(out.status.success(), "the browser script broke\n{ctx}");
-    let c = checks(&stdout);
-    assert!(c.contains_key("done"), "{ctx}");
+    let (c, ctx) = run_browser("web_ui.mjs", &config);
 
     // Login, hand-off, confirmation: yellow before (her role requires a trusted device),
     // green after, with a console free of errors.

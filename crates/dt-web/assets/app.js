@@ -60,6 +60,12 @@ function fillTable(table, empty, rows) {
 
 // ----------------------------------------------------------------------------- login
 
+// Where a login goes next: `?next=` when it is a page of this web UI, else the resources.
+function afterLogin() {
+  const next = new URLSearchParams(window.location.search).get('next') || '';
+  return /^\/web\/[A-Za-z0-9/_?=&%.-]*$/.test(next) && !next.startsWith('//') ? next : '/web/';
+}
+
 function loginPage() {
   const form = $('#login-form');
   const error = $('#login-error');
@@ -74,7 +80,7 @@ function loginPage() {
         username: form.elements.username.value,
         password: form.elements.password.value,
       }, csrf);
-      window.location.assign('/web/');
+      window.location.assign(afterLogin());
     } catch (e) {
       text(error, e.message);
       show(error, true);
@@ -185,6 +191,20 @@ async function indexPage() {
   });
   fillTable($('#databases'), $('#databases-empty'),
     res.databases.map((d) => [d.name, d.protocol, labels(d.labels), d.description]));
+  const apps = res.apps || [];
+  fillTable($('#apps'), $('#apps-empty'), apps.map((a) => [a.name, labels(a.labels), a.description]));
+  const appRows = $('#apps tbody').children;
+  apps.forEach((a, i) => {
+    const td = document.createElement('td');
+    const link = document.createElement('a');
+    link.className = 'connect';
+    link.dataset.testid = 'launch-' + a.name;
+    link.href = a.launch_url;
+    link.rel = 'noopener';
+    text(link, 'Launch');
+    td.appendChild(link);
+    appRows[i].appendChild(td);
+  });
   document.body.dataset.ready = 'true';
 }
 
@@ -356,6 +376,38 @@ async function terminalPage() {
   out.focus();
 }
 
+// ----------------------------------------------------------------------------- app launch
+
+// Step 2 of the app launch (see dt-auth's app_sessions): this page, on the auth service's
+// origin, turns the web session into a single-use launch code for the app and the state
+// its access point set, and sends the browser back to the app. The web session's cookie
+// never leaves this origin.
+async function launchPage() {
+  const status = $('#launch-status');
+  const app = decodeURIComponent(window.location.pathname.replace(/^\/web\/launch\//, ''));
+  const state = new URLSearchParams(window.location.search).get('state') || '';
+  let me;
+  try {
+    me = await api('GET', '/web/api/me');
+  } catch (e) {
+    if (e.status !== 401) throw e;
+    text(status, 'Log in to devtrust to open app ' + app + '.');
+    $('#launch-login-link').href = '/web/login?' + new URLSearchParams({ next: window.location.pathname + window.location.search });
+    show($('#launch-login'), true);
+    document.body.dataset.result = 'login';
+    return;
+  }
+  try {
+    const r = await api('POST', '/web/api/apps/launch', { app, state }, me.csrf_token);
+    document.body.dataset.result = 'redirect';
+    window.location.replace(r.url);
+  } catch (e) {
+    text(status, 'Cannot open app ' + app + ': ' + e.message);
+    status.className = 'error';
+    document.body.dataset.result = 'refused';
+  }
+}
+
 // ----------------------------------------------------------------------------- confirm
 
 async function confirmPage() {
@@ -384,6 +436,6 @@ function fail(e) {
 
 document.addEventListener('DOMContentLoaded', () => {
   const page = document.body.dataset.page;
-  const run = { login: loginPage, index: indexPage, devices: devicesPage, audit: auditPage, terminal: terminalPage, confirm: confirmPage }[page];
+  const run = { login: loginPage, index: indexPage, devices: devicesPage, audit: auditPage, terminal: terminalPage, confirm: confirmPage, launch: launchPage }[page];
   if (run) Promise.resolve().then(run).catch(fail);
 });

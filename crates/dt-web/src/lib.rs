@@ -23,6 +23,7 @@
 //! See docs/web.md.
 
 mod admin;
+mod apps;
 pub mod client_ip;
 mod pages;
 pub mod session;
@@ -118,6 +119,8 @@ pub fn router_with_sessions(
         .route("/web/audit", get(audit_page))
         .route("/web/terminal", get(terminal_page))
         .route("/web/api/ssh", get(terminal::connect))
+        .route("/web/launch/{app}", get(apps::launch_page))
+        .route("/web/api/apps/launch", post(apps::launch))
         .merge(admin::routes())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(web)
@@ -214,6 +217,7 @@ impl Web {
             Ok(caller) => Ok((cookie.to_string(), session, caller)),
             Err(e @ (ApiError::Unauthenticated(_) | ApiError::PermissionDenied(_))) => {
                 self.sessions.remove(cookie);
+                self.srv.app_sessions.end_web_session(&session.id);
                 Err(WebError::Unauthenticated(format!(
                     "your web session ended: {e}"
                 )))
@@ -430,6 +434,8 @@ async fn logout(
     web.check_csrf(&headers, &session.csrf, &session.user, ip, "logout")
         .await?;
     web.sessions.remove(cookie);
+    // The apps this session opened lose their sessions too.
+    web.srv.app_sessions.end_web_session(&session.id);
     let mut out = Json(json!({ "ok": true })).into_response();
     if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(SESSION_COOKIE)) {
         out.headers_mut().append(header::SET_COOKIE, v);
@@ -544,7 +550,24 @@ async fn resources(
             })
         })
         .collect();
-    Ok(Json(json!({ "nodes": nodes, "databases": databases })))
+    let apps: Vec<_> = web
+        .srv
+        .list_served_for(ServiceKind::App, &caller.roles)
+        .await?
+        .into_iter()
+        .map(|a| {
+            json!({
+                "name": a.resource.name,
+                "labels": a.resource.labels,
+                "description": a.resource.description,
+                "public_addr": a.resource.protocol,
+                "launch_url": apps::app_url(&a.resource.protocol, "/"),
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "nodes": nodes, "databases": databases, "apps": apps }),
+    ))
 }
 
 #[derive(Deserialize)]

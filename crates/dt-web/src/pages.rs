@@ -12,6 +12,7 @@ pub const AUDIT_HTML: &str = include_str!("../assets/audit.html");
 pub const TERMINAL_HTML: &str = include_str!("../assets/terminal.html");
 pub const CONFIRM_HTML: &str = include_str!("../assets/confirm.html");
 pub const CONFIRM_NO_SESSION_HTML: &str = include_str!("../assets/confirm-login.html");
+pub const LAUNCH_HTML: &str = include_str!("../assets/launch.html");
 
 const APP_JS: &str = include_str!("../assets/app.js");
 const STYLE_CSS: &str = include_str!("../assets/style.css");

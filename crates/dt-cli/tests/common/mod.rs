@@ -12,8 +12,10 @@
 //!   unreachable fails the test loudly; it is never skipped.
 #![allow(dead_code)]
 
+pub mod apps;
 pub mod db;
 pub mod trust;
+pub mod web;
 
 use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Write};

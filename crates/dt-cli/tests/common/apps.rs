@@ -1,0 +1,103 @@
+//! App access in end-to-end tests: a small HTTP app (Python's http.server, echoing the
+//! headers it received and speaking WebSocket), `devtrust app start` as a child process, and
+//! curl.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use super::DEVTRUST;
+
+/// The app: `python3 echo.py PORT [CERT KEY]` serves on 127.0.0.1:PORT (HTTPS with a
+/// certificate and key).
+pub const ECHO_APP: &str = r#"
+import base64, hashlib, json, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            return self.websocket()
+        body = json.dumps({"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def websocket(self):
+        # RFC 6455 handshake, then echo every frame back unmasked (small text frames only).
+        key = self.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        self.end_headers()
+        self.wfile.flush()
+        while True:
+            head = self.rfile.read(2)
+            if len(head) < 2:
+                return
+            n = head[1] & 0x7F
+            mask = self.rfile.read(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(self.rfile.read(n)))
+            self.wfile.write(bytes([0x81, len(data)]) + data)
+            self.wfile.flush()
+    def log_message(self, *a):
+        pass
+# With TLS, on every loopback address (a test reaches it at one its certificate does not name).
+srv = ThreadingHTTPServer(("0.0.0.0" if len(sys.argv) > 3 else "127.0.0.1", int(sys.argv[1])), H)
+if len(sys.argv) > 3:
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+srv.serve_forever()
+"#;
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `devtrust app start`, once it printed its address.
+pub fn app_access_point(args: &[String]) -> (Proc, String) {
+    let mut child = Command::new(DEVTRUST)
+        .args(["app", "start"])
+        .args(args)
+        .env("DEVTRUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    while let Some(Ok(l)) = lines.next() {
+        if let Some(a) = l.trim().strip_prefix("listen:") {
+            let addr = a.trim().to_string();
+            std::thread::spawn(move || for _ in lines {});
+            return (Proc(child), addr);
+        }
+        seen.push(l);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("devtrust app start did not print its address: {seen:?}");
+}
+
+/// curl: (status, body).
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
