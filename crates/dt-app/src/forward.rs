@@ -852,6 +852,7 @@ mod tests {
             labels: Default::default(),
             uri: "http://127.0.0.1:1".parse().unwrap(),
             public_addr: public.into(),
+            description: String::new(),
             tls: crate::UpstreamTls::System,
             headers: Vec::new(),
         }

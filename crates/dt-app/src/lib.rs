@@ -48,6 +48,8 @@ pub struct App {
     pub uri: http::Uri,
     /// Where users reach it, e.g. `grafana.apps.example.com` (matched against `Host`).
     pub public_addr: String,
+    /// What users see in `dtsh apps ls` and the web UI (never the upstream's address).
+    pub description: String,
     /// How an `https://` upstream's certificate is checked.
     pub tls: UpstreamTls,
     /// Headers set on every request to the app (replacing the client's), e.g. a fixed
@@ -83,6 +85,9 @@ pub struct AppConfig {
     /// How long the auth service's answer about an app session is reused (a web logout
     /// reaches the access point within this).
     pub session_recheck: Duration,
+    /// The certificate browsers get (else the service certificate, which browsers do not
+    /// trust unless they trust the cluster's host CA).
+    pub browser_cert: Option<BrowserCert>,
 }
 
 /// Why an app cannot be served as configured.
@@ -205,8 +210,73 @@ impl RunningApp {
 
 type Verifier = Arc<dyn rustls::server::danger::ClientCertVerifier>;
 
+/// The certificate browsers get for app hosts (`--browser-cert-file`/`--browser-key-file`,
+/// e.g. one for `*.apps.example.com` from a public CA). `dtsh proxy app`, which names the app
+/// itself as TLS server name, always gets the access point's service certificate.
+#[derive(Clone, Debug)]
+pub struct BrowserCert {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
+}
+
+fn load_browser_cert(
+    b: &BrowserCert,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<Arc<rustls::sign::CertifiedKey>, AgentError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: &std::path::Path, e: &dyn std::fmt::Display| {
+        AgentError::Config(format!("browser certificate {}: {e}", what.display()))
+    };
+    let certs = CertificateDer::pem_file_iter(&b.cert_file)
+        .map_err(|e| bad(&b.cert_file, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(&b.cert_file, &e))?;
+    if certs.is_empty() {
+        return Err(bad(&b.cert_file, &"holds no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&b.key_file).map_err(|e| bad(&b.key_file, &e))?;
+    let key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| bad(&b.key_file, &e))?;
+    let ck = rustls::sign::CertifiedKey::new(certs, key);
+    ck.keys_match().map_err(|e| {
+        AgentError::Config(format!(
+            "browser certificate {} and key {} do not match: {e}",
+            b.cert_file.display(),
+            b.key_file.display()
+        ))
+    })?;
+    Ok(Arc::new(ck))
+}
+
+/// Picks the certificate by the TLS server name: an app's own name (what `dtsh proxy app`
+/// sends) or none gets the service certificate; any other name (a browser at a public
+/// address) the browser certificate, when there is one.
+#[derive(Debug)]
+struct ByServerName {
+    service: Arc<rustls::sign::CertifiedKey>,
+    browsers: Option<Arc<rustls::sign::CertifiedKey>>,
+    app_names: std::collections::BTreeSet<String>,
+}
+
+impl rustls::server::ResolvesServerCert for ByServerName {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        match (hello.server_name(), &self.browsers) {
+            (Some(name), Some(b)) if !self.app_names.contains(name) => Some(b.clone()),
+            _ => Some(self.service.clone()),
+        }
+    }
+}
+
 fn tls_acceptor(
     id: &dt_agent::identity::ServiceIdentity,
+    browsers: Option<Arc<rustls::sign::CertifiedKey>>,
+    apps: &[App],
 ) -> Result<(tokio_rustls::TlsAcceptor, Verifier), AgentError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -229,15 +299,25 @@ fn tls_acceptor(
     .allow_unauthenticated()
     .build()
     .map_err(|e| AgentError::Config(format!("client verifier: {e}")))?;
+    let service_key = provider
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            id.key.pkcs8_der().to_vec(),
+        )))
+        .map_err(|e| AgentError::Config(format!("our certificate: {e}")))?;
+    let resolver = ByServerName {
+        service: Arc::new(rustls::sign::CertifiedKey::new(
+            vec![CertificateDer::from(id.tls_cert_der.clone())],
+            service_key,
+        )),
+        browsers,
+        app_names: apps.iter().map(|a| a.name.clone()).collect(),
+    };
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| AgentError::Config(format!("tls: {e}")))?
         .with_client_cert_verifier(verifier.clone())
-        .with_single_cert(
-            vec![CertificateDer::from(id.tls_cert_der.clone())],
-            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(id.key.pkcs8_der().to_vec())),
-        )
-        .map_err(|e| AgentError::Config(format!("our certificate: {e}")))?;
+        .with_cert_resolver(Arc::new(resolver));
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok((tokio_rustls::TlsAcceptor::from(Arc::new(cfg)), verifier))
 }
@@ -262,8 +342,15 @@ pub async fn start(mut cfg: AppConfig) -> Result<RunningApp, AgentError> {
             cfg.runtime.kind
         )));
     }
-    // Before joining: a bad CA file must not spend the join token.
+    // Before joining: a bad CA file or browser certificate must not spend the join token.
     let clients = forward::Upstream::new(&cfg.apps)?;
+    let browser_cert = match &cfg.browser_cert {
+        Some(b) => Some(load_browser_cert(
+            b,
+            &rustls::crypto::ring::default_provider(),
+        )?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| AgentError::Config(format!("cannot listen on {}: {e}", cfg.listen)))?;
@@ -280,12 +367,12 @@ pub async fn start(mut cfg: AppConfig) -> Result<RunningApp, AgentError> {
             name: a.name.clone(),
             labels: a.labels.clone(),
             protocol: a.public_addr.clone(),
-            description: format!("app at {}", a.uri),
+            description: a.description.clone(),
             addr: String::new(),
         })
         .collect();
     let mut runtime = Runtime::start(cfg.runtime.clone()).await?;
-    let (acceptor, user_certs) = tls_acceptor(&runtime.identity)?;
+    let (acceptor, user_certs) = tls_acceptor(&runtime.identity, browser_cert, &cfg.apps)?;
     let state = Arc::new(AppState {
         access_point: cfg.runtime.name.clone(),
         apps: cfg.apps.clone(),

@@ -57,7 +57,7 @@ pub struct AppStartArgs {
     ///       # insecure_skip_verify: true            # https without any check (labs only)
     ///       rewrite:
     ///         headers: ["X-Team: platform"]        # set on every request to the app
-    #[arg(long, conflicts_with_all = ["uri", "labels", "public_addr"], verbatim_doc_comment)]
+    #[arg(long, conflicts_with_all = ["uri", "labels", "public_addr", "description"], verbatim_doc_comment)]
     config: Option<PathBuf>,
     /// The app, http://HOST:PORT or https://HOST:PORT (checked against the system's roots;
     /// for a private CA or header rewrites, use --config). A path prefix is kept.
@@ -66,6 +66,9 @@ pub struct AppStartArgs {
     /// Where users reach the app, e.g. wiki.apps.example.com or wiki.localhost:3080.
     #[arg(long)]
     public_addr: Option<String>,
+    /// What users see in `dtsh apps ls` and the web UI (e.g. "Team wiki").
+    #[arg(long, default_value = "")]
+    description: String,
     /// The auth service's web UI as browsers reach it, HOST:PORT: a browser without an app
     /// session is sent there to launch the app (default: the first auth server address).
     #[arg(long)]
@@ -74,6 +77,14 @@ pub struct AppStartArgs {
     /// logout reaches this access point within it (app logout and locks act at once).
     #[arg(long, value_parser = parse_duration, default_value = "30s")]
     session_recheck: Duration,
+    /// A certificate (PEM, with its chain) browsers trust for the apps' public addresses,
+    /// e.g. one for *.apps.example.com. `dtsh proxy app` keeps using the access point's own
+    /// certificate. Without it, browsers see the cluster's host CA, which they do not trust.
+    #[arg(long, requires = "browser_key_file")]
+    browser_cert_file: Option<PathBuf>,
+    /// The key (PEM) of --browser-cert-file.
+    #[arg(long, requires = "browser_cert_file")]
+    browser_key_file: Option<PathBuf>,
     /// Where clients connect (TLS).
     #[arg(long, default_value = "127.0.0.1:3037")]
     listen: SocketAddr,
@@ -120,6 +131,9 @@ struct AppEntry {
     public_addr: Option<String>,
     #[serde(default)]
     labels: std::collections::BTreeMap<String, String>,
+    /// What users see in `dtsh apps ls` and the web UI.
+    #[serde(default)]
+    description: String,
     /// https apps: the CA certificates (PEM) to check the app's certificate with.
     ca_file: Option<PathBuf>,
     /// https apps: no check at all (labs only).
@@ -168,6 +182,7 @@ fn app(
     uri: &str,
     public_addr: Option<String>,
     labels: std::collections::BTreeMap<String, String>,
+    description: String,
     tls: dt_app::UpstreamTls,
     headers: Vec<(http::HeaderName, http::HeaderValue)>,
 ) -> anyhow::Result<dt_app::App> {
@@ -182,6 +197,7 @@ fn app(
         name,
         labels,
         uri: parsed,
+        description,
         tls,
         headers,
     };
@@ -196,6 +212,7 @@ fn apps(a: &AppStartArgs) -> anyhow::Result<Vec<dt_app::App>> {
             a.uri.as_deref().unwrap_or_default(),
             a.public_addr.clone(),
             parse_labels(&a.labels)?,
+            a.description.clone(),
             dt_app::UpstreamTls::System,
             Vec::new(),
         )?]);
@@ -220,7 +237,15 @@ fn apps(a: &AppStartArgs) -> anyhow::Result<Vec<dt_app::App>> {
                 (None, false) => dt_app::UpstreamTls::System,
             };
             let headers = rewrites(&e.name, &e.rewrite.headers)?;
-            app(e.name, &e.uri, e.public_addr, e.labels, tls, headers)
+            app(
+                e.name,
+                &e.uri,
+                e.public_addr,
+                e.labels,
+                e.description,
+                tls,
+                headers,
+            )
         })
         .collect()
 }
@@ -246,6 +271,13 @@ async fn start(a: AppStartArgs) -> anyhow::Result<ExitCode> {
         },
         web_addr: a.web_addr.clone().unwrap_or_default(),
         session_recheck: a.session_recheck,
+        browser_cert: match (&a.browser_cert_file, &a.browser_key_file) {
+            (Some(c), Some(k)) => Some(dt_app::BrowserCert {
+                cert_file: c.clone(),
+                key_file: k.clone(),
+            }),
+            _ => None,
+        },
     })
     .await
     .context("cannot start the app access point")?;

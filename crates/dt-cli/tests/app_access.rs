@@ -356,7 +356,14 @@ fn https_apps_are_checked_against_their_ca_and_headers_are_rewritten() {
         ]
     };
 
-    // A rewrite may not touch what the access point sets itself; a CA file must exist.
+    let roles = srv.write_file(
+        "roles.yaml",
+        "kind: role\nversion: v7\nmetadata: {name: app-dev}\nspec: {allow: {app_labels: {env: dev}}}\n",
+    );
+    srv.dtctl(&["create", "-f", &roles]).ok();
+    let carol = srv.new_user("carol", "app-dev", "", PW);
+    // A rewrite may not touch what the access point sets itself; a CA file must exist; a
+    // browser certificate must match its key.
     for (bad, needle) in [
         (
             "apps:\n  - {name: a, uri: 'http://127.0.0.1:1', rewrite: {headers: ['devtrust-jwt-assertion: forged']}}\n",
@@ -374,21 +381,44 @@ fn https_apps_are_checked_against_their_ca_and_headers_are_rewritten() {
             "apps:\n  - {name: a, uri: 'https://127.0.0.1:1', ca_file: /x.pem, insecure_skip_verify: true}\n",
             "ca_file and insecure_skip_verify exclude each other",
         ),
+        (
+            "apps:\n  - {name: a, uri: 'http://127.0.0.1:1'}\n--browser-cert",
+            "do not match",
+        ),
     ] {
+        let (bad, browser_cert) = match bad.strip_suffix("--browser-cert") {
+            Some(b) => (b, true),
+            None => (bad, false),
+        };
         let f = srv.write_file("bad.yaml", bad);
         let mut argv = vec!["app".to_string(), "start".to_string()];
         argv.extend(args(&f, &token));
+        if browser_cert {
+            // A key that is not the certificate's.
+            let (_, other_key) = profile_tls(&carol);
+            argv.push(format!("--browser-cert-file={}", tls.cert.display()));
+            argv.push(format!("--browser-key-file={}", other_key.display()));
+        }
         let out = Run::new(DEVTRUST, argv).run();
         out.fails_with(needle);
     }
 
-    let (_ap, _) = app_access_point(&args(&config, &token));
-    let roles = srv.write_file(
-        "roles.yaml",
-        "kind: role\nversion: v7\nmetadata: {name: app-dev}\nspec: {allow: {app_labels: {env: dev}}}\n",
+    let mut ap_args = args(&config, &token);
+    ap_args.push(format!("--browser-cert-file={}", tls.cert.display()));
+    ap_args.push(format!("--browser-key-file={}", tls.key.display()));
+    let (_ap, ap_addr) = app_access_point(&ap_args);
+    // Browsers (any server name but an app's own) get the browser certificate: here one of
+    // the database CA for localhost, which curl checks.
+    let ap_port = ap_addr.rsplit_once(':').unwrap().1;
+    let (code, body) = curl(&[
+        "--cacert",
+        tls.client_ca.to_str().unwrap(),
+        &format!("https://localhost:{ap_port}/"),
+    ]);
+    assert_eq!(
+        code, 404,
+        "a verified TLS answer (no app is named localhost): {body}"
     );
-    srv.dtctl(&["create", "-f", &roles]).ok();
-    let carol = srv.new_user("carol", "app-dev", "", PW);
     wait_until("the apps are listed", || {
         srv.dtsh(&carol, &["apps", "ls"], "")
             .stdout

@@ -46,7 +46,7 @@ fn apps_launch_from_the_web_ui_with_their_own_sessions_and_role_device_trust() {
         "apps.yaml",
         &format!(
             "apps:
-  - {{name: wiki, uri: 'http://127.0.0.1:{app_port}', public_addr: '{wiki}', labels: {{env: dev}}}}
+  - {{name: wiki, uri: 'http://127.0.0.1:{app_port}', public_addr: '{wiki}', description: Team wiki, labels: {{env: dev}}}}
   - {{name: vault, uri: 'http://127.0.0.1:{app_port}', public_addr: '{vault}', labels: {{env: prod}}}}
 "
         ),
@@ -136,6 +136,15 @@ fn apps_launch_from_the_web_ui_with_their_own_sessions_and_role_device_trust() {
             .any(|l| l["id"] == "launch-wiki" && l["href"] == format!("https://{wiki}/")),
         "{ctx}"
     );
+    let rows = &a["app_rows"];
+    assert!(
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r[0] == "wiki" && r[1] == "Team wiki" && r[2] == wiki.as_str()),
+        "the resource list shows the description and public address, never the upstream: {rows}"
+    );
+    assert!(!rows.to_string().contains("127.0.0.1:"), "{rows}");
     let claims = claims_of(&a["wiki"]);
     assert_eq!(claims["sub"], "alice");
     assert!(str_of(&claims, "device_id").len() > 10, "{claims}");

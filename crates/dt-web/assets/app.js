@@ -192,7 +192,7 @@ async function indexPage() {
   fillTable($('#databases'), $('#databases-empty'),
     res.databases.map((d) => [d.name, d.protocol, labels(d.labels), d.description]));
   const apps = res.apps || [];
-  fillTable($('#apps'), $('#apps-empty'), apps.map((a) => [a.name, labels(a.labels), a.description]));
+  fillTable($('#apps'), $('#apps-empty'), apps.map((a) => [a.name, a.description, a.public_addr, labels(a.labels)]));
   const appRows = $('#apps tbody').children;
   apps.forEach((a, i) => {
     const td = document.createElement('td');

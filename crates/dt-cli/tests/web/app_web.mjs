@@ -108,6 +108,7 @@ try {
     await page.waitForSelector('body[data-ready="true"]');
     await shot(page, 'apps-list');
     const links = await page.$$eval('#apps a.connect', (as) => as.map((a) => ({ id: a.dataset.testid, href: a.href })));
+    const appRows = await page.$$eval('#apps tbody tr', (trs) => trs.map((tr) => [...tr.children].map((td) => td.textContent)));
     const callbacks = [];
     page.on('request', (r) => {
       if (r.url().includes('/__devtrust/auth')) callbacks.push(r.url());
@@ -125,6 +126,7 @@ try {
     report('alice', {
       device_web_auth: run.code,
       links,
+      app_rows: appRows,
       wiki,
       vault,
       cookie,
