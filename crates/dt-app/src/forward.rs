@@ -289,19 +289,9 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
             && **bound != *who.cert_der
         {
             drop(s);
-            let why = "this connection already carries another user's session; open the app again"
-                .to_string();
-            state.audit.emit(
-                with_user(event(
-                    &state,
-                    &app.name,
-                    EventType::AccessDenied,
-                    false,
-                    &conn.remote,
-                ))
-                .message(why.clone()),
-            );
-            let mut r = text(StatusCode::BAD_REQUEST, &why);
+            let why = "this connection already carries another user's session; open the app again";
+            refused(&state, &conn, &app, Some(&identity), why);
+            let mut r = text(StatusCode::BAD_REQUEST, why);
             r.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
             return r;
@@ -333,16 +323,7 @@ async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Response<Body> {
     let token = match app_token(&state, &who.cert_der, &app).await {
         Ok(t) => t,
         Err(why) => {
-            state.audit.emit(
-                with_user(event(
-                    &state,
-                    &app.name,
-                    EventType::AccessDenied,
-                    false,
-                    &conn.remote,
-                ))
-                .message(why.clone()),
-            );
+            refused(&state, &conn, &app, Some(&identity), &why);
             return text(StatusCode::BAD_GATEWAY, &why);
         }
     };
@@ -372,7 +353,8 @@ struct Who {
     browser: bool,
 }
 
-fn refused(state: &AppState, conn: &Conn, app: &App, user: Option<&str>, why: &str) {
+/// An `access.denied` event for `app`, with the user and device when known.
+fn refused(state: &AppState, conn: &Conn, app: &App, who: Option<&Identity>, why: &str) {
     let mut e = event(
         state,
         &app.name,
@@ -381,8 +363,11 @@ fn refused(state: &AppState, conn: &Conn, app: &App, user: Option<&str>, why: &s
         &conn.remote,
     )
     .message(why.to_string());
-    if let Some(u) = user {
-        e = e.user(u.to_string());
+    if let Some(id) = who {
+        e = e.user(id.username.clone());
+        if let Some(d) = device_info(id) {
+            e = e.device(d);
+        }
     }
     state.audit.emit(e);
 }
@@ -422,12 +407,12 @@ async fn who(
         refused(state, conn, app, None, &why);
         return Err(text(StatusCode::UNAUTHORIZED, &why));
     };
-    let bad_session = |why: String, user: Option<&str>| {
+    let bad_session = |why: String| {
         refused(
             state,
             conn,
             app,
-            user,
+            None,
             &format!("app session refused: {why}"),
         );
         let mut r = browser::page(
@@ -444,10 +429,7 @@ async fn who(
         r
     };
     let Some((id, secret)) = browser::split_session(cookie) else {
-        return Err(bad_session(
-            "the app session cookie is malformed".into(),
-            None,
-        ));
+        return Err(bad_session("the app session cookie is malformed".into()));
     };
     if let Some(k) = state.browser_sessions.get(&app.name, id, secret) {
         return Ok(Who {
@@ -472,7 +454,7 @@ async fn who(
             ) =>
         {
             state.browser_sessions.forget(&app.name, id);
-            return Err(bad_session(s.message().to_string(), None));
+            return Err(bad_session(s.message().to_string()));
         }
         Err(s) => {
             let why = format!(
@@ -503,7 +485,7 @@ async fn who(
                 browser: true,
             })
         }
-        Err(why) => Err(bad_session(why, None)),
+        Err(why) => Err(bad_session(why)),
     }
 }
 
@@ -515,12 +497,12 @@ async fn callback(
     app: &App,
     req: &Request<Incoming>,
 ) -> Response<Body> {
-    let failed = |why: String, user: Option<&str>| {
+    let failed = |why: String| {
         refused(
             state,
             conn,
             app,
-            user,
+            None,
             &format!("app launch refused: {why}"),
         );
         browser::page(
@@ -536,7 +518,7 @@ async fn callback(
     };
     let cb = match browser::check_callback(req.uri().query(), req.headers()) {
         Ok(cb) => cb,
-        Err(why) => return failed(why, None),
+        Err(why) => return failed(why),
     };
     let issued = match AppServiceClient::new(state.channel.clone())
         .exchange_app_code(pb::ExchangeAppCodeRequest {
@@ -547,11 +529,11 @@ async fn callback(
         .await
     {
         Ok(r) => r.into_inner(),
-        Err(s) => return failed(s.message().to_string(), None),
+        Err(s) => return failed(s.message().to_string()),
     };
     let identity = match state.check_user_cert(&issued.user_cert_der) {
         Ok(i) => i,
-        Err(why) => return failed(why, None),
+        Err(why) => return failed(why),
     };
     let max_age = (issued.expires_unix - OffsetDateTime::now_utc().unix_timestamp()).max(0);
     state.browser_sessions.put(

@@ -26,9 +26,6 @@ use dt_proto::v1::node_service_client::NodeServiceClient;
 use dt_types::ServiceKind;
 use serde_json::{Value, json};
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::client::danger::{
-    HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier,
-};
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::common::{Format, api_err, table};
@@ -136,22 +133,22 @@ fn remove(cfg: &mut Value, key: &str, keep: impl Fn(&Value) -> bool) {
 /// Accepts the access point's serving certificate only when the host CA certified its key
 /// as the `kube` access point `service`; keeps it for the kubeconfig.
 #[derive(Debug)]
-struct PinVerifier {
+struct PinServing {
     host_ca_der: Vec<u8>,
     service: String,
-    provider: Arc<rustls::crypto::CryptoProvider>,
     seen: Arc<Mutex<Option<Vec<u8>>>>,
 }
 
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
+impl dt_tls::CheckServer for PinServing {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        _provider: &rustls::crypto::CryptoProvider,
+    ) -> Result<(), rustls::Error> {
         let err = |m: String| rustls::Error::General(m);
         let now = time::OffsetDateTime::from_unix_timestamp(now.as_secs() as i64)
             .map_err(|e| err(e.to_string()))?;
@@ -178,41 +175,7 @@ impl ServerCertVerifier for PinVerifier {
         if let Ok(mut g) = self.seen.lock() {
             *g = Some(end_entity.as_ref().to_vec());
         }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        Ok(())
     }
 }
 
@@ -233,12 +196,14 @@ async fn serving_cert(
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinVerifier {
-            host_ca_der: host_ca,
-            service: service.to_string(),
+        .with_custom_certificate_verifier(Arc::new(dt_tls::Verifier::new(
+            PinServing {
+                host_ca_der: host_ca,
+                service: service.to_string(),
+                seen: seen.clone(),
+            },
             provider,
-            seen: seen.clone(),
-        }))
+        )))
         .with_no_client_auth();
     let tcp = tokio::time::timeout(
         std::time::Duration::from_secs(10),

@@ -127,32 +127,19 @@ fn apps_through_dtsh_proxy_app_with_role_device_trust_jwt_locks_and_audit() {
         .fails_with("app \"nope\" is not online, or your roles do not let you reach it");
 
     // The keys apps verify the identity with.
-    let store = dt_client::ProfileStore {
-        home: alice.path.clone(),
-    };
-    let host_ca = store.files(&store.current().unwrap().proxy).host_ca();
-    let (code, jwks) = curl(&[
-        "--cacert",
-        host_ca.to_str().unwrap(),
-        &format!("https://{}/.well-known/jwks.json", srv.addr),
-    ]);
-    assert_eq!(code, 200, "{jwks}");
-    let keys: Vec<dt_ca::jwt::Jwk> = serde_json::from_value(
-        serde_json::from_str::<serde_json::Value>(&jwks).unwrap()["keys"].clone(),
-    )
-    .unwrap();
-    let claims_of = |body: &str| -> serde_json::Value {
-        let echoed: serde_json::Value =
-            serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
-        let token = echoed["headers"]["devtrust-jwt-assertion"]
-            .as_str()
-            .unwrap();
-        serde_json::from_slice(&dt_ca::jwt::verify(token, &keys).unwrap()).unwrap()
+    let keys = jwks(&srv, &alice);
+    let claims_of = |body: &str| {
+        let echoed = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+        verified_claims(&keys, &echoed)
     };
 
     // alice, trusted device: both apps; the app sees who and from which device. A client's own
     // identity header never reaches the app.
     let (_pa, alice_wiki) = proxy(&alice, "wiki");
+    // The roles were made after the access point started: its view follows the cluster.
+    wait_until("the access point knows the roles", || {
+        curl(&[&format!("http://127.0.0.1:{alice_wiki}/")]).0 == 200
+    });
     let (code, body) = curl(&[
         "-H",
         "devtrust-jwt-assertion: forged",

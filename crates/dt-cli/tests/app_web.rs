@@ -103,25 +103,8 @@ fn apps_launch_from_the_web_ui_with_their_own_sessions_and_role_device_trust() {
     let (c, ctx) = run_browser("app_web.mjs", &config);
 
     // The identity the app gets, checked as an app would: with the auth service's JWKS.
-    let store = dt_client::ProfileStore {
-        home: alice.path.clone(),
-    };
-    let host_ca = store.files(&store.current().unwrap().proxy).host_ca();
-    let (code, jwks) = curl(&[
-        "--cacert",
-        host_ca.to_str().unwrap(),
-        &format!("https://{}/.well-known/jwks.json", srv.addr),
-    ]);
-    assert_eq!(code, 200, "{jwks}");
-    let keys: Vec<dt_ca::jwt::Jwk> =
-        serde_json::from_value(serde_json::from_str::<Value>(&jwks).unwrap()["keys"].clone())
-            .unwrap();
-    let claims_of = |echo: &Value| -> Value {
-        let token = echo["headers"]["devtrust-jwt-assertion"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no identity header in {echo}\n{ctx}"));
-        serde_json::from_slice(&dt_ca::jwt::verify(token, &keys).unwrap()).unwrap()
-    };
+    let keys = jwks(&srv, &alice);
+    let claims_of = |echo: &Value| verified_claims(&keys, echo);
 
     // alice, with her web session authenticated by her device: both apps open from the
     // resource list; each app host has its own HttpOnly, Secure session cookie; the app gets

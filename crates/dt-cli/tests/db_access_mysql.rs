@@ -293,53 +293,6 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
     );
 }
 
-/// Accepts any server certificate: the access point's own certificate is not what this test
-/// is about.
-#[derive(Debug)]
-struct AnyServer(std::sync::Arc<rustls::crypto::CryptoProvider>);
-
-impl rustls::client::danger::ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _: &rustls::pki_types::CertificateDer<'_>,
-        _: &[rustls::pki_types::CertificateDer<'_>],
-        _: &rustls::pki_types::ServerName<'_>,
-        _: &[u8],
-        _: rustls::pki_types::UnixTime,
-    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        Ok(rustls::client::danger::ServerCertVerified::assertion())
-    }
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &rustls::pki_types::CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 /// A client that sends the SSLRequest and its TLS ClientHello in one write (as a fast
 /// client may: MySQL's SSLRequest gets no answer), then logs in: the access point must take
 /// the ClientHello it read along with the SSLRequest. Returns the first byte of the answer
@@ -369,7 +322,10 @@ fn login_with_coalesced_client_hello(ap: &AccessPoint, home: &Home, db_user: &st
         .with_safe_default_protocol_versions()
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(std::sync::Arc::new(AnyServer(provider)))
+        .with_custom_certificate_verifier(std::sync::Arc::new(dt_tls::Verifier::new(
+            dt_tls::NoCheck,
+            provider,
+        )))
         .with_client_auth_cert(
             vec![CertificateDer::from_pem_file(&cert).unwrap()],
             PrivateKeyDer::from_pem_file(&key).unwrap(),

@@ -7,35 +7,33 @@
 
 use std::sync::Arc;
 
+use dt_tls::CheckServer;
 use dt_types::ServiceKind;
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 use crate::connect::ClientError;
 
+/// The access point's service certificate: the host CA's, naming the expected kind and name.
 #[derive(Debug)]
-struct ServiceVerifier {
+struct ServiceCheck {
     host_ca_der: Vec<u8>,
     kind: ServiceKind,
     name: String,
-    provider: Arc<CryptoProvider>,
 }
 
-fn tls_err(msg: impl Into<String>) -> rustls::Error {
-    rustls::Error::General(msg.into())
-}
+use dt_tls::error as tls_err;
 
-impl ServerCertVerifier for ServiceVerifier {
-    fn verify_server_cert(
+impl CheckServer for ServiceCheck {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        _provider: &CryptoProvider,
+    ) -> Result<(), rustls::Error> {
         let now = time::OffsetDateTime::from_unix_timestamp(now.as_secs() as i64)
             .map_err(|e| tls_err(e.to_string()))?;
         let id = dt_ca::verify_service_cert_by_ca_cert(&self.host_ca_der, end_entity.as_ref(), now)
@@ -46,41 +44,7 @@ impl ServerCertVerifier for ServiceVerifier {
                 self.kind, self.name, id.kind, id.name
             )));
         }
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        Ok(())
     }
 }
 
@@ -93,12 +57,14 @@ pub fn connector(
     key_pkcs8_der: Vec<u8>,
 ) -> Result<tokio_rustls::TlsConnector, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(ServiceVerifier {
-        host_ca_der,
-        kind,
-        name: name.to_string(),
-        provider: provider.clone(),
-    });
+    let verifier = Arc::new(dt_tls::Verifier::new(
+        ServiceCheck {
+            host_ca_der,
+            kind,
+            name: name.to_string(),
+        },
+        provider.clone(),
+    ));
     let cfg = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?
@@ -124,14 +90,17 @@ mod tests {
 
     use super::*;
     use dt_ca::{CaKind, CertAuthority, ClientKey};
+    use rustls::client::danger::ServerCertVerifier;
 
     fn verify(host_ca: &CertAuthority, expect: &str, cert: &[u8]) -> Result<(), rustls::Error> {
-        let v = ServiceVerifier {
-            host_ca_der: host_ca.cert_der().to_vec(),
-            kind: ServiceKind::Db,
-            name: expect.into(),
-            provider: Arc::new(rustls::crypto::ring::default_provider()),
-        };
+        let v = dt_tls::Verifier::new(
+            ServiceCheck {
+                host_ca_der: host_ca.cert_der().to_vec(),
+                kind: ServiceKind::Db,
+                name: expect.into(),
+            },
+            Arc::new(rustls::crypto::ring::default_provider()),
+        );
         v.verify_server_cert(
             &CertificateDer::from(cert.to_vec()),
             &[],

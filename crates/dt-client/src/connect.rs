@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::trust::{PinVerifier, TrustPolicy};
+use crate::trust::{PinCheck, PinVerifier, TrustPolicy};
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -260,7 +260,7 @@ pub fn client_tls_config(
     identity: &Identity,
 ) -> Result<(Arc<rustls::ClientConfig>, Arc<PinVerifier>), ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = Arc::new(PinVerifier::new(policy, provider.clone()));
+    let verifier = Arc::new(PinVerifier::new(PinCheck::new(policy), provider.clone()));
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| ClientError::Tls(e.to_string()))?
@@ -338,6 +338,7 @@ pub async fn fetch_server_chain(addr: &str) -> Result<Vec<Vec<u8>>, ClientError>
             "server accepted an untrusted handshake".into(),
         )),
         Err(e) => verifier
+            .check
             .captured_chain()
             .ok_or_else(|| ClientError::Unreachable {
                 addr: addr.into(),
@@ -377,7 +378,7 @@ pub async fn channel(
                 reason = s.to_string();
                 src = s.source();
             }
-            if verifier.captured_chain().is_some() {
+            if verifier.check.captured_chain().is_some() {
                 Err(ClientError::Untrusted {
                     addr: addr.into(),
                     reason,

@@ -5,10 +5,9 @@
 //! it (webpki path validation, serverAuth) and names the host we dialled. In `Capture` mode
 //! the chain is recorded and the handshake refused, so the caller can show the pin and ask.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use dt_tls::CheckServer;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
@@ -33,19 +32,21 @@ pub enum TrustPolicy {
     Insecure,
 }
 
+/// The auth service's certificate checked by CA pin ([`TrustPolicy`]).
 #[derive(Debug)]
-pub struct PinVerifier {
+pub struct PinCheck {
     policy: TrustPolicy,
-    provider: Arc<CryptoProvider>,
     /// The last chain seen (Capture mode reads it after the failed handshake).
     pub captured: Mutex<Option<Vec<Vec<u8>>>>,
 }
 
-impl PinVerifier {
-    pub fn new(policy: TrustPolicy, provider: Arc<CryptoProvider>) -> Self {
-        PinVerifier {
+/// The rustls verifier of connections to the auth service.
+pub type PinVerifier = dt_tls::Verifier<PinCheck>;
+
+impl PinCheck {
+    pub fn new(policy: TrustPolicy) -> Self {
+        PinCheck {
             policy,
-            provider,
             captured: Mutex::new(None),
         }
     }
@@ -55,26 +56,25 @@ impl PinVerifier {
     }
 }
 
-fn tls_err(msg: impl Into<String>) -> rustls::Error {
-    rustls::Error::General(msg.into())
-}
+use dt_tls::error as tls_err;
 
-impl ServerCertVerifier for PinVerifier {
-    fn verify_server_cert(
+impl CheckServer for PinCheck {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         _ocsp: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        provider: &CryptoProvider,
+    ) -> Result<(), rustls::Error> {
         let mut chain = vec![end_entity.as_ref().to_vec()];
         chain.extend(intermediates.iter().map(|c| c.as_ref().to_vec()));
         if let Ok(mut c) = self.captured.lock() {
             *c = Some(chain);
         }
         let pin = match &self.policy {
-            TrustPolicy::Insecure => return Ok(ServerCertVerified::assertion()),
+            TrustPolicy::Insecure => return Ok(()),
             TrustPolicy::Capture => return Err(tls_err("server CA not yet trusted")),
             TrustPolicy::Pin(p) => p,
         };
@@ -92,7 +92,7 @@ impl ServerCertVerifier for PinVerifier {
         let ee = webpki::EndEntityCert::try_from(end_entity)
             .map_err(|e| tls_err(format!("server certificate unreadable: {e:?}")))?;
         ee.verify_for_usage(
-            self.provider.signature_verification_algorithms.all,
+            provider.signature_verification_algorithms.all,
             &[anchor],
             &[],
             now,
@@ -111,40 +111,6 @@ impl ServerCertVerifier for PinVerifier {
                     "server certificate does not name {server_name:?}: {e:?}"
                 ))
             })?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        Ok(())
     }
 }

@@ -22,10 +22,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use rustls::CertificateError;
 use rustls::client::WebPkiServerVerifier;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::ServerCertVerifier;
 use rustls::crypto::CryptoProvider;
-use rustls::{CertificateError, DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -192,67 +192,29 @@ enum Check {
     },
 }
 
-#[derive(Debug)]
-struct Verifier {
-    check: Check,
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for Verifier {
-    fn verify_server_cert(
+impl dt_tls::CheckServer for Check {
+    fn check(
         &self,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         server_name: &ServerName<'_>,
         ocsp: &[u8],
         now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match &self.check {
-            Check::Nothing => Ok(ServerCertVerified::assertion()),
+        _provider: &CryptoProvider,
+    ) -> Result<(), rustls::Error> {
+        match self {
+            Check::Nothing => Ok(()),
             Check::Chain { webpki, name } => {
                 match webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+                    Ok(_) => Ok(()),
                     Err(rustls::Error::InvalidCertificate(
                         CertificateError::NotValidForName
                         | CertificateError::NotValidForNameContext { .. },
-                    )) if !name => Ok(ServerCertVerified::assertion()),
-                    other => other,
+                    )) if !name => Ok(()),
+                    Err(e) => Err(e),
                 }
             }
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
     }
 }
 
@@ -302,10 +264,7 @@ impl MakeRustls {
         } else {
             Check::Nothing
         };
-        let verifier = Arc::new(Verifier {
-            check,
-            provider: provider.clone(),
-        });
+        let verifier = Arc::new(dt_tls::Verifier::new(check, provider.clone()));
         let config = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .map_err(StoreError::backend)?

@@ -5,7 +5,7 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
-use super::DEVTRUST;
+use super::{DEVTRUST, Home, Server};
 
 /// The app: `python3 echo.py PORT [CERT KEY]` serves on 127.0.0.1:PORT (HTTPS with a
 /// certificate and key).
@@ -100,4 +100,32 @@ pub fn curl(args: &[&str]) -> (u16, String) {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// The auth service's JWKS, fetched as an app would (its TLS checked with the host CA of the
+/// profile at `home`).
+pub fn jwks(srv: &Server, home: &Home) -> Vec<dt_ca::jwt::Jwk> {
+    let store = dt_client::ProfileStore {
+        home: home.path.clone(),
+    };
+    let host_ca = store.files(&store.current().unwrap().proxy).host_ca();
+    let (code, body) = curl(&[
+        "--cacert",
+        host_ca.to_str().unwrap(),
+        &format!("https://{}/.well-known/jwks.json", srv.addr),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_value(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["keys"].clone(),
+    )
+    .unwrap()
+}
+
+/// The claims of the identity header the echo app received (`echo` is its JSON answer),
+/// verified with `keys` as an app would.
+pub fn verified_claims(keys: &[dt_ca::jwt::Jwk], echo: &serde_json::Value) -> serde_json::Value {
+    let token = echo["headers"]["devtrust-jwt-assertion"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no identity header in {echo}"));
+    serde_json::from_slice(&dt_ca::jwt::verify(token, keys).unwrap()).unwrap()
 }
