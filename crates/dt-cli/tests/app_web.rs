@@ -51,6 +51,12 @@ fn apps_launch_from_the_web_ui_with_their_own_sessions_and_role_device_trust() {
 "
         ),
     );
+    // The roles exist before the access point starts, so its first view has them.
+    let roles = srv.write_file(
+        "roles.yaml",
+        "kind: role\nversion: v7\nmetadata: {name: app-dev}\nspec: {allow: {app_labels: {env: dev}}}\n---\nkind: role\nversion: v7\nmetadata: {name: app-prod}\nspec: {options: {device_trust_mode: required}, allow: {app_labels: {env: prod}}}\n",
+    );
+    srv.dtctl(&["create", "-f", &roles]).ok();
     let token = srv
         .dtctl(&["tokens", "add", "--type=app", "--format=text"])
         .ok()
@@ -67,11 +73,6 @@ fn apps_launch_from_the_web_ui_with_their_own_sessions_and_role_device_trust() {
         "--heartbeat=1s".into(),
         "--session-recheck=1s".into(),
     ]);
-    let roles = srv.write_file(
-        "roles.yaml",
-        "kind: role\nversion: v7\nmetadata: {name: app-dev}\nspec: {allow: {app_labels: {env: dev}}}\n---\nkind: role\nversion: v7\nmetadata: {name: app-prod}\nspec: {options: {device_trust_mode: required}, allow: {app_labels: {env: prod}}}\n",
-    );
-    srv.dtctl(&["create", "-f", &roles]).ok();
     let alice = srv.new_user("alice", "editor,app-dev,app-prod", "", PW);
     let bob = srv.new_user("bob", "app-dev,app-prod", "", PW);
     let device = enroll_software_device(&alice, "alice", PW, "APP-WEB-1");
