@@ -91,16 +91,19 @@ fn apps_through_dtsh_proxy_app_with_role_device_trust_jwt_locks_and_audit() {
         .ok()
         .trim()
         .to_string();
-    let (_ap, ap_addr) = app_access_point(&[
-        format!("--auth-server={}", srv.addr),
-        format!("--token={token}"),
-        "--name=apps1".into(),
-        format!("--config={config}"),
-        "--listen=127.0.0.1:0".into(),
-        format!("--data-dir={}", srv.scratch().join("app-ap").display()),
-        format!("--ca-pin={}", srv.pin),
-        "--heartbeat=1s".into(),
-    ]);
+    let ap = AccessPoint::start(
+        "app",
+        &[
+            format!("--auth-server={}", srv.addr),
+            format!("--token={token}"),
+            "--name=apps1".into(),
+            format!("--config={config}"),
+            "--listen=127.0.0.1:0".into(),
+            format!("--data-dir={}", srv.scratch().join("app-ap").display()),
+            format!("--ca-pin={}", srv.pin),
+            "--heartbeat=1s".into(),
+        ],
+    );
     let roles = srv.write_file(
         "roles.yaml",
         "kind: role\nversion: v7\nmetadata: {name: app-dev}\nspec: {allow: {app_labels: {env: dev}}}\n---\nkind: role\nversion: v7\nmetadata: {name: app-prod}\nspec: {options: {device_trust_mode: required}, allow: {app_labels: {env: prod}}}\n",
@@ -208,7 +211,7 @@ fn apps_through_dtsh_proxy_app_with_role_device_trust_jwt_locks_and_audit() {
     });
 
     // Without a certificate: told what to do.
-    let ap_port = ap_addr.rsplit_once(':').unwrap().1;
+    let ap_port = ap.addr.rsplit_once(':').unwrap().1;
     let (code, body) = curl(&[
         "-k",
         "--resolve",
@@ -217,7 +220,7 @@ fn apps_through_dtsh_proxy_app_with_role_device_trust_jwt_locks_and_audit() {
     ]);
     assert_eq!(code, 401, "{body}");
     // No app named by SNI or Host, among several: told which exist.
-    let (code, body) = curl(&["-k", &format!("https://{ap_addr}/")]);
+    let (code, body) = curl(&["-k", &format!("https://{}/", ap.addr)]);
     assert_eq!(code, 404, "{body}");
     assert!(body.contains("it serves wiki, vault, down"), "{body}");
     assert!(body.contains("dtsh proxy app"), "{body}");
@@ -393,10 +396,10 @@ fn https_apps_are_checked_against_their_ca_and_headers_are_rewritten() {
     let mut ap_args = args(&config, &token);
     ap_args.push(format!("--browser-cert-file={}", tls.cert.display()));
     ap_args.push(format!("--browser-key-file={}", tls.key.display()));
-    let (_ap, ap_addr) = app_access_point(&ap_args);
+    let ap = AccessPoint::start("app", &ap_args);
     // Browsers (any server name but an app's own) get the browser certificate: here one of
     // the database CA for localhost, which curl checks.
-    let ap_port = ap_addr.rsplit_once(':').unwrap().1;
+    let ap_port = ap.addr.rsplit_once(':').unwrap().1;
     let (code, body) = curl(&[
         "--cacert",
         tls.client_ca.to_str().unwrap(),

@@ -62,17 +62,20 @@ fn apps_launch_from_the_web_ui_with_their_own_sessions_and_role_device_trust() {
         .ok()
         .trim()
         .to_string();
-    let (_ap, _) = app_access_point(&[
-        format!("--auth-server={}", srv.addr),
-        format!("--token={token}"),
-        "--name=apps1".into(),
-        format!("--config={config}"),
-        format!("--listen=127.0.0.1:{ap_port}"),
-        format!("--data-dir={}", srv.scratch().join("app-ap").display()),
-        format!("--ca-pin={}", srv.pin),
-        "--heartbeat=1s".into(),
-        "--session-recheck=1s".into(),
-    ]);
+    let _ap = AccessPoint::start(
+        "app",
+        &[
+            format!("--auth-server={}", srv.addr),
+            format!("--token={token}"),
+            "--name=apps1".into(),
+            format!("--config={config}"),
+            format!("--listen=127.0.0.1:{ap_port}"),
+            format!("--data-dir={}", srv.scratch().join("app-ap").display()),
+            format!("--ca-pin={}", srv.pin),
+            "--heartbeat=1s".into(),
+            "--session-recheck=1s".into(),
+        ],
+    );
     let alice = srv.new_user("alice", "editor,app-dev,app-prod", "", PW);
     let bob = srv.new_user("bob", "app-dev,app-prod", "", PW);
     let device = enroll_software_device(&alice, "alice", PW, "APP-WEB-1");

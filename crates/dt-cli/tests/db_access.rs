@@ -52,17 +52,20 @@ fn psql_through_the_access_point_with_roles_modes_locks_and_audit() {
         .trim()
         .to_string();
     let data = srv.scratch().join("db-ap");
-    let ap = AccessPoint::start(&[
-        format!("--auth-server={}", srv.addr),
-        format!("--token={token}"),
-        "--name=pg1".into(),
-        "--listen=127.0.0.1:0".into(),
-        "--labels=env=dev".into(),
-        format!("--uri=localhost:{}", pg.port),
-        format!("--data-dir={}", data.display()),
-        format!("--ca-pin={}", srv.pin),
-        "--heartbeat=1s".into(),
-    ]);
+    let ap = AccessPoint::start(
+        "db",
+        &[
+            format!("--auth-server={}", srv.addr),
+            format!("--token={token}"),
+            "--name=pg1".into(),
+            "--listen=127.0.0.1:0".into(),
+            "--labels=env=dev".into(),
+            format!("--uri=localhost:{}", pg.port),
+            format!("--data-dir={}", data.display()),
+            format!("--ca-pin={}", srv.pin),
+            "--heartbeat=1s".into(),
+        ],
+    );
 
     let role = srv.write_file(
         "roles.yaml",

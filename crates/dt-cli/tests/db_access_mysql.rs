@@ -54,18 +54,21 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
         .trim()
         .to_string();
     let data = srv.scratch().join("db-ap");
-    let ap = AccessPoint::start(&[
-        format!("--auth-server={}", srv.addr),
-        format!("--token={token}"),
-        "--name=maria1".into(),
-        "--protocol=mysql".into(),
-        "--listen=127.0.0.1:0".into(),
-        "--labels=env=dev".into(),
-        format!("--uri=localhost:{}", maria.port),
-        format!("--data-dir={}", data.display()),
-        format!("--ca-pin={}", srv.pin),
-        "--heartbeat=1s".into(),
-    ]);
+    let ap = AccessPoint::start(
+        "db",
+        &[
+            format!("--auth-server={}", srv.addr),
+            format!("--token={token}"),
+            "--name=maria1".into(),
+            "--protocol=mysql".into(),
+            "--listen=127.0.0.1:0".into(),
+            "--labels=env=dev".into(),
+            format!("--uri=localhost:{}", maria.port),
+            format!("--data-dir={}", data.display()),
+            format!("--ca-pin={}", srv.pin),
+            "--heartbeat=1s".into(),
+        ],
+    );
 
     let role = srv.write_file(
         "roles.yaml",
@@ -187,18 +190,21 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
         .ok()
         .trim()
         .to_string();
-    let down = AccessPoint::start(&[
-        format!("--auth-server={}", srv.addr),
-        format!("--token={token2}"),
-        "--name=maria-down".into(),
-        "--protocol=mysql".into(),
-        "--listen=127.0.0.1:0".into(),
-        "--labels=env=dev".into(),
-        format!("--uri=localhost:{}", dt_testkit::free_port()),
-        format!("--data-dir={}", srv.scratch().join("db-down").display()),
-        format!("--ca-pin={}", srv.pin),
-        "--heartbeat=1s".into(),
-    ]);
+    let down = AccessPoint::start(
+        "db",
+        &[
+            format!("--auth-server={}", srv.addr),
+            format!("--token={token2}"),
+            "--name=maria-down".into(),
+            "--protocol=mysql".into(),
+            "--listen=127.0.0.1:0".into(),
+            "--labels=env=dev".into(),
+            format!("--uri=localhost:{}", dt_testkit::free_port()),
+            format!("--data-dir={}", srv.scratch().join("db-down").display()),
+            format!("--ca-pin={}", srv.pin),
+            "--heartbeat=1s".into(),
+        ],
+    );
     let o = mariadb(&down, &alice, "alice", "select 1");
     assert!(!o.status.success());
     assert!(

@@ -77,16 +77,19 @@ fn every_mode_role_and_device_case_through_psql_and_mariadb() {
         .ok()
         .trim()
         .to_string();
-    let ap = AccessPoint::start(&[
-        format!("--auth-server={}", srv.addr),
-        format!("--token={token}"),
-        "--name=ap1".into(),
-        format!("--config={config}"),
-        "--listen=127.0.0.1:0".into(),
-        format!("--data-dir={}", srv.scratch().join("db-ap").display()),
-        format!("--ca-pin={}", srv.pin),
-        "--heartbeat=1s".into(),
-    ]);
+    let ap = AccessPoint::start(
+        "db",
+        &[
+            format!("--auth-server={}", srv.addr),
+            format!("--token={token}"),
+            "--name=ap1".into(),
+            format!("--config={config}"),
+            "--listen=127.0.0.1:0".into(),
+            format!("--data-dir={}", srv.scratch().join("db-ap").display()),
+            format!("--ca-pin={}", srv.pin),
+            "--heartbeat=1s".into(),
+        ],
+    );
 
     // dev databases: no device requirement; prod databases: the role requires a trusted
     // device. Only the `postgres` (PostgreSQL) and `mysql` (MariaDB) databases by name.

@@ -10,7 +10,7 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use common::db::{set_cluster_mode, wait_until};
@@ -18,57 +18,6 @@ use common::*;
 use dt_fakekube::{Credential, FakeKube};
 
 const PW: &str = "correct horse battery";
-
-/// `devtrust kube start`, killed on drop.
-struct KubeAp {
-    child: Child,
-    addr: String,
-}
-
-impl KubeAp {
-    fn start(args: &[String]) -> KubeAp {
-        let mut child = Command::new(DEVTRUST)
-            .args(["kube", "start"])
-            .args(args)
-            .env("DEVTRUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-                if let Some(a) = l.trim().strip_prefix("listen:") {
-                    return KubeAp {
-                        child,
-                        addr: a.trim().to_string(),
-                    };
-                }
-                seen.push(l);
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("devtrust kube start did not print its address: {seen:?}");
-    }
-}
-
-impl Drop for KubeAp {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// One person at one machine: a dtsh profile, a software device, a kubeconfig.
 struct User {
@@ -247,17 +196,20 @@ fn kubectl_through_the_access_point_with_roles_modes_locks_and_audit() {
         .trim()
         .to_string();
     let data = scratch.join("kube-ap");
-    let ap = KubeAp::start(&[
-        format!("--auth-server={}", srv.addr),
-        format!("--token={token}"),
-        "--name=kube1".into(),
-        "--listen=127.0.0.1:0".into(),
-        "--labels=env=dev".into(),
-        format!("--kubeconfig={}", upstream.display()),
-        format!("--data-dir={}", data.display()),
-        format!("--ca-pin={}", srv.pin),
-        "--heartbeat=1s".into(),
-    ]);
+    let ap = AccessPoint::start(
+        "kube",
+        &[
+            format!("--auth-server={}", srv.addr),
+            format!("--token={token}"),
+            "--name=kube1".into(),
+            "--listen=127.0.0.1:0".into(),
+            "--labels=env=dev".into(),
+            format!("--kubeconfig={}", upstream.display()),
+            format!("--data-dir={}", data.display()),
+            format!("--ca-pin={}", srv.pin),
+            "--heartbeat=1s".into(),
+        ],
+    );
 
     // alice (kube-one: no kubernetes_users, so she is impersonated as herself).
     let alice = User::new(&srv, "alice", "kube-one");
@@ -629,16 +581,19 @@ fn one_access_point_serves_several_clusters_from_a_config_file() {
         .ok()
         .trim()
         .to_string();
-    let ap = KubeAp::start(&[
-        format!("--auth-server={}", srv.addr),
-        format!("--token={token}"),
-        "--name=kube-ap".into(),
-        "--listen=127.0.0.1:0".into(),
-        format!("--config={}", config.display()),
-        format!("--data-dir={}", scratch.join("ap").display()),
-        format!("--ca-pin={}", srv.pin),
-        "--heartbeat=1s".into(),
-    ]);
+    let ap = AccessPoint::start(
+        "kube",
+        &[
+            format!("--auth-server={}", srv.addr),
+            format!("--token={token}"),
+            "--name=kube-ap".into(),
+            "--listen=127.0.0.1:0".into(),
+            format!("--config={}", config.display()),
+            format!("--data-dir={}", scratch.join("ap").display()),
+            format!("--ca-pin={}", srv.pin),
+            "--heartbeat=1s".into(),
+        ],
+    );
     let bob = User::new(&srv, "bob", "kube-dev");
     wait_until("kube-a listed", || {
         bob.dtsh(&["kube", "ls"], "").ok().contains("kube-a")

@@ -66,17 +66,20 @@ fn posture_rules_at_the_database_access_point() {
         .ok()
         .trim()
         .to_string();
-    let ap = AccessPoint::start(&[
-        format!("--auth-server={}", srv.addr),
-        format!("--token={token}"),
-        "--name=pg1".into(),
-        "--listen=127.0.0.1:0".into(),
-        "--labels=env=dev".into(),
-        format!("--uri=localhost:{}", pg.port),
-        format!("--data-dir={}", srv.scratch().join("db-ap").display()),
-        format!("--ca-pin={}", srv.pin),
-        "--heartbeat=1s".into(),
-    ]);
+    let ap = AccessPoint::start(
+        "db",
+        &[
+            format!("--auth-server={}", srv.addr),
+            format!("--token={token}"),
+            "--name=pg1".into(),
+            "--listen=127.0.0.1:0".into(),
+            "--labels=env=dev".into(),
+            format!("--uri=localhost:{}", pg.port),
+            format!("--data-dir={}", srv.scratch().join("db-ap").display()),
+            format!("--ca-pin={}", srv.pin),
+            "--heartbeat=1s".into(),
+        ],
+    );
 
     let version = os_version_number();
     let (os_ok, os_too_new) = match version {

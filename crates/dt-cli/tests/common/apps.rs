@@ -2,10 +2,9 @@
 //! headers it received and speaking WebSocket), `devtrust app start` as a child process, and
 //! curl.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
-use super::{DEVTRUST, Home, Server};
+use super::{Home, Server};
 
 /// The app: `python3 echo.py PORT [CERT KEY]` serves on 127.0.0.1:PORT (HTTPS with a
 /// certificate and key).
@@ -62,32 +61,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-/// `devtrust app start`, once it printed its address.
-pub fn app_access_point(args: &[String]) -> (Proc, String) {
-    let mut child = Command::new(DEVTRUST)
-        .args(["app", "start"])
-        .args(args)
-        .env("DEVTRUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    while let Some(Ok(l)) = lines.next() {
-        if let Some(a) = l.trim().strip_prefix("listen:") {
-            let addr = a.trim().to_string();
-            std::thread::spawn(move || for _ in lines {});
-            return (Proc(child), addr);
-        }
-        seen.push(l);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("devtrust app start did not print its address: {seen:?}");
 }
 
 /// curl: (status, body).

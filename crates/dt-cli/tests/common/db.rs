@@ -2,69 +2,10 @@
 //! child process, the profile's TLS files the database clients present, the cluster mode,
 //! and polling.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{DEVTRUST, Home, Server};
-
-/// `devtrust db start`, killed on drop.
-pub struct AccessPoint {
-    child: Child,
-    pub addr: String,
-}
-
-impl AccessPoint {
-    pub fn start(args: &[String]) -> AccessPoint {
-        let mut child = Command::new(DEVTRUST)
-            .args(["db", "start"])
-            .args(args)
-            .env("DEVTRUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            // Keep draining after the address is read: a closed pipe would fail the
-            // access point's later output.
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
-                let _ = tx.send(line);
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
-                if let Some(a) = l.trim().strip_prefix("listen:") {
-                    return AccessPoint {
-                        child,
-                        addr: a.trim().to_string(),
-                    };
-                }
-                seen.push(l);
-            }
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("devtrust db start did not print its address: {seen:?}");
-    }
-
-    pub fn port(&self) -> &str {
-        self.addr.rsplit_once(':').unwrap().1
-    }
-}
-
-impl Drop for AccessPoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use super::{Home, Server};
 
 /// `dtctl auth sign --format=db --host=localhost,127.0.0.1`: the files a database server
 /// started by the test needs (its certificate and key, and the CA that signs the access

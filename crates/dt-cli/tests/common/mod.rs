@@ -925,3 +925,61 @@ impl Drop for NodeProc {
         self.stop();
     }
 }
+
+/// `devtrust KIND start ARGS` (an access point: db, kube, app...), killed on drop; `addr` is
+/// the address it printed after `listen:`.
+pub struct AccessPoint {
+    child: Child,
+    pub addr: String,
+}
+
+impl AccessPoint {
+    pub fn start(kind: &str, args: &[String]) -> AccessPoint {
+        let mut child = Command::new(DEVTRUST)
+            .args([kind, "start"])
+            .args(args)
+            .env("DEVTRUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            // Keep draining after the address is read: a closed pipe would fail the
+            // access point's later output.
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(l) = rx.recv_timeout(Duration::from_millis(100)) {
+                if let Some(a) = l.trim().strip_prefix("listen:") {
+                    return AccessPoint {
+                        child,
+                        addr: a.trim().to_string(),
+                    };
+                }
+                seen.push(l);
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("devtrust {kind} start did not print its address: {seen:?}");
+    }
+
+    pub fn port(&self) -> &str {
+        self.addr.rsplit_once(':').unwrap().1
+    }
+}
+
+impl Drop for AccessPoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
