@@ -3,56 +3,15 @@
 // app that echoes the request it got, and passes everything in DT_WEB_TEST (JSON).
 // Prints one JSON line per check ({"check": NAME, ...}); the Rust test asserts on them.
 
-import { chromium } from 'playwright-core';
-import { spawnSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { dtsh as runDtsh, launchBrowser, login as webLogin, newPage, report, shot as saveShot } from './lib.mjs';
 
 const cfg = JSON.parse(process.env.DT_WEB_TEST);
-const TIMEOUT = 20000;
 const SESSION = '__Host-devtrust_app_session';
 const STATE = '__Host-devtrust_app_state';
 
-function report(check, fields) {
-  console.log(JSON.stringify({ check, ...fields }));
-}
-
-function dtsh(home, args) {
-  const r = spawnSync(cfg.dtsh, args, {
-    env: { ...process.env, ...cfg.device_env, DTSH_HOME: home, BROWSER: '/bin/false' },
-    encoding: 'utf8',
-    timeout: 60000,
-  });
-  const lines = (r.stdout || '').trim().split('\n');
-  return { code: r.status, stdout: r.stdout || '', stderr: r.stderr || '', last: lines[lines.length - 1] };
-}
-
-async function newPage(browser) {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 620 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  const errors = [];
-  page.on('console', (m) => {
-    if (m.type() === 'error') errors.push(m.text());
-  });
-  page.on('pageerror', (e) => errors.push(String(e)));
-  return { context, page, errors };
-}
-
-async function shot(page, name) {
-  if (!cfg.screenshots) return;
-  mkdirSync(cfg.screenshots, { recursive: true });
-  await page.screenshot({ path: join(cfg.screenshots, name + '.png') });
-}
-
-async function login(page, user) {
-  await page.goto(cfg.url + '/web/login');
-  await page.fill('input[name="username"]', user);
-  await page.fill('input[name="password"]', cfg.password);
-  await page.click('button[type="submit"]');
-  await page.waitForURL(cfg.url + '/web/');
-  await page.waitForSelector('body[data-ready="true"]');
-}
+const dtsh = (home, args) => runDtsh(cfg.dtsh, home, args, cfg.device_env);
+const shot = (page, name) => saveShot(cfg.screenshots, page, name);
+const login = (page, user) => webLogin(page, cfg.url, user, cfg.password);
 
 // What the echo app answered (its JSON), or null.
 async function echoOf(page) {
@@ -85,12 +44,7 @@ async function withCookie(browser, url, name, value) {
   return out;
 }
 
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync', '--no-first-run'],
-});
+const browser = await launchBrowser();
 
 try {
   const apps = cfg.apps;

@@ -4,48 +4,12 @@
 // Prints one JSON line per check ({"check": NAME, ...}); the Rust test asserts on them.
 // Exits non-zero only when the harness itself breaks (a failed check is a printed line).
 
-import { chromium } from 'playwright-core';
-import { spawnSync } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
-import { join } from 'node:path';
+import { TIMEOUT, dtsh as runDtsh, launchBrowser, login, newPage, report, shot as saveShot } from './lib.mjs';
 
 const cfg = JSON.parse(process.env.DT_WEB_TEST);
-const TIMEOUT = 20000;
 
-function report(check, fields) {
-  console.log(JSON.stringify({ check, ...fields }));
-}
-
-function dtsh(home, args, extraEnv = {}) {
-  const r = spawnSync(cfg.dtsh, args, {
-    env: { ...process.env, ...cfg.device_env, DTSH_HOME: home, BROWSER: '/bin/false', ...extraEnv },
-    encoding: 'utf8',
-    timeout: 60000,
-  });
-  const lines = (r.stdout || '').trim().split('\n');
-  return { code: r.status, stdout: r.stdout || '', stderr: r.stderr || '', last: lines[lines.length - 1] };
-}
-
-async function newPage(browser) {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 620 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  const errors = [];
-  page.on('console', (m) => {
-    if (m.type() === 'error') errors.push(m.text());
-  });
-  page.on('pageerror', (e) => errors.push(String(e)));
-  return { context, page, errors };
-}
-
-async function login(page, base, user, password) {
-  await page.goto(base + '/web/login');
-  await page.fill('input[name="username"]', user);
-  await page.fill('input[name="password"]', password);
-  await page.click('button[type="submit"]');
-  await page.waitForURL(base + '/web/');
-  await page.waitForSelector('body[data-ready="true"]');
-}
+const dtsh = (home, args) => runDtsh(cfg.dtsh, home, args, cfg.device_env);
+const shot = (page, name) => saveShot(cfg.screenshots, page, name);
 
 async function shieldState(page) {
   return page.getAttribute('[data-testid="device-trust-shield"]', 'data-state');
@@ -57,12 +21,6 @@ async function handoffLink(page) {
   return link.getAttribute('href');
 }
 
-async function shot(page, name) {
-  if (!cfg.screenshots) return;
-  mkdirSync(cfg.screenshots, { recursive: true });
-  await page.screenshot({ path: join(cfg.screenshots, name + '.png') });
-}
-
 async function confirmIn(page, url) {
   await page.goto(url);
   await page.waitForSelector('body[data-result]');
@@ -72,18 +30,7 @@ async function confirmIn(page, url) {
   };
 }
 
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  args: [
-    '--no-sandbox',
-    '--disable-gpu',
-    '--disable-background-networking',
-    '--disable-component-update',
-    '--disable-sync',
-    '--no-first-run',
-  ],
-});
+const browser = await launchBrowser();
 
 try {
   const base = cfg.url;
