@@ -7,13 +7,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-#[path = "../../dt-device/tests/tpm_support/mod.rs"]
-mod tpm_support;
 
 use std::path::Path;
 
 use common::*;
-use tpm_support::{LocalCa, Swtpm};
+use dt_testkit::swtpm::{LocalCa, Swtpm};
 
 const PASSWORD: &str = "correct-horse-battery";
 

@@ -8,14 +8,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
-#[path = "../../dt-device/tests/tpm_support/mod.rs"]
-mod tpm_support;
 
 use std::path::{Path, PathBuf};
 
 use common::*;
 use dt_ceremony::limits::MAX_TPM_EVENT_LOG_LEN;
-use tpm_support::{LocalCa, Swtpm};
+use dt_testkit::swtpm::{LocalCa, Swtpm};
 
 const PASSWORD: &str = "correct-horse-battery";
 

@@ -6,9 +6,6 @@
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
 #[cfg(feature = "tpm")]
-#[path = "../tests/tpm_support/mod.rs"]
-mod tpm_support;
-
 #[cfg(not(feature = "tpm"))]
 fn main() {
     eprintln!(
@@ -28,11 +25,11 @@ fn main() {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(200);
-    let ca = tpm_support::LocalCa::new();
-    let swtpm = tpm_support::Swtpm::start_with_ek_certs(&ca);
+    let ca = dt_testkit::swtpm::LocalCa::new();
+    let swtpm = dt_testkit::swtpm::Swtpm::start_with_ek_certs(&ca);
     let allowed = vec![ca.issuer_pem()];
     let per = |d: Duration, n: u32| d.as_secs_f64() * 1e6 / f64::from(n);
-    let mut rng = tpm_support::rng();
+    let mut rng = dt_testkit::swtpm::rng();
 
     for ak_alg in [AkAlgorithm::EccP256, AkAlgorithm::Rsa2048] {
         let dir = tempfile::tempdir().unwrap();

@@ -1,11 +1,9 @@
 //! The ceremony state machines on a real software TPM: `TpmKeyStore` (feature `tpm`) as the
 //! client's `DeviceKeys`, `dt_ceremony::tpm::AttestTpmVerifier` as the server's verifier.
-//! Every test runs its own swtpm (see tpm_support).
+//! Every test runs its own swtpm (see dt_testkit::swtpm).
 
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 #![cfg(feature = "tpm")]
-
-mod tpm_support;
 
 use std::sync::Arc;
 
@@ -17,9 +15,9 @@ use dt_ceremony::tpm::AttestTpmVerifier;
 use dt_ceremony::{Env, SystemEnv, authn, enroll};
 use dt_device::tpm::TpmKeyStore;
 use dt_device::{DeviceKeys, prover};
+use dt_testkit::swtpm::{LocalCa, Swtpm};
 use dt_types::device::{AttestationType, DeviceCollectedData, DeviceSpec, EnrollStatus, OsType};
 use dt_types::resource::{Device, DeviceTrustMode, DeviceTrustSettings, Resource};
-use tpm_support::{LocalCa, Swtpm};
 
 fn data(env: &SystemEnv) -> DeviceCollectedData {
     DeviceCollectedData {

@@ -4,8 +4,6 @@
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 #![cfg(feature = "tpm")]
 
-mod tpm_support;
-
 use std::time::SystemTime;
 
 use dt_attest::tpm::{
@@ -13,7 +11,7 @@ use dt_attest::tpm::{
     TpmQuote, VerifiedTpmCredential,
 };
 use dt_device::tpm::{AkAlgorithm, EkAlgorithm, TpmDeviceError, TpmKeyStore, TpmQuoteEvidence};
-use tpm_support::{LocalCa, Swtpm, rng};
+use dt_testkit::swtpm::{LocalCa, Swtpm, rng};
 
 fn store(tpm: &Swtpm) -> (TpmKeyStore, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();

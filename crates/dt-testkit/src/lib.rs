@@ -6,10 +6,14 @@
 //! - [`Mariadb`]: a MariaDB server of its own (`mariadb-install-db`, a free port, TLS with the
 //!   files you give it).
 //!
-//! Both need root (as CI and the development machines run) and the servers' binaries, which
+//! - [`swtpm`]: a software TPM per test, and private EK certificate authorities.
+//!
+//! Both servers need root (as CI and the development machines run) and the servers' binaries, which
 //! `scripts/install-deps.sh` installs; a missing binary fails the test with what to install,
 //! it is never skipped. Both stop when dropped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod swtpm;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -4,8 +4,6 @@
 //!
 //! If swtpm or swtpm_setup cannot run, the test panics with the reason: TPM tests never skip.
 
-#![allow(dead_code)]
-
 use std::io::Read as _;
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -22,6 +20,12 @@ static SETUP_LOCK: Mutex<()> = Mutex::new(());
 /// A private swtpm-localca CA (root + intermediate "issuer" created on first use).
 pub struct LocalCa {
     dir: TempDir,
+}
+
+impl Default for LocalCa {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl LocalCa {
