@@ -29,9 +29,11 @@ const FORBIDDEN_IN_PURE: [&str; 7] = [
     "tokio-postgres",
     "tss-esapi",
 ];
-const SERVER: [&str; 5] = ["dt-auth", "dt-store", "dt-node", "dt-agent", "dt-kube"];
+const SERVER: [&str; 8] = [
+    "dt-auth", "dt-store", "dt-node", "dt-agent", "dt-kube", "dt-db", "dt-app", "dt-tls",
+];
 /// Access points run on the runtime next to the resources they guard: no storage driver.
-const ACCESS_POINTS: [&str; 3] = ["dt-agent", "dt-node", "dt-kube"];
+const ACCESS_POINTS: [&str; 5] = ["dt-agent", "dt-node", "dt-kube", "dt-db", "dt-app"];
 
 struct Graph {
     /// package id -> name
