@@ -198,6 +198,37 @@ impl AuthServer {
         Ok(st)
     }
 
+    /// Record `who` as the service of source `name` unless one already is (then
+    /// [`AuthServer::owned_source`] decides again).
+    async fn claim_source(&self, who: &MdmPeer, name: &str, origin: SourceOrigin) -> ApiResult<()> {
+        let state = SourceState {
+            name: name.to_string(),
+            origin,
+            service: who.node.name.clone(),
+            last_full: None,
+            last_partial: None,
+            cursor: None,
+            last_error: None,
+        };
+        match self
+            .backend
+            .atomic_write(
+                vec![Condition::NotExists(keys::mdm_source(name))],
+                vec![Op::Put {
+                    key: keys::mdm_source(name),
+                    value: serde_json::to_vec(&state).map_err(ApiError::internal)?,
+                    expires: None,
+                }],
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::ConditionFailed { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        self.owned_source(who, name, Some(origin)).await.map(|_| ())
+    }
+
     pub async fn mdm_list_source_devices(
         &self,
         who: &MdmPeer,
@@ -284,7 +315,15 @@ impl AuthServer {
         req: pb::ApplyMdmBatchRequest,
     ) -> ApiResult<pb::ApplyMdmBatchResponse> {
         let origin = mdm_origin(&req.origin)?;
-        self.owned_source(who, &req.source, Some(origin)).await?;
+        if self
+            .owned_source(who, &req.source, Some(origin))
+            .await?
+            .is_none()
+            && !req.dry_run
+        {
+            // The first write claims the source for this service.
+            self.claim_source(who, &req.source, origin).await?;
+        }
         let n = req.creates.len() + req.updates.len() + req.removes.len();
         if n > wire::MAX_BATCH {
             return Err(ApiError::InvalidArgument(format!(
@@ -580,19 +619,7 @@ impl AuthServer {
             ),
         };
         let Some(run) = run else {
-            if matches!(cond, Condition::NotExists(_)) {
-                self.backend
-                    .atomic_write(
-                        vec![cond],
-                        vec![Op::Put {
-                            key: keys::mdm_source(&req.source),
-                            value: serde_json::to_vec(&state).map_err(ApiError::internal)?,
-                            expires: None,
-                        }],
-                    )
-                    .await?;
-            }
-            return Ok(());
+            return self.claim_source(who, &req.source, origin).await;
         };
         if !run.dry_run {
             state.last_error = run.error.clone();

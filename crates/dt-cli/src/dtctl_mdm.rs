@@ -2,7 +2,7 @@
 //! from Jamf Pro or Intune, as operators see it.
 //!
 //! A sync request is a record on the auth service that the source's MDM service picks up
-//! (it asks every second), reports progress into, and closes with the run's counts; this
+//! (it asks four times a second), reports progress into, and closes with the run's counts; this
 //! command polls it to draw the progress bar (on a terminal) and prints the summary.
 
 use std::io::IsTerminal;

@@ -30,7 +30,7 @@ pub const BATCH: usize = 500;
 /// stamped with a slightly late clock is not missed.
 pub const CURSOR_SKEW: Duration = Duration::from_secs(300);
 /// How often the service asks for on-demand sync requests.
-pub const REQUEST_POLL: Duration = Duration::from_secs(1);
+pub const REQUEST_POLL: Duration = Duration::from_millis(250);
 
 /// One sync to run.
 #[derive(Clone, Debug)]
@@ -215,7 +215,7 @@ pub async fn run_sync(
 ) -> SyncRun {
     let started = OffsetDateTime::now_utc();
     let (progress, mut progress_rx) = watch::channel(("fetching".to_string(), 0u64, 0u64));
-    // Progress reaches `dtctl mdm sync` through the request record, at most 4 times a second.
+    // Progress reaches `dtctl mdm sync` through the request record, at most 10 times a second.
     let reporter = job.request_id.clone().map(|id| {
         let mut auth = auth.clone();
         tokio::spawn(async move {
@@ -229,7 +229,7 @@ pub async fn run_sync(
                         total,
                     })
                     .await;
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
     });
