@@ -53,6 +53,8 @@ pub enum MdmCmd {
     ///
     /// Secrets are read from files, never from the command line, and never logged.
     /// `dtctl mdm status` shows the result of each sync; `dtctl mdm sync NAME` runs one now.
+    /// More: docs/mdm.md.
+    #[command(verbatim_doc_comment)]
     Start(MdmStartArgs),
 }
 
@@ -150,13 +152,22 @@ async fn start(a: MdmStartArgs) -> anyhow::Result<ExitCode> {
             base: Duration::from_millis(ms),
             ..Default::default()
         });
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
     rt.spawn(async move {
         if let Err(e) = dt_mdm::sync::serve(channel, sources, policy, shutdown).await {
-            tracing::error!(error = %e, "the MDM sync stopped");
+            let _ = failed_tx.send(e.to_string());
         }
     });
-    until_stopped().await;
+    // Run until stopped, or until the sync cannot go on (its source belongs to another MDM
+    // service, the auth service refuses it): then exit with the reason.
+    let failure = tokio::select! {
+        _ = until_stopped() => None,
+        f = failed_rx => f.ok(),
+    };
     rt.stop().await;
     let _ = writeln!(out, "devtrust MDM sync service {} stopped", a.name);
-    Ok(ExitCode::SUCCESS)
+    match failure {
+        None => Ok(ExitCode::SUCCESS),
+        Some(e) => anyhow::bail!("the MDM sync stopped: {e}"),
+    }
 }

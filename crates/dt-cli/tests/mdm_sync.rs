@@ -485,6 +485,33 @@ fn bad_input_fails_cleanly_and_on_missing_never_runs_after_an_incomplete_sync() 
         "{err}"
     );
 
+    // A second MDM service may not sync a source the first one owns: it stops, saying why.
+    let token = s
+        .dtctl(&["tokens", "add", "--type=mdm", "--format=text"])
+        .ok()
+        .trim()
+        .to_string();
+    let other_dir = tempfile::tempdir().unwrap();
+    let out = Run::new(
+        DEVTRUST,
+        [
+            "mdm".to_string(),
+            "start".into(),
+            "--name=mdm2".into(),
+            format!("--config={}", cfg.display()),
+            format!("--data-dir={}", other_dir.path().join("d").display()),
+            format!("--auth-server={}", s.addr),
+            format!("--ca-pin={}", s.pin),
+        ],
+    )
+    .env("DEVTRUST_MDM_TOKEN", token)
+    .run();
+    assert!(!out.success(), "{out}");
+    assert!(
+        out.stderr.contains("is synced by the MDM service \"mdm1\""),
+        "{out}"
+    );
+
     // A config with a typo is refused at start, naming the key.
     let typo = fake.dir.path().join("typo.yaml");
     std::fs::write(

@@ -383,11 +383,21 @@ pub async fn serve(
                 })
                 .await
             {
-                return Err(MdmError::Auth(format!(
-                    "cannot register source {:?}: {}",
-                    s.name(),
-                    e.message()
-                )));
+                // Refused for good (another service owns the name...): stop. Unreachable:
+                // the first sync claims it later.
+                if matches!(
+                    e.code(),
+                    tonic::Code::PermissionDenied
+                        | tonic::Code::InvalidArgument
+                        | tonic::Code::Unauthenticated
+                ) {
+                    return Err(MdmError::Auth(format!(
+                        "cannot register source {:?}: {}",
+                        s.name(),
+                        e.message()
+                    )));
+                }
+                tracing::warn!(source = s.name(), error = %e.message(), "cannot register the source yet");
             }
         }
         let since_full = known
