@@ -362,3 +362,106 @@ mod tests {
         assert_eq!((c.created, c.skipped_total()), (1, 1));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! The planner's invariants over random inventories and MDM answers.
+    use super::*;
+    use dt_types::device::SourceOrigin;
+    use proptest::prelude::*;
+
+    fn source(i: u8) -> Option<DeviceSource> {
+        match i % 4 {
+            0 => Some(DeviceSource {
+                name: "me".into(),
+                origin: SourceOrigin::Jamf,
+            }),
+            1 => Some(DeviceSource {
+                name: "other".into(),
+                origin: SourceOrigin::Intune,
+            }),
+            2 => Some(DeviceSource {
+                name: "api".into(),
+                origin: SourceOrigin::Api,
+            }),
+            _ => None,
+        }
+    }
+
+    fn os(i: u8) -> OsType {
+        [OsType::Macos, OsType::Windows, OsType::Linux][usize::from(i % 3)]
+    }
+
+    prop_compose! {
+        fn current_devices()(items in proptest::collection::vec((0u8..8, 0u8..3, 0u8..4, 0u8..3), 0..12)) -> Vec<Current> {
+            let mut seen = std::collections::HashSet::new();
+            items
+                .into_iter()
+                .enumerate()
+                // (os, serial) is unique in the inventory.
+                .filter(|(_, (serial, o, _, _))| seen.insert((*serial, *o)))
+                .map(|(i, (serial, o, src, user))| Current {
+                    id: format!("d{i}"),
+                    revision: i as i64,
+                    os: os(o),
+                    serial: format!("S{serial}"),
+                    source: source(src),
+                    profile: Some(DeviceProfile { assigned_user: format!("u{user}"), ..Default::default() }),
+                })
+                .collect()
+        }
+    }
+
+    prop_compose! {
+        fn records()(items in proptest::collection::vec((0u8..8, 0u8..3, 0u8..3, any::<bool>()), 0..12)) -> Vec<Result<MdmDevice, Skip>> {
+            items.into_iter().enumerate().map(|(i, (serial, o, user, bad))| {
+                if bad && serial == 0 {
+                    return Err(Skip { what: format!("id {i}"), reason: SkipReason::MissingSerial, detail: String::new() });
+                }
+                Ok(MdmDevice {
+                    external_id: i.to_string(),
+                    os: os(o),
+                    serial: format!("S{serial}"),
+                    profile: DeviceProfile { assigned_user: format!("u{user}"), ..Default::default() },
+                })
+            }).collect()
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn invariants(current in current_devices(), recs in records(), full in any::<bool>(), delete in any::<bool>(), complete in any::<bool>()) {
+            let me = source(0).unwrap();
+            let kind = if full { SyncKind::Full } else { SyncKind::Partial };
+            let on_missing = if delete { OnMissing::Delete } else { OnMissing::Noop };
+            let n_records = recs.len();
+            let p = plan(&me, &current, recs.clone(), kind, on_missing, complete);
+            let by_id: HashMap<&str, &Current> = current.iter().map(|c| (c.id.as_str(), c)).collect();
+            // never_touches_another_source
+            for id in p.updates.iter().map(|u| u.id.as_str()).chain(p.removes.iter().map(|r| r.id.as_str())) {
+                prop_assert_eq!(by_id[id].source.as_ref(), Some(&me));
+            }
+            // creates never collide with a device the inventory holds
+            for c in &p.creates {
+                prop_assert!(!current.iter().any(|d| d.os == c.os && d.serial == c.serial));
+            }
+            // removes_only_after_a_complete_full_sync, and never a device a record named
+            if !(full && delete && complete) {
+                prop_assert!(p.removes.is_empty());
+            }
+            for r in &p.removes {
+                prop_assert!(!recs.iter().flatten().any(|d| d.os == r.os && d.serial == r.serial));
+            }
+            // duplicates_apply_neither
+            for d in p.creates.iter().chain(p.updates.iter().map(|u| &u.device)) {
+                let same = recs.iter().flatten().filter(|x| x.os == d.os && x.serial == d.serial).count();
+                prop_assert_eq!(same, 1);
+            }
+            // every record is accounted for exactly once
+            prop_assert_eq!(
+                p.creates.len() + p.updates.len() + p.skips.len() + p.unchanged as usize,
+                n_records
+            );
+        }
+    }
+}
