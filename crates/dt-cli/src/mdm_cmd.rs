@@ -88,6 +88,9 @@ pub struct MdmStartArgs {
     /// Log format: text or json.
     #[arg(long, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
+    /// Only validate the config (keys, endpoints, secret files, ca_file) and exit.
+    #[arg(long)]
+    check: bool,
 }
 
 pub fn run_mdm(cmd: MdmCmd) -> anyhow::Result<ExitCode> {
@@ -109,6 +112,17 @@ async fn start(a: MdmStartArgs) -> anyhow::Result<ExitCode> {
     for s in &cfg.sources {
         dt_mdm::source::MdmClient::new(s.clone())
             .with_context(|| format!("source {:?}", s.name()))?;
+    }
+    if a.check {
+        for s in &cfg.sources {
+            println!(
+                "{}: source {} ({:?}) is valid",
+                a.config.display(),
+                s.name(),
+                s.origin()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
     }
     let mut rt = dt_agent::Runtime::start(access_point_runtime(JoinFlags {
         kind: ServiceKind::Mdm,

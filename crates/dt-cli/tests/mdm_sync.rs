@@ -512,6 +512,23 @@ fn bad_input_fails_cleanly_and_on_missing_never_runs_after_an_incomplete_sync() 
         "{out}"
     );
 
+    // --check validates without starting.
+    let out = Run::new(
+        DEVTRUST,
+        [
+            "mdm".as_ref(),
+            "start".as_ref(),
+            "--check".as_ref(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+        ],
+    )
+    .run();
+    assert!(
+        out.ok().contains("source jamf-main (Jamf) is valid"),
+        "{out}"
+    );
+
     // A config with a typo is refused at start, naming the key.
     let typo = fake.dir.path().join("typo.yaml");
     std::fs::write(
