@@ -441,6 +441,10 @@ fn bad_input_fails_cleanly_and_on_missing_never_runs_after_an_incomplete_sync() 
             "{what}: {st}"
         );
     }
+    // An unknown source name is a clear error, not a wait.
+    s.dtctl(&["mdm", "sync", "jamf-typo"])
+        .fails_with("no MDM service syncs a source named \"jamf-typo\"");
+
     // The failure shows in the text status and in the exit code of a text sync.
     let out = s.dtctl(&["mdm", "sync", "jamf-main", "--full"]);
     assert!(!out.success());
