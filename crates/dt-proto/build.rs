@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/db.proto",
         "proto/access.proto",
         "proto/apps.proto",
+        "proto/mdm.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

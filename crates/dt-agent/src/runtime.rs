@@ -146,25 +146,28 @@ impl Runtime {
                 description: r.description.clone(),
             })
             .collect();
-        let tasks = vec![
-            tokio::spawn(watch_loop(
+        let mut tasks = Vec::new();
+        // The MDM service makes no access decision: it neither needs nor may watch the
+        // cluster's roles and locks.
+        if cfg.kind.is_access_point() {
+            tasks.push(tokio::spawn(watch_loop(
                 channel.clone(),
                 view.clone(),
                 shutdown_rx.clone(),
-            )),
-            tokio::spawn(heartbeat_loop(
-                channel.clone(),
-                pb::HeartbeatRequest {
-                    addr: cfg.advertise_addr.clone(),
-                    labels: cfg.labels.clone().into_iter().collect(),
-                    version: env!("CARGO_PKG_VERSION").into(),
-                    ttl_seconds: (cfg.heartbeat_every * 3).as_secs().max(3),
-                    resources,
-                },
-                cfg.heartbeat_every,
-                shutdown_rx,
-            )),
-        ];
+            )));
+        }
+        tasks.push(tokio::spawn(heartbeat_loop(
+            channel.clone(),
+            pb::HeartbeatRequest {
+                addr: cfg.advertise_addr.clone(),
+                labels: cfg.labels.clone().into_iter().collect(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                ttl_seconds: (cfg.heartbeat_every * 3).as_secs().max(3),
+                resources,
+            },
+            cfg.heartbeat_every,
+            shutdown_rx,
+        )));
         tracing::info!(
             kind = %id.meta.kind,
             name = %id.meta.name,

@@ -103,7 +103,7 @@ pub(crate) fn credential_key_index(c: &dt_types::device::DeviceCredential) -> Op
 }
 
 /// The index and record writes that store `d` (no conditions).
-fn put_ops(d: &Device) -> ApiResult<Vec<Op>> {
+pub(crate) fn put_ops(d: &Device) -> ApiResult<Vec<Op>> {
     let id = &d.metadata.name;
     let mut ops = vec![
         Op::Put {
@@ -142,7 +142,7 @@ fn put_ops(d: &Device) -> ApiResult<Vec<Op>> {
 }
 
 /// Deletes of the indexes `d` occupies (not the record itself).
-fn index_deletes(d: &Device) -> Vec<Op> {
+pub(crate) fn index_deletes(d: &Device) -> Vec<Op> {
     let id = &d.metadata.name;
     let mut ops = vec![Op::Delete {
         key: keys::device_tag_index(d.spec.os_type, &d.spec.asset_tag),
@@ -164,11 +164,11 @@ fn index_deletes(d: &Device) -> Vec<Op> {
 }
 
 /// A lock that revokes the certificates augmented with a deleted or un-enrolled device.
-struct Revocation {
-    op: Op,
-    event: AuditEvent,
-    key: String,
-    value: Vec<u8>,
+pub(crate) struct Revocation {
+    pub(crate) op: Op,
+    pub(crate) event: AuditEvent,
+    pub(crate) key: String,
+    pub(crate) value: Vec<u8>,
 }
 
 impl AuthServer {
@@ -178,7 +178,7 @@ impl AuthServer {
     /// caught) that lasts as long as the longest certificate any role allows. Locks already
     /// reach every API call and, through the node watch, every SSH decision and live session.
     /// `None` when `d` has no credential: nothing was ever augmented with it.
-    async fn revocation(
+    pub(crate) async fn revocation(
         &self,
         caller: &Caller,
         d: &Device,

@@ -111,3 +111,15 @@ pub fn service_registration(kind: ServiceKind, name: &str) -> String {
 pub fn removed_node_key(key_sha256: &str) -> String {
     format!("/index/removed_node_key/{key_sha256}")
 }
+
+/// MDM sync state per source: `/mdm/sources/<name>` → `dt_types::mdm::SourceState` JSON.
+pub const MDM_SOURCES_PREFIX: &str = "/mdm/sources/";
+pub fn mdm_source(name: &str) -> String {
+    format!("{MDM_SOURCES_PREFIX}{name}")
+}
+
+/// On-demand sync requests (`dtctl mdm sync`) with their progress: `/mdm/requests/<id>`.
+pub const MDM_REQUESTS_PREFIX: &str = "/mdm/requests/";
+pub fn mdm_request(id: &str) -> String {
+    format!("{MDM_REQUESTS_PREFIX}{id}")
+}

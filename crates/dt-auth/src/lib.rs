@@ -34,6 +34,7 @@ pub use server::AuthServer;
 pub mod access;
 pub mod app_sessions;
 pub mod apps;
+pub mod mdm;
 
 /// gRPC services and the JSON API as one router.
 pub fn router(srv: Arc<AuthServer>) -> axum::Router {
@@ -62,6 +63,9 @@ pub fn router(srv: Arc<AuthServer>) -> axum::Router {
                 srv: srv.clone(),
             }),
         )
+        .add_service(dt_proto::v1::mdm_service_server::MdmServiceServer::new(
+            mdm::GrpcMdm { srv: srv.clone() },
+        ))
         .into_axum_router();
     http::router(srv).merge(grpc)
 }

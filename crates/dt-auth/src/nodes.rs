@@ -740,7 +740,7 @@ impl AuthServer {
 
     /// The joined service on the other end whose key is still registered for its name
     /// and kind.
-    async fn live_node(&self, peer: &Peer) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
+    pub(crate) async fn live_node(&self, peer: &Peer) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
         let node = node_of(peer)?;
         self.check_peer_node_key(&node, peer).await?;
         Ok(node)

@@ -64,6 +64,9 @@ enum Cmd {
     /// Kubernetes access points: `devtrust kube start`.
     #[command(subcommand)]
     Kube(crate::kube_cmd::KubeCmd),
+    /// The inventory sync from Jamf Pro or Intune: `devtrust mdm start`.
+    #[command(subcommand)]
+    Mdm(crate::mdm_cmd::MdmCmd),
     /// App access points: `devtrust app start`.
     #[command(subcommand)]
     App(crate::app_cmd::AppCmd),
@@ -88,6 +91,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Db(cmd) => crate::db_cmd::run_db(cmd),
         Cmd::Kube(cmd) => crate::kube_cmd::run_kube(cmd),
         Cmd::App(cmd) => crate::app_cmd::run_app(cmd),
+        Cmd::Mdm(cmd) => crate::mdm_cmd::run_mdm(cmd),
         Cmd::OpensshPrincipals(a) => crate::node_cmd::principals(a),
         Cmd::OpensshSetup(a) => crate::node_cmd::setup(a),
         Cmd::Check { config } => {

@@ -91,6 +91,9 @@ enum Cmd {
     /// The audit log.
     #[command(subcommand)]
     Events(EventsCmd),
+    /// The inventory sync from Jamf Pro or Intune: `status`, and `sync NAME` now.
+    #[command(subcommand)]
+    Mdm(crate::dtctl_mdm::MdmCmd),
     /// Lock a user, role, login, device or resource: blocks certificates and access, and
     /// ends live sessions. Several targets in one lock must all match.
     Lock {
@@ -570,6 +573,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Bots(cmd) => crate::dtctl_bots::run(&g, cmd).await?,
         Cmd::Auth(cmd) => crate::dtctl_auth::run(&g, cmd).await?,
         Cmd::Access(cmd) => return crate::dtctl_access::run(&g, cmd).await,
+        Cmd::Mdm(cmd) => return crate::dtctl_mdm::run(&g, cmd).await,
         Cmd::Events(EventsCmd::Verify(a)) => return crate::dtctl_events::verify(&g, a).await,
         Cmd::Events(EventsCmd::Export(a)) => return crate::dtctl_events::export(&g, a).await,
         Cmd::Events(EventsCmd::Ls {

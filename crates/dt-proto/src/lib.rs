@@ -24,6 +24,7 @@ pub mod ceremony;
 pub mod chain;
 pub mod device;
 pub mod error;
+pub mod mdm;
 pub mod resource;
 
 mod time_conv;

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod device;
 pub mod duration;
+pub mod mdm;
 pub mod posture;
 pub mod resource;
 pub mod secret;

@@ -29,11 +29,13 @@ const FORBIDDEN_IN_PURE: [&str; 7] = [
     "tokio-postgres",
     "tss-esapi",
 ];
-const SERVER: [&str; 8] = [
-    "dt-auth", "dt-store", "dt-node", "dt-agent", "dt-kube", "dt-db", "dt-app", "dt-tls",
+const SERVER: [&str; 9] = [
+    "dt-auth", "dt-store", "dt-node", "dt-agent", "dt-kube", "dt-db", "dt-app", "dt-tls", "dt-mdm",
 ];
 /// Access points run on the runtime next to the resources they guard: no storage driver.
 const ACCESS_POINTS: [&str; 5] = ["dt-agent", "dt-node", "dt-kube", "dt-db", "dt-app"];
+/// The MDM sync service talks to the auth service, never to storage.
+const NO_STORAGE: [&str; 1] = ["dt-mdm"];
 
 struct Graph {
     /// package id -> name
@@ -174,15 +176,30 @@ fn access_points_link_no_storage_driver() {
     }
 }
 
+#[test]
+fn the_mdm_service_links_no_storage_driver() {
+    let g = graph();
+    for krate in NO_STORAGE {
+        let reach = closure(&g, krate);
+        for driver in ["dt-store", "rusqlite", "tokio-postgres", "dt-auth"] {
+            assert!(!reach.contains(driver), "{krate} depends on {driver}");
+        }
+    }
+}
+
 /// Test-only stand-ins (the fake Kubernetes API server) never reach what ships.
 #[test]
 fn shipped_crates_never_link_test_stand_ins() {
     let g = graph();
-    for krate in ["dt-cli", "dt-kube", "dt-agent", "dt-auth"] {
+    for krate in ["dt-cli", "dt-kube", "dt-agent", "dt-auth", "dt-mdm"] {
         let reach = closure(&g, krate);
         assert!(
             !reach.contains("dt-fakekube"),
             "{krate} depends on dt-fakekube"
+        );
+        assert!(
+            !reach.contains("dt-fakemdm"),
+            "{krate} depends on dt-fakemdm"
         );
         assert!(
             !reach.contains("dt-testkit"),
