@@ -339,3 +339,225 @@ fn desktops_in_a_real_browser_with_role_device_trust_locks_and_bad_input() {
     );
     drop(ap);
 }
+
+/// One connection to the access point as the user logged in at `home`: sends `frames`
+/// (raw, already framed) and returns the messages received until the connection closes.
+async fn exchange(
+    home: &Home,
+    addr: &str,
+    frames: Vec<Vec<u8>>,
+) -> Vec<dt_desktop::wire::ServerMsg> {
+    use dt_desktop::wire::{MAX_SERVER_MESSAGE, ServerMsg, read_frame};
+    use tokio::io::AsyncWriteExt;
+    let store = dt_client::ProfileStore {
+        home: home.path.clone(),
+    };
+    let f = store.files(&store.current().unwrap().proxy);
+    let cert = dt_ca::pem::parse_cert_pem(&std::fs::read_to_string(f.tls_cert()).unwrap()).unwrap();
+    let key =
+        dt_ca::ClientKey::from_pkcs8_pem(&std::fs::read_to_string(f.key_pem()).unwrap()).unwrap();
+    let host_ca =
+        dt_ca::pem::parse_cert_pem(&std::fs::read_to_string(f.host_ca()).unwrap()).unwrap();
+    let connector = dt_client::access_point::connector(
+        host_ca,
+        dt_types::ServiceKind::Desktop,
+        "lab",
+        cert,
+        key.pkcs8_der().to_vec(),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = connector
+        .connect(dt_client::access_point::server_name("lab"), tcp)
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = tokio::io::split(tls);
+    for f in frames {
+        if wr.write_all(&f).await.is_err() {
+            break;
+        }
+    }
+    // Done sending: the access point sees the client leave after these.
+    let _ = wr.shutdown().await;
+    let mut got = Vec::new();
+    let deadline = std::time::Duration::from_secs(20);
+    while let Ok(Ok(Some(b))) =
+        tokio::time::timeout(deadline, read_frame(&mut rd, MAX_SERVER_MESSAGE)).await
+    {
+        let m = ServerMsg::decode(&b).unwrap();
+        let end = matches!(m, ServerMsg::End { .. });
+        // Keep tiles out of the way: only their count matters here.
+        if !matches!(m, ServerMsg::Tile { .. }) {
+            got.push(m);
+        }
+        if end {
+            break;
+        }
+    }
+    got
+}
+
+fn framed(msg: &dt_desktop::wire::ClientMsg) -> Vec<u8> {
+    let b = msg.encode();
+    let mut out = dt_desktop::wire::frame_header(b.len()).to_vec();
+    out.extend_from_slice(&b);
+    out
+}
+
+fn open(desktop: &str, login: &str) -> Vec<u8> {
+    framed(&dt_desktop::wire::ClientMsg::Open {
+        desktop: desktop.into(),
+        login: login.into(),
+        width: 320,
+        height: 320,
+    })
+}
+
+#[track_caller]
+fn end_of(msgs: &[dt_desktop::wire::ServerMsg]) -> (u8, String) {
+    match msgs.last() {
+        Some(dt_desktop::wire::ServerMsg::End { reason, message }) => {
+            (*reason as u8, message.clone())
+        }
+        other => panic!("no End: {other:?} in {msgs:?}"),
+    }
+}
+
+/// The access point straight over mTLS (what the auth service sends, and what it never
+/// would): every Open is judged, bad frames end only their own connection, and it keeps
+/// serving.
+#[test]
+fn the_access_point_judges_every_open_and_survives_bad_frames() {
+    use dt_desktop::wire::ClientMsg;
+    let login = desktop_login();
+    let srv = Server::start();
+    let roles = srv.write_file(
+        "roles.yaml",
+        &format!(
+            "kind: role\nversion: v7\nmetadata: {{name: desk}}\nspec: {{allow: {{desktop_labels: {{env: lab}}, desktop_logins: [{login}, devtrust-no-such-user]}}}}\n"
+        ),
+    );
+    srv.dtctl(&["create", "-f", &roles]).ok();
+    let bob = srv.new_user("bob", "desk", &login, PW);
+    let tmp = shared_dir(0o755);
+    let token = srv
+        .dtctl(&["tokens", "add", "--type=desktop", "--format=text"])
+        .ok()
+        .trim()
+        .to_string();
+    let (_ap, addr) = desktop_access_point(
+        &[
+            format!("--auth-server={}", srv.addr),
+            format!("--token={token}"),
+            "--name=lab".into(),
+            "--labels=env=lab".into(),
+            "--listen=127.0.0.1:0".into(),
+            format!("--data-dir={}", srv.scratch().join("desktop-ap").display()),
+            format!("--ca-pin={}", srv.pin),
+            "--session-command=exec sleep 600".into(),
+        ],
+        tmp.path(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let talk = |frames: Vec<Vec<u8>>| rt.block_on(exchange(&bob, &addr, frames));
+
+    // Until the access point has the cluster's view, and then: allowed.
+    common::db::wait_until("the access point serves", || {
+        matches!(
+            talk(vec![open("lab", &login)]).first(),
+            Some(dt_desktop::wire::ServerMsg::Hello { .. })
+        )
+    });
+
+    // A second Open ends the session as malformed; its X server goes.
+    let m = talk(vec![open("lab", &login), open("lab", &login)]);
+    assert!(
+        matches!(
+            m[0],
+            dt_desktop::wire::ServerMsg::Hello {
+                width: 320,
+                height: 320,
+                clipboard: false
+            }
+        ),
+        "{m:?}"
+    );
+    assert_eq!(end_of(&m), (3, "malformed input: a second open".into()));
+
+    // Refusals, each with what to do.
+    let (r, why) = end_of(&talk(vec![open("lab", "root")]));
+    assert_eq!(r, 1, "{why}");
+    assert!(why.contains("root"), "{why}");
+    let (r, why) = end_of(&talk(vec![open("lab", "devtrust-no-such-user")]));
+    assert_eq!(r, 1);
+    assert_eq!(
+        why,
+        "access denied to devtrust-no-such-user on desktop \"lab\": the login \"devtrust-no-such-user\" does not exist on this desktop host"
+    );
+    let (r, why) = end_of(&talk(vec![open("other", &login)]));
+    assert_eq!(r, 1);
+    assert_eq!(
+        why,
+        "desktop \"other\" is not served here (this access point serves \"lab\")"
+    );
+
+    // Bad first frames.
+    let key = framed(&ClientMsg::Key {
+        keysym: 0x61,
+        down: true,
+    });
+    assert_eq!(
+        end_of(&talk(vec![key])),
+        (3, "malformed input: expected open, got key".into())
+    );
+    assert_eq!(
+        end_of(&talk(vec![vec![0, 0, 0, 2, 0x7f, 0]])),
+        (3, "malformed input: unknown message type 0x7f".into())
+    );
+    let (r, why) = end_of(&talk(vec![vec![0x40, 0, 0, 0, 1]]));
+    assert_eq!(r, 3);
+    assert!(
+        why.starts_with("malformed input: message of 1073741824 bytes is larger than allowed"),
+        "{why}"
+    );
+
+    // Clipboard text is refused (not built yet) and audited with its size, never its text;
+    // the session goes on.
+    let m = talk(vec![
+        open("lab", &login),
+        framed(&ClientMsg::Clipboard("secret clipboard text".into())),
+        framed(&ClientMsg::Refresh),
+    ]);
+    assert_eq!(end_of(&m), (0, "the client left".into()), "{m:?}");
+
+    // Still serving after all that.
+    let m = talk(vec![open("lab", &login)]);
+    assert!(
+        matches!(m.first(), Some(dt_desktop::wire::ServerMsg::Hello { .. })),
+        "{m:?}"
+    );
+    common::db::wait_until("no Xvfb left", || xvfb_under(tmp.path()).is_empty());
+
+    common::db::wait_until("the clipboard event", || {
+        srv.events(&[])
+            .iter()
+            .any(|e| e["event"] == "desktop.clipboard")
+    });
+    let events = srv.events(&[]);
+    let clip: Vec<_> = events
+        .iter()
+        .filter(|e| e["event"] == "desktop.clipboard")
+        .collect();
+    assert!(
+        clip[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("clipboard text of 21 bytes from the browser refused"),
+        "{clip:#?}"
+    );
+    assert!(
+        !serde_json::to_string(&events)
+            .unwrap()
+            .contains("secret clipboard text")
+    );
+}

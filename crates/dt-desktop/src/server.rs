@@ -277,11 +277,15 @@ async fn connection(state: Arc<DesktopState>, tcp: tokio::net::TcpStream, remote
         .await;
         return;
     };
-    let open = tokio::time::timeout(OPEN_TIMEOUT, wire::read_frame(&mut rd, MAX_CLIENT_MESSAGE))
-        .await
-        .ok()
-        .and_then(|r| r.ok().flatten())
-        .map(|b| ClientMsg::decode(&b));
+    let open =
+        match tokio::time::timeout(OPEN_TIMEOUT, wire::read_frame(&mut rd, MAX_CLIENT_MESSAGE))
+            .await
+        {
+            Ok(Ok(Some(b))) => Some(ClientMsg::decode(&b)),
+            Ok(Err(FrameError::Wire(e))) => Some(Err(e)),
+            // Gone, or silent for too long: nothing to answer.
+            Ok(Ok(None)) | Ok(Err(FrameError::Io(_))) | Err(_) => None,
+        };
     let (login, width, height) = match open {
         Some(Ok(ClientMsg::Open {
             desktop,

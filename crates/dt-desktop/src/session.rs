@@ -14,6 +14,8 @@ use crate::wire::{ClientMsg, EndReason, ServerMsg};
 
 /// Time between two captures when nothing else happens (about 30 frames per second).
 pub const CAPTURE_EVERY: Duration = Duration::from_millis(33);
+/// How soon after input the next capture happens.
+pub const AFTER_INPUT: Duration = Duration::from_millis(8);
 
 /// Input for the session thread.
 #[derive(Debug)]
@@ -113,7 +115,7 @@ pub fn run(
                 };
             }
         }
-        let deadline = Instant::now() + every;
+        let mut deadline = Instant::now() + every;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match input.recv_timeout(left) {
@@ -135,6 +137,9 @@ pub fn run(
                             message: backend.ended().unwrap_or_else(|| e.to_string()),
                         };
                     }
+                    // Show the effect of input soon: capture shortly after it rather than
+                    // at the next tick (the client draws in a few milliseconds).
+                    deadline = deadline.min(Instant::now() + AFTER_INPUT);
                 }
                 Err(RecvTimeoutError::Timeout) => break,
                 Err(RecvTimeoutError::Disconnected) => return gone(),
