@@ -36,7 +36,7 @@ pub enum DesktopCmd {
     ///
     /// Example:
     ///   dtctl tokens add --type=desktop
-    ///   devtrust desktop start --name=lab --token=TOKEN --auth-server=auth:3025 \
+    ///   devtrust desktop start --name=lab --token=TOKEN --auth-server=auth:3080 \
     ///     --ca-pin=sha256:... --labels=env=lab --session-command='xterm'
     #[command(verbatim_doc_comment)]
     Start(DesktopStartArgs),
