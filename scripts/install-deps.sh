@@ -61,6 +61,18 @@ if [ "${#web_need[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${web_need[@]}" >/dev/null
 fi
+# The desktop access point's X server and the desktop tests' X client (crates/dt-desktop,
+# crates/dt-cli/tests/desktop_access.rs): Xvfb, xterm; x11-apps and xdotool for looking into
+# a test desktop by hand (the product injects input through XTEST itself).
+desk_need=()
+for p in xvfb xterm x11-apps xdotool; do
+  have_pkg "$p" || desk_need+=("$p")
+done
+if [ "${#desk_need[@]}" -gt 0 ]; then
+  echo "==> installing for the desktop access point and its tests: ${desk_need[*]}"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${desk_need[@]}" >/dev/null
+fi
 web_tests="$(cd "$(dirname "$0")/.." && pwd)/crates/dt-cli/tests/web"
 if [ ! -d "$web_tests/node_modules/playwright-core" ]; then
   echo "==> npm ci in $web_tests"

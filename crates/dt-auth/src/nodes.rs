@@ -79,7 +79,7 @@ const JOIN_RECORD_TTL: time::Duration = time::Duration::seconds(60);
 /// Default lifetime of a bot join token.
 pub const DEFAULT_BOT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Event types an access point may submit.
-const NODE_EVENTS: [EventType; 13] = [
+const NODE_EVENTS: [EventType; 16] = [
     EventType::SessionStart,
     EventType::SessionEnd,
     EventType::SessionTerminate,
@@ -93,6 +93,9 @@ const NODE_EVENTS: [EventType; 13] = [
     EventType::KubeExecEnd,
     EventType::AppSessionStart,
     EventType::AppSessionRequest,
+    EventType::DesktopSessionStart,
+    EventType::DesktopSessionEnd,
+    EventType::DesktopClipboard,
 ];
 const MAX_EVENTS_PER_SUBMIT: usize = 1000;
 const MAX_EVENT_JSON: usize = 64 * 1024;

@@ -284,6 +284,32 @@ impl ClientKey {
         Self::from_pkcs8_der(&pem::parse_pem(pem_text, pem::PRIVATE_KEY)?)
     }
 
+    /// Loads the OpenSSH private key text [`ClientKey::ssh_private_key_openssh`] wrote (a
+    /// web session keeps its key this way), so the same key can also serve TLS.
+    pub fn from_ssh_private_key_openssh(text: &str) -> Result<Self> {
+        let key = ssh_key::PrivateKey::from_openssh(text)
+            .map_err(|e| CaError::malformed("ssh private key", e.to_string()))?;
+        let KeypairData::Ecdsa(EcdsaKeypair::NistP256 { public, private }) = key.key_data() else {
+            return Err(CaError::UnsupportedKey(
+                "the ssh private key is not a p-256 key".into(),
+            ));
+        };
+        // PKCS#8 (RFC 5208) around an RFC 5915 ECPrivateKey, as ring writes it: version 0,
+        // { id-ecPublicKey, prime256v1 }, OCTET STRING { SEQUENCE { 1, d, [1] public } }.
+        let algorithm = &SPKI_P256_PREFIX[2..2 + 0x15];
+        let ec_private_key = asn1::sequence(&[
+            &asn1::small_uint(1),
+            &asn1::octet_string(private.as_slice()),
+            &asn1::cons(0xa1, &[&asn1::bit_string_octets(public.as_bytes())]),
+        ]);
+        let der = asn1::sequence(&[
+            &asn1::small_uint(0),
+            algorithm,
+            &asn1::octet_string(&ec_private_key),
+        ]);
+        Self::from_pkcs8_der(&der)
+    }
+
     /// The PKCS#8 DER, as rustls wants it (`PrivateKeyDer::Pkcs8`). Secret.
     pub fn pkcs8_der(&self) -> &[u8] {
         self.key.pkcs8_der()
@@ -354,6 +380,22 @@ pub const OPENSSH_KEY_COMMENT: &str = "dtsh";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ssh_private_key_text_loads_back_as_the_same_key() {
+        let key = ClientKey::generate().unwrap();
+        let text = key.ssh_private_key_openssh().unwrap();
+        let back = ClientKey::from_ssh_private_key_openssh(&text).unwrap();
+        assert_eq!(back.public_point(), key.public_point());
+        let sig = back.sign_asn1(b"m").unwrap();
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::ECDSA_P256_SHA256_ASN1,
+            key.public_point(),
+        )
+        .verify(b"m", &sig)
+        .unwrap();
+        assert!(ClientKey::from_ssh_private_key_openssh("not a key").is_err());
+    }
 
     #[test]
     fn spki_round_trip_and_refusals() {

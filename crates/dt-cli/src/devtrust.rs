@@ -70,6 +70,9 @@ enum Cmd {
     /// App access points: `devtrust app start`.
     #[command(subcommand)]
     App(crate::app_cmd::AppCmd),
+    /// Desktop access points (Linux X11 desktops in the browser): `devtrust desktop start`.
+    #[command(subcommand)]
+    Desktop(crate::desktop_cmd::DesktopCmd),
     /// sshd's AuthorizedPrincipalsCommand (%u %k %t): the devtrust decision for OpenSSH.
     OpensshPrincipals(crate::node_cmd::PrincipalsArgs),
     /// Print the sshd_config lines (and the CA file) for agentless OpenSSH access.
@@ -92,6 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Kube(cmd) => crate::kube_cmd::run_kube(cmd),
         Cmd::App(cmd) => crate::app_cmd::run_app(cmd),
         Cmd::Mdm(cmd) => crate::mdm_cmd::run_mdm(cmd),
+        Cmd::Desktop(cmd) => crate::desktop_cmd::run_desktop(cmd),
         Cmd::OpensshPrincipals(a) => crate::node_cmd::principals(a),
         Cmd::OpensshSetup(a) => crate::node_cmd::setup(a),
         Cmd::Check { config } => {

@@ -5,6 +5,7 @@
 pub mod app_cmd;
 pub mod common;
 pub mod db_cmd;
+pub mod desktop_cmd;
 pub mod devtrust;
 pub mod dtctl;
 pub mod dtctl_access;

@@ -86,6 +86,16 @@ pub enum EventType {
     KubeExecStart,
     #[serde(rename = "kube.exec.end")]
     KubeExecEnd,
+    /// A desktop session began (after the access decision allowed it), with the device.
+    #[serde(rename = "desktop.session.start")]
+    DesktopSessionStart,
+    /// A desktop session ended; `message` says why (a lock, the session command exiting).
+    #[serde(rename = "desktop.session.end")]
+    DesktopSessionEnd,
+    /// Clipboard text crossed a desktop session: direction and size in `message`, never the
+    /// text.
+    #[serde(rename = "desktop.clipboard")]
+    DesktopClipboard,
     #[serde(rename = "lock.create")]
     LockCreate,
     #[serde(rename = "lock.delete")]
@@ -93,7 +103,7 @@ pub enum EventType {
 }
 
 impl EventType {
-    pub const ALL: [EventType; 34] = [
+    pub const ALL: [EventType; 37] = [
         EventType::UserLogin,
         EventType::UserCreate,
         EventType::UserUpdate,
@@ -126,6 +136,9 @@ impl EventType {
         EventType::KubeExecEnd,
         EventType::AppSessionStart,
         EventType::AppSessionRequest,
+        EventType::DesktopSessionStart,
+        EventType::DesktopSessionEnd,
+        EventType::DesktopClipboard,
         EventType::LockCreate,
         EventType::LockDelete,
     ];
@@ -164,6 +177,9 @@ impl EventType {
             EventType::KubeExecEnd => "kube.exec.end",
             EventType::AppSessionStart => "app.session.start",
             EventType::AppSessionRequest => "app.session.request",
+            EventType::DesktopSessionStart => "desktop.session.start",
+            EventType::DesktopSessionEnd => "desktop.session.end",
+            EventType::DesktopClipboard => "desktop.clipboard",
             EventType::LockCreate => "lock.create",
             EventType::LockDelete => "lock.delete",
         }
@@ -209,6 +225,9 @@ impl EventType {
             EventType::KubeExecEnd => "K8002",
             EventType::AppSessionStart => "AP8000",
             EventType::AppSessionRequest => "AP8001",
+            EventType::DesktopSessionStart => "DK9000",
+            EventType::DesktopSessionEnd => "DK9001",
+            EventType::DesktopClipboard => "DK9002",
             EventType::LockCreate => "L7000",
             EventType::LockDelete => "L7001",
         };

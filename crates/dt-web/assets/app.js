@@ -205,6 +205,21 @@ async function indexPage() {
     td.appendChild(link);
     appRows[i].appendChild(td);
   });
+  const desktops = res.desktops || [];
+  fillTable($('#desktops'), $('#desktops-empty'),
+    desktops.map((d) => [d.name, labels(d.labels), d.description]));
+  const drows = $('#desktops tbody').children;
+  desktops.forEach((d, i) => {
+    const td = document.createElement('td');
+    for (const login of me.logins || []) {
+      const a = document.createElement('a');
+      a.className = 'connect';
+      a.href = '/web/desktop?' + new URLSearchParams({ desktop: d.name, login });
+      text(a, login);
+      td.appendChild(a);
+    }
+    drows[i].appendChild(td);
+  });
   document.body.dataset.ready = 'true';
 }
 

@@ -18,6 +18,8 @@
 //!
 //! - **The browser terminal** logs in to nodes with the session's own certificate; the node
 //!   decides as for `dtsh ssh` (see `terminal`).
+//! - **Desktops** are relayed to the desktop access point over mTLS with the session's own
+//!   certificate; the access point decides (see `desktop`).
 //!
 //! What it does not do (yet): share sessions between auth servers, read the PROXY protocol.
 //! See docs/web.md.
@@ -25,6 +27,7 @@
 mod admin;
 mod apps;
 pub mod client_ip;
+mod desktop;
 mod pages;
 pub mod session;
 mod terminal;
@@ -121,6 +124,8 @@ pub fn router_with_sessions(
         .route("/web/api/ssh", get(terminal::connect))
         .route("/web/launch/{app}", get(apps::launch_page))
         .route("/web/api/apps/launch", post(apps::launch))
+        .route("/web/desktop", get(desktop_page))
+        .route("/web/api/desktop", get(desktop::connect))
         .merge(admin::routes())
         .layer(axum::middleware::map_response(security_headers))
         .with_state(web)
@@ -290,6 +295,17 @@ async fn terminal_page(
 ) -> Response {
     match web.session(&peer, &headers).await {
         Ok(_) => pages::html(pages::TERMINAL_HTML.to_string()),
+        Err(_) => Redirect::to("/web/login").into_response(),
+    }
+}
+
+async fn desktop_page(
+    State(web): State<Web>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+) -> Response {
+    match web.session(&peer, &headers).await {
+        Ok(_) => pages::html(pages::DESKTOP_HTML.to_string()),
         Err(_) => Redirect::to("/web/login").into_response(),
     }
 }
@@ -565,8 +581,21 @@ async fn resources(
             })
         })
         .collect();
+    let desktops: Vec<_> = web
+        .srv
+        .list_served_for(ServiceKind::Desktop, &caller.roles)
+        .await?
+        .into_iter()
+        .map(|d| {
+            json!({
+                "name": d.resource.name,
+                "labels": d.resource.labels,
+                "description": d.resource.description,
+            })
+        })
+        .collect();
     Ok(Json(
-        json!({ "nodes": nodes, "databases": databases, "apps": apps }),
+        json!({ "nodes": nodes, "databases": databases, "apps": apps, "desktops": desktops }),
     ))
 }
 
