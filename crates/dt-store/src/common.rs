@@ -10,7 +10,9 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{Condition, Op, Result, StoreError, Tuning};
+use std::collections::HashMap;
+
+use crate::{BatchTail, BatchWrite, Condition, Item, Op, Result, StoreError, Tuning};
 
 /// Largest page a `range` call returns.
 pub(crate) const MAX_PAGE: usize = 1000;
@@ -282,6 +284,179 @@ pub(crate) trait Tx {
     async fn remove(&mut self, revision: i64, idx: i32, key: &str, at: i64) -> Result<bool>;
     /// Delete every item expired at `now`, appending `Delete` events; returns the count.
     async fn sweep(&mut self, revision: i64, now: i64) -> Result<u64>;
+
+    /// Reserve `n` (>= 1) consecutive revisions at once; returns the last one. Like
+    /// [`next_revision`](Self::next_revision), it is called first.
+    async fn next_revisions(&mut self, n: i64) -> Result<i64>;
+    /// The live value at `key` as this transaction sees it (its own writes included).
+    async fn get_item(&mut self, key: &str, now: i64) -> Result<Option<Item>>;
+    /// [`lookup`](Self::lookup) of many keys (PostgreSQL: one round trip).
+    async fn lookup_many(&mut self, keys: &[&str]) -> Result<HashMap<String, Stored>> {
+        let mut out = HashMap::new();
+        for k in keys {
+            if let Some(s) = self.lookup(k).await? {
+                out.insert((*k).to_owned(), s);
+            }
+        }
+        Ok(out)
+    }
+    /// [`put`](Self::put) of many rows, in order (PostgreSQL: pipelined).
+    async fn put_many(&mut self, rows: &[(i64, i32, &PutRow)], at: i64) -> Result<()> {
+        for (revision, idx, row) in rows {
+            self.put(*revision, *idx, row, at).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One validated group: its conditions and ops.
+pub(crate) type Group = (Vec<Condition>, Vec<AtomicOp>);
+
+/// A validated batch for [`apply_batch`]: each group is `Err(message)` when it was invalid
+/// (it is then skipped and fails alone).
+pub(crate) struct Batch {
+    pub groups: Vec<std::result::Result<Group, String>>,
+    pub tail_key: String,
+    pub tail: BatchTail,
+}
+
+impl Batch {
+    pub(crate) fn new(groups: Vec<BatchWrite>, tail_key: &str, tail: BatchTail) -> Result<Self> {
+        validate_key(tail_key)?;
+        let groups = groups
+            .into_iter()
+            .map(|g| match Write::atomic(g.conditions, g.ops) {
+                Ok(Write::Atomic(c, o)) => Ok((c, o)),
+                Ok(_) => Err("not an atomic write".to_owned()),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect();
+        Ok(Batch {
+            groups,
+            tail_key: tail_key.to_owned(),
+            tail,
+        })
+    }
+}
+
+/// What one group of a batch came to (the outer result is the transaction's).
+pub(crate) type GroupResult = Result<i64>;
+
+/// Puts queued for one pipelined [`Tx::put_many`], flushed before anything that must see
+/// them (a delete, the tail's read).
+struct Queued<'a> {
+    rows: Vec<(i64, i32, &'a PutRow)>,
+}
+
+impl<'a> Queued<'a> {
+    async fn flush<T: Tx>(&mut self, t: &mut T, at: i64) -> Result<()> {
+        if !self.rows.is_empty() {
+            t.put_many(&self.rows, at).await?;
+            self.rows.clear();
+        }
+        Ok(())
+    }
+}
+
+/// Apply `ops` at `revision`, tracking what this transaction wrote in `overlay`.
+async fn apply_ops<'a, T: Tx>(
+    t: &mut T,
+    queued: &mut Queued<'a>,
+    overlay: &mut HashMap<String, Option<Stored>>,
+    revision: i64,
+    ops: &'a [AtomicOp],
+    now: i64,
+) -> Result<()> {
+    let mut idx: i32 = 0;
+    for op in ops {
+        match op {
+            AtomicOp::Put(row) => {
+                queued.rows.push((revision, idx, row));
+                overlay.insert(
+                    row.key.clone(),
+                    Some(Stored {
+                        revision,
+                        expires: row.expires,
+                    }),
+                );
+                idx = idx.saturating_add(1);
+            }
+            AtomicOp::Delete(key) => {
+                queued.flush(t, now).await?;
+                if t.remove(revision, idx, key, now).await? {
+                    idx = idx.saturating_add(1);
+                }
+                overlay.insert(key.clone(), None);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Group commit: every group of `b` in order, each under its own conditions and with its
+/// own revision, as if each were one [`Write::Atomic`] committed right after the one before
+/// it; a group whose condition fails (or that is invalid) is skipped and fails alone. Then
+/// the tail callback sees each group's outcome and the live item at `tail_key`, and its
+/// ops are written with the last revision. One transaction: all of it commits, or none.
+pub(crate) async fn apply_batch<T: Tx>(t: &mut T, b: &Batch) -> Result<Vec<GroupResult>> {
+    let n = i64::try_from(b.groups.len())
+        .map_err(|_| StoreError::Invalid("batch too large".into()))?
+        + 1;
+    let last = t.next_revisions(n).await?;
+    let first = last - n + 1;
+    let now = now_ms();
+    // Every condition key, read in one go; later groups see earlier groups' writes through
+    // the overlay.
+    let mut keys: Vec<&str> = b
+        .groups
+        .iter()
+        .flatten()
+        .flat_map(|(conds, _)| conds.iter().map(condition_key))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let stored = t.lookup_many(&keys).await?;
+    let mut overlay: HashMap<String, Option<Stored>> = HashMap::new();
+    let mut queued = Queued { rows: Vec::new() };
+    let mut results = Vec::with_capacity(b.groups.len());
+    let mut outcomes = Vec::with_capacity(b.groups.len());
+    for (i, group) in b.groups.iter().enumerate() {
+        let revision = first + i64::try_from(i).unwrap_or(i64::MAX);
+        let (conds, ops) = match group {
+            Ok(g) => g,
+            Err(msg) => {
+                results.push(Err(StoreError::Invalid(msg.clone())));
+                outcomes.push(None);
+                continue;
+            }
+        };
+        let failed = conds.iter().enumerate().find_map(|(index, c)| {
+            let key = condition_key(c);
+            let row = match overlay.get(key) {
+                Some(s) => *s,
+                None => stored.get(key).copied(),
+            };
+            check_condition(index, c, live(row, now)).err()
+        });
+        if let Some(e) = failed {
+            results.push(Err(e));
+            outcomes.push(None);
+            continue;
+        }
+        apply_ops(t, &mut queued, &mut overlay, revision, ops, now).await?;
+        results.push(Ok(revision));
+        outcomes.push(Some(revision));
+    }
+    queued.flush(t, now).await?;
+    let tail_item = t.get_item(&b.tail_key, now).await?;
+    let tail_ops = (b.tail)(&outcomes, tail_item.as_ref())?;
+    let Write::Atomic(_, tail_ops) = Write::atomic(Vec::new(), tail_ops)? else {
+        return Err(backend_msg("tail is not an atomic write"));
+    };
+    let mut tail_queue = Queued { rows: Vec::new() };
+    apply_ops(t, &mut tail_queue, &mut overlay, last, &tail_ops, now).await?;
+    tail_queue.flush(t, now).await?;
+    Ok(results)
 }
 
 /// The write algorithm, identical for both backends. Returns a domain error (and the

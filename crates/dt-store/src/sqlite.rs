@@ -24,12 +24,14 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::common::{
-    Applied, Background, PutRow, Stored, Tx, WRITE_RETRIES, Write, apply, backend_msg, closed,
-    make_page, now_ms, opt_from_ms, range_bounds, retry_delay, run_ready, sane, spawn_periodic,
-    validate_key,
+    Applied, Background, Batch, GroupResult, PutRow, Stored, Tx, WRITE_RETRIES, Write, apply,
+    apply_batch, backend_msg, closed, make_page, now_ms, opt_from_ms, range_bounds, retry_delay,
+    run_ready, sane, spawn_periodic, validate_key,
 };
 use crate::hub::{EventSource, Hub, KIND_DELETE, KIND_PUT, StoredEvent, kind_from_code};
-use crate::{Backend, Condition, Item, Op, Page, Result, StoreError, Tuning, Watcher};
+use crate::{
+    Backend, BatchTail, BatchWrite, Condition, Item, Op, Page, Result, StoreError, Tuning, Watcher,
+};
 
 const READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -117,6 +119,15 @@ impl SqliteBackend {
 }
 
 impl Shared {
+    async fn write_batch(&self, b: Batch) -> Result<Vec<GroupResult>> {
+        let results = self
+            .writer
+            .run(move |conn| retry_busy(|| write_batch_once(conn, &b)))
+            .await?;
+        self.wake.notify_one();
+        Ok(results)
+    }
+
     async fn write(&self, w: Write) -> Result<Applied> {
         let applied = self
             .writer
@@ -345,6 +356,16 @@ impl Backend for SqliteBackend {
         Ok(self.shared.write(w).await?.revision)
     }
 
+    async fn write_batch(
+        &self,
+        groups: Vec<BatchWrite>,
+        tail_key: &str,
+        tail: BatchTail,
+    ) -> Result<Vec<Result<i64>>> {
+        let b = Batch::new(groups, tail_key, tail)?;
+        self.shared.write_batch(b).await
+    }
+
     async fn watch(&self, prefixes: Vec<String>) -> Result<Watcher> {
         self.hub.watch(prefixes).await
     }
@@ -486,6 +507,16 @@ fn write_once(conn: &mut Connection, w: &Write) -> Result<Applied> {
     Ok(applied)
 }
 
+fn write_batch_once(conn: &mut Connection, b: &Batch) -> Result<Vec<GroupResult>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sq)?;
+    let results = run_ready(apply_batch(&mut SqliteTx { tx: &tx }, b))
+        .ok_or_else(|| backend_msg("sqlite transaction unexpectedly suspended"))??;
+    tx.commit().map_err(sq)?;
+    Ok(results)
+}
+
 struct SqliteTx<'a> {
     tx: &'a rusqlite::Transaction<'a>,
 }
@@ -519,6 +550,42 @@ impl Tx for SqliteTx<'_> {
             .map_err(sq)?
             .query_row([], |r| r.get(0))
             .map_err(sq)
+    }
+
+    async fn next_revisions(&mut self, n: i64) -> Result<i64> {
+        self.tx
+            .prepare_cached("UPDATE dt_seq SET v = v + ?1 WHERE id = 1 RETURNING v")
+            .map_err(sq)?
+            .query_row([n], |r| r.get(0))
+            .map_err(sq)
+    }
+
+    async fn get_item(&mut self, key: &str, now: i64) -> Result<Option<Item>> {
+        let row = self
+            .tx
+            .prepare_cached(
+                "SELECT value, revision, expires FROM dt_items \
+                 WHERE key = ?1 AND (expires IS NULL OR expires > ?2)",
+            )
+            .map_err(sq)?
+            .query_row(params![key, now], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
+            })
+            .optional()
+            .map_err(sq)?;
+        row.map(|(value, revision, expires)| {
+            Ok(Item {
+                key: key.to_owned(),
+                value,
+                revision,
+                expires: opt_from_ms(expires)?,
+            })
+        })
+        .transpose()
     }
 
     async fn lookup(&mut self, key: &str) -> Result<Option<Stored>> {
