@@ -214,8 +214,6 @@ pub(crate) enum AtomicOp {
 /// Every kind of write, validated and ready for [`apply`].
 #[derive(Clone, Debug)]
 pub(crate) enum Write {
-    Create(PutRow),
-    Put(PutRow),
     Update(PutRow, Option<i64>),
     Delete(String, Option<i64>),
     Atomic(Vec<Condition>, Vec<AtomicOp>),
@@ -249,14 +247,13 @@ impl Write {
     /// The key to blame when a unique violation survives all retries.
     pub(crate) fn conflict_error(&self) -> Option<StoreError> {
         match self {
-            Write::Create(row) => Some(StoreError::AlreadyExists(row.key.clone())),
             Write::Update(row, _) => Some(StoreError::RevisionMismatch(row.key.clone())),
             Write::Delete(key, _) => Some(StoreError::RevisionMismatch(key.clone())),
             Write::Atomic(conds, _) => conds.first().map(|c| StoreError::ConditionFailed {
                 index: 0,
                 key: condition_key(c).to_owned(),
             }),
-            Write::Put(_) | Write::Sweep => None,
+            Write::Sweep => None,
         }
     }
 }
@@ -316,13 +313,15 @@ pub(crate) type Group = (Vec<Condition>, Vec<AtomicOp>);
 /// (it is then skipped and fails alone).
 pub(crate) struct Batch {
     pub groups: Vec<std::result::Result<Group, String>>,
-    pub tail_key: String,
-    pub tail: BatchTail,
+    /// The key the tail reads, and the tail.
+    pub tail: Option<(String, BatchTail)>,
 }
 
 impl Batch {
-    pub(crate) fn new(groups: Vec<BatchWrite>, tail_key: &str, tail: BatchTail) -> Result<Self> {
-        validate_key(tail_key)?;
+    pub(crate) fn new(groups: Vec<BatchWrite>, tail: Option<(&str, BatchTail)>) -> Result<Self> {
+        if let Some((key, _)) = &tail {
+            validate_key(key)?;
+        }
         let groups = groups
             .into_iter()
             .map(|g| match Write::atomic(g.conditions, g.ops) {
@@ -333,8 +332,7 @@ impl Batch {
             .collect();
         Ok(Batch {
             groups,
-            tail_key: tail_key.to_owned(),
-            tail,
+            tail: tail.map(|(k, t)| (k.to_owned(), t)),
         })
     }
 }
@@ -399,9 +397,13 @@ async fn apply_ops<'a, T: Tx>(
 /// the tail callback sees each group's outcome and the live item at `tail_key`, and its
 /// ops are written with the last revision. One transaction: all of it commits, or none.
 pub(crate) async fn apply_batch<T: Tx>(t: &mut T, b: &Batch) -> Result<Vec<GroupResult>> {
+    // One revision per group, and one for the tail's writes.
     let n = i64::try_from(b.groups.len())
         .map_err(|_| StoreError::Invalid("batch too large".into()))?
-        + 1;
+        + i64::from(b.tail.is_some());
+    if n == 0 {
+        return Ok(Vec::new());
+    }
     let last = t.next_revisions(n).await?;
     let first = last - n + 1;
     let now = now_ms();
@@ -448,8 +450,11 @@ pub(crate) async fn apply_batch<T: Tx>(t: &mut T, b: &Batch) -> Result<Vec<Group
         outcomes.push(Some(revision));
     }
     queued.flush(t, now).await?;
-    let tail_item = t.get_item(&b.tail_key, now).await?;
-    let tail_ops = (b.tail)(&outcomes, tail_item.as_ref())?;
+    let Some((tail_key, tail)) = &b.tail else {
+        return Ok(results);
+    };
+    let tail_item = t.get_item(tail_key, now).await?;
+    let tail_ops = tail(&outcomes, tail_item.as_ref())?;
     let Write::Atomic(_, tail_ops) = Write::atomic(Vec::new(), tail_ops)? else {
         return Err(backend_msg("tail is not an atomic write"));
     };
@@ -471,17 +476,6 @@ pub(crate) async fn apply<T: Tx>(t: &mut T, w: &Write) -> Result<Applied> {
         commit: true,
     };
     match w {
-        Write::Create(row) => {
-            if live(t.lookup(&row.key).await?, now).is_some() {
-                return Err(StoreError::AlreadyExists(row.key.clone()));
-            }
-            t.put(revision, 0, row, now).await?;
-            Ok(wrote(1))
-        }
-        Write::Put(row) => {
-            t.put(revision, 0, row, now).await?;
-            Ok(wrote(1))
-        }
         Write::Update(row, expected) => {
             check_existing(&row.key, live(t.lookup(&row.key).await?, now), *expected)?;
             t.put(revision, 0, row, now).await?;
@@ -541,6 +535,125 @@ pub(crate) fn run_ready<F: Future>(f: F) -> Option<F::Output> {
     match f.as_mut().poll(&mut cx) {
         Poll::Ready(v) => Some(v),
         Poll::Pending => None,
+    }
+}
+
+/// Most single writes taken into one group-commit transaction.
+const MAX_GROUP: usize = 1024;
+
+/// What runs a batch (each backend's shared state).
+pub(crate) trait BatchWriter: Send + Sync + 'static {
+    fn grouper(&self) -> &Grouper;
+    fn write_batch(&self, b: Batch) -> impl Future<Output = Result<Vec<GroupResult>>> + Send;
+}
+
+type Waiting = (BatchWrite, tokio::sync::oneshot::Sender<Result<i64>>);
+
+/// Group commit of single writes (`create`, `put`, `atomic_write`): concurrent callers'
+/// writes are queued, and one batch at a time takes the whole queue into one transaction
+/// ([`apply_batch`]), each write keeping its own conditions, revision and result. One
+/// commit (one fsync on SQLite, one WAL flush on PostgreSQL) then serves many requests.
+#[derive(Default)]
+pub(crate) struct Grouper {
+    queue: Mutex<Vec<Waiting>>,
+    commit: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+fn stopped_write() -> StoreError {
+    backend_msg("the group commit stopped before answering; try again")
+}
+
+/// The same error for every write of a batch whose transaction failed.
+pub(crate) fn copy_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::AlreadyExists(k) => StoreError::AlreadyExists(k.clone()),
+        StoreError::NotFound(k) => StoreError::NotFound(k.clone()),
+        StoreError::RevisionMismatch(k) => StoreError::RevisionMismatch(k.clone()),
+        StoreError::ConditionFailed { index, key } => StoreError::ConditionFailed {
+            index: *index,
+            key: key.clone(),
+        },
+        StoreError::Invalid(m) => StoreError::Invalid(m.clone()),
+        StoreError::Backend(b) => backend_msg(b.to_string()),
+    }
+}
+
+/// Queue `group` and commit it with whatever else is queued. The batch runs in a task of
+/// its own, so a caller that goes away never cancels other callers' writes.
+pub(crate) async fn group_write<S: BatchWriter>(
+    s: &std::sync::Arc<S>,
+    group: BatchWrite,
+) -> Result<i64> {
+    use tokio::sync::oneshot::error::TryRecvError;
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    s.grouper()
+        .queue
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((group, reply));
+    loop {
+        match rx.try_recv() {
+            Ok(r) => return r,
+            Err(TryRecvError::Closed) => return Err(stopped_write()),
+            Err(TryRecvError::Empty) => {}
+        }
+        let guard = s.grouper().commit.clone().lock_owned().await;
+        let batch: Vec<Waiting> = {
+            let mut q = s.grouper().queue.lock().unwrap_or_else(|e| e.into_inner());
+            let n = q.len().min(MAX_GROUP);
+            q.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            // An earlier batch took this write and has answered by now.
+            drop(guard);
+            return rx.await.unwrap_or_else(|_| Err(stopped_write()));
+        }
+        let shared = s.clone();
+        let done = tokio::spawn(async move {
+            let (groups, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let result = match Batch::new(groups, None) {
+                Ok(b) => shared.write_batch(b).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(results) => {
+                    for (reply, r) in replies.into_iter().zip(results) {
+                        let _ = reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(copy_error(&e)));
+                    }
+                }
+            }
+            drop(guard);
+        });
+        if done.await.is_err() {
+            return Err(stopped_write());
+        }
+    }
+}
+
+/// `create` as a group: fails with `AlreadyExists` when a live item has the key.
+pub(crate) async fn group_create<S: BatchWriter>(
+    s: &std::sync::Arc<S>,
+    key: &str,
+    value: Vec<u8>,
+    expires: Option<OffsetDateTime>,
+) -> Result<i64> {
+    validate_key(key)?;
+    let group = BatchWrite {
+        conditions: vec![Condition::NotExists(key.to_owned())],
+        ops: vec![Op::Put {
+            key: key.to_owned(),
+            value,
+            expires,
+        }],
+    };
+    match group_write(s, group).await {
+        Err(StoreError::ConditionFailed { .. }) => Err(StoreError::AlreadyExists(key.to_owned())),
+        other => other,
     }
 }
 

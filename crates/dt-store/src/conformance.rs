@@ -148,6 +148,9 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         ("close_ends_watchers", |f| Box::pin(close_ends_watchers(f))),
         ("batch_writes", |f| Box::pin(batch_writes(f))),
         ("concurrent_batches", |f| Box::pin(concurrent_batches(f))),
+        ("grouped_single_writes", |f| {
+            Box::pin(grouped_single_writes(f))
+        }),
     ]
 }
 
@@ -246,6 +249,7 @@ macro_rules! conformance_tests {
             close_ends_watchers,
             batch_writes,
             concurrent_batches,
+            grouped_single_writes,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -1573,5 +1577,50 @@ pub async fn concurrent_batches(f: Factory) -> Outcome {
         Some(b"200".to_vec()),
         "every applied group counted once"
     );
+    Ok(())
+}
+
+/// Concurrent single writes on one instance (committed in groups) keep their own
+/// semantics: of 50 creates of one key exactly one wins, of 50 compare-and-swaps from one
+/// revision exactly one wins, and 50 creates of distinct keys all succeed with distinct
+/// revisions.
+pub async fn grouped_single_writes(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let creates =
+        futures::future::join_all((0..50u8).map(|i| b.create("/gs/one", vec![i], None))).await;
+    let won = creates.iter().filter(|r| r.is_ok()).count();
+    let lost = creates
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::AlreadyExists(k)) if k == "/gs/one"))
+        .count();
+    ensure_eq!((won, lost), (1, 49), "creates of one key: {creates:?}");
+    let rev = b
+        .get("/gs/one")
+        .await
+        .ctx("get")?
+        .map(|i| i.revision)
+        .unwrap_or(0);
+    let swaps = futures::future::join_all((0..50u8).map(|i| {
+        b.atomic_write(
+            vec![Condition::Revision("/gs/one".into(), rev)],
+            vec![Op::Put {
+                key: "/gs/one".into(),
+                value: vec![100 + i],
+                expires: None,
+            }],
+        )
+    }))
+    .await;
+    let won = swaps.iter().filter(|r| r.is_ok()).count();
+    ensure_eq!(won, 1, "compare-and-swaps from one revision: {swaps:?}");
+    let keys: Vec<String> = (0..50).map(|i| format!("/gs/k/{i}")).collect();
+    let distinct = futures::future::join_all(keys.iter().map(|k| b.create(k, vec![1], None))).await;
+    let revs: BTreeSet<i64> = distinct
+        .into_iter()
+        .collect::<crate::Result<Vec<_>>>()
+        .ctx("distinct creates")?
+        .into_iter()
+        .collect();
+    ensure_eq!(revs.len(), 50, "one revision each");
     Ok(())
 }

@@ -10,6 +10,12 @@
 //! What it deliberately does not do: interpret values (that is the caller's job), or
 //! offer cross-call transactions (each `atomic_write` is one transaction).
 //!
+//! Group commit: `create`, `put` and `atomic_write` calls that arrive while a write is in
+//! progress are queued and committed together in one transaction (one fsync on SQLite,
+//! one WAL flush on PostgreSQL), each keeping its own conditions, revision and result;
+//! [`Backend::write_batch`] does the same for a caller-made batch and adds a tail (the
+//! audit log chains its events there). `update`, `delete` and the sweeper commit alone.
+//!
 //! Implementations: [`sqlite::SqliteBackend`] (embedded default, WAL) and
 //! [`postgres::PostgresBackend`] (several auth servers sharing one database; changes are
 //! announced with LISTEN/NOTIFY). [`conformance`] is one test suite both must pass.

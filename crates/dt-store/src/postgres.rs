@@ -28,9 +28,10 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, Config, IsolationLevel, Row, Statement};
 
 use crate::common::{
-    Applied, Background, Batch, GroupResult, PutRow, Stored, Tx, WRITE_RETRIES, Write, apply,
-    apply_batch, backend_msg, closed, make_page, now_ms, opt_from_ms, range_bounds, retry_delay,
-    sane, spawn_periodic, stopped, validate_key,
+    Applied, Background, Batch, BatchWriter, GroupResult, Grouper, PutRow, Stored, Tx,
+    WRITE_RETRIES, Write, apply, apply_batch, backend_msg, closed, group_create, group_write,
+    make_page, now_ms, opt_from_ms, range_bounds, retry_delay, sane, spawn_periodic, stopped,
+    validate_key,
 };
 use crate::hub::{EventSource, Hub, StoredEvent, kind_from_code};
 use crate::pg_tls::{MakeRustls, SslMode};
@@ -92,6 +93,7 @@ pub struct PostgresBackend {
 struct Shared {
     pool: Arc<Pool>,
     wake: Arc<Notify>,
+    grouper: Grouper,
 }
 
 impl PostgresBackend {
@@ -155,6 +157,7 @@ impl PostgresBackend {
                 closed: AtomicBool::new(false),
             }),
             wake: Arc::new(Notify::new()),
+            grouper: Grouper::default(),
         });
         let bg = Background::new();
         let hub = Hub::start(&bg, shared.clone(), head, &tuning, shared.wake.clone());
@@ -178,6 +181,16 @@ impl PostgresBackend {
             }
         });
         Ok(Arc::new(PostgresBackend { shared, hub, bg }))
+    }
+}
+
+impl BatchWriter for Shared {
+    fn grouper(&self) -> &Grouper {
+        &self.grouper
+    }
+
+    async fn write_batch(&self, b: Batch) -> Result<Vec<GroupResult>> {
+        Shared::write_batch(self, b).await
     }
 }
 
@@ -374,13 +387,24 @@ impl Backend for PostgresBackend {
         value: Vec<u8>,
         expires: Option<OffsetDateTime>,
     ) -> Result<i64> {
-        let row = PutRow::new(key, value, expires)?;
-        Ok(self.shared.write(Write::Create(row)).await?.revision)
+        group_create(&self.shared, key, value, expires).await
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expires: Option<OffsetDateTime>) -> Result<i64> {
-        let row = PutRow::new(key, value, expires)?;
-        Ok(self.shared.write(Write::Put(row)).await?.revision)
+        validate_key(key)?;
+        let ops = vec![Op::Put {
+            key: key.to_owned(),
+            value,
+            expires,
+        }];
+        group_write(
+            &self.shared,
+            BatchWrite {
+                conditions: Vec::new(),
+                ops,
+            },
+        )
+        .await
     }
 
     async fn update(
@@ -407,8 +431,11 @@ impl Backend for PostgresBackend {
     }
 
     async fn atomic_write(&self, conditions: Vec<Condition>, ops: Vec<Op>) -> Result<i64> {
-        let w = Write::atomic(conditions, ops)?;
-        Ok(self.shared.write(w).await?.revision)
+        // Validated first, so a malformed write fails alone and with its own error.
+        let Write::Atomic(..) = Write::atomic(conditions.clone(), ops.clone())? else {
+            return Err(StoreError::Invalid("not an atomic write".into()));
+        };
+        group_write(&self.shared, BatchWrite { conditions, ops }).await
     }
 
     async fn write_batch(
@@ -417,7 +444,7 @@ impl Backend for PostgresBackend {
         tail_key: &str,
         tail: BatchTail,
     ) -> Result<Vec<Result<i64>>> {
-        let b = Batch::new(groups, tail_key, tail)?;
+        let b = Batch::new(groups, Some((tail_key, tail)))?;
         self.shared.write_batch(b).await
     }
 

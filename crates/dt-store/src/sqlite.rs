@@ -24,9 +24,10 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::common::{
-    Applied, Background, Batch, GroupResult, PutRow, Stored, Tx, WRITE_RETRIES, Write, apply,
-    apply_batch, backend_msg, closed, make_page, now_ms, opt_from_ms, range_bounds, retry_delay,
-    run_ready, sane, spawn_periodic, validate_key,
+    Applied, Background, Batch, BatchWriter, GroupResult, Grouper, PutRow, Stored, Tx,
+    WRITE_RETRIES, Write, apply, apply_batch, backend_msg, closed, group_create, group_write,
+    make_page, now_ms, opt_from_ms, range_bounds, retry_delay, run_ready, sane, spawn_periodic,
+    validate_key,
 };
 use crate::hub::{EventSource, Hub, KIND_DELETE, KIND_PUT, StoredEvent, kind_from_code};
 use crate::{
@@ -74,6 +75,7 @@ struct Shared {
     writer: Arc<Pool>,
     readers: Arc<Pool>,
     wake: Arc<Notify>,
+    grouper: Grouper,
 }
 
 impl SqliteBackend {
@@ -100,6 +102,7 @@ impl SqliteBackend {
             writer: Pool::new(path, 1, Some(first)),
             readers: Pool::new(path, READERS, None),
             wake: Arc::new(Notify::new()),
+            grouper: Grouper::default(),
         });
         let bg = Background::new();
         let hub = Hub::start(&bg, shared.clone(), head, &tuning, shared.wake.clone());
@@ -115,6 +118,16 @@ impl SqliteBackend {
             }
         });
         Ok(Arc::new(SqliteBackend { shared, hub, bg }))
+    }
+}
+
+impl BatchWriter for Shared {
+    fn grouper(&self) -> &Grouper {
+        &self.grouper
+    }
+
+    async fn write_batch(&self, b: Batch) -> Result<Vec<GroupResult>> {
+        Shared::write_batch(self, b).await
     }
 }
 
@@ -319,13 +332,24 @@ impl Backend for SqliteBackend {
         value: Vec<u8>,
         expires: Option<OffsetDateTime>,
     ) -> Result<i64> {
-        let row = PutRow::new(key, value, expires)?;
-        Ok(self.shared.write(Write::Create(row)).await?.revision)
+        group_create(&self.shared, key, value, expires).await
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expires: Option<OffsetDateTime>) -> Result<i64> {
-        let row = PutRow::new(key, value, expires)?;
-        Ok(self.shared.write(Write::Put(row)).await?.revision)
+        validate_key(key)?;
+        let ops = vec![Op::Put {
+            key: key.to_owned(),
+            value,
+            expires,
+        }];
+        group_write(
+            &self.shared,
+            BatchWrite {
+                conditions: Vec::new(),
+                ops,
+            },
+        )
+        .await
     }
 
     async fn update(
@@ -352,8 +376,11 @@ impl Backend for SqliteBackend {
     }
 
     async fn atomic_write(&self, conditions: Vec<Condition>, ops: Vec<Op>) -> Result<i64> {
-        let w = Write::atomic(conditions, ops)?;
-        Ok(self.shared.write(w).await?.revision)
+        // Validated first, so a malformed write fails alone and with its own error.
+        let Write::Atomic(..) = Write::atomic(conditions.clone(), ops.clone())? else {
+            return Err(StoreError::Invalid("not an atomic write".into()));
+        };
+        group_write(&self.shared, BatchWrite { conditions, ops }).await
     }
 
     async fn write_batch(
@@ -362,7 +389,7 @@ impl Backend for SqliteBackend {
         tail_key: &str,
         tail: BatchTail,
     ) -> Result<Vec<Result<i64>>> {
-        let b = Batch::new(groups, tail_key, tail)?;
+        let b = Batch::new(groups, Some((tail_key, tail)))?;
         self.shared.write_batch(b).await
     }
 
