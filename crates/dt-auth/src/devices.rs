@@ -830,9 +830,9 @@ impl AuthServer {
                 "at most {MAX_BULK} devices per request"
             )));
         }
-        // One request per device, group-committed (usually all in one transaction, with one
-        // event per device): each device is checked on its own inside the transaction, so a
-        // device that is already in the inventory fails alone and nothing is read first.
+        // One transaction for the whole request (with one event per device): a per-device
+        // transaction made imports fsync-bound. Known conflicts are read first; a conflict
+        // that appears meanwhile drops just that device and the rest is retried.
         let now = OffsetDateTime::now_utc();
         let mut out: Vec<Option<pb::BulkCreateStatus>> = vec![None; items.len()];
         let failed = |tag: &str, error: String| pb::BulkCreateStatus {
@@ -849,10 +849,18 @@ impl AuthServer {
                 Ok(d) => {
                     let d = self.new_device(d, now);
                     let tag_key = keys::device_tag_index(d.spec.os_type, &d.spec.asset_tag);
-                    if !seen.insert(tag_key) {
+                    if !seen.insert(tag_key.clone()) {
                         out[i] = Some(failed(
                             &d.spec.asset_tag,
                             "listed twice in this request".into(),
+                        ));
+                    } else if self.backend.get(&tag_key).await?.is_some() {
+                        out[i] = Some(failed(
+                            &d.spec.asset_tag,
+                            format!(
+                                "device {:?}/{} is already in the inventory",
+                                d.spec.asset_tag, d.spec.os_type
+                            ),
                         ));
                     } else {
                         pending.push((i, d));
@@ -860,41 +868,50 @@ impl AuthServer {
                 }
             }
         }
-        let remote = caller.peer.addr.ip().to_string();
-        let mut requests = Vec::with_capacity(pending.len());
-        for (_, d) in &pending {
-            requests.push(crate::audit::Request {
-                conditions: vec![
-                    Condition::NotExists(keys::device_tag_index(d.spec.os_type, &d.spec.asset_tag)),
-                    Condition::NotExists(keys::resource(Kind::Device, &d.metadata.name)),
-                ],
-                ops: put_ops(d)?,
-                events: vec![
+        while !pending.is_empty() {
+            let mut conds = Vec::with_capacity(pending.len() * 2);
+            let mut ops = Vec::with_capacity(pending.len() * 2);
+            let mut events = Vec::with_capacity(pending.len());
+            for (_, d) in &pending {
+                conds.push(Condition::NotExists(keys::device_tag_index(
+                    d.spec.os_type,
+                    &d.spec.asset_tag,
+                )));
+                conds.push(Condition::NotExists(keys::resource(
+                    Kind::Device,
+                    &d.metadata.name,
+                )));
+                ops.extend(put_ops(d)?);
+                events.push(
                     AuditEvent::new(EventType::DeviceCreate, true, now)
                         .user(caller.name())
                         .device(device_info(d))
-                        .remote_addr(remote.clone()),
-                ],
-            });
-        }
-        let results = self.audit.write_many(requests).await;
-        for ((i, d), result) in pending.into_iter().zip(results) {
-            out[i] = Some(match result {
-                Ok(_) => pb::BulkCreateStatus {
-                    ok: true,
-                    device_id: d.metadata.name.clone(),
-                    asset_tag: d.spec.asset_tag.clone(),
-                    error: String::new(),
-                },
-                Err(StoreError::ConditionFailed { .. }) => failed(
-                    &d.spec.asset_tag,
-                    format!(
-                        "device {:?}/{} is already in the inventory",
-                        d.spec.asset_tag, d.spec.os_type
-                    ),
-                ),
+                        .remote_addr(caller.peer.addr.ip().to_string()),
+                );
+            }
+            match self.audit.write_with_events(conds, ops, events).await {
+                Ok(_) => {
+                    for (i, d) in pending.drain(..) {
+                        out[i] = Some(pb::BulkCreateStatus {
+                            ok: true,
+                            device_id: d.metadata.name.clone(),
+                            asset_tag: d.spec.asset_tag.clone(),
+                            error: String::new(),
+                        });
+                    }
+                }
+                Err(StoreError::ConditionFailed { index, .. }) if index / 2 < pending.len() => {
+                    let (i, d) = pending.remove(index / 2);
+                    out[i] = Some(failed(
+                        &d.spec.asset_tag,
+                        format!(
+                            "device {:?}/{} is already in the inventory",
+                            d.spec.asset_tag, d.spec.os_type
+                        ),
+                    ));
+                }
                 Err(e) => return Err(e.into()),
-            });
+            }
         }
         // Refusals are audited too (one event each), after the successful write.
         let refusals: Vec<AuditEvent> = out

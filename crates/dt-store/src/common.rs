@@ -356,11 +356,26 @@ impl<'a> Queued<'a> {
     }
 }
 
+/// What this transaction wrote to the keys some condition of the batch is about (`watched`,
+/// sorted): later groups check their conditions against it.
+struct Overlay<'k> {
+    watched: &'k [&'k str],
+    written: HashMap<String, Option<Stored>>,
+}
+
+impl Overlay<'_> {
+    fn record(&mut self, key: &str, row: Option<Stored>) {
+        if self.watched.binary_search(&key).is_ok() {
+            self.written.insert(key.to_owned(), row);
+        }
+    }
+}
+
 /// Apply `ops` at `revision`, tracking what this transaction wrote in `overlay`.
 async fn apply_ops<'a, T: Tx>(
     t: &mut T,
     queued: &mut Queued<'a>,
-    overlay: &mut HashMap<String, Option<Stored>>,
+    overlay: &mut Overlay<'_>,
     revision: i64,
     ops: &'a [AtomicOp],
     now: i64,
@@ -370,8 +385,8 @@ async fn apply_ops<'a, T: Tx>(
         match op {
             AtomicOp::Put(row) => {
                 queued.rows.push((revision, idx, row));
-                overlay.insert(
-                    row.key.clone(),
+                overlay.record(
+                    &row.key,
                     Some(Stored {
                         revision,
                         expires: row.expires,
@@ -384,7 +399,7 @@ async fn apply_ops<'a, T: Tx>(
                 if t.remove(revision, idx, key, now).await? {
                     idx = idx.saturating_add(1);
                 }
-                overlay.insert(key.clone(), None);
+                overlay.record(key, None);
             }
         }
     }
@@ -418,7 +433,10 @@ pub(crate) async fn apply_batch<T: Tx>(t: &mut T, b: &Batch) -> Result<Vec<Group
     keys.sort_unstable();
     keys.dedup();
     let stored = t.lookup_many(&keys).await?;
-    let mut overlay: HashMap<String, Option<Stored>> = HashMap::new();
+    let mut overlay = Overlay {
+        watched: &keys,
+        written: HashMap::new(),
+    };
     let mut queued = Queued { rows: Vec::new() };
     let mut results = Vec::with_capacity(b.groups.len());
     let mut outcomes = Vec::with_capacity(b.groups.len());
@@ -434,7 +452,7 @@ pub(crate) async fn apply_batch<T: Tx>(t: &mut T, b: &Batch) -> Result<Vec<Group
         };
         let failed = conds.iter().enumerate().find_map(|(index, c)| {
             let key = condition_key(c);
-            let row = match overlay.get(key) {
+            let row = match overlay.written.get(key) {
                 Some(s) => *s,
                 None => stored.get(key).copied(),
             };
