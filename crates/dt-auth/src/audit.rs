@@ -167,7 +167,7 @@ impl AuditSink {
         })
     }
 
-    /// Several independent requests at once (e.g. one per device of a bulk import): each is
+    /// Several independent requests at once: each is
     /// checked, written and chained as if written with its own
     /// [`write_with_events`](Self::write_with_events), and gets its own result, in order;
     /// they usually commit in the same transaction.
