@@ -1,17 +1,23 @@
 //! The audit sink: typed events appended to storage in one total order, hash-chained, and
 //! written in the same transaction as the change they describe.
 //!
-//! Order and chain: `/audit/head` holds the last sequence number and hash. Each append is an
-//! atomic write conditioned on the head's revision, so two auth servers sharing a database
-//! never fork the chain; within one process a mutex avoids needless retries.
+//! Order and chain: `/audit/head` holds the last sequence number and hash. Appends go
+//! through a group commit: each request (its conditions, its ops and its events) joins a
+//! queue, and one commit at a time per process takes everything queued and writes it as one
+//! [`Backend::write_batch`] transaction. Inside it every request keeps its own conditions
+//! (one failing fails only that request), and the events of the requests that applied are
+//! chained after the head as the transaction reads it, after the store serialized writers
+//! (SQLite's write lock, PostgreSQL's sequence row lock). So several auth servers sharing a
+//! database append to one chain in commit order, with no retries; and every change is
+//! still written in the same transaction as its events.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as StdMutex};
 
-use dt_store::{Backend, Condition, Op, StoreError};
+use dt_store::{Backend, BatchWrite, Condition, Item, Op, StoreError};
 use dt_types::audit::{AuditEvent, EventType};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 
 use crate::keys;
 
@@ -38,9 +44,35 @@ struct Head {
 
 pub struct AuditSink {
     backend: Arc<dyn Backend>,
-    head: Mutex<Option<Head>>,
+    shared: Arc<Committer>,
+}
+
+/// One request waiting for the group commit.
+struct Pending {
+    conditions: Vec<Condition>,
+    ops: Vec<Op>,
+    events: Vec<AuditEvent>,
+    reply: oneshot::Sender<Result<i64, StoreError>>,
+}
+
+/// The group commit's state, shared with the task that runs each batch.
+struct Committer {
+    backend: Arc<dyn Backend>,
     /// `audit.jsonl_file`: committed events are appended there too.
     file: std::sync::OnceLock<FileSink>,
+    queue: StdMutex<Vec<Pending>>,
+    /// Held by the task committing a batch: one batch at a time per process.
+    commit: Arc<Mutex<()>>,
+}
+
+/// Requests taken into one transaction at most.
+const MAX_BATCH: usize = 1024;
+
+/// One request for [`AuditSink::write_many`].
+pub struct Request {
+    pub conditions: Vec<Condition>,
+    pub ops: Vec<Op>,
+    pub events: Vec<AuditEvent>,
 }
 
 /// What `dtctl events ls` filters on.
@@ -68,41 +100,28 @@ impl EventFilter {
     }
 }
 
-const MAX_RETRIES: usize = 20;
-
 impl AuditSink {
     pub fn new(backend: Arc<dyn Backend>) -> Self {
         AuditSink {
-            backend,
-            head: Mutex::new(None),
-            file: std::sync::OnceLock::new(),
+            backend: backend.clone(),
+            shared: Arc::new(Committer {
+                backend,
+                file: std::sync::OnceLock::new(),
+                queue: StdMutex::new(Vec::new()),
+                commit: Arc::new(Mutex::new(())),
+            }),
         }
     }
 
     /// Also append every committed event to a JSON-lines file (set once, at start).
     pub fn set_file_sink(&self, sink: FileSink) {
-        if self.file.set(sink).is_err() {
+        if self.shared.file.set(sink).is_err() {
             tracing::warn!("the audit file sink was already set; keeping the first");
         }
     }
 
     async fn load_head(&self) -> Result<Head, StoreError> {
-        match self.backend.get(keys::AUDIT_HEAD).await? {
-            None => Ok(Head {
-                seq: 0,
-                hash: String::new(),
-                revision: None,
-            }),
-            Some(item) => {
-                let h: StoredHead = serde_json::from_slice(&item.value)
-                    .map_err(|e| StoreError::Invalid(format!("corrupt audit head: {e}")))?;
-                Ok(Head {
-                    seq: h.seq,
-                    hash: h.hash,
-                    revision: Some(item.revision),
-                })
-            }
-        }
+        head_of(self.backend.get(keys::AUDIT_HEAD).await?.as_ref())
     }
 
     /// Append one event on its own.
@@ -125,74 +144,82 @@ impl AuditSink {
     }
 
     /// Like [`write_with`](Self::write_with) with several events, chained in order, all in
-    /// the same transaction as `ops`.
+    /// the same transaction as `ops`. Joins the group commit: the request is queued, and
+    /// whoever takes the commit lock next writes every queued request in one transaction
+    /// (in a task of its own, so a caller that goes away never cancels others' writes).
     pub async fn write_with_events(
         &self,
         conditions: Vec<Condition>,
         ops: Vec<Op>,
-        mut events: Vec<AuditEvent>,
+        events: Vec<AuditEvent>,
     ) -> Result<i64, StoreError> {
-        let mut guard = self.head.lock().await;
-        let head_index = conditions.len();
-        for _ in 0..MAX_RETRIES {
-            let head = match guard.as_ref() {
-                Some(h) => h.clone(),
-                None => self.load_head().await?,
-            };
-            let mut seq = head.seq;
-            let mut prev = head.hash.clone();
-            let mut all_ops = ops.clone();
-            for event in events.iter_mut() {
-                seq += 1;
-                event.id = format!("{seq:020}");
-                event.prev_hash = prev.clone();
-                event.hash = String::new();
-                event.hash = event.chain_hash();
-                prev = event.hash.clone();
-                all_ops.push(Op::Put {
-                    key: keys::audit_event(seq),
-                    value: serde_json::to_vec(&*event)
-                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
-                    expires: None,
+        let mut results = self
+            .write_many(vec![Request {
+                conditions,
+                ops,
+                events,
+            }])
+            .await;
+        results.pop().unwrap_or_else(|| {
+            Err(StoreError::Invalid(
+                "the audit commit returned no result".into(),
+            ))
+        })
+    }
+
+    /// Several independent requests at once: each is
+    /// checked, written and chained as if written with its own
+    /// [`write_with_events`](Self::write_with_events), and gets its own result, in order;
+    /// they usually commit in the same transaction.
+    pub async fn write_many(&self, requests: Vec<Request>) -> Vec<Result<i64, StoreError>> {
+        let mut waiting = Vec::with_capacity(requests.len());
+        {
+            let mut q = lock(&self.shared.queue);
+            for r in requests {
+                let (reply, rx) = oneshot::channel();
+                q.push(Pending {
+                    conditions: r.conditions,
+                    ops: r.ops,
+                    events: r.events,
+                    reply,
                 });
-                all_ops.extend(index::index_ops(event, seq));
-            }
-            let stored_head = StoredHead { seq, hash: prev };
-            let mut conds = conditions.clone();
-            conds.push(match head.revision {
-                Some(rev) => Condition::Revision(keys::AUDIT_HEAD.into(), rev),
-                None => Condition::NotExists(keys::AUDIT_HEAD.into()),
-            });
-            all_ops.push(Op::Put {
-                key: keys::AUDIT_HEAD.into(),
-                value: serde_json::to_vec(&stored_head)
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
-                expires: None,
-            });
-            match self.backend.atomic_write(conds, all_ops).await {
-                Ok(rev) => {
-                    *guard = Some(Head {
-                        seq,
-                        hash: stored_head.hash,
-                        revision: Some(rev),
-                    });
-                    if let Some(f) = self.file.get()
-                        && let Err(e) = f.write(&events)
-                    {
-                        tracing::warn!(error = %e, "audit file sink: cannot append events (they are stored; export them with dtctl events export)");
-                    }
-                    return Ok(rev);
-                }
-                Err(StoreError::ConditionFailed { index, .. }) if index == head_index => {
-                    // Another auth server appended: reload the head and retry.
-                    *guard = None;
-                }
-                Err(e) => return Err(e),
+                waiting.push(rx);
             }
         }
-        Err(StoreError::Invalid(
-            "audit log is too contended; try again".into(),
-        ))
+        // Commit until everything this caller queued was taken (a batch holds at most
+        // MAX_BATCH requests).
+        let mut out = Vec::with_capacity(waiting.len());
+        for mut rx in waiting {
+            let result = loop {
+                match rx.try_recv() {
+                    Ok(r) => break r,
+                    Err(oneshot::error::TryRecvError::Closed) => break Err(stopped()),
+                    Err(oneshot::error::TryRecvError::Empty) => {}
+                }
+                let guard = self.shared.commit.clone().lock_owned().await;
+                let batch = {
+                    let mut q = lock(&self.shared.queue);
+                    let n = q.len().min(MAX_BATCH);
+                    q.drain(..n).collect::<Vec<_>>()
+                };
+                if batch.is_empty() {
+                    // An earlier commit took this request: wait for its answer.
+                    drop(guard);
+                    break rx.await.unwrap_or_else(|_| Err(stopped()));
+                }
+                let shared = self.shared.clone();
+                let done = tokio::spawn(async move {
+                    shared.commit_batch(batch).await;
+                    drop(guard);
+                });
+                // Wait for this batch (it may not hold our request: then go round again).
+                if done.await.is_err() {
+                    break Err(stopped());
+                }
+            };
+            out.push(result);
+        }
+        out
     }
 
     /// Events matching `filter`, oldest first, at most `limit`, after the `start_after` id.
@@ -260,6 +287,148 @@ impl AuditSink {
             match page.next {
                 Some(c) => cursor = Some(c),
                 None => return Ok(Ok(n)),
+            }
+        }
+    }
+}
+
+fn stopped() -> StoreError {
+    StoreError::Invalid("the audit commit stopped before answering; try again".into())
+}
+
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn head_of(item: Option<&Item>) -> Result<Head, StoreError> {
+    match item {
+        None => Ok(Head {
+            seq: 0,
+            hash: String::new(),
+            revision: None,
+        }),
+        Some(item) => {
+            let h: StoredHead = serde_json::from_slice(&item.value)
+                .map_err(|e| StoreError::Invalid(format!("corrupt audit head: {e}")))?;
+            Ok(Head {
+                seq: h.seq,
+                hash: h.hash,
+                revision: Some(item.revision),
+            })
+        }
+    }
+}
+
+/// Chain the events of the requests that applied (`outcomes[i].is_some()`) after `head`, in
+/// request order; returns the events as stored (per request) and the ops that store them,
+/// their index entries and the new head.
+fn chain_events(
+    requests: &[Vec<AuditEvent>],
+    outcomes: &[Option<i64>],
+    head: Head,
+) -> Result<(Vec<Vec<AuditEvent>>, Vec<Op>), StoreError> {
+    let mut seq = head.seq;
+    let mut prev = head.hash;
+    let mut ops = Vec::new();
+    let mut chained = Vec::with_capacity(requests.len());
+    for (events, outcome) in requests.iter().zip(outcomes) {
+        if outcome.is_none() {
+            chained.push(Vec::new());
+            continue;
+        }
+        let mut done = Vec::with_capacity(events.len());
+        for event in events {
+            let mut event = event.clone();
+            seq += 1;
+            event.id = format!("{seq:020}");
+            event.prev_hash = std::mem::take(&mut prev);
+            event.hash = String::new();
+            event.hash = event.chain_hash();
+            prev = event.hash.clone();
+            ops.push(Op::Put {
+                key: keys::audit_event(seq),
+                value: serde_json::to_vec(&event)
+                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                expires: None,
+            });
+            ops.extend(index::index_ops(&event, seq));
+            done.push(event);
+        }
+        chained.push(done);
+    }
+    if seq != head.seq {
+        ops.push(Op::Put {
+            key: keys::AUDIT_HEAD.into(),
+            value: serde_json::to_vec(&StoredHead { seq, hash: prev })
+                .map_err(|e| StoreError::Invalid(e.to_string()))?,
+            expires: None,
+        });
+    }
+    Ok((chained, ops))
+}
+
+/// The same error for every request of a batch whose transaction failed.
+fn copy_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::AlreadyExists(k) => StoreError::AlreadyExists(k.clone()),
+        StoreError::NotFound(k) => StoreError::NotFound(k.clone()),
+        StoreError::RevisionMismatch(k) => StoreError::RevisionMismatch(k.clone()),
+        StoreError::ConditionFailed { index, key } => StoreError::ConditionFailed {
+            index: *index,
+            key: key.clone(),
+        },
+        StoreError::Invalid(m) => StoreError::Invalid(m.clone()),
+        StoreError::Backend(b) => StoreError::backend(std::io::Error::other(b.to_string())),
+    }
+}
+
+impl Committer {
+    /// Write `batch` in one transaction and answer each request with its own result.
+    async fn commit_batch(&self, batch: Vec<Pending>) {
+        let mut groups = Vec::with_capacity(batch.len());
+        let mut requests = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for p in batch {
+            groups.push(BatchWrite {
+                conditions: p.conditions,
+                ops: p.ops,
+            });
+            requests.push(p.events);
+            replies.push(p.reply);
+        }
+        let requests = Arc::new(requests);
+        let stored: Arc<StdMutex<Vec<Vec<AuditEvent>>>> = Arc::default();
+        let tail: dt_store::BatchTail = {
+            let requests = requests.clone();
+            let stored = stored.clone();
+            Arc::new(move |outcomes: &[Option<i64>], head: Option<&Item>| {
+                let (chained, ops) = chain_events(&requests, outcomes, head_of(head)?)?;
+                *lock(&stored) = chained;
+                Ok(ops)
+            })
+        };
+        match self
+            .backend
+            .write_batch(groups, keys::AUDIT_HEAD, tail)
+            .await
+        {
+            Ok(results) => {
+                if let Some(f) = self.file.get() {
+                    let events: Vec<AuditEvent> = lock(&stored).drain(..).flatten().collect();
+                    if !events.is_empty()
+                        && let Err(e) = f.write(&events)
+                    {
+                        tracing::warn!(error = %e, "audit file sink: cannot append events (they are stored; export them with dtctl events export)");
+                    }
+                }
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(result);
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(copy_error(&e)));
+                }
             }
         }
     }

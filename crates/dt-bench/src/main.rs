@@ -50,11 +50,30 @@ enum Cmd {
         enrollments: usize,
     },
     /// Device authentication end to end, and the crypto-only bound.
+    ///
+    /// By default the auth service runs in this process. With `--target`, the bench drives
+    /// auth servers running elsewhere (e.g. `devtrust start` pinned with `taskset -c 0`
+    /// while the bench runs under `taskset -c 1`): it reads the local admin identity from
+    /// `--data-dir` (the first server's data dir), creates one user per client (signup
+    /// token + login), registers and enrolls one software device per user, then measures.
+    /// The servers must allow software credentials and enough device ceremonies a minute
+    /// (`limits.device_ceremonies_per_minute`); see docs/operations.md "Benchmarks".
     Authn {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
         #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
         clients: Vec<usize>,
+        /// Auth servers to drive (HOST:PORT, comma-separated: one cluster; clients are spread
+        /// over them round robin).
+        #[arg(long, value_delimiter = ',')]
+        target: Vec<String>,
+        /// The data dir of the first `--target` (its `admin/` identity is used for setup).
+        #[arg(long, requires = "target")]
+        data_dir: Option<std::path::PathBuf>,
+        /// Cores the auth server(s) may use, for the "of bound" column (default: this
+        /// machine's cores; 1 when pinned with taskset).
+        #[arg(long)]
+        server_cores: Option<usize>,
     },
 }
 
@@ -266,6 +285,18 @@ impl Cluster {
     }
 }
 
+/// This process's resident set size in KiB (Linux).
+fn rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
@@ -456,6 +487,14 @@ async fn devices_bench(
             ms(pct(&lat, 0.99))
         );
     }
+    println!(
+        "RSS of this process (the auth service and the bench's clients) at {} devices: {}",
+        big.max(n),
+        rss().map_or_else(
+            || "unknown".into(),
+            |kib| format!("{:.0} MiB", kib as f64 / 1024.0)
+        )
+    );
 
     // Enrollments/s: `clients` users, each enrolling its share of fresh devices.
     cl.allow_software_credentials(admin.clone()).await?;
@@ -524,12 +563,25 @@ async fn devices_bench(
 }
 
 /// One ceremony's crypto: verify the device signature, verify both user certs, sign both
-/// augmented certs (what `CertAuthority::augment` does) — measured on one core.
-fn crypto_bound(cl: &Cluster, certs: &UserCertificates) -> anyhow::Result<Duration> {
+/// augmented certs (what `CertAuthority::augment` does), measured on one core of this
+/// process with a user CA of its own (the same code and key types as the server's).
+fn crypto_bound() -> anyhow::Result<Duration> {
+    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0)?;
+    let ca = dt_ca::CertAuthority::generate("bench", dt_ca::CaKind::User, now)?;
+    let user_key = dt_ca::ClientKey::generate()?;
+    let id = dt_ca::Identity {
+        username: "bound".into(),
+        roles: vec!["access".into()],
+        logins: vec![],
+        bot: false,
+        trait_logins: vec![],
+        device: None,
+        not_before: now - time::Duration::minutes(1),
+        not_after: now + time::Duration::hours(1),
+    };
+    let x509 = ca.issue_x509_client_cert(&user_key.spki_der(), &id)?;
+    let ssh = ca.issue_ssh_user_cert(&user_key.ssh_public_key()?, &id)?;
     let key = DeviceKey::new()?;
-    let ssh = dt_ca::SshCertificate::from_openssh(
-        certs.ssh_authorized_key.as_deref().unwrap_or_default(),
-    )?;
     let ext = dt_ca::DeviceExt {
         device_id: "d".into(),
         asset_tag: "t".into(),
@@ -538,86 +590,213 @@ fn crypto_bound(cl: &Cluster, certs: &UserCertificates) -> anyhow::Result<Durati
     };
     let challenge = [7u8; 32];
     let spki = key.spki();
-    let n = 2000;
+    let Proof::P256Signature(sig) = key
+        .prove(ProofRequest::P256Challenge(&challenge))
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    else {
+        anyhow::bail!("no signature")
+    };
+    let n: u32 = if std::env::var("BENCH_SECONDS").is_ok_and(|s| s == "1") {
+        200
+    } else {
+        2000
+    };
     let t = Instant::now();
     for _ in 0..n {
-        let Proof::P256Signature(sig) = key
-            .prove(ProofRequest::P256Challenge(&challenge))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-        else {
-            anyhow::bail!("no signature")
-        };
-        let _ = &sig;
         // The server's cost only: verify the device signature...
         dt_attest::p256::verify_challenge_signature(&spki, &challenge, &sig)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         // ...and augment (2 verifies + 2 signatures).
-        cl.srv
-            .user_ca
-            .augment(&ssh, &certs.x509_der, &ext, time::OffsetDateTime::now_utc())?;
+        ca.augment(&ssh, &x509, &ext, time::OffsetDateTime::now_utc())?;
     }
-    // Subtract the client-side signing done above.
-    let sign_only = {
-        let t = Instant::now();
-        for _ in 0..n {
-            let _ = key.prove(ProofRequest::P256Challenge(&challenge));
-        }
-        t.elapsed()
-    };
-    Ok((t.elapsed().saturating_sub(sign_only)) / n as u32)
+    Ok(t.elapsed() / n)
 }
 
-async fn authn_bench(postgres: bool, seconds: u64, clients_list: Vec<usize>) -> anyhow::Result<()> {
-    let cl = start(postgres).await?;
-    let storage = if postgres { "PostgreSQL" } else { "SQLite" };
-    let (admin, _) = cl
-        .channel_for(dt_auth::server::LOCAL_ADMIN, &["editor"])
-        .await?;
-    cl.allow_software_credentials(admin.clone()).await?;
-    let max = clients_list.iter().copied().max().unwrap_or(1);
-    // One user + enrolled device per client.
+/// One client of the authentication benchmark: a user's channel and certificates, and an
+/// enrolled device.
+type Actor = Arc<(Channel, UserCertificates, DeviceKey, String)>;
+
+/// Register and enroll one software device for `(ch, certs)`, through the admin channel.
+async fn enroll_actor(
+    admin: &Channel,
+    ch: Channel,
+    certs: UserCertificates,
+    tag: String,
+) -> anyhow::Result<Actor> {
     let mut dc = DeviceTrustServiceClient::new(admin.clone());
-    let mut actors = Vec::new();
-    for i in 0..max {
-        let (ch, certs) = cl
-            .channel_for(&format!("user{i}"), &["access", "device-enroll"])
-            .await?;
-        let tag = format!("AUTHN{i:05}");
-        let r = dc
-            .create_device(pb::CreateDeviceRequest {
-                device: Some(new_device_wire(OsType::Linux, &tag)?),
-                create_enroll_token: true,
-                enroll_token_ttl_seconds: 3600,
+    let r = dc
+        .create_device(pb::CreateDeviceRequest {
+            device: Some(new_device_wire(OsType::Linux, &tag)?),
+            create_enroll_token: true,
+            enroll_token_ttl_seconds: 3600,
+        })
+        .await?;
+    let token = r.into_inner().enroll_token.context("token")?.token;
+    let key = DeviceKey::new()?;
+    dt_client::devices::enroll(
+        ch.clone(),
+        EnrollToken::new(token),
+        key.credential_id.clone(),
+        device_data(&tag),
+        EnrollPayload::P256 {
+            public_key_der: key.spki(),
+            storage: P256KeyStorage::Software,
+        },
+        |req| key.prove(req),
+    )
+    .await?;
+    Ok(Arc::new((ch, certs, key, tag)))
+}
+
+/// The local admin identity of a running auth server (what `dtctl --data-dir` uses).
+fn admin_identity(data_dir: &std::path::Path) -> anyhow::Result<(Identity, String)> {
+    let admin = data_dir.join("admin");
+    let read = |name: &str| {
+        std::fs::read_to_string(admin.join(name)).with_context(|| {
+            format!(
+                "cannot read {}/{name}: pass the first target's data dir",
+                admin.display()
+            )
+        })
+    };
+    let cert = dt_ca::pem::parse_cert_pem(&read("cert.pem")?)?;
+    let key = dt_ca::ClientKey::from_pkcs8_pem(&read("key.pem")?)?;
+    let ca = dt_ca::pem::parse_cert_pem(&read("host-ca.pem")?)?;
+    let pin = dt_client::spki_pin(&ca).map_err(anyhow::Error::msg)?;
+    Ok((
+        Identity::Cert {
+            cert_der: cert,
+            key_pkcs8_der: key.pkcs8_der().to_vec(),
+        },
+        pin,
+    ))
+}
+
+const BENCH_PASSWORD: &str = "correct horse battery staple";
+
+/// Users and enrolled devices on running auth servers: one user per client (created by
+/// the admin, logged in with its signup token on its own target), one device each.
+async fn remote_actors(
+    targets: &[String],
+    data_dir: &std::path::Path,
+    n: usize,
+) -> anyhow::Result<Vec<Actor>> {
+    let (admin_id, pin) = admin_identity(data_dir)?;
+    let first = targets.first().context("no --target")?;
+    let admin = dt_client::connect::channel(first, TrustPolicy::Pin(pin.clone()), admin_id).await?;
+    // Software credentials allowed, cluster-wide.
+    let mut auth = AuthServiceClient::new(admin.clone());
+    let doc = auth
+        .get_resource(pb::GetResourceRequest {
+            kind: "cluster_auth_preference".into(),
+            name: "cluster-auth-preference".into(),
+        })
+        .await?
+        .into_inner();
+    let mut cap: dt_types::resource::ClusterAuthPreference =
+        serde_json::from_slice(&doc.canonical_json)?;
+    if !cap.spec.device_trust.allow_software_credentials {
+        cap.spec.device_trust.allow_software_credentials = true;
+        auth.upsert_resource(pb::UpsertResourceRequest {
+            canonical_json: serde_json::to_vec(&cap)?,
+            force: true,
+            expected_revision: 0,
+        })
+        .await?;
+    }
+    let run = uuid::Uuid::new_v4().simple().to_string();
+    let mut actors = Vec::with_capacity(n);
+    for i in 0..n {
+        let user = format!("bench-{}-{i}", &run[..8]);
+        let signup = auth
+            .create_user(pb::CreateUserRequest {
+                name: user.clone(),
+                roles: vec!["access".into(), "device-enroll".into()],
+                logins: vec![],
+                token_ttl_seconds: 3600,
             })
-            .await?;
-        let token = r.into_inner().enroll_token.context("token")?.token;
-        let key = DeviceKey::new()?;
-        dt_client::devices::enroll(
-            ch.clone(),
-            EnrollToken::new(token),
-            key.credential_id.clone(),
-            device_data(&tag),
-            EnrollPayload::P256 {
-                public_key_der: key.spki(),
-                storage: P256KeyStorage::Software,
+            .await?
+            .into_inner()
+            .signup_token;
+        let target = &targets[i % targets.len()];
+        let anon =
+            dt_client::connect::channel(target, TrustPolicy::Pin(pin.clone()), Identity::Anonymous)
+                .await?;
+        let key = dt_ca::ClientKey::generate()?;
+        let resp = AuthServiceClient::new(anon)
+            .login(pb::LoginRequest {
+                username: user.clone(),
+                password: String::new(),
+                signup_token: signup,
+                new_password: BENCH_PASSWORD.into(),
+                ssh_public_key: key.ssh_public_key()?.to_openssh()?,
+                tls_public_key_der: key.spki_der(),
+                ttl_seconds: 3600,
+                bot_token: String::new(),
+            })
+            .await
+            .with_context(|| format!("login as {user} on {target}"))?
+            .into_inner();
+        let ch = dt_client::connect::channel(
+            target,
+            TrustPolicy::Pin(pin.clone()),
+            Identity::Cert {
+                cert_der: resp.tls_cert_der.clone(),
+                key_pkcs8_der: key.pkcs8_der().to_vec(),
             },
-            |req| key.prove(req),
         )
         .await?;
-        actors.push(Arc::new((ch, certs, key, tag)));
+        let certs = UserCertificates {
+            x509_der: resp.tls_cert_der,
+            ssh_authorized_key: Some(resp.ssh_cert),
+        };
+        actors.push(enroll_actor(&admin, ch, certs, format!("AUTHN-{}-{i:05}", &run[..8])).await?);
     }
-    let per_ceremony = crypto_bound(&cl, &actors[0].1)?;
-    let bound = 2.0 / per_ceremony.as_secs_f64();
+    Ok(actors)
+}
+
+async fn authn_bench(
+    postgres: bool,
+    seconds: u64,
+    clients_list: Vec<usize>,
+    targets: Vec<String>,
+    data_dir: Option<std::path::PathBuf>,
+    server_cores: Option<usize>,
+) -> anyhow::Result<()> {
+    let max = clients_list.iter().copied().max().unwrap_or(1);
+    let (actors, local, what) = if targets.is_empty() {
+        let (actors, cl) = local_actors(postgres, max).await?;
+        let storage = if postgres { "PostgreSQL" } else { "SQLite" };
+        (
+            actors,
+            Some(cl),
+            format!("in-process auth server on {storage}"),
+        )
+    } else {
+        let dir = data_dir.context("--target needs --data-dir (the first server's data dir)")?;
+        let actors = remote_actors(&targets, &dir, max).await?;
+        (
+            actors,
+            None,
+            format!(
+                "auth server(s) at {} (driven from this process)",
+                targets.join(", ")
+            ),
+        )
+    };
+    let per_ceremony = crypto_bound()?;
+    let machine_cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = server_cores.unwrap_or(machine_cores).max(1);
+    let one_core = 1.0 / per_ceremony.as_secs_f64();
+    let bound = cores as f64 * one_core;
+    println!("device authentication, {what}, loopback TLS (mTLS + bidi gRPC stream per ceremony)");
     println!(
-        "device authentication on {storage}, 2 cores, loopback TLS (mTLS + bidi gRPC stream per ceremony)"
-    );
-    println!(
-        "crypto-only cost of one ceremony (server: P-256 verify + augment = 2 verifies + 2 signatures): {:.0} µs; bound on 2 cores: {bound:.0}/s\n",
+        "crypto-only cost of one ceremony, measured now in this process (server: P-256 verify + augment = 2 verifies + 2 signatures): {:.0} µs; bound: {one_core:.0}/s on one core, {bound:.0}/s on {cores} core(s)\n",
         per_ceremony.as_secs_f64() * 1e6
     );
     println!(
-        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>9}",
-        "clients", "auths", "auths/s", "p50", "p99", "of bound"
+        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}",
+        "clients", "auths", "auths/s", "p50", "p99", "of 1 core", "of bound"
     );
     for &n in &clients_list {
         let deadline = Instant::now() + Duration::from_secs(seconds);
@@ -652,16 +831,38 @@ async fn authn_bench(postgres: bool, seconds: u64, clients_list: Vec<usize>) -> 
         lat.sort();
         let rate = lat.len() as f64 / took.as_secs_f64();
         println!(
-            "{:>8} {:>10} {:>10.0} {:>10} {:>10} {:>8.0}%",
+            "{:>8} {:>10} {:>10.0} {:>10} {:>10} {:>9.0}% {:>8.0}%",
             n,
             lat.len(),
             rate,
             ms(pct(&lat, 0.5)),
             ms(pct(&lat, 0.99)),
+            100.0 * rate / one_core,
             100.0 * rate / bound
         );
     }
-    cl.stop().await
+    if let Some(cl) = local {
+        cl.stop().await?;
+    }
+    Ok(())
+}
+
+/// The in-process auth server, one user (certificates issued in-process) and one enrolled
+/// device per client.
+async fn local_actors(postgres: bool, max: usize) -> anyhow::Result<(Vec<Actor>, Cluster)> {
+    let cl = start(postgres).await?;
+    let (admin, _) = cl
+        .channel_for(dt_auth::server::LOCAL_ADMIN, &["editor"])
+        .await?;
+    cl.allow_software_credentials(admin.clone()).await?;
+    let mut actors = Vec::new();
+    for i in 0..max {
+        let (ch, certs) = cl
+            .channel_for(&format!("user{i}"), &["access", "device-enroll"])
+            .await?;
+        actors.push(enroll_actor(&admin, ch, certs, format!("AUTHN{i:05}")).await?);
+    }
+    Ok((actors, cl))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -686,7 +887,23 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
-            Cmd::Authn { seconds, clients } => authn_bench(cli.postgres, seconds, clients).await,
+            Cmd::Authn {
+                seconds,
+                clients,
+                target,
+                data_dir,
+                server_cores,
+            } => {
+                authn_bench(
+                    cli.postgres,
+                    seconds,
+                    clients,
+                    target,
+                    data_dir,
+                    server_cores,
+                )
+                .await
+            }
         }
     })
 }

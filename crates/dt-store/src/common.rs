@@ -10,7 +10,9 @@ use time::OffsetDateTime;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::{Condition, Op, Result, StoreError, Tuning};
+use std::collections::HashMap;
+
+use crate::{BatchTail, BatchWrite, Condition, Item, Op, Result, StoreError, Tuning};
 
 /// Largest page a `range` call returns.
 pub(crate) const MAX_PAGE: usize = 1000;
@@ -212,8 +214,6 @@ pub(crate) enum AtomicOp {
 /// Every kind of write, validated and ready for [`apply`].
 #[derive(Clone, Debug)]
 pub(crate) enum Write {
-    Create(PutRow),
-    Put(PutRow),
     Update(PutRow, Option<i64>),
     Delete(String, Option<i64>),
     Atomic(Vec<Condition>, Vec<AtomicOp>),
@@ -247,14 +247,13 @@ impl Write {
     /// The key to blame when a unique violation survives all retries.
     pub(crate) fn conflict_error(&self) -> Option<StoreError> {
         match self {
-            Write::Create(row) => Some(StoreError::AlreadyExists(row.key.clone())),
             Write::Update(row, _) => Some(StoreError::RevisionMismatch(row.key.clone())),
             Write::Delete(key, _) => Some(StoreError::RevisionMismatch(key.clone())),
             Write::Atomic(conds, _) => conds.first().map(|c| StoreError::ConditionFailed {
                 index: 0,
                 key: condition_key(c).to_owned(),
             }),
-            Write::Put(_) | Write::Sweep => None,
+            Write::Sweep => None,
         }
     }
 }
@@ -282,6 +281,205 @@ pub(crate) trait Tx {
     async fn remove(&mut self, revision: i64, idx: i32, key: &str, at: i64) -> Result<bool>;
     /// Delete every item expired at `now`, appending `Delete` events; returns the count.
     async fn sweep(&mut self, revision: i64, now: i64) -> Result<u64>;
+
+    /// Reserve `n` (>= 1) consecutive revisions at once; returns the last one. Like
+    /// [`next_revision`](Self::next_revision), it is called first.
+    async fn next_revisions(&mut self, n: i64) -> Result<i64>;
+    /// The live value at `key` as this transaction sees it (its own writes included).
+    async fn get_item(&mut self, key: &str, now: i64) -> Result<Option<Item>>;
+    /// [`lookup`](Self::lookup) of many keys (PostgreSQL: one round trip).
+    async fn lookup_many(&mut self, keys: &[&str]) -> Result<HashMap<String, Stored>> {
+        let mut out = HashMap::new();
+        for k in keys {
+            if let Some(s) = self.lookup(k).await? {
+                out.insert((*k).to_owned(), s);
+            }
+        }
+        Ok(out)
+    }
+    /// [`put`](Self::put) of many rows, in order (PostgreSQL: pipelined).
+    async fn put_many(&mut self, rows: &[(i64, i32, &PutRow)], at: i64) -> Result<()> {
+        for (revision, idx, row) in rows {
+            self.put(*revision, *idx, row, at).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One validated group: its conditions and ops.
+pub(crate) type Group = (Vec<Condition>, Vec<AtomicOp>);
+
+/// A validated batch for [`apply_batch`]: each group is `Err(message)` when it was invalid
+/// (it is then skipped and fails alone).
+pub(crate) struct Batch {
+    pub groups: Vec<std::result::Result<Group, String>>,
+    /// The key the tail reads, and the tail.
+    pub tail: Option<(String, BatchTail)>,
+}
+
+impl Batch {
+    pub(crate) fn new(groups: Vec<BatchWrite>, tail: Option<(&str, BatchTail)>) -> Result<Self> {
+        if let Some((key, _)) = &tail {
+            validate_key(key)?;
+        }
+        let groups = groups
+            .into_iter()
+            .map(|g| match Write::atomic(g.conditions, g.ops) {
+                Ok(Write::Atomic(c, o)) => Ok((c, o)),
+                Ok(_) => Err("not an atomic write".to_owned()),
+                Err(e) => Err(e.to_string()),
+            })
+            .collect();
+        Ok(Batch {
+            groups,
+            tail: tail.map(|(k, t)| (k.to_owned(), t)),
+        })
+    }
+}
+
+/// What one group of a batch came to (the outer result is the transaction's).
+pub(crate) type GroupResult = Result<i64>;
+
+/// Puts queued for one pipelined [`Tx::put_many`], flushed before anything that must see
+/// them (a delete, the tail's read).
+struct Queued<'a> {
+    rows: Vec<(i64, i32, &'a PutRow)>,
+}
+
+impl<'a> Queued<'a> {
+    async fn flush<T: Tx>(&mut self, t: &mut T, at: i64) -> Result<()> {
+        if !self.rows.is_empty() {
+            t.put_many(&self.rows, at).await?;
+            self.rows.clear();
+        }
+        Ok(())
+    }
+}
+
+/// What this transaction wrote to the keys some condition of the batch is about (`watched`,
+/// sorted): later groups check their conditions against it.
+struct Overlay<'k> {
+    watched: &'k [&'k str],
+    written: HashMap<String, Option<Stored>>,
+}
+
+impl Overlay<'_> {
+    fn record(&mut self, key: &str, row: Option<Stored>) {
+        if self.watched.binary_search(&key).is_ok() {
+            self.written.insert(key.to_owned(), row);
+        }
+    }
+}
+
+/// Apply `ops` at `revision`, tracking what this transaction wrote in `overlay`.
+async fn apply_ops<'a, T: Tx>(
+    t: &mut T,
+    queued: &mut Queued<'a>,
+    overlay: &mut Overlay<'_>,
+    revision: i64,
+    ops: &'a [AtomicOp],
+    now: i64,
+) -> Result<()> {
+    let mut idx: i32 = 0;
+    for op in ops {
+        match op {
+            AtomicOp::Put(row) => {
+                queued.rows.push((revision, idx, row));
+                overlay.record(
+                    &row.key,
+                    Some(Stored {
+                        revision,
+                        expires: row.expires,
+                    }),
+                );
+                idx = idx.saturating_add(1);
+            }
+            AtomicOp::Delete(key) => {
+                queued.flush(t, now).await?;
+                if t.remove(revision, idx, key, now).await? {
+                    idx = idx.saturating_add(1);
+                }
+                overlay.record(key, None);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Group commit: every group of `b` in order, each under its own conditions and with its
+/// own revision, as if each were one [`Write::Atomic`] committed right after the one before
+/// it; a group whose condition fails (or that is invalid) is skipped and fails alone. Then
+/// the tail callback sees each group's outcome and the live item at `tail_key`, and its
+/// ops are written with the last revision. One transaction: all of it commits, or none.
+pub(crate) async fn apply_batch<T: Tx>(t: &mut T, b: &Batch) -> Result<Vec<GroupResult>> {
+    // One revision per group, and one for the tail's writes.
+    let n = i64::try_from(b.groups.len())
+        .map_err(|_| StoreError::Invalid("batch too large".into()))?
+        + i64::from(b.tail.is_some());
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let last = t.next_revisions(n).await?;
+    let first = last - n + 1;
+    let now = now_ms();
+    // Every condition key, read in one go; later groups see earlier groups' writes through
+    // the overlay.
+    let mut keys: Vec<&str> = b
+        .groups
+        .iter()
+        .flatten()
+        .flat_map(|(conds, _)| conds.iter().map(condition_key))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let stored = t.lookup_many(&keys).await?;
+    let mut overlay = Overlay {
+        watched: &keys,
+        written: HashMap::new(),
+    };
+    let mut queued = Queued { rows: Vec::new() };
+    let mut results = Vec::with_capacity(b.groups.len());
+    let mut outcomes = Vec::with_capacity(b.groups.len());
+    for (i, group) in b.groups.iter().enumerate() {
+        let revision = first + i64::try_from(i).unwrap_or(i64::MAX);
+        let (conds, ops) = match group {
+            Ok(g) => g,
+            Err(msg) => {
+                results.push(Err(StoreError::Invalid(msg.clone())));
+                outcomes.push(None);
+                continue;
+            }
+        };
+        let failed = conds.iter().enumerate().find_map(|(index, c)| {
+            let key = condition_key(c);
+            let row = match overlay.written.get(key) {
+                Some(s) => *s,
+                None => stored.get(key).copied(),
+            };
+            check_condition(index, c, live(row, now)).err()
+        });
+        if let Some(e) = failed {
+            results.push(Err(e));
+            outcomes.push(None);
+            continue;
+        }
+        apply_ops(t, &mut queued, &mut overlay, revision, ops, now).await?;
+        results.push(Ok(revision));
+        outcomes.push(Some(revision));
+    }
+    queued.flush(t, now).await?;
+    let Some((tail_key, tail)) = &b.tail else {
+        return Ok(results);
+    };
+    let tail_item = t.get_item(tail_key, now).await?;
+    let tail_ops = tail(&outcomes, tail_item.as_ref())?;
+    let Write::Atomic(_, tail_ops) = Write::atomic(Vec::new(), tail_ops)? else {
+        return Err(backend_msg("tail is not an atomic write"));
+    };
+    let mut tail_queue = Queued { rows: Vec::new() };
+    apply_ops(t, &mut tail_queue, &mut overlay, last, &tail_ops, now).await?;
+    tail_queue.flush(t, now).await?;
+    Ok(results)
 }
 
 /// The write algorithm, identical for both backends. Returns a domain error (and the
@@ -296,17 +494,6 @@ pub(crate) async fn apply<T: Tx>(t: &mut T, w: &Write) -> Result<Applied> {
         commit: true,
     };
     match w {
-        Write::Create(row) => {
-            if live(t.lookup(&row.key).await?, now).is_some() {
-                return Err(StoreError::AlreadyExists(row.key.clone()));
-            }
-            t.put(revision, 0, row, now).await?;
-            Ok(wrote(1))
-        }
-        Write::Put(row) => {
-            t.put(revision, 0, row, now).await?;
-            Ok(wrote(1))
-        }
         Write::Update(row, expected) => {
             check_existing(&row.key, live(t.lookup(&row.key).await?, now), *expected)?;
             t.put(revision, 0, row, now).await?;
@@ -366,6 +553,125 @@ pub(crate) fn run_ready<F: Future>(f: F) -> Option<F::Output> {
     match f.as_mut().poll(&mut cx) {
         Poll::Ready(v) => Some(v),
         Poll::Pending => None,
+    }
+}
+
+/// Most single writes taken into one group-commit transaction.
+const MAX_GROUP: usize = 1024;
+
+/// What runs a batch (each backend's shared state).
+pub(crate) trait BatchWriter: Send + Sync + 'static {
+    fn grouper(&self) -> &Grouper;
+    fn write_batch(&self, b: Batch) -> impl Future<Output = Result<Vec<GroupResult>>> + Send;
+}
+
+type Waiting = (BatchWrite, tokio::sync::oneshot::Sender<Result<i64>>);
+
+/// Group commit of single writes (`create`, `put`, `atomic_write`): concurrent callers'
+/// writes are queued, and one batch at a time takes the whole queue into one transaction
+/// ([`apply_batch`]), each write keeping its own conditions, revision and result. One
+/// commit (one fsync on SQLite, one WAL flush on PostgreSQL) then serves many requests.
+#[derive(Default)]
+pub(crate) struct Grouper {
+    queue: Mutex<Vec<Waiting>>,
+    commit: std::sync::Arc<tokio::sync::Mutex<()>>,
+}
+
+fn stopped_write() -> StoreError {
+    backend_msg("the group commit stopped before answering; try again")
+}
+
+/// The same error for every write of a batch whose transaction failed.
+pub(crate) fn copy_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::AlreadyExists(k) => StoreError::AlreadyExists(k.clone()),
+        StoreError::NotFound(k) => StoreError::NotFound(k.clone()),
+        StoreError::RevisionMismatch(k) => StoreError::RevisionMismatch(k.clone()),
+        StoreError::ConditionFailed { index, key } => StoreError::ConditionFailed {
+            index: *index,
+            key: key.clone(),
+        },
+        StoreError::Invalid(m) => StoreError::Invalid(m.clone()),
+        StoreError::Backend(b) => backend_msg(b.to_string()),
+    }
+}
+
+/// Queue `group` and commit it with whatever else is queued. The batch runs in a task of
+/// its own, so a caller that goes away never cancels other callers' writes.
+pub(crate) async fn group_write<S: BatchWriter>(
+    s: &std::sync::Arc<S>,
+    group: BatchWrite,
+) -> Result<i64> {
+    use tokio::sync::oneshot::error::TryRecvError;
+    let (reply, mut rx) = tokio::sync::oneshot::channel();
+    s.grouper()
+        .queue
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((group, reply));
+    loop {
+        match rx.try_recv() {
+            Ok(r) => return r,
+            Err(TryRecvError::Closed) => return Err(stopped_write()),
+            Err(TryRecvError::Empty) => {}
+        }
+        let guard = s.grouper().commit.clone().lock_owned().await;
+        let batch: Vec<Waiting> = {
+            let mut q = s.grouper().queue.lock().unwrap_or_else(|e| e.into_inner());
+            let n = q.len().min(MAX_GROUP);
+            q.drain(..n).collect()
+        };
+        if batch.is_empty() {
+            // An earlier batch took this write and has answered by now.
+            drop(guard);
+            return rx.await.unwrap_or_else(|_| Err(stopped_write()));
+        }
+        let shared = s.clone();
+        let done = tokio::spawn(async move {
+            let (groups, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let result = match Batch::new(groups, None) {
+                Ok(b) => shared.write_batch(b).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(results) => {
+                    for (reply, r) in replies.into_iter().zip(results) {
+                        let _ = reply.send(r);
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(copy_error(&e)));
+                    }
+                }
+            }
+            drop(guard);
+        });
+        if done.await.is_err() {
+            return Err(stopped_write());
+        }
+    }
+}
+
+/// `create` as a group: fails with `AlreadyExists` when a live item has the key.
+pub(crate) async fn group_create<S: BatchWriter>(
+    s: &std::sync::Arc<S>,
+    key: &str,
+    value: Vec<u8>,
+    expires: Option<OffsetDateTime>,
+) -> Result<i64> {
+    validate_key(key)?;
+    let group = BatchWrite {
+        conditions: vec![Condition::NotExists(key.to_owned())],
+        ops: vec![Op::Put {
+            key: key.to_owned(),
+            value,
+            expires,
+        }],
+    };
+    match group_write(s, group).await {
+        Err(StoreError::ConditionFailed { .. }) => Err(StoreError::AlreadyExists(key.to_owned())),
+        other => other,
     }
 }
 

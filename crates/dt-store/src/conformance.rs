@@ -26,7 +26,8 @@ use futures::future::BoxFuture;
 use time::OffsetDateTime;
 
 use crate::{
-    Backend, Condition, EventKind, Item, Op, Page, StoreError, Tuning, WatchEvent, Watcher,
+    Backend, BatchTail, BatchWrite, Condition, EventKind, Item, Op, Page, StoreError, Tuning,
+    WatchEvent, Watcher,
 };
 
 /// Opens one more backend instance on the case's database.
@@ -145,6 +146,11 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         ("concurrent_open", |f| Box::pin(concurrent_open(f))),
         ("reopen_persists", |f| Box::pin(reopen_persists(f))),
         ("close_ends_watchers", |f| Box::pin(close_ends_watchers(f))),
+        ("batch_writes", |f| Box::pin(batch_writes(f))),
+        ("concurrent_batches", |f| Box::pin(concurrent_batches(f))),
+        ("grouped_single_writes", |f| {
+            Box::pin(grouped_single_writes(f))
+        }),
     ]
 }
 
@@ -241,6 +247,9 @@ macro_rules! conformance_tests {
             concurrent_open,
             reopen_persists,
             close_ends_watchers,
+            batch_writes,
+            concurrent_batches,
+            grouped_single_writes,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -1369,5 +1378,249 @@ pub async fn close_ends_watchers(f: Factory) -> Outcome {
     );
     let res = tokio::time::timeout(EVENT_TIMEOUT, b.watch(vec![])).await;
     ensure!(matches!(res, Ok(Err(_))), "watch after close did not fail");
+    Ok(())
+}
+
+/// A tail that counts applied groups into `key` (a decimal counter), starting from what
+/// the transaction reads there.
+fn counting_tail(key: &'static str) -> BatchTail {
+    Arc::new(move |outcomes: &[Option<i64>], item: Option<&Item>| {
+        let before: u64 = item
+            .and_then(|i| std::str::from_utf8(&i.value).ok()?.parse().ok())
+            .unwrap_or(0);
+        let applied = outcomes.iter().filter(|o| o.is_some()).count() as u64;
+        Ok(vec![Op::Put {
+            key: key.into(),
+            value: (before + applied).to_string().into_bytes(),
+            expires: None,
+        }])
+    })
+}
+
+/// Group commit: each group keeps its own conditions and revision, later groups see
+/// earlier ones, a failing or invalid group fails alone, the tail sees the outcomes, and a
+/// failing tail writes nothing.
+pub async fn batch_writes(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let put = |k: &str, v: &[u8]| Op::Put {
+        key: k.into(),
+        value: v.to_vec(),
+        expires: None,
+    };
+    let r0 = b.put("/bw/x", b"x0".to_vec(), None).await.ctx("put x")?;
+    let mut w = b.watch(vec!["/bw/".into()]).await.ctx("watch")?;
+    init(&mut w).await?;
+    let groups = vec![
+        // 0: applies.
+        BatchWrite {
+            conditions: vec![Condition::Revision("/bw/x".into(), r0)],
+            ops: vec![put("/bw/x", b"x1"), put("/bw/a", b"a")],
+        },
+        // 1: the same condition now fails (group 0 changed /bw/x): fails alone.
+        BatchWrite {
+            conditions: vec![
+                Condition::NotExists("/bw/zz".into()),
+                Condition::Revision("/bw/x".into(), r0),
+            ],
+            ops: vec![put("/bw/x", b"lost")],
+        },
+        // 2: sees group 0's write.
+        BatchWrite {
+            conditions: vec![Condition::Exists("/bw/a".into())],
+            ops: vec![
+                Op::Delete {
+                    key: "/bw/a".into(),
+                },
+                put("/bw/b", b"b"),
+            ],
+        },
+        // 3: invalid (empty key): fails alone.
+        BatchWrite {
+            conditions: vec![],
+            ops: vec![put("", b"bad")],
+        },
+    ];
+    let results = b
+        .write_batch(groups, "/bw/count", counting_tail("/bw/count"))
+        .await
+        .ctx("batch")?;
+    ensure_eq!(results.len(), 4, "one result per group");
+    let rev0 = match &results[0] {
+        Ok(r) => *r,
+        other => return Err(fail(format!("group 0: {other:?}"))),
+    };
+    match &results[1] {
+        Err(StoreError::ConditionFailed { index: 1, key }) if key == "/bw/x" => {}
+        other => {
+            return Err(fail(format!(
+                "group 1: expected condition 1 failed, got {other:?}"
+            )));
+        }
+    }
+    let rev2 = match &results[2] {
+        Ok(r) => *r,
+        other => return Err(fail(format!("group 2: {other:?}"))),
+    };
+    ensure!(
+        matches!(&results[3], Err(StoreError::Invalid(_))),
+        "group 3: {:?}",
+        results[3]
+    );
+    ensure!(
+        rev0 > r0 && rev2 > rev0,
+        "revisions in group order: {r0} {rev0} {rev2}"
+    );
+    let x = b
+        .get("/bw/x")
+        .await
+        .ctx("get x")?
+        .ok_or_else(|| fail("x"))?;
+    ensure_eq!((x.value.as_slice(), x.revision), (&b"x1"[..], rev0), "x");
+    ensure_eq!(get_value(&b, "/bw/a").await?, None, "a deleted by group 2");
+    let bb = b
+        .get("/bw/b")
+        .await
+        .ctx("get b")?
+        .ok_or_else(|| fail("b"))?;
+    ensure_eq!(bb.revision, rev2, "b has group 2's revision");
+    ensure_eq!(
+        get_value(&b, "/bw/count").await?,
+        Some(b"2".to_vec()),
+        "tail counted 2"
+    );
+    // The change feed has every write, in order.
+    let count_rev = b
+        .get("/bw/count")
+        .await
+        .ctx("count")?
+        .map(|i| i.revision)
+        .unwrap_or(0);
+    expect_changes(
+        &mut w,
+        &[
+            (EventKind::Put, "/bw/x", rev0),
+            (EventKind::Put, "/bw/a", rev0),
+            (EventKind::Delete, "/bw/a", rev2),
+            (EventKind::Put, "/bw/b", rev2),
+            (EventKind::Put, "/bw/count", count_rev),
+        ],
+    )
+    .await?;
+
+    // The tail reads its key inside the transaction, after the groups.
+    let results = b
+        .write_batch(
+            vec![BatchWrite::default(), BatchWrite::default()],
+            "/bw/count",
+            counting_tail("/bw/count"),
+        )
+        .await
+        .ctx("second batch")?;
+    ensure!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    ensure_eq!(
+        get_value(&b, "/bw/count").await?,
+        Some(b"4".to_vec()),
+        "tail counted 4"
+    );
+
+    // A failing tail rolls everything back.
+    let failing: BatchTail = Arc::new(|_, _| Err(StoreError::Invalid("tail refuses".into())));
+    let res = b
+        .write_batch(
+            vec![BatchWrite {
+                conditions: vec![],
+                ops: vec![put("/bw/never", b"n")],
+            }],
+            "/bw/count",
+            failing,
+        )
+        .await;
+    ensure!(
+        matches!(res, Err(StoreError::Invalid(_))),
+        "failing tail: {res:?}"
+    );
+    ensure_eq!(get_value(&b, "/bw/never").await?, None, "nothing written");
+    Ok(())
+}
+
+/// Two instances (two auth servers) running batches at once on one counter: the tail
+/// always reads the latest committed value, so no increment is lost.
+pub async fn concurrent_batches(f: Factory) -> Outcome {
+    let a = open(&f, fast_tuning()).await?;
+    let b = open(&f, fast_tuning()).await?;
+    let run = |s: Arc<dyn Backend>, who: &'static str| async move {
+        for i in 0..20 {
+            let groups = (0..5)
+                .map(|k| BatchWrite {
+                    conditions: vec![Condition::NotExists(format!("/cb/{who}/{i}/{k}"))],
+                    ops: vec![Op::Put {
+                        key: format!("/cb/{who}/{i}/{k}"),
+                        value: vec![1],
+                        expires: None,
+                    }],
+                })
+                .collect();
+            let r = s
+                .write_batch(groups, "/cb-count", counting_tail("/cb-count"))
+                .await?;
+            if r.iter().any(|r| r.is_err()) {
+                return Err(StoreError::Invalid(format!("a group failed: {r:?}")));
+            }
+        }
+        Ok::<_, StoreError>(())
+    };
+    let (ra, rb) = tokio::join!(run(a.clone(), "a"), run(b.clone(), "b"));
+    ra.ctx("instance a")?;
+    rb.ctx("instance b")?;
+    ensure_eq!(
+        get_value(&a, "/cb-count").await?,
+        Some(b"200".to_vec()),
+        "every applied group counted once"
+    );
+    Ok(())
+}
+
+/// Concurrent single writes on one instance (committed in groups) keep their own
+/// semantics: of 50 creates of one key exactly one wins, of 50 compare-and-swaps from one
+/// revision exactly one wins, and 50 creates of distinct keys all succeed with distinct
+/// revisions.
+pub async fn grouped_single_writes(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let creates =
+        futures::future::join_all((0..50u8).map(|i| b.create("/gs/one", vec![i], None))).await;
+    let won = creates.iter().filter(|r| r.is_ok()).count();
+    let lost = creates
+        .iter()
+        .filter(|r| matches!(r, Err(StoreError::AlreadyExists(k)) if k == "/gs/one"))
+        .count();
+    ensure_eq!((won, lost), (1, 49), "creates of one key: {creates:?}");
+    let rev = b
+        .get("/gs/one")
+        .await
+        .ctx("get")?
+        .map(|i| i.revision)
+        .unwrap_or(0);
+    let swaps = futures::future::join_all((0..50u8).map(|i| {
+        b.atomic_write(
+            vec![Condition::Revision("/gs/one".into(), rev)],
+            vec![Op::Put {
+                key: "/gs/one".into(),
+                value: vec![100 + i],
+                expires: None,
+            }],
+        )
+    }))
+    .await;
+    let won = swaps.iter().filter(|r| r.is_ok()).count();
+    ensure_eq!(won, 1, "compare-and-swaps from one revision: {swaps:?}");
+    let keys: Vec<String> = (0..50).map(|i| format!("/gs/k/{i}")).collect();
+    let distinct = futures::future::join_all(keys.iter().map(|k| b.create(k, vec![1], None))).await;
+    let revs: BTreeSet<i64> = distinct
+        .into_iter()
+        .collect::<crate::Result<Vec<_>>>()
+        .ctx("distinct creates")?
+        .into_iter()
+        .collect();
+    ensure_eq!(revs.len(), 50, "one revision each");
     Ok(())
 }

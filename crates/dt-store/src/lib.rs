@@ -10,6 +10,12 @@
 //! What it deliberately does not do: interpret values (that is the caller's job), or
 //! offer cross-call transactions (each `atomic_write` is one transaction).
 //!
+//! Group commit: `create`, `put` and `atomic_write` calls that arrive while a write is in
+//! progress are queued and committed together in one transaction (one fsync on SQLite,
+//! one WAL flush on PostgreSQL), each keeping its own conditions, revision and result;
+//! [`Backend::write_batch`] does the same for a caller-made batch and adds a tail (the
+//! audit log chains its events there). `update`, `delete` and the sweeper commit alone.
+//!
 //! Implementations: [`sqlite::SqliteBackend`] (embedded default, WAL) and
 //! [`postgres::PostgresBackend`] (several auth servers sharing one database; changes are
 //! announced with LISTEN/NOTIFY). [`conformance`] is one test suite both must pass.
@@ -68,6 +74,24 @@ pub enum Op {
         key: String,
     },
 }
+
+/// One request of a [`Backend::write_batch`]: what one [`Backend::atomic_write`] would take.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchWrite {
+    /// Checked against the state left by the groups before this one.
+    pub conditions: Vec<Condition>,
+    /// Applied only if every condition holds.
+    pub ops: Vec<Op>,
+}
+
+/// The last step of a [`Backend::write_batch`], run inside its transaction: given each
+/// group's outcome (`Some(revision)` when it was applied) and the live item at the batch's
+/// tail key as the transaction sees it, it returns the ops to write after the groups (e.g.
+/// the audit events of the applied groups and the chain head). An error rolls the whole
+/// batch back. It may run more than once (the transaction is retried on a conflict), so
+/// it must depend only on its arguments.
+pub type BatchTail =
+    std::sync::Arc<dyn Fn(&[Option<i64>], Option<&Item>) -> Result<Vec<Op>> + Send + Sync>;
 
 /// One page of a [`Backend::range`] listing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -196,6 +220,21 @@ pub trait Backend: Send + Sync + 'static {
     /// written (`ConditionFailed`). Returns the revision assigned to the write (all ops of
     /// one atomic write share it).
     async fn atomic_write(&self, conditions: Vec<Condition>, ops: Vec<Op>) -> Result<i64>;
+    /// Group commit: several independent atomic writes in one transaction. Each group is
+    /// checked and applied in order, with its own revision, exactly as if it were one
+    /// `atomic_write` committed right after the previous group; a group whose condition
+    /// fails (`ConditionFailed` with its own index) or that is invalid is skipped and fails
+    /// alone. Then `tail` runs (see [`BatchTail`]) and its ops are written with the batch's
+    /// last revision. The outer error means nothing was written; otherwise each group gets
+    /// its own result. Writers are serialized (SQLite's write lock, PostgreSQL's sequence
+    /// row lock) before `tail` reads `tail_key`, so the tail always sees the latest
+    /// committed value, also across processes.
+    async fn write_batch(
+        &self,
+        groups: Vec<BatchWrite>,
+        tail_key: &str,
+        tail: BatchTail,
+    ) -> Result<Vec<Result<i64>>>;
     /// Watch changes to keys under any of `prefixes` (an empty prefix watches everything;
     /// so does an empty list). `Init.revision` is at least the revision of every write that
     /// completed on this instance before `watch` was called.

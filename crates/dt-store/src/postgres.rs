@@ -28,13 +28,16 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::{AsyncMessage, Client, Config, IsolationLevel, Row, Statement};
 
 use crate::common::{
-    Applied, Background, PutRow, Stored, Tx, WRITE_RETRIES, Write, apply, backend_msg, closed,
+    Applied, Background, Batch, BatchWriter, GroupResult, Grouper, PutRow, Stored, Tx,
+    WRITE_RETRIES, Write, apply, apply_batch, backend_msg, closed, group_create, group_write,
     make_page, now_ms, opt_from_ms, range_bounds, retry_delay, sane, spawn_periodic, stopped,
     validate_key,
 };
 use crate::hub::{EventSource, Hub, StoredEvent, kind_from_code};
 use crate::pg_tls::{MakeRustls, SslMode};
-use crate::{Backend, Condition, Item, Op, Page, Result, StoreError, Tuning, Watcher};
+use crate::{
+    Backend, BatchTail, BatchWrite, Condition, Item, Op, Page, Result, StoreError, Tuning, Watcher,
+};
 
 /// `statement_timeout` of every pooled connection unless configured.
 pub const DEFAULT_STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -90,6 +93,7 @@ pub struct PostgresBackend {
 struct Shared {
     pool: Arc<Pool>,
     wake: Arc<Notify>,
+    grouper: Grouper,
 }
 
 impl PostgresBackend {
@@ -153,6 +157,7 @@ impl PostgresBackend {
                 closed: AtomicBool::new(false),
             }),
             wake: Arc::new(Notify::new()),
+            grouper: Grouper::default(),
         });
         let bg = Background::new();
         let hub = Hub::start(&bg, shared.clone(), head, &tuning, shared.wake.clone());
@@ -179,6 +184,16 @@ impl PostgresBackend {
     }
 }
 
+impl BatchWriter for Shared {
+    fn grouper(&self) -> &Grouper {
+        &self.grouper
+    }
+
+    async fn write_batch(&self, b: Batch) -> Result<Vec<GroupResult>> {
+        Shared::write_batch(self, b).await
+    }
+}
+
 impl Shared {
     async fn write(&self, w: Write) -> Result<Applied> {
         let mut attempt = 0;
@@ -200,6 +215,37 @@ impl Shared {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    async fn write_batch(&self, b: Batch) -> Result<Vec<GroupResult>> {
+        let mut attempt = 0;
+        loop {
+            match self.write_batch_once(&b).await {
+                Ok(results) => {
+                    self.wake.notify_one();
+                    return Ok(results);
+                }
+                Err(e) if attempt < WRITE_RETRIES && is_retryable(&e) => {
+                    attempt += 1;
+                    tokio::time::sleep(retry_delay(attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn write_batch_once(&self, b: &Batch) -> Result<Vec<GroupResult>> {
+        let mut lease = self.pool.get().await?;
+        let PgConn { client, st } = lease.conn_mut()?;
+        let tx = client
+            .build_transaction()
+            .isolation_level(IsolationLevel::ReadCommitted)
+            .start()
+            .await
+            .map_err(pg)?;
+        let results = apply_batch(&mut PgTx { tx: &tx, st }, b).await?;
+        tx.commit().await.map_err(pg)?;
+        Ok(results)
     }
 
     async fn write_once(&self, w: &Write) -> Result<Applied> {
@@ -341,13 +387,24 @@ impl Backend for PostgresBackend {
         value: Vec<u8>,
         expires: Option<OffsetDateTime>,
     ) -> Result<i64> {
-        let row = PutRow::new(key, value, expires)?;
-        Ok(self.shared.write(Write::Create(row)).await?.revision)
+        group_create(&self.shared, key, value, expires).await
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expires: Option<OffsetDateTime>) -> Result<i64> {
-        let row = PutRow::new(key, value, expires)?;
-        Ok(self.shared.write(Write::Put(row)).await?.revision)
+        validate_key(key)?;
+        let ops = vec![Op::Put {
+            key: key.to_owned(),
+            value,
+            expires,
+        }];
+        group_write(
+            &self.shared,
+            BatchWrite {
+                conditions: Vec::new(),
+                ops,
+            },
+        )
+        .await
     }
 
     async fn update(
@@ -374,8 +431,21 @@ impl Backend for PostgresBackend {
     }
 
     async fn atomic_write(&self, conditions: Vec<Condition>, ops: Vec<Op>) -> Result<i64> {
-        let w = Write::atomic(conditions, ops)?;
-        Ok(self.shared.write(w).await?.revision)
+        // Validated first, so a malformed write fails alone and with its own error.
+        let Write::Atomic(..) = Write::atomic(conditions.clone(), ops.clone())? else {
+            return Err(StoreError::Invalid("not an atomic write".into()));
+        };
+        group_write(&self.shared, BatchWrite { conditions, ops }).await
+    }
+
+    async fn write_batch(
+        &self,
+        groups: Vec<BatchWrite>,
+        tail_key: &str,
+        tail: BatchTail,
+    ) -> Result<Vec<Result<i64>>> {
+        let b = Batch::new(groups, Some((tail_key, tail)))?;
+        self.shared.write_batch(b).await
     }
 
     async fn watch(&self, prefixes: Vec<String>) -> Result<Watcher> {
@@ -498,6 +568,77 @@ impl Tx for PgTx<'_> {
             .await
             .map_err(pg)
     }
+
+    async fn next_revisions(&mut self, n: i64) -> Result<i64> {
+        self.tx
+            .query_one(&self.st.next_revs, &[&n])
+            .await
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)
+    }
+
+    async fn get_item(&mut self, key: &str, now: i64) -> Result<Option<Item>> {
+        let row = self
+            .tx
+            .query_opt(&self.st.get, &[&key, &now])
+            .await
+            .map_err(pg)?;
+        row.map(|r| {
+            Ok(Item {
+                key: key.to_owned(),
+                value: r.try_get(0).map_err(pg)?,
+                revision: r.try_get(1).map_err(pg)?,
+                expires: opt_from_ms(r.try_get(2).map_err(pg)?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn lookup_many(
+        &mut self,
+        keys: &[&str],
+    ) -> Result<std::collections::HashMap<String, Stored>> {
+        let rows = self
+            .tx
+            .query(&self.st.lookup_many, &[&keys])
+            .await
+            .map_err(pg)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<_, String>(0).map_err(pg)?,
+                    Stored {
+                        revision: r.try_get(1).map_err(pg)?,
+                        expires: r.try_get(2).map_err(pg)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Sent back to back without waiting for each answer: the driver pipelines queries
+    /// issued together on one connection, and the server runs them in order.
+    async fn put_many(&mut self, rows: &[(i64, i32, &PutRow)], at: i64) -> Result<()> {
+        let st = &self.st.put;
+        let tx = self.tx;
+        futures::future::try_join_all(rows.iter().map(|(revision, idx, row)| {
+            tx.execute_raw(
+                st,
+                [
+                    &row.key as &(dyn tokio_postgres::types::ToSql + Sync),
+                    &row.value,
+                    revision,
+                    &row.expires,
+                    idx,
+                    &at,
+                ],
+            )
+        }))
+        .await
+        .map_err(pg)?;
+        Ok(())
+    }
 }
 
 /// Statements prepared once per connection.
@@ -515,6 +656,8 @@ struct Stmts {
     prune: Statement,
     /// Indexed by `lower_inclusive * 2 + has_upper`.
     range: [Statement; 4],
+    next_revs: Statement,
+    lookup_many: Statement,
 }
 
 const RANGE_SQL: [&str; 4] = [
@@ -532,7 +675,7 @@ const VERSION_SQL: &str = "SELECT COALESCE(MAX(version), 0)::bigint FROM dt_sche
 
 impl Stmts {
     async fn prepare(client: &Client) -> Result<Self> {
-        let sql: [&str; 15] = [
+        let sql: [&str; 17] = [
             "SELECT v FROM dt_seq WHERE id = 1",
             VERSION_SQL,
             "UPDATE dt_seq SET v = v + 1 WHERE id = 1 RETURNING v",
@@ -563,6 +706,8 @@ impl Stmts {
             RANGE_SQL[1],
             RANGE_SQL[2],
             RANGE_SQL[3],
+            "UPDATE dt_seq SET v = v + $1::bigint WHERE id = 1 RETURNING v",
+            "SELECT key, revision, expires FROM dt_items WHERE key = ANY($1::text[])",
         ];
         // Prepared concurrently: the driver pipelines them on the one connection.
         let prepared = futures::future::try_join_all(sql.iter().map(|s| client.prepare(s)))
@@ -584,7 +729,9 @@ impl Stmts {
             r1,
             r2,
             r3,
-        ] = <[Statement; 15]>::try_from(prepared)
+            next_revs,
+            lookup_many,
+        ] = <[Statement; 17]>::try_from(prepared)
             .map_err(|_| backend_msg("statement preparation mismatch"))?;
         Ok(Stmts {
             head,
@@ -599,6 +746,8 @@ impl Stmts {
             events_after,
             prune,
             range: [r0, r1, r2, r3],
+            next_revs,
+            lookup_many,
         })
     }
 }

@@ -24,12 +24,15 @@ use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::common::{
-    Applied, Background, PutRow, Stored, Tx, WRITE_RETRIES, Write, apply, backend_msg, closed,
+    Applied, Background, Batch, BatchWriter, GroupResult, Grouper, PutRow, Stored, Tx,
+    WRITE_RETRIES, Write, apply, apply_batch, backend_msg, closed, group_create, group_write,
     make_page, now_ms, opt_from_ms, range_bounds, retry_delay, run_ready, sane, spawn_periodic,
     validate_key,
 };
 use crate::hub::{EventSource, Hub, KIND_DELETE, KIND_PUT, StoredEvent, kind_from_code};
-use crate::{Backend, Condition, Item, Op, Page, Result, StoreError, Tuning, Watcher};
+use crate::{
+    Backend, BatchTail, BatchWrite, Condition, Item, Op, Page, Result, StoreError, Tuning, Watcher,
+};
 
 const READERS: usize = 4;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,6 +75,7 @@ struct Shared {
     writer: Arc<Pool>,
     readers: Arc<Pool>,
     wake: Arc<Notify>,
+    grouper: Grouper,
 }
 
 impl SqliteBackend {
@@ -98,6 +102,7 @@ impl SqliteBackend {
             writer: Pool::new(path, 1, Some(first)),
             readers: Pool::new(path, READERS, None),
             wake: Arc::new(Notify::new()),
+            grouper: Grouper::default(),
         });
         let bg = Background::new();
         let hub = Hub::start(&bg, shared.clone(), head, &tuning, shared.wake.clone());
@@ -116,7 +121,26 @@ impl SqliteBackend {
     }
 }
 
+impl BatchWriter for Shared {
+    fn grouper(&self) -> &Grouper {
+        &self.grouper
+    }
+
+    async fn write_batch(&self, b: Batch) -> Result<Vec<GroupResult>> {
+        Shared::write_batch(self, b).await
+    }
+}
+
 impl Shared {
+    async fn write_batch(&self, b: Batch) -> Result<Vec<GroupResult>> {
+        let results = self
+            .writer
+            .run(move |conn| retry_busy(|| write_batch_once(conn, &b)))
+            .await?;
+        self.wake.notify_one();
+        Ok(results)
+    }
+
     async fn write(&self, w: Write) -> Result<Applied> {
         let applied = self
             .writer
@@ -308,13 +332,24 @@ impl Backend for SqliteBackend {
         value: Vec<u8>,
         expires: Option<OffsetDateTime>,
     ) -> Result<i64> {
-        let row = PutRow::new(key, value, expires)?;
-        Ok(self.shared.write(Write::Create(row)).await?.revision)
+        group_create(&self.shared, key, value, expires).await
     }
 
     async fn put(&self, key: &str, value: Vec<u8>, expires: Option<OffsetDateTime>) -> Result<i64> {
-        let row = PutRow::new(key, value, expires)?;
-        Ok(self.shared.write(Write::Put(row)).await?.revision)
+        validate_key(key)?;
+        let ops = vec![Op::Put {
+            key: key.to_owned(),
+            value,
+            expires,
+        }];
+        group_write(
+            &self.shared,
+            BatchWrite {
+                conditions: Vec::new(),
+                ops,
+            },
+        )
+        .await
     }
 
     async fn update(
@@ -341,8 +376,21 @@ impl Backend for SqliteBackend {
     }
 
     async fn atomic_write(&self, conditions: Vec<Condition>, ops: Vec<Op>) -> Result<i64> {
-        let w = Write::atomic(conditions, ops)?;
-        Ok(self.shared.write(w).await?.revision)
+        // Validated first, so a malformed write fails alone and with its own error.
+        let Write::Atomic(..) = Write::atomic(conditions.clone(), ops.clone())? else {
+            return Err(StoreError::Invalid("not an atomic write".into()));
+        };
+        group_write(&self.shared, BatchWrite { conditions, ops }).await
+    }
+
+    async fn write_batch(
+        &self,
+        groups: Vec<BatchWrite>,
+        tail_key: &str,
+        tail: BatchTail,
+    ) -> Result<Vec<Result<i64>>> {
+        let b = Batch::new(groups, Some((tail_key, tail)))?;
+        self.shared.write_batch(b).await
     }
 
     async fn watch(&self, prefixes: Vec<String>) -> Result<Watcher> {
@@ -486,6 +534,16 @@ fn write_once(conn: &mut Connection, w: &Write) -> Result<Applied> {
     Ok(applied)
 }
 
+fn write_batch_once(conn: &mut Connection, b: &Batch) -> Result<Vec<GroupResult>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sq)?;
+    let results = run_ready(apply_batch(&mut SqliteTx { tx: &tx }, b))
+        .ok_or_else(|| backend_msg("sqlite transaction unexpectedly suspended"))??;
+    tx.commit().map_err(sq)?;
+    Ok(results)
+}
+
 struct SqliteTx<'a> {
     tx: &'a rusqlite::Transaction<'a>,
 }
@@ -519,6 +577,42 @@ impl Tx for SqliteTx<'_> {
             .map_err(sq)?
             .query_row([], |r| r.get(0))
             .map_err(sq)
+    }
+
+    async fn next_revisions(&mut self, n: i64) -> Result<i64> {
+        self.tx
+            .prepare_cached("UPDATE dt_seq SET v = v + ?1 WHERE id = 1 RETURNING v")
+            .map_err(sq)?
+            .query_row([n], |r| r.get(0))
+            .map_err(sq)
+    }
+
+    async fn get_item(&mut self, key: &str, now: i64) -> Result<Option<Item>> {
+        let row = self
+            .tx
+            .prepare_cached(
+                "SELECT value, revision, expires FROM dt_items \
+                 WHERE key = ?1 AND (expires IS NULL OR expires > ?2)",
+            )
+            .map_err(sq)?
+            .query_row(params![key, now], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Option<i64>>(2)?,
+                ))
+            })
+            .optional()
+            .map_err(sq)?;
+        row.map(|(value, revision, expires)| {
+            Ok(Item {
+                key: key.to_owned(),
+                value,
+                revision,
+                expires: opt_from_ms(expires)?,
+            })
+        })
+        .transpose()
     }
 
     async fn lookup(&mut self, key: &str) -> Result<Option<Stored>> {
