@@ -12,30 +12,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
 use common::trust::*;
+use common::web::*;
 use common::*;
 use serde_json::{Value, json};
 
 const PW: &str = "correct horse battery";
-
-fn web_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/web")
-}
-
-/// A child process killed on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The desktop login: `nobody` when the access point runs as root, else our own user.
 fn desktop_login() -> String {
@@ -57,31 +43,9 @@ fn shared_dir(mode: u32) -> tempfile::TempDir {
     d
 }
 
-/// `devtrust desktop start`, once it printed its address.
-fn desktop_access_point(args: &[String], tmpdir: &Path) -> (Proc, String) {
-    let mut child = Command::new(DEVTRUST)
-        .args(["desktop", "start"])
-        .args(args)
-        .env("DEVTRUST_LOG", "warn")
-        .env("TMPDIR", tmpdir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    while let Some(Ok(l)) = lines.next() {
-        if let Some(a) = l.trim().strip_prefix("listen:") {
-            let addr = a.trim().to_string();
-            std::thread::spawn(move || for _ in lines {});
-            return (Proc(child), addr);
-        }
-        seen.push(l);
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    panic!("devtrust desktop start did not print its address: {seen:?}");
+/// `devtrust desktop start` with its sessions' files below `tmpdir`.
+fn desktop_access_point(args: &[String], tmpdir: &Path) -> AccessPoint {
+    AccessPoint::start_with_env("desktop", args, &[("TMPDIR", tmpdir)])
 }
 
 /// Xvfb processes whose command line names `dir` (this test's sessions).
@@ -97,29 +61,13 @@ fn xvfb_under(dir: &Path) -> Vec<String> {
         .collect()
 }
 
-fn checks(stdout: &str) -> std::collections::HashMap<String, Value> {
-    stdout
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter_map(|v| Some((v["check"].as_str()?.to_string(), v)))
-        .collect()
-}
-
 fn s<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or_default()
 }
 
 #[test]
 fn desktops_in_a_real_browser_with_role_device_trust_locks_and_bad_input() {
-    assert!(
-        Path::new("/usr/bin/chromium").exists(),
-        "Debian's chromium is missing: run scripts/install-deps.sh"
-    );
-    assert!(
-        web_dir().join("node_modules/playwright-core").exists(),
-        "playwright-core is missing: run scripts/install-deps.sh (npm ci in {})",
-        web_dir().display()
-    );
+    require_browser();
     for bin in ["Xvfb", "xterm"] {
         assert!(
             Command::new("sh")
@@ -155,7 +103,7 @@ fn desktops_in_a_real_browser_with_role_device_trust_locks_and_bad_input() {
         .ok()
         .trim()
         .to_string();
-    let (ap, _addr) = desktop_access_point(
+    let ap = desktop_access_point(
         &[
             format!("--auth-server={}", srv.addr),
             format!("--token={token}"),
@@ -202,16 +150,7 @@ fn desktops_in_a_real_browser_with_role_device_trust_locks_and_bad_input() {
             "bob": {"password": PW, "home": bob.path},
         },
     });
-    let run = Command::new("node")
-        .arg("desktop.mjs")
-        .current_dir(web_dir())
-        .env("DT_WEB_TEST", config.to_string())
-        .output()
-        .expect("run node (install Node.js: scripts/install-deps.sh)");
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    let ctx = format!("-- node stdout:\n{stdout}\n-- node stderr:\n{stderr}");
-    let c = checks(&stdout);
+    let (c, ctx) = run_browser("desktop.mjs", &config);
 
     // 1. Listed, opened, typed into: the command ran on the server and the canvas shows it.
     let o = &c.get("open_and_type").unwrap_or_else(|| panic!("{ctx}"));
@@ -296,8 +235,6 @@ fn desktops_in_a_real_browser_with_role_device_trust_locks_and_bad_input() {
     assert_eq!(d["confirm"], "confirmed", "{d:#}");
     assert_eq!(d["allowedState"], "open", "{d:#}");
     assert_eq!(d["console_errors"], json!([]), "{d:#}");
-    assert!(c.contains_key("done"), "{ctx}");
-    assert!(run.status.success(), "the browser script broke\n{ctx}");
 
     // Every X server is gone once the browser is (the last sessions end as their
     // WebSockets close).
@@ -445,7 +382,7 @@ fn the_access_point_judges_every_open_and_survives_bad_frames() {
         .ok()
         .trim()
         .to_string();
-    let (_ap, addr) = desktop_access_point(
+    let ap = desktop_access_point(
         &[
             format!("--auth-server={}", srv.addr),
             format!("--token={token}"),
@@ -459,7 +396,7 @@ fn the_access_point_judges_every_open_and_survives_bad_frames() {
         tmp.path(),
     );
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let talk = |frames: Vec<Vec<u8>>| rt.block_on(exchange(&bob, &addr, frames));
+    let talk = |frames: Vec<Vec<u8>>| rt.block_on(exchange(&bob, &ap.addr, frames));
 
     // Until the access point has the cluster's view, and then: allowed.
     common::db::wait_until("the access point serves", || {

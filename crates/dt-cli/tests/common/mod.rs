@@ -935,9 +935,19 @@ pub struct AccessPoint {
 
 impl AccessPoint {
     pub fn start(kind: &str, args: &[String]) -> AccessPoint {
+        AccessPoint::start_with_env(kind, args, &[])
+    }
+
+    /// [`AccessPoint::start`] with extra environment variables.
+    pub fn start_with_env(
+        kind: &str,
+        args: &[String],
+        env: &[(&str, &std::path::Path)],
+    ) -> AccessPoint {
         let mut child = Command::new(DEVTRUST)
             .args([kind, "start"])
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
             .env("DEVTRUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

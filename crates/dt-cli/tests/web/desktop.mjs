@@ -3,17 +3,12 @@
 // crates/dt-cli/tests/desktop_access.rs, which passes everything in DT_WEB_TEST (JSON).
 // Prints one JSON line per check ({"check": NAME, ...}); the Rust test asserts on them.
 
-import { chromium } from 'playwright-core';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { TIMEOUT, launchBrowser, login, newPage as freshPage, report } from './lib.mjs';
 
 const cfg = JSON.parse(process.env.DT_WEB_TEST);
-const TIMEOUT = 20000;
-
-function report(check, fields) {
-  console.log(JSON.stringify({ check, ...fields }));
-}
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
@@ -34,24 +29,7 @@ function xvfbPids() {
     .map((l) => Number(l.trim().split(/\s+/)[0]));
 }
 
-async function newPage(browser) {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1100, height: 900 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  const errors = [];
-  page.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
-  page.on('pageerror', (e) => errors.push(String(e)));
-  return { context, page, errors };
-}
-
-async function login(page, user, password) {
-  await page.goto(cfg.url + '/web/login');
-  await page.fill('input[name="username"]', user);
-  await page.fill('input[name="password"]', password);
-  await page.click('button[type="submit"]');
-  await page.waitForURL(cfg.url + '/web/');
-  await page.waitForSelector('body[data-ready="true"]');
-}
+const newPage = (browser) => freshPage(browser, { width: 1100, height: 900 });
 
 function desktopUrl(deskLogin) {
   return cfg.url + '/web/desktop?' + new URLSearchParams({ desktop: cfg.desktop, login: deskLogin, width: '800', height: '600' });
@@ -111,11 +89,7 @@ async function rawSession(page, payload) {
   }, { desktop: cfg.desktop, login: cfg.login, payload });
 }
 
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'],
-});
+const browser = await launchBrowser();
 
 try {
   // 1. bob (a role without device trust; the cluster's mode is `required`): the desktop is
@@ -224,5 +198,5 @@ try {
 }
 
 async function login_(page, user) {
-  await login(page, user, cfg.users[user].password);
+  await login(page, cfg.url, user, cfg.users[user].password);
 }

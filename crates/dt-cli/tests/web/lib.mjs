@@ -35,8 +35,8 @@ export async function launchBrowser() {
 }
 
 // A fresh context (no cookies) and page; `errors` collects console errors.
-export async function newPage(browser) {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1000, height: 620 } });
+export async function newPage(browser, viewport = { width: 1000, height: 620 }) {
+  const context = await browser.newContext({ ignoreHTTPSErrors: true, viewport });
   const page = await context.newPage();
   page.setDefaultTimeout(TIMEOUT);
   const errors = [];
