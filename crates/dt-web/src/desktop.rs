@@ -15,7 +15,7 @@
 use axum::Extension;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use dt_auth::listener::Peer;
 use dt_desktop::wire::{
@@ -25,7 +25,7 @@ use dt_types::ServiceKind;
 use serde::Deserialize;
 use std::time::Duration;
 
-use crate::{Web, WebError, browser_host};
+use crate::{Web, WebError};
 
 /// How long reaching the access point may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -67,24 +67,8 @@ pub(crate) async fn connect(
     Query(q): Query<DesktopQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, WebError> {
-    let ip = web.client_ip(&peer, &headers);
-    let (_, session, caller) = web.session(&peer, &headers).await?;
-    // Cross-site WebSocket hijacking: the page must be ours.
-    let origin = headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let expected = browser_host(&uri, &headers).map(|h| format!("https://{h}"));
-    if expected.as_deref() != Some(origin) {
-        return Err(WebError::Refused(
-            "the desktop opens only from this server's own pages".into(),
-        ));
-    }
-    let mut h = headers.clone();
-    if let Ok(v) = q.csrf.parse() {
-        h.insert(crate::session::CSRF_HEADER, v);
-    }
-    web.check_csrf(&h, &session.csrf, &session.user, ip, "desktop")
+    let (session, caller) = web
+        .websocket_session(&peer, &uri, &headers, &q.csrf, "desktop")
         .await?;
     let desktops = web
         .srv

@@ -231,6 +231,38 @@ impl Web {
         }
     }
 
+    /// The checks of a WebSocket opening (the browser terminal, desktops): a live session,
+    /// an `Origin` of this server (no cross-site WebSocket hijacking) and the session's CSRF
+    /// token, which a browser can only put in the query. `what` names it in refusals.
+    async fn websocket_session(
+        &self,
+        peer: &Peer,
+        uri: &axum::http::Uri,
+        headers: &HeaderMap,
+        csrf: &str,
+        what: &str,
+    ) -> WebResult<(Session, Caller)> {
+        let ip = self.client_ip(peer, headers);
+        let (_, session, caller) = self.session(peer, headers).await?;
+        let origin = headers
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let expected = request_host(uri, headers).map(|h| format!("https://{h}"));
+        if expected.as_deref() != Some(origin) {
+            return Err(WebError::Refused(format!(
+                "the {what} opens only from this server's own pages"
+            )));
+        }
+        let mut h = headers.clone();
+        if let Ok(v) = csrf.parse() {
+            h.insert(CSRF_HEADER, v);
+        }
+        self.check_csrf(&h, &session.csrf, &session.user, ip, what)
+            .await?;
+        Ok((session, caller))
+    }
+
     /// State-changing calls carry the session's CSRF token; a refusal is audited.
     async fn check_csrf(
         &self,
@@ -474,8 +506,6 @@ fn handoff_url(user: &str, host: &str, token: &dt_auth::device_web::IssuedWebTok
         token.id, token.token
     )
 }
-
-pub(crate) use request_host as browser_host;
 
 /// The address the browser used: `:authority` over HTTP/2 (in the URI), `Host` otherwise.
 fn request_host(uri: &axum::http::Uri, headers: &HeaderMap) -> Option<String> {

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use dt_auth::listener::Peer;
@@ -22,7 +22,7 @@ use russh::ChannelMsg;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{Web, WebError, browser_host};
+use crate::{Web, WebError};
 
 #[derive(Deserialize)]
 pub(crate) struct TerminalQuery {
@@ -79,24 +79,8 @@ pub(crate) async fn connect(
     Query(q): Query<TerminalQuery>,
     ws: WebSocketUpgrade,
 ) -> Result<Response, WebError> {
-    let ip = web.client_ip(&peer, &headers);
-    let (_, session, caller) = web.session(&peer, &headers).await?;
-    // Cross-site WebSocket hijacking: the page must be ours.
-    let origin = headers
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let expected = browser_host(&uri, &headers).map(|h| format!("https://{h}"));
-    if expected.as_deref() != Some(origin) {
-        return Err(WebError::Refused(
-            "the terminal opens only from this server's own pages".into(),
-        ));
-    }
-    let mut h = headers.clone();
-    if let Ok(v) = q.csrf.parse() {
-        h.insert(crate::session::CSRF_HEADER, v);
-    }
-    web.check_csrf(&h, &session.csrf, &session.user, ip, "terminal")
+    let (session, caller) = web
+        .websocket_session(&peer, &uri, &headers, &q.csrf, "terminal")
         .await?;
     let nodes = web.srv.list_nodes_for(&caller.roles).await?;
     let Some(node) = nodes.into_iter().find(|n| n.name == q.node) else {
