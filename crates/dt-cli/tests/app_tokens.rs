@@ -105,4 +105,57 @@ fn only_app_access_points_get_tokens_and_only_for_user_ca_certificates() {
     );
     let err = ask(tls_identity(&app), b"not a certificate".to_vec()).unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+
+    // App sessions (the browser's web launch): only an app access point that serves the app
+    // may spend a launch code or look a session up. This one serves nothing; a database
+    // access point and a user are refused for what they are. (The allowed case is the whole
+    // browser flow of tests/app_web.rs.)
+    let session_call = |identity, get: bool| {
+        rt.block_on(async {
+            let ch =
+                dt_client::connect::channel(&srv.addr, TrustPolicy::Pin(srv.pin.clone()), identity)
+                    .await
+                    .unwrap();
+            let mut c = AppServiceClient::new(ch);
+            if get {
+                c.get_app_session(pb::GetAppSessionRequest {
+                    session_id: "s".into(),
+                    secret: "x".into(),
+                    app: "wiki".into(),
+                })
+                .await
+                .map(|_| ())
+            } else {
+                c.exchange_app_code(pb::ExchangeAppCodeRequest {
+                    code: "c".into(),
+                    state: "0123456789abcdef".into(),
+                    app: "wiki".into(),
+                })
+                .await
+                .map(|_| ())
+            }
+        })
+    };
+    for get in [false, true] {
+        let err = session_call(tls_identity(&app), get).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        assert!(
+            err.message()
+                .contains("app access point \"apps-1\" does not serve app \"wiki\""),
+            "{err:?}"
+        );
+        let err = session_call(tls_identity(&db), get).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        assert!(
+            err.message()
+                .contains("only app access points handle app sessions"),
+            "{err:?}"
+        );
+        let err = session_call(store.identity(&profile).unwrap(), get).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+        assert!(
+            err.message().contains("devtrust app start --token"),
+            "{err:?}"
+        );
+    }
 }
