@@ -4,16 +4,15 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand, ValueEnum};
 use dt_agent::access::Freshness;
 use dt_types::ServiceKind;
 
-use crate::common::parse_duration;
 use crate::node_cmd::{
-    JoinFlags, access_point_runtime, init_logging, parse_labels, runtime, until_stopped,
+    AccessPointFlags, JoinFlags, access_point_runtime, init_logging, parse_labels, runtime,
+    until_stopped,
 };
 
 pub const DEFAULT_DB_DATA_DIR: &str = "/var/lib/devtrust-db";
@@ -89,27 +88,14 @@ pub struct DbStartArgs {
     /// Where the access point keeps its identity and audit spool (0700).
     #[arg(long, env = "DEVTRUST_DB_DATA_DIR", default_value = DEFAULT_DB_DATA_DIR)]
     data_dir: PathBuf,
-    /// Trust the auth server whose CA has this pin (printed by `devtrust start`).
-    #[arg(long, conflicts_with = "insecure")]
-    ca_pin: Option<String>,
-    /// Do not verify the auth server (labs only).
-    #[arg(long)]
-    insecure: bool,
-    /// How often to heartbeat (the database is listed for three heartbeats).
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    heartbeat: Duration,
-    /// With `locking_mode: strict`, deny when the lock view is older than this.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    strict_max_age: Duration,
-    /// Log format: text or json.
-    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
+    #[command(flatten)]
+    common: AccessPointFlags,
 }
 
 pub fn run_db(cmd: DbCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         DbCmd::Start(a) => {
-            init_logging(&a.log_format);
+            init_logging(&a.common.log_format);
             runtime()?.block_on(start(a))
         }
     }
@@ -206,16 +192,16 @@ async fn start(a: DbStartArgs) -> anyhow::Result<ExitCode> {
             name: &a.name,
             data_dir: &a.data_dir,
             advertise: &a.advertise,
-            heartbeat: a.heartbeat,
+            heartbeat: a.common.heartbeat,
             token: &a.token,
             auth_server: &a.auth_server,
-            ca_pin: &a.ca_pin,
-            insecure: a.insecure,
+            ca_pin: &a.common.ca_pin,
+            insecure: a.common.insecure,
         })?,
         listen: a.listen,
         databases: dbs.clone(),
         freshness: Freshness {
-            strict_max_age: a.strict_max_age,
+            strict_max_age: a.common.strict_max_age,
         },
     })
     .await

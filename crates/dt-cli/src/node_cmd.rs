@@ -174,6 +174,27 @@ pub(crate) fn join_request(
 }
 
 /// The join flags every access point takes (`devtrust db|app|... start`).
+/// The flags every access point but the SSH node takes the same way (`devtrust app|db|kube|
+/// desktop start`).
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct AccessPointFlags {
+    /// Trust the auth server whose CA has this pin (printed by `devtrust start`).
+    #[arg(long, conflicts_with = "insecure")]
+    pub ca_pin: Option<String>,
+    /// Do not verify the auth server (labs only).
+    #[arg(long)]
+    pub insecure: bool,
+    /// How often to heartbeat (what it serves is listed for three heartbeats).
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub heartbeat: Duration,
+    /// With `locking_mode: strict`, deny when the lock view is older than this.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    pub strict_max_age: Duration,
+    /// Log format: text or json.
+    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
+}
+
 pub(crate) struct JoinFlags<'a> {
     pub kind: dt_types::ServiceKind,
     pub name: &'a str,
