@@ -12,9 +12,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use dt_testkit::{daemon, field, run, signup_login};
+use dt_testkit::{daemon, field, run, signup_login, wait_listed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEVTRUST: &str = env!("CARGO_BIN_EXE_devtrust");
@@ -150,20 +149,7 @@ fn main() {
     dtctl(&["create", "-f", role.to_str().unwrap()]);
     let home = dir.path().join("alice");
     signup_login(dtctl, DTSH, &addr, &pin, "alice", "apps", &home);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(
-        &Command::new(DTSH)
-            .args(["apps", "ls"])
-            .env("DTSH_HOME", &home)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .contains("bench")
-    {
-        assert!(Instant::now() < deadline, "the app was never listed");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_listed(DTSH, &home, &["apps", "ls"], "bench");
     let (_proxy, lines) = daemon(
         DTSH,
         &["proxy", "app", "bench", "--port=0"],

@@ -12,9 +12,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
-use std::time::{Duration, Instant};
 
-use dt_testkit::{Postgres, ServerTls, daemon, field, run, signup_login};
+use dt_testkit::{Postgres, ServerTls, daemon, field, run, signup_login, wait_listed};
 
 const DEVTRUST: &str = env!("CARGO_BIN_EXE_devtrust");
 const DTCTL: &str = env!("CARGO_BIN_EXE_dtctl");
@@ -123,20 +122,7 @@ fn main() {
     dtctl(&["create", "-f", role.to_str().unwrap()]);
     let home = dir.path().join("alice");
     signup_login(dtctl, DTSH, &addr, &pin, "alice", "db", &home);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !String::from_utf8_lossy(
-        &Command::new(DTSH)
-            .args(["db", "ls"])
-            .env("DTSH_HOME", &home)
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .contains("pg1")
-    {
-        assert!(Instant::now() < deadline, "pg1 never listed");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_listed(DTSH, &home, &["db", "ls"], "pg1");
     let (_tunnel, lines) = daemon(
         DTSH,
         &[

@@ -335,3 +335,25 @@ impl Drop for Mariadb {
         let _ = self.child.wait();
     }
 }
+
+/// Wait (up to 20 s) until `dtsh ARGS` with the profile at `home` lists `name` (a resource
+/// that just joined).
+pub fn wait_listed(dtsh: &str, home: &Path, args: &[&str], name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new(dtsh)
+            .args(args)
+            .env("DTSH_HOME", home)
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains(name) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`dtsh {}` never listed {name}",
+            args.join(" ")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
