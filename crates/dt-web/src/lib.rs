@@ -298,15 +298,20 @@ fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> WebResult<T> {
 // ---------------------------------------------------------------------------------------
 // pages
 
+/// A signed-in page, or the login page without a session.
+async fn signed_in(web: &Web, peer: &Peer, headers: &HeaderMap, page: &pages::Page) -> Response {
+    match web.session(peer, headers).await {
+        Ok(_) => pages::html(page.render()),
+        Err(_) => Redirect::to("/web/login").into_response(),
+    }
+}
+
 async fn index_page(
     State(web): State<Web>,
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    match web.session(&peer, &headers).await {
-        Ok(_) => pages::html(pages::INDEX_HTML.to_string()),
-        Err(_) => Redirect::to("/web/login").into_response(),
-    }
+    signed_in(&web, &peer, &headers, &pages::INDEX).await
 }
 
 async fn devices_page(
@@ -314,10 +319,7 @@ async fn devices_page(
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    match web.session(&peer, &headers).await {
-        Ok(_) => pages::html(pages::DEVICES_HTML.to_string()),
-        Err(_) => Redirect::to("/web/login").into_response(),
-    }
+    signed_in(&web, &peer, &headers, &pages::DEVICES).await
 }
 
 async fn terminal_page(
@@ -325,10 +327,7 @@ async fn terminal_page(
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    match web.session(&peer, &headers).await {
-        Ok(_) => pages::html(pages::TERMINAL_HTML.to_string()),
-        Err(_) => Redirect::to("/web/login").into_response(),
-    }
+    signed_in(&web, &peer, &headers, &pages::TERMINAL).await
 }
 
 async fn desktop_page(
@@ -336,10 +335,7 @@ async fn desktop_page(
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    match web.session(&peer, &headers).await {
-        Ok(_) => pages::html(pages::DESKTOP_HTML.to_string()),
-        Err(_) => Redirect::to("/web/login").into_response(),
-    }
+    signed_in(&web, &peer, &headers, &pages::DESKTOP).await
 }
 
 async fn audit_page(
@@ -347,10 +343,7 @@ async fn audit_page(
     Extension(peer): Extension<Peer>,
     headers: HeaderMap,
 ) -> Response {
-    match web.session(&peer, &headers).await {
-        Ok(_) => pages::html(pages::AUDIT_HTML.to_string()),
-        Err(_) => Redirect::to("/web/login").into_response(),
-    }
+    signed_in(&web, &peer, &headers, &pages::AUDIT).await
 }
 
 async fn confirm_page(

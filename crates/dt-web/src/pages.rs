@@ -6,11 +6,65 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 pub const LOGIN_HTML: &str = include_str!("../assets/login.html");
-pub const INDEX_HTML: &str = include_str!("../assets/index.html");
-pub const DEVICES_HTML: &str = include_str!("../assets/devices.html");
-pub const AUDIT_HTML: &str = include_str!("../assets/audit.html");
-pub const TERMINAL_HTML: &str = include_str!("../assets/terminal.html");
-pub const DESKTOP_HTML: &str = include_str!("../assets/desktop.html");
+
+/// The head, top bar and user menu every signed-in page shares.
+const LAYOUT: &str = include_str!("../assets/layout.html");
+
+/// A page of the signed-in web UI: [`LAYOUT`] around its own `<main>`.
+pub struct Page {
+    pub title: &'static str,
+    /// `<body data-page>`: what app.js runs.
+    pub name: &'static str,
+    /// Scripts beyond app.js.
+    pub scripts: &'static [&'static str],
+    pub main: &'static str,
+}
+
+impl Page {
+    pub fn render(&self) -> String {
+        let scripts: String = self
+            .scripts
+            .iter()
+            .map(|s| format!("\n<script src=\"/web/assets/{s}\" defer></script>"))
+            .collect();
+        LAYOUT
+            .replace("{{TITLE}}", self.title)
+            .replace("{{PAGE}}", self.name)
+            .replace("{{SCRIPTS}}", &scripts)
+            .replace("{{MAIN}}", self.main)
+    }
+}
+
+pub const INDEX: Page = Page {
+    title: "devtrust",
+    name: "index",
+    scripts: &[],
+    main: include_str!("../assets/index.html"),
+};
+pub const DEVICES: Page = Page {
+    title: "devtrust · devices",
+    name: "devices",
+    scripts: &[],
+    main: include_str!("../assets/devices.html"),
+};
+pub const AUDIT: Page = Page {
+    title: "devtrust · audit log",
+    name: "audit",
+    scripts: &[],
+    main: include_str!("../assets/audit.html"),
+};
+pub const TERMINAL: Page = Page {
+    title: "devtrust · terminal",
+    name: "terminal",
+    scripts: &[],
+    main: include_str!("../assets/terminal.html"),
+};
+pub const DESKTOP: Page = Page {
+    title: "devtrust · desktop",
+    name: "desktop",
+    scripts: &["desktop.js"],
+    main: include_str!("../assets/desktop.html"),
+};
 pub const CONFIRM_HTML: &str = include_str!("../assets/confirm.html");
 pub const CONFIRM_NO_SESSION_HTML: &str = include_str!("../assets/confirm-login.html");
 pub const LAUNCH_HTML: &str = include_str!("../assets/launch.html");

@@ -181,7 +181,22 @@ async fn pages_carry_a_strict_csp_and_no_inline_script() {
         assert_eq!(r.headers[header::CONTENT_SECURITY_POLICY], CSP);
         assert_eq!(r.headers[header::X_FRAME_OPTIONS], "DENY");
     }
-    for page in [pages::LOGIN_HTML, pages::INDEX_HTML, pages::CONFIRM_HTML] {
+    let signed_in = [
+        &pages::INDEX,
+        &pages::DEVICES,
+        &pages::AUDIT,
+        &pages::TERMINAL,
+        &pages::DESKTOP,
+    ]
+    .map(|p| p.render());
+    for page in &signed_in {
+        assert!(!page.contains("{{"), "every placeholder filled");
+        assert!(page.starts_with("<!doctype html>"), "standards mode");
+    }
+    for page in [pages::LOGIN_HTML, pages::CONFIRM_HTML, pages::LAUNCH_HTML]
+        .into_iter()
+        .chain(signed_in.iter().map(String::as_str))
+    {
         assert!(!page.contains("<script>"), "no inline script");
         assert!(!page.contains(" style="), "no inline style");
         assert!(!page.contains("onclick"), "no inline handlers");
