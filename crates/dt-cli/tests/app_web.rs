@@ -22,6 +22,21 @@ use serde_json::{Value, json};
 
 const PW: &str = "correct horse battery";
 
+/// Two requests on one TLS connection to the access point (argv: port, host, two session
+/// cookies): prints each status, then the second body.
+const ONE_CONNECTION: &str = r#"
+import http.client, ssl, sys
+port, host, first, second = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+ctx = ssl._create_unverified_context()
+c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=10)
+for cookie in (first, second):
+    c.request("GET", "/", headers={"Host": host, "Cookie": "__Host-devtrust_app_session=" + cookie})
+    r = c.getresponse()
+    body = r.read().decode()
+    print(r.status, flush=True)
+print(body)
+"#;
+
 fn str_of<'a>(v: &'a Value, k: &str) -> &'a str {
     v[k].as_str().unwrap_or_default()
 }
@@ -214,6 +229,38 @@ fn apps_launch_from_the_web_ui_with_their_own_sessions_and_role_device_trust() {
     assert!(str_of(f, "asked").contains("Log in to devtrust"), "{ctx}");
     assert_eq!(f["echo"]["path"], "/start?y=2", "{ctx}");
 
+    // One connection carries one session: a second web session's cookie on a connection
+    // that already carried another is refused (two of bob's logins: two certificates).
+    let (first, second) = (str_of(b, "cookie"), str_of(f, "cookie"));
+    assert!(
+        !first.is_empty() && !second.is_empty() && first != second,
+        "{ctx}"
+    );
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            ONE_CONNECTION,
+            &ap_port.to_string(),
+            &wiki,
+            first,
+            second,
+        ])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let mut lines = printed.lines();
+    assert_eq!(
+        lines.next(),
+        Some("200"),
+        "{printed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines.next(), Some("400"), "{printed}");
+    assert!(
+        printed.contains("this connection already carries another user's session"),
+        "{printed}"
+    );
+
     // Audit: the sessions with the device, and every refusal with its reason.
     wait_until("app events", || {
         srv.events(&["--type=app.session.start", "--user=alice"])
@@ -228,6 +275,7 @@ fn apps_launch_from_the_web_ui_with_their_own_sessions_and_role_device_trust() {
         "app session refused: the app session cookie is malformed",
         "app session refused: the app session is for app \"wiki\"",
         "role \"app-prod\" requires a trusted device",
+        "this connection already carries another user's session",
     ] {
         assert!(
             denied.iter().any(|e| str_of(e, "message").contains(needle)),

@@ -135,7 +135,8 @@ try {
     await page.waitForSelector('body[data-ready="true"]');
     await page.click('[data-testid="launch-wiki"]');
     await page.waitForURL(apps.wiki + '/');
-    report('bob', { denied, wiki: await echoOf(page), console_errors: errors });
+    const cookie = (await context.cookies(apps.wiki)).find((c) => c.name === SESSION);
+    report('bob', { denied, wiki: await echoOf(page), cookie: cookie ? cookie.value : null, console_errors: errors });
     await context.close();
   }
 
@@ -150,7 +151,8 @@ try {
     await page.fill('input[name="password"]', cfg.password);
     await page.click('button[type="submit"]');
     await page.waitForURL(apps.wiki + '/start?y=2');
-    report('login_first', { asked, echo: await echoOf(page), console_errors: errors });
+    const cookie = (await context.cookies(apps.wiki)).find((c) => c.name === SESSION);
+    report('login_first', { asked, echo: await echoOf(page), cookie: cookie ? cookie.value : null, console_errors: errors });
     await context.close();
   }
 
