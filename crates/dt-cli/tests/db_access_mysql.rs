@@ -213,6 +213,16 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
         "{}",
         stderr(&o)
     );
+    // The second access point ships its events on its own schedule; it must still be
+    // running to ship this one (a killed one keeps it in its spool until it starts again).
+    wait_until("the unreachable database's refusal is audited", || {
+        srv.events(&["--type=access.denied"]).iter().any(|e| {
+            e["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("is unreachable")
+        })
+    });
     drop(down);
     // The first access point kept serving.
     assert!(mariadb(&ap, &alice, "alice", "select 1").status.success());
@@ -267,15 +277,6 @@ fn mariadb_through_the_access_point_with_roles_modes_locks_and_audit() {
             "{statement}: {queries:?}"
         );
     }
-    // The second access point ships its events on its own schedule.
-    wait_until("the unreachable database's refusal is audited", || {
-        srv.events(&["--type=access.denied"]).iter().any(|e| {
-            e["message"]
-                .as_str()
-                .unwrap_or("")
-                .contains("is unreachable")
-        })
-    });
     let denied = srv.events(&["--type=access.denied"]);
     for needle in [
         "unauthorized device",
