@@ -13,7 +13,7 @@
 # After `--`: more `devtrust-bench authn` flags (default: --clients 64 --seconds 5).
 #
 # Binaries: $DEVTRUST and $DEVTRUST_BENCH, or target/release/{devtrust,devtrust-bench}
-# (`cargo build --release -p dt-cli -p dt-bench`).
+# (`cargo build --release -p devtrust -p dt-bench`).
 set -euo pipefail
 
 pinned=0 postgres=0 servers=1
@@ -39,7 +39,7 @@ target_dir="${CARGO_TARGET_DIR:-$root/target}"
 devtrust="${DEVTRUST:-$target_dir/release/devtrust}"
 bench="${DEVTRUST_BENCH:-$target_dir/release/devtrust-bench}"
 for b in "$devtrust" "$bench"; do
-    [ -x "$b" ] || { echo "$b is missing: cargo build --release -p dt-cli -p dt-bench" >&2; exit 2; }
+    [ -x "$b" ] || { echo "$b is missing: cargo build --release -p devtrust -p dt-bench" >&2; exit 2; }
 done
 
 work="$(mktemp -d)"

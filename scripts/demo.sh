@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 BIN="${DEVTRUST_BIN:-target/debug}"
 if [ ! -x "$BIN/devtrust" ] || [ ! -x "$BIN/dtctl" ] || [ ! -x "$BIN/dtsh" ]; then
   echo "==> building the binaries"
-  cargo build --bins -p dt-cli
+  cargo build -p devtrust -p dtctl -p dtsh
 fi
 BIN="$(cd "$BIN" && pwd)"
 

@@ -9,7 +9,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 need=()
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-# wrk: the app benchmark's load generator (cargo bench -p dt-cli --bench app).
+# wrk: the app benchmark's load generator (cargo bench -p dt-e2e --bench app).
 for p in pkg-config libtss2-dev swtpm swtpm-tools tpm2-tools openssh-client openssh-server postgresql-client mariadb-client-core wrk; do
   have_pkg "$p" || need+=("$p")
 done
@@ -35,7 +35,7 @@ fi
 
 # Python packages the interoperability tests use: paramiko reads dtsh's SSH key files as
 # Ansible does; grpcio + grpcio-tools generate a client from crates/dt-proto/proto and
-# cryptography signs as its device key (crates/dt-cli/tests/python_client.rs). pip first; a
+# cryptography signs as its device key (crates/dt-e2e/tests/python_client.rs). pip first; a
 # Python that refuses pip installs (PEP 668) gets Debian's packages.
 py_need=()
 deb_need=()
@@ -50,7 +50,7 @@ if [ "${#py_need[@]}" -gt 0 ]; then
     || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${deb_need[@]}" >/dev/null; }
 fi
 
-# The web UI's browser tests (crates/dt-cli/tests/web_ui.rs): Debian's chromium driven by
+# The web UI's browser tests (crates/dt-e2e/tests/web_ui.rs): Debian's chromium driven by
 # playwright-core from npm, which never downloads a browser of its own.
 web_need=()
 have_pkg chromium || web_need+=(chromium)
@@ -62,7 +62,7 @@ if [ "${#web_need[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${web_need[@]}" >/dev/null
 fi
 # The desktop access point's X server and the desktop tests' X client (crates/dt-desktop,
-# crates/dt-cli/tests/desktop_access.rs): Xvfb, xterm; x11-apps and xdotool for looking into
+# crates/dt-e2e/tests/desktop_access.rs): Xvfb, xterm; x11-apps and xdotool for looking into
 # a test desktop by hand (the product injects input through XTEST itself).
 desk_need=()
 for p in xvfb xterm x11-apps xdotool; do
@@ -73,7 +73,7 @@ if [ "${#desk_need[@]}" -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${desk_need[@]}" >/dev/null
 fi
-web_tests="$(cd "$(dirname "$0")/.." && pwd)/crates/dt-cli/tests/web"
+web_tests="$(cd "$(dirname "$0")/.." && pwd)/crates/dt-e2e/tests/web"
 if [ ! -d "$web_tests/node_modules/playwright-core" ]; then
   echo "==> npm ci in $web_tests"
   (cd "$web_tests" && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund --silent)

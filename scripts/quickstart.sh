@@ -7,6 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 data_dir="${1:-./devtrust-data}"
 scripts/install-deps.sh
-cargo build --release --workspace --bins
+cargo build --release -p devtrust -p dtctl -p dtsh
 echo "==> binaries: $(pwd)/target/release/{devtrust,dtctl,dtsh}"
 exec target/release/devtrust start --data-dir "$data_dir" --listen "${DEVTRUST_LISTEN:-127.0.0.1:3080}"

@@ -12,7 +12,13 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+echo "==> cargo build (every test, and the programs the end-to-end tests drive)"
+# One build with the test run's own features, so the programs share its artifacts; the tests
+# then take the programs from there (DEVTRUST_BIN_DIR) instead of building them again with
+# the three packages' own feature set (dt_testkit::programs does that when run alone).
+cargo build --workspace --all-features --bins --tests
 echo "==> cargo test"
-cargo test --workspace --all-features
+DEVTRUST_BIN_DIR="$(realpath -m "${CARGO_TARGET_DIR:-target}/debug")" \
+  cargo test --workspace --all-features
 echo "==> scripts/demo.sh (the seeds' getting-started guide, end to end)"
 scripts/demo.sh

@@ -21,10 +21,8 @@ use time::OffsetDateTime;
 
 use crate::view::{ClusterView, ViewError};
 
-/// Prefix of the description of a role-based SSH denial (`dtsh` recognizes it).
-pub const ACCESS_DENIED_PREFIX: &str = "access denied to ";
-/// What a role-based denial for want of a trusted device adds after `": "`.
-pub const TRUSTED_DEVICE_SUFFIX: &str = "a trusted device is required";
+/// The wording clients recognize, shared with them through `dt-client`.
+pub use dt_client::access_point::{ACCESS_DENIED_PREFIX, TRUSTED_DEVICE_SUFFIX};
 
 /// Why access was denied.
 #[derive(Clone, Debug, PartialEq, Eq)]

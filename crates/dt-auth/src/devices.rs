@@ -940,21 +940,7 @@ impl AuthServer {
     }
 }
 
-/// A device with a fresh id, for `dtctl devices add`.
+/// A device with a fresh id (see [`dt_types::device::new_device`]).
 pub fn new_device_resource(os: OsType, asset_tag: &str) -> Device {
-    Resource::new(
-        uuid::Uuid::new_v4().to_string(),
-        DeviceSpec {
-            os_type: os,
-            asset_tag: asset_tag.to_string(),
-            enroll_status: EnrollStatus::NotEnrolled,
-            create_time: None,
-            update_time: None,
-            credential: None,
-            collected_data: Vec::new(),
-            source: None,
-            profile: None,
-            owner: None,
-        },
-    )
+    dt_types::device::new_device(os, asset_tag)
 }

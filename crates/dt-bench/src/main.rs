@@ -309,30 +309,16 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
-fn new_device(os: OsType, tag: &str) -> dt_types::Device {
-    dt_types::resource::Resource::new(
-        uuid::Uuid::new_v4().to_string(),
-        dt_types::device::DeviceSpec {
-            os_type: os,
-            asset_tag: tag.into(),
-            enroll_status: dt_types::device::EnrollStatus::NotEnrolled,
-            create_time: None,
-            update_time: None,
-            credential: None,
-            collected_data: vec![],
-            source: None,
-            profile: None,
-            owner: None,
-        },
-    )
-}
-
 fn new_device_json(os: OsType, tag: &str) -> anyhow::Result<String> {
-    Ok(serde_json::to_string(&new_device(os, tag))?)
+    Ok(serde_json::to_string(&dt_types::device::new_device(
+        os, tag,
+    ))?)
 }
 
 fn new_device_wire(os: OsType, tag: &str) -> anyhow::Result<pb::Device> {
-    Ok(pb::Device::try_from(&new_device(os, tag))?)
+    Ok(pb::Device::try_from(&dt_types::device::new_device(
+        os, tag,
+    ))?)
 }
 
 /// Register `n` devices through BulkCreateDevices (1000 a request, 4 in flight).

@@ -5,6 +5,19 @@
 //! service (an SSH node, another database) is refused, so a tunnel to `pg1` cannot be
 //! answered by something else.
 
+/// Prefix of the description of a role-based SSH denial (`dtsh` recognizes it).
+pub const ACCESS_DENIED_PREFIX: &str = "access denied to ";
+/// What a role-based denial for want of a trusted device adds after `": "`.
+pub const TRUSTED_DEVICE_SUFFIX: &str = "a trusted device is required";
+/// Where kubectl reaches Kubernetes cluster `NAME` on a kube access point:
+/// `https://ADDR/kube/NAME`.
+pub const KUBE_PATH_PREFIX: &str = "/kube/";
+/// The server name `dtsh kube login` sends to a kube access point to get the host-CA
+/// certificate after the serving one. Other clients (kubectl) get the serving certificate
+/// alone: Go's TLS client parses every certificate a server sends, and cannot parse
+/// devtrust's (UUID-arc attributes).
+pub const KUBE_PIN_SERVER_NAME: &str = "pin.devtrust.invalid";
+
 use std::sync::Arc;
 
 use dt_tls::CheckServer;

@@ -9,6 +9,7 @@ pub mod access_point;
 pub mod connect;
 pub mod devices;
 pub mod profile;
+pub mod ssh_client;
 pub mod trust;
 
 pub use connect::{ClientError, Identity, connect};

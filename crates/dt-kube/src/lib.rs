@@ -39,7 +39,7 @@ use dt_agent::sessions::SessionRegistry;
 use dt_agent::{AgentError, Runtime, RuntimeConfig, Served};
 use dt_types::ServiceKind;
 
-pub use proxy::{KubeSession, PATH_PREFIX};
+pub use proxy::KubeSession;
 
 /// One Kubernetes cluster served.
 #[derive(Clone, Debug)]

@@ -49,7 +49,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Where kubectl reaches cluster `NAME`: `https://ADDR/kube/NAME`.
-pub const PATH_PREFIX: &str = "/kube/";
+use dt_client::access_point::KUBE_PATH_PREFIX as PATH_PREFIX;
 
 /// Accept clients until `shutdown` turns true.
 pub async fn serve(

@@ -92,10 +92,8 @@ fn x509_not_after(der: &[u8]) -> Option<OffsetDateTime> {
     dt_ca::cert_not_after(der).ok()
 }
 
-/// The server name `dtsh kube login` sends to get the host-CA certificate after the serving
-/// one. Other clients (kubectl) get the serving certificate alone: Go's TLS client parses
-/// every certificate a server sends, and cannot parse devtrust's (UUID-arc attributes).
-pub const PIN_SERVER_NAME: &str = "pin.devtrust.invalid";
+/// The server name `dtsh kube login` sends to get the host-CA certificate too.
+use dt_client::access_point::KUBE_PIN_SERVER_NAME as PIN_SERVER_NAME;
 
 /// Picks the chain by the client's server name.
 #[derive(Debug)]

@@ -18,13 +18,13 @@
 mod common;
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
+use dt_client::ssh_client::{self, ClientCreds};
 use dt_node::access::{self, Freshness, NodeFacts};
-use dt_node::ssh_client::{self, ClientCreds};
 use dt_node::view::{ClusterView, Doc};
 use russh::ChannelMsg;
 use time::OffsetDateTime;
@@ -194,30 +194,6 @@ fn start_sshd(cluster: &Cluster, name: &str, extra: &str) -> (Sshd, String) {
         std::thread::sleep(Duration::from_millis(50));
     }
     (Sshd { child, _dir: dir }, format!("127.0.0.1:{port}"))
-}
-
-fn devtrust_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let bin = dir.join("devtrust");
-    if !bin.exists() {
-        let release = dir.ends_with("release");
-        let mut args = vec!["build", "-p", "dt-cli", "--bins"];
-        if release {
-            args.push("--release");
-        }
-        let out = Command::new(env!("CARGO"))
-            .args(&args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    bin
 }
 
 /// The same connect + `exec true` with the OpenSSH `ssh` client (a process per connection).
@@ -527,7 +503,7 @@ async fn main() {
             .create(&hdir)
             .unwrap();
         let helper = hdir.join("devtrust");
-        std::fs::copy(devtrust_binary(), &helper).unwrap();
+        std::fs::copy(dt_testkit::programs::program("devtrust"), &helper).unwrap();
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
         let (sshd, addr) = start_sshd(
             &cluster,

@@ -37,7 +37,6 @@ pub mod metrics;
 pub mod openssh;
 pub mod server;
 pub mod session;
-pub mod ssh_client;
 pub mod users;
 pub mod view;
 

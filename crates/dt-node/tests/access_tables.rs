@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use dt_ca::{CaKind, CertAuthority};
-use dt_node::ssh_client::SshClientError;
+use dt_client::ssh_client::SshClientError;
 use dt_types::audit::EventType;
 use time::OffsetDateTime;
 
@@ -99,7 +99,7 @@ async fn certificate_checks() {
 
     // (case, credentials, login, audit message the node records; None: russh refuses
     // before the handler runs, as it checks validity dates itself).
-    let cases: Vec<(&str, dt_node::ssh_client::ClientCreds, &str, Option<&str>)> = vec![
+    let cases: Vec<(&str, dt_client::ssh_client::ClientCreds, &str, Option<&str>)> = vec![
         (
             "certificate from another CA",
             issue(

@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use dt_node::ssh_client::ClientCreds;
+use dt_client::ssh_client::ClientCreds;
 use dt_types::audit::EventType;
 use russh::ChannelMsg;
 use time::OffsetDateTime;
@@ -103,7 +103,7 @@ async fn until_expired(u: &TestUser) {
 /// Run `sleep 30` on a new session of `conn` and wait until it runs.
 async fn long_session(
     cluster: &Cluster,
-    conn: &dt_node::ssh_client::Connection,
+    conn: &dt_client::ssh_client::Connection,
     user: &str,
 ) -> russh::Channel<russh::client::Msg> {
     let ch = conn.open_session().await.unwrap();
@@ -148,7 +148,9 @@ async fn an_expired_certificate_opens_no_new_channel_on_its_connection() {
     let u = expiring("eve", &["access"], 4);
     let creds: ClientCreds = cluster.user(&u);
     let conn = node.connect(&creds, "root").await.unwrap();
-    let out = dt_node::ssh_client::exec(&conn, "true", b"").await.unwrap();
+    let out = dt_client::ssh_client::exec(&conn, "true", b"")
+        .await
+        .unwrap();
     assert_eq!(out.exit_status, Some(0), "allowed while valid");
     // A session started while valid, and a channel opened but not yet used.
     let mut running = conn.open_session().await.unwrap();
@@ -156,7 +158,7 @@ async fn an_expired_certificate_opens_no_new_channel_on_its_connection() {
     let idle = conn.open_session().await.unwrap();
     until_expired(&u).await;
 
-    let refused = dt_node::ssh_client::exec(&conn, "true", b"").await;
+    let refused = dt_client::ssh_client::exec(&conn, "true", b"").await;
     let description = rejection(refused);
     assert!(
         description.starts_with("certificate expired at ") && description.contains("dtsh login"),

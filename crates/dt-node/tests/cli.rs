@@ -1,34 +1,13 @@
 //! The real binaries end to end: `devtrust start`, `devtrust node start`, `dtctl`, `dtsh`,
 //! and OpenSSH's `ssh` with `dtsh config`. What a person sees is checked word for word.
 //!
-//! The binaries are the ones of this build (`target/<profile>/`); they are built first when
-//! missing. After changing dt-cli, build it (`cargo build -p dt-cli`) before
-//! `cargo test -p dt-node` (the workspace test run builds them itself).
+//! The programs are the ones of this build, built first by `dt_testkit::programs`.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let p = dir.join(name);
-    if !p.exists() {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "-p", "dt-cli", "--bins"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    p
-}
 
 struct Out {
     code: Option<i32>,
@@ -58,7 +37,7 @@ impl Env {
     }
 
     fn run_home(&self, home: &Path, program: &str, args: &[&str], stdin: Option<&str>) -> Out {
-        let mut c = Command::new(bin(program));
+        let mut c = Command::new(dt_testkit::programs::program(program));
         c.args(args)
             .env("DTSH_HOME", home)
             .env_remove("DTSH_PROXY")
@@ -101,7 +80,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(program: &str, args: &[&str], ready: &str) -> Daemon {
-        let mut child = Command::new(bin(program))
+        let mut child = Command::new(dt_testkit::programs::program(program))
             .args(args)
             .env("DEVTRUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -8,8 +8,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use dt_client::ssh_client;
 use dt_node::access::Freshness;
-use dt_node::ssh_client;
 use dt_proto::v1 as pb;
 use dt_types::audit::EventType;
 use russh::ChannelMsg;

@@ -21,26 +21,6 @@ use dt_node::access::Freshness;
 use dt_node::agent::{self, JoinRequest, Mode, NodeConfig};
 use dt_types::audit::EventType;
 
-/// The `devtrust` binary of this build (built on demand when missing).
-pub fn devtrust_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // target/<profile>
-    let bin = dir.join("devtrust");
-    if !bin.exists() {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "-p", "dt-cli", "--bins"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "building the binaries failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    bin
-}
-
 /// A root-owned copy of the helper, removed on drop.
 struct HelperCopy {
     dir: PathBuf,
@@ -63,7 +43,7 @@ impl HelperCopy {
         std::fs::DirBuilder::new().mode(0o755).create(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin = dir.join("devtrust");
-        std::fs::copy(devtrust_binary(), &bin).unwrap();
+        std::fs::copy(dt_testkit::programs::program("devtrust"), &bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         HelperCopy { dir, bin }
     }

@@ -13,6 +13,7 @@
 //! it is never skipped. Both stop when dropped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod programs;
 pub mod swtpm;
 
 use std::os::unix::fs::PermissionsExt;

@@ -277,3 +277,23 @@ impl Spec for DeviceSpec {
         Ok(())
     }
 }
+
+/// A device resource with a fresh random id, not enrolled, as `dtctl devices add`, the web
+/// UI's inventory page and `dtsh device` register one.
+pub fn new_device(os: OsType, asset_tag: &str) -> crate::resource::Device {
+    crate::resource::Resource::new(
+        uuid::Uuid::new_v4().to_string(),
+        DeviceSpec {
+            os_type: os,
+            asset_tag: asset_tag.to_string(),
+            enroll_status: EnrollStatus::NotEnrolled,
+            create_time: None,
+            update_time: None,
+            credential: None,
+            collected_data: Vec::new(),
+            source: None,
+            profile: None,
+            owner: None,
+        },
+    )
+}

@@ -29,8 +29,35 @@ const FORBIDDEN_IN_PURE: [&str; 7] = [
     "tokio-postgres",
     "tss-esapi",
 ];
-const SERVER: [&str; 9] = [
-    "dt-auth", "dt-store", "dt-node", "dt-agent", "dt-kube", "dt-db", "dt-app", "dt-tls", "dt-mdm",
+const SERVER: [&str; 12] = [
+    "devtrust",
+    "dt-auth",
+    "dt-store",
+    "dt-web",
+    "dt-node",
+    "dt-agent",
+    "dt-kube",
+    "dt-db",
+    "dt-app",
+    "dt-desktop",
+    "dt-tls",
+    "dt-mdm",
+];
+/// The user's and the admin's programs talk to the cluster, never to its storage, and never
+/// carry the server side: what they link is what `dt-client` offers.
+const CLIENTS: [&str; 2] = ["dtsh", "dtctl"];
+const NEVER_IN_CLIENTS: [&str; 11] = [
+    "dt-store",
+    "rusqlite",
+    "tokio-postgres",
+    "dt-auth",
+    "dt-web",
+    "dt-node",
+    "dt-agent",
+    "dt-kube",
+    "dt-db",
+    "dt-app",
+    "dt-desktop",
 ];
 /// Access points run on the runtime next to the resources they guard: no storage driver.
 const ACCESS_POINTS: [&str; 5] = ["dt-agent", "dt-node", "dt-kube", "dt-db", "dt-app"];
@@ -162,6 +189,26 @@ fn server_crates_never_link_client_device_code() {
 }
 
 #[test]
+fn client_programs_link_neither_storage_nor_servers() {
+    let g = graph();
+    for krate in CLIENTS {
+        let reach = closure(&g, krate);
+        let bad: Vec<_> = NEVER_IN_CLIENTS
+            .iter()
+            .filter(|f| reach.contains(**f))
+            .collect();
+        assert!(bad.is_empty(), "{krate} depends on {bad:?}");
+        assert!(
+            reach.contains("dt-client"),
+            "{krate} must go through dt-client"
+        );
+    }
+    // Only the user's program carries device code; the admin's does not need it.
+    assert!(closure(&g, "dtsh").contains("dt-device"));
+    assert!(!closure(&g, "dtctl").contains("dt-device"));
+}
+
+#[test]
 fn access_points_link_no_storage_driver() {
     let g = graph();
     for krate in ACCESS_POINTS {
@@ -191,7 +238,9 @@ fn the_mdm_service_links_no_storage_driver() {
 #[test]
 fn shipped_crates_never_link_test_stand_ins() {
     let g = graph();
-    for krate in ["dt-cli", "dt-kube", "dt-agent", "dt-auth", "dt-mdm"] {
+    for krate in [
+        "devtrust", "dtctl", "dtsh", "dt-cli", "dt-kube", "dt-agent", "dt-auth", "dt-mdm",
+    ] {
         let reach = closure(&g, krate);
         assert!(
             !reach.contains("dt-fakekube"),

@@ -16,8 +16,8 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use dt_auth::listener::Peer;
+use dt_client::ssh_client::{ClientCreds, SshClientError};
 use dt_node::access::{ACCESS_DENIED_PREFIX, TRUSTED_DEVICE_SUFFIX};
-use dt_node::ssh_client::{ClientCreds, SshClientError};
 use russh::ChannelMsg;
 use serde::Deserialize;
 use serde_json::json;
@@ -117,7 +117,7 @@ async fn pump(
     rows: u32,
 ) {
     let refuse = |msg: String| Message::Text(format!("\r\n{msg}\r\n").into());
-    let conn = match dt_node::ssh_client::connect(&addr, &node, &creds, &login).await {
+    let conn = match dt_client::ssh_client::connect(&addr, &node, &creds, &login).await {
         Ok(c) => c,
         Err(e) => {
             let _ = socket.send(refuse(ssh_error(e))).await;

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use dt_auth::AuthServer;
 use dt_ca::{ClientKey, DeviceExt, Identity};
+use dt_client::ssh_client::{self, ClientCreds, Connection, ExecOutput, SshClientError};
 use dt_node::access::Freshness;
 use dt_node::agent::{self, JoinRequest, Mode, NodeConfig, RunningNode};
-use dt_node::ssh_client::{self, ClientCreds, Connection, ExecOutput, SshClientError};
 use dt_proto::v1 as pb;
 use dt_types::audit::{AuditEvent, EventType};
 use time::OffsetDateTime;

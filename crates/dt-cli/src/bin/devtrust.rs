@@ -1,3 +1,0 @@
-fn main() -> std::process::ExitCode {
-    dt_cli::devtrust::main()
-}
