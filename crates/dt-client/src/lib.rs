@@ -9,9 +9,11 @@ pub mod access_point;
 pub mod connect;
 pub mod devices;
 pub mod profile;
+pub mod session;
 pub mod ssh_client;
 pub mod trust;
 
 pub use connect::{ClientError, Identity, connect};
 pub use profile::{Profile, ProfileStore};
+pub use session::Session;
 pub use trust::{TrustPolicy, spki_pin};

@@ -13,11 +13,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use dt_client::{Profile, ProfileStore};
 use dt_proto::v1 as pb;
-use dt_proto::v1::node_service_client::NodeServiceClient;
 use dt_types::ServiceKind;
 use tokio::net::{TcpListener, TcpStream};
 
-use dt_cli::{Format, api_err, table};
+use dt_cli::{Format, table};
 
 #[derive(Subcommand)]
 pub enum AppsCmd {
@@ -53,20 +52,8 @@ pub async fn served(
     profile: &Profile,
     kind: ServiceKind,
 ) -> anyhow::Result<Vec<pb::ServedResourceInfo>> {
-    let ch = crate::ssh::profile_channel(store, profile).await?;
-    let mut rs = NodeServiceClient::new(ch)
-        .list_served_resources(pb::ListServedResourcesRequest {
-            kind: kind.as_str().into(),
-        })
-        .await
-        .map_err(api_err)?
-        .into_inner()
-        .resources;
-    rs.sort_by(|a, b| {
-        let name = |x: &pb::ServedResourceInfo| x.resource.as_ref().map(|r| r.name.clone());
-        name(a).cmp(&name(b))
-    });
-    Ok(rs)
+    let session = dt_client::Session::open(store, profile.clone()).await?;
+    Ok(session.served(kind).await?)
 }
 
 /// The resource `name` of `kind` and the access point that serves it.

@@ -6,15 +6,13 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use dt_ceremony::messages::UserCertificates;
 use dt_ceremony::token::EnrollToken;
+use dt_client::Session;
 use dt_client::connect::with_failover;
-use dt_client::{ClientError, Profile, ProfileStore, TrustPolicy};
+use dt_client::{Profile, ProfileStore};
 use dt_device::{Collected, DeviceKeys, SoftwareKeys};
-use dt_proto::v1 as pb;
-use dt_proto::v1::auth_service_client::AuthServiceClient;
-use dt_proto::v1::device_trust_service_client::DeviceTrustServiceClient;
 use tonic::transport::Channel;
 
-use dt_cli::{Format, api_err, is_transport};
+use dt_cli::{Format, is_transport};
 
 #[derive(Subcommand)]
 pub enum DeviceCmd {
@@ -99,18 +97,8 @@ pub(crate) fn collect_device() -> anyhow::Result<Collected> {
 
 /// The logged-in profile and an mTLS channel with its identity.
 pub async fn profile_channel(store: &ProfileStore) -> anyhow::Result<(Profile, Channel)> {
-    let profile = store.current()?;
-    let id = store.identity(&profile)?;
-    let policy = if profile.insecure {
-        TrustPolicy::Insecure
-    } else {
-        TrustPolicy::Pin(profile.ca_pin.clone())
-    };
-    let ch = with_failover(ClientError::is_transport, || {
-        dt_client::connect::channel(&profile.proxy, policy.clone(), id.clone())
-    })
-    .await?;
-    Ok((profile, ch))
+    let session = Session::current(store).await?;
+    Ok((session.profile().clone(), session.channel()))
 }
 
 pub(crate) fn current_certs(
@@ -271,7 +259,8 @@ pub async fn run(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             current_device,
         } => {
             let store = ProfileStore::from_env();
-            let (_, ch) = profile_channel(&store).await?;
+            let session = Session::current(&store).await?;
+            let ch = session.channel();
             let collected = collect_device()?;
             for n in &collected.notes {
                 eprintln!("Note: {n}");
@@ -280,7 +269,7 @@ pub async fn run(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
             let tag = collected.data.serial_number.clone();
             let (token, registered) = match (token, current_device) {
                 (Some(t), _) => (t, false),
-                (None, _) => self_enroll_token(ch.clone(), os, &tag).await?,
+                (None, _) => self_enroll_token(&session, os, &tag).await?,
             };
             let d = enroll_with(ch, &token, &collected).await?;
             let what = if registered {
@@ -303,56 +292,21 @@ pub async fn run(cmd: DeviceCmd) -> anyhow::Result<ExitCode> {
 
 /// `--current-device`: register this device if it is missing, then get a token for it.
 async fn self_enroll_token(
-    ch: Channel,
+    session: &Session,
     os: dt_types::device::OsType,
     tag: &str,
 ) -> anyhow::Result<(String, bool)> {
-    let mut c = DeviceTrustServiceClient::new(ch);
-    let d = dt_types::device::new_device(os, tag);
-    match c
-        .create_device(pb::CreateDeviceRequest {
-            device: Some(pb::Device::try_from(&d).context("encoding the device")?),
-            create_enroll_token: true,
-            enroll_token_ttl_seconds: 300,
-        })
-        .await
-    {
-        Ok(r) => {
-            let t = r.into_inner().enroll_token.context("the server issued no token")?;
-            Ok((t.token, true))
-        }
-        Err(s) if s.code() == tonic::Code::AlreadyExists => {
-            let t = c
-                .create_device_enroll_token(pb::CreateDeviceEnrollTokenRequest {
-                    device: Some(pb::DeviceRef { asset_tag: tag.into(), os_type: pb::OsType::from(os).into(), device_id: String::new() }),
-                    ttl_seconds: 300,
-                })
-                .await
-                .map_err(api_err)?
-                .into_inner();
-            Ok((t.token, false))
-        }
-        Err(s) => Err(api_err(s).context("cannot register this device (self-enrollment needs the create, create_enroll_token and enroll verbs on device, e.g. the editor or device-admin role)")),
-    }
+    session.register_device(os, tag, 300).await.context(
+        "cannot register this device (self-enrollment needs the create, create_enroll_token and enroll verbs on device, e.g. the editor or device-admin role)",
+    )
 }
 
 /// The device part of `dtsh login`: learn the cluster's requirements, auto-enroll where
 /// enabled, authenticate an enrolled device, and say plainly when trust is missing.
 pub async fn after_login(store: &ProfileStore) -> anyhow::Result<()> {
-    let (profile, ch) = profile_channel(store).await?;
-    let who = with_failover(is_transport, || {
-        let mut client = AuthServiceClient::new(ch.clone());
-        async move {
-            Ok::<_, anyhow::Error>(
-                client
-                    .who_am_i(pb::WhoAmIRequest {})
-                    .await
-                    .map_err(api_err)?
-                    .into_inner(),
-            )
-        }
-    })
-    .await?;
+    let session = Session::current(store).await?;
+    let (profile, ch) = (session.profile().clone(), session.channel());
+    let who = session.who_am_i().await?;
     let mode = dt_proto::resource::trust_mode_from_proto(who.device_trust_mode);
     if mode == dt_types::resource::DeviceTrustMode::Off {
         return Ok(());

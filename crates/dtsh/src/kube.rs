@@ -22,13 +22,12 @@ use base64::Engine;
 use clap::Subcommand;
 use dt_client::{Profile, ProfileStore};
 use dt_proto::v1 as pb;
-use dt_proto::v1::node_service_client::NodeServiceClient;
 use dt_types::ServiceKind;
 use serde_json::{Value, json};
 use tokio_rustls::rustls;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 
-use dt_cli::{Format, api_err, table};
+use dt_cli::{Format, table};
 
 #[derive(Subcommand)]
 pub enum KubeCmd {
@@ -58,26 +57,6 @@ pub enum KubeCmd {
 
 /// Marks the kubeconfig entries dtsh wrote, so logout removes only those.
 const USER_PREFIX: &str = "devtrust-";
-
-async fn clusters(
-    store: &ProfileStore,
-    profile: &Profile,
-) -> anyhow::Result<Vec<pb::ServedResourceInfo>> {
-    let ch = crate::ssh::profile_channel(store, profile).await?;
-    let mut rs = NodeServiceClient::new(ch)
-        .list_served_resources(pb::ListServedResourcesRequest {
-            kind: ServiceKind::Kube.as_str().into(),
-        })
-        .await
-        .map_err(api_err)?
-        .into_inner()
-        .resources;
-    rs.sort_by(|a, b| {
-        let name = |x: &pb::ServedResourceInfo| x.resource.as_ref().map(|r| r.name.clone());
-        name(a).cmp(&name(b))
-    });
-    Ok(rs)
-}
 
 fn kubeconfig_path() -> anyhow::Result<PathBuf> {
     if let Some(k) = std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()) {
@@ -229,7 +208,7 @@ pub async fn run(cmd: KubeCmd) -> anyhow::Result<ExitCode> {
         KubeCmd::Credentials => credentials(&store),
         KubeCmd::Ls { format } => {
             let profile = store.current()?;
-            let rs = clusters(&store, &profile).await?;
+            let rs = crate::app::served(&store, &profile, ServiceKind::Kube).await?;
             let rows: Vec<&pb::ServedResource> =
                 rs.iter().filter_map(|d| d.resource.as_ref()).collect();
             match format {
@@ -269,7 +248,7 @@ pub async fn run(cmd: KubeCmd) -> anyhow::Result<ExitCode> {
             kube_groups,
         } => {
             let profile = store.current()?;
-            let rs = clusters(&store, &profile).await?;
+            let rs = crate::app::served(&store, &profile, ServiceKind::Kube).await?;
             let Some(info) = rs
                 .iter()
                 .find(|i| i.resource.as_ref().is_some_and(|r| r.name == name))

@@ -13,13 +13,12 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use dt_client::connect::with_failover;
 use dt_client::profile::LoginMaterial;
-use dt_client::{ClientError, Identity, Profile, ProfileStore, TrustPolicy};
+use dt_client::{Profile, ProfileStore, TrustPolicy};
 use dt_proto::v1 as pb;
 use time::OffsetDateTime;
 
-use dt_cli::{Format, api_err, fmt_remaining, fmt_time, is_transport, parse_duration, report};
+use dt_cli::{Format, fmt_remaining, fmt_time, parse_duration, report};
 
 #[derive(Parser)]
 #[command(
@@ -280,11 +279,6 @@ async fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
         })
         .context("--user=NAME is required")?;
     let (policy, pin) = trust_policy(&store, &proxy, &a).await?;
-    let client = with_failover(ClientError::is_transport, || {
-        dt_client::connect(&proxy, policy.clone(), Identity::Anonymous)
-    })
-    .await?;
-
     let (password, new_password) = match &a.signup_token {
         Some(_) => {
             let pw = read_secret(&format!("Choose a password for {user}: "), a.password_stdin)?;
@@ -319,15 +313,7 @@ async fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
     };
     // A login whose connection broke is repeated (on the next auth server when several are
     // listed); a refusal by the server is not.
-    let resp =
-        with_failover(is_transport, || {
-            let mut client = client.clone();
-            let request = request.clone();
-            async move {
-                Ok::<_, anyhow::Error>(client.login(request).await.map_err(api_err)?.into_inner())
-            }
-        })
-        .await?;
+    let resp = dt_client::session::login(&proxy, policy, request).await?;
 
     let profile = Profile {
         proxy: proxy.clone(),

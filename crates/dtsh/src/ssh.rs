@@ -20,13 +20,12 @@ use clap::Args;
 use dt_client::access_point::{ACCESS_DENIED_PREFIX, TRUSTED_DEVICE_SUFFIX};
 use dt_client::profile::LoginMaterial;
 use dt_client::ssh_client::{self, ClientCreds, SshClientError};
-use dt_client::{Identity, Profile, ProfileStore, TrustPolicy};
+use dt_client::{Profile, ProfileStore, TrustPolicy};
 use dt_proto::v1 as pb;
-use dt_proto::v1::node_service_client::NodeServiceClient;
 use russh::ChannelMsg;
 use time::OffsetDateTime;
 
-use dt_cli::{Format, api_err, fmt_remaining, fmt_time, table};
+use dt_cli::{Format, fmt_remaining, fmt_time, table};
 
 /// `dtsh ssh` arguments.
 #[derive(Args, Debug)]
@@ -47,30 +46,9 @@ pub struct SshArgs {
     pub command: Vec<String>,
 }
 
-/// The profile's gRPC channel to the auth service (mutual TLS as the logged-in user).
-pub(crate) async fn profile_channel(
-    store: &ProfileStore,
-    profile: &Profile,
-) -> anyhow::Result<tonic::transport::Channel> {
-    let id = store.identity(profile)?;
-    let policy = if profile.insecure {
-        TrustPolicy::Insecure
-    } else {
-        TrustPolicy::Pin(profile.ca_pin.clone())
-    };
-    Ok(dt_client::connect::channel(&profile.proxy, policy, id).await?)
-}
-
 async fn list_nodes(store: &ProfileStore, profile: &Profile) -> anyhow::Result<Vec<pb::NodeInfo>> {
-    let mut c = NodeServiceClient::new(profile_channel(store, profile).await?);
-    let mut nodes = c
-        .list_nodes(pb::ListNodesRequest {})
-        .await
-        .map_err(api_err)?
-        .into_inner()
-        .nodes;
-    nodes.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(nodes)
+    let session = dt_client::Session::open(store, profile.clone()).await?;
+    Ok(session.nodes().await?)
 }
 
 fn labels_text(n: &pb::NodeInfo) -> String {
@@ -418,19 +396,15 @@ pub async fn bot_login(
             "a bot trusts the server only by --ca-pin=sha256:... (printed by `devtrust start`), or --insecure in labs"
         ),
     };
-    let mut client = dt_client::connect(&proxy, policy, Identity::Anonymous).await?;
     let key = dt_ca::ClientKey::generate()?;
-    let resp = client
-        .login(pb::LoginRequest {
-            ssh_public_key: key.ssh_public_key()?.to_openssh()?,
-            tls_public_key_der: key.spki_der(),
-            ttl_seconds: ttl.map(|d| d.as_secs()).unwrap_or(0),
-            bot_token: token,
-            ..Default::default()
-        })
-        .await
-        .map_err(api_err)?
-        .into_inner();
+    let request = pb::LoginRequest {
+        ssh_public_key: key.ssh_public_key()?.to_openssh()?,
+        tls_public_key_der: key.spki_der(),
+        ttl_seconds: ttl.map(|d| d.as_secs()).unwrap_or(0),
+        bot_token: token,
+        ..Default::default()
+    };
+    let resp = dt_client::session::login(&proxy, policy, request).await?;
     let cert = ssh_key::Certificate::from_openssh(resp.ssh_cert.trim())?;
     let profile = Profile {
         proxy: proxy.clone(),
