@@ -91,6 +91,10 @@ pub struct MdmStartArgs {
     /// Only validate the config (keys, endpoints, secret files, ca_file) and exit.
     #[arg(long)]
     check: bool,
+    /// The first wait before retrying after a 429 without Retry-After or a 5xx (it doubles
+    /// each time). Hidden: tests shorten it; it can only lower the default.
+    #[arg(long, value_parser = parse_duration, hide = true)]
+    retry_base: Option<Duration>,
 }
 
 pub fn run_mdm(cmd: MdmCmd) -> anyhow::Result<ExitCode> {
@@ -157,15 +161,13 @@ async fn start(a: MdmStartArgs) -> anyhow::Result<ExitCode> {
     let channel = rt.channel.clone();
     let shutdown = rt.shutdown_signal();
     let sources = cfg.sources.clone();
-    // Tests shorten the MDM retry waits (never in production: the variable is only read
-    // when set, and only lowers the waits).
-    let policy = std::env::var("DEVTRUST_MDM_RETRY_BASE_MS")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|ms| dt_mdm::http::RetryPolicy {
-            base: Duration::from_millis(ms),
-            ..Default::default()
-        });
+    let policy = a.retry_base.map(|base| {
+        let default = dt_mdm::http::RetryPolicy::default();
+        dt_mdm::http::RetryPolicy {
+            base: base.min(default.base),
+            ..default
+        }
+    });
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<String>();
     rt.spawn(async move {
         if let Err(e) = dt_mdm::sync::serve(channel, sources, policy, shutdown).await {

@@ -59,25 +59,12 @@ pub struct StartArgs {
     /// Where the node keeps its identity (0700).
     #[arg(long, env = "DEVTRUST_NODE_DATA_DIR", default_value = DEFAULT_NODE_DATA_DIR)]
     data_dir: PathBuf,
-    /// Trust the auth server whose CA has this pin (printed by `devtrust start`).
-    #[arg(long, conflicts_with = "insecure")]
-    ca_pin: Option<String>,
-    /// Do not verify the auth server (labs only).
-    #[arg(long)]
-    insecure: bool,
     /// Agentless mode: do not serve SSH; keep the cluster view cached in the data dir for
     /// `devtrust openssh-principals` (an OpenSSH sshd at --advertise serves the sessions).
     #[arg(long, requires = "advertise")]
     openssh: bool,
-    /// How often to heartbeat (the node is listed for three heartbeats).
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    heartbeat: Duration,
-    /// With `locking_mode: strict`, deny when the lock view is older than this.
-    #[arg(long, value_parser = parse_duration, default_value = "10s")]
-    strict_max_age: Duration,
-    /// Log format: text or json.
-    #[arg(long, value_parser = ["text", "json"], default_value = "text")]
-    log_format: String,
+    #[command(flatten)]
+    common: AccessPointFlags,
 }
 
 #[derive(Args)]
@@ -173,9 +160,8 @@ pub(crate) fn join_request(
     })
 }
 
-/// The join flags every access point takes (`devtrust db|app|... start`).
-/// The flags every access point but the SSH node takes the same way (`devtrust app|db|kube|
-/// desktop start`).
+/// The flags every access point takes the same way (`devtrust node|app|db|kube|desktop
+/// start`).
 #[derive(clap::Args, Clone, Debug)]
 pub(crate) struct AccessPointFlags {
     /// Trust the auth server whose CA has this pin (printed by `devtrust start`).
@@ -245,7 +231,7 @@ pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 pub fn run_node(cmd: NodeCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         NodeCmd::Start(a) => {
-            init_logging(&a.log_format);
+            init_logging(&a.common.log_format);
             runtime()?.block_on(start(a))
         }
     }
@@ -254,7 +240,12 @@ pub fn run_node(cmd: NodeCmd) -> anyhow::Result<ExitCode> {
 async fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
     let name = a.name.clone().unwrap_or_else(hostname);
     let labels = parse_labels(&a.labels)?;
-    let join = join_request(&a.token, &a.auth_server, &a.ca_pin, a.insecure)?;
+    let join = join_request(
+        &a.token,
+        &a.auth_server,
+        &a.common.ca_pin,
+        a.common.insecure,
+    )?;
     let mode = if a.openssh {
         Mode::OpenSsh {
             addr: a.advertise.clone().unwrap_or_default(),
@@ -267,10 +258,10 @@ async fn start(a: StartArgs) -> anyhow::Result<ExitCode> {
         name: name.clone(),
         advertise_addr: a.advertise.clone(),
         labels,
-        heartbeat_every: a.heartbeat,
+        heartbeat_every: a.common.heartbeat,
         mode,
         freshness: Freshness {
-            strict_max_age: a.strict_max_age,
+            strict_max_age: a.common.strict_max_age,
         },
         metrics_listen: a.metrics_listen,
         auth_servers: match (&a.token, &a.auth_server) {

@@ -32,7 +32,7 @@ pub const SESSION_COOKIE: &str = "__Host-devtrust_app_session";
 /// The launch state cookie, between steps 1 and 3.
 pub const STATE_COOKIE: &str = "__Host-devtrust_app_state";
 /// Where the web UI sends the browser back with a launch code.
-pub const CALLBACK_PATH: &str = "/__devtrust/auth";
+pub use dt_client::access_point::APP_AUTH_CALLBACK_PATH as CALLBACK_PATH;
 /// App logout.
 pub const LOGOUT_PATH: &str = "/__devtrust/logout";
 /// How long the access point trusts the auth service's last answer about an app session by

@@ -17,6 +17,9 @@ pub const KUBE_PATH_PREFIX: &str = "/kube/";
 /// alone: Go's TLS client parses every certificate a server sends, and cannot parse
 /// devtrust's (UUID-arc attributes).
 pub const KUBE_PIN_SERVER_NAME: &str = "pin.devtrust.invalid";
+/// Where the web UI sends a browser back to an app's public address with a launch code
+/// (docs/apps.md, the web launch).
+pub const APP_AUTH_CALLBACK_PATH: &str = "/__devtrust/auth";
 
 use std::sync::Arc;
 

@@ -41,7 +41,7 @@ impl MdmProc {
             .arg(format!("--auth-server={}", s.addr))
             .arg(format!("--ca-pin={}", s.pin))
             .env("DEVTRUST_MDM_TOKEN", token)
-            .env("DEVTRUST_MDM_RETRY_BASE_MS", "20")
+            .arg("--retry-base=20ms")
             .env("DEVTRUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -23,7 +23,7 @@ use time::OffsetDateTime;
 use crate::{Web, WebError, WebResult, json_body, pages};
 
 /// Where the access point takes a launch code.
-pub const AUTH_CALLBACK_PATH: &str = "/__devtrust/auth";
+use dt_client::access_point::APP_AUTH_CALLBACK_PATH as AUTH_CALLBACK_PATH;
 
 pub(crate) async fn launch_page() -> Response {
     pages::html(pages::LAUNCH_HTML.to_string())
