@@ -205,10 +205,7 @@ fn apps(a: &AppStartArgs) -> anyhow::Result<Vec<dt_app::App>> {
             Vec::new(),
         )?]);
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("--config: cannot read {}", path.display()))?;
-    let file: AppFile = serde_saphyr::from_str(&text)
-        .with_context(|| format!("--config {}: not a valid app list", path.display()))?;
+    let file: AppFile = crate::node_cmd::read_config(path, "app list")?;
     if file.apps.is_empty() {
         bail!("--config {}: `apps` lists none", path.display());
     }

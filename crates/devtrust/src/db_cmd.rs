@@ -157,10 +157,7 @@ fn databases(a: &DbStartArgs) -> anyhow::Result<Vec<dt_db::Database>> {
             listen: None,
         }]);
     };
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("--config: cannot read {}", path.display()))?;
-    let file: DbFile = serde_saphyr::from_str(&text)
-        .with_context(|| format!("--config {}: not a valid database list", path.display()))?;
+    let file: DbFile = crate::node_cmd::read_config(path, "database list")?;
     if file.databases.is_empty() {
         bail!("--config {}: `databases` lists none", path.display());
     }

@@ -111,10 +111,7 @@ async fn start(a: KubeStartArgs) -> anyhow::Result<ExitCode> {
     let clusters = match (&a.kubeconfig, &a.config) {
         (Some(k), None) => vec![cluster(&a.name, k, parse_labels(&a.labels)?)?],
         (None, Some(c)) => {
-            let text =
-                std::fs::read_to_string(c).with_context(|| format!("--config {}", c.display()))?;
-            let file: ClustersFile = serde_saphyr::from_str(&text)
-                .with_context(|| format!("--config {}", c.display()))?;
+            let file: ClustersFile = crate::node_cmd::read_config(c, "cluster list")?;
             let base = c.parent().unwrap_or(Path::new("."));
             file.clusters
                 .into_iter()

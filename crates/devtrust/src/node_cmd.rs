@@ -212,6 +212,19 @@ pub(crate) fn access_point_runtime(f: JoinFlags<'_>) -> anyhow::Result<dt_agent:
     })
 }
 
+/// An access point's `--config FILE` (YAML), with errors that name the file and say what
+/// it should hold (`what`: "an app list", "a database list"...). Unknown keys are refused
+/// by the file types themselves (`deny_unknown_fields`).
+pub(crate) fn read_config<T: serde::de::DeserializeOwned>(
+    path: &std::path::Path,
+    what: &str,
+) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--config: cannot read {}", path.display()))?;
+    serde_saphyr::from_str(&text)
+        .with_context(|| format!("--config {}: not a valid {what}", path.display()))
+}
+
 /// Wait for Ctrl-C or SIGTERM.
 pub(crate) async fn until_stopped() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
