@@ -59,18 +59,14 @@ impl AuthServer {
         inbound: &mut Streaming<pb::AuthenticateDeviceRequest>,
         tx: &mpsc::Sender<Result<pb::AuthenticateDeviceResponse, Status>>,
     ) -> Result<(), Status> {
-        let mut env = dt_ceremony::env::SystemEnv::new();
+        let mut env = self.env.ceremony();
         let opened = tokio::time::Instant::now();
         let state = authn::ExpectInit::new(&env);
         let fail = |msg: String, device: Option<DeviceInfo>| {
-            let mut e = AuditEvent::new(
-                EventType::DeviceAuthenticate,
-                false,
-                OffsetDateTime::now_utc(),
-            )
-            .user(caller.name())
-            .message(msg)
-            .remote_addr(caller.peer.addr.ip().to_string());
+            let mut e = AuditEvent::new(EventType::DeviceAuthenticate, false, self.env.now())
+                .user(caller.name())
+                .message(msg)
+                .remote_addr(caller.peer.addr.ip().to_string());
             e.device = device;
             e
         };
@@ -120,7 +116,7 @@ impl AuthServer {
                 .map_err(ApiError::from)?;
             return Err(Status::invalid_argument(msg));
         }
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let cert_der = caller.peer.cert_der.clone().ok_or_else(|| {
             Status::unauthenticated("device authentication needs your login certificate (mTLS)")
         })?;

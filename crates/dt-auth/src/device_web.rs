@@ -39,7 +39,6 @@ use dt_types::device::EnrollStatus;
 use dt_types::resource::DeviceTrustMode;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
-use time::OffsetDateTime;
 
 use crate::error::{ApiError, ApiResult};
 use crate::grpc::{random_token, sha256_hex};
@@ -118,10 +117,6 @@ fn same_hash(stored_hex: &str, presented: &str) -> bool {
     bool::from(stored_hex.as_bytes().ct_eq(presented.as_bytes()))
 }
 
-fn expires_in(ttl: Duration) -> OffsetDateTime {
-    OffsetDateTime::now_utc() + ttl
-}
-
 impl AuthServer {
     /// At web login: a single-use device web token when the cluster's mode is not `off`
     /// and `user` owns an enrolled device. Written with its `device.webtoken.create` event.
@@ -154,14 +149,14 @@ impl AuthServer {
             device_ids: devices.iter().map(|d| d.device_id.clone()).collect(),
             browser_ip: browser_ip.to_string(),
         };
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         self.audit
             .write_with(
                 vec![],
                 vec![Op::Put {
                     key: web_token_key(&id),
                     value: serde_json::to_vec(&record).map_err(ApiError::internal)?,
-                    expires: Some(expires_in(ttl)),
+                    expires: Some(self.env.now() + ttl),
                 }],
                 AuditEvent::new(EventType::DeviceWebTokenCreate, true, now)
                     .user(user)
@@ -258,7 +253,7 @@ impl AuthServer {
             Op::Put {
                 key: confirm_key(&id),
                 value: serde_json::to_vec(&confirm).map_err(ApiError::internal)?,
-                expires: Some(expires_in(WEB_TOKEN_TTL)),
+                expires: Some(self.env.now() + WEB_TOKEN_TTL),
             },
             DeviceConfirmationToken { id, token },
         ))
@@ -274,7 +269,7 @@ impl AuthServer {
         web_session: &str,
         browser_ip: IpAddr,
     ) -> ApiResult<Result<ConfirmedDevice, ConfirmRefused>> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let event = |ok: bool| {
             AuditEvent::new(EventType::DeviceAuthenticateConfirm, ok, now)
                 .user(user)

@@ -17,6 +17,7 @@ pub mod databases;
 pub mod device_grpc;
 pub mod device_web;
 pub mod devices;
+pub mod env;
 pub mod error;
 pub mod grpc;
 pub mod http;

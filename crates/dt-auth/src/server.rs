@@ -68,6 +68,8 @@ pub struct AuthServer {
     pub app_sessions: crate::app_sessions::AppSessions,
     /// Counters and histograms for `/metrics`.
     pub metrics: crate::metrics::AuthMetrics,
+    /// The clock and randomness the ceremony drivers use.
+    pub env: crate::env::ServerEnv,
 }
 
 /// Files written to the data dir at start.
@@ -154,6 +156,16 @@ impl AuthServer {
     pub async fn bootstrap_with(
         config: Config,
         backend: Arc<dyn Backend>,
+    ) -> Result<Arc<AuthServer>, StartError> {
+        Self::bootstrap_with_env(config, backend, crate::env::ServerEnv::system()).await
+    }
+
+    /// [`AuthServer::bootstrap_with`] with the clock and randomness `env` (tests fix the
+    /// clock with [`crate::env::ServerEnv::fixed`]).
+    pub async fn bootstrap_with_env(
+        config: Config,
+        backend: Arc<dyn Backend>,
+        env: crate::env::ServerEnv,
     ) -> Result<Arc<AuthServer>, StartError> {
         let wanted = config
             .cluster_name
@@ -244,6 +256,7 @@ impl AuthServer {
             ),
             config,
             app_sessions: Default::default(),
+            env,
         });
         if let Some(f) = file_sink {
             srv.audit.set_file_sink(f);
