@@ -167,6 +167,22 @@ impl AuditSink {
         })
     }
 
+    /// A ceremony step's [`WritePlan`](crate::plan::WritePlan): its guards, writes and
+    /// events in one transaction; a guard that no longer holds comes back as its refusal.
+    pub async fn write_plan(
+        &self,
+        plan: crate::plan::WritePlan,
+    ) -> Result<i64, crate::plan::PlanError> {
+        let conditions = plan.conditions();
+        let crate::plan::WritePlan {
+            guards,
+            ops,
+            events,
+        } = plan;
+        let result = self.write_with_events(conditions, ops, events).await;
+        crate::plan::guard_outcome(&guards, result)
+    }
+
     /// Several independent requests at once: each is
     /// checked, written and chained as if written with its own
     /// [`write_with_events`](Self::write_with_events), and gets its own result, in order;

@@ -7,9 +7,8 @@ use dt_ceremony::authn::server as authn;
 use dt_ceremony::authn::server::{CertView, DeviceBinding, MtlsIdentity};
 use dt_ceremony::messages::{AuthenticateResponse, AuthenticateSuccess, UserCertificates};
 use dt_proto::v1 as pb;
-use dt_store::{Condition, Op, StoreError};
+use dt_types::Device;
 use dt_types::audit::{AuditEvent, CertInfo, DeviceInfo, EventType};
-use dt_types::{Device, Kind};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -19,7 +18,7 @@ use crate::device_grpc::{CEREMONY_DEADLINE, FIRST_MESSAGE_DEADLINE, next_msg, st
 use crate::devices::device_info;
 use crate::error::ApiError;
 use crate::grpc::Caller;
-use crate::keys;
+use crate::plan::{self, PlanError};
 use crate::server::AuthServer;
 
 fn fingerprint(point: &[u8]) -> String {
@@ -304,7 +303,6 @@ impl AuthServer {
                 .map_err(|e| {
                     Status::permission_denied(format!("certificates can't be augmented: {e}"))
                 })?;
-        let id = d.metadata.name.clone();
         let events = vec![
             AuditEvent::new(EventType::DeviceAuthenticate, true, now)
                 .user(caller.name())
@@ -327,29 +325,17 @@ impl AuthServer {
                 .message("certificates augmented with the device"),
         ];
         // The new collected-data history and both events in one transaction.
-        match self
-            .audit
-            .write_with_events(
-                vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
-                vec![Op::Put {
-                    key: keys::resource(Kind::Device, &id),
-                    value: serde_json::to_vec(&d).map_err(ApiError::internal)?,
-                    expires: None,
-                }],
-                events,
-            )
-            .await
-        {
+        let plan = plan::device_authenticated(&d, rev, events).map_err(ApiError::internal)?;
+        match self.audit.write_plan(plan).await {
             Ok(_) => {}
-            Err(StoreError::ConditionFailed { .. }) => {
-                let msg = "the device changed during authentication; try again";
+            Err(PlanError::Refused(msg)) => {
                 self.audit
                     .emit(fail(msg.into(), Some(device_info(&d))))
                     .await
                     .map_err(ApiError::from)?;
                 return Err(Status::aborted(msg));
             }
-            Err(e) => return Err(ApiError::from(e).into()),
+            Err(PlanError::Store(e)) => return Err(ApiError::from(e).into()),
         }
         let ssh_text = new_ssh.to_openssh().map_err(ApiError::internal)?;
         tx.send(out(&AuthenticateResponse::Success(AuthenticateSuccess {
@@ -377,7 +363,6 @@ impl AuthServer {
         let (_, rev) = device.ok_or_else(|| ApiError::internal("device vanished"))?;
         let mut d: Device = outcome.device;
         d.spec.update_time = Some(now);
-        let id = d.metadata.name.clone();
         let ip = caller.peer.addr.ip();
         let (confirm_op, confirmation) = self.issue_confirmation(record, device_info(&d), ip)?;
         let event = AuditEvent::new(EventType::DeviceAuthenticate, true, now)
@@ -385,29 +370,12 @@ impl AuthServer {
             .device(device_info(&d))
             .message("device web authentication: the browser session may now confirm")
             .remote_addr(ip.to_string());
-        match self
-            .audit
-            .write_with_events(
-                vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
-                vec![
-                    Op::Put {
-                        key: keys::resource(Kind::Device, &id),
-                        value: serde_json::to_vec(&d).map_err(ApiError::internal)?,
-                        expires: None,
-                    },
-                    confirm_op,
-                ],
-                vec![event],
-            )
-            .await
-        {
+        let plan = plan::device_web_authenticated(&d, rev, confirm_op, event)
+            .map_err(ApiError::internal)?;
+        match self.audit.write_plan(plan).await {
             Ok(_) => {}
-            Err(StoreError::ConditionFailed { .. }) => {
-                return Err(Status::aborted(
-                    "the device changed during authentication; log in to the web UI again",
-                ));
-            }
-            Err(e) => return Err(ApiError::from(e).into()),
+            Err(PlanError::Refused(msg)) => return Err(Status::aborted(msg)),
+            Err(PlanError::Store(e)) => return Err(ApiError::from(e).into()),
         }
         tx.send(out(&AuthenticateResponse::WebConfirmation(confirmation)))
             .await

@@ -26,6 +26,7 @@ pub mod listener;
 pub mod login_throttle;
 pub mod metrics;
 pub mod nodes;
+pub mod plan;
 pub mod presets;
 pub mod server;
 pub mod shared_limit;
