@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use dt_ca::{CaKind, CertAuthority, ClientKey};
 use dt_store::Backend;
-use dt_store::conformance::fast_tuning;
 use dt_store::postgres::PostgresBackend;
+use dt_store_conformance::fast_tuning;
 use time::OffsetDateTime;
 
 struct TlsPostgres {

@@ -9,9 +9,9 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dt_store::conformance::{Env, Factory, Failure, fast_tuning};
 use dt_store::postgres::PostgresBackend;
 use dt_store::{Backend, Tuning, WatchEvent};
+use dt_store_conformance::{Env, Factory, Failure, fast_tuning};
 use tokio_postgres::{Client, NoTls};
 
 fn base() -> String {
@@ -81,7 +81,7 @@ async fn setup() -> Result<Env, Failure> {
     })
 }
 
-dt_store::conformance_tests!(setup);
+dt_store_conformance::conformance_tests!(setup);
 
 /// With polling effectively off, changes reach another instance only through
 /// LISTEN/NOTIFY; killing the LISTEN connection is survived by reconnecting, and changes
