@@ -949,6 +949,42 @@ pub fn identity(user: &str, roles: &[&str]) -> dt_ca::Identity {
 }
 
 // ---------------------------------------------------------------------------------------
+// tables of cases
+
+/// Runs every case of a table concurrently, each to its end even when others fail, then
+/// fails once, naming every case that failed and why. A case fails by panicking (the usual
+/// `assert!`s); the cases share the cluster but use users and devices of their own.
+pub async fn run_table<'a>(
+    cases: impl IntoIterator<Item = (&'static str, futures::future::LocalBoxFuture<'a, ()>)>,
+) {
+    use futures::FutureExt;
+    let runs = cases.into_iter().map(|(name, case)| async move {
+        let outcome = std::panic::AssertUnwindSafe(case).catch_unwind().await;
+        (name, outcome)
+    });
+    let results = futures::future::join_all(runs).await;
+    let total = results.len();
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|(name, outcome)| {
+            let payload = outcome.err()?;
+            let why = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into());
+            Some(format!("{name}: {why}"))
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {total} cases failed:\n  {}",
+        failed.len(),
+        failed.join("\n  ")
+    );
+}
+
+// ---------------------------------------------------------------------------------------
 // the shared server
 
 /// The server shared by the tests of this binary (SQLite, software credentials allowed).
