@@ -99,7 +99,7 @@ enum Answer {
     /// The first message alone must be refused, before any challenge is handed out.
     Refused,
     /// The challenge is answered with a signature by this key.
-    SignWith(DeviceKey),
+    SignWith(Box<DeviceKey>),
     /// The honest key signs another challenge (the real one with one bit flipped).
     SignOtherChallenge,
 }
@@ -357,7 +357,7 @@ fn cheats() -> Vec<Case> {
         .event("invalid device enrollment token (token issued for a device with another OS)"),
         case(
             "signature by another key",
-            Message(|a| a.answer = Answer::SignWith(DeviceKey::new())),
+            Message(|a| a.answer = Answer::SignWith(Box::new(DeviceKey::new()))),
             PermissionDenied,
             Has(BAD_SIGNATURE),
         )
