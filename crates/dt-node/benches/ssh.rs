@@ -14,18 +14,15 @@
 //! (default 100) tune it.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use dt_node::access::{self, Freshness, NodeFacts};
 use dt_node::ssh_client::{self, ClientCreds};
 use dt_node::view::{ClusterView, Doc};
+use dt_node_testkit::*;
 use russh::ChannelMsg;
 use time::OffsetDateTime;
 
@@ -125,14 +122,6 @@ impl Drop for Sshd {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn write_private(p: &Path, text: &str) {
     std::fs::write(p, text).unwrap();
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -169,7 +158,7 @@ fn start_sshd(cluster: &Cluster, name: &str, extra: &str) -> (Sshd, String) {
         format!("{}\n", cluster.srv.user_ca.ssh_public_key_openssh()),
     )
     .unwrap();
-    let port = free_port();
+    let port = dt_testkit::free_port();
     let cfg = d.join("sshd_config");
     std::fs::write(
         &cfg,
@@ -603,24 +592,8 @@ async fn main() {
 
     // Two auth servers on one fresh PostgreSQL database: the node follows A, the locks are
     // made on B and reach A through LISTEN/NOTIFY.
-    let base = std::env::var("DEVTRUST_TEST_PG")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "host=127.0.0.1 port=5432 user=postgres".to_string());
-    let db = format!("dt_bench_locks_{}", uuid::Uuid::new_v4().simple());
-    let admin = |sql: String| {
-        let base = base.clone();
-        async move {
-            let (c, conn) =
-                tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls)
-                    .await
-                    .expect("PostgreSQL reachable (DEVTRUST_TEST_PG)");
-            tokio::spawn(conn);
-            c.batch_execute(&sql).await.expect("admin sql");
-        }
-    };
-    admin(format!("CREATE DATABASE \"{db}\"")).await;
-    let conn = format!("{base} dbname={db}");
+    let db = dt_testkit::PgDatabase::create("dt_bench_locks");
+    let conn = db.conn();
     let mut a = Cluster::start_on(Some(conn.clone())).await;
     let mut b = Cluster::start_on(Some(conn)).await;
     let node = Node::start(&a, "node-pg", &[]).await;
@@ -635,5 +608,5 @@ async fn main() {
     drop(node);
     a.stop().await;
     b.stop().await;
-    admin(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await;
+    drop(db);
 }

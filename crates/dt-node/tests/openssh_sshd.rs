@@ -8,17 +8,15 @@
 //! runs the helper as `AuthorizedPrincipalsCommandUser root`).
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use dt_node::access::Freshness;
 use dt_node::agent::{self, JoinRequest, Mode, NodeConfig};
+use dt_node_testkit::*;
 use dt_types::audit::EventType;
 
 /// The `devtrust` binary of this build (built on demand when missing).
@@ -91,14 +89,6 @@ impl Sshd {
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start_sshd(dir: &Path, port: u16, setup_lines: &str) -> Sshd {
@@ -231,7 +221,7 @@ async fn sshd_with_the_principals_helper() {
     let cluster = Cluster::start().await;
     let work = tempfile::tempdir().unwrap();
     let data_dir = work.path().join("node");
-    let port = free_port();
+    let port = dt_testkit::free_port();
     let node = agent::start(NodeConfig {
         data_dir: data_dir.clone(),
         name: "sshd1".into(),

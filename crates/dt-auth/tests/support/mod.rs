@@ -364,80 +364,6 @@ pub struct User {
 }
 
 // ---------------------------------------------------------------------------------------
-// PostgreSQL
-
-pub fn pg_base() -> String {
-    std::env::var("DEVTRUST_TEST_PG")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".into())
-}
-
-/// Runs one admin statement on the `postgres` database, on its own thread and runtime (so
-/// it works from `Drop`, even while unwinding). Unreachable PostgreSQL fails loudly.
-fn pg_admin(sql: String) {
-    let base = pg_base();
-    let joined = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let (client, conn) =
-                tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls)
-                    .await
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "PostgreSQL is required for these tests and is unreachable at {base:?} \
-                             (set DEVTRUST_TEST_PG to override): {e}"
-                        )
-                    });
-            let conn = tokio::spawn(conn);
-            client
-                .batch_execute(&sql)
-                .await
-                .unwrap_or_else(|e| panic!("PostgreSQL: {sql}: {e}"));
-            drop(client);
-            let _ = conn.await;
-        })
-    })
-    .join();
-    if let Err(p) = joined {
-        std::panic::resume_unwind(p);
-    }
-}
-
-/// A fresh database, dropped (with force) when this is dropped.
-pub struct PgDb {
-    pub name: String,
-}
-
-impl PgDb {
-    pub fn create() -> PgDb {
-        let name = format!(
-            "dt_auth_it_{}_{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        );
-        pg_admin(format!("CREATE DATABASE \"{name}\""));
-        PgDb { name }
-    }
-    pub fn conn(&self) -> String {
-        format!("{} dbname={}", pg_base(), self.name)
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        if std::thread::panicking() {
-            // Best effort while unwinding: a second panic would abort the test binary.
-            let _ = std::panic::catch_unwind(|| pg_admin(sql));
-        } else {
-            pg_admin(sql);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // the cluster
 
 #[derive(Clone, Debug)]
@@ -470,7 +396,7 @@ pub struct Cluster {
     shutdown: Option<oneshot::Sender<()>>,
     // Dropped after the server is told to stop.
     _dir: tempfile::TempDir,
-    _pg: Option<PgDb>,
+    _pg: Option<dt_testkit::PgDatabase>,
 }
 
 const DIR_PREFIX: &str = "dt-auth-it-";
@@ -510,7 +436,9 @@ impl Cluster {
         };
         config.listen = "127.0.0.1:0".parse().expect("addr");
         config.device_ceremonies_per_minute = opts.ceremonies_per_minute;
-        let pg = opts.postgres.then(PgDb::create);
+        let pg = opts
+            .postgres
+            .then(|| dt_testkit::PgDatabase::create("dt_auth_it"));
         if let Some(db) = &pg {
             config.storage = StorageConfig::Postgres { conn: db.conn() };
         }

@@ -1,11 +1,19 @@
-//! Test harness: a real auth service (the dt-auth library: SQLite in a temp dir, TLS on
-//! 127.0.0.1) and real nodes (the dt-node runtime) in this process, real SSH clients.
+//! Test kit for the SSH access point (dev-only): a real auth service (the dt-auth library:
+//! SQLite in a temp dir, TLS on 127.0.0.1) and real nodes (the dt-node runtime) in this
+//! process, real SSH clients. dt-node's integration tests and its `ssh` benchmark share it
+//! as a normal dependency.
+//!
+//! Why a crate of its own and not part of `dt-testkit`: it links the whole auth service and
+//! dt-node, which the tests using `dt-testkit` (database servers, swtpm) should not have to
+//! build.
 //!
 //! - [`Cluster`]: the auth service; restartable on the same port and data dir.
 //! - [`Node`]: a node joined with a real join token, serving SSH on 127.0.0.1:0.
 //! - [`Cluster::user`]: certificates issued by the cluster's real user CA, as `dtsh login`
 //!   (and device augmentation) would get them.
-#![allow(dead_code)]
+//!
+//! A test harness fails loudly: it unwraps and panics with what went wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
