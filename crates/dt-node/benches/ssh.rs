@@ -15,8 +15,8 @@
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dt_node::access::{self, Freshness, NodeFacts};
@@ -110,30 +110,14 @@ async fn measure(t: &Target, creds: &ClientCreds, n: usize, secs: u64, conc: usi
     }
 }
 
-struct Sshd {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn write_private(p: &Path, text: &str) {
     std::fs::write(p, text).unwrap();
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// sshd with this cluster's host certificate and `TrustedUserCAKeys`; `extra` adds lines.
-fn start_sshd(cluster: &Cluster, name: &str, extra: &str) -> (Sshd, String) {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create("/run/sshd")
-        .unwrap();
+/// Returns it, the directory of its files (keep it while sshd runs) and its address.
+fn start_sshd(cluster: &Cluster, name: &str, extra: &str) -> (Sshd, tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let key = dt_ca::ClientKey::generate().unwrap();
     let cert = cluster
@@ -159,54 +143,15 @@ fn start_sshd(cluster: &Cluster, name: &str, extra: &str) -> (Sshd, String) {
     )
     .unwrap();
     let port = dt_testkit::free_port();
-    let cfg = d.join("sshd_config");
-    std::fs::write(
-        &cfg,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nPidFile {d}/sshd.pid\nUsePAM no\nStrictModes no\nLogLevel ERROR\nHostKey {d}/host_key\nHostCertificate {d}/host_key-cert.pub\nTrustedUserCAKeys {d}/user-ca.pub\nAuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nMaxStartups 200:30:400\n{extra}",
+    let sshd = Sshd::start(
+        d,
+        port,
+        &format!(
+            "LogLevel ERROR\nHostKey {d}/host_key\nHostCertificate {d}/host_key-cert.pub\nTrustedUserCAKeys {d}/user-ca.pub\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nMaxStartups 200:30:400\n{extra}",
             d = d.display()
         ),
-    )
-    .unwrap();
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sshd");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Sshd { child, _dir: dir }, format!("127.0.0.1:{port}"))
-}
-
-fn devtrust_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let bin = dir.join("devtrust");
-    if !bin.exists() {
-        let release = dir.ends_with("release");
-        let mut args = vec!["build", "-p", "dt-cli", "--bins"];
-        if release {
-            args.push("--release");
-        }
-        let out = Command::new(env!("CARGO"))
-            .args(&args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    bin
+    );
+    (sshd, dir, format!("127.0.0.1:{port}"))
 }
 
 /// The same connect + `exec true` with the OpenSSH `ssh` client (a process per connection).
@@ -457,7 +402,7 @@ async fn main() {
         openssh_client_p50(&cluster, &node.addr.to_string(), "node1", 20).await,
     )];
     if root {
-        let (sshd, addr) = start_sshd(&cluster, "sshd-plain", "");
+        let (sshd, _sshd_dir, addr) = start_sshd(&cluster, "sshd-plain", "");
         client_rows.push((
             "OpenSSH sshd, TrustedUserCAKeys",
             openssh_client_p50(&cluster, &addr, "sshd-plain", 20).await,
@@ -516,9 +461,9 @@ async fn main() {
             .create(&hdir)
             .unwrap();
         let helper = hdir.join("devtrust");
-        std::fs::copy(devtrust_binary(), &helper).unwrap();
+        std::fs::copy(cli_binary("devtrust"), &helper).unwrap();
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (sshd, addr) = start_sshd(
+        let (sshd, _sshd_dir, addr) = start_sshd(
             &cluster,
             "sshd-helper",
             &format!(

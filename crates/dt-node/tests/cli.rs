@@ -11,25 +11,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    let p = dir.join(name);
-    if !p.exists() {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "-p", "dt-cli", "--bins"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    p
-}
-
 struct Out {
     code: Option<i32>,
     stdout: String,
@@ -58,7 +39,7 @@ impl Env {
     }
 
     fn run_home(&self, home: &Path, program: &str, args: &[&str], stdin: Option<&str>) -> Out {
-        let mut c = Command::new(bin(program));
+        let mut c = Command::new(dt_node_testkit::cli_binary(program));
         c.args(args)
             .env("DTSH_HOME", home)
             .env_remove("DTSH_PROXY")
@@ -101,7 +82,7 @@ struct Daemon {
 
 impl Daemon {
     fn start(program: &str, args: &[&str], ready: &str) -> Daemon {
-        let mut child = Command::new(bin(program))
+        let mut child = Command::new(dt_node_testkit::cli_binary(program))
             .args(args)
             .env("DEVTRUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -11,33 +11,13 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dt_node::access::Freshness;
 use dt_node::agent::{self, JoinRequest, Mode, NodeConfig};
 use dt_node_testkit::*;
 use dt_types::audit::EventType;
-
-/// The `devtrust` binary of this build (built on demand when missing).
-pub fn devtrust_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf(); // target/<profile>
-    let bin = dir.join("devtrust");
-    if !bin.exists() {
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "-p", "dt-cli", "--bins"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "building the binaries failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    bin
-}
 
 /// A root-owned copy of the helper, removed on drop.
 struct HelperCopy {
@@ -61,7 +41,7 @@ impl HelperCopy {
         std::fs::DirBuilder::new().mode(0o755).create(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         let bin = dir.join("devtrust");
-        std::fs::copy(devtrust_binary(), &bin).unwrap();
+        std::fs::copy(cli_binary("devtrust"), &bin).unwrap();
         std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
         HelperCopy { dir, bin }
     }
@@ -71,58 +51,6 @@ impl Drop for HelperCopy {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-struct Sshd {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Sshd {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn start_sshd(dir: &Path, port: u16, setup_lines: &str) -> Sshd {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create("/run/sshd")
-        .unwrap();
-    let cfg = dir.join("sshd_config");
-    std::fs::write(
-        &cfg,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nPidFile {}/sshd.pid\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\nAuthorizedKeysFile none\n{setup_lines}",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let log = dir.join("sshd.log");
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("/usr/sbin/sshd (apt-get install openssh-server)");
-    let sshd = Sshd { child, log };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return sshd;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("sshd did not start:\n{}", sshd.log());
 }
 
 struct Client {
@@ -271,7 +199,7 @@ async fn sshd_with_the_principals_helper() {
         lines.contains(cluster.srv.user_ca.ssh_public_key_openssh().as_str()),
         "the CA file is printed: {lines}"
     );
-    let sshd = start_sshd(work.path(), port, &lines);
+    let sshd = Sshd::start(work.path(), port, &format!("LogLevel VERBOSE\n{lines}"));
     let client = Client::new(
         work.path(),
         port,
