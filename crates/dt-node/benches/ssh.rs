@@ -23,27 +23,9 @@ use dt_node::access::{self, Freshness, NodeFacts};
 use dt_node::ssh_client::{self, ClientCreds};
 use dt_node::view::{ClusterView, Doc};
 use dt_node_testkit::*;
+use dt_testkit::bench::{env_usize, ms, pct};
 use russh::ChannelMsg;
 use time::OffsetDateTime;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
 
 struct Target {
     label: &'static str,

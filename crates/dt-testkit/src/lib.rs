@@ -8,12 +8,14 @@
 //!
 //! - [`swtpm`]: a software TPM per test, and private EK certificate authorities.
 //! - [`PgDatabase`]: a fresh database on the PostgreSQL server the tests share.
+//! - [`bench`]: knobs and latency figures for the benchmarks.
 //!
 //! Both servers need root (as CI and the development machines run) and the servers' binaries, which
 //! `scripts/install-deps.sh` installs; a missing binary fails the test with what to install,
 //! it is never skipped. Both stop when dropped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod bench;
 pub mod swtpm;
 
 use std::os::unix::fs::PermissionsExt;
