@@ -8,7 +8,7 @@
 //!
 //! - [`swtpm`]: a software TPM per test, and private EK certificate authorities.
 //! - [`PgDatabase`]: a fresh database on the PostgreSQL server the tests share.
-//! - [`bench`]: knobs and latency figures for the benchmarks.
+//! - [`bench`](mod@bench): knobs and latency figures for the benchmarks.
 //!
 //! Both servers need root (as CI and the development machines run) and the servers' binaries, which
 //! `scripts/install-deps.sh` installs; a missing binary fails the test with what to install,
