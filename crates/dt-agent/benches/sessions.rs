@@ -26,6 +26,7 @@ use dt_ca::Identity;
 use dt_client::TrustPolicy;
 use dt_proto::v1 as pb;
 use dt_proto::v1::auth_service_client::AuthServiceClient;
+use dt_testkit::bench::{env_usize, ms, pct};
 use dt_types::resource::{LockSpec, LockTarget, Resource, TokenRole, TokenSpec};
 use dt_types::{Kind, Secret, ServiceKind};
 use sha2::Digest;
@@ -43,24 +44,6 @@ impl LiveSession for BenchSession {
     fn target(&self) -> &SessionTarget {
         &self.target
     }
-}
-
-fn env_usize(k: &str, d: usize) -> usize {
-    std::env::var(k)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(d)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 fn identity(user: &str) -> Identity {

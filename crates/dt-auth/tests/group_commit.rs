@@ -19,13 +19,13 @@ use time::OffsetDateTime;
 
 enum Db {
     Sqlite(tempfile::TempDir),
-    Postgres(PgDb),
+    Postgres(dt_testkit::PgDatabase),
 }
 
 impl Db {
     fn new(postgres: bool) -> Db {
         if postgres {
-            Db::Postgres(PgDb::create())
+            Db::Postgres(dt_testkit::PgDatabase::create("dt_auth_it"))
         } else {
             Db::Sqlite(tempfile::tempdir().unwrap())
         }

@@ -14,39 +14,18 @@
 //! (default 100) tune it.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
-#[path = "../tests/common/mod.rs"]
-mod common;
-
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
 use dt_client::ssh_client::{self, ClientCreds};
 use dt_node::access::{self, Freshness, NodeFacts};
 use dt_node::view::{ClusterView, Doc};
+use dt_node_testkit::*;
+use dt_testkit::bench::{env_usize, ms, pct};
 use russh::ChannelMsg;
 use time::OffsetDateTime;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
 
 struct Target {
     label: &'static str,
@@ -113,38 +92,14 @@ async fn measure(t: &Target, creds: &ClientCreds, n: usize, secs: u64, conc: usi
     }
 }
 
-struct Sshd {
-    child: Child,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn write_private(p: &Path, text: &str) {
     std::fs::write(p, text).unwrap();
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// sshd with this cluster's host certificate and `TrustedUserCAKeys`; `extra` adds lines.
-fn start_sshd(cluster: &Cluster, name: &str, extra: &str) -> (Sshd, String) {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create("/run/sshd")
-        .unwrap();
+/// Returns it, the directory of its files (keep it while sshd runs) and its address.
+fn start_sshd(cluster: &Cluster, name: &str, extra: &str) -> (Sshd, tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let key = dt_ca::ClientKey::generate().unwrap();
     let cert = cluster
@@ -169,31 +124,16 @@ fn start_sshd(cluster: &Cluster, name: &str, extra: &str) -> (Sshd, String) {
         format!("{}\n", cluster.srv.user_ca.ssh_public_key_openssh()),
     )
     .unwrap();
-    let port = free_port();
-    let cfg = d.join("sshd_config");
-    std::fs::write(
-        &cfg,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nPidFile {d}/sshd.pid\nUsePAM no\nStrictModes no\nLogLevel ERROR\nHostKey {d}/host_key\nHostCertificate {d}/host_key-cert.pub\nTrustedUserCAKeys {d}/user-ca.pub\nAuthorizedKeysFile none\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nMaxStartups 200:30:400\n{extra}",
+    let port = dt_testkit::free_port();
+    let sshd = Sshd::start(
+        d,
+        port,
+        &format!(
+            "LogLevel ERROR\nHostKey {d}/host_key\nHostCertificate {d}/host_key-cert.pub\nTrustedUserCAKeys {d}/user-ca.pub\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nMaxStartups 200:30:400\n{extra}",
             d = d.display()
         ),
-    )
-    .unwrap();
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("sshd");
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (Sshd { child, _dir: dir }, format!("127.0.0.1:{port}"))
+    );
+    (sshd, dir, format!("127.0.0.1:{port}"))
 }
 
 /// The same connect + `exec true` with the OpenSSH `ssh` client (a process per connection).
@@ -444,7 +384,7 @@ async fn main() {
         openssh_client_p50(&cluster, &node.addr.to_string(), "node1", 20).await,
     )];
     if root {
-        let (sshd, addr) = start_sshd(&cluster, "sshd-plain", "");
+        let (sshd, _sshd_dir, addr) = start_sshd(&cluster, "sshd-plain", "");
         client_rows.push((
             "OpenSSH sshd, TrustedUserCAKeys",
             openssh_client_p50(&cluster, &addr, "sshd-plain", 20).await,
@@ -505,7 +445,7 @@ async fn main() {
         let helper = hdir.join("devtrust");
         std::fs::copy(dt_testkit::programs::program("devtrust"), &helper).unwrap();
         std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (sshd, addr) = start_sshd(
+        let (sshd, _sshd_dir, addr) = start_sshd(
             &cluster,
             "sshd-helper",
             &format!(
@@ -579,24 +519,8 @@ async fn main() {
 
     // Two auth servers on one fresh PostgreSQL database: the node follows A, the locks are
     // made on B and reach A through LISTEN/NOTIFY.
-    let base = std::env::var("DEVTRUST_TEST_PG")
-        .ok()
-        .filter(|s| !s.trim().is_empty())
-        .unwrap_or_else(|| "host=127.0.0.1 port=5432 user=postgres".to_string());
-    let db = format!("dt_bench_locks_{}", uuid::Uuid::new_v4().simple());
-    let admin = |sql: String| {
-        let base = base.clone();
-        async move {
-            let (c, conn) =
-                tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls)
-                    .await
-                    .expect("PostgreSQL reachable (DEVTRUST_TEST_PG)");
-            tokio::spawn(conn);
-            c.batch_execute(&sql).await.expect("admin sql");
-        }
-    };
-    admin(format!("CREATE DATABASE \"{db}\"")).await;
-    let conn = format!("{base} dbname={db}");
+    let db = dt_testkit::PgDatabase::create("dt_bench_locks");
+    let conn = db.conn();
     let mut a = Cluster::start_on(Some(conn.clone())).await;
     let mut b = Cluster::start_on(Some(conn)).await;
     let node = Node::start(&a, "node-pg", &[]).await;
@@ -611,5 +535,5 @@ async fn main() {
     drop(node);
     a.stop().await;
     b.stop().await;
-    admin(format!("DROP DATABASE IF EXISTS \"{db}\" WITH (FORCE)")).await;
+    drop(db);
 }

@@ -2,11 +2,9 @@
 //! russh client. Each denial is checked with its exact client message and its audit event.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
-mod common;
-
-use common::*;
 use dt_ca::{CaKind, CertAuthority};
 use dt_client::ssh_client::SshClientError;
+use dt_node_testkit::*;
 use dt_types::audit::EventType;
 use time::OffsetDateTime;
 

@@ -6,12 +6,10 @@
 //! sessions end at expiry.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use dt_client::ssh_client::ClientCreds;
+use dt_node_testkit::*;
 use dt_types::audit::EventType;
 use russh::ChannelMsg;
 use time::OffsetDateTime;

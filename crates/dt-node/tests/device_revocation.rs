@@ -3,11 +3,9 @@
 //! the device ends, new sessions are refused, the same user's plain certificate is not.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use dt_node_testkit::*;
 use dt_types::audit::EventType;
 use dt_types::device::{AttestationType, DeviceCredential, DeviceSpec, EnrollStatus, OsType};
 use dt_types::resource::Resource;

@@ -3,13 +3,11 @@
 //! OpenSSH client against a devtrust node.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use dt_client::ssh_client;
 use dt_node::access::Freshness;
+use dt_node_testkit::*;
 use dt_proto::v1 as pb;
 use dt_types::audit::EventType;
 use russh::ChannelMsg;
@@ -492,64 +490,11 @@ async fn openssh_client_against_a_devtrust_node() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("Host key verification failed"));
 }
 
-/// A fresh PostgreSQL database, dropped afterwards (PostgreSQL unreachable fails the test).
-struct PgDb {
-    base: String,
-    name: String,
-}
-
-impl PgDb {
-    async fn admin(base: &str) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(
-            &format!("{base} dbname=postgres"),
-            tokio_postgres::NoTls,
-        )
-        .await
-        .unwrap_or_else(|e| {
-            panic!("PostgreSQL is unreachable at {base:?}: {e}; start it or set DEVTRUST_TEST_PG")
-        });
-        tokio::spawn(conn);
-        client
-    }
-
-    async fn create() -> PgDb {
-        let base = std::env::var("DEVTRUST_TEST_PG")
-            .ok()
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| "host=127.0.0.1 port=5432 user=postgres".to_string());
-        let name = format!(
-            "dt_node_test_{}_{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        );
-        Self::admin(&base)
-            .await
-            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-            .await
-            .unwrap();
-        PgDb { base, name }
-    }
-
-    fn conn(&self) -> String {
-        format!("{} dbname={}", self.base, self.name)
-    }
-
-    async fn drop_db(self) {
-        let _ = Self::admin(&self.base)
-            .await
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
-                self.name
-            ))
-            .await;
-    }
-}
-
 /// Two auth servers on one PostgreSQL database: the node watches one, the lock is made on
 /// the other, and the live session still ends within a second (DESIGN.md §9).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_made_on_another_auth_server_ends_the_session() {
-    let db = PgDb::create().await;
+    let db = dt_testkit::PgDatabase::create("dt_node_test");
     let mut a = Cluster::start_on(Some(db.conn())).await;
     let mut b = Cluster::start_on(Some(db.conn())).await;
     assert_eq!(a.pin(), b.pin(), "one cluster, one CA");
@@ -591,5 +536,5 @@ async fn a_lock_made_on_another_auth_server_ends_the_session() {
     drop(node);
     a.stop().await;
     b.stop().await;
-    db.drop_db().await;
+    drop(db);
 }

@@ -5,11 +5,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use dt_node_testkit::*;
 use time::OffsetDateTime;
 
 fn lock_yaml(name: &str, target: &str) -> String {

@@ -5,10 +5,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
-
-use common::*;
 use dt_ca::ClientKey;
+use dt_node_testkit::*;
 use dt_proto::v1 as pb;
 use dt_proto::v1::node_service_client::NodeServiceClient;
 use dt_types::audit::EventType;

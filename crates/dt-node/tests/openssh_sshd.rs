@@ -8,17 +8,15 @@
 //! runs the helper as `AuthorizedPrincipalsCommandUser root`).
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
 use dt_node::access::Freshness;
 use dt_node::agent::{self, JoinRequest, Mode, NodeConfig};
+use dt_node_testkit::*;
 use dt_types::audit::EventType;
 
 /// A root-owned copy of the helper, removed on drop.
@@ -53,66 +51,6 @@ impl Drop for HelperCopy {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-struct Sshd {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Sshd {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_sshd(dir: &Path, port: u16, setup_lines: &str) -> Sshd {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create("/run/sshd")
-        .unwrap();
-    let cfg = dir.join("sshd_config");
-    std::fs::write(
-        &cfg,
-        format!(
-            "Port {port}\nListenAddress 127.0.0.1\nPidFile {}/sshd.pid\nUsePAM no\nStrictModes no\nLogLevel VERBOSE\nAuthorizedKeysFile none\n{setup_lines}",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let log = dir.join("sshd.log");
-    let child = Command::new("/usr/sbin/sshd")
-        .args(["-D", "-e", "-f"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("/usr/sbin/sshd (apt-get install openssh-server)");
-    let sshd = Sshd { child, log };
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return sshd;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("sshd did not start:\n{}", sshd.log());
 }
 
 struct Client {
@@ -211,7 +149,7 @@ async fn sshd_with_the_principals_helper() {
     let cluster = Cluster::start().await;
     let work = tempfile::tempdir().unwrap();
     let data_dir = work.path().join("node");
-    let port = free_port();
+    let port = dt_testkit::free_port();
     let node = agent::start(NodeConfig {
         data_dir: data_dir.clone(),
         name: "sshd1".into(),
@@ -261,7 +199,7 @@ async fn sshd_with_the_principals_helper() {
         lines.contains(cluster.srv.user_ca.ssh_public_key_openssh().as_str()),
         "the CA file is printed: {lines}"
     );
-    let sshd = start_sshd(work.path(), port, &lines);
+    let sshd = Sshd::start(work.path(), port, &format!("LogLevel VERBOSE\n{lines}"));
     let client = Client::new(
         work.path(),
         port,

@@ -4,9 +4,7 @@
 //! bots; each refusal is checked with its client message and its audit event.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use dt_node_testkit::*;
 use dt_types::audit::EventType;
 use dt_types::device::{AttestationType, OsType};
 use dt_types::posture::DevicePosture;

@@ -1,9 +1,7 @@
 //! A node joins a real auth service, serves SSH, and runs commands for a certificate holder.
 #![allow(clippy::unwrap_used, clippy::panic, clippy::expect_used)]
 
-mod common;
-
-use common::*;
+use dt_node_testkit::*;
 use dt_types::audit::EventType;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -18,14 +18,14 @@
 //!
 //! Implementations: [`sqlite::SqliteBackend`] (embedded default, WAL) and
 //! [`postgres::PostgresBackend`] (several auth servers sharing one database; changes are
-//! announced with LISTEN/NOTIFY). [`conformance`] is one test suite both must pass.
+//! announced with LISTEN/NOTIFY). Both must pass one test suite, which lives in the
+//! dev-only `dt-store-conformance` crate so it is not compiled into this library.
 
 use std::time::Duration;
 
 use time::OffsetDateTime;
 
 mod common;
-pub mod conformance;
 mod hub;
 pub mod pg_tls;
 pub mod postgres;

@@ -1,59 +1,22 @@
 //! PostgreSQL over TLS and statement timeouts, against a real PostgreSQL server this test
-//! starts on a free port with `ssl=on` (initdb as the `postgres` user; its certificate is
-//! issued by a CA made with dt-ca) and a pg_hba that refuses connections without TLS.
+//! starts on a free port with `ssl=on` (`dt_testkit::Postgres`: initdb as the `postgres`
+//! user; its certificate is issued by a CA made with dt-ca) and a pg_hba that refuses
+//! connections without TLS.
 //!
 //! Needs root (to run initdb and the server as `postgres`) and PostgreSQL's binaries
 //! (`pg_config --bindir`); their absence fails the test, it is never skipped.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use dt_ca::{CaKind, CertAuthority, ClientKey};
 use dt_store::Backend;
-use dt_store::conformance::fast_tuning;
 use dt_store::postgres::PostgresBackend;
+use dt_store_conformance::fast_tuning;
 use time::OffsetDateTime;
-
-struct TlsPostgres {
-    dir: tempfile::TempDir,
-    bindir: PathBuf,
-    port: u16,
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().expect("run command");
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn as_postgres(bin: &Path) -> Command {
-    let mut c = Command::new("runuser");
-    c.args(["-u", "postgres", "--"]).arg(bin);
-    c
-}
-
-fn chown_postgres(path: &Path) {
-    run(Command::new("chown")
-        .args(["-R", "postgres:postgres"])
-        .arg(path));
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A CA certificate (PEM) and a server certificate and key issued by it for `localhost`.
 fn pki(name: &str) -> (String, String, String) {
@@ -75,67 +38,44 @@ fn pki(name: &str) -> (String, String, String) {
     )
 }
 
+/// A PostgreSQL server of the test's own ([`dt_testkit::Postgres`]) that takes TLS or
+/// nothing over TCP, and the CA its certificate chains to.
+struct TlsPostgres {
+    pg: dt_testkit::Postgres,
+    /// The CA certificate (PEM) a client verifies the server with, in `files`.
+    ca: PathBuf,
+    files: tempfile::TempDir,
+}
+
 impl TlsPostgres {
-    /// Start a server whose certificate chains to the returned CA (PEM file path).
-    fn start() -> (TlsPostgres, PathBuf) {
-        let bindir = PathBuf::from(
-            String::from_utf8(
-                Command::new("pg_config")
-                    .arg("--bindir")
-                    .output()
-                    .expect("pg_config")
-                    .stdout,
-            )
-            .unwrap()
-            .trim(),
-        );
-        let dir = tempfile::Builder::new()
-            .prefix("dt-pg-tls")
-            .tempdir()
-            .unwrap();
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        let data = dir.path().join("data");
-        chown_postgres(dir.path());
-        run(as_postgres(&bindir.join("initdb"))
-            .args(["-A", "trust", "-U", "postgres", "-D"])
-            .arg(&data));
+    fn start() -> TlsPostgres {
+        let files = tempfile::tempdir().unwrap();
         let (ca, cert, key) = pki("pg-test-ca");
-        std::fs::write(data.join("server.crt"), cert).unwrap();
-        std::fs::write(data.join("server.key"), key).unwrap();
-        std::fs::set_permissions(
-            data.join("server.key"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
+        let write = |name: &str, pem: String| {
+            let path = files.path().join(name);
+            std::fs::write(&path, pem).unwrap();
+            path
+        };
+        let ca = write("ca.pem", ca);
+        let tls = dt_testkit::ServerTls {
+            cert: write("server.crt", cert),
+            key: write("server.key", key),
+            // No test here presents a client certificate; the server asks for one it does
+            // not require.
+            client_ca: ca.clone(),
+        };
         // TLS or nothing over TCP; the unix socket (for the test's own admin client) is trusted.
-        std::fs::write(
-            data.join("pg_hba.conf"),
+        let pg = dt_testkit::Postgres::start(
+            &tls,
             "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
-        )
-        .unwrap();
-        chown_postgres(dir.path());
-        let ca_path = dir.path().join("ca.pem");
-        std::fs::write(&ca_path, ca).unwrap();
-        let port = free_port();
-        run(as_postgres(&bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.path().join("server.log"))
-            .arg("-w")
-            .arg("-o")
-            .arg(format!(
-                "-p {port} -k {} -c listen_addresses=127.0.0.1 -c ssl=on -c fsync=off",
-                dir.path().display()
-            ))
-            .arg("start"));
-        (TlsPostgres { dir, bindir, port }, ca_path)
+        );
+        TlsPostgres { pg, ca, files }
     }
 
     fn conn(&self, host: &str, extra: &str) -> String {
         format!(
             "host={host} port={} user=postgres dbname=postgres connect_timeout=10 {extra}",
-            self.port
+            self.pg.port
         )
     }
 
@@ -143,24 +83,14 @@ impl TlsPostgres {
     async fn admin(&self) -> tokio_postgres::Client {
         let conn = format!(
             "host={} port={} user=postgres dbname=postgres",
-            self.dir.path().display(),
-            self.port
+            self.pg.socket_dir().display(),
+            self.pg.port
         );
         let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
             .await
             .unwrap();
         tokio::spawn(connection);
         client
-    }
-}
-
-impl Drop for TlsPostgres {
-    fn drop(&mut self) {
-        let _ = as_postgres(&self.bindir.join("pg_ctl"))
-            .arg("-D")
-            .arg(self.dir.path().join("data"))
-            .args(["-m", "immediate", "-w", "stop"])
-            .output();
     }
 }
 
@@ -172,7 +102,8 @@ async fn connect(conn: &str) -> Result<Arc<PostgresBackend>, String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sslmodes_against_a_tls_only_server() {
-    let (pg, ca) = TlsPostgres::start();
+    let pg = TlsPostgres::start();
+    let ca = &pg.ca;
 
     // Without TLS the server refuses (pg_hba), so a working connection below is TLS.
     let err = connect(&pg.conn("127.0.0.1", "sslmode=disable"))
@@ -218,7 +149,7 @@ async fn sslmodes_against_a_tls_only_server() {
 
     // verify-full against another CA: a clear refusal naming the mode and the cause.
     let (other_ca, _, _) = pki("some-other-ca");
-    let other = pg.dir.path().join("other-ca.pem");
+    let other = pg.files.path().join("other-ca.pem");
     std::fs::write(&other, other_ca).unwrap();
     let wrong = format!("sslmode=verify-full sslrootcert={}", other.display());
     let err = connect(&pg.conn("localhost", &wrong)).await.err().unwrap();
@@ -236,7 +167,7 @@ async fn sslmodes_against_a_tls_only_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_stuck_on_a_lock_times_out() {
-    let (pg, _) = TlsPostgres::start();
+    let pg = TlsPostgres::start();
     let b = PostgresBackend::connect_with(
         &pg.conn("127.0.0.1", "sslmode=require"),
         fast_tuning(),

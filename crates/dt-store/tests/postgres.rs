@@ -5,39 +5,22 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dt_store::conformance::{Env, Factory, Failure, fast_tuning};
 use dt_store::postgres::PostgresBackend;
 use dt_store::{Backend, Tuning, WatchEvent};
+use dt_store_conformance::{Env, Factory, Failure, fast_tuning};
+use dt_testkit::{PgDatabase, shared_postgres};
 use tokio_postgres::{Client, NoTls};
 
-fn base() -> String {
-    std::env::var("DEVTRUST_TEST_PG")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".into())
-}
-
-fn random_name() -> String {
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    h.write_u32(std::process::id());
-    format!("dt_test_{:016x}", h.finish())
-}
-
 async fn admin() -> Result<Client, Failure> {
-    let conn = format!("{} dbname=postgres", base());
+    let conn = format!("{} dbname=postgres", shared_postgres());
     let (client, connection) = tokio_postgres::connect(&conn, NoTls).await.map_err(|e| {
         Failure::new(format!(
             "PostgreSQL is required for these tests but `{}` is unreachable: {e} ({e:?}). \
              Start PostgreSQL or point DEVTRUST_TEST_PG at one.",
-            base()
+            shared_postgres()
         ))
     })?;
     tokio::spawn(connection);
@@ -45,28 +28,9 @@ async fn admin() -> Result<Client, Failure> {
 }
 
 /// A fresh database per case, dropped (forcibly) afterwards.
-async fn fresh_db() -> Result<(Client, String), Failure> {
-    let admin = admin().await?;
-    let name = random_name();
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .map_err(|e| Failure::new(format!("CREATE DATABASE {name}: {e:?}")))?;
-    Ok((admin, name))
-}
-
-async fn drop_db(admin: Client, name: String) {
-    if let Err(e) = admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-    {
-        eprintln!("could not drop test database {name}: {e:?}");
-    }
-}
-
 async fn setup() -> Result<Env, Failure> {
-    let (admin, name) = fresh_db().await?;
-    let conn = format!("{} dbname={name}", base());
+    let db = PgDatabase::create("dt_test");
+    let conn = db.conn();
     let factory: Factory = Arc::new(move |tuning: Tuning| {
         let conn = conn.clone();
         Box::pin(async move {
@@ -77,19 +41,19 @@ async fn setup() -> Result<Env, Failure> {
     });
     Ok(Env {
         factory,
-        cleanup: Some(Box::pin(drop_db(admin, name))),
+        cleanup: Some(Box::pin(async move { drop(db) })),
     })
 }
 
-dt_store::conformance_tests!(setup);
+dt_store_conformance::conformance_tests!(setup);
 
 /// With polling effectively off, changes reach another instance only through
 /// LISTEN/NOTIFY; killing the LISTEN connection is survived by reconnecting, and changes
 /// made while it was down are delivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_reconnects_and_catches_up() {
-    let (admin, name) = fresh_db().await.unwrap();
-    let conn = format!("{} dbname={name}", base());
+    let db = PgDatabase::create("dt_test");
+    let conn = db.conn();
     let slow_poll = Tuning {
         poll_every: Duration::from_secs(3600),
         ..fast_tuning()
@@ -113,11 +77,13 @@ async fn listen_reconnects_and_catches_up() {
     let r1 = b.put("/l/1", vec![], None).await.unwrap();
     assert_eq!(next(&mut w).await.revision, r1, "notification delivered");
 
-    let killed = admin
+    let killed = admin()
+        .await
+        .unwrap()
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = $1 AND query = 'LISTEN dt_store_events'",
-            &[&name],
+            &[&db.name],
         )
         .await
         .unwrap();
@@ -136,23 +102,25 @@ async fn listen_reconnects_and_catches_up() {
 
     a.close().await;
     b.close().await;
-    drop_db(admin, name).await;
+    drop(db);
 }
 
 /// A pooled connection killed under the backend is replaced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pool_survives_killed_connections() {
-    let (admin, name) = fresh_db().await.unwrap();
-    let conn = format!("{} dbname={name}", base());
+    let db = PgDatabase::create("dt_test");
+    let conn = db.conn();
     let b = PostgresBackend::connect(&conn, fast_tuning())
         .await
         .unwrap();
     b.put("/k", vec![1], None).await.unwrap();
-    let killed = admin
+    let killed = admin()
+        .await
+        .unwrap()
         .execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
              WHERE datname = $1 AND application_name = 'devtrust dt-store'",
-            &[&name],
+            &[&db.name],
         )
         .await
         .unwrap();
@@ -161,13 +129,13 @@ async fn pool_survives_killed_connections() {
     assert_eq!(b.get("/k").await.unwrap().unwrap().value, vec![1]);
     b.put("/k", vec![2], None).await.unwrap();
     b.close().await;
-    drop_db(admin, name).await;
+    drop(db);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schema_is_versioned_and_keys_use_c_collation() {
-    let (admin, name) = fresh_db().await.unwrap();
-    let conn = format!("{} dbname={name}", base());
+    let db = PgDatabase::create("dt_test");
+    let conn = db.conn();
     let b = PostgresBackend::connect(&conn, fast_tuning())
         .await
         .unwrap();
@@ -200,7 +168,7 @@ async fn schema_is_versioned_and_keys_use_c_collation() {
         .get(0);
     assert_eq!(n, 1);
     drop(c);
-    drop_db(admin, name).await;
+    drop(db);
 }
 
 #[tokio::test]
@@ -214,8 +182,8 @@ async fn bad_connection_string_is_invalid() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_events_are_pruned() {
-    let (admin, name) = fresh_db().await.unwrap();
-    let conn = format!("{} dbname={name}", base());
+    let db = PgDatabase::create("dt_test");
+    let conn = db.conn();
     let tuning = Tuning {
         keep_events_for: Duration::from_millis(1),
         ..fast_tuning()
@@ -245,5 +213,5 @@ async fn old_events_are_pruned() {
     assert_eq!(b.range("/p/", None, 100).await.unwrap().items.len(), 10);
     drop(c);
     b.close().await;
-    drop_db(admin, name).await;
+    drop(db);
 }

@@ -4,9 +4,9 @@
 
 use std::sync::Arc;
 
-use dt_store::conformance::{Env, Factory, Failure, fast_tuning};
 use dt_store::sqlite::SqliteBackend;
 use dt_store::{Backend, Tuning};
+use dt_store_conformance::{Env, Factory, Failure, fast_tuning};
 
 /// A fresh temp dir per case; every instance opens the same `store.db` in it.
 async fn setup() -> Result<Env, Failure> {
@@ -26,7 +26,7 @@ async fn setup() -> Result<Env, Failure> {
     })
 }
 
-dt_store::conformance_tests!(setup);
+dt_store_conformance::conformance_tests!(setup);
 
 #[cfg(unix)]
 #[tokio::test]

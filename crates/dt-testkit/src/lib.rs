@@ -7,12 +7,15 @@
 //!   files you give it).
 //!
 //! - [`swtpm`]: a software TPM per test, and private EK certificate authorities.
+//! - [`PgDatabase`]: a fresh database on the PostgreSQL server the tests share.
+//! - [`bench`](mod@bench): knobs and latency figures for the benchmarks.
 //!
 //! Both servers need root (as CI and the development machines run) and the servers' binaries, which
 //! `scripts/install-deps.sh` installs; a missing binary fails the test with what to install,
 //! it is never skipped. Both stop when dropped.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod bench;
 pub mod programs;
 pub mod swtpm;
 
@@ -149,6 +152,71 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// The PostgreSQL server tests share: `DEVTRUST_TEST_PG` (a libpq connection string
+/// without `dbname`), or `host=127.0.0.1 port=5432 user=postgres`.
+pub fn shared_postgres() -> String {
+    std::env::var("DEVTRUST_TEST_PG")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "host=127.0.0.1 port=5432 user=postgres".into())
+}
+
+/// A fresh database on the [shared PostgreSQL server](shared_postgres), dropped (with
+/// force) when this is dropped. An unreachable server fails the test; it is never skipped.
+pub struct PgDatabase {
+    /// The database's name (unique to this process and call).
+    pub name: String,
+}
+
+impl PgDatabase {
+    /// Create a database named `{prefix}_{pid}_{n}_{nanos}`.
+    pub fn create(prefix: &str) -> PgDatabase {
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .subsec_nanos();
+        let name = format!("{prefix}_{}_{n}_{nanos}", std::process::id());
+        if let Err(e) = shared_psql(&format!("CREATE DATABASE \"{name}\"")) {
+            panic!(
+                "PostgreSQL is required for this test and `{}` did not create a database: {e} \
+                 (start PostgreSQL or point DEVTRUST_TEST_PG at one)",
+                shared_postgres()
+            );
+        }
+        PgDatabase { name }
+    }
+
+    /// A libpq connection string for this database.
+    pub fn conn(&self) -> String {
+        format!("{} dbname={}", shared_postgres(), self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
+        if let Err(e) = shared_psql(&sql) {
+            eprintln!("could not drop test database {}: {e}", self.name);
+        }
+    }
+}
+
+/// Run `sql` on the shared server's `postgres` database with `psql`.
+fn shared_psql(sql: &str) -> Result<(), String> {
+    let out = Command::new("psql")
+        .arg(format!("{} dbname=postgres", shared_postgres()))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .output()
+        .map_err(|e| format!("cannot run psql: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
 }
 
 /// TLS files for a database server: certificate chain, key, and the CA it trusts for client

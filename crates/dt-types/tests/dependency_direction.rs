@@ -239,7 +239,8 @@ fn the_mdm_service_links_no_storage_driver() {
 fn shipped_crates_never_link_test_stand_ins() {
     let g = graph();
     for krate in [
-        "devtrust", "dtctl", "dtsh", "dt-cli", "dt-kube", "dt-agent", "dt-auth", "dt-mdm",
+        "devtrust", "dtctl", "dtsh", "dt-cli", "dt-store", "dt-node", "dt-kube", "dt-agent",
+        "dt-auth", "dt-mdm",
     ] {
         let reach = closure(&g, krate);
         assert!(
@@ -250,10 +251,14 @@ fn shipped_crates_never_link_test_stand_ins() {
             !reach.contains("dt-fakemdm"),
             "{krate} depends on dt-fakemdm"
         );
-        assert!(
-            !reach.contains("dt-testkit"),
-            "{krate} depends on dt-testkit"
-        );
+        for kit in [
+            "dt-testkit",
+            "dt-store-conformance",
+            "dt-node-testkit",
+            "dt-e2e",
+        ] {
+            assert!(!reach.contains(kit), "{krate} depends on {kit}");
+        }
     }
 }
 

@@ -364,80 +364,6 @@ pub struct User {
 }
 
 // ---------------------------------------------------------------------------------------
-// PostgreSQL
-
-pub fn pg_base() -> String {
-    std::env::var("DEVTRUST_TEST_PG")
-        .unwrap_or_else(|_| "host=127.0.0.1 port=5432 user=postgres".into())
-}
-
-/// Runs one admin statement on the `postgres` database, on its own thread and runtime (so
-/// it works from `Drop`, even while unwinding). Unreachable PostgreSQL fails loudly.
-fn pg_admin(sql: String) {
-    let base = pg_base();
-    let joined = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let (client, conn) =
-                tokio_postgres::connect(&format!("{base} dbname=postgres"), tokio_postgres::NoTls)
-                    .await
-                    .unwrap_or_else(|e| {
-                        panic!(
-                            "PostgreSQL is required for these tests and is unreachable at {base:?} \
-                             (set DEVTRUST_TEST_PG to override): {e}"
-                        )
-                    });
-            let conn = tokio::spawn(conn);
-            client
-                .batch_execute(&sql)
-                .await
-                .unwrap_or_else(|e| panic!("PostgreSQL: {sql}: {e}"));
-            drop(client);
-            let _ = conn.await;
-        })
-    })
-    .join();
-    if let Err(p) = joined {
-        std::panic::resume_unwind(p);
-    }
-}
-
-/// A fresh database, dropped (with force) when this is dropped.
-pub struct PgDb {
-    pub name: String,
-}
-
-impl PgDb {
-    pub fn create() -> PgDb {
-        let name = format!(
-            "dt_auth_it_{}_{}",
-            std::process::id(),
-            uuid::Uuid::new_v4().simple()
-        );
-        pg_admin(format!("CREATE DATABASE \"{name}\""));
-        PgDb { name }
-    }
-    pub fn conn(&self) -> String {
-        format!("{} dbname={}", pg_base(), self.name)
-    }
-}
-
-impl Drop for PgDb {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.name);
-        if std::thread::panicking() {
-            // Best effort while unwinding: a second panic would abort the test binary.
-            let _ = std::panic::catch_unwind(|| pg_admin(sql));
-        } else {
-            pg_admin(sql);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // the cluster
 
 #[derive(Clone, Debug)]
@@ -470,7 +396,7 @@ pub struct Cluster {
     shutdown: Option<oneshot::Sender<()>>,
     // Dropped after the server is told to stop.
     _dir: tempfile::TempDir,
-    _pg: Option<PgDb>,
+    _pg: Option<dt_testkit::PgDatabase>,
 }
 
 const DIR_PREFIX: &str = "dt-auth-it-";
@@ -510,7 +436,9 @@ impl Cluster {
         };
         config.listen = "127.0.0.1:0".parse().expect("addr");
         config.device_ceremonies_per_minute = opts.ceremonies_per_minute;
-        let pg = opts.postgres.then(PgDb::create);
+        let pg = opts
+            .postgres
+            .then(|| dt_testkit::PgDatabase::create("dt_auth_it"));
         if let Some(db) = &pg {
             config.storage = StorageConfig::Postgres { conn: db.conn() };
         }
@@ -946,6 +874,42 @@ pub fn identity(user: &str, roles: &[&str]) -> dt_ca::Identity {
         not_before: now - time::Duration::minutes(1),
         not_after: now + time::Duration::hours(1),
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// tables of cases
+
+/// Runs every case of a table concurrently, each to its end even when others fail, then
+/// fails once, naming every case that failed and why. A case fails by panicking (the usual
+/// `assert!`s); the cases share the cluster but use users and devices of their own.
+pub async fn run_table<'a>(
+    cases: impl IntoIterator<Item = (&'static str, futures::future::LocalBoxFuture<'a, ()>)>,
+) {
+    use futures::FutureExt;
+    let runs = cases.into_iter().map(|(name, case)| async move {
+        let outcome = std::panic::AssertUnwindSafe(case).catch_unwind().await;
+        (name, outcome)
+    });
+    let results = futures::future::join_all(runs).await;
+    let total = results.len();
+    let failed: Vec<String> = results
+        .into_iter()
+        .filter_map(|(name, outcome)| {
+            let payload = outcome.err()?;
+            let why = payload
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panicked".into());
+            Some(format!("{name}: {why}"))
+        })
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {total} cases failed:\n  {}",
+        failed.len(),
+        failed.join("\n  ")
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -1,4 +1,11 @@
-//! One test suite every [`Backend`] must pass.
+//! One test suite every [`dt_store::Backend`] must pass (dev-only).
+//!
+//! Why a crate of its own: the suite is test code, so it must not be compiled into the
+//! production `dt-store` library, yet both backends' integration tests (and any future
+//! backend) run the same cases. It lives outside `dt-testkit` because it links `dt-store`
+//! (rusqlite, tokio-postgres, rustls): in `dt-testkit` it would make every crate whose
+//! tests use the kit build the storage drivers, and would keep `dt-store`'s tests from ever
+//! using the kit without a dependency cycle. It uses only `dt-store`'s public API.
 //!
 //! Each case is a `pub async fn(Factory) -> Outcome`. The [`Factory`] opens a new backend
 //! instance on the *same* fresh database each time it is called (so cases can simulate two
@@ -6,12 +13,12 @@
 //! [`Failure`] values instead of panicking.
 //!
 //! A backend's integration test provides a setup function returning an [`Env`] (a factory
-//! for a fresh database plus its cleanup) and expands [`conformance_tests!`](crate::conformance_tests)
-//! to get one `#[tokio::test]` per case:
+//! for a fresh database plus its cleanup) and expands [`conformance_tests!`] to get one
+//! `#[tokio::test]` per case (the test crate needs `tokio` with its `macros` feature):
 //!
 //! ```ignore
 //! async fn setup() -> Result<Env, Failure> { /* create a fresh database */ }
-//! dt_store::conformance_tests!(setup);
+//! dt_store_conformance::conformance_tests!(setup);
 //! ```
 //!
 //! [`run_case`] closes every instance the case opened and runs the cleanup even when the
@@ -25,14 +32,14 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use time::OffsetDateTime;
 
-use crate::{
+use dt_store::{
     Backend, BatchTail, BatchWrite, Condition, EventKind, Item, Op, Page, StoreError, Tuning,
     WatchEvent, Watcher,
 };
 
 /// Opens one more backend instance on the case's database.
 pub type Factory =
-    Arc<dyn Fn(Tuning) -> BoxFuture<'static, crate::Result<Arc<dyn Backend>>> + Send + Sync>;
+    Arc<dyn Fn(Tuning) -> BoxFuture<'static, dt_store::Result<Arc<dyn Backend>>> + Send + Sync>;
 
 /// A case's result.
 pub type Outcome = Result<(), Failure>;
@@ -101,7 +108,7 @@ trait Ctx<T> {
     fn ctx(self, what: &str) -> Result<T, Failure>;
 }
 
-impl<T> Ctx<T> for crate::Result<T> {
+impl<T> Ctx<T> for dt_store::Result<T> {
     fn ctx(self, what: &str) -> Result<T, Failure> {
         self.map_err(|e| Failure(format!("{what}: unexpected error: {e} ({e:?})")))
     }
@@ -225,7 +232,7 @@ where
 
 /// Expand to one `#[tokio::test]` per conformance case, each on a fresh database from
 /// `$setup` (an `async fn() -> Result<Env, Failure>`), plus a test that the list here
-/// matches [`cases`](crate::conformance::cases).
+/// matches [`cases`](crate::cases).
 #[macro_export]
 macro_rules! conformance_tests {
     ($setup:path) => {
@@ -255,8 +262,8 @@ macro_rules! conformance_tests {
     (@cases $setup:path; $($case:ident),* $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() -> ::std::result::Result<(), $crate::conformance::Failure> {
-                $crate::conformance::run_named($setup(), stringify!($case)).await
+            async fn $case() -> ::std::result::Result<(), $crate::Failure> {
+                $crate::run_named($setup(), stringify!($case)).await
             }
         )*
 
@@ -264,7 +271,7 @@ macro_rules! conformance_tests {
         fn conformance_case_list_is_complete() {
             let listed: ::std::vec::Vec<&str> = ::std::vec![$(stringify!($case)),*];
             let all: ::std::vec::Vec<&str> =
-                $crate::conformance::cases().into_iter().map(|(n, _)| n).collect();
+                $crate::cases().into_iter().map(|(n, _)| n).collect();
             assert_eq!(listed, all);
         }
     };
@@ -1304,9 +1311,10 @@ pub async fn concurrent_create_race(f: Factory) -> Outcome {
         };
         let ((ca, oa), (cb, ob)) = (write(b"a"), write(b"b"));
         let (ra, rb) = tokio::join!(a.atomic_write(ca, oa), b.atomic_write(cb, ob));
-        let ok = |r: &crate::Result<i64>| r.is_ok();
-        let lost =
-            |r: &crate::Result<i64>| matches!(r, Err(StoreError::ConditionFailed { index: 0, .. }));
+        let ok = |r: &dt_store::Result<i64>| r.is_ok();
+        let lost = |r: &dt_store::Result<i64>| {
+            matches!(r, Err(StoreError::ConditionFailed { index: 0, .. }))
+        };
         ensure!(
             (ok(&ra) && lost(&rb)) || (lost(&ra) && ok(&rb)),
             "atomic race on {key}: {ra:?} / {rb:?}"
@@ -1617,7 +1625,7 @@ pub async fn grouped_single_writes(f: Factory) -> Outcome {
     let distinct = futures::future::join_all(keys.iter().map(|k| b.create(k, vec![1], None))).await;
     let revs: BTreeSet<i64> = distinct
         .into_iter()
-        .collect::<crate::Result<Vec<_>>>()
+        .collect::<dt_store::Result<Vec<_>>>()
         .ctx("distinct creates")?
         .into_iter()
         .collect();

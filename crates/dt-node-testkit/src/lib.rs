@@ -1,15 +1,25 @@
-//! Test harness: a real auth service (the dt-auth library: SQLite in a temp dir, TLS on
-//! 127.0.0.1) and real nodes (the dt-node runtime) in this process, real SSH clients.
+//! Test kit for the SSH access point (dev-only): a real auth service (the dt-auth library:
+//! SQLite in a temp dir, TLS on 127.0.0.1) and real nodes (the dt-node runtime) in this
+//! process, real SSH clients. dt-node's integration tests and its `ssh` benchmark share it
+//! as a normal dependency.
+//!
+//! Why a crate of its own and not part of `dt-testkit`: it links the whole auth service and
+//! dt-node, which the tests using `dt-testkit` (database servers, swtpm) should not have to
+//! build.
 //!
 //! - [`Cluster`]: the auth service; restartable on the same port and data dir.
 //! - [`Node`]: a node joined with a real join token, serving SSH on 127.0.0.1:0.
 //! - [`Cluster::user`]: certificates issued by the cluster's real user CA, as `dtsh login`
 //!   (and device augmentation) would get them.
-#![allow(dead_code)]
+//! - [`Sshd`]: an OpenSSH server of the test's own (the real binaries come from
+//!   `dt_testkit::programs`).
+//!
+//! A test harness fails loudly: it unwraps and panics with what went wrong.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -512,5 +522,65 @@ pub fn rejection(r: Result<ExecOutput, SshClientError>) -> String {
             description
         }
         other => panic!("expected a rejected session, got {other:?}"),
+    }
+}
+
+/// OpenSSH's `sshd` (Debian openssh-server) of the test's own on 127.0.0.1, killed when
+/// dropped. Needs root.
+pub struct Sshd {
+    child: std::process::Child,
+    log: PathBuf,
+}
+
+impl Sshd {
+    /// Start `/usr/sbin/sshd` on `port` with its config, pid file and log in `dir`: listen on
+    /// 127.0.0.1, no PAM, no strict modes, no authorized keys files, then `lines` (host keys,
+    /// `LogLevel`, CA keys...; sshd keeps the first value of a keyword). Returns once it
+    /// accepts connections; panics with its log if it does not within 5 s.
+    pub fn start(dir: &Path, port: u16, lines: &str) -> Sshd {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create("/run/sshd")
+            .unwrap();
+        let cfg = dir.join("sshd_config");
+        std::fs::write(
+            &cfg,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nPidFile {}/sshd.pid\nUsePAM no\nStrictModes no\nAuthorizedKeysFile none\n{lines}",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let log = dir.join("sshd.log");
+        let child = std::process::Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(&cfg)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("/usr/sbin/sshd (apt-get install openssh-server)");
+        let sshd = Sshd { child, log };
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return sshd;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("sshd did not start:\n{}", sshd.log());
+    }
+
+    /// What sshd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
