@@ -184,14 +184,14 @@ pub fn principal(id: &Identity) -> Principal {
 /// The device of an identity, for audit events.
 pub fn device_info(id: &Identity) -> Option<DeviceInfo> {
     id.device.as_ref().map(|d| DeviceInfo {
-        device_id: d.device_id.clone(),
+        device_id: d.device_id.to_string(),
         asset_tag: d.asset_tag.clone(),
         os_type: d
             .posture
             .os_type
             .map(|o| o.as_str().to_string())
             .unwrap_or_default(),
-        credential_id: d.credential_id.clone(),
+        credential_id: d.credential_id.to_string(),
     })
 }
 

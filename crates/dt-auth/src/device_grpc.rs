@@ -477,7 +477,7 @@ impl AuthServer {
             .spec
             .credential
             .as_ref()
-            .map(|c| c.id.clone())
+            .map(|c| c.id.to_string())
             .unwrap_or_default();
         let mut ops = vec![Op::Put {
             key: keys::resource(Kind::Device, &id),

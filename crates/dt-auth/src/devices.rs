@@ -35,7 +35,7 @@ pub fn device_info(d: &Device) -> DeviceInfo {
             .spec
             .credential
             .as_ref()
-            .map(|c| c.id.clone())
+            .map(|c| c.id.to_string())
             .unwrap_or_default(),
     }
 }
@@ -126,7 +126,7 @@ pub(crate) fn put_ops(d: &Device) -> ApiResult<Vec<Op>> {
     }
     if let Some(c) = &d.spec.credential {
         ops.push(Op::Put {
-            key: keys::device_credential_index(&c.id),
+            key: keys::device_credential_index(c.id.as_str()),
             value: id.clone().into_bytes(),
             expires: None,
         });
@@ -154,7 +154,7 @@ pub(crate) fn index_deletes(d: &Device) -> Vec<Op> {
     }
     if let Some(c) = &d.spec.credential {
         ops.push(Op::Delete {
-            key: keys::device_credential_index(&c.id),
+            key: keys::device_credential_index(c.id.as_str()),
         });
         if let Some(key) = credential_key_index(c) {
             ops.push(Op::Delete { key });
@@ -204,7 +204,7 @@ impl AuthServer {
             dt_types::resource::LockSpec {
                 target: dt_types::LockTarget {
                     device: Some(d.metadata.name.clone()),
-                    device_credential: Some(cred.id.clone()),
+                    device_credential: Some(cred.id.to_string()),
                     ..Default::default()
                 },
                 message: Some(format!(

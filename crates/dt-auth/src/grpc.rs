@@ -1096,7 +1096,7 @@ impl AuthService for GrpcAuth {
             device_id: id
                 .device
                 .as_ref()
-                .map(|d| d.device_id.clone())
+                .map(|d| d.device_id.to_string())
                 .unwrap_or_default(),
             device_trust_mode: pb::DeviceTrustMode::from(&cap.spec.device_trust.mode).into(),
             auto_enroll: cap.spec.device_trust.auto_enroll,

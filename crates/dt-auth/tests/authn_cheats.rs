@@ -51,7 +51,7 @@ async fn assert_rev(cl: &Cluster, dev: &EnrolledDevice, rev: i64) {
     let (d, now) = cl.device(&dev.id).await.expect("device");
     assert_eq!(now, rev, "device record unchanged");
     assert_eq!(
-        d.spec.credential.map(|c| c.id),
+        d.spec.credential.map(|c| c.id.to_string()),
         Some(dev.key.credential_id.clone())
     );
 }

@@ -685,7 +685,7 @@ fn the_client_refuses_odd_challenges_and_foreign_successes() {
             w.key.prover(),
         )
         .unwrap();
-    device.spec.credential.as_mut().unwrap().id = "someone-else".into();
+    device.spec.credential.as_mut().unwrap().id = "someone-else".parse().unwrap();
     let err = c
         .handle(dt_ceremony::messages::EnrollSuccess { device })
         .unwrap_err();
