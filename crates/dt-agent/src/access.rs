@@ -203,8 +203,8 @@ pub fn subject(id: &Identity) -> dt_authz::Subject<'_> {
         user_logins: &id.trait_logins,
         principal: principal(id),
         device_verified: id.is_device_verified(),
-        device_id: id.device.as_ref().map(|d| d.device_id.as_str()),
-        device_credential: id.device.as_ref().map(|d| d.credential_id.as_str()),
+        device_id: id.device.as_ref().map(|d| &d.device_id),
+        device_credential: id.device.as_ref().map(|d| &d.credential_id),
         device_posture: id.device.as_ref().map(|d| &d.posture),
     }
 }

@@ -246,6 +246,18 @@ impl CredentialId {
     pub fn random() -> CredentialId {
         CredentialId(uuid::Uuid::new_v4().to_string())
     }
+
+    /// The id of a TPM credential: `base64url(SHA-256(TPMT_PUBLIC of the attestation key))`,
+    /// no padding (43 characters), the same derivation `dt_attest::tpm::credential_id`
+    /// checks at enrollment. Always a valid id.
+    pub fn of_tpm_key(tpmt_public: &[u8]) -> CredentialId {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        CredentialId(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(sha2::Sha256::digest(tpmt_public)),
+        )
+    }
 }
 
 string_id!(
@@ -313,6 +325,9 @@ mod tests {
             );
         }
         assert!(uuid::Uuid::parse_str(CredentialId::random().as_str()).is_ok());
+        let tpm_id = CredentialId::of_tpm_key(b"tpmt public");
+        assert_eq!(tpm_id.as_str().len(), 43);
+        assert_eq!(CredentialId::parse(tpm_id.as_str()), Ok(tpm_id));
     }
 
     #[test]
