@@ -182,14 +182,14 @@ pub fn principal(id: &Identity) -> Principal {
 /// The device of an identity, for audit events.
 pub fn device_info(id: &Identity) -> Option<DeviceInfo> {
     id.device.as_ref().map(|d| DeviceInfo {
-        device_id: d.device_id.clone(),
+        device_id: d.device_id.to_string(),
         asset_tag: d.asset_tag.clone(),
         os_type: d
             .posture
             .os_type
             .map(|o| o.as_str().to_string())
             .unwrap_or_default(),
-        credential_id: d.credential_id.clone(),
+        credential_id: d.credential_id.to_string(),
     })
 }
 
@@ -201,8 +201,8 @@ pub fn subject(id: &Identity) -> dt_authz::Subject<'_> {
         user_logins: &id.trait_logins,
         principal: principal(id),
         device_verified: id.is_device_verified(),
-        device_id: id.device.as_ref().map(|d| d.device_id.as_str()),
-        device_credential: id.device.as_ref().map(|d| d.credential_id.as_str()),
+        device_id: id.device.as_ref().map(|d| &d.device_id),
+        device_credential: id.device.as_ref().map(|d| &d.credential_id),
         device_posture: id.device.as_ref().map(|d| &d.posture),
     }
 }

@@ -195,10 +195,15 @@ impl AuthServer {
         let roles = self.resolve_roles(&user.spec.roles).await?;
         let cluster_mode = self.cap().await?.spec.device_trust.mode;
         let locks = self.active_locks().await?;
+        // A stored device passed its validation (its name is a UUID) when it was written.
+        let trusted_id = match &device {
+            AssumedDevice::Trusted(d) => Some(d.device_id().map_err(ApiError::internal)?),
+            _ => None,
+        };
         let (device_id, credential_id) = match &device {
             AssumedDevice::Trusted(d) => (
-                Some(d.metadata.name.as_str()),
-                d.spec.credential.as_ref().map(|c| c.id.as_str()),
+                trusted_id.as_ref(),
+                d.spec.credential.as_ref().map(|c| &c.id),
             ),
             _ => (None, None),
         };

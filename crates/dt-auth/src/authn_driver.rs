@@ -263,7 +263,7 @@ impl AuthServer {
                 ..Default::default()
             },
             dt_authz::LockContext {
-                device: Some(&device_id),
+                device: Some(device_id.as_str()),
                 ..Default::default()
             },
         ] {

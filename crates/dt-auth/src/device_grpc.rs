@@ -247,8 +247,9 @@ impl AuthServer {
             .await;
         }
         let mut env = dt_ceremony::env::SystemEnv::new();
+        let device_id = device.device_id().map_err(ApiError::internal)?;
         let (token, record) = EnrollTokenRecord::issue(
-            device.metadata.name.clone(),
+            device_id,
             OffsetDateTime::now_utc(),
             time::Duration::minutes(1),
             &mut env,
@@ -351,7 +352,7 @@ impl AuthServer {
             }
         };
         let device = match &token {
-            Some((rec, _)) => self.get_device(&rec.device_id).await?,
+            Some((rec, _)) => self.get_device(rec.device_id.as_str()).await?,
             None => None,
         };
         let credential_in_use = self
@@ -393,7 +394,7 @@ impl AuthServer {
                 expires: Some(rec.expires + time::Duration::days(1)),
             });
             ops.push(Op::Delete {
-                key: keys::device_token_index(&rec.device_id),
+                key: keys::device_token_index(rec.device_id.as_str()),
             });
         }
         let (next, challenge) = match outcome.result {
@@ -477,7 +478,7 @@ impl AuthServer {
             .spec
             .credential
             .as_ref()
-            .map(|c| c.id.clone())
+            .map(|c| c.id.to_string())
             .unwrap_or_default();
         let mut ops = vec![Op::Put {
             key: keys::resource(Kind::Device, &id),

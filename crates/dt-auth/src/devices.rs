@@ -35,7 +35,7 @@ pub fn device_info(d: &Device) -> DeviceInfo {
             .spec
             .credential
             .as_ref()
-            .map(|c| c.id.clone())
+            .map(|c| c.id.to_string())
             .unwrap_or_default(),
     }
 }
@@ -80,7 +80,7 @@ pub fn device_from_proto(d: Option<pb::Device>) -> ApiResult<Device> {
     let mut d = Device::try_from(d)
         .map_err(|e| ApiError::InvalidArgument(format!("invalid device: {e}")))?;
     if d.metadata.name.is_empty() {
-        d.metadata.name = uuid::Uuid::new_v4().to_string();
+        d.metadata.name = dt_types::DeviceId::random().into_string();
     }
     AnyResource::Device(d.clone())
         .validate()
@@ -126,7 +126,7 @@ pub(crate) fn put_ops(d: &Device) -> ApiResult<Vec<Op>> {
     }
     if let Some(c) = &d.spec.credential {
         ops.push(Op::Put {
-            key: keys::device_credential_index(&c.id),
+            key: keys::device_credential_index(c.id.as_str()),
             value: id.clone().into_bytes(),
             expires: None,
         });
@@ -154,7 +154,7 @@ pub(crate) fn index_deletes(d: &Device) -> Vec<Op> {
     }
     if let Some(c) = &d.spec.credential {
         ops.push(Op::Delete {
-            key: keys::device_credential_index(&c.id),
+            key: keys::device_credential_index(c.id.as_str()),
         });
         if let Some(key) = credential_key_index(c) {
             ops.push(Op::Delete { key });
@@ -204,7 +204,7 @@ impl AuthServer {
             dt_types::resource::LockSpec {
                 target: dt_types::LockTarget {
                     device: Some(d.metadata.name.clone()),
-                    device_credential: Some(cred.id.clone()),
+                    device_credential: Some(cred.id.to_string()),
                     ..Default::default()
                 },
                 message: Some(format!(
@@ -345,7 +345,7 @@ impl AuthServer {
     /// Devices whose id or asset tag equals `needle` (any OS).
     pub async fn find_devices(&self, needle: &str) -> ApiResult<Vec<(Device, i64)>> {
         let mut out = Vec::new();
-        if uuid::Uuid::parse_str(needle).is_ok()
+        if dt_types::DeviceId::parse(needle).is_ok()
             && let Some(d) = self.get_device(needle).await?
         {
             out.push(d);
@@ -436,9 +436,11 @@ impl AuthServer {
         } else {
             ttl
         };
+        // Only devices that passed validation get tokens: their names are device ids.
+        let typed_id = dt_types::DeviceId::parse(device_id).map_err(ApiError::internal)?;
         let mut env = dt_ceremony::env::SystemEnv::new();
         let (token, record) = EnrollTokenRecord::issue(
-            device_id,
+            typed_id,
             now,
             time::Duration::try_from(ttl).map_err(ApiError::internal)?,
             &mut env,

@@ -591,7 +591,7 @@ impl AuthServer {
             ));
         }
         if kind == Kind::Device {
-            let dref = if uuid::Uuid::parse_str(name).is_ok() {
+            let dref = if dt_types::DeviceId::parse(name).is_ok() {
                 pb::DeviceRef {
                     device_id: name.into(),
                     ..Default::default()
@@ -1096,7 +1096,7 @@ impl AuthService for GrpcAuth {
             device_id: id
                 .device
                 .as_ref()
-                .map(|d| d.device_id.clone())
+                .map(|d| d.device_id.to_string())
                 .unwrap_or_default(),
             device_trust_mode: pb::DeviceTrustMode::from(&cap.spec.device_trust.mode).into(),
             auto_enroll: cap.spec.device_trust.auto_enroll,
@@ -1147,7 +1147,7 @@ impl AuthService for GrpcAuth {
         let req = req.into_inner();
         let kind = Kind::parse(&req.kind).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         self.srv.authorize(&caller, kind.as_str(), Verb::Read)?;
-        if kind == Kind::Device && uuid::Uuid::parse_str(&req.name).is_err() {
+        if kind == Kind::Device && dt_types::DeviceId::parse(req.name.as_str()).is_err() {
             let dref = pb::DeviceRef {
                 asset_tag: req.name.clone(),
                 ..Default::default()

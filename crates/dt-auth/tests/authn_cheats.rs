@@ -66,7 +66,7 @@ async fn assert_unchanged(cl: &Cluster, id: &str, credential_id: &str, rev: i64)
     let (d, now) = cl.device(id).await.expect("device");
     assert_eq!(now, rev, "device {id} record unchanged");
     assert_eq!(
-        d.spec.credential.map(|c| c.id).as_deref(),
+        d.spec.credential.map(|c| c.id.to_string()).as_deref(),
         Some(credential_id),
         "device {id} keeps its credential"
     );

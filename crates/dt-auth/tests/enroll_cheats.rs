@@ -698,7 +698,7 @@ fn enrolling_an_already_enrolled_device() {
         let (after, rev_after) = cl.device(&f.device).await.expect("device");
         assert_eq!(rev_after, rev, "enrolled device unchanged");
         assert_eq!(
-            after.spec.credential.map(|c| c.id),
+            after.spec.credential.map(|c| c.id.to_string()),
             Some(key_a.credential_id.clone())
         );
         assert_eq!(cl.credential_owner(&key_b.credential_id).await, None);

@@ -22,7 +22,7 @@ use std::fmt;
 
 use dt_types::posture::DevicePosture;
 use dt_types::resource::{DeviceTrustMode, LabelValues, Role, RoleConditions};
-use dt_types::{Lock, ServiceKind};
+use dt_types::{CredentialId, DeviceId, Lock, ServiceKind};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -120,8 +120,8 @@ impl Target<'_> {
             user: Some(who.user),
             roles,
             login: self.lock_login(),
-            device: who.device_id,
-            device_credential: who.device_credential,
+            device: who.device_id.map(DeviceId::as_str),
+            device_credential: who.device_credential.map(CredentialId::as_str),
             ..Default::default()
         };
         match self {
@@ -255,8 +255,10 @@ pub struct Subject<'a> {
     /// The certificate carries a device that authenticated (all three device values, and
     /// the certificate chains to the user CA).
     pub device_verified: bool,
-    pub device_id: Option<&'a str>,
-    pub device_credential: Option<&'a str>,
+    /// The device and credential ids of the certificate's device extension, as dt-ca
+    /// parsed them (never a bare string: an id is checked where the certificate is read).
+    pub device_id: Option<&'a DeviceId>,
+    pub device_credential: Option<&'a CredentialId>,
     /// What the certificate says about the device at authentication (for posture rules).
     pub device_posture: Option<&'a DevicePosture>,
 }

@@ -3,6 +3,9 @@ use dt_types::AnyResource;
 use dt_types::resource::{LockSpec, Metadata, Resource};
 use std::collections::BTreeMap;
 
+/// The trusted device of [`ssh`]'s requests.
+const DEV_1: &str = "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11";
+
 fn role(yaml_spec: &str) -> Role {
     let text = format!("kind: role\nversion: v7\nmetadata: {{name: r}}\nspec: {yaml_spec}");
     match AnyResource::parse_documents(&text).unwrap().remove(0) {
@@ -101,13 +104,15 @@ fn ssh<'a>(
     locks: &'a [Lock],
 ) -> Decision {
     static LOGINS: [String; 0] = [];
+    let dev = dt_types::DeviceId::parse(DEV_1).unwrap();
+    let cred = dt_types::CredentialId::parse("cred-1").unwrap();
     let who = Subject {
         user: "alice",
         user_logins: &LOGINS,
         principal: who,
         device_verified: device,
-        device_id: if device { Some("dev-1") } else { None },
-        device_credential: if device { Some("cred-1") } else { None },
+        device_id: if device { Some(&dev) } else { None },
+        device_credential: if device { Some(&cred) } else { None },
         device_posture: None,
     };
     let policy = Policy {
@@ -290,7 +295,7 @@ fn ssh_lock_message() {
     let labels = BTreeMap::new();
     let access = role("{allow: {logins: [root], node_labels: {'*': '*'}}}");
     let l = lock(LockTarget {
-        device: Some("dev-1".into()),
+        device: Some(DEV_1.into()),
         ..Default::default()
     });
     let d = ssh(
@@ -306,7 +311,7 @@ fn ssh_lock_message() {
     };
     assert_eq!(
         reason.to_string(),
-        "lock targeting Device:\"dev-1\" is in force"
+        format!("lock targeting Device:{DEV_1:?} is in force")
     );
     // same user without the device: not locked
     assert!(

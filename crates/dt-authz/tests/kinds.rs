@@ -12,6 +12,9 @@ use dt_authz::{
 use dt_types::resource::{DeviceTrustMode, LockSpec, LockTarget, Metadata, Resource};
 use dt_types::{AnyResource, Lock, Role, ServiceKind};
 
+/// The trusted device of the table's requests.
+const DEV_1: &str = "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11";
+
 fn role(name: &str, yaml_spec: &str) -> Role {
     let text = format!("kind: role\nversion: v7\nmetadata: {{name: {name}}}\nspec: {yaml_spec}");
     match AnyResource::parse_documents(&text).unwrap().remove(0) {
@@ -159,6 +162,8 @@ fn every_kind_mode_principal_device_and_lock() {
         Some("unknown"),
     ];
     let mut cases = 0;
+    let dev = dt_types::DeviceId::parse(DEV_1).unwrap();
+    let cred = dt_types::CredentialId::parse("cred-1").unwrap();
     for kind in KINDS {
         // (lock target, does it match a request for res1 by alice on dev-1?) — the device lock
         // matches only when the certificate carries the device.
@@ -181,7 +186,7 @@ fn every_kind_mode_principal_device_and_lock() {
             (
                 "device",
                 Some(LockTarget {
-                    device: Some("dev-1".into()),
+                    device: Some(DEV_1.into()),
                     ..Default::default()
                 }),
             ),
@@ -214,8 +219,8 @@ fn every_kind_mode_principal_device_and_lock() {
                                     Principal::Human
                                 },
                                 device_verified: trusted,
-                                device_id: trusted.then_some("dev-1"),
-                                device_credential: trusted.then_some("cred-1"),
+                                device_id: trusted.then_some(&dev),
+                                device_credential: trusted.then_some(&cred),
                                 device_posture: None,
                             };
                             let policy = Policy {

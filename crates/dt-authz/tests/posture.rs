@@ -50,13 +50,15 @@ struct Case<'a> {
 }
 
 fn run(case: &Case<'_>, roles: &[Role], target: Target<'_>) -> Explained {
+    let dev = dt_types::DeviceId::parse("5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11").unwrap();
+    let cred = dt_types::CredentialId::parse("cred-1").unwrap();
     let who = Subject {
         user: "alice",
         user_logins: &[],
         principal: case.principal,
         device_verified: case.device.is_some(),
-        device_id: case.device.map(|_| "dev-1"),
-        device_credential: case.device.map(|_| "cred-1"),
+        device_id: case.device.map(|_| &dev),
+        device_credential: case.device.map(|_| &cred),
         device_posture: case.device,
     };
     decide(

@@ -569,9 +569,9 @@ fn crypto_bound() -> anyhow::Result<Duration> {
     let ssh = ca.issue_ssh_user_cert(&user_key.ssh_public_key()?, &id)?;
     let key = DeviceKey::new()?;
     let ext = dt_ca::DeviceExt {
-        device_id: "d".into(),
+        device_id: "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11".parse()?,
         asset_tag: "t".into(),
-        credential_id: "c".into(),
+        credential_id: "c".parse()?,
         posture: Default::default(),
     };
     let challenge = [7u8; 32];

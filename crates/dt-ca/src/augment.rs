@@ -243,7 +243,7 @@ mod tests {
             Err(CaError::WrongCaKind { .. })
         ));
         let empty = crate::DeviceExt {
-            device_id: String::new(),
+            asset_tag: String::new(),
             ..device()
         };
         assert!(matches!(

@@ -27,6 +27,12 @@ pub enum CaError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The certificate's device id is not one (the inventory's ids are UUIDs).
+    #[error("certificate carries an invalid device id: {0}; refusing it")]
+    DeviceId(#[source] dt_types::DeviceIdError),
+    /// The certificate's device credential id is not one.
+    #[error("certificate carries an invalid device credential id: {0}; refusing it")]
+    CredentialId(#[source] dt_types::CredentialIdError),
     /// Some, but not all, of the device attributes are present: the certificate claims a device
     /// without the full proof. Never treated as "no device".
     #[error("certificate carries a partial device identity (missing {missing}); refusing it")]

@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 
 use dt_types::device::{AttestationType, OsType};
 use dt_types::posture::DevicePosture;
+use dt_types::{CredentialId, DeviceId};
 
 use crate::error::{CaError, Result};
 
@@ -14,12 +15,12 @@ use crate::error::{CaError, Result};
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceExt {
-    /// The device's id in the inventory (a UUID string).
-    pub device_id: String,
+    /// The device's id in the inventory (a UUID).
+    pub device_id: DeviceId,
     /// The device's asset tag (serial number).
     pub asset_tag: String,
     /// The id of the device credential that answered the challenge.
-    pub credential_id: String,
+    pub credential_id: CredentialId,
     /// What the device was at authentication (attestation, OS and version, time), for the
     /// roles' posture rules. Empty on certificates augmented before posture existed.
     #[serde(default, skip_serializing_if = "DevicePosture::is_empty")]
@@ -113,9 +114,9 @@ impl Identity {
 
 impl DeviceExt {
     pub(crate) fn validate(&self) -> Result<()> {
-        check_text("device id", &self.device_id)?;
+        check_text("device id", self.device_id.as_str())?;
         check_text("asset tag", &self.asset_tag)?;
-        check_text("credential id", &self.credential_id)?;
+        check_text("credential id", self.credential_id.as_str())?;
         self.posture.check().map_err(CaError::InvalidIdentity)
     }
 }
@@ -366,9 +367,9 @@ mod tests {
             |i| i.not_after = i.not_before,
             |i| {
                 i.device = Some(DeviceExt {
-                    device_id: "d".into(),
+                    device_id: "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11".parse().unwrap(),
                     asset_tag: String::new(),
-                    credential_id: "c".into(),
+                    credential_id: "c".parse().unwrap(),
                     posture: DevicePosture::default(),
                 })
             },

@@ -103,9 +103,9 @@ pub(crate) mod testutil {
 
     pub(crate) fn device() -> DeviceExt {
         DeviceExt {
-            device_id: "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11".into(),
+            device_id: "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11".parse().unwrap(),
             asset_tag: "C00AA0AAAA0A".into(),
-            credential_id: "c7d7a1e2-credential".into(),
+            credential_id: "c7d7a1e2-credential".parse().unwrap(),
             posture: dt_types::posture::DevicePosture {
                 attestation_type: Some(dt_types::device::AttestationType::TpmEkcertTrusted),
                 os_type: Some(dt_types::device::OsType::Macos),

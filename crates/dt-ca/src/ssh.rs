@@ -555,7 +555,7 @@ mod tests {
     fn partial_device_and_odd_extensions_are_refused() {
         let ca = user_ca();
         let roles = (ssh_ext::ROLES, "access");
-        let id = (ssh_ext::DEVICE_ID, "d");
+        let id = (ssh_ext::DEVICE_ID, "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11");
         let tag = (ssh_ext::DEVICE_ASSET_TAG, "t");
         let cred = (ssh_ext::DEVICE_CREDENTIAL_ID, "c");
         for (ext, missing) in [
@@ -578,6 +578,22 @@ mod tests {
             ca.verify_ssh_user_cert(&full, NOW)
                 .unwrap()
                 .is_device_verified()
+        );
+        let not_uuid = (ssh_ext::DEVICE_ID, "d");
+        assert_eq!(
+            ca.verify_ssh_user_cert(
+                &issue_with_extensions(&ca, &[roles, not_uuid, tag, cred], &[]),
+                NOW
+            ),
+            Err(CaError::DeviceId(dt_types::DeviceIdError::NotUuid))
+        );
+        let empty_cred = (ssh_ext::DEVICE_CREDENTIAL_ID, "");
+        assert_eq!(
+            ca.verify_ssh_user_cert(
+                &issue_with_extensions(&ca, &[roles, id, tag, empty_cred], &[]),
+                NOW
+            ),
+            Err(CaError::CredentialId(dt_types::CredentialIdError::Empty))
         );
         // Posture without a device is a claim about nothing; posture values this build
         // cannot read are refused, never dropped.

@@ -168,9 +168,12 @@ impl CertAuthority {
                 .map(|l| (&x509_oid::LOGIN_TRAIT_CONTENT[..], l.as_str())),
         );
         if let Some(d) = &id.device {
-            attrs.push((&x509_oid::DEVICE_ID_CONTENT, &d.device_id));
+            attrs.push((&x509_oid::DEVICE_ID_CONTENT, d.device_id.as_str()));
             attrs.push((&x509_oid::DEVICE_ASSET_TAG_CONTENT, &d.asset_tag));
-            attrs.push((&x509_oid::DEVICE_CREDENTIAL_ID_CONTENT, &d.credential_id));
+            attrs.push((
+                &x509_oid::DEVICE_CREDENTIAL_ID_CONTENT,
+                d.credential_id.as_str(),
+            ));
         }
         let posture = id
             .device
@@ -500,9 +503,10 @@ pub(crate) fn device_from_parts(
         (None, None, None) if posture.is_empty() => Ok(None),
         (None, None, None) => Err(CaError::PartialDevice { missing: names[0] }),
         (Some(device_id), Some(asset_tag), Some(credential_id)) => Ok(Some(DeviceExt {
-            device_id,
+            device_id: dt_types::DeviceId::parse(device_id).map_err(CaError::DeviceId)?,
             asset_tag,
-            credential_id,
+            credential_id: dt_types::CredentialId::parse(credential_id)
+                .map_err(CaError::CredentialId)?,
             posture,
         })),
         (d, a, _) => Err(CaError::PartialDevice {
@@ -826,7 +830,10 @@ mod tests {
     fn partial_device_attributes_are_refused() {
         let ca = user_ca();
         let cn: (&[u8], &str) = (&oid::COMMON_NAME, "alice");
-        let id: (&[u8], &str) = (&x509_oid::DEVICE_ID_CONTENT, "d");
+        let id: (&[u8], &str) = (
+            &x509_oid::DEVICE_ID_CONTENT,
+            "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11",
+        );
         let tag: (&[u8], &str) = (&x509_oid::DEVICE_ASSET_TAG_CONTENT, "t");
         let cred: (&[u8], &str) = (&x509_oid::DEVICE_CREDENTIAL_ID_CONTENT, "c");
         for (attrs, missing) in [
@@ -851,6 +858,20 @@ mod tests {
             ca.verify_x509_issued_by(&der, NOW)
                 .unwrap()
                 .is_device_verified()
+        );
+        // A device id that is not a UUID, or a credential id that is not one, is refused,
+        // never read as some device.
+        let not_uuid: (&[u8], &str) = (&x509_oid::DEVICE_ID_CONTENT, "d");
+        assert_eq!(
+            ca.verify_x509_issued_by(&issue_with_attrs(&ca, &[cn, not_uuid, tag, cred]), NOW),
+            Err(CaError::DeviceId(dt_types::DeviceIdError::NotUuid))
+        );
+        let spaced: (&[u8], &str) = (&x509_oid::DEVICE_CREDENTIAL_ID_CONTENT, "c c");
+        assert_eq!(
+            ca.verify_x509_issued_by(&issue_with_attrs(&ca, &[cn, id, tag, spaced]), NOW),
+            Err(CaError::CredentialId(
+                dt_types::CredentialIdError::NotPrintable
+            ))
         );
         // Posture without a device is refused; so are posture values this build cannot read
         // and a posture value given twice.

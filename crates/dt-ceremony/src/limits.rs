@@ -1,6 +1,7 @@
 //! Sizes and deadlines every ceremony enforces. A device can't make the server store or
 //! parse more than these, nor hold a ceremony open longer.
 
+use dt_types::{CredentialId, CredentialIdError};
 use time::Duration;
 
 /// Bytes of the P-256 challenge (DESIGN.md §4).
@@ -9,8 +10,9 @@ pub const CHALLENGE_LEN: usize = 32;
 /// `TPM2B_DATA` qualifying data).
 pub const TPM_NONCE_LEN: usize = dt_attest::tpm::NONCE_LEN;
 
-/// Longest credential id a device may choose (ours are UUIDs, 36 bytes).
-pub const MAX_CREDENTIAL_ID_LEN: usize = 128;
+/// Longest credential id a device may choose (ours are UUIDs, 36 bytes, or TPM key
+/// digests, 43); the rule itself is [`dt_types::CredentialId`]'s.
+pub const MAX_CREDENTIAL_ID_LEN: usize = dt_types::ids::MAX_CREDENTIAL_ID_LEN;
 /// Largest public key accepted at enrollment (a P-256 SPKI is 91 bytes).
 pub const MAX_PUBLIC_KEY_LEN: usize = dt_attest::p256::MAX_SPKI_LEN;
 /// Largest P-256 signature accepted (a DER ECDSA-P256 signature is at most 72 bytes).
@@ -57,13 +59,22 @@ pub(crate) fn check_len(
 }
 
 /// Credential ids: 1..=MAX_CREDENTIAL_ID_LEN printable ASCII characters, no whitespace.
-pub fn check_credential_id(id: &str) -> Result<(), crate::error::PeerMisbehaved> {
+///
+/// The Init messages carry the id as the device sent it; the state machines parse it here,
+/// after judging the token, so a malformed id still spends a live token.
+pub fn parse_credential_id(id: &str) -> Result<CredentialId, crate::error::PeerMisbehaved> {
     check_len("credential_id", id.len(), MAX_CREDENTIAL_ID_LEN)?;
-    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(crate::error::PeerMisbehaved::InvalidField {
+    CredentialId::parse(id).map_err(|e| match e {
+        CredentialIdError::TooLong { len } => crate::error::PeerMisbehaved::OversizedField {
             field: "credential_id",
-            why: "must be 1 to 128 printable ASCII characters without spaces".into(),
-        });
-    }
-    Ok(())
+            len,
+            max: MAX_CREDENTIAL_ID_LEN,
+        },
+        CredentialIdError::Empty | CredentialIdError::NotPrintable => {
+            crate::error::PeerMisbehaved::InvalidField {
+                field: "credential_id",
+                why: CredentialIdError::RULE.into(),
+            }
+        }
+    })
 }

@@ -55,6 +55,9 @@ impl EnrollPayload {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollInit {
     pub token: EnrollToken,
+    /// As the device sent it: the state machine parses it into a
+    /// [`dt_types::CredentialId`] after judging the token, so a malformed id still spends a
+    /// live token.
     pub credential_id: String,
     pub device_data: DeviceCollectedData,
     pub payload: EnrollPayload,
@@ -139,6 +142,8 @@ pub struct UserCertificates {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuthenticateInit {
     pub user_certificates: UserCertificates,
+    /// As the device sent it: the state machine parses it into a
+    /// [`dt_types::CredentialId`] with the other size checks.
     pub credential_id: String,
     pub device_data: DeviceCollectedData,
     /// Present for device web authentication: the single-use token the web login created.

@@ -10,6 +10,7 @@ use std::fmt;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use dt_types::DeviceId;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 use time::{Duration, OffsetDateTime};
@@ -100,7 +101,7 @@ pub struct EnrollTokenRecord {
     /// Hex SHA-256 of the token text.
     pub token_hash: String,
     /// The device (inventory id) the token was issued for.
-    pub device_id: String,
+    pub device_id: DeviceId,
     #[serde(with = "time::serde::rfc3339")]
     pub expires: OffsetDateTime,
     /// When an `EnrollInit` presented it; a spent token never works again.
@@ -112,7 +113,7 @@ impl EnrollTokenRecord {
     /// Issues a token for `device_id`, valid for `ttl` from `now`. The caller shows the
     /// token once and stores only the record.
     pub fn issue(
-        device_id: impl Into<String>,
+        device_id: DeviceId,
         now: OffsetDateTime,
         ttl: Duration,
         env: &mut (impl Env + ?Sized),
@@ -120,7 +121,7 @@ impl EnrollTokenRecord {
         let token = EnrollToken::generate(env);
         let record = EnrollTokenRecord {
             token_hash: token.hash(),
-            device_id: device_id.into(),
+            device_id,
             expires: now + ttl,
             spent_at: None,
         };
@@ -255,7 +256,8 @@ mod tests {
     fn assess_reports_each_problem() {
         let mut env = CounterEnv(7);
         let now = OffsetDateTime::UNIX_EPOCH + Duration::days(1);
-        let (token, record) = EnrollTokenRecord::issue("dev", now, DEFAULT_TOKEN_TTL, &mut env);
+        let (token, record) =
+            EnrollTokenRecord::issue(DeviceId::random(), now, DEFAULT_TOKEN_TTL, &mut env);
         assert_eq!(assess(&token, Some(&record), now), Ok(&record));
         assert_eq!(assess(&token, None, now), Err(TokenProblem::Unknown));
         assert_eq!(

@@ -262,9 +262,9 @@ fn tamperings() -> Vec<Tamper> {
             name: "x509 certificate already carries a device",
             world: |w| {
                 w.identity.certificate.device = Some(DeviceBinding {
-                    device_id: DEVICE_A.into(),
+                    device_id: DEVICE_A.parse().unwrap(),
                     asset_tag: "TAG-A".into(),
-                    credential_id: CRED.into(),
+                    credential_id: CRED.parse().unwrap(),
                 })
             },
             want: denied(AuthnDenied::AlreadyAugmented),
@@ -274,9 +274,9 @@ fn tamperings() -> Vec<Tamper> {
             name: "ssh certificate already carries a device",
             world: |w| {
                 w.ssh.as_mut().unwrap().device = Some(DeviceBinding {
-                    device_id: DEVICE_B.into(),
+                    device_id: DEVICE_B.parse().unwrap(),
                     asset_tag: "TAG-B".into(),
-                    credential_id: "other".into(),
+                    credential_id: "other".parse().unwrap(),
                 })
             },
             want: denied(AuthnDenied::AlreadyAugmented),
@@ -482,9 +482,9 @@ fn honest_authentication_asks_for_augmentation_and_extends_history() {
     assert_eq!(
         outcome.augment.device,
         DeviceBinding {
-            device_id: DEVICE_A.into(),
+            device_id: DEVICE_A.parse().unwrap(),
             asset_tag: "TAG-A".into(),
-            credential_id: CRED.into()
+            credential_id: CRED.parse().unwrap()
         }
     );
     let history = &outcome.device.spec.collected_data;
@@ -675,9 +675,9 @@ fn tpm_authentication_through_the_verifier() {
 fn device_web_authentication_ends_with_a_confirmation_only() {
     let mut w = world();
     w.identity.certificate.device = Some(DeviceBinding {
-        device_id: DEVICE_A.into(),
+        device_id: DEVICE_A.parse().unwrap(),
         asset_tag: "TAG-A".into(),
-        credential_id: CRED.into(),
+        credential_id: CRED.parse().unwrap(),
     });
     let mut env = w.env.clone();
     let token = dt_ceremony::messages::DeviceWebToken {

@@ -45,7 +45,12 @@ struct World {
 
 fn world() -> World {
     let mut env = TestEnv::new(1);
-    let (token, record) = EnrollTokenRecord::issue(DEVICE_A, env.now, DEFAULT_TOKEN_TTL, &mut env);
+    let (token, record) = EnrollTokenRecord::issue(
+        DEVICE_A.parse().unwrap(),
+        env.now,
+        DEFAULT_TOKEN_TTL,
+        &mut env,
+    );
     let data = collected(&env, OsType::Linux, "TAG-A");
     World {
         settings: settings(DeviceTrustMode::Optional, true),
@@ -170,7 +175,7 @@ fn tamperings() -> Vec<Tamper> {
         },
         Tamper {
             name: "token for another device (record names another id)",
-            world: |w| w.record.as_mut().unwrap().device_id = DEVICE_B.into(),
+            world: |w| w.record.as_mut().unwrap().device_id = DEVICE_B.parse().unwrap(),
             want: token_err(TokenProblem::OtherDevice),
             ..NOTHING
         },
@@ -685,7 +690,7 @@ fn the_client_refuses_odd_challenges_and_foreign_successes() {
             w.key.prover(),
         )
         .unwrap();
-    device.spec.credential.as_mut().unwrap().id = "someone-else".into();
+    device.spec.credential.as_mut().unwrap().id = "someone-else".parse().unwrap();
     let err = c
         .handle(dt_ceremony::messages::EnrollSuccess { device })
         .unwrap_err();

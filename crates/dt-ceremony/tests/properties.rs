@@ -139,7 +139,8 @@ impl EnrollModel {
         );
         let mut tokens = BTreeMap::new();
         let mut issue = |dev: &str, env: &mut TestEnv| {
-            let (t, r) = EnrollTokenRecord::issue(dev, env.now, DEFAULT_TOKEN_TTL, env);
+            let (t, r) =
+                EnrollTokenRecord::issue(dev.parse().unwrap(), env.now, DEFAULT_TOKEN_TTL, env);
             tokens.insert(r.token_hash.clone(), r);
             t
         };
@@ -279,7 +280,7 @@ impl EnrollModel {
                     .cloned();
                 let device = record
                     .as_ref()
-                    .and_then(|r| self.devices.get(&r.device_id))
+                    .and_then(|r| self.devices.get(r.device_id.as_str()))
                     .cloned();
                 let in_use = self.devices.values().any(|d| {
                     d.spec

@@ -34,8 +34,6 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 
-use base64::Engine as _;
-use sha2::Digest as _;
 use tss_esapi::Context;
 use tss_esapi::abstraction::{AsymmetricAlgorithmSelection, DefaultKey, ak, ek, nv};
 use tss_esapi::constants::SessionType;
@@ -181,7 +179,7 @@ pub struct TpmEnrollEvidence {
     /// TPM2B_PUBLIC of the AK.
     pub ak_public: Vec<u8>,
     /// `base64url(SHA-256(TPMT_PUBLIC of the AK))`, no padding (same as `dt-attest`).
-    pub credential_id: String,
+    pub credential_id: dt_types::CredentialId,
 }
 
 /// One PCR of the SHA-256 bank.
@@ -205,8 +203,8 @@ pub struct TpmQuoteEvidence {
 }
 
 /// The credential id of an AK from its TPMT_PUBLIC bytes (see `dt_attest::tpm`).
-pub fn credential_id_from_tpmt(tpmt_public: &[u8]) -> String {
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(tpmt_public))
+pub fn credential_id_from_tpmt(tpmt_public: &[u8]) -> dt_types::CredentialId {
+    dt_types::CredentialId::of_tpm_key(tpmt_public)
 }
 
 fn tpm2b(tpmt: &[u8]) -> Result<Vec<u8>, TpmDeviceError> {
@@ -390,7 +388,7 @@ impl TpmKeyStore {
     }
 
     /// The credential id of the stored AK, without touching the TPM.
-    pub fn credential_id(&self) -> Result<String, TpmDeviceError> {
+    pub fn credential_id(&self) -> Result<dt_types::CredentialId, TpmDeviceError> {
         let (_, public, _) = self.require_ak()?;
         let tpmt = public
             .marshall()

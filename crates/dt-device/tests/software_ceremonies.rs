@@ -68,7 +68,7 @@ fn software_device_enrolls_then_authenticates() {
     // The admin registered the device by the serial dtsh printed, and issued a token.
     let device = inventory_device(&serial);
     let (token, record) = EnrollTokenRecord::issue(
-        &device.metadata.name,
+        device.device_id().unwrap(),
         env.now(),
         DEFAULT_TOKEN_TTL,
         &mut env,
@@ -160,7 +160,7 @@ fn software_device_is_refused_when_the_cluster_disallows_software_keys() {
     let cred = keys.create_credential().unwrap();
     let device = inventory_device(&data.serial_number);
     let (token, record) = EnrollTokenRecord::issue(
-        &device.metadata.name,
+        device.device_id().unwrap(),
         env.now(),
         DEFAULT_TOKEN_TTL,
         &mut env,

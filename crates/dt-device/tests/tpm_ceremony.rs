@@ -67,7 +67,7 @@ fn enroll_then_authenticate(keys: &TpmKeyStore, allowed_cas: Vec<String>) -> Att
     let (cred, _) = keys.credential_or_create().unwrap();
     let device = inventory();
     let (token, record) = EnrollTokenRecord::issue(
-        &device.metadata.name,
+        device.device_id().unwrap(),
         env.now(),
         DEFAULT_TOKEN_TTL,
         &mut env,

@@ -363,9 +363,9 @@ impl TestUser {
 
 pub fn device() -> DeviceExt {
     DeviceExt {
-        device_id: "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11".into(),
+        device_id: "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11".parse().unwrap(),
         asset_tag: "C00AA0AAAA0A".into(),
-        credential_id: "cred-1".into(),
+        credential_id: "cred-1".parse().unwrap(),
         posture: Default::default(),
     }
 }

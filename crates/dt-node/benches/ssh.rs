@@ -266,7 +266,7 @@ fn check_costs(cluster: &Cluster) {
         .collect();
     let view = ClusterView::from_snapshot(&presets, OffsetDateTime::now_utc());
     let facts = NodeFacts {
-        name: "node1".into(),
+        name: "node1".parse().unwrap(),
         labels: Default::default(),
     };
     let now = OffsetDateTime::now_utc();

@@ -24,6 +24,7 @@ use std::collections::BTreeMap;
 
 use dt_authz::Target;
 use dt_ca::{Identity, SshCertRefusal, SshUserCaKey};
+use dt_types::NodeName;
 use ssh_key::Certificate;
 use time::OffsetDateTime;
 
@@ -34,9 +35,10 @@ pub use dt_agent::access::{
 use crate::view::ClusterView;
 
 /// The node an access decision is about.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeFacts {
-    pub name: String,
+    /// The node's name, as its host identity (issued at join) states it.
+    pub name: NodeName,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -44,7 +46,7 @@ impl NodeFacts {
     /// The decision's target: `login` on this node.
     pub fn target<'a>(&'a self, login: &'a str) -> Target<'a> {
         Target::Ssh {
-            node: &self.name,
+            node: self.name.as_str(),
             labels: &self.labels,
             login,
         }

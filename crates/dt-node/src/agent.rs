@@ -140,8 +140,12 @@ pub async fn start(cfg: NodeConfig) -> Result<RunningNode, NodeError> {
     let id = runtime.identity.clone();
     let view = runtime.view.clone();
     let shutdown_rx = runtime.shutdown_signal();
+    // The auth service checked the name at join (resource name rules, the same as
+    // `NodeName`'s); an identity on disk naming no valid node is corrupt.
+    let name = dt_types::NodeName::parse(id.meta.name.as_str())
+        .map_err(|e| NodeError::Corrupt(format!("the node identity in the data dir: {e}")))?;
     let facts = NodeFacts {
-        name: id.meta.name.clone(),
+        name,
         labels: cfg.labels.clone(),
     };
     let mut state_out = None;

@@ -146,7 +146,7 @@ pub fn principals(q: &PrincipalsQuery, now: OffsetDateTime) -> PrincipalsAnswer 
                 d.lock().map(str::to_owned),
             );
             if let PrincipalsAnswer::Deny { event, .. } = &mut ans {
-                event.node = Some(facts.name.clone());
+                event.node = Some(facts.name.to_string());
             }
             ans
         }

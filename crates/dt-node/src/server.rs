@@ -218,7 +218,7 @@ impl ConnHandler {
         command: Option<String>,
         session: &mut Session,
     ) -> Result<(), russh::Error> {
-        let node = self.state.facts().name;
+        let node = self.state.facts().name.into_string();
         let Some(ch) = self.channels.get(&channel) else {
             session.channel_failure(channel)?;
             return Ok(());
@@ -345,7 +345,7 @@ impl russh::server::Handler for ConnHandler {
             let conn = LiveConn {
                 identity: a.identity.clone(),
                 target: SessionTarget::Ssh {
-                    node: self.state.facts().name,
+                    node: self.state.facts().name.into_string(),
                     login: a.login.clone(),
                 },
                 login: a.login.clone(),
@@ -392,7 +392,7 @@ impl russh::server::Handler for ConnHandler {
         let decision = decided.and_then(|()| {
             self.state
                 .run_as
-                .resolve(&a.login, &facts.name)
+                .resolve(&a.login, facts.name.as_str())
                 .map_err(Denial::Local)
         });
         match decision {
@@ -422,7 +422,7 @@ impl russh::server::Handler for ConnHandler {
                 let mut e = self
                     .base_event(EventType::AccessDenied, false)
                     .message(denial.audit_message(&facts.target(&login)));
-                e.node = Some(facts.name.clone());
+                e.node = Some(facts.name.to_string());
                 e.lock = denial.lock().map(str::to_owned);
                 self.state.audit.emit(e);
                 let description = denial.description(&facts.target(&login));
@@ -632,7 +632,7 @@ pub async fn serve(
 /// of them while the lock view is stale: the client reads the reason on stderr, then the
 /// connection is closed. Runs until the view's change signal closes.
 pub async fn enforce_locks(state: Arc<NodeState>) {
-    let node = state.facts().name;
+    let node = state.facts().name.into_string();
     dt_agent::sessions::enforce(
         state.sessions.clone(),
         state.view.clone(),
@@ -645,7 +645,7 @@ pub async fn enforce_locks(state: Arc<NodeState>) {
 
 /// One pass over the live sessions (tests call it to skip the wait).
 pub async fn sweep(state: &NodeState) {
-    let node = state.facts().name;
+    let node = state.facts().name.into_string();
     let ended = state.sessions.sweep(
         &state.view,
         OffsetDateTime::now_utc(),

@@ -12,8 +12,9 @@ pub use dt_agent::view::{ClusterView, Doc, SharedView, ViewError};
 pub struct ViewFile {
     /// When the writer's watch last confirmed the view, unix milliseconds.
     pub confirmed_at_unix_ms: i64,
-    /// The node the view is for (its name and labels take part in decisions).
-    pub node_name: String,
+    /// The node the view is for (its name and labels take part in decisions). Checked on
+    /// the way in: a file naming no valid node is refused, never read as some node.
+    pub node_name: dt_types::NodeName,
     #[serde(default)]
     pub node_labels: std::collections::BTreeMap<String, String>,
     pub docs: Vec<Doc>,
@@ -74,9 +75,17 @@ mod tests {
             },
         ];
         let v = ClusterView::from_snapshot(&docs, now);
-        let back = ViewFile::from_view(&v, &Default::default())
-            .unwrap()
-            .into_view();
+        let facts = crate::access::NodeFacts {
+            name: "node1".parse().unwrap(),
+            labels: Default::default(),
+        };
+        let file = ViewFile::from_view(&v, &facts).unwrap();
+        // The node name is checked on the way in: a file naming no valid node is refused.
+        let mut json = serde_json::to_value(&file).unwrap();
+        assert_eq!(json["node_name"], "node1");
+        json["node_name"] = "-node1".into();
+        assert!(serde_json::from_value::<ViewFile>(json).is_err());
+        let back = file.into_view();
         assert!(
             back.cluster_mode().is_err(),
             "unreadable cluster preference: deny"

@@ -57,7 +57,7 @@ async fn deleting_a_device_ends_its_sessions_and_refuses_new_ones() {
     let start = cluster.wait_event(EventType::SessionStart, "exec").await;
 
     let dev = device();
-    cluster.delete("device", &dev.device_id).await;
+    cluster.delete("device", dev.device_id.as_str()).await;
     let want = format!(
         "lock targeting Device:{:?}, DeviceCredential:{:?} is in force: device {:?} was deleted; log in again",
         dev.device_id, dev.credential_id, dev.asset_tag

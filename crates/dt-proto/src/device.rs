@@ -5,6 +5,7 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use dt_types::CredentialId;
 use dt_types::device::{
     AttestationType, DeviceCollectedData, DeviceCredential, DeviceProfile, DeviceSource,
     DeviceSpec, EnrollStatus, MAX_FIELD_LEN, OsType, SourceOrigin,
@@ -212,7 +213,7 @@ impl TryFrom<&DeviceCredential> for pb::DeviceCredential {
     type Error = ProtoError;
     fn try_from(c: &DeviceCredential) -> Result<Self, ProtoError> {
         Ok(pb::DeviceCredential {
-            id: c.id.clone(),
+            id: c.id.to_string(),
             public_key_der: b64_decode("credential.public_key_der", &c.public_key_der)?,
             attestation_type: pb::DeviceAttestationType::from(c.attestation_type).into(),
             tpm_ekcert_serial: c.tpm_ekcert_serial.clone().unwrap_or_default(),
@@ -261,8 +262,12 @@ impl TryFrom<pb::DeviceCredential> for DeviceCredential {
             c.tpm_ekcert_serial.len(),
             MAX_FIELD_LEN,
         )?;
+        let id = CredentialId::parse(c.id).map_err(|source| ProtoError::CredentialId {
+            field: "credential.id",
+            source,
+        })?;
         Ok(DeviceCredential {
-            id: c.id,
+            id,
             public_key_der: if c.public_key_der.is_empty() {
                 String::new()
             } else {
@@ -428,7 +433,7 @@ mod tests {
                 create_time: Some(datetime!(2026-12-01 10:00:00.123456789 UTC)),
                 update_time: Some(datetime!(2026-12-02 10:00:00 UTC)),
                 credential: Some(DeviceCredential {
-                    id: "cred-1".into(),
+                    id: "cred-1".parse().unwrap(),
                     public_key_der: STANDARD.encode([1u8, 2, 3]),
                     attestation_type: AttestationType::TpmEkcertTrusted,
                     tpm_ekcert_serial: Some("01ab".into()),
@@ -504,6 +509,25 @@ mod tests {
             }
         ));
         wire.credential.as_mut().unwrap().attestation_type = 1;
+        for (bad, source) in [
+            ("", dt_types::CredentialIdError::Empty),
+            ("cred 1", dt_types::CredentialIdError::NotPrintable),
+        ] {
+            wire.credential.as_mut().unwrap().id = bad.into();
+            let err = dt_types::Device::try_from(wire.clone()).unwrap_err();
+            assert_eq!(
+                err,
+                ProtoError::CredentialId {
+                    field: "credential.id",
+                    source
+                }
+            );
+            assert!(
+                err.to_string().starts_with("invalid credential.id: "),
+                "{err}"
+            );
+        }
+        wire.credential.as_mut().unwrap().id = "cred-1".into();
         wire.collected_data[0].collect_time = None;
         assert_eq!(
             dt_types::Device::try_from(wire.clone()).unwrap_err(),

@@ -36,6 +36,20 @@ pub enum ProtoError {
     /// time, stored data that is not what it should be).
     #[error("invalid {field}: {why}")]
     Invalid { field: &'static str, why: String },
+    /// A credential id that is not one (`dt_types::CredentialId`'s rule).
+    #[error("invalid {field}: {source}")]
+    CredentialId {
+        field: &'static str,
+        #[source]
+        source: dt_types::CredentialIdError,
+    },
+    /// A device id that is not one (a UUID, `dt_types::DeviceId`).
+    #[error("invalid {field}: {source}")]
+    DeviceId {
+        field: &'static str,
+        #[source]
+        source: dt_types::DeviceIdError,
+    },
     /// A resource document or audit event that is not what dt-types reads (the text is
     /// dt-types' own error: kind, name and what is wrong).
     #[error("{0}")]

@@ -6,7 +6,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::resource::{Kind, Metadata, Spec};
+use crate::ids::{CredentialId, DeviceId, DeviceIdError};
+use crate::resource::{Kind, Metadata, Resource, Spec};
 
 /// Most collected-data records kept per device: the enrollment record plus the last 10
 /// authentications.
@@ -84,7 +85,7 @@ pub enum AttestationType {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceCredential {
-    pub id: String,
+    pub id: CredentialId,
     /// PKIX (SubjectPublicKeyInfo) DER, base64 (standard, padded).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub public_key_der: String,
@@ -259,7 +260,7 @@ pub fn validate_asset_tag(tag: &str) -> Result<(), String> {
 impl Spec for DeviceSpec {
     const KIND: Kind = Kind::Device;
     fn validate(&self, meta: &Metadata) -> Result<(), String> {
-        if uuid::Uuid::parse_str(&meta.name).is_err() {
+        if DeviceId::parse(meta.name.as_str()).is_err() {
             return Err("a device's metadata.name is its id, a UUID".into());
         }
         validate_asset_tag(&self.asset_tag)?;
@@ -275,6 +276,14 @@ impl Spec for DeviceSpec {
             cd.check_sizes()?;
         }
         Ok(())
+    }
+}
+
+impl Resource<DeviceSpec> {
+    /// The device's id: its `metadata.name`, checked. Every device that passed
+    /// [`Spec::validate`] has one; a record built or stored some other way may not.
+    pub fn device_id(&self) -> Result<DeviceId, DeviceIdError> {
+        DeviceId::parse(self.metadata.name.as_str())
     }
 }
 

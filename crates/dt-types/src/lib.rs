@@ -9,12 +9,16 @@
 pub mod audit;
 pub mod device;
 pub mod duration;
+pub mod ids;
 pub mod mdm;
 pub mod posture;
 pub mod resource;
 pub mod secret;
 
 pub use duration::DurationStr;
+pub use ids::{
+    CredentialId, CredentialIdError, DeviceId, DeviceIdError, NameError, NodeName, UserName,
+};
 pub use resource::{
     AnyResource, ClusterAuthPreference, Device, DeviceTrustMode, Kind, Lock, LockTarget, Metadata,
     ResourceError, Role, Rule, ServiceKind, Token, User, Verb,

@@ -169,15 +169,15 @@ async fn lock_device(
 ) -> WebResult<Json<Value>> {
     let caller = post_caller(&web, &peer, &headers, "device lock").await?;
     let b: DeviceBody = json_body(&body)?;
-    if uuid::Uuid::parse_str(&b.device_id).is_err() {
+    let Ok(device_id) = dt_types::DeviceId::parse(b.device_id.as_str()) else {
         return Err(WebError::BadRequest("device_id must be a device id".into()));
-    }
+    };
     let name = uuid::Uuid::new_v4().to_string();
     let lock: dt_types::Lock = dt_types::resource::Resource::new(
         name.clone(),
         dt_types::resource::LockSpec {
             target: dt_types::LockTarget {
-                device: Some(b.device_id.clone()),
+                device: Some(device_id.into_string()),
                 ..Default::default()
             },
             message: b.message.filter(|m| !m.trim().is_empty()),

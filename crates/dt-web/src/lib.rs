@@ -676,9 +676,18 @@ async fn confirm(
         None => Default::default(),
     };
     let ext = dt_ca::DeviceExt {
-        device_id: confirmed.device.device_id.clone(),
+        // The server wrote these from the device it verified: unreadable ones are our fault.
+        device_id: confirmed
+            .device
+            .device_id
+            .parse()
+            .map_err(ApiError::internal)?,
         asset_tag: confirmed.device.asset_tag.clone(),
-        credential_id: confirmed.device.credential_id.clone(),
+        credential_id: confirmed
+            .device
+            .credential_id
+            .parse()
+            .map_err(ApiError::internal)?,
         posture,
     };
     let (new_ssh, new_tls) = web

@@ -732,7 +732,8 @@ impl Cluster {
         ttl: time::Duration,
     ) -> String {
         let mut env = dt_ceremony::env::SystemEnv::new();
-        let (token, record) = EnrollTokenRecord::issue(device_id, issued, ttl, &mut env);
+        let (token, record) =
+            EnrollTokenRecord::issue(device_id.parse().unwrap(), issued, ttl, &mut env);
         self.srv
             .backend
             .put(

@@ -95,9 +95,9 @@ pub async fn enroll_and_authenticate(cl: &Cluster) {
         .expect("device authentication");
     let now = time::OffsetDateTime::now_utc();
     let mut want = dt_ca::DeviceExt {
-        device_id: dev.id.clone(),
+        device_id: dev.id.parse().unwrap(),
         asset_tag: dev.tag.clone(),
-        credential_id: dev.key.credential_id.clone(),
+        credential_id: dev.key.credential_id.parse().unwrap(),
         posture: Default::default(),
     };
 

@@ -51,6 +51,7 @@ use base64::engine::general_purpose::STANDARD;
 use dt_attest::p256::{P256PublicKey, parse_enrolled_p256_spki};
 use dt_types::device::{AttestationType, DeviceCollectedData, EnrollStatus, MAX_COLLECTED_DATA};
 use dt_types::resource::{Device, DeviceTrustMode, DeviceTrustSettings, Lock};
+use dt_types::{CredentialId, DeviceId};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -60,7 +61,7 @@ use crate::env::{Env, random_array};
 use crate::error::PeerMisbehaved;
 use crate::limits::{
     CEREMONY_TIMEOUT, CHALLENGE_LEN, FIRST_MESSAGE_TIMEOUT, MAX_CERTIFICATE_LEN, MAX_SIGNATURE_LEN,
-    TPM_NONCE_LEN, check_credential_id, check_len,
+    TPM_NONCE_LEN, check_len, parse_credential_id,
 };
 use crate::messages::{
     AuthenticateChallenge, AuthenticateChallengeResponse, AuthenticateInit, AuthenticateRequest,
@@ -70,9 +71,9 @@ use crate::tpm::{TpmAuthenticateChallenge, TpmVerifier};
 /// The device values a certificate carries (DESIGN.md §5).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeviceBinding {
-    pub device_id: String,
+    pub device_id: DeviceId,
     pub asset_tag: String,
-    pub credential_id: String,
+    pub credential_id: CredentialId,
 }
 
 /// What the driver (through `dt-ca`) verified and read from a user certificate.
@@ -138,8 +139,9 @@ pub struct ExpectChallengeResponse {
     started_at: OffsetDateTime,
     user: String,
     device: Device,
+    device_id: DeviceId,
     data: DeviceCollectedData,
-    credential_id: String,
+    credential_id: CredentialId,
     pending: Pending,
 }
 
@@ -221,7 +223,7 @@ impl ExpectInit {
                 MAX_CERTIFICATE_LEN,
             )?;
         }
-        check_credential_id(&init.credential_id)?;
+        let credential_id = parse_credential_id(&init.credential_id)?;
         init.device_data
             .check_sizes()
             .map_err(|why| PeerMisbehaved::InvalidField {
@@ -296,7 +298,7 @@ impl ExpectInit {
             (EnrollStatus::Enrolled, Some(c)) => c,
             _ => return Err(AuthnDenied::DeviceNotEnrolled.into()),
         };
-        if credential.id != init.credential_id {
+        if credential.id != credential_id {
             return Err(AuthnDenied::UnknownCredential.into());
         }
         if credential.attestation_type == AttestationType::Software
@@ -306,7 +308,14 @@ impl ExpectInit {
         }
 
         // 7. Locks on the device (or on this credential of it).
-        let this = Some((device.metadata.name.as_str(), credential.id.as_str()));
+        let broken = |why: String| AuthnError::BrokenDeviceRecord {
+            device_id: device.metadata.name.clone(),
+            why,
+        };
+        let device_id = device
+            .device_id()
+            .map_err(|e| broken(format!("its name is not a device id: {e}")))?;
+        let this = Some((device_id.as_str(), credential.id.as_str()));
         if let Some(lock) = find_lock(ctx.locks, identity, this, now) {
             return Err(locked(lock));
         }
@@ -316,10 +325,6 @@ impl ExpectInit {
             .map_err(AuthnDenied::CollectedDataDrift)?;
 
         // 9. The challenge.
-        let broken = |why: String| AuthnError::BrokenDeviceRecord {
-            device_id: device.metadata.name.clone(),
-            why,
-        };
         let (pending, challenge) = match credential.attestation_type {
             AttestationType::Software | AttestationType::SecureEnclave => {
                 let der = STANDARD
@@ -371,8 +376,9 @@ impl ExpectInit {
                 started_at: self.opened_at,
                 user: identity.user.clone(),
                 device: device.clone(),
+                device_id,
                 data,
-                credential_id: init.credential_id,
+                credential_id,
                 pending,
             },
             challenge,
@@ -395,8 +401,8 @@ impl ExpectChallengeResponse {
         }
     }
 
-    pub fn device_id(&self) -> &str {
-        &self.device.metadata.name
+    pub fn device_id(&self) -> &DeviceId {
+        &self.device_id
     }
 
     pub fn handle(
@@ -455,7 +461,7 @@ impl ExpectChallengeResponse {
             augment: Augment {
                 user: self.user,
                 device: DeviceBinding {
-                    device_id: device.metadata.name.clone(),
+                    device_id: self.device_id,
                     asset_tag: device.spec.asset_tag.clone(),
                     credential_id: self.credential_id,
                 },

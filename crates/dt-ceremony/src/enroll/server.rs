@@ -55,6 +55,7 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use dt_attest::p256::{P256PublicKey, parse_p256_spki};
+use dt_types::CredentialId;
 use dt_types::device::{AttestationType, DeviceCollectedData, DeviceCredential, EnrollStatus};
 use dt_types::resource::{Device, DeviceTrustMode, DeviceTrustSettings};
 use time::OffsetDateTime;
@@ -64,7 +65,7 @@ use crate::env::{Env, random_array};
 use crate::error::PeerMisbehaved;
 use crate::limits::{
     CEREMONY_TIMEOUT, CHALLENGE_LEN, FIRST_MESSAGE_TIMEOUT, MAX_PUBLIC_KEY_LEN, MAX_SIGNATURE_LEN,
-    check_credential_id, check_len,
+    check_len, parse_credential_id,
 };
 use crate::messages::{
     EnrollChallenge, EnrollChallengeResponse, EnrollInit, EnrollPayload, EnrollRequest,
@@ -110,7 +111,7 @@ pub struct ExpectChallengeResponse {
     user: String,
     device: Device,
     data: DeviceCollectedData,
-    credential_id: String,
+    credential_id: CredentialId,
     pending: Pending,
 }
 
@@ -237,7 +238,7 @@ impl ExpectInit {
             }
             .into());
         };
-        check_credential_id(&init.credential_id)?;
+        let credential_id = parse_credential_id(&init.credential_id)?;
         match &init.payload {
             EnrollPayload::P256 { public_key_der, .. } => {
                 check_len("public_key_der", public_key_der.len(), MAX_PUBLIC_KEY_LEN)?;
@@ -328,7 +329,7 @@ impl ExpectInit {
                     .map_err(tpm_error)?;
                 // A TPM credential's id is derived from its AK; the announced one must match,
                 // or one device could squat another's credential id.
-                if pending.credential_id() != init.credential_id {
+                if pending.credential_id() != credential_id {
                     return Err(PeerMisbehaved::InvalidField {
                         field: "credential_id",
                         why: "a tpm credential id must be derived from its attestation key".into(),
@@ -344,7 +345,7 @@ impl ExpectInit {
                 user: ctx.user.to_string(),
                 device: device.clone(),
                 data,
-                credential_id: init.credential_id,
+                credential_id,
                 pending,
             },
             challenge,

@@ -92,7 +92,7 @@ impl TestKey {
 
     pub fn credential(&self, id: &str, attestation_type: AttestationType) -> DeviceCredential {
         DeviceCredential {
-            id: id.into(),
+            id: id.parse().unwrap(),
             public_key_der: STANDARD.encode(&self.spki),
             attestation_type,
             tpm_ekcert_serial: None,
