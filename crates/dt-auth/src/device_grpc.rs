@@ -18,7 +18,6 @@ use dt_store::{Condition, Op, StoreError};
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::{Device, Kind, Verb};
 use futures::Stream;
-use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -98,7 +97,7 @@ impl AuthServer {
         match self.caller(peer).await {
             Ok(c) => Ok(c),
             Err(e) => {
-                let mut ev = AuditEvent::new(event, false, OffsetDateTime::now_utc())
+                let mut ev = AuditEvent::new(event, false, self.env.now())
                     .message(e.to_string())
                     .remote_addr(remote);
                 ev.user = who;
@@ -136,14 +135,10 @@ impl AuthServer {
     ) -> Result<(dt_ceremony::token::EnrollToken, EnrollTokenRecord), Status> {
         // The user learns which check failed; the values compared stay in the audit log.
         let refuse = |msg: String, detail: String, device: Option<Device>| async move {
-            let mut e = AuditEvent::new(
-                EventType::DeviceTokenCreate,
-                false,
-                OffsetDateTime::now_utc(),
-            )
-            .user(caller.name())
-            .message(format!("auto-enrollment refused: {msg}{detail}"))
-            .remote_addr(caller.peer.addr.ip().to_string());
+            let mut e = AuditEvent::new(EventType::DeviceTokenCreate, false, self.env.now())
+                .user(caller.name())
+                .message(format!("auto-enrollment refused: {msg}{detail}"))
+                .remote_addr(caller.peer.addr.ip().to_string());
             e.device = device.as_ref().map(device_info);
             self.audit.emit(e).await.map_err(ApiError::from)?;
             Err::<(dt_ceremony::token::EnrollToken, EnrollTokenRecord), Status>(
@@ -246,24 +241,20 @@ impl AuthServer {
             )
             .await;
         }
-        let mut env = dt_ceremony::env::SystemEnv::new();
+        let mut env = self.env.ceremony();
         let device_id = device.device_id().map_err(ApiError::internal)?;
         let (token, record) = EnrollTokenRecord::issue(
             device_id,
-            OffsetDateTime::now_utc(),
+            self.env.now(),
             time::Duration::minutes(1),
             &mut env,
         );
         self.audit
             .emit(
-                AuditEvent::new(
-                    EventType::DeviceTokenCreate,
-                    true,
-                    OffsetDateTime::now_utc(),
-                )
-                .user(caller.name())
-                .device(device_info(&device))
-                .message("auto-enrollment token issued"),
+                AuditEvent::new(EventType::DeviceTokenCreate, true, self.env.now())
+                    .user(caller.name())
+                    .device(device_info(&device))
+                    .message("auto-enrollment token issued"),
             )
             .await
             .map_err(ApiError::from)?;
@@ -286,12 +277,12 @@ impl AuthServer {
         inbound: &mut Streaming<pb::EnrollDeviceRequest>,
         tx: &mpsc::Sender<Result<pb::EnrollDeviceResponse, Status>>,
     ) -> Result<(), Status> {
-        let mut env = dt_ceremony::env::SystemEnv::new();
+        let mut env = self.env.ceremony();
         let opened = tokio::time::Instant::now();
         let state = enroll::ExpectInit::new(&env);
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let fail_event = |msg: String, device: Option<&Device>| {
-            let mut e = AuditEvent::new(EventType::DeviceEnroll, false, OffsetDateTime::now_utc())
+            let mut e = AuditEvent::new(EventType::DeviceEnroll, false, self.env.now())
                 .user(caller.name())
                 .message(msg)
                 .remote_addr(caller.peer.addr.ip().to_string());
@@ -510,7 +501,7 @@ impl AuthServer {
                 expires: None,
             });
         }
-        let event = AuditEvent::new(EventType::DeviceEnroll, true, OffsetDateTime::now_utc())
+        let event = AuditEvent::new(EventType::DeviceEnroll, true, self.env.now())
             .user(caller.name())
             .device(device_info(&d))
             .remote_addr(caller.peer.addr.ip().to_string());

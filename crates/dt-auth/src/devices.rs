@@ -249,7 +249,7 @@ impl AuthServer {
         if let Err(e) = self.authorize(caller, "device", verb) {
             self.audit
                 .emit(
-                    AuditEvent::new(event, false, OffsetDateTime::now_utc())
+                    AuditEvent::new(event, false, self.env.now())
                         .user(caller.name())
                         .message(e.to_string())
                         .remote_addr(caller.peer.addr.ip().to_string()),
@@ -438,7 +438,7 @@ impl AuthServer {
         };
         // Only devices that passed validation get tokens: their names are device ids.
         let typed_id = dt_types::DeviceId::parse(device_id).map_err(ApiError::internal)?;
-        let mut env = dt_ceremony::env::SystemEnv::new();
+        let mut env = self.env.ceremony();
         let (token, record) = EnrollTokenRecord::issue(
             typed_id,
             now,
@@ -490,7 +490,7 @@ impl AuthServer {
             )
             .await?;
         }
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let d = self.new_device(device, now);
         let id = d.metadata.name.clone();
         let mut ops = put_ops(&d)?;
@@ -590,7 +590,7 @@ impl AuthServer {
             );
             self.audit
                 .emit(
-                    AuditEvent::new(EventType::DeviceUpdate, false, OffsetDateTime::now_utc())
+                    AuditEvent::new(EventType::DeviceUpdate, false, self.env.now())
                         .user(caller.name())
                         .device(device_info(&current))
                         .message(&msg),
@@ -598,7 +598,7 @@ impl AuthServer {
                 .await?;
             return Err(ApiError::InvalidArgument(msg));
         }
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let mut next = current.clone();
         next.spec.profile = e.profile.clone();
         next.spec.source = e.source.clone();
@@ -684,7 +684,7 @@ impl AuthServer {
                 key: keys::device_token_index(&id),
             });
         }
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let event = AuditEvent::new(EventType::DeviceDelete, true, now)
             .user(caller.name())
             .device(device_info(&d))
@@ -707,7 +707,7 @@ impl AuthServer {
             EventType::DeviceTokenCreate,
         )
         .await?;
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let (d, rev) = match self.resolve_device(r).await {
             Ok(x) => x,
             Err(e) => {
@@ -835,7 +835,7 @@ impl AuthServer {
         // One transaction for the whole request (with one event per device): a per-device
         // transaction made imports fsync-bound. Known conflicts are read first; a conflict
         // that appears meanwhile drops just that device and the rest is retried.
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let mut out: Vec<Option<pb::BulkCreateStatus>> = vec![None; items.len()];
         let failed = |tag: &str, error: String| pb::BulkCreateStatus {
             ok: false,

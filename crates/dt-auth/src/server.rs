@@ -148,9 +148,18 @@ async fn load_or_create_ca(
 impl AuthServer {
     /// Open storage and make sure the cluster exists (name, CAs, presets).
     pub async fn bootstrap(config: Config) -> Result<Arc<AuthServer>, StartError> {
+        Self::bootstrap_in(config, crate::env::ServerEnv::system()).await
+    }
+
+    /// [`AuthServer::bootstrap`] with the clock and randomness `env` (tests fix the clock
+    /// with [`crate::env::ServerEnv::fixed`]).
+    pub async fn bootstrap_in(
+        config: Config,
+        env: crate::env::ServerEnv,
+    ) -> Result<Arc<AuthServer>, StartError> {
         create_private_dir(&config.data_dir)?;
         let backend = open_backend(&config).await?;
-        Self::bootstrap_with(config, backend).await
+        Self::bootstrap_with_env(config, backend, env).await
     }
 
     pub async fn bootstrap_with(

@@ -1,6 +1,6 @@
-//! What a ceremony's write is conditioned on, tested on the real server: an answer that
-//! arrives after the device changed is refused (and audited), never merged over the change;
-//! the same answer without the change passes.
+//! Time and races in the ceremonies, on the real server. An answer that arrives after the
+//! device changed is refused (and audited), never merged over the change, while the same
+//! answer without the change passes; token lifetimes are judged on the server's one clock.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -10,6 +10,7 @@ use dt_ceremony::messages::{AuthenticateChallenge, AuthenticateRequest, Authenti
 use dt_store::{Condition, Op};
 use dt_types::Kind;
 use dt_types::audit::EventType;
+use dt_types::device::OsType;
 use support::*;
 use tonic::Code;
 
@@ -96,6 +97,47 @@ fn an_answer_after_the_device_changed_is_refused_and_the_change_is_kept() {
         cl.authenticate(&user, &dev, dev.data.clone())
             .await
             .expect("a fresh authentication passes");
+        cl.stop().await;
+    });
+}
+
+/// The enrollment driver judges a token's lifetime on the server's one clock: on a fixed
+/// clock a token is good until its last minute and refused (and audited) a minute after,
+/// with no waiting in the test.
+#[test]
+fn enrollment_tokens_expire_on_the_servers_clock() {
+    block_on(async {
+        let cl = Cluster::start(Options {
+            clock: Some(time::OffsetDateTime::now_utc()),
+            ..Options::default()
+        })
+        .await;
+        let clock = cl.clock.clone().expect("a fixed clock");
+        let user = cl.user("clock-", &["device-enroll"]).await;
+        let (early, late) = (unique("EARLY"), unique("LATE"));
+        let (early_id, _) = cl.add_device(OsType::Linux, &early, None, false).await;
+        let (late_id, _) = cl.add_device(OsType::Linux, &late, None, false).await;
+        // Both tokens live one hour (3600 s) from the server's now.
+        let early_token = cl.new_token(&early_id).await.expect("token");
+        let late_token = cl.new_token(&late_id).await.expect("token");
+
+        clock.advance(time::Duration::minutes(59));
+        let key = DeviceKey::new();
+        let init = enroll_init(&early_token, &key, data(OsType::Linux, &early));
+        let enrolled = enroll_raw(&user.ch, init, |c| key.enroll_response(c)).await;
+        assert!(enrolled.is_ok(), "59 minutes in: {enrolled:?}");
+
+        clock.advance(time::Duration::minutes(2));
+        let key = DeviceKey::new();
+        let init = enroll_init(&late_token, &key, data(OsType::Linux, &late));
+        let refused = enroll_raw(&user.ch, init, |c| key.enroll_response(c)).await;
+        assert_status(
+            refused,
+            Code::PermissionDenied,
+            "invalid device enrollment token",
+        );
+        cl.assert_failure_event(&user.name, EventType::DeviceEnroll, "token expired")
+            .await;
         cl.stop().await;
     });
 }

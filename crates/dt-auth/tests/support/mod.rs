@@ -371,6 +371,8 @@ pub struct Options {
     pub postgres: bool,
     pub ceremonies_per_minute: usize,
     pub device_trust: DeviceTrustSettings,
+    /// Run the server on a fixed clock starting here ([`Cluster::clock`] moves it).
+    pub clock: Option<time::OffsetDateTime>,
 }
 
 impl Default for Options {
@@ -378,6 +380,7 @@ impl Default for Options {
         Options {
             postgres: false,
             ceremonies_per_minute: 1_000_000,
+            clock: None,
             device_trust: DeviceTrustSettings {
                 mode: DeviceTrustMode::Optional,
                 allow_software_credentials: true,
@@ -393,6 +396,8 @@ pub struct Cluster {
     pub addr: String,
     pub pin: String,
     pub admin: Channel,
+    /// The server's clock, when the cluster was started on a fixed one.
+    pub clock: Option<dt_auth::env::ClockHandle>,
     shutdown: Option<oneshot::Sender<()>>,
     // Dropped after the server is told to stop.
     _dir: tempfile::TempDir,
@@ -442,7 +447,16 @@ impl Cluster {
         if let Some(db) = &pg {
             config.storage = StorageConfig::Postgres { conn: db.conn() };
         }
-        let srv = AuthServer::bootstrap(config).await.expect("bootstrap");
+        let (env, clock) = match opts.clock {
+            Some(at) => {
+                let (env, clock) = dt_auth::env::ServerEnv::fixed(at);
+                (env, Some(clock))
+            }
+            None => (dt_auth::env::ServerEnv::system(), None),
+        };
+        let srv = AuthServer::bootstrap_in(config, env)
+            .await
+            .expect("bootstrap");
         let files = srv.write_data_dir(&[]).expect("data dir");
         let tls = dt_auth::listener::tls_config(&srv, &files).expect("tls config");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -467,6 +481,7 @@ impl Cluster {
             addr,
             pin,
             admin,
+            clock,
             shutdown: Some(stop_tx),
             _dir: dir,
             _pg: pg,
