@@ -21,10 +21,10 @@ use futures::Stream;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::caller::Caller;
+use crate::caller::peer_of;
 use crate::devices::{credential_key_index, device_from_proto, device_info, device_to_proto};
 use crate::error::{ApiError, ApiResult};
-use crate::grpc::Caller;
-use crate::grpc::peer_of;
 use crate::keys;
 use crate::listener::Peer;
 use crate::server::AuthServer;

@@ -12,6 +12,7 @@ mod audit_api;
 pub mod audit_config;
 mod authn_driver;
 pub mod cache;
+pub mod caller;
 pub mod config;
 pub mod databases;
 pub mod device_grpc;
@@ -23,13 +24,17 @@ pub mod grpc;
 pub mod http;
 pub mod keys;
 pub mod listener;
+pub mod login;
 pub mod login_throttle;
 pub mod metrics;
 pub mod nodes;
 pub mod plan;
 pub mod presets;
+pub mod resources;
 pub mod server;
 pub mod shared_limit;
+pub mod tokens;
+pub mod users;
 
 pub use server::AuthServer;
 

@@ -58,12 +58,13 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use crate::caller::Caller;
+use crate::caller::peer_of;
 use crate::error::{ApiError, ApiResult};
-use crate::grpc::peer_of;
-use crate::grpc::{Caller, random_token, sha256_hex};
 use crate::keys;
 use crate::listener::Peer;
 use crate::server::{AuthServer, LOCAL_ADMIN};
+use crate::tokens::{random_token, sha256_hex};
 
 /// Node records: `/nodes/<name>` → [`NodeRecord`] JSON, expiring without heartbeats.
 pub use crate::keys::NODES_PREFIX;
@@ -361,7 +362,7 @@ fn check_node_keys(
     ssh_public_key: &str,
     spki_der: &[u8],
 ) -> ApiResult<(ssh_key::PublicKey, String)> {
-    let ssh = crate::grpc::check_client_keys("node", ssh_public_key, spki_der)?;
+    let ssh = crate::login::check_client_keys("node", ssh_public_key, spki_der)?;
     Ok((ssh, hex(&Sha256::digest(spki_der))))
 }
 
