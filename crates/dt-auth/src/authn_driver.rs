@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use crate::caller::Caller;
-use crate::device_grpc::{CEREMONY_DEADLINE, FIRST_MESSAGE_DEADLINE, next_msg, status_for};
+use crate::ceremony_wire::{CEREMONY_DEADLINE, FIRST_MESSAGE_DEADLINE, next_msg, status_for};
 use crate::devices::device_info;
 use crate::error::ApiError;
 use crate::plan::{self, PlanError};
