@@ -11,6 +11,7 @@ pub mod audit;
 mod audit_api;
 pub mod audit_config;
 mod authn_driver;
+pub mod bots;
 pub mod cache;
 pub mod caller;
 pub mod ceremony_wire;

@@ -1,5 +1,4 @@
-//! Users and bots: creation with a signup token, reset, and who may mint a join token for a
-//! bot.
+//! Users: creation with a signup token, and reset (bots are in `bots`).
 
 use std::time::Duration;
 
@@ -14,7 +13,7 @@ use time::OffsetDateTime;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
-use crate::resources::{stored_spec, to_json};
+use crate::resources::to_json;
 use crate::server::{AuthServer, LOCAL_ADMIN};
 use crate::tokens::{random_token, sha256_hex};
 
@@ -196,73 +195,4 @@ impl AuthServer {
     }
 }
 
-impl AuthServer {
-    /// Who may mint a join token for an existing bot, i.e. log in as it: a caller who may
-    /// manage that bot user (`user: update`, with the `token: create` already checked),
-    /// the rule of `dtctl bots add` (`user: create` + `token: create`) for a bot that
-    /// exists. The bot must exist and be a bot. Refusals are audited.
-    pub(crate) async fn authorize_bot_token(&self, caller: &Caller, bot: &str) -> ApiResult<()> {
-        let refusal = if bot.is_empty() {
-            Some(ApiError::InvalidArgument(
-                "name the bot with --bot-name=NAME (a bot from `dtctl bots add`)".into(),
-            ))
-        } else {
-            match self.get_resource::<UserSpec>(bot).await? {
-                None => Some(ApiError::NotFound(format!(
-                    "bot {bot:?} does not exist; create it with `dtctl bots add {bot} --roles=...`"
-                ))),
-                Some((u, _)) if !u.spec.bot => Some(ApiError::InvalidArgument(format!(
-                    "user {bot:?} is not a bot; bot join tokens are only for bots from `dtctl bots add`"
-                ))),
-                Some(_) => self
-                    .authorize(caller, "user", Verb::Update)
-                    .err()
-                    .map(|e| {
-                        ApiError::PermissionDenied(format!(
-                            "a bot join token lets its holder act as bot {bot:?}, so it needs `update` on user as well as `create` on token: {e}"
-                        ))
-                    }),
-            }
-        };
-        let Some(err) = refusal else { return Ok(()) };
-        self.audit
-            .emit(
-                AuditEvent::new(EventType::JoinTokenCreate, false, OffsetDateTime::now_utc())
-                    .user(caller.name())
-                    .resource("user", bot)
-                    .message(format!("refused bot join token: {err}"))
-                    .remote_addr(caller.peer.addr.ip().to_string()),
-            )
-            .await?;
-        Err(err)
-    }
-
-    /// `users reset` sets a password through a signup token: on a bot it would hand the
-    /// bot to whoever holds the token. Bots log in with join tokens only; refused, audited.
-    pub(crate) async fn refuse_bot_reset(
-        &self,
-        caller: &Caller,
-        name: &str,
-        item: &dt_store::Item,
-    ) -> ApiResult<()> {
-        let Some(spec) = stored_spec::<UserSpec>(Some(item)) else {
-            return Ok(());
-        };
-        if !spec.bot {
-            return Ok(());
-        }
-        let msg = format!(
-            "user {name:?} is a bot: bots have no password and can't be reset; give it a new join token with `dtctl tokens add --type=bot --bot-name={name}` (needs update on user and create on token)"
-        );
-        self.audit
-            .emit(
-                AuditEvent::new(EventType::UserUpdate, false, OffsetDateTime::now_utc())
-                    .user(caller.name())
-                    .resource("user", name)
-                    .message(format!("refused users reset: {msg}"))
-                    .remote_addr(caller.peer.addr.ip().to_string()),
-            )
-            .await?;
-        Err(ApiError::FailedPrecondition(msg))
-    }
-}
+impl AuthServer {}
