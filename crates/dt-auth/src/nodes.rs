@@ -34,8 +34,8 @@
 //!   `service`, kind and name; neither can speak for another one) and accepts only the event
 //!   types an access point produces. The MDM service submits none.
 //! - **Bots** (the service lives in `bots`): `AddBot` creates a bot user and a bot join
-//!   token in one transaction; a login
-//!   with that token (reusable until it expires) gets certificates marked `devtrust-bot`.
+//!   token in one transaction; a login with that token (reusable until it expires) gets
+//!   certificates marked `devtrust-bot`.
 //!
 //! Identity comes from the mTLS [`Peer`] only: [`Peer::node`] for joined services (host CA,
 //! their kind), [`Peer::identity`] for users.
