@@ -28,8 +28,8 @@ use dt_types::resource::UserSpec;
 use dt_types::{Device, Verb};
 use tonic::{Request, Response, Status};
 
+use crate::caller::{Caller, peer_of};
 use crate::error::{ApiError, ApiResult};
-use crate::grpc::{Caller, peer_of};
 use crate::server::AuthServer;
 
 /// How many online names an "unknown resource" error lists.

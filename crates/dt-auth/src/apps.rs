@@ -15,8 +15,8 @@ use serde_json::json;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
+use crate::caller::peer_of;
 use crate::error::{ApiError, ApiResult};
-use crate::grpc::peer_of;
 use crate::server::AuthServer;
 
 /// The longest an app token lasts; the access point asks again before it expires.

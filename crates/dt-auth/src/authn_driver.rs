@@ -14,15 +14,18 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use crate::device_grpc::{CEREMONY_DEADLINE, FIRST_MESSAGE_DEADLINE, next_msg, status_for};
+use crate::caller::Caller;
+use crate::ceremony_wire::{CEREMONY_DEADLINE, FIRST_MESSAGE_DEADLINE, next_msg, status_for};
 use crate::devices::device_info;
 use crate::error::ApiError;
-use crate::grpc::Caller;
 use crate::plan::{self, PlanError};
 use crate::server::AuthServer;
 
 fn fingerprint(point: &[u8]) -> String {
-    format!("sha256:{}", crate::grpc::hex_lower(&Sha256::digest(point)))
+    format!(
+        "sha256:{}",
+        crate::tokens::hex_lower(&Sha256::digest(point))
+    )
 }
 
 fn binding(id: &dt_ca::Identity) -> Option<DeviceBinding> {
@@ -268,7 +271,7 @@ impl AuthServer {
             },
         ] {
             if let Some(lock) = dt_authz::first_matching_lock(&locks, &ctx) {
-                let msg = crate::grpc::lock_message(lock);
+                let msg = crate::login::lock_message(lock);
                 self.audit
                     .emit(fail(msg.clone(), dev_info.clone()))
                     .await

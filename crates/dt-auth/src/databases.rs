@@ -22,8 +22,8 @@ use dt_types::audit::{AuditEvent, EventType};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
+use crate::caller::peer_of;
 use crate::error::{ApiError, ApiResult};
-use crate::grpc::peer_of;
 use crate::server::AuthServer;
 
 /// How long a database server certificate lasts when the caller names no TTL.
@@ -61,7 +61,7 @@ fn split_hosts(hosts: &[String]) -> ApiResult<(Vec<String>, Vec<IpAddr>)> {
 impl AuthServer {
     pub async fn sign_database_server(
         &self,
-        caller: &crate::grpc::Caller,
+        caller: &crate::caller::Caller,
         req: pb::SignDatabaseServerRequest,
     ) -> ApiResult<pb::SignDatabaseServerResponse> {
         self.authorize(caller, "db_certificate", Verb::Create)?;

@@ -41,8 +41,8 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, ApiResult};
-use crate::grpc::{random_token, sha256_hex};
 use crate::server::AuthServer;
+use crate::tokens::{random_token, sha256_hex};
 
 /// How long a device web token (and the confirmation token it turns into) lives.
 pub const WEB_TOKEN_TTL: Duration = Duration::from_secs(5 * 60);

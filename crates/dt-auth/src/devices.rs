@@ -16,8 +16,8 @@ use dt_types::resource::Resource;
 use dt_types::{AnyResource, Device, Kind, Verb};
 use time::OffsetDateTime;
 
+use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::grpc::Caller;
 use crate::keys;
 use crate::server::AuthServer;
 
@@ -97,7 +97,7 @@ pub(crate) fn credential_key_index(c: &dt_types::device::DeviceCredential) -> Op
         (_, Some(ak)) if !ak.is_empty() => ak.as_str(),
         _ => return None,
     };
-    Some(keys::device_key_index(&crate::grpc::hex_lower(
+    Some(keys::device_key_index(&crate::tokens::hex_lower(
         &sha2::Sha256::digest(material.as_bytes()),
     )))
 }

@@ -93,7 +93,7 @@ fn now_ms() -> i64 {
 fn bucket_key(user: &str, remote: &str) -> String {
     format!(
         "{PREFIX}{}",
-        crate::grpc::sha256_hex(&format!("{user}\n{remote}"))
+        crate::tokens::sha256_hex(&format!("{user}\n{remote}"))
     )
 }
 

@@ -31,9 +31,9 @@ use dt_types::{AnyResource, Device, Kind, ServiceKind, Verb};
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
+use crate::caller::{Caller, peer_of};
 use crate::devices::{Revocation, device_info, index_deletes, put_ops};
 use crate::error::{ApiError, ApiResult};
-use crate::grpc::{Caller, peer_of};
 use crate::keys;
 use crate::listener::Peer;
 use crate::server::AuthServer;

@@ -33,8 +33,9 @@
 //!   records the submitter (an SSH node as the event's `node`, any other kind as its
 //!   `service`, kind and name; neither can speak for another one) and accepts only the event
 //!   types an access point produces. The MDM service submits none.
-//! - **Bots**: `AddBot` creates a bot user and a bot join token in one transaction; a login
-//!   with that token (reusable until it expires) gets certificates marked `devtrust-bot`.
+//! - **Bots** (the service lives in `bots`): `AddBot` creates a bot user and a bot join
+//!   token in one transaction; a login with that token (reusable until it expires) gets
+//!   certificates marked `devtrust-bot`.
 //!
 //! Identity comes from the mTLS [`Peer`] only: [`Peer::node`] for joined services (host CA,
 //! their kind), [`Peer::identity`] for users.
@@ -48,8 +49,8 @@ use dt_proto::v1 as pb;
 use dt_proto::v1::node_service_server::NodeService;
 use dt_store::{Condition, EventKind, Op, StoreError, WatchEvent};
 use dt_types::audit::{AuditEvent, EventType, ServiceInfo};
-use dt_types::resource::{Resource, RoleSpec, TokenRole, TokenSpec, Traits, UserSpec};
-use dt_types::{AnyResource, Kind, Role, ServiceKind, User, Verb};
+use dt_types::resource::{Resource, TokenRole, TokenSpec};
+use dt_types::{Kind, Role, ServiceKind, Verb};
 use futures::Stream;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -58,12 +59,14 @@ use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
 
+use crate::caller::Caller;
+use crate::caller::peer_of;
 use crate::error::{ApiError, ApiResult};
-use crate::grpc::peer_of;
-use crate::grpc::{Caller, random_token, sha256_hex};
 use crate::keys;
 use crate::listener::Peer;
-use crate::server::{AuthServer, LOCAL_ADMIN};
+use crate::resources::to_json;
+use crate::server::AuthServer;
+use crate::tokens::sha256_hex;
 
 /// Node records: `/nodes/<name>` → [`NodeRecord`] JSON, expiring without heartbeats.
 pub use crate::keys::NODES_PREFIX;
@@ -76,8 +79,6 @@ const MIN_HEARTBEAT_TTL: u64 = 3;
 const MAX_HEARTBEAT_TTL: u64 = 600;
 /// A node record before the first heartbeat.
 const JOIN_RECORD_TTL: time::Duration = time::Duration::seconds(60);
-/// Default lifetime of a bot join token.
-pub const DEFAULT_BOT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 /// Event types an access point may submit.
 const NODE_EVENTS: [EventType; 16] = [
     EventType::SessionStart,
@@ -246,10 +247,6 @@ fn access_point_of(
     }
 }
 
-fn to_json<T: Serialize>(v: &T) -> ApiResult<Vec<u8>> {
-    serde_json::to_vec(v).map_err(ApiError::internal)
-}
-
 fn invalid_join_token(kind: ServiceKind) -> ApiError {
     ApiError::Unauthenticated(format!(
         "invalid or expired join token for a {kind} (a token of another type does not join a {kind}); ask an admin for a new one (`dtctl tokens add --type={kind}`)"
@@ -348,20 +345,13 @@ fn check_served(
     Ok(out)
 }
 
-fn invalid_bot_token() -> ApiError {
-    ApiError::Unauthenticated(
-        "invalid or expired bot token; ask an admin for a new one (`dtctl bots add NAME --roles=...`)"
-            .into(),
-    )
-}
-
 /// The node's SSH public key and TLS SubjectPublicKeyInfo must be the same P-256 key.
 /// Returns the SSH key and the hex SHA-256 of the SPKI.
 fn check_node_keys(
     ssh_public_key: &str,
     spki_der: &[u8],
 ) -> ApiResult<(ssh_key::PublicKey, String)> {
-    let ssh = crate::grpc::check_client_keys("node", ssh_public_key, spki_der)?;
+    let ssh = crate::login::check_client_keys("node", ssh_public_key, spki_der)?;
     Ok((ssh, hex(&Sha256::digest(spki_der))))
 }
 
@@ -444,7 +434,7 @@ fn now_ms() -> i64 {
 
 impl AuthServer {
     /// The live join token `token` for `role`, checked in constant time against its hash.
-    async fn find_join_token(
+    pub(crate) async fn find_join_token(
         &self,
         token: &str,
         role: TokenRole,
@@ -967,206 +957,6 @@ impl AuthServer {
         }
         tracing::debug!(node = %node.name, from = %peer.addr, n, "node audit events recorded");
         Ok(n)
-    }
-
-    /// `dtctl bots add`: a bot user and its join token, in one transaction.
-    pub async fn add_bot(
-        &self,
-        caller: &Caller,
-        req: pb::AddBotRequest,
-    ) -> ApiResult<pb::AddBotResponse> {
-        self.authorize(caller, "user", Verb::Create)?;
-        self.authorize(caller, "token", Verb::Create)?;
-        let name = req.name.trim().to_string();
-        if name == LOCAL_ADMIN {
-            return Err(ApiError::InvalidArgument(format!(
-                "{LOCAL_ADMIN:?} is a reserved name"
-            )));
-        }
-        if req.roles.is_empty() {
-            return Err(ApiError::InvalidArgument(
-                "give the bot at least one role with --roles".into(),
-            ));
-        }
-        for role in &req.roles {
-            if self.get_resource::<RoleSpec>(role).await?.is_none() {
-                return Err(ApiError::InvalidArgument(format!(
-                    "role {role:?} does not exist (see `dtctl get roles`)"
-                )));
-            }
-        }
-        let now = OffsetDateTime::now_utc();
-        let user: User = Resource::new(
-            name.clone(),
-            UserSpec {
-                roles: req.roles.clone(),
-                traits: Traits {
-                    logins: req.logins.clone(),
-                },
-                created_by: Some(caller.name().to_string()),
-                created_at: Some(now),
-                bot: true,
-            },
-        );
-        AnyResource::User(user.clone())
-            .validate()
-            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let ttl = if req.token_ttl_seconds == 0 {
-            DEFAULT_BOT_TOKEN_TTL
-        } else {
-            Duration::from_secs(req.token_ttl_seconds)
-        };
-        let token = random_token();
-        let hash = sha256_hex(&token);
-        let token_name = hash[..16].to_string();
-        let expires = now + ttl;
-        let mut tok: Resource<TokenSpec> = Resource::new(
-            token_name.clone(),
-            TokenSpec {
-                roles: vec![TokenRole::Bot],
-                bot_name: Some(name.clone()),
-                token_hash: hash.clone(),
-            },
-        );
-        tok.metadata.expires = Some(expires);
-        AnyResource::Token(tok.clone())
-            .validate()
-            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let user_key = keys::resource(Kind::User, &name);
-        let token_key = keys::resource(Kind::Token, &token_name);
-        let result = self
-            .audit
-            .write_with(
-                vec![
-                    Condition::NotExists(user_key.clone()),
-                    Condition::NotExists(token_key.clone()),
-                ],
-                vec![
-                    Op::Put {
-                        key: user_key,
-                        value: to_json(&user)?,
-                        expires: None,
-                    },
-                    Op::Put {
-                        key: token_key,
-                        value: to_json(&tok)?,
-                        expires: Some(expires),
-                    },
-                    Op::Put {
-                        key: keys::join_token_index(&hash),
-                        value: token_name.clone().into_bytes(),
-                        expires: Some(expires),
-                    },
-                ],
-                AuditEvent::new(EventType::UserCreate, true, now)
-                    .user(caller.name())
-                    .resource("user", &name)
-                    .message(format!(
-                        "bot with roles {}; join token {token_name}",
-                        req.roles.join(",")
-                    ))
-                    .remote_addr(caller.peer.addr.ip().to_string()),
-            )
-            .await;
-        match result {
-            Ok(_) => Ok(pb::AddBotResponse {
-                token,
-                token_name,
-                expires_unix: expires.unix_timestamp(),
-            }),
-            Err(StoreError::ConditionFailed { index: 0, .. }) => Err(ApiError::AlreadyExists(
-                format!("user {name:?} already exists; pick another bot name"),
-            )),
-            Err(StoreError::ConditionFailed { .. }) => {
-                Err(ApiError::Conflict("token collision; try again".into()))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// A login with a bot join token (`dtsh login --bot --token=T`): certificates for the
-    /// token's bot user, marked as a bot.
-    pub async fn bot_login(
-        &self,
-        req: pb::LoginRequest,
-        peer: &Peer,
-    ) -> ApiResult<pb::LoginResponse> {
-        let remote = peer.addr.ip().to_string();
-        let limiter_key = format!("bot@{remote}");
-        let fail = |who: String, why: &'static str| {
-            let remote = remote.clone();
-            let limiter_key = limiter_key.clone();
-            async move {
-                self.record_failure(&limiter_key).await?;
-                self.audit
-                    .emit(
-                        AuditEvent::new(EventType::UserLogin, false, OffsetDateTime::now_utc())
-                            .user(who)
-                            .message(why)
-                            .remote_addr(remote),
-                    )
-                    .await
-                    .map_err(ApiError::from)
-            }
-        };
-        if let Err(wait) = self
-            .login_failures
-            .check(self.backend.as_ref(), &limiter_key)
-            .await?
-        {
-            return Err(ApiError::TooMany(format!(
-                "too many failed bot logins from this address; try again in {} s",
-                wait.as_secs().max(1)
-            )));
-        }
-        let wanted = req.username.trim().to_string();
-        let Some((token, _)) = self.find_join_token(&req.bot_token, TokenRole::Bot).await? else {
-            fail(
-                if wanted.is_empty() {
-                    "unknown".into()
-                } else {
-                    wanted
-                },
-                "invalid or expired bot token",
-            )
-            .await?;
-            return Err(invalid_bot_token());
-        };
-        let bot_name = token.spec.bot_name.clone().unwrap_or_default();
-        if !wanted.is_empty() && wanted != bot_name {
-            fail(wanted, "bot token issued for another bot").await?;
-            return Err(invalid_bot_token());
-        }
-        let user = match self.get_resource::<UserSpec>(&bot_name).await? {
-            Some((u, _)) if u.spec.bot => u,
-            _ => {
-                fail(bot_name, "bot token names no bot user").await?;
-                return Err(invalid_bot_token());
-            }
-        };
-        self.login_failures
-            .clear(self.backend.as_ref(), &limiter_key)
-            .await?;
-        let ttl = (req.ttl_seconds > 0).then(|| Duration::from_secs(req.ttl_seconds));
-        let resp = self
-            .issue_user_certs(
-                &user,
-                &req.ssh_public_key,
-                &req.tls_public_key_der,
-                ttl,
-                &remote,
-            )
-            .await?;
-        self.audit
-            .emit(
-                AuditEvent::new(EventType::UserLogin, true, OffsetDateTime::now_utc())
-                    .user(user.name())
-                    .resource("token", token.name())
-                    .message("bot login with a join token")
-                    .remote_addr(&remote),
-            )
-            .await?;
-        Ok(resp)
     }
 }
 

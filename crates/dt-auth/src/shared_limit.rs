@@ -60,7 +60,7 @@ impl SharedRateLimiter {
         let index = now.div_euclid(len);
         let end = (index + 1).saturating_mul(len);
         Window {
-            prefix: format!("{}{}/{index}/", self.prefix, crate::grpc::sha256_hex(key)),
+            prefix: format!("{}{}/{index}/", self.prefix, crate::tokens::sha256_hex(key)),
             left: Duration::from_millis(u64::try_from(end - now).unwrap_or(0)),
             ends: OffsetDateTime::from_unix_timestamp_nanos(i128::from(end) * 1_000_000).ok(),
         }

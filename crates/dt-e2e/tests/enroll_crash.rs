@@ -106,7 +106,7 @@ async fn enroll(ch: Channel, d: &Dev) -> Result<(), String> {
 }
 
 fn sha256_hex(s: &str) -> String {
-    dt_auth::grpc::sha256_hex(s)
+    dt_auth::tokens::sha256_hex(s)
 }
 
 #[test]

@@ -79,7 +79,7 @@ async fn post_caller(
     peer: &Peer,
     headers: &HeaderMap,
     what: &str,
-) -> WebResult<dt_auth::grpc::Caller> {
+) -> WebResult<dt_auth::caller::Caller> {
     let ip = web.client_ip(peer, headers);
     let (_, session, caller) = web.session(peer, headers).await?;
     web.check_csrf(headers, &session.csrf, &session.user, ip, what)

@@ -1,0 +1,102 @@
+//! Secrets the server hands out (signup, join, web tokens): random values, stored only as
+//! their SHA-256, and join tokens for nodes, access points and bots.
+
+use std::time::Duration;
+
+use base64::Engine;
+use dt_proto::v1 as pb;
+use dt_store::{Condition, Op};
+use dt_types::audit::{AuditEvent, EventType};
+use dt_types::resource::Resource;
+use dt_types::resource::{TokenRole, TokenSpec};
+use dt_types::{AnyResource, Kind, Verb};
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::caller::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::keys;
+use crate::resources::to_json;
+use crate::server::AuthServer;
+
+pub fn random_token() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    hex_lower(&Sha256::digest(s.as_bytes()))
+}
+
+pub(crate) fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl AuthServer {
+    pub(crate) async fn create_join_token(
+        &self,
+        caller: &Caller,
+        req: pb::CreateJoinTokenRequest,
+    ) -> ApiResult<pb::CreateJoinTokenResponse> {
+        self.authorize(caller, "token", Verb::Create)?;
+        let Some(role) = TokenRole::parse(&req.r#type) else {
+            return Err(ApiError::InvalidArgument(format!(
+                "token type {:?} (use node, db, kube, app, desktop, mdm or bot)",
+                req.r#type
+            )));
+        };
+        if role == TokenRole::Bot {
+            self.authorize_bot_token(caller, &req.bot_name).await?;
+        }
+        let ttl = if req.ttl_seconds == 0 {
+            Duration::from_secs(1800)
+        } else {
+            Duration::from_secs(req.ttl_seconds)
+        };
+        let token = random_token();
+        let hash = sha256_hex(&token);
+        let name = hash[..16].to_string();
+        let expires = OffsetDateTime::now_utc() + ttl;
+        let mut res: Resource<TokenSpec> = Resource::new(
+            name.clone(),
+            TokenSpec {
+                roles: vec![role],
+                bot_name: (role == TokenRole::Bot).then(|| req.bot_name.clone()),
+                token_hash: hash.clone(),
+            },
+        );
+        res.metadata.expires = Some(expires);
+        AnyResource::Token(res.clone())
+            .validate()
+            .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let key = keys::resource(Kind::Token, &name);
+        self.audit
+            .write_with(
+                vec![Condition::NotExists(key.clone())],
+                vec![
+                    Op::Put {
+                        key,
+                        value: to_json(&res)?,
+                        expires: Some(expires),
+                    },
+                    Op::Put {
+                        key: keys::join_token_index(&hash),
+                        value: name.clone().into_bytes(),
+                        expires: Some(expires),
+                    },
+                ],
+                AuditEvent::new(EventType::JoinTokenCreate, true, OffsetDateTime::now_utc())
+                    .user(caller.name())
+                    .resource("token", &name)
+                    .message(format!("{} join token", req.r#type)),
+            )
+            .await?;
+        Ok(pb::CreateJoinTokenResponse {
+            token,
+            name,
+            expires_unix: expires.unix_timestamp(),
+        })
+    }
+}
