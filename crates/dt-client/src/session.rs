@@ -24,7 +24,7 @@ pub enum SessionError {
     Profile(#[from] ProfileError),
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error("the server's answer is malformed: {0}")]
+    #[error("a message that does not fit the API: {0}")]
     Proto(#[from] dt_proto::ProtoError),
     #[error("the server answered without {0}")]
     Missing(&'static str),
