@@ -7,9 +7,8 @@ use dt_ceremony::enroll::server as enroll;
 use dt_ceremony::messages::{EnrollRequest, EnrollResponse};
 use dt_ceremony::token::{EnrollTokenRecord, TokenDisposition};
 use dt_proto::v1 as pb;
-use dt_store::{Condition, Op, StoreError};
 use dt_types::audit::{AuditEvent, EventType};
-use dt_types::{Device, Kind, Verb};
+use dt_types::{Device, Verb};
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
@@ -18,6 +17,7 @@ use crate::ceremony_wire::{CEREMONY_DEADLINE, FIRST_MESSAGE_DEADLINE, next_msg, 
 use crate::devices::{credential_key_index, device_info};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
+use crate::plan::{self, PlanError};
 use crate::server::AuthServer;
 
 impl AuthServer {
@@ -264,61 +264,53 @@ impl AuthServer {
 
         // The token is spent at Init, whatever happens next: persist that first, together
         // with the failure event when Init itself failed.
-        let mut ops = Vec::new();
-        let mut conds = Vec::new();
-        if let (
-            false,
-            TokenDisposition::Consume {
-                token_hash,
-                spent_at,
-            },
-            Some((rec, rev)),
-        ) = (auto, &outcome.token, &token)
-        {
-            let mut spent = rec.clone();
-            spent.spent_at = Some(*spent_at);
-            let key = keys::device_token(token_hash);
-            conds.push(Condition::Revision(key.clone(), *rev));
-            ops.push(Op::Put {
-                key,
-                value: serde_json::to_vec(&spent).map_err(ApiError::internal)?,
-                expires: Some(rec.expires + time::Duration::days(1)),
-            });
-            ops.push(Op::Delete {
-                key: keys::device_token_index(rec.device_id.as_str()),
-            });
-        }
+        let spend = match (auto, &outcome.token, &token) {
+            (false, TokenDisposition::Consume { spent_at, .. }, Some((rec, rev))) => {
+                Some((rec, *rev, *spent_at))
+            }
+            _ => None,
+        };
         let (next, challenge) = match outcome.result {
             Err(e) => {
                 let event = fail_event(e.audit_message(), device.as_ref().map(|(d, _)| d));
-                match self.audit.write_with(conds, ops, event.clone()).await {
+                let Some((rec, rev, spent_at)) = spend else {
+                    self.audit.emit(event).await.map_err(ApiError::from)?;
+                    return Err(status_for(e.code(), e.user_message()));
+                };
+                let plan = plan::token_spent(rec, rev, spent_at, vec![event.clone()])
+                    .map_err(ApiError::internal)?;
+                match self.audit.write_plan(plan).await {
                     Ok(_) => {}
-                    Err(StoreError::ConditionFailed { .. }) => {
+                    Err(PlanError::Refused(_)) => {
                         // Someone spent the token concurrently: still a token failure.
                         self.audit.emit(event).await.map_err(ApiError::from)?;
                     }
-                    Err(e) => return Err(ApiError::from(e).into()),
+                    Err(PlanError::Store(e)) => return Err(ApiError::from(e).into()),
                 }
                 return Err(status_for(e.code(), e.user_message()));
             }
             Ok(ok) => ok,
         };
-        if !ops.is_empty() {
-            match self.backend.atomic_write(conds, ops).await {
+        if let Some((rec, rev, spent_at)) = spend {
+            let plan =
+                plan::token_spent(rec, rev, spent_at, Vec::new()).map_err(ApiError::internal)?;
+            let result = self
+                .backend
+                .atomic_write(plan.conditions(), plan.ops.clone())
+                .await;
+            match plan.outcome(result) {
                 Ok(_) => {}
-                Err(StoreError::ConditionFailed { .. }) => {
-                    let msg = "invalid device enrollment token".to_string();
+                Err(PlanError::Refused(msg)) => {
                     self.audit
                         .emit(fail_event(
-                            "invalid device enrollment token (token already used, concurrently)"
-                                .into(),
+                            format!("{msg} (token already used, concurrently)"),
                             device.as_ref().map(|(d, _)| d),
                         ))
                         .await
                         .map_err(ApiError::from)?;
                     return Err(Status::permission_denied(msg));
                 }
-                Err(e) => return Err(ApiError::from(e).into()),
+                Err(PlanError::Store(e)) => return Err(ApiError::from(e).into()),
             }
         }
         tx.send(out(&EnrollResponse::Challenge(challenge)))
@@ -364,68 +356,24 @@ impl AuthServer {
         };
         let mut d = enrolled.device.clone();
         d.spec.update_time = Some(now);
-        let id = d.metadata.name.clone();
-        let cred = d
-            .spec
-            .credential
-            .as_ref()
-            .map(|c| c.id.to_string())
-            .unwrap_or_default();
-        let mut ops = vec![Op::Put {
-            key: keys::resource(Kind::Device, &id),
-            value: serde_json::to_vec(&d).map_err(ApiError::internal)?,
-            expires: None,
-        }];
-        ops.push(Op::Put {
-            key: keys::device_credential_index(&cred),
-            value: id.clone().into_bytes(),
-            expires: None,
-        });
-        if let Some(owner) = &d.spec.owner {
-            ops.push(Op::Put {
-                key: keys::device_owner_index(owner, &id),
-                value: Vec::new(),
-                expires: None,
-            });
-        }
-        let mut conds = vec![
-            Condition::Revision(keys::resource(Kind::Device, &id), device_rev),
-            Condition::NotExists(keys::device_credential_index(&cred)),
-        ];
-        // One public key, one device: a second credential id for the same key is refused.
-        if let Some(key) = d.spec.credential.as_ref().and_then(credential_key_index) {
-            conds.push(Condition::NotExists(key.clone()));
-            ops.push(Op::Put {
-                key,
-                value: id.clone().into_bytes(),
-                expires: None,
-            });
-        }
         let event = AuditEvent::new(EventType::DeviceEnroll, true, self.env.now())
             .user(caller.name())
             .device(device_info(&d))
             .remote_addr(caller.peer.addr.ip().to_string());
-        match self.audit.write_with(conds, ops, event).await {
+        // One public key, one device: a second credential id for the same key is refused.
+        let key_index = d.spec.credential.as_ref().and_then(credential_key_index);
+        let plan =
+            plan::device_enrolled(&d, device_rev, key_index, event).map_err(ApiError::internal)?;
+        match self.audit.write_plan(plan).await {
             Ok(_) => {}
-            Err(StoreError::ConditionFailed { index, .. }) => {
-                let msg = match index {
-                    0 => {
-                        "the device changed during enrollment; ask for a new token and enroll again"
-                    }
-                    1 => {
-                        "the device credential id is already in use: enroll again with a new token"
-                    }
-                    _ => {
-                        "this device key is already enrolled as another device; one key can't be two devices: un-enroll the other device or use a new key, then ask for a new token"
-                    }
-                };
+            Err(PlanError::Refused(msg)) => {
                 self.audit
                     .emit(fail_event(msg.into(), Some(&device_before)))
                     .await
                     .map_err(ApiError::from)?;
                 return Err(Status::failed_precondition(msg));
             }
-            Err(e) => return Err(ApiError::from(e).into()),
+            Err(PlanError::Store(e)) => return Err(ApiError::from(e).into()),
         }
         tx.send(out(&EnrollResponse::Success(Box::new(enrolled.reply()))))
             .await

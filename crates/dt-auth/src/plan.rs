@@ -122,6 +122,107 @@ pub fn device_web_authenticated(
     })
 }
 
+/// The refusals of an enrollment's final write, one per guard.
+pub const ENROLL_DEVICE_CHANGED: &str =
+    "the device changed during enrollment; ask for a new token and enroll again";
+pub const ENROLL_CREDENTIAL_IN_USE: &str =
+    "the device credential id is already in use: enroll again with a new token";
+pub const ENROLL_KEY_IN_USE: &str = "this device key is already enrolled as another device; one key can't be two devices: un-enroll the other device or use a new key, then ask for a new token";
+
+/// An enrollment that succeeded: the enrolled device (with its credential), its credential
+/// index, its owner index, and the index of its public key (`key_index`, when the credential
+/// has key material), with the event. Guards: the device is still at the revision the
+/// ceremony read, the credential id is not taken, and (one key, one device) the key is not
+/// another device's.
+pub fn device_enrolled(
+    device: &Device,
+    read_revision: i64,
+    key_index: Option<String>,
+    event: AuditEvent,
+) -> Result<WritePlan, serde_json::Error> {
+    let id = device.metadata.name.clone();
+    let credential = device
+        .spec
+        .credential
+        .as_ref()
+        .map(|c| c.id.to_string())
+        .unwrap_or_default();
+    let (device_guard, device_op) = device_unchanged(device, read_revision, ENROLL_DEVICE_CHANGED)?;
+    let mut guards = vec![
+        device_guard,
+        Guard {
+            condition: Condition::NotExists(keys::device_credential_index(&credential)),
+            refusal: ENROLL_CREDENTIAL_IN_USE,
+        },
+    ];
+    let mut ops = vec![
+        device_op,
+        Op::Put {
+            key: keys::device_credential_index(&credential),
+            value: id.clone().into_bytes(),
+            expires: None,
+        },
+    ];
+    if let Some(owner) = &device.spec.owner {
+        ops.push(Op::Put {
+            key: keys::device_owner_index(owner, &id),
+            value: Vec::new(),
+            expires: None,
+        });
+    }
+    if let Some(key) = key_index {
+        guards.push(Guard {
+            condition: Condition::NotExists(key.clone()),
+            refusal: ENROLL_KEY_IN_USE,
+        });
+        ops.push(Op::Put {
+            key,
+            value: id.into_bytes(),
+            expires: None,
+        });
+    }
+    Ok(WritePlan {
+        guards,
+        ops,
+        events: vec![event],
+    })
+}
+
+/// The refusal when a token was spent by someone else between reading and spending it.
+pub const TOKEN_SPENT_CONCURRENTLY: &str = "invalid device enrollment token";
+
+/// Spending an enrollment token (at Init, whatever happens next): the record marked spent
+/// at `spent_at` and kept a day past its expiry (so "expired" and "already used" stay
+/// distinguishable in the audit log), and the device's token index removed; only if the
+/// record is still at the revision read. `events`: the failure event when Init failed.
+pub fn token_spent(
+    record: &dt_ceremony::token::EnrollTokenRecord,
+    read_revision: i64,
+    spent_at: time::OffsetDateTime,
+    events: Vec<AuditEvent>,
+) -> Result<WritePlan, serde_json::Error> {
+    let mut spent = record.clone();
+    spent.spent_at = Some(spent_at);
+    let key = keys::device_token(&record.token_hash);
+    Ok(WritePlan {
+        guards: vec![Guard {
+            condition: Condition::Revision(key.clone(), read_revision),
+            refusal: TOKEN_SPENT_CONCURRENTLY,
+        }],
+        ops: vec![
+            Op::Put {
+                key,
+                value: serde_json::to_vec(&spent)?,
+                expires: Some(record.expires + time::Duration::days(1)),
+            },
+            Op::Delete {
+                key: keys::device_token_index(record.device_id.as_str()),
+            },
+        ],
+        events,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +296,118 @@ mod tests {
         }));
         assert!(matches!(other, Err(PlanError::Store(_))));
         assert!(matches!(plan.outcome(Ok(5i64)), Ok(5)));
+    }
+
+    fn enrolled_device(owner: Option<&str>) -> Device {
+        let mut d = dt_types::device::new_device(OsType::Linux, "ENR1");
+        d.spec.credential = Some(dt_types::device::DeviceCredential {
+            id: "cred-1".parse().unwrap(),
+            public_key_der: String::new(),
+            attestation_type: dt_types::device::AttestationType::Software,
+            tpm_ekcert_serial: None,
+            tpm_ak_public: None,
+            tpm_ekcert_der: None,
+        });
+        d.spec.owner = owner.map(String::from);
+        d
+    }
+
+    #[test]
+    fn an_enrollment_guards_the_device_the_credential_and_the_key_in_that_order() {
+        let d = enrolled_device(Some("alice"));
+        let id = d.metadata.name.clone();
+        let plan = device_enrolled(
+            &d,
+            4,
+            Some("/index/device_key/abc".into()),
+            event(EventType::DeviceEnroll),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.conditions(),
+            vec![
+                Condition::Revision(keys::resource(Kind::Device, &id), 4),
+                Condition::NotExists(keys::device_credential_index("cred-1")),
+                Condition::NotExists("/index/device_key/abc".into()),
+            ]
+        );
+        let refusals: Vec<_> = plan.guards.iter().map(|g| g.refusal).collect();
+        assert_eq!(
+            refusals,
+            vec![
+                ENROLL_DEVICE_CHANGED,
+                ENROLL_CREDENTIAL_IN_USE,
+                ENROLL_KEY_IN_USE
+            ]
+        );
+        let keys_written: Vec<_> = plan
+            .ops
+            .iter()
+            .map(|o| match o {
+                Op::Put { key, .. } => key.clone(),
+                other => panic!("an enrollment only puts: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            keys_written,
+            vec![
+                keys::resource(Kind::Device, &id),
+                keys::device_credential_index("cred-1"),
+                keys::device_owner_index("alice", &id),
+                "/index/device_key/abc".to_string(),
+            ]
+        );
+        // A failure of the second guard is the credential's refusal.
+        let r = plan.outcome::<i64>(Err(StoreError::ConditionFailed {
+            index: 1,
+            key: String::new(),
+        }));
+        assert!(matches!(
+            r,
+            Err(PlanError::Refused(ENROLL_CREDENTIAL_IN_USE))
+        ));
+    }
+
+    #[test]
+    fn an_enrollment_without_key_material_or_owner_writes_no_such_index() {
+        let d = enrolled_device(None);
+        let plan = device_enrolled(&d, 1, None, event(EventType::DeviceEnroll)).unwrap();
+        assert_eq!(plan.guards.len(), 2);
+        assert_eq!(plan.ops.len(), 2);
+    }
+
+    proptest! {
+        /// A spent token: the same record with `spent_at` set, kept a day past its expiry,
+        /// the device's token index removed, all on the revision read.
+        #[test]
+        fn a_spent_token_is_marked_kept_and_unindexed(
+            rev in 1i64..i64::MAX,
+            expires in 1_700_000_000i64..1_900_000_000,
+            spent in 0i64..86_400,
+        ) {
+            let (_token, mut record) = dt_ceremony::token::EnrollTokenRecord::issue(
+                dt_types::DeviceId::parse("2b1f6c1e-8f5a-4c0e-9a59-1d2b3c4d5e6f").unwrap(),
+                OffsetDateTime::from_unix_timestamp(expires).unwrap(),
+                time::Duration::hours(1),
+                &mut dt_ceremony::env::SystemEnv::new(),
+            );
+            record.expires = OffsetDateTime::from_unix_timestamp(expires).unwrap();
+            let at = OffsetDateTime::from_unix_timestamp(expires - spent).unwrap();
+            let plan = token_spent(&record, rev, at, vec![]).unwrap();
+            let key = keys::device_token(&record.token_hash);
+            prop_assert_eq!(plan.conditions(), vec![Condition::Revision(key.clone(), rev)]);
+            let Op::Put { key: k, value, expires: keep } = &plan.ops[0] else {
+                panic!("not a put: {:?}", plan.ops[0]);
+            };
+            prop_assert_eq!(k, &key);
+            prop_assert_eq!(*keep, Some(record.expires + time::Duration::days(1)));
+            let back: dt_ceremony::token::EnrollTokenRecord = serde_json::from_slice(value).unwrap();
+            prop_assert_eq!(back.spent_at, Some(at));
+            prop_assert_eq!(back.token_hash, record.token_hash.clone());
+            prop_assert_eq!(
+                &plan.ops[1],
+                &Op::Delete { key: keys::device_token_index(record.device_id.as_str()) }
+            );
+        }
     }
 }
