@@ -72,6 +72,19 @@ pub struct ServiceIdentity {
     pub host_ca_der: Vec<u8>,
 }
 
+impl ServiceIdentity {
+    /// The user CA's X.509 certificate, which every access point that takes users' TLS
+    /// client certificates needs; a data dir without it says how to get one.
+    pub fn user_ca(&self) -> Result<Vec<u8>, AgentError> {
+        self.user_ca_der.clone().ok_or_else(|| {
+            AgentError::Corrupt(
+                "this data dir keeps no user CA certificate (joined by an older version): remove it and join again"
+                    .into(),
+            )
+        })
+    }
+}
+
 /// The paths of a data directory.
 #[derive(Clone, Debug)]
 pub struct DataDir {

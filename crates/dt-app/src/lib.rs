@@ -280,12 +280,7 @@ fn tls_acceptor(
 ) -> Result<(tokio_rustls::TlsAcceptor, Verifier), AgentError> {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let user_ca = id.user_ca_der.clone().ok_or_else(|| {
-        AgentError::Corrupt(
-            "this data dir keeps no user CA certificate (joined by an older version): remove it and join again"
-                .into(),
-        )
-    })?;
+    let user_ca = id.user_ca()?;
     let mut roots = rustls::RootCertStore::empty();
     roots
         .add(CertificateDer::from(user_ca))

@@ -3,7 +3,7 @@
 //! log reaches the state machine (which then refuses it for being a TPM answer to a P-256
 //! challenge, not for its size); one byte more is refused by the conversion, with a failed
 //! audit event, and the device record is untouched. (The full TPM path with such logs runs
-//! on swtpm in `crates/dt-cli/tests/tpm_event_log.rs`.)
+//! on swtpm in `crates/dt-e2e/tests/tpm_event_log.rs`.)
 // Test code: unwrap and panic are how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

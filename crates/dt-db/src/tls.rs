@@ -25,12 +25,7 @@ impl Tls {
     /// The client-facing side: our certificate, and users' certificates verified against
     /// the user CA (signature, validity, clientAuth).
     pub fn new(id: &ServiceIdentity) -> Result<Tls, AgentError> {
-        let user_ca = id.user_ca_der.clone().ok_or_else(|| {
-            AgentError::Corrupt(
-                "this data dir keeps no user CA certificate (joined by an older version): remove it and join again"
-                    .into(),
-            )
-        })?;
+        let user_ca = id.user_ca()?;
         Tls::from_parts(
             user_ca,
             id.tls_cert_der.clone(),

@@ -1,4 +1,4 @@
-//! `cargo bench -p dt-cli --bench app`: `wrk` through the app access point against `wrk`
+//! `cargo bench -p dt-e2e --bench app`: `wrk` through the app access point against `wrk`
 //! straight to the same app, as ratios.
 //!
 //! Real parts: `devtrust start`, `devtrust app start` and `dtsh proxy app` (the binaries of

@@ -1,4 +1,4 @@
-//! `cargo bench -p dt-cli --bench db`: pgbench through the database access point against
+//! `cargo bench -p dt-e2e --bench db`: pgbench through the database access point against
 //! pgbench straight to the same PostgreSQL server, as ratios.
 //!
 //! Real parts only: `devtrust start`, `devtrust db start`, `dtsh proxy db --tunnel` (the

@@ -1,4 +1,4 @@
-//! `cargo bench -p dt-cli --bench desktop`: what the desktop access point costs per frame
+//! `cargo bench -p dt-e2e --bench desktop`: what the desktop access point costs per frame
 //! and per keystroke, side by side with the raw X capture it is built on, as ratios.
 //!
 //! Real parts: a private Xvfb with xterm started by `dt_desktop::x11::XSession` (as `nobody`

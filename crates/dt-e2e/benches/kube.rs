@@ -1,4 +1,4 @@
-//! `cargo bench -p dt-cli --bench kube`: `kubectl get pods` through the Kubernetes access
+//! `cargo bench -p dt-e2e --bench kube`: `kubectl get pods` through the Kubernetes access
 //! point against `kubectl get pods` straight to the same API server, as ratios.
 //!
 //! Real parts: `devtrust start`, `devtrust kube start`, `dtsh kube login` and the

@@ -1,4 +1,4 @@
-//! `cargo bench -p dt-cli --bench mdm`: the inventory sync from Jamf Pro, timed end to end.
+//! `cargo bench -p dt-e2e --bench mdm`: the inventory sync from Jamf Pro, timed end to end.
 //!
 //! Real parts: `devtrust start` (SQLite), `devtrust mdm start` and `dtctl mdm sync` (the
 //! binaries of this build), over TLS to the fake Jamf Pro of `dt-fakemdm` in this process

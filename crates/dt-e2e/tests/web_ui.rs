@@ -2,7 +2,7 @@
 //! `playwright-core` (tests/web/web_ui.mjs), users and devices prepared with the real
 //! `dtctl` and `dtsh`, device web authentication run by the real `dtsh device web-auth`.
 //!
-//! Needs `chromium` and `npm ci` in crates/dt-cli/tests/web (scripts/install-deps.sh does
+//! Needs `chromium` and `npm ci` in crates/dt-e2e/tests/web (scripts/install-deps.sh does
 //! both); missing, the test fails and says so. `DEVTRUST_UPDATE_SCREENSHOTS=1` writes the
 //! screenshots to docs/screenshots (otherwise to a temp dir).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -240,12 +240,7 @@ pub fn acceptor(
     id: &ServiceIdentity,
     serving_der: Vec<u8>,
 ) -> Result<(tokio_rustls::TlsAcceptor, Arc<UserCertVerifier>), AgentError> {
-    let user_ca = id.user_ca_der.clone().ok_or_else(|| {
-        AgentError::Corrupt(
-            "this data dir keeps no user CA certificate (joined by an older version): remove it and join again"
-                .into(),
-        )
-    })?;
+    let user_ca = id.user_ca()?;
     let verifier = Arc::new(UserCertVerifier::new(user_ca)?);
     let key = provider()
         .key_provider

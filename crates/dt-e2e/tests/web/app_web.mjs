@@ -1,5 +1,5 @@
 // App launch from the web UI, in Debian's chromium driven by playwright-core. Run by
-// crates/dt-cli/tests/app_web.rs, which starts the auth service, an app access point and an
+// crates/dt-e2e/tests/app_web.rs, which starts the auth service, an app access point and an
 // app that echoes the request it got, and passes everything in DT_WEB_TEST (JSON).
 // Prints one JSON line per check ({"check": NAME, ...}); the Rust test asserts on them.
 

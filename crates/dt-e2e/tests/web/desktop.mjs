@@ -1,6 +1,6 @@
 // Desktops in the browser: Debian's chromium driven by playwright-core against the real
 // auth service and a real `devtrust desktop start` (Xvfb + xterm). Run by
-// crates/dt-cli/tests/desktop_access.rs, which passes everything in DT_WEB_TEST (JSON).
+// crates/dt-e2e/tests/desktop_access.rs, which passes everything in DT_WEB_TEST (JSON).
 // Prints one JSON line per check ({"check": NAME, ...}); the Rust test asserts on them.
 
 import { spawnSync } from 'node:child_process';

@@ -1,5 +1,5 @@
 // Browser flows of the devtrust web UI, in Debian's chromium driven by playwright-core.
-// Run by crates/dt-cli/tests/web_ui.rs, which starts the real servers, prepares users and
+// Run by crates/dt-e2e/tests/web_ui.rs, which starts the real servers, prepares users and
 // devices with the real CLIs and passes everything in the DT_WEB_TEST variable (JSON).
 // Prints one JSON line per check ({"check": NAME, ...}); the Rust test asserts on them.
 // Exits non-zero only when the harness itself breaks (a failed check is a printed line).
