@@ -94,6 +94,20 @@ fn auto_enrollment_needs_a_profile_that_names_the_user() {
         "{refused:?}"
     );
 
+    // Nor can he register and enroll it himself: self-enrollment needs device verbs that
+    // `access` does not grant, and the refusal says which.
+    Run::new(&DTSH, ["device", "enroll", "--current-device"])
+        .env("HOME", dev.path())
+        .env("DTSH_HOME", &home.path)
+        .env("DTSH_DEVICE_HOME", dev.path())
+        .env("DTSH_DEVICE_SERIAL", "AUTO-1")
+        .run()
+        .fails_with(
+            "cannot register this device (self-enrollment needs the create, create_enroll_token and enroll verbs on device",
+        );
+    let d1 = s.dtctl(&["get", "device/AUTO-1", "--format=json"]).json();
+    assert_eq!(d1["spec"]["enroll_status"], "not_enrolled", "{d1}");
+
     // The device assigned to mallory: auto-enrolled at login, and his.
     let dev2 = tempfile::tempdir().unwrap();
     let login = dtsh_login(&s, &home, dev2.path(), "AUTO-2");
