@@ -14,6 +14,7 @@ use crate::authority::{CaKind, CertAuthority};
 use crate::error::{CaError, Result};
 use crate::identity::DeviceExt;
 use crate::key;
+use crate::ssh::{VerifiedSshCert, check_ssh_validity};
 use crate::x509::{BACKDATE, whole_seconds};
 
 impl CertAuthority {
@@ -27,9 +28,27 @@ impl CertAuthority {
         device: &DeviceExt,
         now: OffsetDateTime,
     ) -> Result<(Certificate, Vec<u8>)> {
+        let verified = self.verify_ssh_user(ssh, now)?;
+        self.augment_verified(&verified, x509_der, device, now)
+    }
+
+    /// [`augment`](Self::augment) with an SSH certificate this CA already verified (the
+    /// device authentication verifies it when the ceremony opens): its signature is not
+    /// checked twice, but it must have been verified by this CA and still be valid at `now`.
+    pub fn augment_verified(
+        &self,
+        ssh: &VerifiedSshCert,
+        x509_der: &[u8],
+        device: &DeviceExt,
+        now: OffsetDateTime,
+    ) -> Result<(Certificate, Vec<u8>)> {
         self.require_kind("augmenting certificates", CaKind::User)?;
         device.validate()?;
-        let ssh_id = self.verify_ssh_user_cert(ssh, now)?;
+        if ssh.verified_by != self.key.point() {
+            return Err(CaError::NotIssuedByCa(self.kind));
+        }
+        check_ssh_validity(&ssh.identity, now)?;
+        let (ssh_id, ssh) = (ssh.identity.clone(), &ssh.cert);
         let (x509_id, spki) = self.verify_x509(x509_der, now)?;
         if ssh_id.device.is_some() || x509_id.device.is_some() {
             return Err(CaError::AlreadyAugmented);
@@ -250,6 +269,48 @@ mod tests {
             ca.augment(&mine.ssh, &mine.x509, &empty, NOW),
             Err(CaError::InvalidIdentity(_))
         ));
+    }
+
+    #[test]
+    fn a_certificate_verified_once_augments_only_with_the_ca_that_verified_it_and_while_valid() {
+        let ca = user_ca();
+        let other = user_ca();
+        let mine = login(&ca, &alice());
+        let verified = ca.verify_ssh_user(&mine.ssh, NOW).unwrap();
+        assert_eq!(verified.identity(), &alice());
+        // The same certificates as `augment` gives.
+        let (ssh, x509) = ca
+            .augment_verified(&verified, &mine.x509, &device(), NOW)
+            .unwrap();
+        let expected = Identity {
+            not_before: NOW - BACKDATE,
+            ..with_device(alice())
+        };
+        assert_eq!(ca.verify_ssh_user_cert(&ssh, NOW).unwrap(), expected);
+        assert_eq!(ca.verify_x509_issued_by(&x509, NOW).unwrap(), expected);
+        // Verified by another CA (even one that issued it): not this CA's word.
+        let theirs = login(&other, &alice());
+        let by_other = other.verify_ssh_user(&theirs.ssh, NOW).unwrap();
+        assert_eq!(
+            ca.augment_verified(&by_other, &mine.x509, &device(), NOW),
+            Err(CaError::NotIssuedByCa(CaKind::User))
+        );
+        // Expired between the verification and the augmentation.
+        assert!(matches!(
+            ca.augment_verified(&verified, &mine.x509, &device(), NOW + Duration::days(1)),
+            Err(CaError::Expired { .. })
+        ));
+        // The X.509 certificate is still verified in full.
+        assert_eq!(
+            ca.augment_verified(&verified, &theirs.x509, &device(), NOW),
+            Err(CaError::NotIssuedByCa(CaKind::User))
+        );
+        // An already augmented SSH certificate stays refused.
+        let augmented = ca.verify_ssh_user(&ssh, NOW).unwrap();
+        assert_eq!(
+            ca.augment_verified(&augmented, &mine.x509, &device(), NOW),
+            Err(CaError::AlreadyAugmented)
+        );
     }
 
     /// Throughput of augmentation (two verifications and two signatures); run with

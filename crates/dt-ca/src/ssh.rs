@@ -208,20 +208,61 @@ impl CertAuthority {
                 "certificate carries critical options".into(),
             ));
         }
-        // PROTOCOL.certkeys: valid when valid_after <= now < valid_before.
-        let now_secs = now.unix_timestamp();
-        if now_secs < id.not_before.unix_timestamp() {
-            return Err(CaError::NotYetValid {
-                not_before: id.not_before,
-            });
-        }
-        if now_secs >= id.not_after.unix_timestamp() {
-            return Err(CaError::Expired {
-                not_after: id.not_after,
-            });
-        }
+        check_ssh_validity(&id, now)?;
         Ok(id)
     }
+
+    /// [`verify_ssh_user_cert`](Self::verify_ssh_user_cert), keeping the proof that this CA
+    /// verified the certificate (for [`augment_verified`](Self::augment_verified)).
+    pub fn verify_ssh_user(
+        &self,
+        cert: &Certificate,
+        now: OffsetDateTime,
+    ) -> Result<VerifiedSshCert> {
+        let identity = self.verify_ssh_user_cert(cert, now)?;
+        Ok(VerifiedSshCert {
+            cert: cert.clone(),
+            identity,
+            verified_by: self.key.point().to_vec(),
+        })
+    }
+}
+
+/// An SSH user certificate whose signature, options and validity a user CA checked. Only
+/// [`CertAuthority::verify_ssh_user`] makes one; it remembers which CA key checked it.
+#[derive(Clone, Debug)]
+pub struct VerifiedSshCert {
+    pub(crate) cert: Certificate,
+    pub(crate) identity: Identity,
+    pub(crate) verified_by: Vec<u8>,
+}
+
+impl VerifiedSshCert {
+    /// The identity the certificate carries.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// The certificate itself.
+    pub fn certificate(&self) -> &Certificate {
+        &self.cert
+    }
+}
+
+/// PROTOCOL.certkeys: valid when valid_after <= now < valid_before.
+pub(crate) fn check_ssh_validity(id: &Identity, now: OffsetDateTime) -> Result<()> {
+    let now_secs = now.unix_timestamp();
+    if now_secs < id.not_before.unix_timestamp() {
+        return Err(CaError::NotYetValid {
+            not_before: id.not_before,
+        });
+    }
+    if now_secs >= id.not_after.unix_timestamp() {
+        return Err(CaError::Expired {
+            not_after: id.not_after,
+        });
+    }
+    Ok(())
 }
 
 /// Reads the identity out of a user certificate **without checking who signed it**: use
