@@ -121,6 +121,7 @@ pub fn fast_tuning() -> Tuning {
         poll_every: Duration::from_millis(50),
         keep_events_for: Duration::from_secs(600),
         watcher_buffer: 1024,
+        unwatched_prefixes: Vec::new(),
     }
 }
 
@@ -158,6 +159,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         ("grouped_single_writes", |f| {
             Box::pin(grouped_single_writes(f))
         }),
+        ("unwatched_prefixes", |f| Box::pin(unwatched_prefixes(f))),
     ]
 }
 
@@ -257,6 +259,7 @@ macro_rules! conformance_tests {
             batch_writes,
             concurrent_batches,
             grouped_single_writes,
+            unwatched_prefixes,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -1630,5 +1633,107 @@ pub async fn grouped_single_writes(f: Factory) -> Outcome {
         .into_iter()
         .collect();
     ensure_eq!(revs.len(), 50, "one revision each");
+    Ok(())
+}
+
+/// Keys under an unwatched prefix are stored, read, conditioned on and deleted like any
+/// other, in the same transactions, but give no change events; and no watch that could
+/// miss them is allowed.
+pub async fn unwatched_prefixes(f: Factory) -> Outcome {
+    let b = open(
+        &f,
+        Tuning {
+            unwatched_prefixes: vec!["/u/".into()],
+            ..fast_tuning()
+        },
+    )
+    .await?;
+    for refused in [
+        vec![],
+        vec![String::new()],
+        vec!["/".into()],
+        vec!["/u/x/".into()],
+    ] {
+        match b.watch(refused.clone()).await {
+            Err(StoreError::Invalid(_)) => {}
+            Err(e) => return Err(fail(format!("watch {refused:?}: wrong error {e:?}"))),
+            Ok(_) => return Err(fail(format!("watch {refused:?} was allowed"))),
+        }
+    }
+    let mut w = b.watch(vec!["/w/".into()]).await.ctx("watch /w/")?;
+    let start = init(&mut w).await?;
+
+    let r1 = b.put("/u/a", b"a".to_vec(), None).await.ctx("put /u/a")?;
+    ensure!(r1 > start, "an unwatched write takes a revision");
+    let r2 = b
+        .atomic_write(
+            vec![Condition::NotExists("/u/b".into())],
+            vec![
+                Op::Put {
+                    key: "/u/b".into(),
+                    value: b"b".to_vec(),
+                    expires: None,
+                },
+                Op::Put {
+                    key: "/w/1".into(),
+                    value: b"1".to_vec(),
+                    expires: None,
+                },
+            ],
+        )
+        .await
+        .ctx("atomic /u/b + /w/1")?;
+    // The same condition again fails: unwatched keys are real items.
+    match b
+        .atomic_write(
+            vec![Condition::NotExists("/u/b".into())],
+            vec![Op::Put {
+                key: "/w/never".into(),
+                value: vec![],
+                expires: None,
+            }],
+        )
+        .await
+    {
+        Err(StoreError::ConditionFailed { index: 0, .. }) => {}
+        other => return Err(fail(format!("condition on /u/b: {other:?}"))),
+    }
+    match b.create("/u/a", vec![], None).await {
+        Err(StoreError::AlreadyExists(_)) => {}
+        other => return Err(fail(format!("create over /u/a: {other:?}"))),
+    }
+    ensure_eq!(get_value(&b, "/u/a").await?, Some(b"a".to_vec()), "/u/a");
+    ensure_eq!(get_value(&b, "/u/b").await?, Some(b"b".to_vec()), "/u/b");
+    ensure_eq!(
+        keys(&b.range("/u/", None, 10).await.ctx("range /u/")?),
+        vec!["/u/a", "/u/b"],
+        "range /u/"
+    );
+    b.delete("/u/a", None).await.ctx("delete /u/a")?;
+    match b.delete("/u/a", None).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => return Err(fail(format!("second delete of /u/a: {other:?}"))),
+    }
+    let r3 = b.put("/w/2", b"2".to_vec(), None).await.ctx("put /w/2")?;
+    // The watcher sees exactly its own keys, with the revisions they were written at.
+    expect_changes(
+        &mut w,
+        &[(EventKind::Put, "/w/1", r2), (EventKind::Put, "/w/2", r3)],
+    )
+    .await?;
+    // A second instance on the same storage (the usual two auth servers) agrees.
+    let other = open(
+        &f,
+        Tuning {
+            unwatched_prefixes: vec!["/u/".into()],
+            ..fast_tuning()
+        },
+    )
+    .await?;
+    ensure_eq!(
+        get_value(&other, "/u/b").await?,
+        Some(b"b".to_vec()),
+        "/u/b elsewhere"
+    );
     Ok(())
 }

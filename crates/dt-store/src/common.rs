@@ -258,6 +258,34 @@ impl Write {
     }
 }
 
+/// Whether a write to `key` gets a change-feed entry ([`crate::Tuning::unwatched_prefixes`]).
+pub(crate) fn in_feed(unwatched: &[String], key: &str) -> bool {
+    !unwatched.iter().any(|u| key.starts_with(u.as_str()))
+}
+
+/// A watch must see every write under its prefixes: a prefix that overlaps an unwatched one
+/// (either contains the other) is refused.
+pub(crate) fn check_watchable(unwatched: &[String], prefixes: &[String]) -> Result<()> {
+    if prefixes.is_empty()
+        && let Some(u) = unwatched.first()
+    {
+        return Err(StoreError::Invalid(format!(
+            "cannot watch every key: keys under {u:?} are written without change events"
+        )));
+    }
+    for p in prefixes {
+        if let Some(u) = unwatched
+            .iter()
+            .find(|u| p.starts_with(u.as_str()) || u.starts_with(p.as_str()))
+        {
+            return Err(StoreError::Invalid(format!(
+                "cannot watch {p:?}: keys under {u:?} are written without change events"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Result of [`apply`]: the revision taken, how many events were written, and whether
 /// the transaction should be committed (a sweep that found nothing is rolled back so it
 /// does not consume a revision).

@@ -257,6 +257,11 @@ pub struct Tuning {
     pub keep_events_for: Duration,
     /// Per-watcher buffer; a watcher that falls this far behind is closed.
     pub watcher_buffer: usize,
+    /// Keys under these prefixes are written without a change-feed entry, so they cost one
+    /// row instead of two (and their values are not stored twice). Nobody can watch them:
+    /// [`Backend::watch`] refuses a prefix that overlaps one. For write-heavy keys that are
+    /// only ever read, such as an audit log and rate-limit slots.
+    pub unwatched_prefixes: Vec<String>,
 }
 
 impl Default for Tuning {
@@ -266,6 +271,7 @@ impl Default for Tuning {
             poll_every: Duration::from_millis(500),
             keep_events_for: Duration::from_secs(3600),
             watcher_buffer: 1024,
+            unwatched_prefixes: Vec::new(),
         }
     }
 }

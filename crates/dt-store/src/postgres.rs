@@ -29,9 +29,9 @@ use tokio_postgres::{AsyncMessage, Client, Config, IsolationLevel, Row, Statemen
 
 use crate::common::{
     Applied, Background, Batch, BatchWriter, GroupResult, Grouper, PutRow, Stored, Tx,
-    WRITE_RETRIES, Write, apply, apply_batch, backend_msg, closed, group_create, group_write,
-    make_page, now_ms, opt_from_ms, range_bounds, retry_delay, sane, spawn_periodic, stopped,
-    validate_key,
+    WRITE_RETRIES, Write, apply, apply_batch, backend_msg, check_watchable, closed, group_create,
+    group_write, in_feed, make_page, now_ms, opt_from_ms, range_bounds, retry_delay, sane,
+    spawn_periodic, stopped, validate_key,
 };
 use crate::hub::{EventSource, Hub, StoredEvent, kind_from_code};
 use crate::pg_tls::{MakeRustls, SslMode};
@@ -94,6 +94,8 @@ struct Shared {
     pool: Arc<Pool>,
     wake: Arc<Notify>,
     grouper: Grouper,
+    /// [`Tuning::unwatched_prefixes`].
+    unwatched: Arc<[String]>,
 }
 
 impl PostgresBackend {
@@ -158,6 +160,7 @@ impl PostgresBackend {
             }),
             wake: Arc::new(Notify::new()),
             grouper: Grouper::default(),
+            unwatched: tuning.unwatched_prefixes.clone().into(),
         });
         let bg = Background::new();
         let hub = Hub::start(&bg, shared.clone(), head, &tuning, shared.wake.clone());
@@ -243,7 +246,16 @@ impl Shared {
             .start()
             .await
             .map_err(pg)?;
-        let results = apply_batch(&mut PgTx { tx: &tx, st }, b).await?;
+        let unwatched = &self.unwatched;
+        let results = apply_batch(
+            &mut PgTx {
+                tx: &tx,
+                st,
+                unwatched,
+            },
+            b,
+        )
+        .await?;
         tx.commit().await.map_err(pg)?;
         Ok(results)
     }
@@ -257,7 +269,16 @@ impl Shared {
             .start()
             .await
             .map_err(pg)?;
-        let applied = apply(&mut PgTx { tx: &tx, st }, w).await?;
+        let unwatched = &self.unwatched;
+        let applied = apply(
+            &mut PgTx {
+                tx: &tx,
+                st,
+                unwatched,
+            },
+            w,
+        )
+        .await?;
         if applied.commit {
             tx.commit().await.map_err(pg)?;
         } else {
@@ -449,6 +470,7 @@ impl Backend for PostgresBackend {
     }
 
     async fn watch(&self, prefixes: Vec<String>) -> Result<Watcher> {
+        check_watchable(&self.shared.unwatched, &prefixes)?;
         self.hub.watch(prefixes).await
     }
 
@@ -515,6 +537,7 @@ fn is_retryable(e: &StoreError) -> bool {
 struct PgTx<'a> {
     tx: &'a tokio_postgres::Transaction<'a>,
     st: &'a Stmts,
+    unwatched: &'a [String],
 }
 
 impl Tx for PgTx<'_> {
@@ -543,17 +566,35 @@ impl Tx for PgTx<'_> {
     }
 
     async fn put(&mut self, revision: i64, idx: i32, row: &PutRow, at: i64) -> Result<()> {
-        self.tx
-            .execute(
-                &self.st.put,
-                &[&row.key, &row.value, &revision, &row.expires, &idx, &at],
-            )
-            .await
-            .map_err(pg)?;
+        if in_feed(self.unwatched, &row.key) {
+            self.tx
+                .execute(
+                    &self.st.put,
+                    &[&row.key, &row.value, &revision, &row.expires, &idx, &at],
+                )
+                .await
+                .map_err(pg)?;
+        } else {
+            self.tx
+                .execute(
+                    &self.st.put_unfed,
+                    &[&row.key, &row.value, &revision, &row.expires],
+                )
+                .await
+                .map_err(pg)?;
+        }
         Ok(())
     }
 
     async fn remove(&mut self, revision: i64, idx: i32, key: &str, at: i64) -> Result<bool> {
+        if !in_feed(self.unwatched, key) {
+            let n = self
+                .tx
+                .execute(&self.st.remove_unfed, &[&key])
+                .await
+                .map_err(pg)?;
+            return Ok(n > 0);
+        }
         let n = self
             .tx
             .execute(&self.st.remove, &[&key, &revision, &idx, &at])
@@ -617,14 +658,21 @@ impl Tx for PgTx<'_> {
             .collect()
     }
 
-    /// Sent back to back without waiting for each answer: the driver pipelines queries
-    /// issued together on one connection, and the server runs them in order.
+    /// Rows with change events are sent back to back without waiting for each answer (the
+    /// driver pipelines queries issued together on one connection, and the server runs them
+    /// in order). Rows under unwatched prefixes go in one multi-row statement: an
+    /// authentication writes a dozen audit items, and one statement per row made
+    /// PostgreSQL's per-statement work the larger part of a batch. A key written twice in
+    /// one flush keeps its last write, as it would row by row; and the two kinds never share
+    /// a key, so their relative order does not matter.
     async fn put_many(&mut self, rows: &[(i64, i32, &PutRow)], at: i64) -> Result<()> {
-        let st = &self.st.put;
         let tx = self.tx;
-        futures::future::try_join_all(rows.iter().map(|(revision, idx, row)| {
+        let (fed, unfed): (Vec<_>, Vec<_>) = rows
+            .iter()
+            .partition(|(_, _, row)| in_feed(self.unwatched, &row.key));
+        let one_by_one = futures::future::try_join_all(fed.iter().map(|(revision, idx, row)| {
             tx.execute_raw(
-                st,
+                &self.st.put,
                 [
                     &row.key as &(dyn tokio_postgres::types::ToSql + Sync),
                     &row.value,
@@ -634,9 +682,40 @@ impl Tx for PgTx<'_> {
                     &at,
                 ],
             )
-        }))
-        .await
-        .map_err(pg)?;
+        }));
+        let mut last: std::collections::HashMap<&str, usize> =
+            std::collections::HashMap::with_capacity(unfed.len());
+        for (i, (_, _, row)) in unfed.iter().enumerate() {
+            last.insert(row.key.as_str(), i);
+        }
+        let kept: Vec<&PutRow> = unfed
+            .iter()
+            .enumerate()
+            .filter(|&(i, (_, _, row))| last.get(row.key.as_str()) == Some(&i))
+            .map(|(_, (_, _, row))| *row)
+            .collect();
+        let revision_of: std::collections::HashMap<&str, i64> = unfed
+            .iter()
+            .map(|(rev, _, row)| (row.key.as_str(), *rev))
+            .collect();
+        let keys: Vec<&str> = kept.iter().map(|r| r.key.as_str()).collect();
+        let values: Vec<&[u8]> = kept.iter().map(|r| r.value.as_slice()).collect();
+        // The last write's revision (collecting into a map keeps the last of each key).
+        let revisions: Vec<i64> = keys.iter().map(|k| revision_of[k]).collect();
+        let expires: Vec<Option<i64>> = kept.iter().map(|r| r.expires).collect();
+        let together = async {
+            if keys.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(
+                &self.st.put_unfed_many,
+                &[&keys, &values, &revisions, &expires],
+            )
+            .await
+        };
+        futures::future::try_join(one_by_one, together)
+            .await
+            .map_err(pg)?;
         Ok(())
     }
 }
@@ -658,6 +737,11 @@ struct Stmts {
     range: [Statement; 4],
     next_revs: Statement,
     lookup_many: Statement,
+    /// `put` and `remove` without a change event (unwatched prefixes).
+    put_unfed: Statement,
+    remove_unfed: Statement,
+    /// `put_unfed` of many rows at once (arrays of keys, values, revisions, expiries).
+    put_unfed_many: Statement,
 }
 
 const RANGE_SQL: [&str; 4] = [
@@ -675,7 +759,7 @@ const VERSION_SQL: &str = "SELECT COALESCE(MAX(version), 0)::bigint FROM dt_sche
 
 impl Stmts {
     async fn prepare(client: &Client) -> Result<Self> {
-        let sql: [&str; 17] = [
+        let sql: [&str; 20] = [
             "SELECT v FROM dt_seq WHERE id = 1",
             VERSION_SQL,
             "UPDATE dt_seq SET v = v + 1 WHERE id = 1 RETURNING v",
@@ -708,6 +792,14 @@ impl Stmts {
             RANGE_SQL[3],
             "UPDATE dt_seq SET v = v + $1::bigint WHERE id = 1 RETURNING v",
             "SELECT key, revision, expires FROM dt_items WHERE key = ANY($1::text[])",
+            "INSERT INTO dt_items (key, value, revision, expires) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+                 revision = EXCLUDED.revision, expires = EXCLUDED.expires",
+            "DELETE FROM dt_items WHERE key = $1",
+            "INSERT INTO dt_items (key, value, revision, expires) \
+             SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bigint[], $4::bigint[]) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+                 revision = EXCLUDED.revision, expires = EXCLUDED.expires",
         ];
         // Prepared concurrently: the driver pipelines them on the one connection.
         let prepared = futures::future::try_join_all(sql.iter().map(|s| client.prepare(s)))
@@ -731,7 +823,10 @@ impl Stmts {
             r3,
             next_revs,
             lookup_many,
-        ] = <[Statement; 17]>::try_from(prepared)
+            put_unfed,
+            remove_unfed,
+            put_unfed_many,
+        ] = <[Statement; 20]>::try_from(prepared)
             .map_err(|_| backend_msg("statement preparation mismatch"))?;
         Ok(Stmts {
             head,
@@ -748,6 +843,9 @@ impl Stmts {
             range: [r0, r1, r2, r3],
             next_revs,
             lookup_many,
+            put_unfed,
+            remove_unfed,
+            put_unfed_many,
         })
     }
 }

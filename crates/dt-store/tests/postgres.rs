@@ -215,3 +215,60 @@ async fn old_events_are_pruned() {
     b.close().await;
     drop(db);
 }
+
+/// Keys under an unwatched prefix leave no row in the change table, however they are
+/// written (single put, atomic write, a group commit's multi-row puts, delete); the others
+/// still do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwatched_keys_leave_no_change_rows() {
+    let db = PgDatabase::create("dt_test");
+    let tuning = Tuning {
+        unwatched_prefixes: vec!["/u/".into()],
+        ..fast_tuning()
+    };
+    let b = PostgresBackend::connect(&db.conn(), tuning).await.unwrap();
+    b.put("/u/a", b"a".to_vec(), None).await.unwrap();
+    b.put("/w/a", b"a".to_vec(), None).await.unwrap();
+    let op = |k: &str, v: &[u8]| dt_store::Op::Put {
+        key: k.into(),
+        value: v.to_vec(),
+        expires: None,
+    };
+    b.atomic_write(vec![], vec![op("/u/b", b"1"), op("/w/b", b"1")])
+        .await
+        .unwrap();
+    // One batch writing /u/c twice: the later write wins, as it would row by row.
+    b.write_batch(
+        vec![
+            dt_store::BatchWrite {
+                conditions: vec![],
+                ops: vec![op("/u/c", b"first"), op("/w/c", b"")],
+            },
+            dt_store::BatchWrite {
+                conditions: vec![],
+                ops: vec![op("/u/d", b""), op("/u/c", b"second")],
+            },
+        ],
+        "/u/tail",
+        Arc::new(|_: &[Option<i64>], _: Option<&dt_store::Item>| Ok(vec![])),
+    )
+    .await
+    .unwrap();
+    b.delete("/u/a", None).await.unwrap();
+    b.delete("/w/a", None).await.unwrap();
+    assert_eq!(b.get("/u/c").await.unwrap().unwrap().value, b"second");
+    assert_eq!(b.range("/u/", None, 10).await.unwrap().items.len(), 3);
+    let (c, conn) = tokio_postgres::connect(&db.conn(), NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let count = async |like: &str| -> i64 {
+        c.query_one("SELECT COUNT(*) FROM dt_events WHERE key LIKE $1", &[&like])
+            .await
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(count("/u/%").await, 0, "unwatched keys in the change table");
+    // Put a, b, c and delete a.
+    assert_eq!(count("/w/%").await, 4, "watched keys' changes");
+    b.close().await;
+    drop(db);
+}

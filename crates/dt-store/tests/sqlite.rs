@@ -122,3 +122,58 @@ async fn old_events_are_pruned() {
     assert_eq!(b.range("/p/", None, 100).await.unwrap().items.len(), 10);
     b.close().await;
 }
+
+/// Keys under an unwatched prefix leave no row in the change table, however they are
+/// written (single put, atomic write, group commit, delete); the others still do.
+#[tokio::test]
+async fn unwatched_keys_leave_no_change_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("u.db");
+    let tuning = Tuning {
+        unwatched_prefixes: vec!["/u/".into()],
+        ..fast_tuning()
+    };
+    let b = SqliteBackend::open(&path, tuning).await.unwrap();
+    b.put("/u/a", b"a".to_vec(), None).await.unwrap();
+    b.put("/w/a", b"a".to_vec(), None).await.unwrap();
+    let ops = |k: &str| dt_store::Op::Put {
+        key: k.into(),
+        value: vec![],
+        expires: None,
+    };
+    b.atomic_write(vec![], vec![ops("/u/b"), ops("/w/b")])
+        .await
+        .unwrap();
+    b.write_batch(
+        vec![
+            dt_store::BatchWrite {
+                conditions: vec![],
+                ops: vec![ops("/u/c"), ops("/w/c")],
+            },
+            dt_store::BatchWrite {
+                conditions: vec![],
+                ops: vec![ops("/u/d")],
+            },
+        ],
+        "/u/tail",
+        Arc::new(|_: &[Option<i64>], _: Option<&dt_store::Item>| Ok(vec![])),
+    )
+    .await
+    .unwrap();
+    b.delete("/u/a", None).await.unwrap();
+    b.delete("/w/a", None).await.unwrap();
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let count = |like: &str| -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM dt_events WHERE key LIKE ?1",
+            [like],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!(count("/u/%"), 0, "unwatched keys in the change table");
+    // Put a, b, c and delete a.
+    assert_eq!(count("/w/%"), 4, "watched keys' changes");
+    assert_eq!(b.range("/u/", None, 10).await.unwrap().items.len(), 3);
+    b.close().await;
+}
