@@ -132,22 +132,23 @@ impl AuthServer {
                 let cert = ssh_key::Certificate::from_openssh(text.trim()).map_err(|_| {
                     Status::invalid_argument("the SSH certificate is not an OpenSSH certificate")
                 })?;
-                match self.user_ca.verify_ssh_user_cert(&cert, now) {
-                    Ok(id) => {
+                // Verified once: augmentation below takes this proof instead of
+                // checking the signature again.
+                match self.user_ca.verify_ssh_user(&cert, now) {
+                    Ok(verified) => {
+                        let id = verified.identity();
                         let point = cert
                             .public_key()
                             .ecdsa()
                             .map(|k| k.as_sec1_bytes().to_vec())
                             .unwrap_or_default();
-                        Some((
-                            cert,
-                            CertView {
-                                user: id.username.clone(),
-                                roles: id.roles.clone(),
-                                public_key_fingerprint: fingerprint(&point),
-                                device: binding(&id),
-                            },
-                        ))
+                        let view = CertView {
+                            user: id.username.clone(),
+                            roles: id.roles.clone(),
+                            public_key_fingerprint: fingerprint(&point),
+                            device: binding(id),
+                        };
+                        Some((verified, view))
                     }
                     Err(e) => {
                         let msg = format!("the SSH certificate was refused: {e}");
@@ -300,12 +301,12 @@ impl AuthServer {
             credential_id: outcome.augment.device.credential_id.clone(),
             posture: crate::devices::posture_at_authentication(&d, now),
         };
-        let (new_ssh, new_x509) =
-            self.user_ca
-                .augment(&ssh, &cert_der, &ext, now)
-                .map_err(|e| {
-                    Status::permission_denied(format!("certificates can't be augmented: {e}"))
-                })?;
+        let (new_ssh, new_x509) = self
+            .user_ca
+            .augment_verified(&ssh, &cert_der, &ext, now)
+            .map_err(|e| {
+                Status::permission_denied(format!("certificates can't be augmented: {e}"))
+            })?;
         let events = vec![
             AuditEvent::new(EventType::DeviceAuthenticate, true, now)
                 .user(caller.name())

@@ -10,6 +10,16 @@ pub const DB_CA: &str = "/cluster/ca/db";
 pub const JWT_CA: &str = "/cluster/ca/jwt";
 pub const AUDIT_HEAD: &str = "/audit/head";
 pub const AUDIT_EVENTS: &str = "/audit/events/";
+/// Everything of the audit log: events, their indexes and the chain head.
+pub const AUDIT_PREFIX: &str = "/audit/";
+/// Rate-limit slots and counters.
+pub const RATELIMIT_PREFIX: &str = "/ratelimit/";
+
+/// Written without change events (`dt_store::Tuning::unwatched_prefixes`): the two most
+/// written kinds of keys (a device authentication writes a dozen audit items and a
+/// rate-limit slot), which no watcher reads. Anything a node, the cache or a second auth
+/// server must follow stays out of these prefixes.
+pub const UNWATCHED: [&str; 2] = [AUDIT_PREFIX, RATELIMIT_PREFIX];
 
 pub fn resource_prefix(kind: Kind) -> String {
     format!("/resources/{}/", kind.as_str())

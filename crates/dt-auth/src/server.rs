@@ -79,7 +79,10 @@ pub struct DataDirFiles {
 }
 
 pub async fn open_backend(config: &Config) -> Result<Arc<dyn Backend>, StartError> {
-    let tuning = dt_store::Tuning::default();
+    let tuning = dt_store::Tuning {
+        unwatched_prefixes: keys::UNWATCHED.iter().map(|p| p.to_string()).collect(),
+        ..Default::default()
+    };
     Ok(match &config.storage {
         StorageConfig::Sqlite { .. } => {
             let path = config
