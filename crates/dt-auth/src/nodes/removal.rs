@@ -1,0 +1,87 @@
+//! Removal (`dtctl rm KIND/NAME`): a joined service's registration and record go, and its key
+//! is refused from then on.
+
+use dt_store::{Condition, Op, StoreError};
+use dt_types::audit::{AuditEvent, EventType};
+use dt_types::{ServiceKind, Verb};
+use time::OffsetDateTime;
+
+use super::checks::set_submitter;
+use super::{NODE_CERT_VALIDITY, NodeRecord, NodeRegistration};
+use crate::caller::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::keys;
+use crate::server::AuthServer;
+
+impl AuthServer {
+    /// `dtctl rm node/NAME`: forget the node's registration and live record, and refuse its
+    /// key from now on, so the name is free for a machine with a new key.
+    pub async fn remove_node(&self, caller: &Caller, name: &str) -> ApiResult<()> {
+        self.remove_service(caller, ServiceKind::Node, name).await
+    }
+
+    /// `dtctl rm KIND/NAME` for a joined service of any kind (needs `delete` on `node`,
+    /// the API's name for every joined service): as [`Self::remove_node`].
+    pub async fn remove_service(
+        &self,
+        caller: &Caller,
+        kind: ServiceKind,
+        name: &str,
+    ) -> ApiResult<()> {
+        self.authorize(caller, "node", Verb::Delete)?;
+        let reg_key = keys::service_registration(kind, name);
+        let record_key = keys::service_record(kind, name);
+        let reg = self.backend.get(&reg_key).await?;
+        let record = self.backend.get(&record_key).await?;
+        if reg.is_none() && record.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "{kind} {name:?} not found (see `dtctl rm` for the kinds and `dtsh ls` for nodes)"
+            )));
+        }
+        let mut keys_seen: Vec<String> = Vec::new();
+        if let Some(r) = reg
+            .as_ref()
+            .and_then(|i| serde_json::from_slice::<NodeRegistration>(&i.value).ok())
+        {
+            keys_seen.push(r.key_sha256);
+        }
+        if let Some(r) = record
+            .as_ref()
+            .and_then(|i| serde_json::from_slice::<NodeRecord>(&i.value).ok())
+            && !keys_seen.contains(&r.key_sha256)
+        {
+            keys_seen.push(r.key_sha256);
+        }
+        let mut conditions = Vec::new();
+        let mut ops = Vec::new();
+        for (key, item) in [(reg_key, &reg), (record_key, &record)] {
+            if let Some(item) = item {
+                conditions.push(Condition::Revision(key.clone(), item.revision));
+                ops.push(Op::Delete { key });
+            }
+        }
+        let now = OffsetDateTime::now_utc();
+        for k in &keys_seen {
+            ops.push(Op::Put {
+                key: keys::removed_node_key(k),
+                value: name.as_bytes().to_vec(),
+                expires: Some(now + NODE_CERT_VALIDITY),
+            });
+        }
+        let mut event = AuditEvent::new(EventType::ResourceDelete, true, now)
+            .user(caller.name())
+            .resource(kind.as_str(), name)
+            .message(format!(
+                "{kind} {name:?} removed; its key is refused from now on"
+            ))
+            .remote_addr(caller.peer.addr.ip().to_string());
+        set_submitter(&mut event, kind, name);
+        match self.audit.write_with(conditions, ops, event).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::ConditionFailed { .. }) => Err(ApiError::Conflict(format!(
+                "{kind} {name:?} changed meanwhile; try again"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
