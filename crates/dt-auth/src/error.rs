@@ -24,6 +24,9 @@ pub enum ApiError {
     /// Lost a compare-and-swap (someone else changed the resource).
     #[error("{0}")]
     Conflict(String),
+    /// A guarded write refused: a name taken (already exists) or a lost race (conflict).
+    #[error(transparent)]
+    Refused(#[from] crate::plan::Refusal),
     #[error("internal error (request {id}); the server log has details")]
     Internal { id: String },
 }
@@ -47,6 +50,8 @@ impl ApiError {
             ApiError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
             ApiError::TooMany(_) => tonic::Status::resource_exhausted(msg),
             ApiError::Conflict(_) => tonic::Status::aborted(msg),
+            ApiError::Refused(r) if r.is_taken() => tonic::Status::already_exists(msg),
+            ApiError::Refused(_) => tonic::Status::aborted(msg),
             ApiError::Internal { .. } => tonic::Status::internal(msg),
         }
     }
@@ -57,7 +62,9 @@ impl ApiError {
             ApiError::Unauthenticated(_) => S::UNAUTHORIZED,
             ApiError::PermissionDenied(_) => S::FORBIDDEN,
             ApiError::NotFound(_) => S::NOT_FOUND,
-            ApiError::AlreadyExists(_) | ApiError::Conflict(_) => S::CONFLICT,
+            ApiError::AlreadyExists(_) | ApiError::Conflict(_) | ApiError::Refused(_) => {
+                S::CONFLICT
+            }
             ApiError::InvalidArgument(_) => S::BAD_REQUEST,
             ApiError::FailedPrecondition(_) => S::PRECONDITION_FAILED,
             ApiError::TooMany(_) => S::TOO_MANY_REQUESTS,

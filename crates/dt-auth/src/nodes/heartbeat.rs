@@ -6,15 +6,13 @@ use std::time::Duration;
 
 use dt_proto::v1 as pb;
 use dt_types::ServiceKind;
-use time::OffsetDateTime;
 
 use super::NodeRecord;
 use super::ServedResourceRecord;
 use super::checks::{addr_host, check_labels};
 use crate::error::{ApiError, ApiResult};
-use crate::keys;
 use crate::listener::Peer;
-use crate::resources::to_json;
+use crate::plan;
 use crate::server::AuthServer;
 
 /// Bounds of a heartbeat's time to live.
@@ -132,7 +130,7 @@ impl AuthServer {
         }
         let key_sha256 = self.check_peer_node_key(node, peer).await?;
         let ttl = req.ttl_seconds.clamp(MIN_HEARTBEAT_TTL, MAX_HEARTBEAT_TTL);
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let record = NodeRecord {
             name: node.name.clone(),
             kind: node.kind,
@@ -143,13 +141,9 @@ impl AuthServer {
             last_heartbeat: now,
             resources,
         };
-        self.backend
-            .put(
-                &keys::service_record(node.kind, &node.name),
-                to_json(&record)?,
-                Some(now + Duration::from_secs(ttl)),
-            )
-            .await?;
+        let plan = plan::nodes::heartbeat(&record, Duration::from_secs(ttl))
+            .map_err(ApiError::internal)?;
+        self.commit_unaudited(plan).await?;
         Ok(())
     }
 }

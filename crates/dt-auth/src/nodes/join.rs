@@ -2,25 +2,20 @@
 //! registered with its key.
 
 use dt_proto::v1 as pb;
-use dt_store::{Condition, Op, StoreError};
 use dt_types::ServiceKind;
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::{Resource, TokenRole, TokenSpec};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use time::OffsetDateTime;
 
 use super::checks::{addr_host, check_labels, hex, set_submitter};
 use super::{NODE_CERT_VALIDITY, NodeRecord, NodeRegistration};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::listener::Peer;
-use crate::resources::to_json;
+use crate::plan;
 use crate::server::AuthServer;
 use crate::tokens::sha256_hex;
-
-/// A node record before the first heartbeat.
-const JOIN_RECORD_TTL: time::Duration = time::Duration::seconds(60);
 
 pub(super) fn invalid_join_token(kind: ServiceKind) -> ApiError {
     ApiError::Unauthenticated(format!(
@@ -66,10 +61,7 @@ impl AuthServer {
             return Ok(None);
         };
         let same: bool = tok.spec.token_hash.as_bytes().ct_eq(hash.as_bytes()).into();
-        let live = tok
-            .metadata
-            .expires
-            .is_none_or(|e| e > OffsetDateTime::now_utc());
+        let live = tok.metadata.expires.is_none_or(|e| e > self.env.now());
         if !same || !live || !tok.spec.roles.contains(&role) {
             return Ok(None);
         }
@@ -89,7 +81,7 @@ impl AuthServer {
             async move {
                 self.audit
                     .emit(
-                        AuditEvent::new(EventType::NodeJoin, false, OffsetDateTime::now_utc())
+                        AuditEvent::new(EventType::NodeJoin, false, self.env.now())
                             .user(if name.is_empty() {
                                 "unknown"
                             } else {
@@ -162,7 +154,7 @@ impl AuthServer {
                 "a {kind} named {name:?} is online with another key; stop it or pick another --name"
             )));
         }
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let not_after = now + NODE_CERT_VALIDITY;
         // SSH host certificates for SSH nodes only, for the registered name only: never an
         // address or host name the joining client asks for (a token must not mint
@@ -196,15 +188,6 @@ impl AuthServer {
             last_heartbeat: now,
             resources: Vec::new(),
         };
-        let condition = match &existing {
-            Some(item) => Condition::Revision(key.clone(), item.revision),
-            None => Condition::NotExists(key.clone()),
-        };
-        // Two machines joining one new name at once: one registration wins.
-        let reg_condition = match &registration {
-            Some(item) => Condition::Revision(reg_key.clone(), item.revision),
-            None => Condition::NotExists(reg_key.clone()),
-        };
         let reg = NodeRegistration {
             name: name.clone(),
             key_sha256: record.key_sha256.clone(),
@@ -218,34 +201,15 @@ impl AuthServer {
             .message(format!("{kind} {name:?} joined at {}", req.addr))
             .remote_addr(&remote);
         set_submitter(&mut event, kind, &name);
-        match self
-            .audit
-            .write_with(
-                vec![condition, reg_condition],
-                vec![
-                    Op::Put {
-                        key,
-                        value: to_json(&record)?,
-                        expires: Some(now + JOIN_RECORD_TTL),
-                    },
-                    Op::Put {
-                        key: reg_key,
-                        value: to_json(&reg)?,
-                        expires: None,
-                    },
-                ],
-                event,
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::ConditionFailed { .. }) => {
-                return Err(ApiError::Conflict(format!(
-                    "{kind} {name:?} changed meanwhile; try again"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let plan = plan::nodes::joined(
+            &record,
+            existing.as_ref().map(|item| item.revision),
+            &reg,
+            registration.as_ref().map(|item| item.revision),
+            event,
+        )
+        .map_err(ApiError::internal)?;
+        self.commit(plan).await?;
         self.login_failures
             .clear(self.backend.as_ref(), &limiter_key)
             .await?;

@@ -1,16 +1,15 @@
 //! Removal (`dtctl rm KIND/NAME`): a joined service's registration and record go, and its key
 //! is refused from then on.
 
-use dt_store::{Condition, Op, StoreError};
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::{ServiceKind, Verb};
-use time::OffsetDateTime;
 
 use super::checks::set_submitter;
-use super::{NODE_CERT_VALIDITY, NodeRecord, NodeRegistration};
+use super::{NodeRecord, NodeRegistration};
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
+use crate::plan;
 use crate::server::AuthServer;
 
 impl AuthServer {
@@ -52,22 +51,7 @@ impl AuthServer {
         {
             keys_seen.push(r.key_sha256);
         }
-        let mut conditions = Vec::new();
-        let mut ops = Vec::new();
-        for (key, item) in [(reg_key, &reg), (record_key, &record)] {
-            if let Some(item) = item {
-                conditions.push(Condition::Revision(key.clone(), item.revision));
-                ops.push(Op::Delete { key });
-            }
-        }
-        let now = OffsetDateTime::now_utc();
-        for k in &keys_seen {
-            ops.push(Op::Put {
-                key: keys::removed_node_key(k),
-                value: name.as_bytes().to_vec(),
-                expires: Some(now + NODE_CERT_VALIDITY),
-            });
-        }
+        let now = self.env.now();
         let mut event = AuditEvent::new(EventType::ResourceDelete, true, now)
             .user(caller.name())
             .resource(kind.as_str(), name)
@@ -76,12 +60,16 @@ impl AuthServer {
             ))
             .remote_addr(caller.peer.addr.ip().to_string());
         set_submitter(&mut event, kind, name);
-        match self.audit.write_with(conditions, ops, event).await {
-            Ok(_) => Ok(()),
-            Err(StoreError::ConditionFailed { .. }) => Err(ApiError::Conflict(format!(
-                "{kind} {name:?} changed meanwhile; try again"
-            ))),
-            Err(e) => Err(e.into()),
-        }
+        self.commit(plan::nodes::removed(
+            kind,
+            name,
+            reg.as_ref().map(|i| i.revision),
+            record.as_ref().map(|i| i.revision),
+            &keys_seen,
+            now,
+            event,
+        ))
+        .await?;
+        Ok(())
     }
 }
