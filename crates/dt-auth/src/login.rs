@@ -9,7 +9,6 @@ use dt_types::User;
 use dt_types::audit::{AuditEvent, CertInfo, EventType};
 use dt_types::resource::UserSpec;
 use rand::RngCore;
-use time::OffsetDateTime;
 
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
@@ -125,7 +124,7 @@ impl AuthServer {
         if let Some(lock) = dt_authz::first_matching_lock(&locks, &ctx) {
             self.audit
                 .emit(
-                    AuditEvent::new(EventType::CertCreate, false, OffsetDateTime::now_utc())
+                    AuditEvent::new(EventType::CertCreate, false, self.env.now())
                         .user(user.name())
                         .message(format!("refused: {}", lock_message(lock)))
                         .remote_addr(remote),
@@ -136,9 +135,11 @@ impl AuthServer {
         let max = dt_authz::max_session_ttl(&roles);
         let ttl = requested_ttl.unwrap_or(max).min(max).max(MIN_CERT_TTL);
         let logins = dt_authz::allowed_logins(&roles, &user.spec.traits.logins);
-        let now = OffsetDateTime::now_utc()
+        let now = self
+            .env
+            .now()
             .replace_nanosecond(0)
-            .unwrap_or(OffsetDateTime::now_utc());
+            .unwrap_or(self.env.now());
         let identity = dt_ca::Identity {
             username: user.name().to_string(),
             roles: role_names.clone(),
@@ -270,14 +271,10 @@ impl AuthServer {
                             expires: None,
                         },
                     ],
-                    AuditEvent::new(
-                        EventType::UserPasswordChange,
-                        true,
-                        OffsetDateTime::now_utc(),
-                    )
-                    .user(&username)
-                    .message("password set with a signup token")
-                    .remote_addr(&remote),
+                    AuditEvent::new(EventType::UserPasswordChange, true, self.env.now())
+                        .user(&username)
+                        .message("password set with a signup token")
+                        .remote_addr(&remote),
                 )
                 .await;
             match result {
@@ -325,7 +322,7 @@ impl AuthServer {
             .await?;
         self.audit
             .emit(
-                AuditEvent::new(EventType::UserLogin, true, OffsetDateTime::now_utc())
+                AuditEvent::new(EventType::UserLogin, true, self.env.now())
                     .user(&username)
                     .remote_addr(&remote),
             )

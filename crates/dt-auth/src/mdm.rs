@@ -336,7 +336,7 @@ impl AuthServer {
             name: req.source.clone(),
             origin,
         };
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let mut out = pb::ApplyMdmBatchResponse {
             creates: vec![pb::MdmItemResult::default(); req.creates.len()],
             updates: vec![pb::MdmItemResult::default(); req.updates.len()],
@@ -740,7 +740,7 @@ impl AuthServer {
         caller: &Caller,
         req: pb::RequestMdmSyncRequest,
     ) -> ApiResult<SyncRequest> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         if let Err(e) = self.authorize(caller, "device", Verb::Update) {
             self.audit
                 .emit(

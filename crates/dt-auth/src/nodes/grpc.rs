@@ -35,7 +35,7 @@ impl NodeService for GrpcNodes {
         req: Request<pb::HeartbeatRequest>,
     ) -> Result<Response<pb::HeartbeatResponse>, Status> {
         let peer = peer_of(&req)?;
-        let node = node_of(&peer)?;
+        let node = node_of(&peer, self.srv.env.now())?;
         self.srv
             .node_heartbeat(&node, &peer, req.into_inner())
             .await?;

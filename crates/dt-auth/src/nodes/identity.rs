@@ -15,7 +15,8 @@ use crate::listener::Peer;
 use crate::server::AuthServer;
 
 /// The joined node on the other end, or `Unauthenticated` with what to do.
-pub(super) fn node_of(peer: &Peer) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
+/// `now` is the server's clock ([`crate::env::ServerEnv::now`]).
+pub(super) fn node_of(peer: &Peer, now: OffsetDateTime) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
     let node = peer.node.clone().ok_or_else(|| {
         ApiError::Unauthenticated(
             "this call is for joined nodes (mutual TLS with the node certificate from `devtrust node start --token`)"
@@ -23,7 +24,7 @@ pub(super) fn node_of(peer: &Peer) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
         )
     })?;
     // The TLS handshake checked the validity once; a connection can outlive it.
-    if OffsetDateTime::now_utc() >= node.not_after {
+    if now >= node.not_after {
         return Err(ApiError::Unauthenticated(format!(
             "the node certificate of {:?} expired; join the node again (`devtrust node start --token`)",
             node.name
@@ -98,7 +99,7 @@ impl AuthServer {
     /// The joined service on the other end whose key is still registered for its name
     /// and kind.
     pub(crate) async fn live_node(&self, peer: &Peer) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
-        let node = node_of(peer)?;
+        let node = node_of(peer, self.env.now())?;
         self.check_peer_node_key(&node, peer).await?;
         Ok(node)
     }

@@ -9,10 +9,10 @@ use dt_proto::v1 as pb;
 use dt_store::{EventKind, WatchEvent};
 use dt_types::Kind;
 use futures::Stream;
-use time::OffsetDateTime;
 use tokio::sync::mpsc;
 use tonic::Status;
 
+use crate::env::ServerEnv;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::server::AuthServer;
@@ -38,8 +38,8 @@ pub(super) fn kind_of_key(key: &str) -> Option<(Kind, &str)> {
         })
 }
 
-pub(super) fn now_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+pub(super) fn now_ms(env: &ServerEnv) -> i64 {
+    (env.now().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 impl AuthServer {
@@ -93,12 +93,13 @@ pub(super) async fn cluster_watch(
         }
     }
     let snapshot = srv.cluster_snapshot().await?;
+    let env = srv.env.clone();
     let (tx, rx) = mpsc::channel::<Result<pb::ClusterEvent, Status>>(64);
     tokio::spawn(async move {
         let first = pb::ClusterEvent {
             r#type: pb::cluster_event::Type::Snapshot as i32,
             resources: snapshot,
-            server_time_unix_ms: now_ms(),
+            server_time_unix_ms: now_ms(&env),
             ..Default::default()
         };
         if tx.send(Ok(first)).await.is_err() {
@@ -112,7 +113,7 @@ pub(super) async fn cluster_watch(
                 _ = tx.closed() => break,
                 _ = keepalive.tick() => pb::ClusterEvent {
                     r#type: pb::cluster_event::Type::Keepalive as i32,
-                    server_time_unix_ms: now_ms(),
+                    server_time_unix_ms: now_ms(&env),
                     ..Default::default()
                 },
                 ev = watcher.recv() => match ev {
@@ -134,13 +135,13 @@ pub(super) async fn cluster_watch(
                                 }],
                                 kind: k.as_str().into(),
                                 name: name.to_string(),
-                                server_time_unix_ms: now_ms(),
+                                server_time_unix_ms: now_ms(&env),
                             },
                             EventKind::Delete => pb::ClusterEvent {
                                 r#type: pb::cluster_event::Type::Delete as i32,
                                 kind: k.as_str().into(),
                                 name: name.to_string(),
-                                server_time_unix_ms: now_ms(),
+                                server_time_unix_ms: now_ms(&env),
                                 ..Default::default()
                             },
                         }
