@@ -7,8 +7,8 @@ use dt_types::ServiceKind;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::NodeRegistration;
 use super::checks::hex;
+use super::{NodeError, NodeRegistration};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::listener::Peer;
@@ -17,18 +17,13 @@ use crate::server::AuthServer;
 /// The joined node on the other end, or `Unauthenticated` with what to do.
 /// `now` is the server's clock ([`crate::env::ServerEnv::now`]).
 pub(super) fn node_of(peer: &Peer, now: OffsetDateTime) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
-    let node = peer.node.clone().ok_or_else(|| {
-        ApiError::Unauthenticated(
-            "this call is for joined nodes (mutual TLS with the node certificate from `devtrust node start --token`)"
-                .into(),
-        )
-    })?;
+    let node = peer.node.clone().ok_or(NodeError::NotJoined)?;
     // The TLS handshake checked the validity once; a connection can outlive it.
     if now >= node.not_after {
-        return Err(ApiError::Unauthenticated(format!(
-            "the node certificate of {:?} expired; join the node again (`devtrust node start --token`)",
-            node.name
-        )));
+        return Err(NodeError::CertificateExpired {
+            name: node.name.clone(),
+        }
+        .into());
     }
     Ok(node)
 }
@@ -37,15 +32,17 @@ pub(super) fn node_of(peer: &Peer, now: OffsetDateTime) -> ApiResult<Arc<dt_ca::
 /// decisions: the cluster watch and audit submission.
 pub(super) fn access_point_of(
     node: Arc<dt_ca::NodeIdentity>,
-    what: &str,
+    call: &'static str,
 ) -> ApiResult<Arc<dt_ca::NodeIdentity>> {
     if node.kind.is_access_point() {
         Ok(node)
     } else {
-        Err(ApiError::PermissionDenied(format!(
-            "{what} is for access points; the {} service {:?} may not call it",
-            node.kind, node.name
-        )))
+        Err(NodeError::NotAnAccessPoint {
+            call,
+            kind: node.kind,
+            name: node.name.clone(),
+        }
+        .into())
     }
 }
 
@@ -64,10 +61,12 @@ impl AuthServer {
         name: &str,
         key_sha256: &str,
     ) -> ApiResult<()> {
-        let refused = || {
-            ApiError::Unauthenticated(format!(
-                "{kind} {name:?} was removed or replaced by an admin; join again with a new token (`dtctl tokens add --type={kind}`)"
-            ))
+        let refused = || -> ApiError {
+            NodeError::RemovedOrReplaced {
+                kind,
+                name: name.to_string(),
+            }
+            .into()
         };
         if self
             .backend

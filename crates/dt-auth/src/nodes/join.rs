@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::checks::{addr_host, check_labels, hex, set_submitter};
-use super::{NODE_CERT_VALIDITY, NodeRecord, NodeRegistration};
+use super::{NODE_CERT_VALIDITY, NodeError, NodeRecord, NodeRegistration};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::listener::Peer;
@@ -17,21 +17,16 @@ use crate::plan;
 use crate::server::AuthServer;
 use crate::tokens::sha256_hex;
 
-pub(super) fn invalid_join_token(kind: ServiceKind) -> ApiError {
-    ApiError::Unauthenticated(format!(
-        "invalid or expired join token for a {kind} (a token of another type does not join a {kind}); ask an admin for a new one (`dtctl tokens add --type={kind}`)"
-    ))
-}
-
 /// The kind a join asks for: empty is an SSH node (clients from before kinds existed).
 pub(super) fn join_kind(kind: &str) -> ApiResult<ServiceKind> {
     if kind.is_empty() {
         return Ok(ServiceKind::Node);
     }
     ServiceKind::parse(kind).ok_or_else(|| {
-        ApiError::InvalidArgument(format!(
-            "unknown service kind {kind:?}; use node, db, kube, app, desktop or mdm"
-        ))
+        NodeError::UnknownKind {
+            kind: kind.to_string(),
+        }
+        .into()
     })
 }
 
@@ -101,10 +96,10 @@ impl AuthServer {
             .await?
         {
             fail("too many failed joins (rate limited)".into()).await?;
-            return Err(ApiError::TooMany(format!(
-                "too many failed joins from this address; try again in {} s",
-                wait.as_secs().max(1)
-            )));
+            return Err(NodeError::TooManyJoins {
+                wait_secs: wait.as_secs().max(1),
+            }
+            .into());
         }
         let kind = join_kind(&req.kind)?;
         dt_types::resource::validate_name(&name)
@@ -126,7 +121,7 @@ impl AuthServer {
         else {
             self.record_failure(&limiter_key).await?;
             fail(format!("invalid or expired {kind} join token")).await?;
-            return Err(invalid_join_token(kind));
+            return Err(NodeError::InvalidJoinToken { kind }.into());
         };
         let reg_key = keys::service_registration(kind, &name);
         let registration = self.backend.get(&reg_key).await?;
@@ -138,9 +133,7 @@ impl AuthServer {
                     "refused: {kind} name {name:?} is registered with another key"
                 ))
                 .await?;
-                return Err(ApiError::AlreadyExists(format!(
-                    "a {kind} named {name:?} is already registered with another key; if this machine replaces it, an admin must remove the old one first (`dtctl rm {kind}/{name}`), then join again"
-                )));
+                return Err(NodeError::RegisteredToAnotherKey { kind, name }.into());
             }
         }
         let key = keys::service_record(kind, &name);
@@ -150,9 +143,7 @@ impl AuthServer {
             && rec.key_sha256 != key_sha256
         {
             fail(format!("{kind} name {name:?} is online with another key")).await?;
-            return Err(ApiError::AlreadyExists(format!(
-                "a {kind} named {name:?} is online with another key; stop it or pick another --name"
-            )));
+            return Err(NodeError::OnlineWithAnotherKey { kind, name }.into());
         }
         let now = self.env.now();
         let not_after = now + NODE_CERT_VALIDITY;

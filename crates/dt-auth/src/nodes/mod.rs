@@ -41,6 +41,7 @@
 //! their kind), [`Peer::identity`] for users.
 
 mod checks;
+mod error;
 mod events;
 mod grpc;
 mod heartbeat;
@@ -51,6 +52,7 @@ mod records;
 mod removal;
 mod watch;
 
+pub use error::NodeError;
 pub use grpc::GrpcNodes;
 pub use records::{NodeRecord, NodeRegistration, ServedResource, ServedResourceRecord};
 pub use watch::{WATCH_KEEPALIVE, watched_prefixes};

@@ -5,9 +5,9 @@ use dt_types::audit::{AuditEvent, EventType};
 use dt_types::{ServiceKind, Verb};
 
 use super::checks::set_submitter;
-use super::{NodeRecord, NodeRegistration};
+use super::{NodeError, NodeRecord, NodeRegistration};
 use crate::caller::Caller;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::keys;
 use crate::plan;
 use crate::server::AuthServer;
@@ -33,9 +33,11 @@ impl AuthServer {
         let reg = self.backend.get(&reg_key).await?;
         let record = self.backend.get(&record_key).await?;
         if reg.is_none() && record.is_none() {
-            return Err(ApiError::NotFound(format!(
-                "{kind} {name:?} not found (see `dtctl rm` for the kinds and `dtsh ls` for nodes)"
-            )));
+            return Err(NodeError::NotFound {
+                kind,
+                name: name.to_string(),
+            }
+            .into());
         }
         let mut keys_seen: Vec<String> = Vec::new();
         if let Some(r) = reg

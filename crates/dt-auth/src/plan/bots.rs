@@ -125,7 +125,7 @@ mod tests {
             r.to_string(),
             "user \"ci\" already exists; pick another bot name"
         );
-        assert!(r.is_taken());
+        assert_eq!(r.code(), crate::error::ErrorCode::AlreadyExists);
         let collided = plan.outcome::<i64>(Err(StoreError::ConditionFailed {
             index: 1,
             key: String::new(),

@@ -3,7 +3,7 @@
 use dt_types::{Kind, ServiceKind};
 
 use super::{PlanError, WritePlan, guard_outcome};
-use crate::error::{ApiError, ApiResult};
+use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::AuthServer;
 
 /// Why a service's guarded write was refused: something changed between the read and the
@@ -37,12 +37,12 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    /// Whether the refusal is a name that is taken (rather than a lost race).
-    pub fn is_taken(&self) -> bool {
-        matches!(
-            self,
-            Refusal::UserExists { .. } | Refusal::BotNameTaken { .. }
-        )
+    /// A name that is taken "already exists"; a lost race is a conflict.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Refusal::UserExists { .. } | Refusal::BotNameTaken { .. } => ErrorCode::AlreadyExists,
+            _ => ErrorCode::Conflict,
+        }
     }
 }
 
