@@ -123,6 +123,38 @@ pub fn user_reset(
     }
 }
 
+/// Why a signup login's write was refused (the audit log's reason; the client is only told
+/// its credentials were refused).
+pub const SIGNUP_TOKEN_USED: &str = "signup token already used";
+
+/// A signup login: the signup token (`token_hash`, read at `revision`) spent and the
+/// user's password set (`password_hash`, argon2), in one write; a concurrent second use of
+/// the same token finds it changed and is refused.
+pub fn signup_used(
+    token_hash: &str,
+    revision: i64,
+    user: &str,
+    password_hash: String,
+    event: AuditEvent,
+) -> WritePlan {
+    let key = keys::signup_token(token_hash);
+    WritePlan {
+        guards: vec![Guard {
+            condition: Condition::Revision(key.clone(), revision),
+            refusal: SIGNUP_TOKEN_USED,
+        }],
+        ops: vec![
+            Op::Delete { key },
+            Op::Put {
+                key: keys::password(user),
+                value: password_hash.into_bytes(),
+                expires: None,
+            },
+        ],
+        events: vec![event],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +211,29 @@ mod tests {
                 keys::resource(Kind::User, "bob"),
                 keys::signup_token("h1"),
                 keys::signup_token_index("bob"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_signup_spends_the_token_it_read_and_sets_the_password() {
+        let plan = signup_used("h9", 12, "bob", "$argon2id$x".into(), event());
+        assert_eq!(
+            plan.conditions(),
+            vec![Condition::Revision(keys::signup_token("h9"), 12)]
+        );
+        assert_eq!(plan.guards[0].refusal, SIGNUP_TOKEN_USED);
+        assert_eq!(
+            plan.ops,
+            vec![
+                Op::Delete {
+                    key: keys::signup_token("h9")
+                },
+                Op::Put {
+                    key: keys::password("bob"),
+                    value: b"$argon2id$x".to_vec(),
+                    expires: None,
+                },
             ]
         );
     }
