@@ -209,7 +209,7 @@ impl AuthServer {
         };
         // What the device's certificates would say: its last authentication (the newest
         // collected-data record), so `max_auth_age` is explained against that time.
-        let now = time::OffsetDateTime::now_utc();
+        let now = self.env.now();
         let posture = match &device {
             AssumedDevice::Trusted(d) => {
                 let last = d

@@ -12,7 +12,6 @@ use std::time::Duration;
 use dt_proto::v1 as pb;
 use dt_proto::v1::app_service_server::AppService;
 use serde_json::json;
-use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use crate::caller::peer_of;
@@ -38,7 +37,7 @@ impl AuthServer {
                 service.name, service.kind
             )));
         }
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         if now >= service.not_after {
             return Err(ApiError::Unauthenticated(format!(
                 "the certificate of {:?} expired; join it again",
@@ -90,7 +89,7 @@ impl AuthServer {
                 service.name, service.kind
             )));
         }
-        if OffsetDateTime::now_utc() >= service.not_after {
+        if self.env.now() >= service.not_after {
             return Err(ApiError::Unauthenticated(format!(
                 "the certificate of {:?} expired; join it again",
                 service.name
@@ -118,7 +117,7 @@ impl AuthServer {
         self.check_serves_app(service, &req.app).await?;
         let issued = self
             .app_sessions
-            .exchange(&req.code, &req.state, &req.app, OffsetDateTime::now_utc())
+            .exchange(&req.code, &req.state, &req.app, self.env.now())
             .map_err(app_session_error)?;
         Ok(pb::AppSession {
             session_id: issued.id,
@@ -136,12 +135,7 @@ impl AuthServer {
         self.check_serves_app(service, &req.app).await?;
         let grant = self
             .app_sessions
-            .resolve(
-                &req.session_id,
-                &req.secret,
-                &req.app,
-                OffsetDateTime::now_utc(),
-            )
+            .resolve(&req.session_id, &req.secret, &req.app, self.env.now())
             .map_err(app_session_error)?;
         Ok(pb::AppSession {
             session_id: req.session_id,

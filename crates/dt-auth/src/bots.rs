@@ -5,17 +5,15 @@
 use std::time::Duration;
 
 use dt_proto::v1 as pb;
-use dt_store::{Condition, Op, StoreError};
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::{Resource, RoleSpec, TokenRole, TokenSpec, Traits, UserSpec};
-use dt_types::{AnyResource, Kind, User, Verb};
-use time::OffsetDateTime;
+use dt_types::{AnyResource, User, Verb};
 
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::keys;
 use crate::listener::Peer;
-use crate::resources::{stored_spec, to_json};
+use crate::plan;
+use crate::resources::stored_spec;
 use crate::server::{AuthServer, LOCAL_ADMIN};
 use crate::tokens::{random_token, sha256_hex};
 
@@ -56,7 +54,7 @@ impl AuthServer {
                 )));
             }
         }
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let user: User = Resource::new(
             name.clone(),
             UserSpec {
@@ -93,56 +91,21 @@ impl AuthServer {
         AnyResource::Token(tok.clone())
             .validate()
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let user_key = keys::resource(Kind::User, &name);
-        let token_key = keys::resource(Kind::Token, &token_name);
-        let result = self
-            .audit
-            .write_with(
-                vec![
-                    Condition::NotExists(user_key.clone()),
-                    Condition::NotExists(token_key.clone()),
-                ],
-                vec![
-                    Op::Put {
-                        key: user_key,
-                        value: to_json(&user)?,
-                        expires: None,
-                    },
-                    Op::Put {
-                        key: token_key,
-                        value: to_json(&tok)?,
-                        expires: Some(expires),
-                    },
-                    Op::Put {
-                        key: keys::join_token_index(&hash),
-                        value: token_name.clone().into_bytes(),
-                        expires: Some(expires),
-                    },
-                ],
-                AuditEvent::new(EventType::UserCreate, true, now)
-                    .user(caller.name())
-                    .resource("user", &name)
-                    .message(format!(
-                        "bot with roles {}; join token {token_name}",
-                        req.roles.join(",")
-                    ))
-                    .remote_addr(caller.peer.addr.ip().to_string()),
-            )
-            .await;
-        match result {
-            Ok(_) => Ok(pb::AddBotResponse {
-                token,
-                token_name,
-                expires_unix: expires.unix_timestamp(),
-            }),
-            Err(StoreError::ConditionFailed { index: 0, .. }) => Err(ApiError::AlreadyExists(
-                format!("user {name:?} already exists; pick another bot name"),
-            )),
-            Err(StoreError::ConditionFailed { .. }) => {
-                Err(ApiError::Conflict("token collision; try again".into()))
-            }
-            Err(e) => Err(e.into()),
-        }
+        let event = AuditEvent::new(EventType::UserCreate, true, now)
+            .user(caller.name())
+            .resource("user", &name)
+            .message(format!(
+                "bot with roles {}; join token {token_name}",
+                req.roles.join(",")
+            ))
+            .remote_addr(caller.peer.addr.ip().to_string());
+        let plan = plan::bots::bot_added(&user, &tok, event).map_err(ApiError::internal)?;
+        self.commit(plan).await?;
+        Ok(pb::AddBotResponse {
+            token,
+            token_name,
+            expires_unix: expires.unix_timestamp(),
+        })
     }
 
     /// A login with a bot join token (`dtsh login --bot --token=T`): certificates for the
@@ -161,7 +124,7 @@ impl AuthServer {
                 self.record_failure(&limiter_key).await?;
                 self.audit
                     .emit(
-                        AuditEvent::new(EventType::UserLogin, false, OffsetDateTime::now_utc())
+                        AuditEvent::new(EventType::UserLogin, false, self.env.now())
                             .user(who)
                             .message(why)
                             .remote_addr(remote),
@@ -220,7 +183,7 @@ impl AuthServer {
             .await?;
         self.audit
             .emit(
-                AuditEvent::new(EventType::UserLogin, true, OffsetDateTime::now_utc())
+                AuditEvent::new(EventType::UserLogin, true, self.env.now())
                     .user(user.name())
                     .resource("token", token.name())
                     .message("bot login with a join token")
@@ -260,7 +223,7 @@ impl AuthServer {
         let Some(err) = refusal else { return Ok(()) };
         self.audit
             .emit(
-                AuditEvent::new(EventType::JoinTokenCreate, false, OffsetDateTime::now_utc())
+                AuditEvent::new(EventType::JoinTokenCreate, false, self.env.now())
                     .user(caller.name())
                     .resource("user", bot)
                     .message(format!("refused bot join token: {err}"))
@@ -289,7 +252,7 @@ impl AuthServer {
         );
         self.audit
             .emit(
-                AuditEvent::new(EventType::UserUpdate, false, OffsetDateTime::now_utc())
+                AuditEvent::new(EventType::UserUpdate, false, self.env.now())
                     .user(caller.name())
                     .resource("user", name)
                     .message(format!("refused users reset: {msg}"))

@@ -6,7 +6,6 @@ use std::sync::Arc;
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::UserSpec;
 use dt_types::{Role, Verb};
-use time::OffsetDateTime;
 use tonic::Request;
 
 use crate::error::{ApiError, ApiResult};
@@ -43,7 +42,7 @@ impl AuthServer {
             ));
         };
         // The TLS handshake checked the validity once; a connection can outlive it.
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         if identity.is_expired(now) {
             let not_after = identity
                 .not_after
@@ -81,7 +80,7 @@ impl AuthServer {
                 {
                     self.audit
                         .emit(
-                            AuditEvent::new(EventType::AccessDenied, false, OffsetDateTime::now_utc())
+                            AuditEvent::new(EventType::AccessDenied, false, self.env.now())
                                 .user(&identity.username)
                                 .message("refused: certificate issued before this user was created (to an earlier, removed user of the same name)")
                                 .remote_addr(peer.addr.ip().to_string()),

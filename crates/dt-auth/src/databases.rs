@@ -19,7 +19,6 @@ use dt_proto::v1 as pb;
 use dt_proto::v1::database_service_server::DatabaseService;
 use dt_types::Verb;
 use dt_types::audit::{AuditEvent, EventType};
-use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use crate::caller::peer_of;
@@ -70,14 +69,14 @@ impl AuthServer {
             0 => DB_SERVER_CERT_TTL,
             s => Duration::from_secs(s),
         };
-        let not_after = OffsetDateTime::now_utc() + ttl;
+        let not_after = self.env.now() + ttl;
         let cert = self
             .db_ca
             .issue_db_server_cert(&req.public_key_der, &dns, &ips, not_after)
             .map_err(|e| ApiError::InvalidArgument(format!("cannot sign this key: {e}")))?;
         self.audit
             .emit(
-                AuditEvent::new(EventType::CertCreate, true, OffsetDateTime::now_utc())
+                AuditEvent::new(EventType::CertCreate, true, self.env.now())
                     .user(caller.name())
                     .message(format!(
                         "database server certificate for {} until {}",
@@ -108,7 +107,7 @@ impl AuthServer {
                 service.name, service.kind
             )));
         }
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         if now >= service.not_after {
             return Err(ApiError::Unauthenticated(format!(
                 "the certificate of {:?} expired; join it again",

@@ -24,6 +24,12 @@ pub enum ApiError {
     /// Lost a compare-and-swap (someone else changed the resource).
     #[error("{0}")]
     Conflict(String),
+    /// A guarded write refused: a name taken (already exists) or a lost race (conflict).
+    #[error(transparent)]
+    Refused(#[from] crate::plan::Refusal),
+    /// A joined service's call refused (join, identity, removal).
+    #[error(transparent)]
+    Node(#[from] crate::nodes::NodeError),
     #[error("internal error (request {id}); the server log has details")]
     Internal { id: String },
 }
@@ -36,34 +42,67 @@ impl ApiError {
         ApiError::Internal { id }
     }
 
+    /// What kind of failure this is (the gRPC code and HTTP status follow from it).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            ApiError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            ApiError::NotFound(_) => ErrorCode::NotFound,
+            ApiError::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            ApiError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            ApiError::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            ApiError::TooMany(_) => ErrorCode::TooMany,
+            ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::Refused(r) => r.code(),
+            ApiError::Node(e) => e.code(),
+            ApiError::Internal { .. } => ErrorCode::Internal,
+        }
+    }
+
     pub fn status(&self) -> tonic::Status {
         let msg = self.to_string();
-        match self {
-            ApiError::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
-            ApiError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
-            ApiError::NotFound(_) => tonic::Status::not_found(msg),
-            ApiError::AlreadyExists(_) => tonic::Status::already_exists(msg),
-            ApiError::InvalidArgument(_) => tonic::Status::invalid_argument(msg),
-            ApiError::FailedPrecondition(_) => tonic::Status::failed_precondition(msg),
-            ApiError::TooMany(_) => tonic::Status::resource_exhausted(msg),
-            ApiError::Conflict(_) => tonic::Status::aborted(msg),
-            ApiError::Internal { .. } => tonic::Status::internal(msg),
+        match self.code() {
+            ErrorCode::Unauthenticated => tonic::Status::unauthenticated(msg),
+            ErrorCode::PermissionDenied => tonic::Status::permission_denied(msg),
+            ErrorCode::NotFound => tonic::Status::not_found(msg),
+            ErrorCode::AlreadyExists => tonic::Status::already_exists(msg),
+            ErrorCode::InvalidArgument => tonic::Status::invalid_argument(msg),
+            ErrorCode::FailedPrecondition => tonic::Status::failed_precondition(msg),
+            ErrorCode::TooMany => tonic::Status::resource_exhausted(msg),
+            ErrorCode::Conflict => tonic::Status::aborted(msg),
+            ErrorCode::Internal => tonic::Status::internal(msg),
         }
     }
 
     pub fn http_status(&self) -> http::StatusCode {
         use http::StatusCode as S;
-        match self {
-            ApiError::Unauthenticated(_) => S::UNAUTHORIZED,
-            ApiError::PermissionDenied(_) => S::FORBIDDEN,
-            ApiError::NotFound(_) => S::NOT_FOUND,
-            ApiError::AlreadyExists(_) | ApiError::Conflict(_) => S::CONFLICT,
-            ApiError::InvalidArgument(_) => S::BAD_REQUEST,
-            ApiError::FailedPrecondition(_) => S::PRECONDITION_FAILED,
-            ApiError::TooMany(_) => S::TOO_MANY_REQUESTS,
-            ApiError::Internal { .. } => S::INTERNAL_SERVER_ERROR,
+        match self.code() {
+            ErrorCode::Unauthenticated => S::UNAUTHORIZED,
+            ErrorCode::PermissionDenied => S::FORBIDDEN,
+            ErrorCode::NotFound => S::NOT_FOUND,
+            ErrorCode::AlreadyExists | ErrorCode::Conflict => S::CONFLICT,
+            ErrorCode::InvalidArgument => S::BAD_REQUEST,
+            ErrorCode::FailedPrecondition => S::PRECONDITION_FAILED,
+            ErrorCode::TooMany => S::TOO_MANY_REQUESTS,
+            ErrorCode::Internal => S::INTERNAL_SERVER_ERROR,
         }
     }
+}
+
+/// The kinds of API failure, one per gRPC code the service answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    Unauthenticated,
+    PermissionDenied,
+    NotFound,
+    AlreadyExists,
+    InvalidArgument,
+    FailedPrecondition,
+    /// Rate limits.
+    TooMany,
+    /// Lost a compare-and-swap (someone else changed the resource).
+    Conflict,
+    Internal,
 }
 
 impl From<ApiError> for tonic::Status {

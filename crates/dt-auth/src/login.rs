@@ -4,16 +4,15 @@
 use std::time::Duration;
 
 use dt_proto::v1 as pb;
-use dt_store::{Condition, Op, StoreError};
 use dt_types::User;
 use dt_types::audit::{AuditEvent, CertInfo, EventType};
 use dt_types::resource::UserSpec;
 use rand::RngCore;
-use time::OffsetDateTime;
 
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::listener::Peer;
+use crate::plan::{self, PlanError};
 use crate::server::AuthServer;
 use crate::tokens::sha256_hex;
 
@@ -125,7 +124,7 @@ impl AuthServer {
         if let Some(lock) = dt_authz::first_matching_lock(&locks, &ctx) {
             self.audit
                 .emit(
-                    AuditEvent::new(EventType::CertCreate, false, OffsetDateTime::now_utc())
+                    AuditEvent::new(EventType::CertCreate, false, self.env.now())
                         .user(user.name())
                         .message(format!("refused: {}", lock_message(lock)))
                         .remote_addr(remote),
@@ -136,9 +135,11 @@ impl AuthServer {
         let max = dt_authz::max_session_ttl(&roles);
         let ttl = requested_ttl.unwrap_or(max).min(max).max(MIN_CERT_TTL);
         let logins = dt_authz::allowed_logins(&roles, &user.spec.traits.logins);
-        let now = OffsetDateTime::now_utc()
+        let now = self
+            .env
+            .now()
             .replace_nanosecond(0)
-            .unwrap_or(OffsetDateTime::now_utc());
+            .unwrap_or(self.env.now());
         let identity = dt_ca::Identity {
             username: user.name().to_string(),
             roles: role_names.clone(),
@@ -241,8 +242,8 @@ impl AuthServer {
         let ttl = (req.ttl_seconds > 0).then(|| Duration::from_secs(req.ttl_seconds));
 
         if !req.signup_token.is_empty() {
-            let key = keys::signup_token(&sha256_hex(&req.signup_token));
-            let Some(item) = self.backend.get(&key).await? else {
+            let token_hash = sha256_hex(&req.signup_token);
+            let Some(item) = self.backend.get(&keys::signup_token(&token_hash)).await? else {
                 fail(attempt, "invalid, used or expired signup token").await?;
                 return Err(bad_credentials(true));
             };
@@ -256,37 +257,20 @@ impl AuthServer {
                 )));
             }
             let hash = hash_password(req.new_password.clone()).await?;
-            // Spend the token and set the password in one write; the Revision condition
-            // makes a concurrent second use of the same token fail.
-            let result = self
-                .audit
-                .write_with(
-                    vec![Condition::Revision(key.clone(), item.revision)],
-                    vec![
-                        Op::Delete { key },
-                        Op::Put {
-                            key: keys::password(&username),
-                            value: hash.into_bytes(),
-                            expires: None,
-                        },
-                    ],
-                    AuditEvent::new(
-                        EventType::UserPasswordChange,
-                        true,
-                        OffsetDateTime::now_utc(),
-                    )
-                    .user(&username)
-                    .message("password set with a signup token")
-                    .remote_addr(&remote),
-                )
-                .await;
-            match result {
+            // Spend the token and set the password in one write; a concurrent second use
+            // of the same token finds it changed.
+            let event = AuditEvent::new(EventType::UserPasswordChange, true, self.env.now())
+                .user(&username)
+                .message("password set with a signup token")
+                .remote_addr(&remote);
+            let plan = plan::users::signup_used(&token_hash, item.revision, &username, hash, event);
+            match self.commit_plan(plan).await {
                 Ok(_) => {}
-                Err(StoreError::ConditionFailed { .. }) => {
-                    fail(attempt, "signup token already used").await?;
+                Err(PlanError::Refused(why)) => {
+                    fail(attempt, why).await?;
                     return Err(bad_credentials(true));
                 }
-                Err(e) => return Err(e.into()),
+                Err(PlanError::Store(e)) => return Err(e.into()),
             }
         } else {
             // Unknown and password-less users verify against a dummy hash: the same argon2
@@ -325,7 +309,7 @@ impl AuthServer {
             .await?;
         self.audit
             .emit(
-                AuditEvent::new(EventType::UserLogin, true, OffsetDateTime::now_utc())
+                AuditEvent::new(EventType::UserLogin, true, self.env.now())
                     .user(&username)
                     .remote_addr(&remote),
             )

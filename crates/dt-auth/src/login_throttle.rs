@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::audit::AuditSink;
+use crate::env::ServerEnv;
 
 const PREFIX: &str = "/ratelimit/login/";
 /// The bucket shared by the pairs that found the table full.
@@ -84,10 +85,8 @@ pub struct LoginThrottle {
     max_attempts: u32,
     window: Duration,
     capacity: u32,
-}
-
-fn now_ms() -> i64 {
-    (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    /// The auth server's clock ([`LoginThrottle::with_env`]; the system clock by default).
+    clock: ServerEnv,
 }
 
 fn bucket_key(user: &str, remote: &str) -> String {
@@ -139,7 +138,19 @@ impl LoginThrottle {
             max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX).max(1),
             window,
             capacity: u32::try_from(capacity).unwrap_or(u32::MAX).max(1),
+            clock: ServerEnv::system(),
         }
+    }
+
+    /// The same throttle on the auth server's clock `env` (windows, waits and the times
+    /// its audit events carry).
+    pub fn with_env(mut self, env: ServerEnv) -> Self {
+        self.clock = env;
+        self
+    }
+
+    fn now_ms(&self) -> i64 {
+        (self.clock.now().unix_timestamp_nanos() / 1_000_000) as i64
     }
 
     fn window_ms(&self) -> i64 {
@@ -179,7 +190,7 @@ impl LoginThrottle {
         };
         let t: TableSize =
             serde_json::from_slice(&item.value).map_err(|e| corrupt(TABLE_SIZE, e))?;
-        Ok(!self.closed(t.started_ms, now_ms()) && t.buckets >= self.capacity)
+        Ok(!self.closed(t.started_ms, self.now_ms()) && t.buckets >= self.capacity)
     }
 
     /// Count one login attempt of `user` from `remote`, or refuse it.
@@ -192,7 +203,7 @@ impl LoginThrottle {
     ) -> Result<Admission, StoreError> {
         let own = bucket_key(user, remote);
         for _ in 0..MAX_ROUNDS {
-            let now = now_ms();
+            let now = self.now_ms();
             let mut key = own.clone();
             let mut current = self.read(backend, &key).await?;
             if current.is_none() && self.table_full(backend).await? {
@@ -260,7 +271,7 @@ impl LoginThrottle {
         reason: &str,
     ) -> Result<(), StoreError> {
         let event = |message: String| {
-            AuditEvent::new(EventType::UserLogin, false, OffsetDateTime::now_utc())
+            AuditEvent::new(EventType::UserLogin, false, self.clock.now())
                 .user(&attempt.user)
                 .message(message)
                 .remote_addr(&attempt.remote)
@@ -290,7 +301,7 @@ impl LoginThrottle {
                 format!(
                     "{reason}; {} failed attempts, further logins refused for {} s (rate limited)",
                     b.attempts,
-                    self.wait(&b, now_ms()).as_secs().max(1)
+                    self.wait(&b, self.now_ms()).as_secs().max(1)
                 )
             } else {
                 reason.to_string()
@@ -312,7 +323,7 @@ impl LoginThrottle {
 
     /// Condition and write that add one bucket to the table size.
     async fn count_bucket(&self, backend: &dyn Backend) -> Result<(Condition, Op), StoreError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let (condition, size) = match backend.get(TABLE_SIZE).await? {
             Some(item) => {
                 let t: TableSize =
@@ -400,14 +411,17 @@ impl LoginThrottle {
             "{unaudited} more failed login attempts and {} refused while rate limited, between {} and {} (aggregated)",
             b.refused,
             time_of(b.started_ms),
-            time_of(now_ms().min(b.started_ms.saturating_add(self.window_ms())))
+            time_of(
+                self.now_ms()
+                    .min(b.started_ms.saturating_add(self.window_ms()))
+            )
         );
         if item.key == OVERFLOW {
             message.push_str(
                 "; these users had no throttle state of their own because the table was full",
             );
         }
-        let event = AuditEvent::new(EventType::UserLogin, false, OffsetDateTime::now_utc())
+        let event = AuditEvent::new(EventType::UserLogin, false, self.clock.now())
             .user(&b.user)
             .message(message)
             .remote_addr(&b.remote);
@@ -439,7 +453,7 @@ impl LoginThrottle {
                         continue;
                     }
                 };
-                if !self.closed(b.started_ms, now_ms()) {
+                if !self.closed(b.started_ms, self.now_ms()) {
                     continue;
                 }
                 match self.close(backend, audit, item, &b).await {

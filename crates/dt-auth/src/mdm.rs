@@ -36,6 +36,7 @@ use crate::devices::{Revocation, device_info, index_deletes, put_ops};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::listener::Peer;
+use crate::plan::{self, PlanError, mdm::BatchItem};
 use crate::server::AuthServer;
 
 /// How long an on-demand request (and its result) is kept.
@@ -143,9 +144,9 @@ struct Planned {
     /// (0: creates, 1: updates, 2: removes, index in that list)
     slot: (usize, usize),
     device_id: String,
-    conds: Vec<Condition>,
-    ops: Vec<Op>,
-    events: Vec<AuditEvent>,
+    /// Its write, revocation included ([`plan::mdm::BatchItem`]).
+    item: BatchItem,
+    /// The revocation list the item writes, to show this server at once.
     revocation: Option<Revocation>,
 }
 
@@ -335,7 +336,7 @@ impl AuthServer {
             name: req.source.clone(),
             origin,
         };
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let mut out = pb::ApplyMdmBatchResponse {
             creates: vec![pb::MdmItemResult::default(); req.creates.len()],
             updates: vec![pb::MdmItemResult::default(); req.updates.len()],
@@ -391,22 +392,11 @@ impl AuthServer {
                 out.creates[i] = skipped("refused", e.to_string(), "");
                 continue;
             }
+            let event = self.mdm_event(who, EventType::DeviceCreate, &d, &source, "created", now);
             planned.push(Planned {
                 slot: (0, i),
                 device_id: id.clone(),
-                conds: vec![
-                    Condition::NotExists(tag_key),
-                    Condition::NotExists(keys::resource(Kind::Device, &id)),
-                ],
-                ops: put_ops(&d)?,
-                events: vec![self.mdm_event(
-                    who,
-                    EventType::DeviceCreate,
-                    &d,
-                    &source,
-                    "created",
-                    now,
-                )],
+                item: plan::mdm::device_created(&d, tag_key, put_ops(&d)?, event),
                 revocation: None,
             });
         }
@@ -462,7 +452,6 @@ impl AuthServer {
                     );
                     continue;
                 }
-                let cond = vec![Condition::Revision(keys::resource(Kind::Device, id), rev)];
                 if kind == 1 {
                     let mut next = current.clone();
                     next.spec.profile =
@@ -472,23 +461,23 @@ impl AuthServer {
                         *slot = skipped("refused", e.to_string(), id);
                         continue;
                     }
+                    let put = Op::Put {
+                        key: keys::resource(Kind::Device, id),
+                        value: serde_json::to_vec(&next).map_err(ApiError::internal)?,
+                        expires: None,
+                    };
+                    let event = self.mdm_event(
+                        who,
+                        EventType::DeviceUpdate,
+                        &next,
+                        &source,
+                        "profile updated",
+                        now,
+                    );
                     planned.push(Planned {
                         slot: (1, i),
                         device_id: id.clone(),
-                        conds: cond,
-                        ops: vec![Op::Put {
-                            key: keys::resource(Kind::Device, id),
-                            value: serde_json::to_vec(&next).map_err(ApiError::internal)?,
-                            expires: None,
-                        }],
-                        events: vec![self.mdm_event(
-                            who,
-                            EventType::DeviceUpdate,
-                            &next,
-                            &source,
-                            "profile updated",
-                            now,
-                        )],
+                        item: plan::mdm::device_changed(id, rev, vec![put], vec![event]),
                         revocation: None,
                     });
                 } else {
@@ -508,19 +497,22 @@ impl AuthServer {
                     let revocation = self
                         .revocation(&caller, &current, "removed by the inventory sync", now)
                         .await?;
+                    let mut events = vec![self.mdm_event(
+                        who,
+                        EventType::DeviceDelete,
+                        &current,
+                        &source,
+                        "removed (the MDM no longer lists it)",
+                        now,
+                    )];
+                    if let Some(r) = &revocation {
+                        ops.push(r.op.clone());
+                        events.push(r.event.clone());
+                    }
                     planned.push(Planned {
                         slot: (2, i),
                         device_id: id.clone(),
-                        conds: cond,
-                        ops,
-                        events: vec![self.mdm_event(
-                            who,
-                            EventType::DeviceDelete,
-                            &current,
-                            &source,
-                            "removed (the MDM no longer lists it)",
-                            now,
-                        )],
+                        item: plan::mdm::device_changed(id, rev, ops, events),
                         revocation,
                     });
                 }
@@ -530,23 +522,8 @@ impl AuthServer {
         // was read) drops that item as a conflict and the rest is written.
         if !req.dry_run {
             while !planned.is_empty() {
-                let mut conds = Vec::new();
-                let mut ops = Vec::new();
-                let mut events = Vec::new();
-                let mut owner_of_cond = Vec::new();
-                for (pi, p) in planned.iter().enumerate() {
-                    for c in &p.conds {
-                        conds.push(c.clone());
-                        owner_of_cond.push(pi);
-                    }
-                    ops.extend(p.ops.iter().cloned());
-                    events.extend(p.events.iter().cloned());
-                    if let Some(r) = &p.revocation {
-                        ops.push(r.op.clone());
-                        events.push(r.event.clone());
-                    }
-                }
-                match self.audit.write_with_events(conds, ops, events).await {
+                let items: Vec<BatchItem> = planned.iter().map(|p| p.item.clone()).collect();
+                match self.commit_plan(plan::mdm::batch(&items)).await {
                     Ok(rev) => {
                         for p in &planned {
                             if let Some(r) = &p.revocation {
@@ -555,10 +532,8 @@ impl AuthServer {
                         }
                         break;
                     }
-                    Err(StoreError::ConditionFailed { index, .. })
-                        if index < owner_of_cond.len() =>
-                    {
-                        let p = planned.remove(owner_of_cond[index]);
+                    Err(PlanError::Refused(owner)) => {
+                        let p = planned.remove(owner);
                         let r = skipped(
                             "conflict",
                             "the device changed meanwhile; the next sync retries".into(),
@@ -570,7 +545,7 @@ impl AuthServer {
                             _ => out.removes[p.slot.1] = r,
                         }
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(PlanError::Store(e)) => return Err(e.into()),
                 }
             }
         }
@@ -603,8 +578,8 @@ impl AuthServer {
             .map(wire::run_from_proto)
             .transpose()
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let (mut state, cond) = match current {
-            Some((s, rev)) => (s, Condition::Revision(keys::mdm_source(&req.source), rev)),
+        let (mut state, state_rev) = match current {
+            Some((s, rev)) => (s, Some(rev)),
             None => (
                 SourceState {
                     name: req.source.clone(),
@@ -615,7 +590,7 @@ impl AuthServer {
                     cursor: None,
                     last_error: None,
                 },
-                Condition::NotExists(keys::mdm_source(&req.source)),
+                None,
             ),
         };
         let Some(run) = run else {
@@ -637,34 +612,24 @@ impl AuthServer {
                 state.last_partial = Some(run.clone());
             }
         }
-        let mut ops = vec![Op::Put {
-            key: keys::mdm_source(&req.source),
-            value: serde_json::to_vec(&state).map_err(ApiError::internal)?,
-            expires: None,
-        }];
-        let mut conds = vec![cond];
+        let mut answered = None;
         if !req.request_id.is_empty()
             && let Some((mut r, rev)) = self.sync_request(&req.request_id).await?
             && r.source == req.source
         {
             r.phase = if run.ok { "done" } else { "failed" }.into();
             r.result = Some(run);
-            ops.push(Op::Put {
-                key: keys::mdm_request(&r.id),
-                value: serde_json::to_vec(&r).map_err(ApiError::internal)?,
-                expires: Some(r.requested_at + REQUEST_TTL),
-            });
-            conds.push(Condition::Revision(keys::mdm_request(&r.id), rev));
+            let kept_until = r.requested_at + REQUEST_TTL;
+            answered = Some((r, rev, kept_until));
         }
-        self.backend
-            .atomic_write(conds, ops)
-            .await
-            .map_err(|e| match e {
-                StoreError::ConditionFailed { .. } => {
-                    ApiError::Conflict("the sync state changed meanwhile; report again".into())
-                }
-                other => other.into(),
-            })?;
+        let plan = plan::mdm::sync_reported(
+            &req.source,
+            &state,
+            state_rev,
+            answered.as_ref().map(|(r, rev, until)| (r, *rev, *until)),
+        )
+        .map_err(ApiError::internal)?;
+        self.commit_unaudited(plan).await?;
         Ok(())
     }
 
@@ -775,7 +740,7 @@ impl AuthServer {
         caller: &Caller,
         req: pb::RequestMdmSyncRequest,
     ) -> ApiResult<SyncRequest> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         if let Err(e) = self.authorize(caller, "device", Verb::Update) {
             self.audit
                 .emit(

@@ -2,6 +2,10 @@
 //! refusal a client sees when it no longer holds, the writes, and the audit events, all
 //! committed in one transaction ([`crate::audit::AuditSink::write_plan`]). The drivers build
 //! plans; the tests below check them directly, so what is tested is what runs.
+//!
+//! The services' writes are plans too, one module per domain ([`users`], [`resources`],
+//! [`bots`], [`nodes`], [`mdm`]); their refusals are typed ([`Refusal`]) because they name
+//! what changed, and reach the client through [`crate::error::ApiError::Refused`].
 
 use dt_store::{Condition, Op, StoreError};
 use dt_types::audit::AuditEvent;
@@ -9,53 +13,64 @@ use dt_types::{Device, Kind};
 
 use crate::keys;
 
+pub mod bots;
+pub mod mdm;
+pub mod nodes;
+pub mod resources;
+mod service;
+pub mod users;
+
+pub use service::Refusal;
+
 /// A condition of a plan, and what the client is told when it failed.
+/// `R` is what the client is told: a fixed message for the ceremonies, a [`Refusal`] for
+/// the services, an item's place in a batch for the MDM sync.
 #[derive(Clone, Debug, PartialEq)]
-pub struct Guard {
+pub struct Guard<R = &'static str> {
     pub condition: Condition,
     /// The refusal, e.g. "the device changed during authentication; try again".
-    pub refusal: &'static str,
+    pub refusal: R,
 }
 
 /// One atomic step: every guard holds, then every op is written and every event chained,
 /// or nothing is.
 #[derive(Clone, Debug, PartialEq)]
-pub struct WritePlan {
-    pub guards: Vec<Guard>,
+pub struct WritePlan<R = &'static str> {
+    pub guards: Vec<Guard<R>>,
     pub ops: Vec<Op>,
     pub events: Vec<AuditEvent>,
 }
 
 /// How a plan's commit ended.
 #[derive(Debug)]
-pub enum PlanError {
+pub enum PlanError<R = &'static str> {
     /// A guard no longer held: nothing was written; the guard's refusal says why.
-    Refused(&'static str),
+    Refused(R),
     /// Storage failed.
     Store(StoreError),
 }
 
-impl WritePlan {
+impl<R: Clone> WritePlan<R> {
     /// The guards' conditions, in order (what storage checks).
     pub fn conditions(&self) -> Vec<Condition> {
         self.guards.iter().map(|g| g.condition.clone()).collect()
     }
 
     /// Maps a storage result to the guard that failed, if one did.
-    pub fn outcome<T>(&self, result: Result<T, StoreError>) -> Result<T, PlanError> {
+    pub fn outcome<T>(&self, result: Result<T, StoreError>) -> Result<T, PlanError<R>> {
         guard_outcome(&self.guards, result)
     }
 }
 
 /// [`WritePlan::outcome`] for a plan already taken apart to be written.
-pub(crate) fn guard_outcome<T>(
-    guards: &[Guard],
+pub(crate) fn guard_outcome<T, R: Clone>(
+    guards: &[Guard<R>],
     result: Result<T, StoreError>,
-) -> Result<T, PlanError> {
+) -> Result<T, PlanError<R>> {
     match result {
         Ok(v) => Ok(v),
         Err(StoreError::ConditionFailed { index, key }) => match guards.get(index) {
-            Some(g) => Err(PlanError::Refused(g.refusal)),
+            Some(g) => Err(PlanError::Refused(g.refusal.clone())),
             // Not one of ours (the audit chain's own condition): a storage problem.
             None => Err(PlanError::Store(StoreError::ConditionFailed { index, key })),
         },

@@ -2,16 +2,18 @@
 //! update with the fields only the server sets kept, delete, each checked and audited.
 
 use dt_proto::v1 as pb;
-use dt_store::{Condition, Op, StoreError};
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::Resource;
 use dt_types::resource::{LockSpec, RoleSpec, TokenSpec, UserSpec};
 use dt_types::{AnyResource, Kind, Verb};
-use time::OffsetDateTime;
 
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
+use crate::plan::{
+    self,
+    resources::{Expect, Leftovers},
+};
 use crate::server::{AuthServer, LOCAL_ADMIN};
 
 pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> ApiResult<Vec<u8>> {
@@ -93,7 +95,7 @@ impl AuthServer {
                 "{kind} {name:?} already exists; use --force to overwrite it"
             )));
         }
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         match &mut res {
             AnyResource::User(u) => {
                 if name == LOCAL_ADMIN {
@@ -141,16 +143,13 @@ impl AuthServer {
         res.metadata_mut().revision = None;
         let value = res.to_json_value().to_string().into_bytes();
         let key = keys::resource(kind, &name);
-        let condition = if req.expected_revision != 0 {
-            Condition::Revision(key.clone(), req.expected_revision)
+        let expect = if req.expected_revision != 0 {
+            Expect::Revision(req.expected_revision)
         } else if req.force {
             // Overwrite whatever is there (or create).
-            match &existing {
-                Some(item) => Condition::Revision(key.clone(), item.revision),
-                None => Condition::NotExists(key.clone()),
-            }
+            Expect::Current(existing.as_ref().map(|item| item.revision))
         } else {
-            Condition::NotExists(key.clone())
+            Expect::Absent
         };
         let event_type = match (kind, existing.is_some()) {
             (Kind::User, false) => EventType::UserCreate,
@@ -167,29 +166,11 @@ impl AuthServer {
             event.lock = Some(name.clone());
             event.message = Some(format!("lock targeting {}", l.spec.target));
         }
-        match self
-            .audit
-            .write_with(
-                vec![condition],
-                vec![Op::Put {
-                    key: key.clone(),
-                    value: value.clone(),
-                    expires,
-                }],
-                event,
-            )
-            .await
-        {
-            // Visible to this server's next request at once, not only when the watch
-            // delivers it (a lock must block immediately).
-            Ok(rev) => self.cache.apply(&key, rev, Some(&value)),
-            Err(StoreError::ConditionFailed { .. }) => {
-                return Err(ApiError::Conflict(format!(
-                    "{kind} {name:?} was changed by someone else meanwhile; read it again and retry"
-                )));
-            }
-            Err(e) => return Err(e.into()),
-        }
+        let plan = plan::resources::upserted(kind, &name, value.clone(), expires, expect, event);
+        let rev = self.commit(plan).await?;
+        // Visible to this server's next request at once, not only when the watch delivers
+        // it (a lock must block immediately).
+        self.cache.apply(&key, rev, Some(&value));
         Ok(pb::UpsertResourceResponse {
             kind: kind.as_str().into(),
             name,
@@ -223,49 +204,36 @@ impl AuthServer {
         let Some(item) = self.backend.get(&key).await? else {
             return Err(ApiError::NotFound(format!("{kind} {name:?} not found")));
         };
-        let mut ops = vec![Op::Delete { key: key.clone() }];
-        let mut conditions = vec![Condition::Revision(key.clone(), item.revision)];
-        let event_type = match kind {
-            Kind::User => {
-                ops.push(Op::Delete {
-                    key: keys::password(name),
-                });
-                // A pending signup token must die with the user: it would otherwise set
-                // the password of a later user with the same name.
-                let (cond, revoke) = self.revoke_signup_token(name).await?;
-                conditions.push(cond);
-                ops.extend(revoke);
-                ops.push(Op::Delete {
-                    key: keys::signup_token_index(name),
-                });
-                EventType::UserDelete
-            }
-            Kind::Lock => EventType::LockDelete,
-            _ => EventType::ResourceDelete,
+        let (event_type, leftovers) = match kind {
+            // A pending signup token must die with the user: it would otherwise set the
+            // password of a later user with the same name.
+            Kind::User => (
+                EventType::UserDelete,
+                Leftovers::User {
+                    live_signup: self.live_signup_token(name).await?,
+                },
+            ),
+            Kind::Lock => (EventType::LockDelete, Leftovers::None),
+            Kind::Token => (
+                EventType::ResourceDelete,
+                Leftovers::Token {
+                    token_hash: serde_json::from_slice::<Resource<TokenSpec>>(&item.value)
+                        .ok()
+                        .map(|tok| tok.spec.token_hash),
+                },
+            ),
+            _ => (EventType::ResourceDelete, Leftovers::None),
         };
-        if kind == Kind::Token
-            && let Ok(tok) = serde_json::from_slice::<Resource<TokenSpec>>(&item.value)
-        {
-            ops.push(Op::Delete {
-                key: keys::join_token_index(&tok.spec.token_hash),
-            });
-        }
-        let mut event = AuditEvent::new(event_type, true, OffsetDateTime::now_utc())
+        let mut event = AuditEvent::new(event_type, true, self.env.now())
             .user(caller.name())
             .resource(kind.as_str(), name)
             .remote_addr(caller.peer.addr.ip().to_string());
         if kind == Kind::Lock {
             event.lock = Some(name.to_string());
         }
-        match self.audit.write_with(conditions, ops, event).await {
-            Ok(rev) => {
-                self.cache.apply(&key, rev, None);
-                Ok(())
-            }
-            Err(StoreError::ConditionFailed { .. }) => Err(ApiError::Conflict(format!(
-                "{kind} {name:?} changed meanwhile; try again"
-            ))),
-            Err(e) => Err(e.into()),
-        }
+        let plan = plan::resources::deleted(kind, name, item.revision, &leftovers, event);
+        let rev = self.commit(plan).await?;
+        self.cache.apply(&key, rev, None);
+        Ok(())
     }
 }

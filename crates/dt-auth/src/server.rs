@@ -530,7 +530,7 @@ impl AuthServer {
 
     /// Locks in force now. One unreadable lock refuses the call (it could target anyone).
     pub async fn active_locks(&self) -> ApiResult<Vec<Lock>> {
-        let now = OffsetDateTime::now_utc();
+        let now = self.env.now();
         let all = match self.cache.locks() {
             Some(Ok(cached)) => cached,
             Some(Err((name, why))) => {

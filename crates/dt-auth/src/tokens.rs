@@ -12,7 +12,6 @@ use dt_types::resource::{TokenRole, TokenSpec};
 use dt_types::{AnyResource, Kind, Verb};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -58,7 +57,7 @@ impl AuthServer {
         let token = random_token();
         let hash = sha256_hex(&token);
         let name = hash[..16].to_string();
-        let expires = OffsetDateTime::now_utc() + ttl;
+        let expires = self.env.now() + ttl;
         let mut res: Resource<TokenSpec> = Resource::new(
             name.clone(),
             TokenSpec {
@@ -87,7 +86,7 @@ impl AuthServer {
                         expires: Some(expires),
                     },
                 ],
-                AuditEvent::new(EventType::JoinTokenCreate, true, OffsetDateTime::now_utc())
+                AuditEvent::new(EventType::JoinTokenCreate, true, self.env.now())
                     .user(caller.name())
                     .resource("token", &name)
                     .message(format!("{} join token", req.r#type)),

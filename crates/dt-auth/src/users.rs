@@ -3,17 +3,15 @@
 use std::time::Duration;
 
 use dt_proto::v1 as pb;
-use dt_store::{Condition, Op, StoreError};
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::Resource;
 use dt_types::resource::{RoleSpec, Traits, UserSpec};
 use dt_types::{AnyResource, Kind, User, Verb};
-use time::OffsetDateTime;
 
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
-use crate::resources::to_json;
+use crate::plan::{self, users::LiveSignupToken, users::NewSignupToken};
 use crate::server::{AuthServer, LOCAL_ADMIN};
 use crate::tokens::{random_token, sha256_hex};
 
@@ -21,13 +19,8 @@ pub const DEFAULT_SIGNUP_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_SIGNUP_TTL: Duration = Duration::from_secs(7 * 86400);
 
 impl AuthServer {
-    /// A fresh signup token for `name`: the token, its expiry, and the writes that store
-    /// its hash and make it the user's one live signup token.
-    pub(crate) async fn new_signup_token(
-        &self,
-        name: &str,
-        ttl_seconds: u64,
-    ) -> ApiResult<(String, OffsetDateTime, Vec<Op>)> {
+    /// A fresh signup token for `name`: the secret, and its hash and expiry to store.
+    pub(crate) fn new_signup_token(&self, ttl_seconds: u64) -> ApiResult<(String, NewSignupToken)> {
         let ttl = if ttl_seconds == 0 {
             DEFAULT_SIGNUP_TTL
         } else {
@@ -39,43 +32,24 @@ impl AuthServer {
             ));
         }
         let token = random_token();
-        let hash = sha256_hex(&token);
-        let expires = OffsetDateTime::now_utc() + ttl;
-        let ops = vec![
-            Op::Put {
-                key: keys::signup_token(&hash),
-                value: name.as_bytes().to_vec(),
-                expires: Some(expires),
-            },
-            Op::Put {
-                key: keys::signup_token_index(name),
-                value: hash.into_bytes(),
-                expires: Some(expires),
-            },
-        ];
-        Ok((token, expires, ops))
+        let new = NewSignupToken {
+            hash: sha256_hex(&token),
+            expires: self.env.now() + ttl,
+        };
+        Ok((token, new))
     }
 
-    /// The write that revokes `user`'s live signup token (if any), and a condition that
-    /// fails if another token was issued meanwhile. One live token per user: a reset or a
-    /// removal leaves no older token usable.
-    pub(crate) async fn revoke_signup_token(
-        &self,
-        user: &str,
-    ) -> ApiResult<(Condition, Option<Op>)> {
-        let index = keys::signup_token_index(user);
-        Ok(match self.backend.get(&index).await? {
-            Some(item) => {
-                let hash = String::from_utf8_lossy(&item.value).into_owned();
-                (
-                    Condition::Revision(index, item.revision),
-                    Some(Op::Delete {
-                        key: keys::signup_token(&hash),
-                    }),
-                )
-            }
-            None => (Condition::NotExists(index), None),
-        })
+    /// `user`'s live signup token, as stored (one live token per user: a reset or a
+    /// removal revokes it, see [`plan::users::signup_revoked`]).
+    pub(crate) async fn live_signup_token(&self, user: &str) -> ApiResult<Option<LiveSignupToken>> {
+        Ok(self
+            .backend
+            .get(&keys::signup_token_index(user))
+            .await?
+            .map(|item| LiveSignupToken {
+                index_revision: item.revision,
+                hash: String::from_utf8_lossy(&item.value).into_owned(),
+            }))
     }
 
     pub(crate) async fn create_user(
@@ -109,7 +83,7 @@ impl AuthServer {
                     logins: req.logins.clone(),
                 },
                 created_by: Some(caller.name().to_string()),
-                created_at: Some(OffsetDateTime::now_utc()),
+                created_at: Some(self.env.now()),
                 bot: false,
             },
         );
@@ -117,38 +91,17 @@ impl AuthServer {
         AnyResource::User(user.clone())
             .validate()
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let (token, expires, token_ops) = self
-            .new_signup_token(&req.name, req.token_ttl_seconds)
-            .await?;
-        let key = keys::resource(Kind::User, &req.name);
-        let mut ops = vec![Op::Put {
-            key: key.clone(),
-            value: to_json(&user)?,
-            expires: None,
-        }];
-        ops.extend(token_ops);
-        let result = self
-            .audit
-            .write_with(
-                vec![Condition::NotExists(key)],
-                ops,
-                AuditEvent::new(EventType::UserCreate, true, OffsetDateTime::now_utc())
-                    .user(caller.name())
-                    .resource("user", &req.name)
-                    .remote_addr(caller.peer.addr.ip().to_string()),
-            )
-            .await;
-        match result {
-            Ok(_) => Ok(pb::CreateUserResponse {
-                signup_token: token,
-                expires_unix: expires.unix_timestamp(),
-            }),
-            Err(StoreError::ConditionFailed { .. }) => Err(ApiError::AlreadyExists(format!(
-                "user {:?} already exists; use `dtctl users reset {}` for a new signup token",
-                req.name, req.name
-            ))),
-            Err(e) => Err(e.into()),
-        }
+        let (token, new) = self.new_signup_token(req.token_ttl_seconds)?;
+        let event = AuditEvent::new(EventType::UserCreate, true, self.env.now())
+            .user(caller.name())
+            .resource("user", &req.name)
+            .remote_addr(caller.peer.addr.ip().to_string());
+        let plan = plan::users::user_created(&user, &new, event).map_err(ApiError::internal)?;
+        self.commit(plan).await?;
+        Ok(pb::CreateUserResponse {
+            signup_token: token,
+            expires_unix: new.expires.unix_timestamp(),
+        })
     }
 
     pub(crate) async fn reset_user(
@@ -162,37 +115,24 @@ impl AuthServer {
             return Err(ApiError::NotFound(format!("user {:?} not found", req.name)));
         };
         self.refuse_bot_reset(caller, &req.name, &item).await?;
-        let (token, expires, token_ops) = self
-            .new_signup_token(&req.name, req.token_ttl_seconds)
-            .await?;
+        let (token, new) = self.new_signup_token(req.token_ttl_seconds)?;
         // The previous token (unused, from `users add` or an earlier reset) stops working.
-        let (revoke_cond, revoke) = self.revoke_signup_token(&req.name).await?;
-        let mut ops = vec![Op::Delete {
-            key: keys::password(&req.name),
-        }];
-        ops.extend(revoke);
-        ops.extend(token_ops);
-        self.audit
-            .write_with(
-                vec![Condition::Revision(key, item.revision), revoke_cond],
-                ops,
-                AuditEvent::new(EventType::UserUpdate, true, OffsetDateTime::now_utc())
-                    .user(caller.name())
-                    .resource("user", &req.name)
-                    .message("password reset; signup token issued"),
-            )
-            .await
-            .map_err(|e| match e {
-                StoreError::ConditionFailed { .. } => {
-                    ApiError::Conflict("user changed meanwhile; try again".into())
-                }
-                other => other.into(),
-            })?;
+        let live = self.live_signup_token(&req.name).await?;
+        let event = AuditEvent::new(EventType::UserUpdate, true, self.env.now())
+            .user(caller.name())
+            .resource("user", &req.name)
+            .message("password reset; signup token issued");
+        self.commit(plan::users::user_reset(
+            &req.name,
+            item.revision,
+            live.as_ref(),
+            &new,
+            event,
+        ))
+        .await?;
         Ok(pb::CreateUserResponse {
             signup_token: token,
-            expires_unix: expires.unix_timestamp(),
+            expires_unix: new.expires.unix_timestamp(),
         })
     }
 }
-
-impl AuthServer {}

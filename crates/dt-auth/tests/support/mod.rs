@@ -875,7 +875,8 @@ async fn connect(
     )
 }
 
-/// A one-hour identity for `user`, whole seconds.
+/// A one-day identity for `user`, whole seconds: the server judges it on its own clock,
+/// which tests on a fixed clock move forward by hours (a token's lifetime and more).
 pub fn identity(user: &str, roles: &[&str]) -> dt_ca::Identity {
     let now = time::OffsetDateTime::now_utc()
         .replace_nanosecond(0)
@@ -888,7 +889,7 @@ pub fn identity(user: &str, roles: &[&str]) -> dt_ca::Identity {
         trait_logins: vec![],
         device: None,
         not_before: now - time::Duration::minutes(1),
-        not_after: now + time::Duration::hours(1),
+        not_after: now + time::Duration::days(1),
     }
 }
 
