@@ -207,7 +207,7 @@ impl AuthServer {
         let jwt_ca =
             load_or_create_ca(backend.as_ref(), keys::JWT_CA, &cluster_name, CaKind::Jwt).await?;
 
-        let now = OffsetDateTime::now_utc();
+        let now = env.now();
         for mut role in presets::roles() {
             role.metadata
                 .labels
@@ -260,7 +260,8 @@ impl AuthServer {
                 config.login_failures_per_5m,
                 config.login_failure_window,
                 config.login_throttle_buckets,
-            ),
+            )
+            .with_env(env.clone()),
             device_ceremonies: SharedRateLimiter::new(
                 "/ratelimit/ceremony/",
                 config.device_ceremonies_per_minute,
@@ -466,7 +467,7 @@ impl AuthServer {
             tracing::warn!(user = %identity.username, "{msg}");
             self.audit
                 .emit(
-                    AuditEvent::new(EventType::AccessDenied, false, OffsetDateTime::now_utc())
+                    AuditEvent::new(EventType::AccessDenied, false, self.env.now())
                         .user(&identity.username)
                         .message(msg),
                 )
@@ -481,7 +482,7 @@ impl AuthServer {
     /// audit event.
     pub async fn refuse_unusable(&self, kind: Kind, name: &str, problem: &str) -> ApiError {
         tracing::error!(%kind, name, problem, "stored document unusable; refusing the call");
-        let event = AuditEvent::new(EventType::AccessDenied, false, OffsetDateTime::now_utc())
+        let event = AuditEvent::new(EventType::AccessDenied, false, self.env.now())
             .resource(kind.as_str(), name)
             .message(format!("refused: {kind}/{name} in storage is {problem}"));
         if let Err(e) = self.audit.emit(event).await {
