@@ -1,15 +1,45 @@
 //! Bulk registration of devices (`BulkCreateDevices`, `dtctl devices import`).
+//!
+//! Each device is its own audit request (its conditions, its writes and its `DeviceCreate`
+//! event), and all of them are handed to the group commit at once
+//! ([`AuditSink::write_many`](crate::audit::AuditSink::write_many)): they are committed
+//! together (one transaction for up to 1024 requests, with whatever else is queued), yet
+//! each is checked on its own. So a device whose asset tag (or id) is taken, also by a
+//! concurrent request, is refused alone, without a read per device before the write nor a
+//! retry of the others, and a device is never stored without its event.
+
+use std::collections::HashSet;
 
 use dt_proto::v1 as pb;
 use dt_store::{Condition, StoreError};
-use dt_types::audit::{AuditEvent, EventType};
+use dt_types::audit::{AuditEvent, DeviceInfo, EventType};
 use dt_types::{Device, Kind, Verb};
 
 use super::{MAX_BULK, device_from_proto, device_info, put_ops};
+use crate::audit::Request;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::server::AuthServer;
+
+fn failed(tag: &str, error: String) -> pb::BulkCreateStatus {
+    pb::BulkCreateStatus {
+        ok: false,
+        device_id: String::new(),
+        asset_tag: tag.to_string(),
+        error,
+    }
+}
+
+fn already_stored(d: &Device) -> pb::BulkCreateStatus {
+    failed(
+        &d.spec.asset_tag,
+        format!(
+            "device {:?}/{} is already in the inventory",
+            d.spec.asset_tag, d.spec.os_type
+        ),
+    )
+}
 
 impl AuthServer {
     /// One status per input, in order; a bad item does not stop the others.
@@ -25,88 +55,69 @@ impl AuthServer {
                 "at most {MAX_BULK} devices per request"
             )));
         }
-        // One transaction for the whole request (with one event per device): a per-device
-        // transaction made imports fsync-bound. Known conflicts are read first; a conflict
-        // that appears meanwhile drops just that device and the rest is retried.
         let now = self.env.now();
+        let addr = caller.peer.addr.ip().to_string();
         let mut out: Vec<Option<pb::BulkCreateStatus>> = vec![None; items.len()];
-        let failed = |tag: &str, error: String| pb::BulkCreateStatus {
-            ok: false,
-            device_id: String::new(),
-            asset_tag: tag.to_string(),
-            error,
-        };
-        let mut pending: Vec<(usize, Device)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        let mut pending: Vec<(usize, Device)> = Vec::with_capacity(items.len());
+        let mut requests = Vec::with_capacity(items.len());
+        let mut seen = HashSet::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
-            match device_from_proto(Some(item)) {
-                Err(e) => out[i] = Some(failed("", e.to_string())),
-                Ok(d) => {
-                    let d = self.new_device(d, now);
-                    let tag_key = keys::device_tag_index(d.spec.os_type, &d.spec.asset_tag);
-                    if !seen.insert(tag_key.clone()) {
-                        out[i] = Some(failed(
-                            &d.spec.asset_tag,
-                            "listed twice in this request".into(),
-                        ));
-                    } else if self.backend.get(&tag_key).await?.is_some() {
-                        out[i] = Some(failed(
-                            &d.spec.asset_tag,
-                            format!(
-                                "device {:?}/{} is already in the inventory",
-                                d.spec.asset_tag, d.spec.os_type
-                            ),
-                        ));
-                    } else {
-                        pending.push((i, d));
-                    }
+            let d = match device_from_proto(Some(item)) {
+                Ok(d) => self.new_device(d, now),
+                Err(e) => {
+                    out[i] = Some(failed("", e.to_string()));
+                    continue;
                 }
-            }
-        }
-        while !pending.is_empty() {
-            let mut conds = Vec::with_capacity(pending.len() * 2);
-            let mut ops = Vec::with_capacity(pending.len() * 2);
-            let mut events = Vec::with_capacity(pending.len());
-            for (_, d) in &pending {
-                conds.push(Condition::NotExists(keys::device_tag_index(
-                    d.spec.os_type,
+            };
+            let tag_key = keys::device_tag_index(d.spec.os_type, &d.spec.asset_tag);
+            if !seen.insert(tag_key.clone()) {
+                out[i] = Some(failed(
                     &d.spec.asset_tag,
-                )));
-                conds.push(Condition::NotExists(keys::resource(
-                    Kind::Device,
-                    &d.metadata.name,
-                )));
-                ops.extend(put_ops(d)?);
-                events.push(
+                    "listed twice in this request".into(),
+                ));
+                continue;
+            }
+            // Condition 0 is the asset tag; 1, the id (fresh, unless the client chose it).
+            requests.push(Request {
+                conditions: vec![
+                    Condition::NotExists(tag_key),
+                    Condition::NotExists(keys::resource(Kind::Device, &d.metadata.name)),
+                ],
+                ops: put_ops(&d)?,
+                events: vec![
                     AuditEvent::new(EventType::DeviceCreate, true, now)
                         .user(caller.name())
-                        .device(device_info(d))
-                        .remote_addr(caller.peer.addr.ip().to_string()),
-                );
-            }
-            match self.audit.write_with_events(conds, ops, events).await {
-                Ok(_) => {
-                    for (i, d) in pending.drain(..) {
-                        out[i] = Some(pb::BulkCreateStatus {
-                            ok: true,
-                            device_id: d.metadata.name.clone(),
-                            asset_tag: d.spec.asset_tag.clone(),
-                            error: String::new(),
-                        });
-                    }
+                        .device(device_info(&d))
+                        .remote_addr(addr.clone()),
+                ],
+            });
+            pending.push((i, d));
+        }
+        let results = self.audit.write_many(requests).await;
+        let mut storage_error = None;
+        for ((i, d), result) in pending.into_iter().zip(results) {
+            out[i] = Some(match result {
+                Ok(_) => pb::BulkCreateStatus {
+                    ok: true,
+                    error: String::new(),
+                    asset_tag: d.spec.asset_tag,
+                    device_id: d.metadata.name,
+                },
+                Err(StoreError::ConditionFailed { .. }) => already_stored(&d),
+                Err(e) => {
+                    let e = ApiError::from(e);
+                    let status = failed(&d.spec.asset_tag, e.to_string());
+                    storage_error.get_or_insert(e);
+                    status
                 }
-                Err(StoreError::ConditionFailed { index, .. }) if index / 2 < pending.len() => {
-                    let (i, d) = pending.remove(index / 2);
-                    out[i] = Some(failed(
-                        &d.spec.asset_tag,
-                        format!(
-                            "device {:?}/{} is already in the inventory",
-                            d.spec.asset_tag, d.spec.os_type
-                        ),
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            }
+            });
+        }
+        // Storage failed and nothing was created: the request failed as a whole. (When some
+        // devices were created, every device's status says what became of it.)
+        if let Some(e) = storage_error
+            && !out.iter().flatten().any(|st| st.ok)
+        {
+            return Err(e);
         }
         // Refusals are audited too (one event each), after the successful write.
         let refusals: Vec<AuditEvent> = out
@@ -116,7 +127,7 @@ impl AuthServer {
             .map(|st| {
                 AuditEvent::new(EventType::DeviceCreate, false, now)
                     .user(caller.name())
-                    .device(dt_types::audit::DeviceInfo {
+                    .device(DeviceInfo {
                         asset_tag: st.asset_tag.clone(),
                         ..Default::default()
                     })
