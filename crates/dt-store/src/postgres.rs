@@ -617,11 +617,31 @@ impl Tx for PgTx<'_> {
             .collect()
     }
 
-    /// Sent back to back without waiting for each answer: the driver pipelines queries
-    /// issued together on one connection, and the server runs them in order.
+    /// Rows with distinct keys go in multi-row statements (arrays unnested, [`PUT_ROWS`] at
+    /// most a statement), sent back to back; otherwise (a key written twice, which one
+    /// statement cannot upsert), one statement per row, pipelined: the driver pipelines
+    /// queries issued together on one connection, and the server runs them in order.
     async fn put_many(&mut self, rows: &[(i64, i32, &PutRow)], at: i64) -> Result<()> {
-        let st = &self.st.put;
         let tx = self.tx;
+        let mut keys = std::collections::HashSet::with_capacity(rows.len());
+        if rows.len() > 1 && rows.iter().all(|(_, _, r)| keys.insert(r.key.as_str())) {
+            let st = &self.st.put_rows;
+            futures::future::try_join_all(rows.chunks(PUT_ROWS).map(|chunk| {
+                let keys: Vec<&str> = chunk.iter().map(|(_, _, r)| r.key.as_str()).collect();
+                let values: Vec<&[u8]> = chunk.iter().map(|(_, _, r)| r.value.as_slice()).collect();
+                let revisions: Vec<i64> = chunk.iter().map(|(rev, _, _)| *rev).collect();
+                let expires: Vec<Option<i64>> = chunk.iter().map(|(_, _, r)| r.expires).collect();
+                let idxs: Vec<i32> = chunk.iter().map(|(_, idx, _)| *idx).collect();
+                async move {
+                    tx.execute(st, &[&keys, &values, &revisions, &expires, &idxs, &at])
+                        .await
+                }
+            }))
+            .await
+            .map_err(pg)?;
+            return Ok(());
+        }
+        let st = &self.st.put;
         futures::future::try_join_all(rows.iter().map(|(revision, idx, row)| {
             tx.execute_raw(
                 st,
@@ -641,6 +661,9 @@ impl Tx for PgTx<'_> {
     }
 }
 
+/// Most rows one multi-row put statement carries.
+const PUT_ROWS: usize = 1000;
+
 /// Statements prepared once per connection.
 struct Stmts {
     head: Statement,
@@ -658,6 +681,8 @@ struct Stmts {
     range: [Statement; 4],
     next_revs: Statement,
     lookup_many: Statement,
+    /// [`Tx::put_many`] of rows with distinct keys, as arrays.
+    put_rows: Statement,
 }
 
 const RANGE_SQL: [&str; 4] = [
@@ -675,7 +700,7 @@ const VERSION_SQL: &str = "SELECT COALESCE(MAX(version), 0)::bigint FROM dt_sche
 
 impl Stmts {
     async fn prepare(client: &Client) -> Result<Self> {
-        let sql: [&str; 17] = [
+        let sql: [&str; 18] = [
             "SELECT v FROM dt_seq WHERE id = 1",
             VERSION_SQL,
             "UPDATE dt_seq SET v = v + 1 WHERE id = 1 RETURNING v",
@@ -708,6 +733,17 @@ impl Stmts {
             RANGE_SQL[3],
             "UPDATE dt_seq SET v = v + $1::bigint WHERE id = 1 RETURNING v",
             "SELECT key, revision, expires FROM dt_items WHERE key = ANY($1::text[])",
+            "WITH rows AS ( \
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bigint[], \
+                     $5::integer[]) AS r (key, value, revision, expires, idx)), \
+             up AS ( \
+                 INSERT INTO dt_items (key, value, revision, expires) \
+                 SELECT key, value, revision, expires FROM rows \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+                     revision = EXCLUDED.revision, expires = EXCLUDED.expires \
+                 RETURNING 1) \
+             INSERT INTO dt_events (revision, idx, key, kind, value, expires, at) \
+             SELECT revision, idx, key, 0, value, expires, $6::bigint FROM rows",
         ];
         // Prepared concurrently: the driver pipelines them on the one connection.
         let prepared = futures::future::try_join_all(sql.iter().map(|s| client.prepare(s)))
@@ -731,7 +767,8 @@ impl Stmts {
             r3,
             next_revs,
             lookup_many,
-        ] = <[Statement; 17]>::try_from(prepared)
+            put_rows,
+        ] = <[Statement; 18]>::try_from(prepared)
             .map_err(|_| backend_msg("statement preparation mismatch"))?;
         Ok(Stmts {
             head,
@@ -748,6 +785,7 @@ impl Stmts {
             range: [r0, r1, r2, r3],
             next_revs,
             lookup_many,
+            put_rows,
         })
     }
 }
