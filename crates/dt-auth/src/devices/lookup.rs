@@ -1,8 +1,8 @@
 //! Finding and listing devices: by id, asset tag or credential, with the caller's read scope.
 
 use dt_proto::v1 as pb;
-use dt_types::device::OsType;
 use dt_types::device::DeviceSpec;
+use dt_types::device::OsType;
 use dt_types::{Device, Kind, Verb};
 
 use super::MAX_PAGE;

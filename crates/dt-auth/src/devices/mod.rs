@@ -501,7 +501,6 @@ impl AuthServer {
             .await?;
         Ok(d)
     }
-
 }
 
 /// A device with a fresh id (see [`dt_types::device::new_device`]).
