@@ -287,14 +287,38 @@ impl Cluster {
 
 /// This process's resident set size in KiB (Linux).
 fn rss() -> Option<u64> {
+    status_kib("VmRSS:")
+}
+
+/// A KiB figure of /proc/self/status (`VmRSS:`, `VmHWM:` for the peak).
+fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .next()?
         .parse()
         .ok()
+}
+
+fn mib(kib: Option<u64>) -> String {
+    kib.map_or_else(
+        || "unknown".into(),
+        |kib| format!("{:.0} MiB", kib as f64 / 1024.0),
+    )
+}
+
+/// CPU time (user + system, all threads) this process has used so far (Linux; clock ticks
+/// of 1/100 s).
+fn cpu_time() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(Duration::from_millis((utime + stime) * 10))
 }
 
 fn pct(sorted: &[Duration], p: f64) -> Duration {
@@ -425,11 +449,27 @@ async fn devices_bench(
         .await?;
     println!("devices benchmark on {storage}, 2-core machine, loopback TLS\n");
 
+    let cpu_before = cpu_time();
     let took = bulk_import(&admin, "BULK", n).await?;
     println!(
         "bulk import (BulkCreateDevices, 1000/request, 4 in flight): {n} devices in {:.1} s = {:.0} devices/s",
         took.as_secs_f64(),
         n as f64 / took.as_secs_f64()
+    );
+    if let (Some(a), Some(b)) = (cpu_before, cpu_time()) {
+        let cpu = b.saturating_sub(a);
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        println!(
+            "  CPU for it (this process: auth service and clients): {:.1} s = {:.0} µs per device, {:.0}% of {cores} cores",
+            cpu.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / n.max(1) as f64,
+            100.0 * cpu.as_secs_f64() / (took.as_secs_f64() * cores as f64)
+        );
+    }
+    println!(
+        "  RSS of the auth service after importing {n} devices: {} (peak {}; the service runs in this process, beside the bench's 4 clients)",
+        mib(rss()),
+        mib(status_kib("VmHWM:"))
     );
 
     let lat = lookups(&admin, "BULK", n, 2000).await?;
@@ -476,10 +516,7 @@ async fn devices_bench(
     println!(
         "RSS of this process (the auth service and the bench's clients) at {} devices: {}",
         big.max(n),
-        rss().map_or_else(
-            || "unknown".into(),
-            |kib| format!("{:.0} MiB", kib as f64 / 1024.0)
-        )
+        mib(rss())
     );
 
     // Enrollments/s: `clients` users, each enrolling its share of fresh devices.

@@ -160,6 +160,7 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
             Box::pin(grouped_single_writes(f))
         }),
         ("unwatched_prefixes", |f| Box::pin(unwatched_prefixes(f))),
+        ("batch_many_rows", |f| Box::pin(batch_many_rows(f))),
     ]
 }
 
@@ -260,6 +261,7 @@ macro_rules! conformance_tests {
             concurrent_batches,
             grouped_single_writes,
             unwatched_prefixes,
+            batch_many_rows,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -1735,5 +1737,152 @@ pub async fn unwatched_prefixes(f: Factory) -> Outcome {
         Some(b"b".to_vec()),
         "/u/b elsewhere"
     );
+    Ok(())
+}
+
+/// A bulk-sized batch (what one `BulkCreateDevices` request writes): thousands of rows in
+/// many groups, new keys and overwrites, with and without expiry, then a batch in which two
+/// groups write the same key. Every row is stored with its own group's revision, the last
+/// write of a key wins, and the change feed has every write in order.
+pub async fn batch_many_rows(f: Factory) -> Outcome {
+    const GROUPS: usize = 600;
+    let b = open(&f, fast_tuning()).await?;
+    let old = b
+        .put("/bm/k/0001/a", b"old".to_vec(), None)
+        .await
+        .ctx("put old")?;
+    let mut w = b
+        .watch(vec!["/bm/k/0001/".into(), "/bm/k/0599/".into()])
+        .await
+        .ctx("watch")?;
+    init(&mut w).await?;
+    let later = OffsetDateTime::now_utc() + Duration::from_secs(3600);
+    let groups: Vec<BatchWrite> = (0..GROUPS)
+        .map(|g| BatchWrite {
+            conditions: vec![Condition::NotExists(format!("/bm/k/{g:04}/c"))],
+            ops: ["a", "b", "c", "d"]
+                .iter()
+                .map(|p| Op::Put {
+                    key: format!("/bm/k/{g:04}/{p}"),
+                    value: format!("{g}{p}").into_bytes(),
+                    expires: (*p == "d").then_some(later),
+                })
+                .collect(),
+        })
+        .collect();
+    let results = b
+        .write_batch(groups, "/bm/count", counting_tail("/bm/count"))
+        .await
+        .ctx("big batch")?;
+    ensure_eq!(results.len(), GROUPS, "one result per group");
+    let revs = results
+        .into_iter()
+        .map(|r| r.map_err(|e| fail(format!("group failed: {e}"))))
+        .collect::<Result<Vec<i64>, Failure>>()?;
+    ensure!(
+        revs.windows(2).all(|w| w[1] == w[0] + 1),
+        "consecutive revisions"
+    );
+    ensure!(revs[0] > old, "after the earlier write");
+    let mut seen = 0;
+    let mut cursor: Option<String> = None;
+    loop {
+        let page = b
+            .range("/bm/k/", cursor.as_deref(), 1000)
+            .await
+            .ctx("range")?;
+        for item in &page.items {
+            let mut parts = item.key.rsplit('/');
+            let p = parts.next().unwrap_or_default();
+            let g: usize = parts
+                .next()
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(usize::MAX);
+            ensure_eq!(
+                item.value,
+                format!("{g}{p}").into_bytes(),
+                "value of {}",
+                item.key
+            );
+            ensure_eq!(
+                Some(item.revision),
+                revs.get(g).copied(),
+                "revision of {}",
+                item.key
+            );
+            ensure_eq!(item.expires.is_some(), p == "d", "expiry of {}", item.key);
+            seen += 1;
+        }
+        match page.next {
+            Some(n) => cursor = Some(n),
+            None => break,
+        }
+    }
+    ensure_eq!(seen, GROUPS * 4, "every row stored");
+    ensure_eq!(
+        get_value(&b, "/bm/count").await?,
+        Some(GROUPS.to_string().into_bytes()),
+        "tail"
+    );
+    let mut want = Vec::new();
+    for g in [1usize, 599] {
+        for p in ["a", "b", "c", "d"] {
+            want.push((EventKind::Put, format!("/bm/k/{g:04}/{p}"), revs[g]));
+        }
+    }
+    let want_refs: Vec<(EventKind, &str, i64)> = want
+        .iter()
+        .map(|(k, key, r)| (*k, key.as_str(), *r))
+        .collect();
+    expect_changes(&mut w, &want_refs).await?;
+
+    // Two groups of one batch write the same key: the later one wins, both are in the feed.
+    let same = |v: &str| BatchWrite {
+        conditions: vec![],
+        ops: vec![
+            Op::Put {
+                key: "/bm/k/0001/a".into(),
+                value: v.as_bytes().to_vec(),
+                expires: None,
+            },
+            Op::Put {
+                key: format!("/bm/k/0001/{v}"),
+                value: v.as_bytes().to_vec(),
+                expires: None,
+            },
+        ],
+    };
+    let results = b
+        .write_batch(
+            vec![same("x"), same("y")],
+            "/bm/count",
+            counting_tail("/bm/count"),
+        )
+        .await
+        .ctx("same key twice")?;
+    let (rx, ry) = match (&results[0], &results[1]) {
+        (Ok(x), Ok(y)) => (*x, *y),
+        other => return Err(fail(format!("same key twice: {other:?}"))),
+    };
+    let a = b
+        .get("/bm/k/0001/a")
+        .await
+        .ctx("get a")?
+        .ok_or_else(|| fail("a"))?;
+    ensure_eq!(
+        (a.value.as_slice(), a.revision),
+        (&b"y"[..], ry),
+        "last write wins"
+    );
+    expect_changes(
+        &mut w,
+        &[
+            (EventKind::Put, "/bm/k/0001/a", rx),
+            (EventKind::Put, "/bm/k/0001/x", rx),
+            (EventKind::Put, "/bm/k/0001/a", ry),
+            (EventKind::Put, "/bm/k/0001/y", ry),
+        ],
+    )
+    .await?;
     Ok(())
 }

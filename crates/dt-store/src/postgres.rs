@@ -658,67 +658,103 @@ impl Tx for PgTx<'_> {
             .collect()
     }
 
-    /// Rows with change events are sent back to back without waiting for each answer (the
-    /// driver pipelines queries issued together on one connection, and the server runs them
-    /// in order). Rows under unwatched prefixes go in one multi-row statement: an
-    /// authentication writes a dozen audit items, and one statement per row made
-    /// PostgreSQL's per-statement work the larger part of a batch. A key written twice in
-    /// one flush keeps its last write, as it would row by row; and the two kinds never share
-    /// a key, so their relative order does not matter.
+    /// Three ways, sent together (the driver pipelines queries issued together on one
+    /// connection, and the server runs them in order):
+    /// - rows with change events and distinct keys: multi-row statements (arrays unnested,
+    ///   [`PUT_ROWS`] at most a statement) that write the items and their events;
+    /// - rows with change events where a key is written twice (one statement cannot upsert a
+    ///   row twice): one statement per row, in order;
+    /// - rows under unwatched prefixes: multi-row statements without events, each key with
+    ///   its last write, as it would end row by row.
+    ///
+    /// A bulk request wrote ~8,000 statements, and an authentication a dozen, one per row;
+    /// PostgreSQL's per-statement work was then the larger part of a batch. Watched and
+    /// unwatched rows never share a key, so their relative order does not matter.
     async fn put_many(&mut self, rows: &[(i64, i32, &PutRow)], at: i64) -> Result<()> {
         let tx = self.tx;
         let (fed, unfed): (Vec<_>, Vec<_>) = rows
             .iter()
             .partition(|(_, _, row)| in_feed(self.unwatched, &row.key));
-        let one_by_one = futures::future::try_join_all(fed.iter().map(|(revision, idx, row)| {
-            tx.execute_raw(
-                &self.st.put,
-                [
-                    &row.key as &(dyn tokio_postgres::types::ToSql + Sync),
-                    &row.value,
-                    revision,
-                    &row.expires,
-                    idx,
-                    &at,
-                ],
-            )
-        }));
-        let mut last: std::collections::HashMap<&str, usize> =
-            std::collections::HashMap::with_capacity(unfed.len());
-        for (i, (_, _, row)) in unfed.iter().enumerate() {
-            last.insert(row.key.as_str(), i);
-        }
-        let kept: Vec<&PutRow> = unfed
-            .iter()
-            .enumerate()
-            .filter(|&(i, (_, _, row))| last.get(row.key.as_str()) == Some(&i))
-            .map(|(_, (_, _, row))| *row)
-            .collect();
-        let revision_of: std::collections::HashMap<&str, i64> = unfed
-            .iter()
-            .map(|(rev, _, row)| (row.key.as_str(), *rev))
-            .collect();
-        let keys: Vec<&str> = kept.iter().map(|r| r.key.as_str()).collect();
-        let values: Vec<&[u8]> = kept.iter().map(|r| r.value.as_slice()).collect();
-        // The last write's revision (collecting into a map keeps the last of each key).
-        let revisions: Vec<i64> = keys.iter().map(|k| revision_of[k]).collect();
-        let expires: Vec<Option<i64>> = kept.iter().map(|r| r.expires).collect();
-        let together = async {
-            if keys.is_empty() {
-                return Ok(0);
+
+        let mut distinct = std::collections::HashSet::with_capacity(fed.len());
+        let fed_distinct = fed.iter().all(|(_, _, r)| distinct.insert(r.key.as_str()));
+        let fed_rows = async {
+            if fed.is_empty() {
+                return Ok(());
             }
-            tx.execute(
-                &self.st.put_unfed_many,
-                &[&keys, &values, &revisions, &expires],
-            )
-            .await
+            if fed.len() > 1 && fed_distinct {
+                futures::future::try_join_all(fed.chunks(PUT_ROWS).map(|chunk| {
+                    let keys: Vec<&str> = chunk.iter().map(|(_, _, r)| r.key.as_str()).collect();
+                    let values: Vec<&[u8]> =
+                        chunk.iter().map(|(_, _, r)| r.value.as_slice()).collect();
+                    let revisions: Vec<i64> = chunk.iter().map(|(rev, _, _)| *rev).collect();
+                    let expires: Vec<Option<i64>> =
+                        chunk.iter().map(|(_, _, r)| r.expires).collect();
+                    let idxs: Vec<i32> = chunk.iter().map(|(_, idx, _)| *idx).collect();
+                    async move {
+                        tx.execute(
+                            &self.st.put_rows,
+                            &[&keys, &values, &revisions, &expires, &idxs, &at],
+                        )
+                        .await
+                    }
+                }))
+                .await?;
+            } else {
+                futures::future::try_join_all(fed.iter().map(|(revision, idx, row)| {
+                    tx.execute_raw(
+                        &self.st.put,
+                        [
+                            &row.key as &(dyn tokio_postgres::types::ToSql + Sync),
+                            &row.value,
+                            revision,
+                            &row.expires,
+                            idx,
+                            &at,
+                        ],
+                    )
+                }))
+                .await?;
+            }
+            Ok::<(), tokio_postgres::Error>(())
         };
-        futures::future::try_join(one_by_one, together)
+
+        // The last write of each unwatched key (rows are in write order).
+        let mut last: std::collections::HashMap<&str, &(i64, i32, &PutRow)> =
+            std::collections::HashMap::with_capacity(unfed.len());
+        for r in &unfed {
+            last.insert(r.2.key.as_str(), r);
+        }
+        let kept: Vec<&(i64, i32, &PutRow)> = unfed
+            .iter()
+            .copied()
+            .filter(|r| {
+                last.get(r.2.key.as_str())
+                    .is_some_and(|l| std::ptr::eq(*l, *r))
+            })
+            .collect();
+        let unfed_rows = futures::future::try_join_all(kept.chunks(PUT_ROWS).map(|chunk| {
+            let keys: Vec<&str> = chunk.iter().map(|r| r.2.key.as_str()).collect();
+            let values: Vec<&[u8]> = chunk.iter().map(|r| r.2.value.as_slice()).collect();
+            let revisions: Vec<i64> = chunk.iter().map(|r| r.0).collect();
+            let expires: Vec<Option<i64>> = chunk.iter().map(|r| r.2.expires).collect();
+            async move {
+                tx.execute(
+                    &self.st.put_unfed_many,
+                    &[&keys, &values, &revisions, &expires],
+                )
+                .await
+            }
+        }));
+        futures::future::try_join(fed_rows, unfed_rows)
             .await
             .map_err(pg)?;
         Ok(())
     }
 }
+
+/// Most rows one multi-row put statement carries.
+const PUT_ROWS: usize = 1000;
 
 /// Statements prepared once per connection.
 struct Stmts {
@@ -742,6 +778,8 @@ struct Stmts {
     remove_unfed: Statement,
     /// `put_unfed` of many rows at once (arrays of keys, values, revisions, expiries).
     put_unfed_many: Statement,
+    /// [`Tx::put_many`] of rows with distinct keys, as arrays.
+    put_rows: Statement,
 }
 
 const RANGE_SQL: [&str; 4] = [
@@ -759,7 +797,7 @@ const VERSION_SQL: &str = "SELECT COALESCE(MAX(version), 0)::bigint FROM dt_sche
 
 impl Stmts {
     async fn prepare(client: &Client) -> Result<Self> {
-        let sql: [&str; 20] = [
+        let sql: [&str; 21] = [
             "SELECT v FROM dt_seq WHERE id = 1",
             VERSION_SQL,
             "UPDATE dt_seq SET v = v + 1 WHERE id = 1 RETURNING v",
@@ -800,6 +838,17 @@ impl Stmts {
              SELECT * FROM UNNEST($1::text[], $2::bytea[], $3::bigint[], $4::bigint[]) \
              ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
                  revision = EXCLUDED.revision, expires = EXCLUDED.expires",
+            "WITH rows AS ( \
+                 SELECT * FROM unnest($1::text[], $2::bytea[], $3::bigint[], $4::bigint[], \
+                     $5::integer[]) AS r (key, value, revision, expires, idx)), \
+             up AS ( \
+                 INSERT INTO dt_items (key, value, revision, expires) \
+                 SELECT key, value, revision, expires FROM rows \
+                 ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, \
+                     revision = EXCLUDED.revision, expires = EXCLUDED.expires \
+                 RETURNING 1) \
+             INSERT INTO dt_events (revision, idx, key, kind, value, expires, at) \
+             SELECT revision, idx, key, 0, value, expires, $6::bigint FROM rows",
         ];
         // Prepared concurrently: the driver pipelines them on the one connection.
         let prepared = futures::future::try_join_all(sql.iter().map(|s| client.prepare(s)))
@@ -826,7 +875,8 @@ impl Stmts {
             put_unfed,
             remove_unfed,
             put_unfed_many,
-        ] = <[Statement; 20]>::try_from(prepared)
+            put_rows,
+        ] = <[Statement; 21]>::try_from(prepared)
             .map_err(|_| backend_msg("statement preparation mismatch"))?;
         Ok(Stmts {
             head,
@@ -846,6 +896,7 @@ impl Stmts {
             put_unfed,
             remove_unfed,
             put_unfed_many,
+            put_rows,
         })
     }
 }

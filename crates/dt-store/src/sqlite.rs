@@ -35,6 +35,14 @@ use crate::{
 };
 
 const READERS: usize = 4;
+/// Page cache of the writer connection, in KiB (SQLite's default is 2 MiB): a bulk write's
+/// B-tree descents then mostly find their pages in memory instead of reading them back from
+/// the file. Readers keep the default.
+const WRITER_CACHE_KIB: i64 = 64 * 1024;
+/// WAL pages after which a commit checkpoints (SQLite's default is 1000, 4 MiB): large
+/// group commits would otherwise checkpoint on nearly every commit, writing the pages they
+/// touch again each time.
+const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Schema migrations, applied in order; the index + 1 is the version.
@@ -90,6 +98,7 @@ impl SqliteBackend {
         let (first, head) = tokio::task::spawn_blocking(move || -> Result<(Connection, i64)> {
             create_file(&owned)?;
             let mut conn = open_conn(&owned)?;
+            tune_writer(&conn)?;
             enable_wal(&conn)?;
             migrate(&mut conn)?;
             let head = conn
@@ -101,8 +110,8 @@ impl SqliteBackend {
         .map_err(|e| backend_msg(format!("sqlite open task failed: {e}")))??;
 
         let shared = Arc::new(Shared {
-            writer: Pool::new(path, 1, Some(first)),
-            readers: Pool::new(path, READERS, None),
+            writer: Pool::new(path, 1, Some(first), true),
+            readers: Pool::new(path, READERS, None, false),
             wake: Arc::new(Notify::new()),
             grouper: Grouper::default(),
             unwatched: tuning.unwatched_prefixes.clone().into(),
@@ -420,15 +429,18 @@ struct Pool {
     idle: Mutex<Vec<Connection>>,
     sem: Arc<Semaphore>,
     closed: AtomicBool,
+    /// Connections opened for this pool get [`tune_writer`].
+    writer: bool,
 }
 
 impl Pool {
-    fn new(path: &Path, size: usize, first: Option<Connection>) -> Arc<Self> {
+    fn new(path: &Path, size: usize, first: Option<Connection>, writer: bool) -> Arc<Self> {
         Arc::new(Pool {
             path: path.to_owned(),
             idle: Mutex::new(first.into_iter().collect()),
             sem: Arc::new(Semaphore::new(size)),
             closed: AtomicBool::new(false),
+            writer,
         })
     }
 
@@ -454,7 +466,13 @@ impl Pool {
             let taken = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let mut conn = match taken {
                 Some(c) => c,
-                None => open_conn(&pool.path)?,
+                None => {
+                    let c = open_conn(&pool.path)?;
+                    if pool.writer {
+                        tune_writer(&c)?;
+                    }
+                    c
+                }
             };
             let result = f(&mut conn);
             if !pool.closed.load(Ordering::Acquire) {
@@ -554,6 +572,13 @@ fn write_batch_once(
     Ok(results)
 }
 
+const PUT_ITEM_SQL: &str = "INSERT INTO dt_items (key, value, revision, expires) \
+     VALUES (?1, ?2, ?3, ?4) ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
+     revision = excluded.revision, expires = excluded.expires";
+
+const PUT_EVENT_SQL: &str = "INSERT INTO dt_events (revision, idx, key, kind, value, expires, at) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)";
+
 struct SqliteTx<'a> {
     tx: &'a rusqlite::Transaction<'a>,
     unwatched: &'a [String],
@@ -570,10 +595,7 @@ impl SqliteTx<'_> {
         at: i64,
     ) -> Result<()> {
         self.tx
-            .prepare_cached(
-                "INSERT INTO dt_events (revision, idx, key, kind, value, expires, at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )
+            .prepare_cached(PUT_EVENT_SQL)
             .map_err(sq)?
             .execute(params![revision, idx, key, kind, value, expires, at])
             .map_err(sq)?;
@@ -642,11 +664,7 @@ impl Tx for SqliteTx<'_> {
 
     async fn put(&mut self, revision: i64, idx: i32, row: &PutRow, at: i64) -> Result<()> {
         self.tx
-            .prepare_cached(
-                "INSERT INTO dt_items (key, value, revision, expires) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, \
-                 revision = excluded.revision, expires = excluded.expires",
-            )
+            .prepare_cached(PUT_ITEM_SQL)
             .map_err(sq)?
             .execute(params![row.key, row.value, revision, row.expires])
             .map_err(sq)?;
@@ -661,6 +679,31 @@ impl Tx for SqliteTx<'_> {
             row.expires,
             at,
         )
+    }
+
+    /// Each statement prepared once for all the rows (not looked up in the cache per row).
+    async fn put_many(&mut self, rows: &[(i64, i32, &PutRow)], at: i64) -> Result<()> {
+        let mut item = self.tx.prepare_cached(PUT_ITEM_SQL).map_err(sq)?;
+        let mut event = self.tx.prepare_cached(PUT_EVENT_SQL).map_err(sq)?;
+        for (revision, idx, row) in rows {
+            item.execute(params![row.key, row.value, revision, row.expires])
+                .map_err(sq)?;
+            if !in_feed(self.unwatched, &row.key) {
+                continue;
+            }
+            event
+                .execute(params![
+                    revision,
+                    idx,
+                    row.key,
+                    KIND_PUT,
+                    row.value,
+                    row.expires,
+                    at
+                ])
+                .map_err(sq)?;
+        }
+        Ok(())
     }
 
     async fn remove(&mut self, revision: i64, idx: i32, key: &str, at: i64) -> Result<bool> {
@@ -716,12 +759,8 @@ fn create_file(path: &Path) -> Result<()> {
         .map_err(|e| backend_msg(format!("cannot open database file {}: {e}", path.display())))
 }
 
-/// Page cache per connection, in KiB (negative: SQLite's "KiB, not pages").
-const CACHE_KIB: i64 = -32 * 1024;
-/// Bytes of the file read through a memory map.
+/// Bytes of the file every connection reads through a memory map.
 const MMAP_BYTES: i64 = 256 * 1024 * 1024;
-/// Logged pages between automatic checkpoints (32 MiB of 4 KiB pages).
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 8000;
 
 fn open_conn(path: &Path) -> Result<Connection> {
     let conn = Connection::open_with_flags(
@@ -732,20 +771,21 @@ fn open_conn(path: &Path) -> Result<Connection> {
     conn.busy_timeout(BUSY_TIMEOUT).map_err(sq)?;
     conn.pragma_update(None, "synchronous", "FULL")
         .map_err(sq)?;
-    // Reads through a memory map and a larger page cache: with SQLite's defaults (2 MiB,
-    // no map) a busy auth server spent a tenth of its time copying pages in with pread.
-    // Both are only caches: what is durable, and when, does not change.
-    conn.pragma_update(None, "cache_size", CACHE_KIB)
-        .map_err(sq)?;
+    // Reads through a memory map: with SQLite's default (no map) a busy auth server spent
+    // a tenth of its time copying pages in with pread. Only a cache: what is durable, and
+    // when, does not change.
     conn.pragma_update(None, "mmap_size", MMAP_BYTES)
-        .map_err(sq)?;
-    // Checkpoint less often: a checkpoint copies each page the log holds once, so the pages
-    // every commit touches (the sequence row, the audit head, index leaves) are copied once
-    // per 8,000 logged pages instead of once per SQLite's default 1,000.
-    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
         .map_err(sq)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
+}
+
+/// The writer connection's page cache and checkpoint interval (see the constants).
+fn tune_writer(conn: &Connection) -> Result<()> {
+    conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
+        .map_err(sq)?;
+    conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
+        .map_err(sq)
 }
 
 fn enable_wal(conn: &Connection) -> Result<()> {

@@ -7,11 +7,10 @@
 
 use std::time::Duration;
 
-use dt_ceremony::token::EnrollTokenRecord;
 use dt_proto::v1 as pb;
 use dt_store::{Condition, Op, StoreError};
 use dt_types::audit::{AuditEvent, DeviceInfo, EventType};
-use dt_types::device::{DeviceSource, DeviceSpec, EnrollStatus, OsType, SourceOrigin};
+use dt_types::device::{DeviceSource, EnrollStatus, OsType, SourceOrigin};
 use dt_types::resource::Resource;
 use dt_types::{AnyResource, Device, Kind, Verb};
 use time::OffsetDateTime;
@@ -20,6 +19,10 @@ use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::server::AuthServer;
+
+mod bulk;
+mod lookup;
+mod tokens;
 
 pub const DEFAULT_ENROLL_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_ENROLL_TTL: Duration = Duration::from_secs(7 * 86400);
@@ -240,7 +243,7 @@ impl AuthServer {
     }
 
     /// RBAC on a device verb; a refusal leaves a failed `event` naming the reason.
-    async fn authorize_device(
+    pub(super) async fn authorize_device(
         &self,
         caller: &Caller,
         verb: Verb,
@@ -260,149 +263,8 @@ impl AuthServer {
         Ok(())
     }
 
-    /// Which devices `caller` may read with `verb` (`read`, `list`): every device when a role
-    /// allows it (`None`), otherwise only the devices they own (`Some(user)`); a deny rule on
-    /// the verb refuses even those.
-    pub(crate) fn device_read_scope<'c>(
-        &self,
-        caller: &'c Caller,
-        verb: Verb,
-    ) -> ApiResult<Option<&'c str>> {
-        match self.authorize(caller, "device", verb) {
-            Ok(()) => Ok(None),
-            Err(e) => match dt_authz::check_deny_rules(&caller.roles, "device", verb) {
-                dt_authz::Decision::Allow => Ok(Some(caller.name())),
-                dt_authz::Decision::Deny(_) => Err(e),
-            },
-        }
-    }
-
-    /// [`AuthServer::resolve_device`] for a reader: a device outside their scope reads as
-    /// absent, so its existence is not disclosed.
-    pub async fn read_device(
-        &self,
-        caller: &Caller,
-        r: &pb::DeviceRef,
-    ) -> ApiResult<(Device, i64)> {
-        let scope = self.device_read_scope(caller, Verb::Read)?;
-        let (d, rev) = self.resolve_device(r).await?;
-        match scope {
-            Some(owner) if d.spec.owner.as_deref() != Some(owner) => {
-                let what = if r.device_id.is_empty() {
-                    &r.asset_tag
-                } else {
-                    &r.device_id
-                };
-                Err(ApiError::NotFound(format!(
-                    "device {what:?} not found among your devices"
-                )))
-            }
-            _ => Ok((d, rev)),
-        }
-    }
-
-    pub async fn get_device(&self, id: &str) -> ApiResult<Option<(Device, i64)>> {
-        self.get_resource::<DeviceSpec>(id).await
-    }
-
-    pub async fn device_by_tag(&self, os: OsType, tag: &str) -> ApiResult<Option<(Device, i64)>> {
-        let Some(item) = self.backend.get(&keys::device_tag_index(os, tag)).await? else {
-            return Ok(None);
-        };
-        let id = String::from_utf8(item.value).map_err(ApiError::internal)?;
-        self.get_device(&id).await
-    }
-
-    pub async fn device_by_credential(
-        &self,
-        credential_id: &str,
-    ) -> ApiResult<Option<(Device, i64)>> {
-        let Some(item) = self
-            .backend
-            .get(&keys::device_credential_index(credential_id))
-            .await?
-        else {
-            return Ok(None);
-        };
-        let id = String::from_utf8(item.value).map_err(ApiError::internal)?;
-        self.get_device(&id).await
-    }
-
-    /// Devices whose id or asset tag equals `needle` (any OS) that `caller` may read.
-    pub async fn find_readable_devices(
-        &self,
-        caller: &Caller,
-        needle: &str,
-    ) -> ApiResult<Vec<(Device, i64)>> {
-        let scope = self.device_read_scope(caller, Verb::Read)?;
-        let mut found = self.find_devices(needle).await?;
-        if let Some(owner) = scope {
-            found.retain(|(d, _)| d.spec.owner.as_deref() == Some(owner));
-        }
-        Ok(found)
-    }
-
-    /// Devices whose id or asset tag equals `needle` (any OS).
-    pub async fn find_devices(&self, needle: &str) -> ApiResult<Vec<(Device, i64)>> {
-        let mut out = Vec::new();
-        if dt_types::DeviceId::parse(needle).is_ok()
-            && let Some(d) = self.get_device(needle).await?
-        {
-            out.push(d);
-        }
-        for os in [OsType::Macos, OsType::Windows, OsType::Linux] {
-            if let Some(d) = self.device_by_tag(os, needle).await?
-                && !out
-                    .iter()
-                    .any(|(x, _)| x.metadata.name == d.0.metadata.name)
-            {
-                out.push(d);
-            }
-        }
-        Ok(out)
-    }
-
-    /// Exactly one device for a reference, or a clear error.
-    pub async fn resolve_device(&self, r: &pb::DeviceRef) -> ApiResult<(Device, i64)> {
-        if !r.device_id.is_empty() {
-            return self
-                .get_device(&r.device_id)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("device {:?} not found", r.device_id)));
-        }
-        if r.asset_tag.is_empty() {
-            return Err(ApiError::InvalidArgument(
-                "name the device: --device-id or --asset-tag".into(),
-            ));
-        }
-        let os = dt_proto::device::os_type_from_proto(r.os_type, "os_type")
-            .map_err(|e| ApiError::InvalidArgument(format!("{e} (use macos, windows or linux)")))?;
-        if let Some(os) = os {
-            return self.device_by_tag(os, &r.asset_tag).await?.ok_or_else(|| {
-                ApiError::NotFound(format!("device {:?}/{os} not found", r.asset_tag))
-            });
-        }
-        let mut found = Vec::new();
-        for os in [OsType::Macos, OsType::Windows, OsType::Linux] {
-            if let Some(d) = self.device_by_tag(os, &r.asset_tag).await? {
-                found.push(d);
-            }
-        }
-        match found.len() {
-            0 => Err(ApiError::NotFound(format!(
-                "device {:?} not found",
-                r.asset_tag
-            ))),
-            1 => Ok(found.remove(0)),
-            _ => Err(ApiError::InvalidArgument(format!(
-                "asset tag {:?} exists for several OSes; add --os",
-                r.asset_tag
-            ))),
-        }
-    }
-
     /// Normalize a new device: server-owned fields are set here, never taken from clients.
-    fn new_device(&self, mut d: Device, now: OffsetDateTime) -> Device {
+    pub(super) fn new_device(&self, mut d: Device, now: OffsetDateTime) -> Device {
         d.metadata.revision = None;
         d.spec.enroll_status = EnrollStatus::NotEnrolled;
         d.spec.credential = None;
@@ -417,61 +279,6 @@ impl AuthServer {
             });
         }
         d
-    }
-
-    fn token_ops(
-        &self,
-        device_id: &str,
-        ttl: Duration,
-        now: OffsetDateTime,
-        previous_hash: Option<String>,
-    ) -> ApiResult<(pb::DeviceEnrollToken, Vec<Op>)> {
-        if ttl > MAX_ENROLL_TTL {
-            return Err(ApiError::InvalidArgument(
-                "enrollment token TTL is at most 7d".into(),
-            ));
-        }
-        let ttl = if ttl.is_zero() {
-            DEFAULT_ENROLL_TTL
-        } else {
-            ttl
-        };
-        // Only devices that passed validation get tokens: their names are device ids.
-        let typed_id = dt_types::DeviceId::parse(device_id).map_err(ApiError::internal)?;
-        let mut env = self.env.ceremony();
-        let (token, record) = EnrollTokenRecord::issue(
-            typed_id,
-            now,
-            time::Duration::try_from(ttl).map_err(ApiError::internal)?,
-            &mut env,
-        );
-        // Keep the record a day past expiry so "expired" and "already used" stay
-        // distinguishable in the audit log; the sweeper removes it after that.
-        let keep_until = record.expires + time::Duration::days(1);
-        let mut ops = Vec::new();
-        if let Some(h) = previous_hash {
-            ops.push(Op::Delete {
-                key: keys::device_token(&h),
-            });
-        }
-        ops.push(Op::Put {
-            key: keys::device_token(&record.token_hash),
-            value: serde_json::to_vec(&record).map_err(ApiError::internal)?,
-            expires: Some(keep_until),
-        });
-        ops.push(Op::Put {
-            key: keys::device_token_index(device_id),
-            value: record.token_hash.clone().into_bytes(),
-            expires: Some(keep_until),
-        });
-        Ok((
-            pb::DeviceEnrollToken {
-                token: token.expose().to_string(),
-                expires_unix: record.expires.unix_timestamp(),
-                device_id: device_id.to_string(),
-            },
-            ops,
-        ))
     }
 
     pub async fn create_device(
@@ -693,252 +500,6 @@ impl AuthServer {
         self.write_device_change(&id, rev, ops, vec![event], revocation)
             .await?;
         Ok(d)
-    }
-
-    pub async fn create_enroll_token(
-        &self,
-        caller: &Caller,
-        r: &pb::DeviceRef,
-        ttl: Duration,
-    ) -> ApiResult<pb::DeviceEnrollToken> {
-        self.authorize_device(
-            caller,
-            Verb::CreateEnrollToken,
-            EventType::DeviceTokenCreate,
-        )
-        .await?;
-        let now = self.env.now();
-        let (d, rev) = match self.resolve_device(r).await {
-            Ok(x) => x,
-            Err(e) => {
-                self.audit
-                    .emit(
-                        AuditEvent::new(EventType::DeviceTokenCreate, false, now)
-                            .user(caller.name())
-                            .message(e.to_string()),
-                    )
-                    .await?;
-                return Err(e);
-            }
-        };
-        if d.spec.enroll_status == EnrollStatus::Enrolled {
-            let msg = format!(
-                "device {:?} is already enrolled; un-enroll it first (`dtctl edit device/{}` and set enroll_status: not_enrolled)",
-                d.spec.asset_tag, d.spec.asset_tag
-            );
-            self.audit
-                .emit(
-                    AuditEvent::new(EventType::DeviceTokenCreate, false, now)
-                        .user(caller.name())
-                        .device(device_info(&d))
-                        .message(&msg),
-                )
-                .await?;
-            return Err(ApiError::FailedPrecondition(msg));
-        }
-        let id = d.metadata.name.clone();
-        let previous = self
-            .backend
-            .get(&keys::device_token_index(&id))
-            .await?
-            .map(|i| String::from_utf8_lossy(&i.value).to_string());
-        let (token, ops) = self.token_ops(&id, ttl, now, previous)?;
-        self.audit
-            .write_with(
-                vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
-                ops,
-                AuditEvent::new(EventType::DeviceTokenCreate, true, now)
-                    .user(caller.name())
-                    .device(device_info(&d))
-                    .remote_addr(caller.peer.addr.ip().to_string()),
-            )
-            .await
-            .map_err(|e| match e {
-                StoreError::ConditionFailed { .. } => {
-                    ApiError::Conflict(format!("device {id:?} changed meanwhile; try again"))
-                }
-                other => other.into(),
-            })?;
-        Ok(token)
-    }
-
-    pub async fn list_devices(
-        &self,
-        caller: &Caller,
-        page_size: usize,
-        page_token: &str,
-    ) -> ApiResult<(Vec<(Device, i64)>, Option<String>)> {
-        let scope = self.device_read_scope(caller, Verb::List)?;
-        let limit = if page_size == 0 {
-            MAX_PAGE
-        } else {
-            page_size.min(MAX_PAGE)
-        };
-        if let Some(owner) = scope {
-            return self.list_owned_devices(owner, limit, page_token).await;
-        }
-        let prefix = keys::resource_prefix(Kind::Device);
-        let start = (!page_token.is_empty()).then(|| keys::resource(Kind::Device, page_token));
-        let page = self.backend.range(&prefix, start.as_deref(), limit).await?;
-        let mut out = Vec::with_capacity(page.items.len());
-        for item in page.items {
-            match serde_json::from_slice::<Device>(&item.value) {
-                Ok(d) => out.push((d, item.revision)),
-                Err(e) => tracing::warn!(key = %item.key, error = %e, "skipping unreadable device"),
-            }
-        }
-        Ok((
-            out,
-            page.next.map(|k| k.trim_start_matches(&prefix).to_string()),
-        ))
-    }
-
-    /// One page of the devices `owner` owns, through the owner index, by device id.
-    async fn list_owned_devices(
-        &self,
-        owner: &str,
-        limit: usize,
-        page_token: &str,
-    ) -> ApiResult<(Vec<(Device, i64)>, Option<String>)> {
-        let prefix = keys::device_owner_index(owner, "");
-        let start = (!page_token.is_empty()).then(|| keys::device_owner_index(owner, page_token));
-        let page = self.backend.range(&prefix, start.as_deref(), limit).await?;
-        let mut out = Vec::with_capacity(page.items.len());
-        for item in page.items {
-            let id = item.key.trim_start_matches(&prefix);
-            // The index and the record are written together; re-check the owner anyway.
-            if let Some((d, rev)) = self.get_device(id).await?
-                && d.spec.owner.as_deref() == Some(owner)
-            {
-                out.push((d, rev));
-            }
-        }
-        Ok((
-            out,
-            page.next.map(|k| k.trim_start_matches(&prefix).to_string()),
-        ))
-    }
-
-    /// One status per input, in order; a bad item does not stop the others.
-    pub async fn bulk_create_devices(
-        &self,
-        caller: &Caller,
-        items: Vec<pb::Device>,
-    ) -> ApiResult<Vec<pb::BulkCreateStatus>> {
-        self.authorize_device(caller, Verb::Create, EventType::DeviceCreate)
-            .await?;
-        if items.len() > MAX_BULK {
-            return Err(ApiError::InvalidArgument(format!(
-                "at most {MAX_BULK} devices per request"
-            )));
-        }
-        // One transaction for the whole request (with one event per device): a per-device
-        // transaction made imports fsync-bound. Known conflicts are read first; a conflict
-        // that appears meanwhile drops just that device and the rest is retried.
-        let now = self.env.now();
-        let mut out: Vec<Option<pb::BulkCreateStatus>> = vec![None; items.len()];
-        let failed = |tag: &str, error: String| pb::BulkCreateStatus {
-            ok: false,
-            device_id: String::new(),
-            asset_tag: tag.to_string(),
-            error,
-        };
-        let mut pending: Vec<(usize, Device)> = Vec::new();
-        let mut seen = std::collections::HashSet::new();
-        for (i, item) in items.into_iter().enumerate() {
-            match device_from_proto(Some(item)) {
-                Err(e) => out[i] = Some(failed("", e.to_string())),
-                Ok(d) => {
-                    let d = self.new_device(d, now);
-                    let tag_key = keys::device_tag_index(d.spec.os_type, &d.spec.asset_tag);
-                    if !seen.insert(tag_key.clone()) {
-                        out[i] = Some(failed(
-                            &d.spec.asset_tag,
-                            "listed twice in this request".into(),
-                        ));
-                    } else if self.backend.get(&tag_key).await?.is_some() {
-                        out[i] = Some(failed(
-                            &d.spec.asset_tag,
-                            format!(
-                                "device {:?}/{} is already in the inventory",
-                                d.spec.asset_tag, d.spec.os_type
-                            ),
-                        ));
-                    } else {
-                        pending.push((i, d));
-                    }
-                }
-            }
-        }
-        while !pending.is_empty() {
-            let mut conds = Vec::with_capacity(pending.len() * 2);
-            let mut ops = Vec::with_capacity(pending.len() * 2);
-            let mut events = Vec::with_capacity(pending.len());
-            for (_, d) in &pending {
-                conds.push(Condition::NotExists(keys::device_tag_index(
-                    d.spec.os_type,
-                    &d.spec.asset_tag,
-                )));
-                conds.push(Condition::NotExists(keys::resource(
-                    Kind::Device,
-                    &d.metadata.name,
-                )));
-                ops.extend(put_ops(d)?);
-                events.push(
-                    AuditEvent::new(EventType::DeviceCreate, true, now)
-                        .user(caller.name())
-                        .device(device_info(d))
-                        .remote_addr(caller.peer.addr.ip().to_string()),
-                );
-            }
-            match self.audit.write_with_events(conds, ops, events).await {
-                Ok(_) => {
-                    for (i, d) in pending.drain(..) {
-                        out[i] = Some(pb::BulkCreateStatus {
-                            ok: true,
-                            device_id: d.metadata.name.clone(),
-                            asset_tag: d.spec.asset_tag.clone(),
-                            error: String::new(),
-                        });
-                    }
-                }
-                Err(StoreError::ConditionFailed { index, .. }) if index / 2 < pending.len() => {
-                    let (i, d) = pending.remove(index / 2);
-                    out[i] = Some(failed(
-                        &d.spec.asset_tag,
-                        format!(
-                            "device {:?}/{} is already in the inventory",
-                            d.spec.asset_tag, d.spec.os_type
-                        ),
-                    ));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        // Refusals are audited too (one event each), after the successful write.
-        let refusals: Vec<AuditEvent> = out
-            .iter()
-            .flatten()
-            .filter(|st| !st.ok)
-            .map(|st| {
-                AuditEvent::new(EventType::DeviceCreate, false, now)
-                    .user(caller.name())
-                    .device(dt_types::audit::DeviceInfo {
-                        asset_tag: st.asset_tag.clone(),
-                        ..Default::default()
-                    })
-                    .message(st.error.clone())
-            })
-            .collect();
-        if !refusals.is_empty() {
-            self.audit
-                .write_with_events(vec![], vec![], refusals)
-                .await?;
-        }
-        Ok(out
-            .into_iter()
-            .map(|st| st.unwrap_or_else(|| failed("", "not processed".into())))
-            .collect())
     }
 }
 
