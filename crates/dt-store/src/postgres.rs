@@ -672,7 +672,10 @@ impl Tx for PgTx<'_> {
     /// unwatched rows never share a key, so their relative order does not matter.
     async fn put_many(&mut self, rows: &[(i64, i32, &PutRow)], at: i64) -> Result<()> {
         let tx = self.tx;
-        let (fed, unfed): (Vec<_>, Vec<_>) = rows
+        let st: &Stmts = self.st;
+        let at = &at;
+        type Row<'r> = &'r (i64, i32, &'r PutRow);
+        let (fed, unfed): (Vec<Row<'_>>, Vec<Row<'_>>) = rows
             .iter()
             .partition(|(_, _, row)| in_feed(self.unwatched, &row.key));
 
@@ -693,8 +696,8 @@ impl Tx for PgTx<'_> {
                     let idxs: Vec<i32> = chunk.iter().map(|(_, idx, _)| *idx).collect();
                     async move {
                         tx.execute(
-                            &self.st.put_rows,
-                            &[&keys, &values, &revisions, &expires, &idxs, &at],
+                            &st.put_rows,
+                            &[&keys, &values, &revisions, &expires, &idxs, at],
                         )
                         .await
                     }
@@ -703,14 +706,14 @@ impl Tx for PgTx<'_> {
             } else {
                 futures::future::try_join_all(fed.iter().map(|(revision, idx, row)| {
                     tx.execute_raw(
-                        &self.st.put,
+                        &st.put,
                         [
                             &row.key as &(dyn tokio_postgres::types::ToSql + Sync),
                             &row.value,
                             revision,
                             &row.expires,
                             idx,
-                            &at,
+                            at,
                         ],
                     )
                 }))
@@ -739,11 +742,8 @@ impl Tx for PgTx<'_> {
             let revisions: Vec<i64> = chunk.iter().map(|r| r.0).collect();
             let expires: Vec<Option<i64>> = chunk.iter().map(|r| r.2.expires).collect();
             async move {
-                tx.execute(
-                    &self.st.put_unfed_many,
-                    &[&keys, &values, &revisions, &expires],
-                )
-                .await
+                tx.execute(&st.put_unfed_many, &[&keys, &values, &revisions, &expires])
+                    .await
             }
         }));
         futures::future::try_join(fed_rows, unfed_rows)
