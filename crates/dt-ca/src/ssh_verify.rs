@@ -100,17 +100,7 @@ impl SshUserCaKey {
                 "certificate carries critical options".into(),
             ));
         }
-        let now_secs = now.unix_timestamp();
-        if now_secs < id.not_before.unix_timestamp() {
-            return Err(CaError::NotYetValid {
-                not_before: id.not_before,
-            });
-        }
-        if now_secs >= id.not_after.unix_timestamp() {
-            return Err(CaError::Expired {
-                not_after: id.not_after,
-            });
-        }
+        crate::ssh::check_ssh_validity(&id, now)?;
         Ok(id)
     }
 
