@@ -270,11 +270,7 @@ impl XSession {
         write_private(&auth, &xauthority_entry("", &cookie), account)?;
         if effective_uid() == 0 {
             // Xvfb run as a user cannot create the shared socket directory correctly.
-            let sockets = Path::new("/tmp/.X11-unix");
-            if !sockets.exists() {
-                std::fs::create_dir(sockets)?;
-                std::fs::set_permissions(sockets, std::fs::Permissions::from_mode(0o1777))?;
-            }
+            ensure_socket_dir(Path::new("/tmp/.X11-unix"))?;
         }
         let log = std::fs::File::create(dir.join("xvfb.log"))?;
         let mut xvfb = as_user(account, &cfg.xvfb)
@@ -426,6 +422,17 @@ fn write_private(path: &Path, bytes: &[u8], account: &Account) -> Result<(), Ses
     chown(&tmp, account)?;
     std::fs::rename(&tmp, path)?;
     Ok(())
+}
+
+/// Create X's shared socket directory (mode 1777) unless it exists. Two sessions starting
+/// at once on a fresh host both find it missing: the one that loses the race to create it
+/// uses the one the other made.
+fn ensure_socket_dir(sockets: &Path) -> std::io::Result<()> {
+    match std::fs::create_dir(sockets) {
+        Ok(()) => std::fs::set_permissions(sockets, std::fs::Permissions::from_mode(0o1777)),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && sockets.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// Xvfb writes its display number to fd 1 (`-displayfd 1`) once it accepts connections.
@@ -612,6 +619,34 @@ impl Drop for XSession {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_racing_to_create_the_socket_directory_all_get_it() {
+        // Found on a fresh CI host: two sessions starting at once, one failed with "File
+        // exists" because the other had just created /tmp/.X11-unix.
+        let tmp = tempfile::tempdir().unwrap();
+        let sockets = tmp.path().join(".X11-unix");
+        let barrier = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        ensure_socket_dir(&sockets)
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        });
+        let mode = std::fs::metadata(&sockets).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o1777);
+        // A file where the directory should be is still an error.
+        let file = tmp.path().join("not-a-dir");
+        std::fs::write(&file, b"").unwrap();
+        assert!(ensure_socket_dir(&file).is_err());
+    }
 
     #[test]
     fn passwd_lines_parse() {
