@@ -242,11 +242,6 @@ impl VerifiedSshCert {
     pub fn identity(&self) -> &Identity {
         &self.identity
     }
-
-    /// The certificate itself.
-    pub fn certificate(&self) -> &Certificate {
-        &self.cert
-    }
 }
 
 /// PROTOCOL.certkeys: valid when valid_after <= now < valid_before.

@@ -270,7 +270,8 @@ pub(crate) fn check_watchable(unwatched: &[String], prefixes: &[String]) -> Resu
         && let Some(u) = unwatched.first()
     {
         return Err(StoreError::Invalid(format!(
-            "cannot watch every key: keys under {u:?} are written without change events"
+            "cannot watch every key: keys under {u:?} are written without change events; \
+             watch the prefixes you need instead"
         )));
     }
     for p in prefixes {
@@ -279,7 +280,8 @@ pub(crate) fn check_watchable(unwatched: &[String], prefixes: &[String]) -> Resu
             .find(|u| p.starts_with(u.as_str()) || u.starts_with(p.as_str()))
         {
             return Err(StoreError::Invalid(format!(
-                "cannot watch {p:?}: keys under {u:?} are written without change events"
+                "cannot watch {p:?}: keys under {u:?} are written without change events \
+                 (Tuning::unwatched_prefixes); watch a prefix outside it, or read those keys"
             )));
         }
     }
