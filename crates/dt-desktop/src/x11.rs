@@ -30,6 +30,8 @@ use x11rb::wrapper::ConnectionExt as _;
 use crate::backend::{Backend, BackendError};
 use crate::tiles::Frame;
 
+/// Checks (20 ms apart) for the X server's exit when the session command failed first.
+const XVFB_GRACE_POLLS: u32 = 10;
 /// How long Xvfb may take to report its display.
 pub const XVFB_START_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -598,6 +600,18 @@ impl Backend for XSession {
             if let Ok(Some(st)) = self.xvfb.try_wait() {
                 self.ended = Some(format!("the X server exited ({st})"));
             } else if let Ok(Some(st)) = self.session.try_wait() {
+                // A session command dies with its X server (xterm exits as soon as its
+                // display goes away) and can be seen first: then the X server is the cause.
+                for _ in 0..XVFB_GRACE_POLLS {
+                    if let Ok(Some(x)) = self.xvfb.try_wait() {
+                        self.ended = Some(format!("the X server exited ({x})"));
+                        return self.ended.clone();
+                    }
+                    if st.success() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 self.ended = Some(match st.code() {
                     Some(0) => "the session command exited".to_string(),
                     _ => format!("the session command exited ({st})"),
