@@ -253,7 +253,7 @@ impl AuditSink {
                     key: item.key.clone(),
                 });
                 ops.extend(
-                    super::index::index_keys(&e, seq)
+                    super::index::stored_index_keys(&e, seq)
                         .into_iter()
                         .map(|key| Op::Delete { key }),
                 );

@@ -2,10 +2,12 @@
 //! reads the few events it returns instead of every stored event.
 //!
 //! The indexes are items in the same store, written in the same transaction as the event
-//! (empty values; the key is the index): `/audit/idx/time/<unix ms>/<id>`,
-//! `/audit/idx/type/<type>/<id>`, `/audit/idx/user/<user>/<id>`, and
-//! `/audit/idx/device/<device id or asset tag>/<id>`. Both backends keep items in key order
-//! (SQLite and PostgreSQL primary keys), so one index is one range read.
+//! (empty values; the key is the index): `/audit/idx/type/<type>/<id>`,
+//! `/audit/idx/user/<user>/<id>`, and `/audit/idx/device/<device id or asset tag>/<id>`.
+//! Both backends keep items in key order (SQLite and PostgreSQL primary keys), so one index
+//! is one range read. Time needs no index: event ids grow with time, so `--since` is a
+//! binary search over the ids (below). Earlier builds also wrote `/audit/idx/time/...`
+//! entries that nothing read; retention still removes them with their events.
 //!
 //! Events stored before the indexes existed are found by reading them all: `/audit/idx/from`
 //! names the first event written with indexes, set once when a server with indexes first
@@ -38,11 +40,7 @@ fn seq_str(seq: u64) -> String {
 /// The index keys of one event.
 pub(crate) fn index_keys(e: &AuditEvent, seq: u64) -> Vec<String> {
     let id = seq_str(seq);
-    let ms = (e.time.unix_timestamp_nanos() / 1_000_000).max(0);
-    let mut out = vec![
-        format!("{INDEX_PREFIX}time/{ms:016}/{id}"),
-        format!("{INDEX_PREFIX}type/{}/{id}", part(e.event.as_str())),
-    ];
+    let mut out = vec![format!("{INDEX_PREFIX}type/{}/{id}", part(e.event.as_str()))];
     if let Some(u) = &e.user {
         out.push(format!("{INDEX_PREFIX}user/{}/{id}", part(u)));
     }
@@ -54,6 +52,15 @@ pub(crate) fn index_keys(e: &AuditEvent, seq: u64) -> Vec<String> {
             out.push(format!("{INDEX_PREFIX}device/{}/{id}", part(&d.asset_tag)));
         }
     }
+    out
+}
+
+/// Every index key an event may have been stored with, by this build or an earlier one
+/// (which also wrote a time index): what retention deletes with the event.
+pub(crate) fn stored_index_keys(e: &AuditEvent, seq: u64) -> Vec<String> {
+    let ms = (e.time.unix_timestamp_nanos() / 1_000_000).max(0);
+    let mut out = index_keys(e, seq);
+    out.push(format!("{INDEX_PREFIX}time/{ms:016}/{}", seq_str(seq)));
     out
 }
 
@@ -247,7 +254,7 @@ mod tests {
     use dt_types::audit::{DeviceInfo, EventType};
 
     #[test]
-    fn keys_sort_by_time_then_id_and_escape_separators() {
+    fn keys_name_the_event_and_escape_separators() {
         let t = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
         let mut e = AuditEvent::new(EventType::DeviceAuthenticate, true, t).user("a/b%c");
         e.device = Some(DeviceInfo {
@@ -260,7 +267,6 @@ mod tests {
         assert_eq!(
             k,
             vec![
-                "/audit/idx/time/0001700000000000/00000000000000000007",
                 "/audit/idx/type/device.authenticate/00000000000000000007",
                 "/audit/idx/user/a%2Fb%25c/00000000000000000007",
                 "/audit/idx/device/d1/00000000000000000007",
