@@ -85,8 +85,8 @@ fn host_triple() -> String {
         .to_string()
 }
 
-fn graph() -> Graph {
-    let out = Command::new(env!("CARGO"))
+fn metadata(host: &str) -> std::process::Output {
+    Command::new(env!("CARGO"))
         .args([
             "metadata",
             "--format-version",
@@ -94,11 +94,28 @@ fn graph() -> Graph {
             "--all-features",
             "--offline",
             "--filter-platform",
-            &host_triple(),
+            host,
         ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
-        .expect("cargo metadata runs");
+        .expect("cargo metadata runs")
+}
+
+fn graph() -> Graph {
+    let host = host_triple();
+    // Offline, so crates for other platforms (never downloaded by a Linux build) are not
+    // needed. When this package was built alone, the host's crates of the rest of the
+    // workspace may not be in the cache yet: fetch those (for the host only), then retry.
+    let mut out = metadata(&host);
+    if !out.status.success() {
+        let fetched = Command::new(env!("CARGO"))
+            .args(["fetch", "--target", &host])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .expect("cargo fetch runs");
+        assert!(fetched.success(), "cargo fetch --target {host} failed");
+        out = metadata(&host);
+    }
     assert!(
         out.status.success(),
         "cargo metadata failed: {}",
