@@ -257,7 +257,7 @@ mod tests {
         let mut env = CounterEnv(7);
         let now = OffsetDateTime::UNIX_EPOCH + Duration::days(1);
         let (token, record) =
-            EnrollTokenRecord::issue(DeviceId::random(), now, DEFAULT_TOKEN_TTL, &mut env);
+            EnrollTokenRecord::issue(DeviceId::fresh(), now, DEFAULT_TOKEN_TTL, &mut env);
         assert_eq!(assess(&token, Some(&record), now), Ok(&record));
         assert_eq!(assess(&token, None, now), Err(TokenProblem::Unknown));
         assert_eq!(

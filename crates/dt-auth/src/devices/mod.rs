@@ -83,7 +83,7 @@ pub fn device_from_proto(d: Option<pb::Device>) -> ApiResult<Device> {
     let mut d = Device::try_from(d)
         .map_err(|e| ApiError::InvalidArgument(format!("invalid device: {e}")))?;
     if d.metadata.name.is_empty() {
-        d.metadata.name = dt_types::DeviceId::random().into_string();
+        d.metadata.name = dt_types::DeviceId::fresh().into_string();
     }
     AnyResource::Device(d.clone())
         .validate()
