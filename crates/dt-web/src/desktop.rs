@@ -29,6 +29,14 @@ use crate::{Web, WebError};
 
 /// How long reaching the access point may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// What the WebSocket layer reads whole before this module judges a message's size: a
+/// message up to this is read to its end, so refusing it leaves nothing unread (closing a
+/// TCP connection with unread bytes sends a reset, and a reset can make the browser drop the
+/// `End` message it had not read yet: the page then saw a bare close instead of the reason).
+const READ_LIMIT: usize = 4 * MAX_CLIENT_MESSAGE;
+/// How long a closing WebSocket waits for the browser's answering close frame (RFC 6455
+/// §7.1.1: the server closes TCP after the close handshake, not before).
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(2);
 
 #[derive(Deserialize)]
 pub(crate) struct DesktopQuery {
@@ -96,8 +104,8 @@ pub(crate) async fn connect(
         },
     };
     Ok(ws
-        .max_message_size(MAX_CLIENT_MESSAGE)
-        .max_frame_size(MAX_CLIENT_MESSAGE)
+        .max_message_size(READ_LIMIT)
+        .max_frame_size(READ_LIMIT)
         .on_upgrade(move |socket| relay(socket, route)))
 }
 
@@ -105,6 +113,9 @@ fn end(reason: EndReason, message: String) -> Message {
     Message::Binary(ServerMsg::End { reason, message }.encode().into())
 }
 
+/// End the session with `reason` and `message` (the page shows it), then close the
+/// WebSocket: send a close frame and read (and drop) what the browser still sends until its
+/// answering close frame, for at most [`CLOSE_HANDSHAKE`].
 async fn close(socket: &mut WebSocket, reason: EndReason, message: String) {
     let _ = socket.send(end(reason, message)).await;
     let _ = socket
@@ -113,6 +124,29 @@ async fn close(socket: &mut WebSocket, reason: EndReason, message: String) {
             reason: "".into(),
         })))
         .await;
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        while let Some(Ok(m)) = socket.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// Why the page's message is refused before it is relayed, if it is.
+fn refuse_from_page(b: &[u8]) -> Option<String> {
+    if b.len() > MAX_CLIENT_MESSAGE {
+        return Some(format!(
+            "malformed input: a message of {} bytes is above the limit of {MAX_CLIENT_MESSAGE}",
+            b.len()
+        ));
+    }
+    // The auth service sends the only Open; the access point judges the rest.
+    if b.first() == Some(&0x01) {
+        return Some("malformed input: the page may not send open".into());
+    }
+    None
 }
 
 async fn relay(mut socket: WebSocket, route: Route) {
@@ -197,9 +231,8 @@ async fn relay(mut socket: WebSocket, route: Route) {
             },
             m = socket.recv() => match m {
                 Some(Ok(Message::Binary(b))) => {
-                    // The auth service sends the only Open; the access point judges the rest.
-                    if b.first() == Some(&0x01) {
-                        close(&mut socket, EndReason::Error, "malformed input: the page may not send open".into()).await;
+                    if let Some(why) = refuse_from_page(&b) {
+                        close(&mut socket, EndReason::Error, why).await;
                         ended = true;
                         break;
                     }
@@ -214,7 +247,7 @@ async fn relay(mut socket: WebSocket, route: Route) {
                 }
                 Some(Ok(_)) => {}
                 Some(Err(e)) => {
-                    // Oversized messages end here (tungstenite's limit).
+                    // Messages above READ_LIMIT end here (tungstenite's limit).
                     close(&mut socket, EndReason::Error, format!("malformed input: {e}")).await;
                     ended = true;
                     break;
@@ -233,7 +266,22 @@ async fn relay(mut socket: WebSocket, route: Route) {
             "the desktop session ended".into(),
         )
         .await;
-    } else {
-        let _ = socket.send(Message::Close(None)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_may_not_send_open_nor_oversized_messages() {
+        assert_eq!(refuse_from_page(&[0x02, 1, 2]), None);
+        assert_eq!(refuse_from_page(&vec![0x04; MAX_CLIENT_MESSAGE]), None);
+        let big = refuse_from_page(&vec![0x04; MAX_CLIENT_MESSAGE + 1]).unwrap();
+        assert!(big.starts_with("malformed input: a message of"), "{big}");
+        assert_eq!(
+            refuse_from_page(&[0x01, 0]).as_deref(),
+            Some("malformed input: the page may not send open")
+        );
     }
 }
