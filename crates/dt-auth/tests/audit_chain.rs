@@ -364,8 +364,16 @@ async fn indexed_search(cl: &Cluster) {
     assert!(!page.items.is_empty(), "the kept events are indexed");
     for i in &page.items {
         let seq: u64 = i.key.rsplit('/').next().unwrap().parse().unwrap();
-        assert!(kept.contains(&seq), "index entry of a removed event remains: {}", i.key);
-        assert!(!i.key.starts_with("/audit/idx/time/"), "time index written: {}", i.key);
+        assert!(
+            kept.contains(&seq),
+            "index entry of a removed event remains: {}",
+            i.key
+        );
+        assert!(
+            !i.key.starts_with("/audit/idx/time/"),
+            "time index written: {}",
+            i.key
+        );
     }
     assert_eq!(audit.verify(None).await.unwrap().broken, None);
 }

@@ -40,7 +40,10 @@ fn seq_str(seq: u64) -> String {
 /// The index keys of one event.
 pub(crate) fn index_keys(e: &AuditEvent, seq: u64) -> Vec<String> {
     let id = seq_str(seq);
-    let mut out = vec![format!("{INDEX_PREFIX}type/{}/{id}", part(e.event.as_str()))];
+    let mut out = vec![format!(
+        "{INDEX_PREFIX}type/{}/{id}",
+        part(e.event.as_str())
+    )];
     if let Some(u) = &e.user {
         out.push(format!("{INDEX_PREFIX}user/{}/{id}", part(u)));
     }
