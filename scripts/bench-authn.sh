@@ -96,6 +96,7 @@ if [ "$pinned" -eq 1 ]; then
 fi
 echo "load: $(uptime)"
 targets="$(IFS=,; echo "${addrs[*]}")"
+server_pids="$(IFS=,; echo "${pids[*]}")"
 "${bench_pin[@]}" "$bench" authn --target "$targets" --data-dir "$work/s1/data" \
-    "${cores[@]}" "${bench_args[@]}"
+    --server-pid "$server_pids" "${cores[@]}" "${bench_args[@]}"
 echo "load: $(uptime)"

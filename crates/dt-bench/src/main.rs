@@ -74,6 +74,11 @@ enum Cmd {
         /// machine's cores; 1 when pinned with taskset).
         #[arg(long)]
         server_cores: Option<usize>,
+        /// Process ids of the auth server(s) (Linux): print their CPU time per
+        /// authentication over each measured window, a steadier figure than the rate on a
+        /// shared machine.
+        #[arg(long, value_delimiter = ',', requires = "target")]
+        server_pid: Vec<u32>,
     },
 }
 
@@ -787,6 +792,7 @@ async fn authn_bench(
     targets: Vec<String>,
     data_dir: Option<std::path::PathBuf>,
     server_cores: Option<usize>,
+    server_pids: Vec<u32>,
 ) -> anyhow::Result<()> {
     let max = clients_list.iter().copied().max().unwrap_or(1);
     let (actors, local, what) = if targets.is_empty() {
@@ -819,11 +825,20 @@ async fn authn_bench(
         "crypto-only cost of one ceremony, measured now in this process (server: P-256 verify + augment = 2 verifies + 2 signatures): {:.0} µs; bound: {one_core:.0}/s on one core, {bound:.0}/s on {cores} core(s)\n",
         per_ceremony.as_secs_f64() * 1e6
     );
+    let cpu_clock = if server_pids.is_empty() {
+        None
+    } else {
+        Some(CpuClock::new()?)
+    };
     println!(
-        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9}",
-        "clients", "auths", "auths/s", "p50", "p99", "of 1 core", "of bound"
+        "{:>8} {:>10} {:>10} {:>10} {:>10} {:>10} {:>9} {:>12}",
+        "clients", "auths", "auths/s", "p50", "p99", "of 1 core", "of bound", "server CPU"
     );
     for &n in &clients_list {
+        let cpu_before = match &cpu_clock {
+            Some(c) => Some(c.total(&server_pids)?),
+            None => None,
+        };
         let deadline = Instant::now() + Duration::from_secs(seconds);
         let t = Instant::now();
         let mut tasks = Vec::new();
@@ -853,23 +868,77 @@ async fn authn_bench(
             lat.extend(t.await??);
         }
         let took = t.elapsed();
+        let server_cpu = match (&cpu_clock, cpu_before) {
+            (Some(c), Some(before)) if !lat.is_empty() => {
+                let used = c.total(&server_pids)?.saturating_sub(before);
+                format!("{:.0} µs/auth", used.as_secs_f64() * 1e6 / lat.len() as f64)
+            }
+            _ => "-".to_string(),
+        };
         lat.sort();
         let rate = lat.len() as f64 / took.as_secs_f64();
         println!(
-            "{:>8} {:>10} {:>10.0} {:>10} {:>10} {:>9.0}% {:>8.0}%",
+            "{:>8} {:>10} {:>10.0} {:>10} {:>10} {:>9.0}% {:>8.0}% {:>12}",
             n,
             lat.len(),
             rate,
             ms(pct(&lat, 0.5)),
             ms(pct(&lat, 0.99)),
             100.0 * rate / one_core,
-            100.0 * rate / bound
+            100.0 * rate / bound,
+            server_cpu
         );
     }
     if let Some(cl) = local {
         cl.stop().await?;
     }
     Ok(())
+}
+
+/// CPU time (user + system) of processes, read from `/proc/PID/stat` (Linux).
+struct CpuClock {
+    ticks_per_second: f64,
+}
+
+impl CpuClock {
+    fn new() -> anyhow::Result<Self> {
+        let out = std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .context("getconf CLK_TCK (to read /proc/PID/stat)")?;
+        let ticks: f64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .context("getconf CLK_TCK printed no number")?;
+        Ok(CpuClock {
+            ticks_per_second: ticks,
+        })
+    }
+
+    /// The CPU time the processes used so far, together.
+    fn total(&self, pids: &[u32]) -> anyhow::Result<Duration> {
+        let mut ticks = 0u64;
+        for pid in pids {
+            let path = format!("/proc/{pid}/stat");
+            let stat = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {path}: is --server-pid {pid} running?"))?;
+            ticks += stat_cpu_ticks(&stat).with_context(|| format!("{path} is not readable"))?;
+        }
+        Ok(Duration::from_secs_f64(
+            ticks as f64 / self.ticks_per_second,
+        ))
+    }
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line. The command name (field 2)
+/// is in parentheses and may hold spaces, so fields are counted after its closing one.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state): utime is field 14, at index 11.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// The in-process auth server, one user (certificates issued in-process) and one enrolled
@@ -918,6 +987,7 @@ fn main() -> anyhow::Result<()> {
                 target,
                 data_dir,
                 server_cores,
+                server_pid,
             } => {
                 authn_bench(
                     cli.postgres,
@@ -926,9 +996,22 @@ fn main() -> anyhow::Result<()> {
                     target,
                     data_dir,
                     server_cores,
+                    server_pid,
                 )
                 .await
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::stat_cpu_ticks;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_even_with_spaces_in_the_name() {
+        let stat = "4242 (dev trust) S 1 4242 4242 0 -1 4194560 100 0 0 0 731 269 0 0 20 0 9 0 5 0";
+        assert_eq!(stat_cpu_ticks(stat), Some(1000));
+        assert_eq!(stat_cpu_ticks("4242 (x) S 1"), None);
+    }
 }
