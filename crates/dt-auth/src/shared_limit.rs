@@ -15,6 +15,10 @@
 //! aligned to the epoch), counted before the operation runs, so an operation whose server
 //! dies stays counted. Costs one storage create per admission; a refusal costs a listing
 //! of the window.
+//!
+//! Clock: windows follow the system clock, not the auth server's `ServerEnv`, because the
+//! store expires a window's slots by its own (system) clock: a window computed from a
+//! test's fixed clock would expire the moment it was written and never hold.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
