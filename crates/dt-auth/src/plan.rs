@@ -4,7 +4,7 @@
 //! plans; the tests below check them directly, so what is tested is what runs.
 //!
 //! The services' writes are plans too, one module per domain ([`users`], [`resources`],
-//! [`bots`], [`nodes`], [`mdm`]); their refusals are typed ([`Refusal`]) because they name
+//! [`bots`], [`tokens`], [`nodes`], [`mdm`]); their refusals are typed ([`Refusal`]) because they name
 //! what changed, and reach the client through [`crate::error::ApiError::Refused`].
 
 use dt_store::{Condition, Op, StoreError};
@@ -18,6 +18,7 @@ pub mod mdm;
 pub mod nodes;
 pub mod resources;
 mod service;
+pub mod tokens;
 pub mod users;
 
 pub use service::Refusal;

@@ -16,10 +16,6 @@ use crate::plan::{
 };
 use crate::server::{AuthServer, LOCAL_ADMIN};
 
-pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> ApiResult<Vec<u8>> {
-    serde_json::to_vec(v).map_err(ApiError::internal)
-}
-
 /// The spec stored before an overwrite, for the fields only the server sets (creation time
 /// and creator): a client can neither set them on create nor move them on update. `None`
 /// for a new resource, or an unreadable stored one (then the server stamps afresh, which
