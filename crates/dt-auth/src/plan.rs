@@ -4,7 +4,7 @@
 //! plans; the tests below check them directly, so what is tested is what runs.
 //!
 //! The services' writes are plans too, one module per domain ([`users`], [`resources`],
-//! [`bots`], [`tokens`], [`nodes`], [`mdm`]); their refusals are typed ([`Refusal`]) because they name
+//! [`bots`], [`tokens`], [`devices`], [`nodes`], [`mdm`]); their refusals are typed ([`Refusal`]) because they name
 //! what changed, and reach the client through [`crate::error::ApiError::Refused`].
 
 use dt_store::{Condition, Op, StoreError};
@@ -14,6 +14,7 @@ use dt_types::{Device, Kind};
 use crate::keys;
 
 pub mod bots;
+pub mod devices;
 pub mod mdm;
 pub mod nodes;
 pub mod resources;
