@@ -33,7 +33,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use dt_ceremony::messages::{DeviceConfirmationToken, DeviceWebToken};
-use dt_store::{Condition, Op, StoreError};
+use dt_store::Op;
 use dt_types::audit::{AuditEvent, DeviceInfo, EventType};
 use dt_types::device::EnrollStatus;
 use dt_types::resource::DeviceTrustMode;
@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, ApiResult};
+use crate::plan::{self, PlanError};
 use crate::server::AuthServer;
 use crate::tokens::{random_token, sha256_hex};
 
@@ -194,8 +195,7 @@ impl AuthServer {
         user: &str,
         presented: &DeviceWebToken,
     ) -> ApiResult<Result<WebTokenRecord, String>> {
-        const INVALID: &str =
-            "invalid, used or expired device web token: log in to the web UI again for a new one";
+        const INVALID: &str = plan::WEB_TOKEN_SPENT_CONCURRENTLY;
         let key = web_token_key(&presented.id);
         let Some(item) = self.backend.get(&key).await? else {
             return Ok(Err(INVALID.into()));
@@ -206,17 +206,15 @@ impl AuthServer {
             return Ok(Err(INVALID.into()));
         }
         // Spent now, before any other check: a token is tried at most once.
-        match self
+        let plan = plan::web_token_spent(key, item.revision, INVALID);
+        let result = self
             .backend
-            .atomic_write(
-                vec![Condition::Revision(key.clone(), item.revision)],
-                vec![Op::Delete { key }],
-            )
-            .await
-        {
+            .atomic_write(plan.conditions(), plan.ops.clone())
+            .await;
+        match plan.outcome(result) {
             Ok(_) => {}
-            Err(StoreError::ConditionFailed { .. }) => return Ok(Err(INVALID.into())),
-            Err(e) => return Err(e.into()),
+            Err(PlanError::Refused(msg)) => return Ok(Err(msg.into())),
+            Err(PlanError::Store(e)) => return Err(e.into()),
         }
         if record.user != user {
             return Ok(Err(format!(
@@ -303,23 +301,15 @@ impl AuthServer {
             .await;
         }
         // Spend it whatever the verdict: a refused confirmation is not retried.
-        match self
+        let plan = plan::web_token_spent(key, item.revision, plan::CONFIRMATION_SPENT_CONCURRENTLY);
+        let result = self
             .backend
-            .atomic_write(
-                vec![Condition::Revision(key.clone(), item.revision)],
-                vec![Op::Delete { key }],
-            )
-            .await
-        {
+            .atomic_write(plan.conditions(), plan.ops.clone())
+            .await;
+        match plan.outcome(result) {
             Ok(_) => {}
-            Err(StoreError::ConditionFailed { .. }) => {
-                return refuse(
-                    "device confirmation token already used: log in to the web UI again".into(),
-                    None,
-                )
-                .await;
-            }
-            Err(e) => return Err(e.into()),
+            Err(PlanError::Refused(msg)) => return refuse(msg.into(), None).await,
+            Err(PlanError::Store(e)) => return Err(e.into()),
         }
         let device = Some(record.device.clone());
         if record.user != user {
