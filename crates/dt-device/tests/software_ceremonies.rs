@@ -86,8 +86,9 @@ fn software_device_enrolls_then_authenticates() {
         collected.data.clone(),
         keys.enroll_payload(&cred).unwrap(),
     );
+    let alice = "alice".parse().unwrap();
     let ctx = EnrollContext {
-        user: "alice",
+        user: &alice,
         settings: &settings,
         token: Some(&record),
         device: Some(&device),
@@ -106,7 +107,7 @@ fn software_device_enrolls_then_authenticates() {
     // Authentication, later, with freshly collected data.
     let collected = collect_from(&src, env.now()).unwrap();
     let view = CertView {
-        user: "alice".into(),
+        user: "alice".parse().unwrap(),
         roles: vec!["access".into()],
         public_key_fingerprint: "sha256:k".into(),
         device: None,
@@ -172,8 +173,9 @@ fn software_device_is_refused_when_the_cluster_disallows_software_keys() {
         data,
         keys.enroll_payload(&cred).unwrap(),
     );
+    let alice = "alice".parse().unwrap();
     let ctx = EnrollContext {
-        user: "alice",
+        user: &alice,
         settings: &settings,
         token: Some(&record),
         device: Some(&device),

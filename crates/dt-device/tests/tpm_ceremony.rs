@@ -79,8 +79,9 @@ fn enroll_then_authenticate(keys: &TpmKeyStore, allowed_cas: Vec<String>) -> Att
         data(&env),
         keys.enroll_payload(&cred).unwrap(),
     );
+    let alice = "alice".parse().unwrap();
     let ctx = EnrollContext {
-        user: "alice",
+        user: &alice,
         settings: &settings,
         token: Some(&record),
         device: Some(&device),
@@ -98,7 +99,7 @@ fn enroll_then_authenticate(keys: &TpmKeyStore, allowed_cas: Vec<String>) -> Att
     assert!(stored.tpm_ak_public.is_some());
 
     let view = CertView {
-        user: "alice".into(),
+        user: "alice".parse().unwrap(),
         roles: vec![],
         public_key_fingerprint: "sha256:k".into(),
         device: None,
