@@ -5,7 +5,7 @@ use dt_proto::v1 as pb;
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::Resource;
 use dt_types::resource::{LockSpec, RoleSpec, TokenSpec, UserSpec};
-use dt_types::{AnyResource, Kind, Verb};
+use dt_types::{AnyResource, Kind, UserName, Verb};
 
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -203,12 +203,11 @@ impl AuthServer {
         let (event_type, leftovers) = match kind {
             // A pending signup token must die with the user: it would otherwise set the
             // password of a later user with the same name.
-            Kind::User => (
-                EventType::UserDelete,
-                Leftovers::User {
-                    live_signup: self.live_signup_token(name).await?,
-                },
-            ),
+            Kind::User => {
+                let user = UserName::parse(name)?;
+                let live_signup = self.live_signup_token(&user).await?;
+                (EventType::UserDelete, Leftovers::User { user, live_signup })
+            }
             Kind::Lock => (EventType::LockDelete, Leftovers::None),
             Kind::Token => (
                 EventType::ResourceDelete,

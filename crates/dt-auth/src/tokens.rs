@@ -8,7 +8,7 @@ use dt_proto::v1 as pb;
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::Resource;
 use dt_types::resource::{TokenRole, TokenSpec};
-use dt_types::{AnyResource, Verb};
+use dt_types::{AnyResource, UserName, Verb};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -44,9 +44,11 @@ impl AuthServer {
                 req.r#type
             )));
         };
-        if role == TokenRole::Bot {
-            self.authorize_bot_token(caller, &req.bot_name).await?;
-        }
+        let bot = if role == TokenRole::Bot {
+            Some(self.authorize_bot_token(caller, &req.bot_name).await?)
+        } else {
+            None
+        };
         let ttl = if req.ttl_seconds == 0 {
             Duration::from_secs(1800)
         } else {
@@ -60,7 +62,7 @@ impl AuthServer {
             name.clone(),
             TokenSpec {
                 roles: vec![role],
-                bot_name: (role == TokenRole::Bot).then(|| req.bot_name.clone()),
+                bot_name: bot.map(UserName::into_string),
                 token_hash: hash.clone(),
             },
         );
