@@ -82,7 +82,7 @@ fn software_device_enrolls_then_authenticates() {
     // Enrollment.
     let (client, init) = enroll::client::start(
         token,
-        cred.id.clone(),
+        cred.id.to_string(),
         collected.data.clone(),
         keys.enroll_payload(&cred).unwrap(),
     );
@@ -122,7 +122,7 @@ fn software_device_enrolls_then_authenticates() {
     };
     let (client, init) = authn::client::start(
         certs.clone(),
-        cred.id.clone(),
+        cred.id.to_string(),
         cred.attestation_type,
         collected.data,
     )
@@ -169,7 +169,7 @@ fn software_device_is_refused_when_the_cluster_disallows_software_keys() {
     let settings = DeviceTrustSettings::default();
     let (_, init) = enroll::client::start(
         token,
-        cred.id.clone(),
+        cred.id.to_string(),
         data,
         keys.enroll_payload(&cred).unwrap(),
     );

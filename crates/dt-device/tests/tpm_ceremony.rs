@@ -75,7 +75,7 @@ fn enroll_then_authenticate(keys: &TpmKeyStore, allowed_cas: Vec<String>) -> Att
 
     let (client, init) = enroll::client::start(
         token,
-        cred.id.clone(),
+        cred.id.to_string(),
         data(&env),
         keys.enroll_payload(&cred).unwrap(),
     );
@@ -112,8 +112,13 @@ fn enroll_then_authenticate(keys: &TpmKeyStore, allowed_cas: Vec<String>) -> Att
         x509_der: b"cert".to_vec(),
         ssh_authorized_key: None,
     };
-    let (client, init) =
-        authn::client::start(certs, cred.id.clone(), cred.attestation_type, data(&env)).unwrap();
+    let (client, init) = authn::client::start(
+        certs,
+        cred.id.to_string(),
+        cred.attestation_type,
+        data(&env),
+    )
+    .unwrap();
     let ctx = AuthnContext {
         settings: &settings,
         identity: &identity,
