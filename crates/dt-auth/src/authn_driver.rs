@@ -102,7 +102,7 @@ impl AuthServer {
         // Device web authentication: the web login's token is spent here, at Init.
         let web = match &init.device_web_token {
             None => None,
-            Some(t) => match self.spend_device_web_token(caller.name(), t).await? {
+            Some(t) => match self.spend_device_web_token(&user, t).await? {
                 Ok(record) => Some(record),
                 Err(msg) => {
                     self.audit

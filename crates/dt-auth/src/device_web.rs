@@ -34,6 +34,7 @@ use std::time::Duration;
 
 use dt_ceremony::messages::{DeviceConfirmationToken, DeviceWebToken};
 use dt_store::Op;
+use dt_types::UserName;
 use dt_types::audit::{AuditEvent, DeviceInfo, EventType};
 use dt_types::device::EnrollStatus;
 use dt_types::resource::DeviceTrustMode;
@@ -60,7 +61,8 @@ fn confirm_key(id: &str) -> String {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct WebTokenRecord {
     token_sha256: String,
-    pub(crate) user: String,
+    /// The web session's user (stored as text, checked when read).
+    pub(crate) user: UserName,
     /// The public id of the web session that logged in (not its cookie).
     web_session: String,
     /// The devices the user owned, enrolled, at web login.
@@ -71,7 +73,7 @@ pub(crate) struct WebTokenRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ConfirmRecord {
     token_sha256: String,
-    user: String,
+    user: UserName,
     web_session: String,
     device: DeviceInfo,
     /// The IP address dtsh ran the ceremony from.
@@ -128,6 +130,7 @@ impl AuthServer {
         browser_ip: IpAddr,
         ttl: Duration,
     ) -> ApiResult<Result<IssuedWebToken, NoWebToken>> {
+        let user = UserName::parse(user)?;
         let cap = self.cap().await?;
         match cap.spec.device_trust.mode {
             DeviceTrustMode::Off | DeviceTrustMode::Unknown(_) => {
@@ -137,7 +140,7 @@ impl AuthServer {
             | DeviceTrustMode::Required
             | DeviceTrustMode::RequiredForHumans => {}
         }
-        let devices = self.enrolled_devices_of(user).await?;
+        let devices = self.enrolled_devices_of(user.as_str()).await?;
         if devices.is_empty() {
             return Ok(Err(NoWebToken::NoEnrolledDevice));
         }
@@ -145,7 +148,7 @@ impl AuthServer {
         let token = random_token();
         let record = WebTokenRecord {
             token_sha256: sha256_hex(&token),
-            user: user.to_string(),
+            user: user.clone(),
             web_session: web_session.to_string(),
             device_ids: devices.iter().map(|d| d.device_id.clone()).collect(),
             browser_ip: browser_ip.to_string(),
@@ -160,7 +163,7 @@ impl AuthServer {
                     expires: Some(self.env.now() + ttl),
                 }],
                 AuditEvent::new(EventType::DeviceWebTokenCreate, true, now)
-                    .user(user)
+                    .user(user.into_string())
                     .message(format!(
                         "device web token created at web login ({} enrolled device(s) may answer it)",
                         devices.len()
@@ -192,7 +195,7 @@ impl AuthServer {
     /// this user's. `Err(message)` is a refusal to audit and return.
     pub(crate) async fn spend_device_web_token(
         &self,
-        user: &str,
+        user: &UserName,
         presented: &DeviceWebToken,
     ) -> ApiResult<Result<WebTokenRecord, String>> {
         const INVALID: &str = plan::WEB_TOKEN_SPENT_CONCURRENTLY;
@@ -216,7 +219,7 @@ impl AuthServer {
             Err(PlanError::Refused(msg)) => return Ok(Err(msg.into())),
             Err(PlanError::Store(e)) => return Err(e.into()),
         }
-        if record.user != user {
+        if record.user != *user {
             return Ok(Err(format!(
                 "device web token of user {:?} presented by user {user:?}: run `dtsh device web-auth` logged in as the user of the web session",
                 record.user

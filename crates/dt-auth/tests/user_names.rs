@@ -65,6 +65,22 @@ fn malformed_user_names_are_refused_at_every_door() {
             RULE,
         );
 
+        // The web UI's login asks for a device web token for its user.
+        let Err(e) = cl
+            .srv
+            .create_device_web_token(
+                "bad name",
+                "s1",
+                "127.0.0.1".parse().unwrap(),
+                std::time::Duration::from_secs(60),
+            )
+            .await
+        else {
+            panic!("a web token for a name that is not one");
+        };
+        assert_eq!(e.to_string(), RULE);
+        assert_eq!(e.code(), dt_auth::error::ErrorCode::InvalidArgument);
+
         let anonymous = dt_client::connect::channel(
             &cl.addr,
             dt_client::TrustPolicy::Pin(cl.pin.clone()),
