@@ -200,13 +200,14 @@ impl AuthServer {
     /// Who may mint a join token for an existing bot, i.e. log in as it: a caller who may
     /// manage that bot user (`user: update`, with the `token: create` already checked),
     /// the rule of `dtctl bots add` (`user: create` + `token: create`) for a bot that
-    /// exists. The bot must exist and be a bot. Refusals are audited.
+    /// exists. The bot must exist and be a bot; its name, checked, is returned. Refusals
+    /// are audited.
     pub(crate) async fn authorize_bot_token(
         &self,
         caller: &Caller,
         bot: &str,
     ) -> ApiResult<UserName> {
-        let refusal = if bot.is_empty() {
+        let checked = if bot.is_empty() {
             Err(ApiError::InvalidArgument(
                 "name the bot with --bot-name=NAME (a bot from `dtctl bots add`)".into(),
             ))
@@ -231,7 +232,7 @@ impl AuthServer {
                 },
             }
         };
-        let err = match refusal {
+        let err = match checked {
             Ok(name) => return Ok(name),
             Err(err) => err,
         };
