@@ -7,7 +7,7 @@ use std::time::Duration;
 use dt_proto::v1 as pb;
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::{Resource, RoleSpec, TokenRole, TokenSpec, Traits, UserSpec};
-use dt_types::{AnyResource, User, Verb};
+use dt_types::{AnyResource, User, UserName, Verb};
 
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -36,7 +36,7 @@ impl AuthServer {
     ) -> ApiResult<pb::AddBotResponse> {
         self.authorize(caller, "user", Verb::Create)?;
         self.authorize(caller, "token", Verb::Create)?;
-        let name = req.name.trim().to_string();
+        let name = UserName::parse(req.name.trim())?;
         if name == LOCAL_ADMIN {
             return Err(ApiError::InvalidArgument(format!(
                 "{LOCAL_ADMIN:?} is a reserved name"
@@ -56,7 +56,7 @@ impl AuthServer {
         }
         let now = self.env.now();
         let user: User = Resource::new(
-            name.clone(),
+            name.to_string(),
             UserSpec {
                 roles: req.roles.clone(),
                 traits: Traits {
@@ -83,7 +83,7 @@ impl AuthServer {
             token_name.clone(),
             TokenSpec {
                 roles: vec![TokenRole::Bot],
-                bot_name: Some(name.clone()),
+                bot_name: Some(name.to_string()),
                 token_hash: hash.clone(),
             },
         );
@@ -93,7 +93,7 @@ impl AuthServer {
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         let event = AuditEvent::new(EventType::UserCreate, true, now)
             .user(caller.name())
-            .resource("user", &name)
+            .resource("user", name.as_str())
             .message(format!(
                 "bot with roles {}; join token {token_name}",
                 req.roles.join(",")
@@ -143,22 +143,26 @@ impl AuthServer {
                 wait.as_secs().max(1)
             )));
         }
-        let wanted = req.username.trim().to_string();
+        // The bot's name is optional; when given, it must be a user name.
+        let wanted = req.username.trim();
+        let wanted = if wanted.is_empty() {
+            None
+        } else {
+            Some(UserName::parse(wanted)?)
+        };
         let Some((token, _)) = self.find_join_token(&req.bot_token, TokenRole::Bot).await? else {
             fail(
-                if wanted.is_empty() {
-                    "unknown".into()
-                } else {
-                    wanted
-                },
+                wanted.map_or_else(|| "unknown".into(), UserName::into_string),
                 "invalid or expired bot token",
             )
             .await?;
             return Err(invalid_bot_token());
         };
         let bot_name = token.spec.bot_name.clone().unwrap_or_default();
-        if !wanted.is_empty() && wanted != bot_name {
-            fail(wanted, "bot token issued for another bot").await?;
+        if let Some(wanted) = wanted
+            && wanted != bot_name
+        {
+            fail(wanted.into_string(), "bot token issued for another bot").await?;
             return Err(invalid_bot_token());
         }
         let user = match self.get_resource::<UserSpec>(&bot_name).await? {
@@ -196,31 +200,42 @@ impl AuthServer {
     /// Who may mint a join token for an existing bot, i.e. log in as it: a caller who may
     /// manage that bot user (`user: update`, with the `token: create` already checked),
     /// the rule of `dtctl bots add` (`user: create` + `token: create`) for a bot that
-    /// exists. The bot must exist and be a bot. Refusals are audited.
-    pub(crate) async fn authorize_bot_token(&self, caller: &Caller, bot: &str) -> ApiResult<()> {
-        let refusal = if bot.is_empty() {
-            Some(ApiError::InvalidArgument(
+    /// exists. The bot must exist and be a bot; its name, checked, is returned. Refusals
+    /// are audited.
+    pub(crate) async fn authorize_bot_token(
+        &self,
+        caller: &Caller,
+        bot: &str,
+    ) -> ApiResult<UserName> {
+        let checked = if bot.is_empty() {
+            Err(ApiError::InvalidArgument(
                 "name the bot with --bot-name=NAME (a bot from `dtctl bots add`)".into(),
             ))
         } else {
-            match self.get_resource::<UserSpec>(bot).await? {
-                None => Some(ApiError::NotFound(format!(
-                    "bot {bot:?} does not exist; create it with `dtctl bots add {bot} --roles=...`"
-                ))),
-                Some((u, _)) if !u.spec.bot => Some(ApiError::InvalidArgument(format!(
-                    "user {bot:?} is not a bot; bot join tokens are only for bots from `dtctl bots add`"
-                ))),
-                Some(_) => self
-                    .authorize(caller, "user", Verb::Update)
-                    .err()
-                    .map(|e| {
-                        ApiError::PermissionDenied(format!(
-                            "a bot join token lets its holder act as bot {bot:?}, so it needs `update` on user as well as `create` on token: {e}"
-                        ))
-                    }),
+            match UserName::parse(bot) {
+                Err(e) => Err(ApiError::from(e)),
+                Ok(name) => match self.get_resource::<UserSpec>(name.as_str()).await? {
+                    None => Err(ApiError::NotFound(format!(
+                        "bot {bot:?} does not exist; create it with `dtctl bots add {bot} --roles=...`"
+                    ))),
+                    Some((u, _)) if !u.spec.bot => Err(ApiError::InvalidArgument(format!(
+                        "user {bot:?} is not a bot; bot join tokens are only for bots from `dtctl bots add`"
+                    ))),
+                    Some(_) => self
+                        .authorize(caller, "user", Verb::Update)
+                        .map(|()| name)
+                        .map_err(|e| {
+                            ApiError::PermissionDenied(format!(
+                                "a bot join token lets its holder act as bot {bot:?}, so it needs `update` on user as well as `create` on token: {e}"
+                            ))
+                        }),
+                },
             }
         };
-        let Some(err) = refusal else { return Ok(()) };
+        let err = match checked {
+            Ok(name) => return Ok(name),
+            Err(err) => err,
+        };
         self.audit
             .emit(
                 AuditEvent::new(EventType::JoinTokenCreate, false, self.env.now())
@@ -238,7 +253,7 @@ impl AuthServer {
     pub(crate) async fn refuse_bot_reset(
         &self,
         caller: &Caller,
-        name: &str,
+        name: &UserName,
         item: &dt_store::Item,
     ) -> ApiResult<()> {
         let Some(spec) = stored_spec::<UserSpec>(Some(item)) else {
@@ -254,7 +269,7 @@ impl AuthServer {
             .emit(
                 AuditEvent::new(EventType::UserUpdate, false, self.env.now())
                     .user(caller.name())
-                    .resource("user", name)
+                    .resource("user", name.as_str())
                     .message(format!("refused users reset: {msg}"))
                     .remote_addr(caller.peer.addr.ip().to_string()),
             )

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::UserSpec;
-use dt_types::{Role, Verb};
+use dt_types::{Role, UserName, Verb};
 use tonic::Request;
 
 use crate::error::{ApiError, ApiResult};
@@ -21,8 +21,16 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The certificate's name, as text (audit events, keys).
     pub fn name(&self) -> &str {
         &self.identity.username
+    }
+
+    /// The caller as a user, for what only a user does (enroll or authenticate a device):
+    /// the certificate's name, checked. The server's own service callers (`mdm/NAME`) are
+    /// not users and are refused here.
+    pub fn user(&self) -> ApiResult<UserName> {
+        Ok(UserName::parse(self.identity.username.as_str())?)
     }
 }
 
@@ -139,5 +147,47 @@ impl AuthServer {
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    fn caller(name: &str) -> Caller {
+        let now = time::OffsetDateTime::UNIX_EPOCH;
+        Caller {
+            identity: Arc::new(dt_ca::Identity {
+                username: name.into(),
+                roles: vec![],
+                logins: vec![],
+                bot: false,
+                trait_logins: vec![],
+                device: None,
+                not_before: now,
+                not_after: now + time::Duration::hours(1),
+            }),
+            roles: vec![],
+            peer: Peer {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                identity: None,
+                cert_der: None,
+                node: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_caller_is_a_user_only_with_a_user_name() {
+        assert_eq!(caller("alice").user().unwrap(), "alice");
+        // The MDM service's caller names a service, not a user.
+        let e = caller("mdm/jamf").user().unwrap_err();
+        assert!(matches!(e, ApiError::InvalidName(_)), "{e:?}");
+        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+        assert_eq!(
+            e.to_string(),
+            "user name contains '/'; use letters, digits and . _ @ : -"
+        );
     }
 }

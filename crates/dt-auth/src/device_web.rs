@@ -33,7 +33,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use dt_ceremony::messages::{DeviceConfirmationToken, DeviceWebToken};
-use dt_store::{Condition, Op, StoreError};
+use dt_store::Op;
+use dt_types::UserName;
 use dt_types::audit::{AuditEvent, DeviceInfo, EventType};
 use dt_types::device::EnrollStatus;
 use dt_types::resource::DeviceTrustMode;
@@ -41,6 +42,7 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use crate::error::{ApiError, ApiResult};
+use crate::plan::{self, PlanError};
 use crate::server::AuthServer;
 use crate::tokens::{random_token, sha256_hex};
 
@@ -59,7 +61,8 @@ fn confirm_key(id: &str) -> String {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct WebTokenRecord {
     token_sha256: String,
-    pub(crate) user: String,
+    /// The web session's user (stored as text, checked when read).
+    pub(crate) user: UserName,
     /// The public id of the web session that logged in (not its cookie).
     web_session: String,
     /// The devices the user owned, enrolled, at web login.
@@ -70,7 +73,7 @@ pub(crate) struct WebTokenRecord {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 struct ConfirmRecord {
     token_sha256: String,
-    user: String,
+    user: UserName,
     web_session: String,
     device: DeviceInfo,
     /// The IP address dtsh ran the ceremony from.
@@ -127,6 +130,7 @@ impl AuthServer {
         browser_ip: IpAddr,
         ttl: Duration,
     ) -> ApiResult<Result<IssuedWebToken, NoWebToken>> {
+        let user = UserName::parse(user)?;
         let cap = self.cap().await?;
         match cap.spec.device_trust.mode {
             DeviceTrustMode::Off | DeviceTrustMode::Unknown(_) => {
@@ -136,7 +140,7 @@ impl AuthServer {
             | DeviceTrustMode::Required
             | DeviceTrustMode::RequiredForHumans => {}
         }
-        let devices = self.enrolled_devices_of(user).await?;
+        let devices = self.enrolled_devices_of(user.as_str()).await?;
         if devices.is_empty() {
             return Ok(Err(NoWebToken::NoEnrolledDevice));
         }
@@ -144,7 +148,7 @@ impl AuthServer {
         let token = random_token();
         let record = WebTokenRecord {
             token_sha256: sha256_hex(&token),
-            user: user.to_string(),
+            user: user.clone(),
             web_session: web_session.to_string(),
             device_ids: devices.iter().map(|d| d.device_id.clone()).collect(),
             browser_ip: browser_ip.to_string(),
@@ -159,7 +163,7 @@ impl AuthServer {
                     expires: Some(self.env.now() + ttl),
                 }],
                 AuditEvent::new(EventType::DeviceWebTokenCreate, true, now)
-                    .user(user)
+                    .user(user.into_string())
                     .message(format!(
                         "device web token created at web login ({} enrolled device(s) may answer it)",
                         devices.len()
@@ -191,11 +195,10 @@ impl AuthServer {
     /// this user's. `Err(message)` is a refusal to audit and return.
     pub(crate) async fn spend_device_web_token(
         &self,
-        user: &str,
+        user: &UserName,
         presented: &DeviceWebToken,
     ) -> ApiResult<Result<WebTokenRecord, String>> {
-        const INVALID: &str =
-            "invalid, used or expired device web token: log in to the web UI again for a new one";
+        const INVALID: &str = plan::WEB_TOKEN_SPENT_CONCURRENTLY;
         let key = web_token_key(&presented.id);
         let Some(item) = self.backend.get(&key).await? else {
             return Ok(Err(INVALID.into()));
@@ -206,19 +209,17 @@ impl AuthServer {
             return Ok(Err(INVALID.into()));
         }
         // Spent now, before any other check: a token is tried at most once.
-        match self
+        let plan = plan::web_token_spent(key, item.revision, INVALID);
+        let result = self
             .backend
-            .atomic_write(
-                vec![Condition::Revision(key.clone(), item.revision)],
-                vec![Op::Delete { key }],
-            )
-            .await
-        {
+            .atomic_write(plan.conditions(), plan.ops.clone())
+            .await;
+        match plan.outcome(result) {
             Ok(_) => {}
-            Err(StoreError::ConditionFailed { .. }) => return Ok(Err(INVALID.into())),
-            Err(e) => return Err(e.into()),
+            Err(PlanError::Refused(msg)) => return Ok(Err(msg.into())),
+            Err(PlanError::Store(e)) => return Err(e.into()),
         }
-        if record.user != user {
+        if record.user != *user {
             return Ok(Err(format!(
                 "device web token of user {:?} presented by user {user:?}: run `dtsh device web-auth` logged in as the user of the web session",
                 record.user
@@ -303,23 +304,15 @@ impl AuthServer {
             .await;
         }
         // Spend it whatever the verdict: a refused confirmation is not retried.
-        match self
+        let plan = plan::web_token_spent(key, item.revision, plan::CONFIRMATION_SPENT_CONCURRENTLY);
+        let result = self
             .backend
-            .atomic_write(
-                vec![Condition::Revision(key.clone(), item.revision)],
-                vec![Op::Delete { key }],
-            )
-            .await
-        {
+            .atomic_write(plan.conditions(), plan.ops.clone())
+            .await;
+        match plan.outcome(result) {
             Ok(_) => {}
-            Err(StoreError::ConditionFailed { .. }) => {
-                return refuse(
-                    "device confirmation token already used: log in to the web UI again".into(),
-                    None,
-                )
-                .await;
-            }
-            Err(e) => return Err(e.into()),
+            Err(PlanError::Refused(msg)) => return refuse(msg.into(), None).await,
+            Err(PlanError::Store(e)) => return Err(e.into()),
         }
         let device = Some(record.device.clone());
         if record.user != user {

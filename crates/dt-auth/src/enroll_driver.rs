@@ -177,6 +177,8 @@ impl AuthServer {
         inbound: &mut Streaming<pb::EnrollDeviceRequest>,
         tx: &mpsc::Sender<Result<pb::EnrollDeviceResponse, Status>>,
     ) -> Result<(), Status> {
+        // The enrolling user (the device's owner), checked before anything is read.
+        let user = caller.user()?;
         let mut env = self.env.ceremony();
         let opened = tokio::time::Instant::now();
         let state = enroll::ExpectInit::new(&env);
@@ -253,7 +255,7 @@ impl AuthServer {
             .map_err(ApiError::from)?
             .is_some();
         let ctx = enroll::EnrollContext {
-            user: caller.name(),
+            user: &user,
             settings: &cap.spec.device_trust,
             token: token.as_ref().map(|(r, _)| r),
             device: device.as_ref().map(|(d, _)| d),

@@ -30,6 +30,9 @@ pub enum ApiError {
     /// A joined service's call refused (join, identity, removal).
     #[error(transparent)]
     Node(#[from] crate::nodes::NodeError),
+    /// A user name from outside (a request, a certificate) that is not one.
+    #[error(transparent)]
+    InvalidName(#[from] dt_types::NameError),
     #[error("internal error (request {id}); the server log has details")]
     Internal { id: String },
 }
@@ -55,6 +58,7 @@ impl ApiError {
             ApiError::Conflict(_) => ErrorCode::Conflict,
             ApiError::Refused(r) => r.code(),
             ApiError::Node(e) => e.code(),
+            ApiError::InvalidName(_) => ErrorCode::InvalidArgument,
             ApiError::Internal { .. } => ErrorCode::Internal,
         }
     }

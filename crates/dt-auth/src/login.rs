@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use dt_proto::v1 as pb;
-use dt_types::User;
 use dt_types::audit::{AuditEvent, CertInfo, EventType};
 use dt_types::resource::UserSpec;
+use dt_types::{User, UserName};
 use rand::RngCore;
 
 use crate::error::{ApiError, ApiResult};
@@ -197,13 +197,20 @@ impl AuthServer {
             return self.bot_login(req, &peer).await;
         }
         let remote = peer.addr.ip().to_string();
-        let username = req.username.trim().to_string();
+        let username = req.username.trim();
         if username.is_empty() {
             return Err(ApiError::InvalidArgument("--user is required".into()));
         }
+        // No user has a name that is not one: refused here, before the throttle counts it.
+        let username = UserName::parse(username)?;
         let attempt = match self
             .login_throttle
-            .admit(self.backend.as_ref(), &self.audit, &username, &remote)
+            .admit(
+                self.backend.as_ref(),
+                &self.audit,
+                username.as_str(),
+                &remote,
+            )
             .await?
         {
             crate::login_throttle::Admission::Admitted(a) => a,
@@ -222,7 +229,7 @@ impl AuthServer {
                 .map_err(ApiError::from)
         };
         let user = self
-            .get_resource::<UserSpec>(&username)
+            .get_resource::<UserSpec>(username.as_str())
             .await?
             .map(|(u, _)| u);
         // Bots log in with join tokens only: a password (or a signup token left from before
@@ -247,7 +254,7 @@ impl AuthServer {
                 fail(attempt, "invalid, used or expired signup token").await?;
                 return Err(bad_credentials(true));
             };
-            if item.value != username.as_bytes() {
+            if item.value != username.as_str().as_bytes() {
                 fail(attempt, "signup token issued for another user").await?;
                 return Err(bad_credentials(true));
             }
@@ -260,7 +267,7 @@ impl AuthServer {
             // Spend the token and set the password in one write; a concurrent second use
             // of the same token finds it changed.
             let event = AuditEvent::new(EventType::UserPasswordChange, true, self.env.now())
-                .user(&username)
+                .user(username.as_str())
                 .message("password set with a signup token")
                 .remote_addr(&remote);
             let plan = plan::users::signup_used(&token_hash, item.revision, &username, hash, event);
@@ -276,7 +283,9 @@ impl AuthServer {
             // Unknown and password-less users verify against a dummy hash: the same argon2
             // cost as a real check, so timing reveals neither.
             let stored = match &user {
-                Some(u) if !u.spec.bot => self.backend.get(&keys::password(&username)).await?,
+                Some(u) if !u.spec.bot => {
+                    self.backend.get(&keys::password(username.as_str())).await?
+                }
                 _ => None,
             };
             let (hash, real) = match stored {
@@ -310,7 +319,7 @@ impl AuthServer {
         self.audit
             .emit(
                 AuditEvent::new(EventType::UserLogin, true, self.env.now())
-                    .user(&username)
+                    .user(username.as_str())
                     .remote_addr(&remote),
             )
             .await?;

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use dt_proto::mdm as wire;
 use dt_proto::v1 as pb;
 use dt_proto::v1::mdm_service_server::MdmService;
-use dt_store::{Condition, Op, StoreError};
+use dt_store::Op;
 use dt_types::audit::{AuditEvent, EventType, ServiceInfo};
 use dt_types::device::{DeviceSource, DeviceSpec, EnrollStatus, OsType, SourceOrigin};
 use dt_types::mdm::{SourceState, SyncRequest};
@@ -36,7 +36,7 @@ use crate::devices::{Revocation, device_info, index_deletes, put_ops};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
 use crate::listener::Peer;
-use crate::plan::{self, PlanError, mdm::BatchItem};
+use crate::plan::{self, PlanError, Refusal, mdm::BatchItem};
 use crate::server::AuthServer;
 
 /// How long an on-demand request (and its result) is kept.
@@ -211,21 +211,11 @@ impl AuthServer {
             cursor: None,
             last_error: None,
         };
-        match self
-            .backend
-            .atomic_write(
-                vec![Condition::NotExists(keys::mdm_source(name))],
-                vec![Op::Put {
-                    key: keys::mdm_source(name),
-                    value: serde_json::to_vec(&state).map_err(ApiError::internal)?,
-                    expires: None,
-                }],
-            )
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::ConditionFailed { .. }) => {}
-            Err(e) => return Err(e.into()),
+        let plan = plan::mdm::source_claimed(&state).map_err(ApiError::internal)?;
+        match self.commit_unaudited(plan).await {
+            // Claimed now, or by another service first: `owned_source` decides.
+            Ok(_) | Err(ApiError::Refused(Refusal::SyncStateChanged)) => {}
+            Err(e) => return Err(e),
         }
         self.owned_source(who, name, Some(origin)).await.map(|_| ())
     }
@@ -707,17 +697,10 @@ impl AuthServer {
         r.phase = req.phase;
         r.done = req.done;
         r.total = req.total;
-        let _ = self
-            .backend
-            .atomic_write(
-                vec![Condition::Revision(keys::mdm_request(&r.id), rev)],
-                vec![Op::Put {
-                    key: keys::mdm_request(&r.id),
-                    value: serde_json::to_vec(&r).map_err(ApiError::internal)?,
-                    expires: Some(r.requested_at + REQUEST_TTL),
-                }],
-            )
-            .await;
+        let kept_until = r.requested_at + REQUEST_TTL;
+        let plan = plan::mdm::progress_reported(&r, rev, kept_until).map_err(ApiError::internal)?;
+        // Progress is advisory: a lost race or a failed write is not the reporter's problem.
+        let _ = self.commit_unaudited(plan).await;
         Ok(())
     }
 

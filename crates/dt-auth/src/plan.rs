@@ -4,7 +4,7 @@
 //! plans; the tests below check them directly, so what is tested is what runs.
 //!
 //! The services' writes are plans too, one module per domain ([`users`], [`resources`],
-//! [`bots`], [`nodes`], [`mdm`]); their refusals are typed ([`Refusal`]) because they name
+//! [`bots`], [`tokens`], [`devices`], [`nodes`], [`mdm`]); their refusals are typed ([`Refusal`]) because they name
 //! what changed, and reach the client through [`crate::error::ApiError::Refused`].
 
 use dt_store::{Condition, Op, StoreError};
@@ -14,10 +14,12 @@ use dt_types::{Device, Kind};
 use crate::keys;
 
 pub mod bots;
+pub mod devices;
 pub mod mdm;
 pub mod nodes;
 pub mod resources;
 mod service;
+pub mod tokens;
 pub mod users;
 
 pub use service::Refusal;
@@ -238,6 +240,28 @@ pub fn token_spent(
     })
 }
 
+/// The refusal when a device web token was spent by someone else between reading and
+/// spending it: the same as for a token never issued.
+pub const WEB_TOKEN_SPENT_CONCURRENTLY: &str =
+    "invalid, used or expired device web token: log in to the web UI again for a new one";
+/// The same for the browser's device confirmation token.
+pub const CONFIRMATION_SPENT_CONCURRENTLY: &str =
+    "device confirmation token already used: log in to the web UI again";
+
+/// Spending a one-use token of the device web authentication (the web token at Init, the
+/// browser's confirmation token), whatever follows: its record (`key`) deleted, only if
+/// still at the revision read; else `refusal`. No event: the caller audits the verdict.
+pub fn web_token_spent(key: String, read_revision: i64, refusal: &'static str) -> WritePlan {
+    WritePlan {
+        guards: vec![Guard {
+            condition: Condition::Revision(key.clone(), read_revision),
+            refusal,
+        }],
+        ops: vec![Op::Delete { key }],
+        events: Vec::new(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -423,6 +447,25 @@ mod tests {
                 &plan.ops[1],
                 &Op::Delete { key: keys::device_token_index(record.device_id.as_str()) }
             );
+        }
+    }
+
+    #[test]
+    fn a_web_token_is_deleted_on_the_revision_read_or_refused() {
+        for refusal in [
+            WEB_TOKEN_SPENT_CONCURRENTLY,
+            CONFIRMATION_SPENT_CONCURRENTLY,
+        ] {
+            let key = "/devices/web-tokens/abc".to_string();
+            let plan = web_token_spent(key.clone(), 9, refusal);
+            assert_eq!(plan.conditions(), vec![Condition::Revision(key.clone(), 9)]);
+            assert_eq!(plan.ops, vec![Op::Delete { key }]);
+            assert!(plan.events.is_empty());
+            let r = plan.outcome::<i64>(Err(StoreError::ConditionFailed {
+                index: 0,
+                key: String::new(),
+            }));
+            assert!(matches!(r, Err(PlanError::Refused(m)) if m == refusal));
         }
     }
 }

@@ -5,7 +5,7 @@ use dt_proto::v1 as pb;
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::Resource;
 use dt_types::resource::{LockSpec, RoleSpec, TokenSpec, UserSpec};
-use dt_types::{AnyResource, Kind, Verb};
+use dt_types::{AnyResource, Kind, UserName, Verb};
 
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -15,10 +15,6 @@ use crate::plan::{
     resources::{Expect, Leftovers},
 };
 use crate::server::{AuthServer, LOCAL_ADMIN};
-
-pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> ApiResult<Vec<u8>> {
-    serde_json::to_vec(v).map_err(ApiError::internal)
-}
 
 /// The spec stored before an overwrite, for the fields only the server sets (creation time
 /// and creator): a client can neither set them on create nor move them on update. `None`
@@ -207,12 +203,11 @@ impl AuthServer {
         let (event_type, leftovers) = match kind {
             // A pending signup token must die with the user: it would otherwise set the
             // password of a later user with the same name.
-            Kind::User => (
-                EventType::UserDelete,
-                Leftovers::User {
-                    live_signup: self.live_signup_token(name).await?,
-                },
-            ),
+            Kind::User => {
+                let user = UserName::parse(name)?;
+                let live_signup = self.live_signup_token(&user).await?;
+                (EventType::UserDelete, Leftovers::User { user, live_signup })
+            }
             Kind::Lock => (EventType::LockDelete, Leftovers::None),
             Kind::Token => (
                 EventType::ResourceDelete,

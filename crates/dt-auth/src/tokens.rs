@@ -5,18 +5,16 @@ use std::time::Duration;
 
 use base64::Engine;
 use dt_proto::v1 as pb;
-use dt_store::{Condition, Op};
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::Resource;
 use dt_types::resource::{TokenRole, TokenSpec};
-use dt_types::{AnyResource, Kind, Verb};
+use dt_types::{AnyResource, UserName, Verb};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::keys;
-use crate::resources::to_json;
+use crate::plan;
 use crate::server::AuthServer;
 
 pub fn random_token() -> String {
@@ -46,9 +44,11 @@ impl AuthServer {
                 req.r#type
             )));
         };
-        if role == TokenRole::Bot {
-            self.authorize_bot_token(caller, &req.bot_name).await?;
-        }
+        let bot = if role == TokenRole::Bot {
+            Some(self.authorize_bot_token(caller, &req.bot_name).await?)
+        } else {
+            None
+        };
         let ttl = if req.ttl_seconds == 0 {
             Duration::from_secs(1800)
         } else {
@@ -62,7 +62,7 @@ impl AuthServer {
             name.clone(),
             TokenSpec {
                 roles: vec![role],
-                bot_name: (role == TokenRole::Bot).then(|| req.bot_name.clone()),
+                bot_name: bot.map(UserName::into_string),
                 token_hash: hash.clone(),
             },
         );
@@ -70,28 +70,12 @@ impl AuthServer {
         AnyResource::Token(res.clone())
             .validate()
             .map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
-        let key = keys::resource(Kind::Token, &name);
-        self.audit
-            .write_with(
-                vec![Condition::NotExists(key.clone())],
-                vec![
-                    Op::Put {
-                        key,
-                        value: to_json(&res)?,
-                        expires: Some(expires),
-                    },
-                    Op::Put {
-                        key: keys::join_token_index(&hash),
-                        value: name.clone().into_bytes(),
-                        expires: Some(expires),
-                    },
-                ],
-                AuditEvent::new(EventType::JoinTokenCreate, true, self.env.now())
-                    .user(caller.name())
-                    .resource("token", &name)
-                    .message(format!("{} join token", req.r#type)),
-            )
-            .await?;
+        let event = AuditEvent::new(EventType::JoinTokenCreate, true, self.env.now())
+            .user(caller.name())
+            .resource("token", &name)
+            .message(format!("{} join token", req.r#type));
+        let plan = plan::tokens::join_token_created(&res, event).map_err(ApiError::internal)?;
+        self.commit(plan).await?;
         Ok(pb::CreateJoinTokenResponse {
             token,
             name,

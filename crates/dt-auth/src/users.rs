@@ -6,7 +6,7 @@ use dt_proto::v1 as pb;
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::resource::Resource;
 use dt_types::resource::{RoleSpec, Traits, UserSpec};
-use dt_types::{AnyResource, Kind, User, Verb};
+use dt_types::{AnyResource, Kind, User, UserName, Verb};
 
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -41,10 +41,13 @@ impl AuthServer {
 
     /// `user`'s live signup token, as stored (one live token per user: a reset or a
     /// removal revokes it, see [`plan::users::signup_revoked`]).
-    pub(crate) async fn live_signup_token(&self, user: &str) -> ApiResult<Option<LiveSignupToken>> {
+    pub(crate) async fn live_signup_token(
+        &self,
+        user: &UserName,
+    ) -> ApiResult<Option<LiveSignupToken>> {
         Ok(self
             .backend
-            .get(&keys::signup_token_index(user))
+            .get(&keys::signup_token_index(user.as_str()))
             .await?
             .map(|item| LiveSignupToken {
                 index_revision: item.revision,
@@ -58,7 +61,8 @@ impl AuthServer {
         req: pb::CreateUserRequest,
     ) -> ApiResult<pb::CreateUserResponse> {
         self.authorize(caller, "user", Verb::Create)?;
-        if req.name == LOCAL_ADMIN {
+        let name = UserName::parse(req.name)?;
+        if name == LOCAL_ADMIN {
             return Err(ApiError::InvalidArgument(format!(
                 "{LOCAL_ADMIN:?} is a reserved name"
             )));
@@ -76,7 +80,7 @@ impl AuthServer {
             }
         }
         let mut user: User = Resource::new(
-            req.name.clone(),
+            name.to_string(),
             UserSpec {
                 roles: req.roles.clone(),
                 traits: Traits {
@@ -94,7 +98,7 @@ impl AuthServer {
         let (token, new) = self.new_signup_token(req.token_ttl_seconds)?;
         let event = AuditEvent::new(EventType::UserCreate, true, self.env.now())
             .user(caller.name())
-            .resource("user", &req.name)
+            .resource("user", name.as_str())
             .remote_addr(caller.peer.addr.ip().to_string());
         let plan = plan::users::user_created(&user, &new, event).map_err(ApiError::internal)?;
         self.commit(plan).await?;
@@ -110,20 +114,21 @@ impl AuthServer {
         req: pb::ResetUserRequest,
     ) -> ApiResult<pb::CreateUserResponse> {
         self.authorize(caller, "user", Verb::Update)?;
-        let key = keys::resource(Kind::User, &req.name);
+        let name = UserName::parse(req.name)?;
+        let key = keys::resource(Kind::User, name.as_str());
         let Some(item) = self.backend.get(&key).await? else {
-            return Err(ApiError::NotFound(format!("user {:?} not found", req.name)));
+            return Err(ApiError::NotFound(format!("user {name:?} not found")));
         };
-        self.refuse_bot_reset(caller, &req.name, &item).await?;
+        self.refuse_bot_reset(caller, &name, &item).await?;
         let (token, new) = self.new_signup_token(req.token_ttl_seconds)?;
         // The previous token (unused, from `users add` or an earlier reset) stops working.
-        let live = self.live_signup_token(&req.name).await?;
+        let live = self.live_signup_token(&name).await?;
         let event = AuditEvent::new(EventType::UserUpdate, true, self.env.now())
             .user(caller.name())
-            .resource("user", &req.name)
+            .resource("user", name.as_str())
             .message("password reset; signup token issued");
         self.commit(plan::users::user_reset(
-            &req.name,
+            &name,
             item.revision,
             live.as_ref(),
             &new,

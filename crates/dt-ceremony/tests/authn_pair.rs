@@ -48,7 +48,7 @@ const CRED: &str = "5f0c3f52-7f39-4a5e-a7c9-3f3b2f1f0a11";
 
 fn alice_view() -> CertView {
     CertView {
-        user: "alice".into(),
+        user: "alice".parse().unwrap(),
         roles: vec!["access".into()],
         public_key_fingerprint: "sha256:alice-key".into(),
         device: None,
@@ -290,7 +290,7 @@ fn tamperings() -> Vec<Tamper> {
         },
         Tamper {
             name: "ssh certificate for another user",
-            world: |w| w.ssh.as_mut().unwrap().user = "bob".into(),
+            world: |w| w.ssh.as_mut().unwrap().user = "bob".parse().unwrap(),
             want: mismatch("the ssh certificate names another user"),
             ..NOTHING
         },

@@ -24,12 +24,15 @@ use dt_ceremony::token::{
     DEFAULT_TOKEN_TTL, EnrollToken, EnrollTokenRecord, TokenDisposition, TokenProblem,
 };
 use dt_ceremony::tpm::{TpmEnrollChallengeResponse, TpmPlatformParameters, TpmVerifier};
+use dt_types::UserName;
 use dt_types::device::{AttestationType, DeviceCollectedData, EnrollStatus, OsType};
 use dt_types::resource::{Device, DeviceTrustMode, DeviceTrustSettings};
 use time::Duration;
 
 struct World {
     env: TestEnv,
+    /// The enrolling user.
+    user: UserName,
     settings: DeviceTrustSettings,
     device: Option<Device>,
     token: EnrollToken,
@@ -53,6 +56,7 @@ fn world() -> World {
     );
     let data = collected(&env, OsType::Linux, "TAG-A");
     World {
+        user: UserName::parse("alice").unwrap(),
         settings: settings(DeviceTrustMode::Optional, true),
         device: Some(device(DEVICE_A, OsType::Linux, "TAG-A")),
         token,
@@ -70,7 +74,7 @@ fn world() -> World {
 
 fn ctx(w: &World) -> EnrollContext<'_> {
     EnrollContext {
-        user: "alice",
+        user: &w.user,
         settings: &w.settings,
         token: w.record.as_ref(),
         device: w.device.as_ref(),

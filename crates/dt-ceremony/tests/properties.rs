@@ -288,8 +288,9 @@ impl EnrollModel {
                         .as_ref()
                         .is_some_and(|c| c.id == init.credential_id)
                 });
+                let alice = dt_types::UserName::parse("alice").unwrap();
                 let ctx = enroll_server::EnrollContext {
-                    user: "alice",
+                    user: &alice,
                     settings: &self.settings,
                     token: record.as_ref(),
                     device: device.as_ref(),
@@ -444,7 +445,7 @@ fn identity(user: &str) -> authn_server::MtlsIdentity {
     authn_server::MtlsIdentity {
         x509_der: format!("x509-{user}").into_bytes(),
         certificate: authn_server::CertView {
-            user: user.into(),
+            user: user.parse().unwrap(),
             roles: vec!["access".into()],
             public_key_fingerprint: format!("fp-{user}"),
             device: None,

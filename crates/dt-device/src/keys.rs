@@ -24,6 +24,7 @@
 
 use dt_ceremony::messages::{EnrollPayload, P256KeyStorage};
 use dt_ceremony::proof::{Proof, ProofRequest, ProverError};
+use dt_types::CredentialId;
 use dt_types::device::AttestationType;
 
 use crate::error::DeviceError;
@@ -31,8 +32,9 @@ use crate::error::DeviceError;
 /// What identifies a device credential to the server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CredentialInfo {
-    /// The credential id the server stores (a UUID for software keys).
-    pub id: String,
+    /// The credential id the server stores (a UUID for software keys, derived from the
+    /// attestation key for TPM ones).
+    pub id: CredentialId,
     /// PKIX (SPKI) DER of the P-256 public key; empty for TPM credentials.
     pub public_key_der: Vec<u8>,
     pub attestation_type: AttestationType,

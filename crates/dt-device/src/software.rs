@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use dt_types::CredentialId;
 use dt_types::device::AttestationType;
 use ring::rand::SystemRandom;
 use ring::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _};
@@ -51,7 +52,8 @@ pub fn resolve_device_home(var: impl Fn(&str) -> Option<OsString>) -> Result<Pat
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CredentialFile {
-    id: String,
+    /// Checked on load: a file whose id is not one is corrupt.
+    id: CredentialId,
     attestation_type: AttestationType,
     /// SPKI DER, base64.
     public_key_der: String,
@@ -244,7 +246,7 @@ impl DeviceKeys for SoftwareKeys {
             dt_attest::p256::spki_from_uncompressed_point(key.public_key().as_ref())
                 .map_err(|_| DeviceError::Crypto("the new key has an invalid public key"))?;
         let info = CredentialInfo {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: CredentialId::random(),
             public_key_der,
             attestation_type: AttestationType::Software,
         };
@@ -298,7 +300,7 @@ mod tests {
         assert_eq!(keys.credential().unwrap(), None);
         let created = keys.create_credential().unwrap();
         assert_eq!(created.attestation_type, AttestationType::Software);
-        assert!(uuid::Uuid::parse_str(&created.id).is_ok());
+        assert!(uuid::Uuid::parse_str(created.id.as_str()).is_ok());
         assert_eq!(keys.credential().unwrap(), Some(created.clone()));
         assert_eq!(mode(&keys.key_path()), 0o600);
         assert_eq!(mode(&keys.credential_path()), 0o600);
@@ -402,6 +404,16 @@ mod tests {
             keys.credential(),
             Err(DeviceError::Corrupt { .. })
         ));
+
+        // A credential id that is not one (the file keeps the plain-string shape).
+        let mut doc: serde_json::Value = serde_json::from_str(&json).unwrap();
+        doc["id"] = "not an id".into();
+        fs::write(keys.credential_path(), doc.to_string()).unwrap();
+        let err = keys.credential().unwrap_err();
+        assert!(
+            matches!(&err, DeviceError::Corrupt { why, .. } if why.contains("credential id")),
+            "{err:?}"
+        );
 
         // Missing key.
         fs::write(keys.credential_path(), &json).unwrap();

@@ -50,7 +50,7 @@ impl DeviceKeys for TpmKeyStore {
         }
         let evidence = self.enrollment_evidence()?;
         Ok(Some(CredentialInfo {
-            id: evidence.credential_id.into_string(),
+            id: evidence.credential_id,
             public_key_der: Vec::new(),
             attestation_type: claimed_type(evidence.ek_cert.is_some()),
         }))
@@ -66,7 +66,7 @@ impl DeviceKeys for TpmKeyStore {
         // Creates the AK on first use.
         let evidence = self.enrollment_evidence()?;
         Ok(CredentialInfo {
-            id: evidence.credential_id.into_string(),
+            id: evidence.credential_id,
             public_key_der: Vec::new(),
             attestation_type: claimed_type(evidence.ek_cert.is_some()),
         })

@@ -82,12 +82,13 @@ fn software_device_enrolls_then_authenticates() {
     // Enrollment.
     let (client, init) = enroll::client::start(
         token,
-        cred.id.clone(),
+        cred.id.to_string(),
         collected.data.clone(),
         keys.enroll_payload(&cred).unwrap(),
     );
+    let alice = "alice".parse().unwrap();
     let ctx = EnrollContext {
-        user: "alice",
+        user: &alice,
         settings: &settings,
         token: Some(&record),
         device: Some(&device),
@@ -106,7 +107,7 @@ fn software_device_enrolls_then_authenticates() {
     // Authentication, later, with freshly collected data.
     let collected = collect_from(&src, env.now()).unwrap();
     let view = CertView {
-        user: "alice".into(),
+        user: "alice".parse().unwrap(),
         roles: vec!["access".into()],
         public_key_fingerprint: "sha256:k".into(),
         device: None,
@@ -121,7 +122,7 @@ fn software_device_enrolls_then_authenticates() {
     };
     let (client, init) = authn::client::start(
         certs.clone(),
-        cred.id.clone(),
+        cred.id.to_string(),
         cred.attestation_type,
         collected.data,
     )
@@ -168,12 +169,13 @@ fn software_device_is_refused_when_the_cluster_disallows_software_keys() {
     let settings = DeviceTrustSettings::default();
     let (_, init) = enroll::client::start(
         token,
-        cred.id.clone(),
+        cred.id.to_string(),
         data,
         keys.enroll_payload(&cred).unwrap(),
     );
+    let alice = "alice".parse().unwrap();
     let ctx = EnrollContext {
-        user: "alice",
+        user: &alice,
         settings: &settings,
         token: Some(&record),
         device: Some(&device),

@@ -75,12 +75,13 @@ fn enroll_then_authenticate(keys: &TpmKeyStore, allowed_cas: Vec<String>) -> Att
 
     let (client, init) = enroll::client::start(
         token,
-        cred.id.clone(),
+        cred.id.to_string(),
         data(&env),
         keys.enroll_payload(&cred).unwrap(),
     );
+    let alice = "alice".parse().unwrap();
     let ctx = EnrollContext {
-        user: "alice",
+        user: &alice,
         settings: &settings,
         token: Some(&record),
         device: Some(&device),
@@ -98,7 +99,7 @@ fn enroll_then_authenticate(keys: &TpmKeyStore, allowed_cas: Vec<String>) -> Att
     assert!(stored.tpm_ak_public.is_some());
 
     let view = CertView {
-        user: "alice".into(),
+        user: "alice".parse().unwrap(),
         roles: vec![],
         public_key_fingerprint: "sha256:k".into(),
         device: None,
@@ -111,8 +112,13 @@ fn enroll_then_authenticate(keys: &TpmKeyStore, allowed_cas: Vec<String>) -> Att
         x509_der: b"cert".to_vec(),
         ssh_authorized_key: None,
     };
-    let (client, init) =
-        authn::client::start(certs, cred.id.clone(), cred.attestation_type, data(&env)).unwrap();
+    let (client, init) = authn::client::start(
+        certs,
+        cred.id.to_string(),
+        cred.attestation_type,
+        data(&env),
+    )
+    .unwrap();
     let ctx = AuthnContext {
         settings: &settings,
         identity: &identity,

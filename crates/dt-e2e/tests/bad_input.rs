@@ -307,7 +307,7 @@ fn bad_command_lines_are_refused_with_a_reason() {
         ),
         (
             &["users", "add", "bad name", "--roles=access"],
-            "metadata.name contains ' '",
+            "user name contains ' '",
         ),
         (
             &["users", "add", "x", "--roles=access", "--ttl=30d"],

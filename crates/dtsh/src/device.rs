@@ -144,7 +144,7 @@ async fn authenticate_once(
     let new = dt_client::devices::authenticate(
         channel,
         certs,
-        cred.id.clone(),
+        cred.id.to_string(),
         cred.attestation_type,
         collected.data,
         dt_device::prover(keys.as_ref()),
@@ -170,7 +170,7 @@ async fn enroll_with(
     let d = dt_client::devices::enroll(
         channel,
         EnrollToken::new(token),
-        cred.id.clone(),
+        cred.id.to_string(),
         collected.data.clone(),
         payload,
         dt_device::prover(keys.as_ref()),

@@ -157,7 +157,7 @@ pub async fn web_auth(
     let confirmation = dt_client::devices::authenticate_web(
         channel,
         certs,
-        cred.id.clone(),
+        cred.id.to_string(),
         cred.attestation_type,
         collected.data,
         DeviceWebToken {

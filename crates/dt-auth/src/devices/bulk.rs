@@ -1,8 +1,9 @@
 //! Bulk registration of devices (`BulkCreateDevices`, `dtctl devices import`).
 //!
-//! Each device is its own audit request (its conditions, its writes and its `DeviceCreate`
-//! event), and all of them are handed to the group commit at once
-//! ([`AuditSink::write_many`](crate::audit::AuditSink::write_many)): they are committed
+//! Each device is its own audit request (its plan, [`plan::devices::device_created`]: its
+//! guards, its writes and its `DeviceCreate` event), and all of them are handed to the
+//! group commit at once ([`AuditSink::write_many`](crate::audit::AuditSink::write_many)):
+//! they are committed
 //! together (one transaction for up to 1024 requests, with whatever else is queued), yet
 //! each is checked on its own. So a device whose asset tag (or id) is taken, also by a
 //! concurrent request, is refused alone, without a read per device before the write nor a
@@ -11,15 +12,15 @@
 use std::collections::HashSet;
 
 use dt_proto::v1 as pb;
-use dt_store::{Condition, StoreError};
 use dt_types::audit::{AuditEvent, DeviceInfo, EventType};
-use dt_types::{Device, Kind, Verb};
+use dt_types::{Device, Verb};
 
 use super::{MAX_BULK, device_from_proto, device_info, put_ops};
 use crate::audit::Request;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
+use crate::plan::{self, Guard, PlanError, Refusal, WritePlan};
 use crate::server::AuthServer;
 
 fn failed(tag: &str, error: String) -> pb::BulkCreateStatus {
@@ -29,16 +30,6 @@ fn failed(tag: &str, error: String) -> pb::BulkCreateStatus {
         asset_tag: tag.to_string(),
         error,
     }
-}
-
-fn already_stored(d: &Device) -> pb::BulkCreateStatus {
-    failed(
-        &d.spec.asset_tag,
-        format!(
-            "device {:?}/{} is already in the inventory",
-            d.spec.asset_tag, d.spec.os_type
-        ),
-    )
 }
 
 impl AuthServer {
@@ -58,7 +49,8 @@ impl AuthServer {
         let now = self.env.now();
         let addr = caller.peer.addr.ip().to_string();
         let mut out: Vec<Option<pb::BulkCreateStatus>> = vec![None; items.len()];
-        let mut pending: Vec<(usize, Device)> = Vec::with_capacity(items.len());
+        let mut pending: Vec<(usize, Device, Vec<Guard<Refusal>>)> =
+            Vec::with_capacity(items.len());
         let mut requests = Vec::with_capacity(items.len());
         let mut seen = HashSet::with_capacity(items.len());
         for (i, item) in items.into_iter().enumerate() {
@@ -77,34 +69,34 @@ impl AuthServer {
                 ));
                 continue;
             }
-            // Condition 0 is the asset tag; 1, the id (fresh, unless the client chose it).
+            let event = AuditEvent::new(EventType::DeviceCreate, true, now)
+                .user(caller.name())
+                .device(device_info(&d))
+                .remote_addr(addr.clone());
+            let WritePlan {
+                guards,
+                ops,
+                events,
+            } = plan::devices::device_created(&d, put_ops(&d)?, event);
             requests.push(Request {
-                conditions: vec![
-                    Condition::NotExists(tag_key),
-                    Condition::NotExists(keys::resource(Kind::Device, &d.metadata.name)),
-                ],
-                ops: put_ops(&d)?,
-                events: vec![
-                    AuditEvent::new(EventType::DeviceCreate, true, now)
-                        .user(caller.name())
-                        .device(device_info(&d))
-                        .remote_addr(addr.clone()),
-                ],
+                conditions: guards.iter().map(|g| g.condition.clone()).collect(),
+                ops,
+                events,
             });
-            pending.push((i, d));
+            pending.push((i, d, guards));
         }
         let results = self.audit.write_many(requests).await;
         let mut storage_error = None;
-        for ((i, d), result) in pending.into_iter().zip(results) {
-            out[i] = Some(match result {
+        for ((i, d, guards), result) in pending.into_iter().zip(results) {
+            out[i] = Some(match plan::guard_outcome(&guards, result) {
                 Ok(_) => pb::BulkCreateStatus {
                     ok: true,
                     error: String::new(),
                     asset_tag: d.spec.asset_tag,
                     device_id: d.metadata.name,
                 },
-                Err(StoreError::ConditionFailed { .. }) => already_stored(&d),
-                Err(e) => {
+                Err(PlanError::Refused(taken)) => failed(&d.spec.asset_tag, taken.to_string()),
+                Err(PlanError::Store(e)) => {
                     let e = ApiError::from(e);
                     let status = failed(&d.spec.asset_tag, e.to_string());
                     storage_error.get_or_insert(e);

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use dt_proto::v1 as pb;
-use dt_store::{Condition, Op, StoreError};
+use dt_store::Op;
 use dt_types::audit::{AuditEvent, DeviceInfo, EventType};
 use dt_types::device::{DeviceSource, EnrollStatus, OsType, SourceOrigin};
 use dt_types::resource::Resource;
@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
+use crate::plan::{self, Refusal};
 use crate::server::AuthServer;
 
 mod bulk;
@@ -307,15 +308,14 @@ impl AuthServer {
             ops.extend(t_ops);
             token = Some(t);
         }
-        let conds = vec![
-            Condition::NotExists(keys::device_tag_index(d.spec.os_type, &d.spec.asset_tag)),
-            Condition::NotExists(keys::resource(Kind::Device, &id)),
-        ];
         let event = AuditEvent::new(EventType::DeviceCreate, true, now)
             .user(caller.name())
             .device(device_info(&d))
             .remote_addr(caller.peer.addr.ip().to_string());
-        match self.audit.write_with(conds, ops, event).await {
+        match self
+            .commit(plan::devices::device_created(&d, ops, event))
+            .await
+        {
             Ok(rev) => {
                 if token.is_some() {
                     self.audit
@@ -328,22 +328,18 @@ impl AuthServer {
                 }
                 Ok((d, rev, token))
             }
-            Err(StoreError::ConditionFailed { .. }) => {
-                let msg = format!(
-                    "device {:?}/{} is already in the inventory",
-                    d.spec.asset_tag, d.spec.os_type
-                );
+            Err(ApiError::Refused(taken @ Refusal::DeviceExists { .. })) => {
                 self.audit
                     .emit(
                         AuditEvent::new(EventType::DeviceCreate, false, now)
                             .user(caller.name())
                             .device(device_info(&d))
-                            .message(&msg),
+                            .message(taken.to_string()),
                     )
                     .await?;
-                Err(ApiError::AlreadyExists(msg))
+                Err(ApiError::Refused(taken))
             }
-            Err(e) => Err(e.into()),
+            Err(e) => Err(e),
         }
     }
 
@@ -453,19 +449,8 @@ impl AuthServer {
             events.push(r.event.clone());
         }
         let rev = self
-            .audit
-            .write_with_events(
-                vec![Condition::Revision(keys::resource(Kind::Device, id), rev)],
-                ops,
-                events,
-            )
-            .await
-            .map_err(|e| match e {
-                StoreError::ConditionFailed { .. } => {
-                    ApiError::Conflict(format!("device {id:?} changed meanwhile; try again"))
-                }
-                other => other.into(),
-            })?;
+            .commit(plan::devices::device_changed(id, rev, ops, events))
+            .await?;
         // Refused by this server's next request at once, not only when the watch delivers it.
         if let Some(r) = revocation {
             self.cache.apply(&r.key, rev, Some(&r.value));

@@ -4,16 +4,17 @@ use std::time::Duration;
 
 use dt_ceremony::token::EnrollTokenRecord;
 use dt_proto::v1 as pb;
-use dt_store::{Condition, Op, StoreError};
+use dt_store::Op;
+use dt_types::Verb;
 use dt_types::audit::{AuditEvent, EventType};
 use dt_types::device::EnrollStatus;
-use dt_types::{Kind, Verb};
 use time::OffsetDateTime;
 
 use super::{DEFAULT_ENROLL_TTL, MAX_ENROLL_TTL, device_info};
 use crate::caller::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
+use crate::plan;
 use crate::server::AuthServer;
 
 impl AuthServer {
@@ -120,22 +121,12 @@ impl AuthServer {
             .await?
             .map(|i| String::from_utf8_lossy(&i.value).to_string());
         let (token, ops) = self.token_ops(&id, ttl, now, previous)?;
-        self.audit
-            .write_with(
-                vec![Condition::Revision(keys::resource(Kind::Device, &id), rev)],
-                ops,
-                AuditEvent::new(EventType::DeviceTokenCreate, true, now)
-                    .user(caller.name())
-                    .device(device_info(&d))
-                    .remote_addr(caller.peer.addr.ip().to_string()),
-            )
-            .await
-            .map_err(|e| match e {
-                StoreError::ConditionFailed { .. } => {
-                    ApiError::Conflict(format!("device {id:?} changed meanwhile; try again"))
-                }
-                other => other.into(),
-            })?;
+        let event = AuditEvent::new(EventType::DeviceTokenCreate, true, now)
+            .user(caller.name())
+            .device(device_info(&d))
+            .remote_addr(caller.peer.addr.ip().to_string());
+        self.commit(plan::devices::device_changed(&id, rev, ops, vec![event]))
+            .await?;
         Ok(token)
     }
 }

@@ -17,38 +17,23 @@ pub fn bot_added(
     event: AuditEvent,
 ) -> Result<WritePlan<Refusal>, serde_json::Error> {
     let name = user.metadata.name.clone();
-    let token_name = token.metadata.name.clone();
-    let expires = token.metadata.expires;
     let user_key = keys::resource(Kind::User, &name);
-    let token_key = keys::resource(Kind::Token, &token_name);
+    let (token_guard, token_ops) = super::tokens::token_stored(token)?;
+    let mut ops = vec![Op::Put {
+        key: user_key.clone(),
+        value: serde_json::to_vec(user)?,
+        expires: None,
+    }];
+    ops.extend(token_ops);
     Ok(WritePlan {
         guards: vec![
             Guard {
-                condition: Condition::NotExists(user_key.clone()),
+                condition: Condition::NotExists(user_key),
                 refusal: Refusal::BotNameTaken { name },
             },
-            Guard {
-                condition: Condition::NotExists(token_key.clone()),
-                refusal: Refusal::TokenCollision,
-            },
+            token_guard,
         ],
-        ops: vec![
-            Op::Put {
-                key: user_key,
-                value: serde_json::to_vec(user)?,
-                expires: None,
-            },
-            Op::Put {
-                key: token_key,
-                value: serde_json::to_vec(token)?,
-                expires,
-            },
-            Op::Put {
-                key: keys::join_token_index(&token.spec.token_hash),
-                value: token_name.into_bytes(),
-                expires,
-            },
-        ],
+        ops,
         events: vec![event],
     })
 }

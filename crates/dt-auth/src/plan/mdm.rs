@@ -1,6 +1,7 @@
 //! The MDM sync's writes: a batch of device changes in one transaction, where an item whose
 //! device changed since it was read drops out (a conflict, retried by the next sync) and
-//! the rest is written; and a source's sync report.
+//! the rest is written; a source's sync report, its claim by a service, and a sync
+//! request's progress.
 
 use dt_store::{Condition, Op};
 use dt_types::audit::AuditEvent;
@@ -93,17 +94,65 @@ pub fn sync_reported(
         events: Vec::new(),
     };
     if let Some((r, rev, kept_until)) = request {
-        plan.ops.push(Op::Put {
-            key: keys::mdm_request(&r.id),
-            value: serde_json::to_vec(r)?,
-            expires: Some(kept_until),
-        });
-        plan.guards.push(Guard {
-            condition: Condition::Revision(keys::mdm_request(&r.id), rev),
-            refusal: Refusal::SyncStateChanged,
-        });
+        let (guard, op) = request_written(r, rev, kept_until)?;
+        plan.ops.push(op);
+        plan.guards.push(guard);
     }
     Ok(plan)
+}
+
+/// A sync request written back (kept until `kept_until`), only if still at `revision`.
+fn request_written(
+    request: &SyncRequest,
+    revision: i64,
+    kept_until: time::OffsetDateTime,
+) -> Result<(Guard<Refusal>, Op), serde_json::Error> {
+    let key = keys::mdm_request(&request.id);
+    Ok((
+        Guard {
+            condition: Condition::Revision(key.clone(), revision),
+            refusal: Refusal::SyncStateChanged,
+        },
+        Op::Put {
+            key,
+            value: serde_json::to_vec(request)?,
+            expires: Some(kept_until),
+        },
+    ))
+}
+
+/// A source claimed by its first MDM service: its initial state, only if it has none yet
+/// (else another service claimed it first, and the caller looks at whose it is). No event:
+/// sync bookkeeping.
+pub fn source_claimed(state: &SourceState) -> Result<WritePlan<Refusal>, serde_json::Error> {
+    let key = keys::mdm_source(&state.name);
+    Ok(WritePlan {
+        guards: vec![Guard {
+            condition: Condition::NotExists(key.clone()),
+            refusal: Refusal::SyncStateChanged,
+        }],
+        ops: vec![Op::Put {
+            key,
+            value: serde_json::to_vec(state)?,
+            expires: None,
+        }],
+        events: Vec::new(),
+    })
+}
+
+/// A sync request's progress (phase and counts), only if the request is still at the
+/// revision read. No event: sync bookkeeping.
+pub fn progress_reported(
+    request: &SyncRequest,
+    revision: i64,
+    kept_until: time::OffsetDateTime,
+) -> Result<WritePlan<Refusal>, serde_json::Error> {
+    let (guard, op) = request_written(request, revision, kept_until)?;
+    Ok(WritePlan {
+        guards: vec![guard],
+        ops: vec![op],
+        events: Vec::new(),
+    })
 }
 
 #[cfg(test)]
@@ -160,5 +209,76 @@ mod tests {
             let other = plan.outcome::<i64>(Err(StoreError::ConditionFailed { index: total, key: String::new() }));
             prop_assert!(matches!(other, Err(PlanError::Store(_))));
         }
+    }
+
+    fn refused(plan: &WritePlan<Refusal>, index: usize) -> Refusal {
+        match plan.outcome::<i64>(Err(StoreError::ConditionFailed {
+            index,
+            key: String::new(),
+        })) {
+            Err(PlanError::Refused(r)) => r,
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_claim_writes_the_first_state_only_if_there_is_none() {
+        let state = SourceState {
+            name: "jamf-eu".into(),
+            origin: dt_types::device::SourceOrigin::Jamf,
+            service: "mdm-1".into(),
+            last_full: None,
+            last_partial: None,
+            cursor: None,
+            last_error: None,
+        };
+        let plan = source_claimed(&state).unwrap();
+        let key = keys::mdm_source("jamf-eu");
+        assert_eq!(plan.conditions(), vec![Condition::NotExists(key.clone())]);
+        assert_eq!(
+            plan.ops,
+            vec![Op::Put {
+                key,
+                value: serde_json::to_vec(&state).unwrap(),
+                expires: None,
+            }]
+        );
+        assert!(plan.events.is_empty());
+        assert_eq!(refused(&plan, 0), Refusal::SyncStateChanged);
+    }
+
+    #[test]
+    fn progress_is_written_on_the_request_as_read_and_kept_as_long() {
+        let at = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let request = SyncRequest {
+            id: "r1".into(),
+            source: "jamf-eu".into(),
+            full: true,
+            dry_run: false,
+            requested_by: "alice".into(),
+            requested_at: at,
+            phase: "fetching".into(),
+            done: 3,
+            total: 10,
+            result: None,
+        };
+        let kept = at + time::Duration::days(1);
+        let plan = progress_reported(&request, 12, kept).unwrap();
+        let key = keys::mdm_request("r1");
+        assert_eq!(
+            plan.conditions(),
+            vec![Condition::Revision(key.clone(), 12)]
+        );
+        assert_eq!(
+            plan.ops,
+            vec![Op::Put {
+                key,
+                value: serde_json::to_vec(&request).unwrap(),
+                expires: Some(kept),
+            }]
+        );
+        assert!(plan.events.is_empty());
+        assert_eq!(refused(&plan, 0), Refusal::SyncStateChanged);
+        assert!(matches!(plan.outcome(Ok(13i64)), Ok(13)));
     }
 }

@@ -3,8 +3,8 @@
 //! condition the editor asked for, with what must go with it.
 
 use dt_store::{Condition, Op};
-use dt_types::Kind;
 use dt_types::audit::AuditEvent;
+use dt_types::{Kind, UserName};
 use time::OffsetDateTime;
 
 use super::users::{LiveSignupToken, signup_revoked};
@@ -61,6 +61,8 @@ pub enum Leftovers {
     /// A user: its password, its signup token index, and its live signup token (as read),
     /// which would otherwise set the password of a later user with the same name.
     User {
+        /// The removed user (the resource's name, as a user name).
+        user: UserName,
         live_signup: Option<LiveSignupToken>,
     },
     /// A join token: its hash index (when the stored token could be read).
@@ -90,15 +92,16 @@ pub fn deleted(
     let mut ops = vec![Op::Delete { key }];
     match leftovers {
         Leftovers::None => {}
-        Leftovers::User { live_signup } => {
+        Leftovers::User { user, live_signup } => {
+            let user = user.as_str();
             ops.push(Op::Delete {
-                key: keys::password(name),
+                key: keys::password(user),
             });
-            let (guard, revoke) = signup_revoked(name, live_signup.as_ref(), refusal);
+            let (guard, revoke) = signup_revoked(user, live_signup.as_ref(), refusal);
             guards.push(guard);
             ops.extend(revoke);
             ops.push(Op::Delete {
-                key: keys::signup_token_index(name),
+                key: keys::signup_token_index(user),
             });
         }
         Leftovers::Token { token_hash } => {
@@ -170,7 +173,7 @@ mod tests {
                 Kind::User,
                 &name,
                 rev,
-                &Leftovers::User { live_signup: live_signup.clone() },
+                &Leftovers::User { user: name.parse().unwrap(), live_signup: live_signup.clone() },
                 event(),
             );
             let index = keys::signup_token_index(&name);

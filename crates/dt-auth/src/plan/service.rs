@@ -1,5 +1,6 @@
 //! What a service's refused write tells the client, and how a service commits a plan.
 
+use dt_types::device::OsType;
 use dt_types::{Kind, ServiceKind};
 
 use super::{PlanError, WritePlan, guard_outcome};
@@ -31,6 +32,12 @@ pub enum Refusal {
     /// A joined service's registration or record changed during a join or a removal.
     #[error("{kind} {name:?} changed meanwhile; try again")]
     ServiceChanged { kind: ServiceKind, name: String },
+    /// A new device's asset tag and OS, or its id, is taken.
+    #[error("device {asset_tag:?}/{os_type} is already in the inventory")]
+    DeviceExists { asset_tag: String, os_type: OsType },
+    /// A device changed between the read and the write (an edit, a removal, a token).
+    #[error("device {id:?} changed meanwhile; try again")]
+    DeviceChanged { id: String },
     /// An MDM source's sync state (or the sync request) changed during a report.
     #[error("the sync state changed meanwhile; report again")]
     SyncStateChanged,
@@ -40,7 +47,9 @@ impl Refusal {
     /// A name that is taken "already exists"; a lost race is a conflict.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Refusal::UserExists { .. } | Refusal::BotNameTaken { .. } => ErrorCode::AlreadyExists,
+            Refusal::UserExists { .. }
+            | Refusal::BotNameTaken { .. }
+            | Refusal::DeviceExists { .. } => ErrorCode::AlreadyExists,
             _ => ErrorCode::Conflict,
         }
     }

@@ -4,7 +4,7 @@
 
 use dt_store::{Condition, Op};
 use dt_types::audit::AuditEvent;
-use dt_types::{Kind, User};
+use dt_types::{Kind, User, UserName};
 use time::OffsetDateTime;
 
 use super::{Guard, Refusal, WritePlan};
@@ -98,12 +98,13 @@ pub fn user_created(
 /// a new one issued, only if neither the user (read at `user_revision`) nor its token
 /// index changed.
 pub fn user_reset(
-    name: &str,
+    name: &UserName,
     user_revision: i64,
     live: Option<&LiveSignupToken>,
     token: &NewSignupToken,
     event: AuditEvent,
 ) -> WritePlan<Refusal> {
+    let name = name.as_str();
     let (revoke_guard, revoke) = signup_revoked(name, live, Refusal::UserChanged);
     let mut ops = vec![Op::Delete {
         key: keys::password(name),
@@ -133,7 +134,7 @@ pub const SIGNUP_TOKEN_USED: &str = "signup token already used";
 pub fn signup_used(
     token_hash: &str,
     revision: i64,
-    user: &str,
+    user: &UserName,
     password_hash: String,
     event: AuditEvent,
 ) -> WritePlan {
@@ -146,7 +147,7 @@ pub fn signup_used(
         ops: vec![
             Op::Delete { key },
             Op::Put {
-                key: keys::password(user),
+                key: keys::password(user.as_str()),
                 value: password_hash.into_bytes(),
                 expires: None,
             },
@@ -217,7 +218,8 @@ mod tests {
 
     #[test]
     fn a_signup_spends_the_token_it_read_and_sets_the_password() {
-        let plan = signup_used("h9", 12, "bob", "$argon2id$x".into(), event());
+        let bob = UserName::parse("bob").unwrap();
+        let plan = signup_used("h9", 12, &bob, "$argon2id$x".into(), event());
         assert_eq!(
             plan.conditions(),
             vec![Condition::Revision(keys::signup_token("h9"), 12)]
@@ -250,7 +252,7 @@ mod tests {
         ) {
             let live = live.map(|(index_revision, hash)| LiveSignupToken { index_revision, hash });
             let new = token("new");
-            let plan = user_reset(&name, user_rev, live.as_ref(), &new, event());
+            let plan = user_reset(&name.parse().unwrap(), user_rev, live.as_ref(), &new, event());
             let index = keys::signup_token_index(&name);
             let index_guard = match &live {
                 Some(t) => Condition::Revision(index, t.index_revision),

@@ -51,7 +51,7 @@ use base64::engine::general_purpose::STANDARD;
 use dt_attest::p256::{P256PublicKey, parse_enrolled_p256_spki};
 use dt_types::device::{AttestationType, DeviceCollectedData, EnrollStatus, MAX_COLLECTED_DATA};
 use dt_types::resource::{Device, DeviceTrustMode, DeviceTrustSettings, Lock};
-use dt_types::{CredentialId, DeviceId};
+use dt_types::{CredentialId, DeviceId, UserName};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
@@ -79,7 +79,8 @@ pub struct DeviceBinding {
 /// What the driver (through `dt-ca`) verified and read from a user certificate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CertView {
-    pub user: String,
+    /// The certificate's user, as dt-ca read it.
+    pub user: UserName,
     pub roles: Vec<String>,
     /// The same fingerprint function for SSH and X.509 keys (e.g. `sha256:` + hex of the
     /// SPKI), so the two certificates can be compared.
@@ -115,7 +116,7 @@ pub struct AuthnContext<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Augment {
     /// The mTLS identity's user: the certificates being augmented are theirs.
-    pub user: String,
+    pub user: UserName,
     pub device: DeviceBinding,
 }
 
@@ -137,7 +138,7 @@ pub struct ExpectInit {
 /// Waiting for the device's proof.
 pub struct ExpectChallengeResponse {
     started_at: OffsetDateTime,
-    user: String,
+    user: UserName,
     device: Device,
     device_id: DeviceId,
     data: DeviceCollectedData,

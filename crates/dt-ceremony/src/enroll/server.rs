@@ -55,9 +55,9 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use dt_attest::p256::{P256PublicKey, parse_p256_spki};
-use dt_types::CredentialId;
 use dt_types::device::{AttestationType, DeviceCollectedData, DeviceCredential, EnrollStatus};
 use dt_types::resource::{Device, DeviceTrustMode, DeviceTrustSettings};
+use dt_types::{CredentialId, UserName};
 use time::OffsetDateTime;
 
 use super::{EnrollDenied, EnrollError};
@@ -78,7 +78,7 @@ use crate::tpm::{TpmPendingEnrollment, TpmVerifier, TpmVerifyError};
 #[derive(Clone)]
 pub struct EnrollContext<'a> {
     /// The authenticated user calling; becomes the device's owner.
-    pub user: &'a str,
+    pub user: &'a UserName,
     pub settings: &'a DeviceTrustSettings,
     /// The record found under the token's hash.
     pub token: Option<&'a EnrollTokenRecord>,
@@ -108,7 +108,7 @@ pub struct InitOutcome {
 /// Waiting for the device's proof.
 pub struct ExpectChallengeResponse {
     started_at: OffsetDateTime,
-    user: String,
+    user: UserName,
     device: Device,
     data: DeviceCollectedData,
     credential_id: CredentialId,
@@ -342,7 +342,7 @@ impl ExpectInit {
         Ok((
             ExpectChallengeResponse {
                 started_at: self.opened_at,
-                user: ctx.user.to_string(),
+                user: ctx.user.clone(),
                 device: device.clone(),
                 data,
                 credential_id,
@@ -437,7 +437,8 @@ impl ExpectChallengeResponse {
         let mut device = self.device;
         device.spec.enroll_status = EnrollStatus::Enrolled;
         device.spec.credential = Some(credential);
-        device.spec.owner = Some(self.user);
+        // The inventory stores the owner as text (a document).
+        device.spec.owner = Some(self.user.into_string());
         device.spec.collected_data = vec![self.data];
         device.spec.update_time = Some(now);
         Ok(Enrolled { device })
