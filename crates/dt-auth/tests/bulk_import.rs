@@ -121,3 +121,76 @@ fn racing_bulk_requests_postgres() {
         racing_requests_create_each_tag_once(&cl).await;
     })
 }
+
+/// A client may choose a new device's id; one that is another device's is refused with
+/// what is taken (the id, not the asset tag), in bulk and alone, and audited.
+#[test]
+fn a_taken_client_chosen_id_is_named() {
+    block_on(async {
+        let cl = Cluster::start(Options::default()).await;
+        let run = unique("ID");
+        let mut c = DeviceTrustServiceClient::new(cl.admin.clone());
+        let first = c
+            .bulk_create_devices(pb::BulkCreateDevicesRequest {
+                devices: vec![doc(&format!("{run}-A"))],
+            })
+            .await
+            .expect("bulk create")
+            .into_inner();
+        assert!(first.statuses[0].ok, "{:?}", first.statuses);
+        let taken = first.statuses[0].device_id.clone();
+        let want = format!(
+            "device id {taken} is already another device's: leave the id out and the inventory picks a fresh one"
+        );
+        // Another tag, the same id: in bulk, next to a device that is fine.
+        let mut same_id = doc(&format!("{run}-B"));
+        same_id.id = taken.clone();
+        let second = c
+            .bulk_create_devices(pb::BulkCreateDevicesRequest {
+                devices: vec![same_id.clone(), doc(&format!("{run}-C"))],
+            })
+            .await
+            .expect("bulk create")
+            .into_inner();
+        assert!(!second.statuses[0].ok);
+        assert_eq!(second.statuses[0].error, want);
+        assert!(second.statuses[1].ok, "{:?}", second.statuses);
+        // Alone: refused as already existing, with the same words.
+        let err = c
+            .create_device(pb::CreateDeviceRequest {
+                device: Some(same_id),
+                ..Default::default()
+            })
+            .await
+            .expect_err("the id is taken");
+        assert_eq!(err.code(), tonic::Code::AlreadyExists);
+        assert_eq!(err.message(), want);
+        // Both refusals are audited.
+        let (events, _) = cl
+            .srv
+            .audit
+            .search(
+                &EventFilter {
+                    event: Some(EventType::DeviceCreate),
+                    ..Default::default()
+                },
+                None,
+                1000,
+            )
+            .await
+            .expect("search");
+        let refusals = events
+            .iter()
+            .filter(|e| !e.success && e.message.as_deref() == Some(want.as_str()))
+            .count();
+        assert_eq!(refusals, 2, "{events:?}");
+        // Nothing was stored under the second tag.
+        assert!(
+            cl.srv
+                .find_devices(&format!("{run}-B"))
+                .await
+                .expect("find")
+                .is_empty()
+        );
+    })
+}

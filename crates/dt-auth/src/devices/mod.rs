@@ -328,7 +328,9 @@ impl AuthServer {
                 }
                 Ok((d, rev, token))
             }
-            Err(ApiError::Refused(taken @ Refusal::DeviceExists { .. })) => {
+            Err(ApiError::Refused(
+                taken @ (Refusal::DeviceExists { .. } | Refusal::DeviceIdTaken { .. }),
+            )) => {
                 self.audit
                     .emit(
                         AuditEvent::new(EventType::DeviceCreate, false, now)

@@ -11,13 +11,9 @@ use super::{Guard, Refusal, WritePlan};
 use crate::keys;
 
 /// A new device (`ops`: its document and indexes, and its enrollment token when one was
-/// asked for), only if no device has its asset tag and OS, nor its id; either taken is
-/// "already in the inventory".
+/// asked for), only if no device has its asset tag and OS ("already in the inventory"), nor
+/// its id (only a client-chosen id can be taken: fresh ids are UUIDv7).
 pub fn device_created(device: &Device, ops: Vec<Op>, event: AuditEvent) -> WritePlan<Refusal> {
-    let refusal = Refusal::DeviceExists {
-        asset_tag: device.spec.asset_tag.clone(),
-        os_type: device.spec.os_type,
-    };
     WritePlan {
         guards: vec![
             Guard {
@@ -25,14 +21,19 @@ pub fn device_created(device: &Device, ops: Vec<Op>, event: AuditEvent) -> Write
                     device.spec.os_type,
                     &device.spec.asset_tag,
                 )),
-                refusal: refusal.clone(),
+                refusal: Refusal::DeviceExists {
+                    asset_tag: device.spec.asset_tag.clone(),
+                    os_type: device.spec.os_type,
+                },
             },
             Guard {
                 condition: Condition::NotExists(keys::resource(
                     Kind::Device,
                     &device.metadata.name,
                 )),
-                refusal,
+                refusal: Refusal::DeviceIdTaken {
+                    id: device.metadata.name.clone(),
+                },
             },
         ],
         ops,
@@ -98,13 +99,21 @@ mod tests {
         assert_eq!(plan.ops, ops);
         assert_eq!(plan.events, vec![event(EventType::DeviceCreate)]);
         assert!(matches!(plan.outcome(Ok(3i64)), Ok(3)));
-        // Either guard: the same "already exists", as the client was always told.
-        for index in [0, 1] {
-            let r = refused(&plan, index);
-            assert_eq!(
-                r.to_string(),
-                "device \"C02NEW\"/macOS is already in the inventory"
-            );
+        // Each guard says what is taken; both are "already exists".
+        let tag = refused(&plan, 0);
+        assert_eq!(
+            tag.to_string(),
+            "device \"C02NEW\"/macOS is already in the inventory"
+        );
+        let id = refused(&plan, 1);
+        assert_eq!(
+            id.to_string(),
+            format!(
+                "device id {} is already another device's: leave the id out and the inventory picks a fresh one",
+                d.metadata.name
+            )
+        );
+        for r in [tag, id] {
             assert_eq!(r.code(), ErrorCode::AlreadyExists);
         }
     }

@@ -32,9 +32,14 @@ pub enum Refusal {
     /// A joined service's registration or record changed during a join or a removal.
     #[error("{kind} {name:?} changed meanwhile; try again")]
     ServiceChanged { kind: ServiceKind, name: String },
-    /// A new device's asset tag and OS, or its id, is taken.
+    /// A new device's asset tag and OS is taken.
     #[error("device {asset_tag:?}/{os_type} is already in the inventory")]
     DeviceExists { asset_tag: String, os_type: OsType },
+    /// A new device's id (chosen by the client) is another device's.
+    #[error(
+        "device id {id} is already another device's: leave the id out and the inventory picks a fresh one"
+    )]
+    DeviceIdTaken { id: String },
     /// A device changed between the read and the write (an edit, a removal, a token).
     #[error("device {id:?} changed meanwhile; try again")]
     DeviceChanged { id: String },
@@ -49,7 +54,8 @@ impl Refusal {
         match self {
             Refusal::UserExists { .. }
             | Refusal::BotNameTaken { .. }
-            | Refusal::DeviceExists { .. } => ErrorCode::AlreadyExists,
+            | Refusal::DeviceExists { .. }
+            | Refusal::DeviceIdTaken { .. } => ErrorCode::AlreadyExists,
             _ => ErrorCode::Conflict,
         }
     }
