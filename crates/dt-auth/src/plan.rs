@@ -64,6 +64,18 @@ impl<R: Clone> WritePlan<R> {
     }
 }
 
+/// The refusal the plan gives when storage reports condition `index` failed (plan tests).
+#[cfg(test)]
+pub(crate) fn refused_at<R: Clone + std::fmt::Debug>(plan: &WritePlan<R>, index: usize) -> R {
+    match plan.outcome::<i64>(Err(StoreError::ConditionFailed {
+        index,
+        key: String::new(),
+    })) {
+        Err(PlanError::Refused(r)) => r,
+        other => panic!("condition {index} is no guard's: {other:?}"),
+    }
+}
+
 /// [`WritePlan::outcome`] for a plan already taken apart to be written.
 pub(crate) fn guard_outcome<T, R: Clone>(
     guards: &[Guard<R>],

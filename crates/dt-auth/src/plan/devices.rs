@@ -61,27 +61,16 @@ pub fn device_changed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dt_store::StoreError;
     use dt_types::audit::EventType;
     use dt_types::device::OsType;
     use proptest::prelude::*;
     use time::OffsetDateTime;
 
     use crate::error::ErrorCode;
-    use crate::plan::PlanError;
+    use crate::plan::refused_at;
 
     fn event(t: EventType) -> AuditEvent {
         AuditEvent::new(t, true, OffsetDateTime::UNIX_EPOCH)
-    }
-
-    fn refused(plan: &WritePlan<Refusal>, index: usize) -> Refusal {
-        match plan.outcome::<i64>(Err(StoreError::ConditionFailed {
-            index,
-            key: String::new(),
-        })) {
-            Err(PlanError::Refused(r)) => r,
-            other => panic!("not refused: {other:?}"),
-        }
     }
 
     #[test]
@@ -100,12 +89,12 @@ mod tests {
         assert_eq!(plan.events, vec![event(EventType::DeviceCreate)]);
         assert!(matches!(plan.outcome(Ok(3i64)), Ok(3)));
         // Each guard says what is taken; both are "already exists".
-        let tag = refused(&plan, 0);
+        let tag = refused_at(&plan, 0);
         assert_eq!(
             tag.to_string(),
             "device \"C02NEW\"/macOS is already in the inventory"
         );
-        let id = refused(&plan, 1);
+        let id = refused_at(&plan, 1);
         assert_eq!(
             id.to_string(),
             format!(
@@ -138,7 +127,7 @@ mod tests {
             );
             prop_assert_eq!(&plan.ops, &ops);
             prop_assert_eq!(&plan.events, &events);
-            let r = refused(&plan, 0);
+            let r = refused_at(&plan, 0);
             prop_assert_eq!(
                 r.to_string(),
                 format!("device {id:?} changed meanwhile; try again")

@@ -163,7 +163,7 @@ mod tests {
     use proptest::prelude::*;
     use time::OffsetDateTime;
 
-    use crate::plan::PlanError;
+    use crate::plan::{PlanError, refused_at};
 
     fn item(id: usize, n_conds: usize) -> BatchItem {
         BatchItem {
@@ -211,16 +211,6 @@ mod tests {
         }
     }
 
-    fn refused(plan: &WritePlan<Refusal>, index: usize) -> Refusal {
-        match plan.outcome::<i64>(Err(StoreError::ConditionFailed {
-            index,
-            key: String::new(),
-        })) {
-            Err(PlanError::Refused(r)) => r,
-            other => panic!("not refused: {other:?}"),
-        }
-    }
-
     #[test]
     fn a_claim_writes_the_first_state_only_if_there_is_none() {
         let state = SourceState {
@@ -244,7 +234,7 @@ mod tests {
             }]
         );
         assert!(plan.events.is_empty());
-        assert_eq!(refused(&plan, 0), Refusal::SyncStateChanged);
+        assert_eq!(refused_at(&plan, 0), Refusal::SyncStateChanged);
     }
 
     #[test]
@@ -278,7 +268,7 @@ mod tests {
             }]
         );
         assert!(plan.events.is_empty());
-        assert_eq!(refused(&plan, 0), Refusal::SyncStateChanged);
+        assert_eq!(refused_at(&plan, 0), Refusal::SyncStateChanged);
         assert!(matches!(plan.outcome(Ok(13i64)), Ok(13)));
     }
 }
