@@ -99,13 +99,7 @@ fn a_login_certificate_follows_the_servers_clock() {
             (start + Duration::hours(1)).unix_timestamp()
         );
 
-        let anonymous = dt_client::connect::channel(
-            &cl.addr,
-            dt_client::TrustPolicy::Pin(cl.pin.clone()),
-            dt_client::Identity::Anonymous,
-        )
-        .await
-        .expect("connect");
+        let anonymous = cl.anonymous_channel().await;
         let key = dt_ca::ClientKey::generate().expect("key");
         let login = |signup_token: String, password: String, new_password: String| {
             let mut client = AuthServiceClient::new(anonymous.clone());

@@ -125,19 +125,7 @@ fn request_written(
 /// (else another service claimed it first, and the caller looks at whose it is). No event:
 /// sync bookkeeping.
 pub fn source_claimed(state: &SourceState) -> Result<WritePlan<Refusal>, serde_json::Error> {
-    let key = keys::mdm_source(&state.name);
-    Ok(WritePlan {
-        guards: vec![Guard {
-            condition: Condition::NotExists(key.clone()),
-            refusal: Refusal::SyncStateChanged,
-        }],
-        ops: vec![Op::Put {
-            key,
-            value: serde_json::to_vec(state)?,
-            expires: None,
-        }],
-        events: Vec::new(),
-    })
+    sync_reported(&state.name, state, None, None)
 }
 
 /// A sync request's progress (phase and counts), only if the request is still at the

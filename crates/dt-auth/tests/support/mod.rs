@@ -606,6 +606,17 @@ impl Cluster {
         .await
     }
 
+    /// A channel without a client certificate (login, join), pinned to this server.
+    pub async fn anonymous_channel(&self) -> Channel {
+        dt_client::connect::channel(
+            &self.addr,
+            TrustPolicy::Pin(self.pin.clone()),
+            Identity::Anonymous,
+        )
+        .await
+        .expect("connect without a client certificate")
+    }
+
     // --- devices -------------------------------------------------------------------------
 
     /// Registers a device (as the admin) and returns its id and, if asked, an enrollment

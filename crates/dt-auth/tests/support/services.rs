@@ -25,14 +25,7 @@ pub async fn token(cl: &Cluster, kind: &str) -> String {
 }
 
 pub async fn anonymous(cl: &Cluster) -> NodeServiceClient<Channel> {
-    let ch = dt_client::connect::channel(
-        &cl.addr,
-        dt_client::TrustPolicy::Pin(cl.pin.clone()),
-        dt_client::Identity::Anonymous,
-    )
-    .await
-    .unwrap();
-    NodeServiceClient::new(ch)
+    NodeServiceClient::new(cl.anonymous_channel().await)
 }
 
 /// A joined service: its key, what the join returned, and a client using its certificate.
