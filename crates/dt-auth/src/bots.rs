@@ -143,12 +143,19 @@ impl AuthServer {
                 wait.as_secs().max(1)
             )));
         }
-        // The bot's name is optional; when given, it must be a user name.
+        // The bot's name is optional; when given, it must be a user name (a malformed one
+        // is a failed login like any other, counted and audited).
         let wanted = req.username.trim();
         let wanted = if wanted.is_empty() {
             None
         } else {
-            Some(UserName::parse(wanted)?)
+            match UserName::parse(wanted) {
+                Ok(name) => Some(name),
+                Err(e) => {
+                    fail(wanted.to_string(), "malformed bot name").await?;
+                    return Err(e.into());
+                }
+            }
         };
         let Some((token, _)) = self.find_join_token(&req.bot_token, TokenRole::Bot).await? else {
             fail(

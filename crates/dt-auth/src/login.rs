@@ -201,16 +201,9 @@ impl AuthServer {
         if username.is_empty() {
             return Err(ApiError::InvalidArgument("--user is required".into()));
         }
-        // No user has a name that is not one: refused here, before the throttle counts it.
-        let username = UserName::parse(username)?;
         let attempt = match self
             .login_throttle
-            .admit(
-                self.backend.as_ref(),
-                &self.audit,
-                username.as_str(),
-                &remote,
-            )
+            .admit(self.backend.as_ref(), &self.audit, username, &remote)
             .await?
         {
             crate::login_throttle::Admission::Admitted(a) => a,
@@ -227,6 +220,15 @@ impl AuthServer {
                 .fail(self.backend.as_ref(), &self.audit, attempt, reason)
                 .await
                 .map_err(ApiError::from)
+        };
+        // No user has a name that is not one: a failed attempt like any other (counted and
+        // audited), answered with the rule it breaks.
+        let username = match UserName::parse(username) {
+            Ok(name) => name,
+            Err(e) => {
+                fail(attempt, "malformed user name").await?;
+                return Err(e.into());
+            }
         };
         let user = self
             .get_resource::<UserSpec>(username.as_str())

@@ -1,6 +1,7 @@
 //! A user name from outside (a request naming a user) that is not one is refused where it
 //! enters, with the typed error (`ApiError::InvalidName`: an invalid argument naming the
-//! rule), before anything is read, counted or written.
+//! rule), before anything is read or written. At login it is a failed attempt like any
+//! other: counted by the throttle and audited.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod support;
@@ -81,13 +82,7 @@ fn malformed_user_names_are_refused_at_every_door() {
         assert_eq!(e.to_string(), RULE);
         assert_eq!(e.code(), dt_auth::error::ErrorCode::InvalidArgument);
 
-        let anonymous = dt_client::connect::channel(
-            &cl.addr,
-            dt_client::TrustPolicy::Pin(cl.pin.clone()),
-            dt_client::Identity::Anonymous,
-        )
-        .await
-        .expect("connect");
+        let anonymous = cl.anonymous_channel().await;
         let key = dt_ca::ClientKey::generate().expect("key");
         let login = |username: &str, password: &str, bot_token: &str| pb::LoginRequest {
             username: username.into(),
@@ -111,6 +106,31 @@ fn malformed_user_names_are_refused_at_every_door() {
             Code::InvalidArgument,
             RULE,
         );
+        // Both failed logins are audited under the name that was sent.
+        let (events, _) = cl
+            .srv
+            .audit
+            .search(
+                &dt_auth::audit::EventFilter {
+                    user: Some("bad name".into()),
+                    event: Some(dt_types::audit::EventType::UserLogin),
+                    ..Default::default()
+                },
+                None,
+                100,
+            )
+            .await
+            .expect("search");
+        let reasons: Vec<_> = events
+            .iter()
+            .filter(|e| !e.success)
+            .filter_map(|e| e.message.as_deref())
+            .collect();
+        assert!(
+            reasons.iter().any(|m| m.contains("malformed user name")),
+            "{events:?}"
+        );
+        assert!(reasons.contains(&"malformed bot name"), "{events:?}");
         // A well-formed unknown name is still only "invalid username or password".
         assert_status(
             client.login(login("nobody-here", "whatever12", "")).await,
