@@ -161,6 +161,9 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         }),
         ("unwatched_prefixes", |f| Box::pin(unwatched_prefixes(f))),
         ("batch_many_rows", |f| Box::pin(batch_many_rows(f))),
+        ("counters", |f| Box::pin(counters(f))),
+        ("counters_expire", |f| Box::pin(counters_expire(f))),
+        ("counters_race", |f| Box::pin(counters_race(f))),
     ]
 }
 
@@ -262,6 +265,9 @@ macro_rules! conformance_tests {
             grouped_single_writes,
             unwatched_prefixes,
             batch_many_rows,
+            counters,
+            counters_expire,
+            counters_race,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -1884,5 +1890,136 @@ pub async fn batch_many_rows(f: Factory) -> Outcome {
         ],
     )
     .await?;
+    Ok(())
+}
+
+/// Counters: each use numbered in turn on either instance, refused once the budget is spent
+/// (and then not counted), one key's count apart from another's, reset on demand, and never
+/// visible as items.
+pub async fn counters(f: Factory) -> Outcome {
+    let a = open(&f, fast_tuning()).await?;
+    let b = open(&f, fast_tuning()).await?;
+    let until = OffsetDateTime::now_utc() + Duration::from_secs(60);
+    ensure_eq!(a.uses("/c/alice").await.ctx("uses")?, 0, "a fresh count");
+    for n in 1..=4u64 {
+        let on = if n % 2 == 0 { &a } else { &b };
+        ensure_eq!(
+            on.count_use("/c/alice", 4, until).await.ctx("count_use")?,
+            Some(n),
+            "use {n}"
+        );
+    }
+    for on in [&a, &b] {
+        ensure_eq!(
+            on.count_use("/c/alice", 4, until).await.ctx("count_use")?,
+            None,
+            "a spent budget"
+        );
+        ensure_eq!(
+            on.uses("/c/alice").await.ctx("uses")?,
+            4,
+            "refusals not counted"
+        );
+    }
+    // A higher limit lets the same count go on.
+    ensure_eq!(
+        a.count_use("/c/alice", 5, until).await.ctx("count_use")?,
+        Some(5),
+        "a raised limit"
+    );
+    ensure_eq!(
+        b.count_use("/c/bob", 4, until).await.ctx("count_use")?,
+        Some(1),
+        "another key"
+    );
+    b.reset_uses("/c/alice").await.ctx("reset")?;
+    ensure_eq!(a.uses("/c/alice").await.ctx("uses")?, 0, "after a reset");
+    ensure_eq!(
+        a.count_use("/c/alice", 4, until).await.ctx("count_use")?,
+        Some(1),
+        "counting again after a reset"
+    );
+    a.reset_uses("/c/never").await.ctx("reset of nothing")?;
+    ensure_eq!(a.uses("/c/bob").await.ctx("uses")?, 1, "bob kept his count");
+    ensure_eq!(
+        a.count_use("/c/zero", 0, until).await.ctx("count_use")?,
+        None,
+        "a zero budget"
+    );
+    ensure_eq!(a.uses("/c/zero").await.ctx("uses")?, 0, "nothing counted");
+    ensure!(
+        a.range("", None, 1000).await.ctx("range")?.items.is_empty(),
+        "counters are not items"
+    );
+    ensure!(
+        matches!(a.count_use("", 1, until).await, Err(StoreError::Invalid(_))),
+        "an empty key is refused"
+    );
+    ensure!(
+        matches!(a.uses("a\0b").await, Err(StoreError::Invalid(_))),
+        "a NUL in a key is refused"
+    );
+    Ok(())
+}
+
+/// A count ends at the expiry given at its first use; the next use starts from one, and
+/// expired counts are removed in the background without disturbing live ones.
+pub async fn counters_expire(f: Factory) -> Outcome {
+    let a = open(&f, fast_tuning()).await?;
+    let soon = OffsetDateTime::now_utc() + Duration::from_millis(400);
+    let later = OffsetDateTime::now_utc() + Duration::from_secs(60);
+    ensure_eq!(
+        a.count_use("/c/k", 1, soon).await.ctx("use")?,
+        Some(1),
+        "first use"
+    );
+    // A later use does not move the end of the count.
+    ensure_eq!(
+        a.count_use("/c/k", 1, later).await.ctx("use")?,
+        None,
+        "budget of one"
+    );
+    ensure_eq!(
+        a.count_use("/c/live", 9, later).await.ctx("use")?,
+        Some(1),
+        "live"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    ensure_eq!(a.uses("/c/k").await.ctx("uses")?, 0, "an expired count");
+    ensure_eq!(
+        a.count_use("/c/k", 1, later).await.ctx("use")?,
+        Some(1),
+        "a new count after expiry"
+    );
+    ensure_eq!(
+        a.uses("/c/live").await.ctx("uses")?,
+        1,
+        "the live count stays"
+    );
+    Ok(())
+}
+
+/// Many uses at once from two instances: exactly `limit` are admitted, numbered 1..=limit.
+pub async fn counters_race(f: Factory) -> Outcome {
+    let a = open(&f, fast_tuning()).await?;
+    let b = open(&f, fast_tuning()).await?;
+    let until = OffsetDateTime::now_utc() + Duration::from_secs(60);
+    let mut tasks = Vec::new();
+    for i in 0..60 {
+        let on = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            on.count_use("/c/race", 25, until).await
+        }));
+    }
+    let mut got = Vec::new();
+    for t in tasks {
+        let r = t.await.map_err(|e| fail(format!("task: {e}")))?;
+        if let Some(n) = r.ctx("count_use")? {
+            got.push(n);
+        }
+    }
+    got.sort_unstable();
+    ensure_eq!(got, (1..=25).collect::<Vec<u64>>(), "admitted uses");
+    ensure_eq!(a.uses("/c/race").await.ctx("uses")?, 25, "the count");
     Ok(())
 }

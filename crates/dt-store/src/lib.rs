@@ -241,6 +241,27 @@ pub trait Backend: Send + Sync + 'static {
     async fn watch(&self, prefixes: Vec<String>) -> Result<Watcher>;
     /// Delete expired items now (also done periodically in the background).
     async fn sweep_expired(&self) -> Result<u64>;
+
+    /// Count one use of `key`'s budget of `limit` uses, unless the budget is spent:
+    /// `Ok(Some(n))` when this use is the n-th, `Ok(None)` when `limit` uses are already
+    /// counted (nothing is counted then). A count starts at its first use and ends at the
+    /// `expires` given then; after that `key` starts again from zero.
+    ///
+    /// Counters are for rate limits: exact across every instance on the storage (no two
+    /// callers ever get the same n), cheap (one statement, no revision, no change feed),
+    /// and kept apart from items, so they never appear in [`Backend::range`] or a watch.
+    /// They are **not crash-durable**: a crash of the machine (SQLite) or of the database
+    /// server (PostgreSQL) may forget counts, which then start again from zero.
+    async fn count_use(
+        &self,
+        key: &str,
+        limit: u64,
+        expires: OffsetDateTime,
+    ) -> Result<Option<u64>>;
+    /// How many uses `key` has counted (0 when it never counted or its count expired).
+    async fn uses(&self, key: &str) -> Result<u64>;
+    /// Forget `key`'s count.
+    async fn reset_uses(&self, key: &str) -> Result<()>;
     /// Stop background tasks and end all watchers.
     async fn close(&self);
 }

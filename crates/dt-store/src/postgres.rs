@@ -31,7 +31,7 @@ use crate::common::{
     Applied, Background, Batch, BatchWriter, GroupResult, Grouper, PutRow, Stored, Tx,
     WRITE_RETRIES, Write, apply, apply_batch, backend_msg, check_watchable, closed, group_create,
     group_write, in_feed, make_page, now_ms, opt_from_ms, range_bounds, retry_delay, sane,
-    spawn_periodic, stopped, validate_key,
+    spawn_periodic, stopped, to_ms, validate_key,
 };
 use crate::hub::{EventSource, Hub, StoredEvent, kind_from_code};
 use crate::pg_tls::{MakeRustls, SslMode};
@@ -49,7 +49,8 @@ const CHANNEL: &str = "dt_store_events";
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Schema migrations, applied in order; the index + 1 is the version.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE dt_seq (
     id SMALLINT PRIMARY KEY CHECK (id = 1),
     v BIGINT NOT NULL
@@ -81,7 +82,18 @@ END
 $$;
 CREATE TRIGGER dt_events_notify AFTER INSERT ON dt_events
     FOR EACH STATEMENT EXECUTE FUNCTION dt_events_notify();
-"#];
+"#,
+    r#"
+-- Counters (Backend::count_use): UNLOGGED, so counting writes no WAL and its commit waits
+-- for no flush. PostgreSQL empties the table after a crash, and standbys do not have it:
+-- counts are forgettable by design.
+CREATE UNLOGGED TABLE dt_counters (
+    key TEXT COLLATE "C" PRIMARY KEY,
+    n BIGINT NOT NULL,
+    expires BIGINT NOT NULL
+);
+"#,
+];
 
 /// The PostgreSQL implementation of [`Backend`].
 pub struct PostgresBackend {
@@ -180,6 +192,9 @@ impl PostgresBackend {
                 }
                 if let Err(e) = s.prune(keep).await {
                     tracing::warn!(error = %e, "dt-store: pruning the change table failed");
+                }
+                if let Err(e) = s.sweep_counters().await {
+                    tracing::warn!(error = %e, "dt-store: removing expired counts failed");
                 }
             }
         });
@@ -304,6 +319,16 @@ impl Shared {
             return Ok(0);
         }
         Ok(self.write(Write::Sweep).await?.events)
+    }
+
+    async fn sweep_counters(&self) -> Result<()> {
+        let mut lease = self.pool.get().await?;
+        let c = lease.conn_mut()?;
+        c.client
+            .execute(&c.st.sweep_counters, &[&now_ms()])
+            .await
+            .map_err(pg)?;
+        Ok(())
     }
 
     async fn prune(&self, keep: Duration) -> Result<()> {
@@ -476,6 +501,60 @@ impl Backend for PostgresBackend {
 
     async fn sweep_expired(&self) -> Result<u64> {
         Ok(self.shared.write(Write::Sweep).await?.events)
+    }
+
+    async fn count_use(
+        &self,
+        key: &str,
+        limit: u64,
+        expires: OffsetDateTime,
+    ) -> Result<Option<u64>> {
+        validate_key(key)?;
+        let expires = to_ms(expires)?;
+        let Ok(limit) = i64::try_from(limit) else {
+            return Err(StoreError::Invalid(format!(
+                "counter limit {limit} is too large"
+            )));
+        };
+        if limit == 0 {
+            return Ok(None);
+        }
+        let mut lease = self.shared.pool.get().await?;
+        let c = lease.conn_mut()?;
+        let row = c
+            .client
+            .query_opt(&c.st.count_use, &[&key, &limit, &expires, &now_ms()])
+            .await
+            .map_err(pg)?;
+        row.map(|r| r.try_get::<_, i64>(0).map_err(pg))
+            .transpose()
+            .map(|n| n.map(|n| u64::try_from(n).unwrap_or(0)))
+    }
+
+    async fn uses(&self, key: &str) -> Result<u64> {
+        validate_key(key)?;
+        let mut lease = self.shared.pool.get().await?;
+        let c = lease.conn_mut()?;
+        let row = c
+            .client
+            .query_opt(&c.st.uses, &[&key, &now_ms()])
+            .await
+            .map_err(pg)?;
+        Ok(match row {
+            Some(r) => u64::try_from(r.try_get::<_, i64>(0).map_err(pg)?).unwrap_or(0),
+            None => 0,
+        })
+    }
+
+    async fn reset_uses(&self, key: &str) -> Result<()> {
+        validate_key(key)?;
+        let mut lease = self.shared.pool.get().await?;
+        let c = lease.conn_mut()?;
+        c.client
+            .execute(&c.st.reset_uses, &[&key])
+            .await
+            .map_err(pg)?;
+        Ok(())
     }
 
     async fn close(&self) {
@@ -780,6 +859,12 @@ struct Stmts {
     put_unfed_many: Statement,
     /// [`Tx::put_many`] of rows with distinct keys, as arrays.
     put_rows: Statement,
+    /// [`Backend::count_use`], [`Backend::uses`], [`Backend::reset_uses`], and the
+    /// periodic removal of expired counts.
+    count_use: Statement,
+    uses: Statement,
+    reset_uses: Statement,
+    sweep_counters: Statement,
 }
 
 const RANGE_SQL: [&str; 4] = [
@@ -797,7 +882,7 @@ const VERSION_SQL: &str = "SELECT COALESCE(MAX(version), 0)::bigint FROM dt_sche
 
 impl Stmts {
     async fn prepare(client: &Client) -> Result<Self> {
-        let sql: [&str; 21] = [
+        let sql: [&str; 25] = [
             "SELECT v FROM dt_seq WHERE id = 1",
             VERSION_SQL,
             "UPDATE dt_seq SET v = v + 1 WHERE id = 1 RETURNING v",
@@ -849,6 +934,18 @@ impl Stmts {
                  RETURNING 1) \
              INSERT INTO dt_events (revision, idx, key, kind, value, expires, at) \
              SELECT revision, idx, key, 0, value, expires, $6::bigint FROM rows",
+            // One use: a new or expired count starts at 1, a live one below the limit goes
+            // up by one, a full one is left alone and returns no row.
+            "INSERT INTO dt_counters AS c (key, n, expires) VALUES ($1, 1, $3::bigint) \
+             ON CONFLICT (key) DO UPDATE SET \
+                 n = CASE WHEN c.expires <= $4::bigint THEN 1 ELSE c.n + 1 END, \
+                 expires = CASE WHEN c.expires <= $4::bigint THEN EXCLUDED.expires \
+                     ELSE c.expires END \
+             WHERE c.expires <= $4::bigint OR c.n < $2::bigint \
+             RETURNING n",
+            "SELECT n FROM dt_counters WHERE key = $1 AND expires > $2::bigint",
+            "DELETE FROM dt_counters WHERE key = $1",
+            "DELETE FROM dt_counters WHERE expires <= $1::bigint",
         ];
         // Prepared concurrently: the driver pipelines them on the one connection.
         let prepared = futures::future::try_join_all(sql.iter().map(|s| client.prepare(s)))
@@ -876,7 +973,11 @@ impl Stmts {
             remove_unfed,
             put_unfed_many,
             put_rows,
-        ] = <[Statement; 21]>::try_from(prepared)
+            count_use,
+            uses,
+            reset_uses,
+            sweep_counters,
+        ] = <[Statement; 25]>::try_from(prepared)
             .map_err(|_| backend_msg("statement preparation mismatch"))?;
         Ok(Stmts {
             head,
@@ -897,6 +998,10 @@ impl Stmts {
             remove_unfed,
             put_unfed_many,
             put_rows,
+            count_use,
+            uses,
+            reset_uses,
+            sweep_counters,
         })
     }
 }

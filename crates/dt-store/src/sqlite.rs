@@ -27,7 +27,7 @@ use crate::common::{
     Applied, Background, Batch, BatchWriter, GroupResult, Grouper, PutRow, Stored, Tx,
     WRITE_RETRIES, Write, apply, apply_batch, backend_msg, check_watchable, closed, group_create,
     group_write, in_feed, make_page, now_ms, opt_from_ms, range_bounds, retry_delay, run_ready,
-    sane, spawn_periodic, validate_key,
+    sane, spawn_periodic, to_ms, validate_key,
 };
 use crate::hub::{EventSource, Hub, KIND_DELETE, KIND_PUT, StoredEvent, kind_from_code};
 use crate::{
@@ -44,6 +44,26 @@ const WRITER_CACHE_KIB: i64 = 64 * 1024;
 /// touch again each time.
 const WAL_AUTOCHECKPOINT_PAGES: i64 = 10_000;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections to the counters file: counting is one short statement.
+const COUNTER_CONNS: usize = 2;
+
+/// The counters file's one table ([`Backend::count_use`]). The file is not versioned: its
+/// content is forgettable by design, so a future layout may simply start a new file.
+const COUNTERS_SCHEMA: &str = "CREATE TABLE IF NOT EXISTS dt_counters (
+    key TEXT NOT NULL PRIMARY KEY,
+    n INTEGER NOT NULL,
+    expires INTEGER NOT NULL
+)";
+
+/// One use: a new or expired count starts at 1, a live one below the limit goes up by one,
+/// a full one is left alone and returns no row.
+const COUNT_USE_SQL: &str = "INSERT INTO dt_counters (key, n, expires) VALUES (?1, 1, ?3) \
+     ON CONFLICT (key) DO UPDATE SET \
+         n = CASE WHEN dt_counters.expires <= ?4 THEN 1 ELSE dt_counters.n + 1 END, \
+         expires = CASE WHEN dt_counters.expires <= ?4 THEN excluded.expires \
+             ELSE dt_counters.expires END \
+     WHERE dt_counters.expires <= ?4 OR dt_counters.n < ?2 \
+     RETURNING n";
 
 /// Schema migrations, applied in order; the index + 1 is the version.
 const MIGRATIONS: &[&str] = &[r#"
@@ -82,6 +102,8 @@ pub struct SqliteBackend {
 struct Shared {
     writer: Arc<Pool>,
     readers: Arc<Pool>,
+    /// The counters file ([`Backend::count_use`]).
+    counters: Arc<Pool>,
     wake: Arc<Notify>,
     grouper: Grouper,
     /// [`Tuning::unwatched_prefixes`].
@@ -95,23 +117,30 @@ impl SqliteBackend {
     pub async fn open(path: &Path, tuning: Tuning) -> Result<Arc<Self>> {
         let tuning = sane(tuning);
         let owned = path.to_owned();
-        let (first, head) = tokio::task::spawn_blocking(move || -> Result<(Connection, i64)> {
-            create_file(&owned)?;
-            let mut conn = open_conn(&owned)?;
-            tune_writer(&conn)?;
-            enable_wal(&conn)?;
-            migrate(&mut conn)?;
-            let head = conn
-                .query_row("SELECT v FROM dt_seq WHERE id = 1", [], |r| r.get(0))
-                .map_err(sq)?;
-            Ok((conn, head))
-        })
-        .await
-        .map_err(|e| backend_msg(format!("sqlite open task failed: {e}")))??;
+        let counters = counters_path(path);
+        let counters_owned = counters.clone();
+        let (first, head, counters_conn) =
+            tokio::task::spawn_blocking(move || -> Result<(Connection, i64, Connection)> {
+                create_file(&owned)?;
+                let mut conn = open_writer(&owned)?;
+                enable_wal(&conn)?;
+                migrate(&mut conn)?;
+                let head = conn
+                    .query_row("SELECT v FROM dt_seq WHERE id = 1", [], |r| r.get(0))
+                    .map_err(sq)?;
+                create_file(&counters_owned)?;
+                let counters = open_counters(&counters_owned)?;
+                enable_wal(&counters)?;
+                retry_busy(|| counters.execute_batch(COUNTERS_SCHEMA).map_err(sq))?;
+                Ok((conn, head, counters))
+            })
+            .await
+            .map_err(|e| backend_msg(format!("sqlite open task failed: {e}")))??;
 
         let shared = Arc::new(Shared {
-            writer: Pool::new(path, 1, Some(first), true),
-            readers: Pool::new(path, READERS, None, false),
+            writer: Pool::new(path, 1, Some(first), open_writer),
+            readers: Pool::new(path, READERS, None, open_conn),
+            counters: Pool::new(&counters, COUNTER_CONNS, Some(counters_conn), open_counters),
             wake: Arc::new(Notify::new()),
             grouper: Grouper::default(),
             unwatched: tuning.unwatched_prefixes.clone().into(),
@@ -191,6 +220,16 @@ impl Shared {
         if expired {
             self.write(Write::Sweep).await?;
         }
+        self.counters
+            .run(move |conn| {
+                retry_busy(|| {
+                    conn.prepare_cached("DELETE FROM dt_counters WHERE expires <= ?1")
+                        .map_err(sq)?
+                        .execute([now])
+                        .map_err(sq)
+                })
+            })
+            .await?;
         if old_events {
             self.writer
                 .run(move |conn| {
@@ -416,10 +455,78 @@ impl Backend for SqliteBackend {
         Ok(self.shared.write(Write::Sweep).await?.events)
     }
 
+    async fn count_use(
+        &self,
+        key: &str,
+        limit: u64,
+        expires: OffsetDateTime,
+    ) -> Result<Option<u64>> {
+        validate_key(key)?;
+        let expires = to_ms(expires)?;
+        let Ok(limit) = i64::try_from(limit) else {
+            return Err(StoreError::Invalid(format!(
+                "counter limit {limit} is too large"
+            )));
+        };
+        if limit == 0 {
+            return Ok(None);
+        }
+        let key = key.to_owned();
+        self.shared
+            .counters
+            .run(move |conn| {
+                retry_busy(|| {
+                    conn.prepare_cached(COUNT_USE_SQL)
+                        .map_err(sq)?
+                        .query_row(params![key, limit, expires, now_ms()], |r| {
+                            r.get::<_, i64>(0)
+                        })
+                        .optional()
+                        .map_err(sq)
+                })
+            })
+            .await
+            .map(|n| n.map(|n| u64::try_from(n).unwrap_or(0)))
+    }
+
+    async fn uses(&self, key: &str) -> Result<u64> {
+        validate_key(key)?;
+        let key = key.to_owned();
+        self.shared
+            .counters
+            .run(move |conn| {
+                conn.prepare_cached("SELECT n FROM dt_counters WHERE key = ?1 AND expires > ?2")
+                    .map_err(sq)?
+                    .query_row(params![key, now_ms()], |r| r.get::<_, i64>(0))
+                    .optional()
+                    .map_err(sq)
+            })
+            .await
+            .map(|n| n.map_or(0, |n| u64::try_from(n).unwrap_or(0)))
+    }
+
+    async fn reset_uses(&self, key: &str) -> Result<()> {
+        validate_key(key)?;
+        let key = key.to_owned();
+        self.shared
+            .counters
+            .run(move |conn| {
+                retry_busy(|| {
+                    conn.prepare_cached("DELETE FROM dt_counters WHERE key = ?1")
+                        .map_err(sq)?
+                        .execute([&key])
+                        .map_err(sq)
+                })
+            })
+            .await
+            .map(drop)
+    }
+
     async fn close(&self) {
         self.bg.close().await;
         self.shared.writer.close();
         self.shared.readers.close();
+        self.shared.counters.close();
     }
 }
 
@@ -429,18 +536,23 @@ struct Pool {
     idle: Mutex<Vec<Connection>>,
     sem: Arc<Semaphore>,
     closed: AtomicBool,
-    /// Connections opened for this pool get [`tune_writer`].
-    writer: bool,
+    /// Opens a connection of this pool's kind.
+    open: fn(&Path) -> Result<Connection>,
 }
 
 impl Pool {
-    fn new(path: &Path, size: usize, first: Option<Connection>, writer: bool) -> Arc<Self> {
+    fn new(
+        path: &Path,
+        size: usize,
+        first: Option<Connection>,
+        open: fn(&Path) -> Result<Connection>,
+    ) -> Arc<Self> {
         Arc::new(Pool {
             path: path.to_owned(),
             idle: Mutex::new(first.into_iter().collect()),
             sem: Arc::new(Semaphore::new(size)),
             closed: AtomicBool::new(false),
-            writer,
+            open,
         })
     }
 
@@ -466,13 +578,7 @@ impl Pool {
             let taken = pool.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
             let mut conn = match taken {
                 Some(c) => c,
-                None => {
-                    let c = open_conn(&pool.path)?;
-                    if pool.writer {
-                        tune_writer(&c)?;
-                    }
-                    c
-                }
+                None => (pool.open)(&pool.path)?,
             };
             let result = f(&mut conn);
             if !pool.closed.load(Ordering::Acquire) {
@@ -780,12 +886,30 @@ fn open_conn(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-/// The writer connection's page cache and checkpoint interval (see the constants).
-fn tune_writer(conn: &Connection) -> Result<()> {
+/// The writer connection, with its page cache and checkpoint interval (see the constants).
+fn open_writer(path: &Path) -> Result<Connection> {
+    let conn = open_conn(path)?;
     conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)
         .map_err(sq)?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)
-        .map_err(sq)
+        .map_err(sq)?;
+    Ok(conn)
+}
+
+/// The counters file beside the database: `store.db` keeps its counters in
+/// `store.db-counters`. A file of its own so that counting never waits for the database's
+/// write lock or its fsync: its commits are not synced (`synchronous=OFF`), which a crash
+/// of the process survives and a crash of the machine may not: counts are forgettable.
+fn counters_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push("-counters");
+    PathBuf::from(name)
+}
+
+fn open_counters(path: &Path) -> Result<Connection> {
+    let conn = open_conn(path)?;
+    conn.pragma_update(None, "synchronous", "OFF").map_err(sq)?;
+    Ok(conn)
 }
 
 fn enable_wal(conn: &Connection) -> Result<()> {

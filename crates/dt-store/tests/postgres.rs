@@ -160,7 +160,7 @@ async fn schema_is_versioned_and_keys_use_c_collation() {
     let b = PostgresBackend::connect(&conn, fast_tuning())
         .await
         .unwrap();
-    assert_eq!(b.schema_version().await.unwrap(), 1);
+    assert_eq!(b.schema_version().await.unwrap(), 2);
     b.close().await;
     let b = PostgresBackend::connect(&conn, fast_tuning())
         .await
@@ -187,7 +187,7 @@ async fn schema_is_versioned_and_keys_use_c_collation() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
     drop(c);
     drop(db);
 }
@@ -291,5 +291,55 @@ async fn unwatched_keys_leave_no_change_rows() {
     // Put a, b, c and delete a.
     assert_eq!(count("/w/%").await, 4, "watched keys' changes");
     b.close().await;
+    drop(db);
+}
+
+/// Counters are an UNLOGGED table (no WAL, no flush at commit), and the background sweep
+/// removes expired counts while live ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_are_unlogged_and_expired_ones_are_swept() {
+    let db = PgDatabase::create("dt_test");
+    let conn = db.conn();
+    let b = PostgresBackend::connect(&conn, fast_tuning())
+        .await
+        .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    b.count_use("/c/long", 5, now + Duration::from_secs(60))
+        .await
+        .unwrap();
+    b.count_use("/c/short", 5, now + Duration::from_millis(200))
+        .await
+        .unwrap();
+    let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let persistence: i8 = c
+        .query_one(
+            "SELECT relpersistence FROM pg_class WHERE relname = 'dt_counters'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(persistence as u8, b'u', "dt_counters is UNLOGGED");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys: Vec<String> = c
+            .query("SELECT key FROM dt_counters ORDER BY key", &[])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if keys == ["/c/long"] {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep left {keys:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    b.close().await;
+    drop(c);
     drop(db);
 }

@@ -36,7 +36,16 @@ async fn files_are_private() {
     let path = dir.path().join("private.db");
     let b = SqliteBackend::open(&path, fast_tuning()).await.unwrap();
     b.put("/k", b"v".to_vec(), None).await.unwrap();
-    for name in ["private.db", "private.db-wal", "private.db-shm"] {
+    let until = time::OffsetDateTime::now_utc() + std::time::Duration::from_secs(60);
+    b.count_use("/c", 1, until).await.unwrap();
+    for name in [
+        "private.db",
+        "private.db-wal",
+        "private.db-shm",
+        "private.db-counters",
+        "private.db-counters-wal",
+        "private.db-counters-shm",
+    ] {
         let mode = std::fs::metadata(dir.path().join(name))
             .unwrap()
             .permissions()
@@ -175,5 +184,47 @@ async fn unwatched_keys_leave_no_change_rows() {
     // Put a, b, c and delete a.
     assert_eq!(count("/w/%"), 4, "watched keys' changes");
     assert_eq!(b.range("/u/", None, 10).await.unwrap().items.len(), 3);
+    b.close().await;
+}
+
+/// Counts live in `NAME-counters`, survive a restart of the process, and the background
+/// sweep removes the expired ones from the file.
+#[tokio::test]
+async fn counters_file_keeps_counts_and_drops_expired_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.db");
+    let now = time::OffsetDateTime::now_utc();
+    let b = SqliteBackend::open(&path, fast_tuning()).await.unwrap();
+    assert_eq!(
+        b.count_use("/c/long", 5, now + std::time::Duration::from_secs(60))
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    b.count_use("/c/short", 5, now + std::time::Duration::from_millis(200))
+        .await
+        .unwrap();
+    b.close().await;
+    let b = SqliteBackend::open(&path, fast_tuning()).await.unwrap();
+    assert_eq!(b.uses("/c/long").await.unwrap(), 1, "kept across a restart");
+    let rows = || -> Vec<String> {
+        let conn = rusqlite::Connection::open(dir.path().join("c.db-counters")).unwrap();
+        let mut st = conn
+            .prepare("SELECT key FROM dt_counters ORDER BY key")
+            .unwrap();
+        st.query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while rows() != ["/c/long"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sweep left {:?}",
+            rows()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     b.close().await;
 }
