@@ -1,8 +1,9 @@
 //! Embedded backend on one SQLite file (WAL mode).
 //!
-//! rusqlite is synchronous, so every statement runs on tokio's blocking pool
-//! (`spawn_blocking`) with a connection taken from a small pool: one writer connection and a
-//! few readers. WAL lets readers proceed while a write is in progress. Writes use
+//! rusqlite is synchronous, so statements run on tokio's blocking pool (`spawn_blocking`)
+//! with a connection taken from a small pool: one writer connection and a few readers. The
+//! exception is a point read ([`Backend::get`]), which first tries a connection of its own
+//! on the calling thread ([`Inline`] says why). WAL lets readers proceed while a write is in progress. Writes use
 //! `BEGIN IMMEDIATE`, which takes SQLite's single write lock up front, so writers (also
 //! those of other processes on the same file) are serialized and commit order equals
 //! revision order.
@@ -35,6 +36,9 @@ use crate::{
 };
 
 const READERS: usize = 4;
+/// Connections for point reads on the calling thread ([`Inline`]): as many as a small
+/// runtime has worker threads; a read that finds none free goes to the pool.
+const INLINE_READERS: usize = 4;
 /// Page cache of the writer connection, in KiB (SQLite's default is 2 MiB): a bulk write's
 /// B-tree descents then mostly find their pages in memory instead of reading them back from
 /// the file. Readers keep the default.
@@ -104,6 +108,8 @@ struct Shared {
     readers: Arc<Pool>,
     /// The counters file ([`Backend::count_use`]).
     counters: Arc<Pool>,
+    /// Point reads on the calling thread.
+    inline: Inline,
     wake: Arc<Notify>,
     grouper: Grouper,
     /// [`Tuning::unwatched_prefixes`].
@@ -119,8 +125,8 @@ impl SqliteBackend {
         let owned = path.to_owned();
         let counters = counters_path(path);
         let counters_owned = counters.clone();
-        let (first, head, counters_conn) =
-            tokio::task::spawn_blocking(move || -> Result<(Connection, i64, Connection)> {
+        let (first, head, counters_conn, inline) = tokio::task::spawn_blocking(
+            move || -> Result<(Connection, i64, Connection, Inline)> {
                 create_file(&owned)?;
                 let mut conn = open_writer(&owned)?;
                 enable_wal(&conn)?;
@@ -132,15 +138,18 @@ impl SqliteBackend {
                 let counters = open_counters(&counters_owned)?;
                 enable_wal(&counters)?;
                 retry_busy(|| counters.execute_batch(COUNTERS_SCHEMA).map_err(sq))?;
-                Ok((conn, head, counters))
-            })
-            .await
-            .map_err(|e| backend_msg(format!("sqlite open task failed: {e}")))??;
+                let inline = Inline::open(&owned, INLINE_READERS)?;
+                Ok((conn, head, counters, inline))
+            },
+        )
+        .await
+        .map_err(|e| backend_msg(format!("sqlite open task failed: {e}")))??;
 
         let shared = Arc::new(Shared {
             writer: Pool::new(path, 1, Some(first), open_writer),
             readers: Pool::new(path, READERS, None, open_conn),
             counters: Pool::new(&counters, COUNTER_CONNS, Some(counters_conn), open_counters),
+            inline,
             wake: Arc::new(Notify::new()),
             grouper: Grouper::default(),
             unwatched: tuning.unwatched_prefixes.clone().into(),
@@ -304,35 +313,17 @@ impl Backend for SqliteBackend {
 
     async fn get(&self, key: &str) -> Result<Option<Item>> {
         validate_key(key)?;
+        if let Some(found) = self
+            .shared
+            .inline
+            .read(|conn| read_item(conn, key, now_ms()))
+        {
+            return found;
+        }
         let key = key.to_owned();
         self.shared
             .readers
-            .run(move |conn| {
-                let row = conn
-                    .prepare_cached(
-                        "SELECT value, revision, expires FROM dt_items \
-                         WHERE key = ?1 AND (expires IS NULL OR expires > ?2)",
-                    )
-                    .map_err(sq)?
-                    .query_row(params![key, now_ms()], |r| {
-                        Ok((
-                            r.get::<_, Vec<u8>>(0)?,
-                            r.get::<_, i64>(1)?,
-                            r.get::<_, Option<i64>>(2)?,
-                        ))
-                    })
-                    .optional()
-                    .map_err(sq)?;
-                row.map(|(value, revision, expires)| {
-                    Ok(Item {
-                        key,
-                        value,
-                        revision,
-                        expires: opt_from_ms(expires)?,
-                    })
-                })
-                .transpose()
-            })
+            .run(move |conn| read_item(conn, &key, now_ms()))
             .await
     }
 
@@ -527,6 +518,7 @@ impl Backend for SqliteBackend {
         self.shared.writer.close();
         self.shared.readers.close();
         self.shared.counters.close();
+        self.shared.inline.close();
     }
 }
 
@@ -596,6 +588,87 @@ impl Pool {
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
         self.sem.close();
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// The live item at `key`.
+fn read_item(conn: &Connection, key: &str, now: i64) -> Result<Option<Item>> {
+    let row = conn
+        .prepare_cached(
+            "SELECT value, revision, expires FROM dt_items \
+             WHERE key = ?1 AND (expires IS NULL OR expires > ?2)",
+        )
+        .map_err(sq)?
+        .query_row(params![key, now], |r| {
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+            ))
+        })
+        .optional()
+        .map_err(sq)?;
+    row.map(|(value, revision, expires)| {
+        Ok(Item {
+            key: key.to_owned(),
+            value,
+            revision,
+            expires: opt_from_ms(expires)?,
+        })
+    })
+    .transpose()
+}
+
+/// Connections for point reads on the calling thread.
+///
+/// Why: a point read of a cached page takes SQLite microseconds, but a hand-off to the
+/// blocking pool and back costs two thread wake-ups; a device authentication makes three
+/// such reads, and the profile showed the hand-offs (waking threads, switching to them) as
+/// a sixth of the auth server's CPU. So [`Backend::get`] first tries one of these
+/// connections right where it is called, and only when none is free, or SQLite would have
+/// to wait (their busy timeout is zero: a WAL reader waits only in rare moments such as a
+/// checkpoint resetting the log), does it go to the pool. What can still block the thread
+/// is a page of the file that is not in memory (a disk read, as for any memory-mapped
+/// file): the price of a read that is otherwise a fraction of the hand-off.
+struct Inline {
+    idle: Mutex<Vec<Connection>>,
+    closed: AtomicBool,
+}
+
+impl Inline {
+    fn open(path: &Path, n: usize) -> Result<Self> {
+        let mut idle = Vec::with_capacity(n);
+        for _ in 0..n {
+            let conn = open_conn(path)?;
+            conn.busy_timeout(Duration::ZERO).map_err(sq)?;
+            idle.push(conn);
+        }
+        Ok(Inline {
+            idle: Mutex::new(idle),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// `f` on a free connection, here and now; `None` when there is none or SQLite is busy
+    /// (the caller then reads through the pool).
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Option<Result<T>> {
+        let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
+        let result = f(&conn);
+        if !self.closed.load(Ordering::Acquire) {
+            self.idle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(conn);
+        }
+        match result {
+            Err(e) if is_busy(&e) => None,
+            other => Some(other),
+        }
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).clear();
     }
 }
@@ -727,31 +800,7 @@ impl Tx for SqliteTx<'_> {
     }
 
     async fn get_item(&mut self, key: &str, now: i64) -> Result<Option<Item>> {
-        let row = self
-            .tx
-            .prepare_cached(
-                "SELECT value, revision, expires FROM dt_items \
-                 WHERE key = ?1 AND (expires IS NULL OR expires > ?2)",
-            )
-            .map_err(sq)?
-            .query_row(params![key, now], |r| {
-                Ok((
-                    r.get::<_, Vec<u8>>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, Option<i64>>(2)?,
-                ))
-            })
-            .optional()
-            .map_err(sq)?;
-        row.map(|(value, revision, expires)| {
-            Ok(Item {
-                key: key.to_owned(),
-                value,
-                revision,
-                expires: opt_from_ms(expires)?,
-            })
-        })
-        .transpose()
+        read_item(self.tx, key, now)
     }
 
     async fn lookup(&mut self, key: &str) -> Result<Option<Stored>> {
@@ -973,4 +1022,65 @@ fn migrate(conn: &mut Connection) -> Result<i64> {
         tx.commit().map_err(sq)?;
         Ok(latest_version())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn sqlite_failure(code: std::ffi::c_int) -> StoreError {
+        sq(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(code),
+            None,
+        ))
+    }
+
+    fn inline(n: usize) -> (tempfile::TempDir, Inline) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("i.db");
+        create_file(&path).unwrap();
+        let inline = Inline::open(&path, n).unwrap();
+        (dir, inline)
+    }
+
+    #[test]
+    fn an_inline_read_answers_here_unless_sqlite_is_busy() {
+        let (_dir, inline) = inline(1);
+        let answer = inline.read(|c| {
+            c.query_row("SELECT 7", [], |r| r.get::<_, i64>(0))
+                .map_err(sq)
+        });
+        assert_eq!(answer.unwrap().unwrap(), 7);
+        // Busy: no answer here, so the caller reads through the pool (which waits).
+        assert!(
+            inline
+                .read(|_| -> Result<()> { Err(sqlite_failure(rusqlite::ffi::SQLITE_BUSY)) })
+                .is_none()
+        );
+        assert!(
+            inline
+                .read(|_| -> Result<()> { Err(sqlite_failure(rusqlite::ffi::SQLITE_LOCKED)) })
+                .is_none()
+        );
+        // Any other error is the answer.
+        let other =
+            inline.read(|_| -> Result<()> { Err(sqlite_failure(rusqlite::ffi::SQLITE_CORRUPT)) });
+        assert!(matches!(other, Some(Err(StoreError::Backend(_)))));
+        // The connection went back after each read, errors included.
+        assert_eq!(inline.idle.lock().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn an_inline_read_with_every_connection_taken_goes_to_the_pool() {
+        let (_dir, inline) = inline(1);
+        let nested = inline.read(|_| Ok(inline.read(|_| Ok(())).is_none()));
+        assert!(nested.unwrap().unwrap(), "a second read found a connection");
+        inline.close();
+        assert!(
+            inline.read(|_| Ok(())).is_none(),
+            "a closed store reads inline"
+        );
+    }
 }
