@@ -382,14 +382,35 @@ impl AuthServer {
     // --- resource helpers -------------------------------------------------------------
 
     pub async fn get_resource<S: Spec>(&self, name: &str) -> ApiResult<Option<(Resource<S>, i64)>> {
-        let Some(item) = self.backend.get(&keys::resource(S::KIND, name)).await? else {
-            return Ok(None);
-        };
+        match self.backend.get(&keys::resource(S::KIND, name)).await? {
+            Some(item) => self.parse_resource(item).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The resource an index entry names (its value is the resource's name), in one read.
+    pub async fn get_resource_indexed<S: Spec>(
+        &self,
+        index_key: &str,
+    ) -> ApiResult<Option<(Resource<S>, i64)>> {
+        let prefix = keys::resource_prefix(S::KIND);
+        match self.backend.get_indexed(index_key, &prefix).await? {
+            Some(item) => self.parse_resource(item).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// A stored resource, or a refusal (audited) when it does not parse.
+    async fn parse_resource<S: Spec>(&self, item: dt_store::Item) -> ApiResult<(Resource<S>, i64)> {
         match serde_json::from_slice::<Resource<S>>(&item.value) {
-            Ok(r) => Ok(Some((r, item.revision))),
-            Err(e) => Err(self
-                .refuse_unusable(S::KIND, name, &format!("unreadable: {e}"))
-                .await),
+            Ok(r) => Ok((r, item.revision)),
+            Err(e) => {
+                let prefix = keys::resource_prefix(S::KIND);
+                let name = item.key.strip_prefix(&prefix).unwrap_or(&item.key);
+                Err(self
+                    .refuse_unusable(S::KIND, name, &format!("unreadable: {e}"))
+                    .await)
+            }
         }
     }
 

@@ -161,6 +161,10 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
         }),
         ("unwatched_prefixes", |f| Box::pin(unwatched_prefixes(f))),
         ("batch_many_rows", |f| Box::pin(batch_many_rows(f))),
+        ("watch_values_by_prefix", |f| {
+            Box::pin(watch_values_by_prefix(f))
+        }),
+        ("indexed_reads", |f| Box::pin(indexed_reads(f))),
         ("counters", |f| Box::pin(counters(f))),
         ("counters_expire", |f| Box::pin(counters_expire(f))),
         ("counters_race", |f| Box::pin(counters_race(f))),
@@ -265,6 +269,8 @@ macro_rules! conformance_tests {
             grouped_single_writes,
             unwatched_prefixes,
             batch_many_rows,
+            watch_values_by_prefix,
+            indexed_reads,
             counters,
             counters_expire,
             counters_race,
@@ -2021,5 +2027,144 @@ pub async fn counters_race(f: Factory) -> Outcome {
     got.sort_unstable();
     ensure_eq!(got, (1..=25).collect::<Vec<u64>>(), "admitted uses");
     ensure_eq!(a.uses("/c/race").await.ctx("uses")?, 25, "the count");
+    Ok(())
+}
+
+/// `get_indexed` follows an index entry to its target in one read; a missing or expired
+/// entry or target is `None`, and an entry that does not hold text is an error.
+pub async fn indexed_reads(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    b.put("/things/t1", b"one".to_vec(), None)
+        .await
+        .ctx("put")?;
+    b.put("/idx/by-name/first", b"t1".to_vec(), None)
+        .await
+        .ctx("put")?;
+    let found = b
+        .get_indexed("/idx/by-name/first", "/things/")
+        .await
+        .ctx("follow")?;
+    let want = b.get("/things/t1").await.ctx("get")?;
+    ensure_eq!(found, want, "the target, with its key and revision");
+    ensure!(found.is_some(), "the target exists");
+    ensure_eq!(
+        b.get_indexed("/idx/by-name/none", "/things/")
+            .await
+            .ctx("follow")?,
+        None,
+        "no entry"
+    );
+    b.put("/idx/by-name/dangling", b"t9".to_vec(), None)
+        .await
+        .ctx("put")?;
+    ensure_eq!(
+        b.get_indexed("/idx/by-name/dangling", "/things/")
+            .await
+            .ctx("follow")?,
+        None,
+        "an entry whose target is gone"
+    );
+    ensure_eq!(
+        b.get_indexed("/idx/by-name/first", "/other/")
+            .await
+            .ctx("follow")?,
+        None,
+        "the prefix is part of the target's key"
+    );
+    let soon = OffsetDateTime::now_utc() + Duration::from_millis(300);
+    b.put("/idx/by-name/brief", b"t1".to_vec(), Some(soon))
+        .await
+        .ctx("put")?;
+    b.put("/things/t2", b"two".to_vec(), Some(soon))
+        .await
+        .ctx("put")?;
+    b.put("/idx/by-name/second", b"t2".to_vec(), None)
+        .await
+        .ctx("put")?;
+    ensure!(
+        b.get_indexed("/idx/by-name/brief", "/things/")
+            .await
+            .ctx("follow")?
+            .is_some(),
+        "a live entry"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ensure_eq!(
+        b.get_indexed("/idx/by-name/brief", "/things/")
+            .await
+            .ctx("follow")?,
+        None,
+        "an expired entry"
+    );
+    ensure_eq!(
+        b.get_indexed("/idx/by-name/second", "/things/")
+            .await
+            .ctx("follow")?,
+        None,
+        "an expired target"
+    );
+    b.put("/idx/by-name/binary", vec![0xff, 0xfe], None)
+        .await
+        .ctx("put")?;
+    ensure!(
+        b.get_indexed("/idx/by-name/binary", "/things/")
+            .await
+            .is_err(),
+        "an entry that is not text"
+    );
+    ensure!(
+        matches!(
+            b.get_indexed("", "/things/").await,
+            Err(StoreError::Invalid(_))
+        ),
+        "an empty index key"
+    );
+    Ok(())
+}
+
+/// With only prefix watchers (a backend may then leave other keys' values unread), each
+/// watcher still gets the full value of every change under its prefixes, prefixes are
+/// plain text (`_` and `%` are no wildcards), and a watcher added later gets values of its
+/// own prefix at once.
+pub async fn watch_values_by_prefix(f: Factory) -> Outcome {
+    let b = open(&f, fast_tuning()).await?;
+    let mut a = b.watch(vec!["/v/a/".into()]).await.ctx("watch a")?;
+    let mut odd = b.watch(vec!["/v/p_%/".into()]).await.ctx("watch p_%")?;
+    init(&mut a).await?;
+    init(&mut odd).await?;
+    let big = vec![7u8; 5000];
+    b.put("/v/c/1", b"unwatched".to_vec(), None)
+        .await
+        .ctx("put c")?;
+    b.put("/v/pX%/1", b"not p_%".to_vec(), None)
+        .await
+        .ctx("put pX%")?;
+    b.put("/v/a/1", big.clone(), None).await.ctx("put a")?;
+    b.put("/v/p_%/1", b"odd".to_vec(), None)
+        .await
+        .ctx("put p_%")?;
+    let (_, item) = change(&mut a).await?;
+    ensure_eq!(
+        (item.key.as_str(), &item.value),
+        ("/v/a/1", &big),
+        "a's value"
+    );
+    let (_, item) = change(&mut odd).await?;
+    ensure_eq!(
+        (item.key.as_str(), item.value.as_slice()),
+        ("/v/p_%/1", b"odd".as_slice()),
+        "a prefix with _ and % matches itself only"
+    );
+    let mut c = b.watch(vec!["/v/c/".into()]).await.ctx("watch c")?;
+    init(&mut c).await?;
+    b.put("/v/c/2", b"now watched".to_vec(), None)
+        .await
+        .ctx("put c2")?;
+    let (_, item) = change(&mut c).await?;
+    ensure_eq!(
+        (item.key.as_str(), item.value.as_slice()),
+        ("/v/c/2", b"now watched".as_slice()),
+        "a later watcher's value"
+    );
     Ok(())
 }

@@ -41,12 +41,31 @@ pub(crate) fn kind_from_code(code: i64) -> Result<EventKind> {
     }
 }
 
+/// Whose values a read of the change table must return.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Wanted {
+    /// Every event's (a watcher watches everything).
+    All,
+    /// Only those of keys under one of these prefixes (none when empty); the value of any
+    /// other event may come back empty. Why: a watched cluster rarely watches what it
+    /// writes most (an auth server's cache watches roles, locks and settings, while every
+    /// device authentication writes its device, about 3 KiB), and every auth server reads
+    /// every event, its own and the others'.
+    Under(Vec<String>),
+}
+
 /// Where the hub reads events from.
 #[async_trait::async_trait]
 pub(crate) trait EventSource: Send + Sync + 'static {
-    /// Events with `(revision, idx) > (revision, idx)`, in that order, at most `limit`.
-    async fn events_after(&self, revision: i64, idx: i32, limit: usize)
-    -> Result<Vec<StoredEvent>>;
+    /// Events with `(revision, idx) > (revision, idx)`, in that order, at most `limit`,
+    /// with the values `wanted` asks for (and possibly others).
+    async fn events_after(
+        &self,
+        revision: i64,
+        idx: i32,
+        limit: usize,
+        wanted: &Wanted,
+    ) -> Result<Vec<StoredEvent>>;
 }
 
 struct Register {
@@ -166,13 +185,28 @@ impl Task {
         }
     }
 
+    /// The values the current watchers can want.
+    fn wanted(&self) -> Wanted {
+        let mut prefixes = Vec::new();
+        for w in &self.watchers {
+            if w.prefixes.is_empty() || w.prefixes.iter().any(String::is_empty) {
+                return Wanted::All;
+            }
+            prefixes.extend(w.prefixes.iter().cloned());
+        }
+        prefixes.sort();
+        prefixes.dedup();
+        Wanted::Under(prefixes)
+    }
+
     /// Read and fan out everything after the cursor.
     async fn pump(&mut self) -> Result<()> {
         self.watchers.retain(|w| !w.tx.is_closed());
+        let wanted = self.wanted();
         loop {
             let batch = self
                 .source
-                .events_after(self.cursor.0, self.cursor.1, BATCH)
+                .events_after(self.cursor.0, self.cursor.1, BATCH, &wanted)
                 .await?;
             let full = batch.len() >= BATCH;
             for ev in batch {
@@ -222,5 +256,55 @@ impl Task {
                 Err(mpsc::error::TrySendError::Closed(_)) => false,
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    struct Nothing;
+
+    #[async_trait::async_trait]
+    impl EventSource for Nothing {
+        async fn events_after(
+            &self,
+            _: i64,
+            _: i32,
+            _: usize,
+            _: &Wanted,
+        ) -> Result<Vec<StoredEvent>> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn task(watching: &[&[&str]]) -> Task {
+        let watchers = watching
+            .iter()
+            .map(|prefixes| Subscriber {
+                prefixes: prefixes.iter().map(|p| (*p).to_string()).collect(),
+                tx: mpsc::channel(1).0,
+            })
+            .collect();
+        Task {
+            source: Arc::new(Nothing),
+            cursor: (0, 0),
+            watchers,
+            buffer: 1,
+        }
+    }
+
+    #[test]
+    fn the_values_wanted_are_those_under_some_watchers_prefix() {
+        assert_eq!(task(&[]).wanted(), Wanted::Under(vec![]));
+        assert_eq!(
+            task(&[&["/b/", "/a/"], &["/a/"]]).wanted(),
+            Wanted::Under(vec!["/a/".into(), "/b/".into()])
+        );
+        // A watcher of everything, by an empty list or an empty prefix, wants every value.
+        assert_eq!(task(&[&["/a/"], &[]]).wanted(), Wanted::All);
+        assert_eq!(task(&[&["/a/", ""]]).wanted(), Wanted::All);
     }
 }

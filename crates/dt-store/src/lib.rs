@@ -193,6 +193,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The live item at `key`, if any.
     async fn get(&self, key: &str) -> Result<Option<Item>>;
+    /// Follow an index entry in one read: the live item at `prefix` followed by the value of
+    /// the live item at `index_key` (an index entry whose value, UTF-8 text, names its
+    /// target), or `None` when either is missing. An index value that is not UTF-8 is an
+    /// error. Both items are read at one point in time.
+    async fn get_indexed(&self, index_key: &str, prefix: &str) -> Result<Option<Item>>;
     /// Live items whose key starts with `prefix`, in key order, after `start_after` (exclusive),
     /// at most `limit` (1..=1000) of them.
     async fn range(&self, prefix: &str, start_after: Option<&str>, limit: usize) -> Result<Page>;

@@ -33,7 +33,7 @@ use crate::common::{
     group_write, in_feed, make_page, now_ms, opt_from_ms, range_bounds, retry_delay, sane,
     spawn_periodic, stopped, to_ms, validate_key,
 };
-use crate::hub::{EventSource, Hub, StoredEvent, kind_from_code};
+use crate::hub::{EventSource, Hub, StoredEvent, Wanted, kind_from_code};
 use crate::pg_tls::{MakeRustls, SslMode};
 use crate::{
     Backend, BatchTail, BatchWrite, Condition, Item, Op, Page, Result, StoreError, Tuning, Watcher,
@@ -92,6 +92,11 @@ CREATE UNLOGGED TABLE dt_counters (
     n BIGINT NOT NULL,
     expires BIGINT NOT NULL
 );
+-- Rows up to a page (8160 bytes) are stored as they are. PostgreSQL's default compresses
+-- every row over about 2 KiB, and a device document (with its collected-data history) is
+-- about 3 KiB, written at every authentication and read back by every server's change feed.
+ALTER TABLE dt_items SET (toast_tuple_target = 8160);
+ALTER TABLE dt_events SET (toast_tuple_target = 8160);
 "#,
 ];
 
@@ -346,18 +351,27 @@ impl Shared {
 
 #[async_trait::async_trait]
 impl EventSource for Shared {
+    /// Values only where `wanted` asks for them: the others are left in the database.
     async fn events_after(
         &self,
         revision: i64,
         idx: i32,
         limit: usize,
+        wanted: &Wanted,
     ) -> Result<Vec<StoredEvent>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (all, prefixes): (bool, &[String]) = match wanted {
+            Wanted::All => (true, &[]),
+            Wanted::Under(p) => (false, p),
+        };
         let mut lease = self.pool.get().await?;
         let c = lease.conn_mut()?;
         let rows = c
             .client
-            .query(&c.st.events_after, &[&revision, &idx, &limit])
+            .query(
+                &c.st.events_after,
+                &[&revision, &idx, &limit, &all, &prefixes],
+            )
             .await
             .map_err(pg)?;
         rows.iter()
@@ -367,7 +381,10 @@ impl EventSource for Shared {
                     idx: r.try_get(1).map_err(pg)?,
                     kind: kind_from_code(i64::from(r.try_get::<_, i16>(2).map_err(pg)?))?,
                     key: r.try_get(3).map_err(pg)?,
-                    value: r.try_get(4).map_err(pg)?,
+                    value: r
+                        .try_get::<_, Option<Vec<u8>>>(4)
+                        .map_err(pg)?
+                        .unwrap_or_default(),
                     expires: r.try_get(5).map_err(pg)?,
                 })
             })
@@ -404,6 +421,34 @@ impl Backend for PostgresBackend {
         row.map(|r| {
             Ok(Item {
                 key: key.to_owned(),
+                value: r.try_get(0).map_err(pg)?,
+                revision: r.try_get(1).map_err(pg)?,
+                expires: opt_from_ms(r.try_get(2).map_err(pg)?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn get_indexed(&self, index_key: &str, prefix: &str) -> Result<Option<Item>> {
+        validate_key(index_key)?;
+        let mut lease = self.shared.pool.get().await?;
+        let c = lease.conn_mut()?;
+        let row = c
+            .client
+            .query_opt(&c.st.get_indexed, &[&index_key, &prefix, &now_ms()])
+            .await
+            .map_err(|e| {
+                if e.code() == Some(&SqlState::CHARACTER_NOT_IN_REPERTOIRE) {
+                    StoreError::Invalid(format!(
+                        "index entry {index_key:?} does not hold UTF-8 text"
+                    ))
+                } else {
+                    pg(e)
+                }
+            })?;
+        row.map(|r| {
+            Ok(Item {
+                key: r.try_get(3).map_err(pg)?,
                 value: r.try_get(0).map_err(pg)?,
                 revision: r.try_get(1).map_err(pg)?,
                 expires: opt_from_ms(r.try_get(2).map_err(pg)?)?,
@@ -863,6 +908,8 @@ struct Stmts {
     /// periodic removal of expired counts.
     count_use: Statement,
     uses: Statement,
+    /// [`Backend::get_indexed`].
+    get_indexed: Statement,
     reset_uses: Statement,
     sweep_counters: Statement,
 }
@@ -882,7 +929,7 @@ const VERSION_SQL: &str = "SELECT COALESCE(MAX(version), 0)::bigint FROM dt_sche
 
 impl Stmts {
     async fn prepare(client: &Client) -> Result<Self> {
-        let sql: [&str; 25] = [
+        let sql: [&str; 26] = [
             "SELECT v FROM dt_seq WHERE id = 1",
             VERSION_SQL,
             "UPDATE dt_seq SET v = v + 1 WHERE id = 1 RETURNING v",
@@ -905,7 +952,10 @@ impl Stmts {
              SELECT $1::bigint, (row_number() OVER (ORDER BY d.key))::integer - 1, d.key, 1, \
                  ''::bytea, NULL, $2::bigint FROM d",
             "SELECT EXISTS (SELECT 1 FROM dt_items WHERE expires IS NOT NULL AND expires <= $1::bigint)",
-            "SELECT revision, idx, kind, key, value, expires FROM dt_events \
+            "SELECT revision, idx, kind, key, \
+                 CASE WHEN $4::boolean OR EXISTS (SELECT 1 FROM unnest($5::text[]) AS w(prefix) \
+                     WHERE starts_with(key, w.prefix COLLATE \"C\")) THEN value END, \
+                 expires FROM dt_events \
              WHERE revision >= $1::bigint AND (revision > $1::bigint OR idx > $2::integer) \
              ORDER BY revision, idx LIMIT $3::bigint",
             "DELETE FROM dt_events WHERE at < $1::bigint",
@@ -946,6 +996,10 @@ impl Stmts {
             "SELECT n FROM dt_counters WHERE key = $1 AND expires > $2::bigint",
             "DELETE FROM dt_counters WHERE key = $1",
             "DELETE FROM dt_counters WHERE expires <= $1::bigint",
+            "SELECT d.value, d.revision, d.expires, d.key FROM dt_items i \
+             JOIN dt_items d ON d.key = ($2::text || convert_from(i.value, 'UTF8')) COLLATE \"C\" \
+             WHERE i.key = $1 AND (i.expires IS NULL OR i.expires > $3::bigint) \
+                 AND (d.expires IS NULL OR d.expires > $3::bigint)",
         ];
         // Prepared concurrently: the driver pipelines them on the one connection.
         let prepared = futures::future::try_join_all(sql.iter().map(|s| client.prepare(s)))
@@ -977,7 +1031,8 @@ impl Stmts {
             uses,
             reset_uses,
             sweep_counters,
-        ] = <[Statement; 25]>::try_from(prepared)
+            get_indexed,
+        ] = <[Statement; 26]>::try_from(prepared)
             .map_err(|_| backend_msg("statement preparation mismatch"))?;
         Ok(Stmts {
             head,
@@ -1002,6 +1057,7 @@ impl Stmts {
             uses,
             reset_uses,
             sweep_counters,
+            get_indexed,
         })
     }
 }

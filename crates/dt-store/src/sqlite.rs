@@ -30,7 +30,7 @@ use crate::common::{
     group_write, in_feed, make_page, now_ms, opt_from_ms, range_bounds, retry_delay, run_ready,
     sane, spawn_periodic, to_ms, validate_key,
 };
-use crate::hub::{EventSource, Hub, KIND_DELETE, KIND_PUT, StoredEvent, kind_from_code};
+use crate::hub::{EventSource, Hub, KIND_DELETE, KIND_PUT, StoredEvent, Wanted, kind_from_code};
 use crate::{
     Backend, BatchTail, BatchWrite, Condition, Item, Op, Page, Result, StoreError, Tuning, Watcher,
 };
@@ -255,11 +255,14 @@ impl Shared {
 
 #[async_trait::async_trait]
 impl EventSource for Shared {
+    /// Every value, whatever `_wanted` says: the file is local, so a value costs a copy,
+    /// not a transfer.
     async fn events_after(
         &self,
         revision: i64,
         idx: i32,
         limit: usize,
+        _wanted: &Wanted,
     ) -> Result<Vec<StoredEvent>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.readers
@@ -324,6 +327,22 @@ impl Backend for SqliteBackend {
         self.shared
             .readers
             .run(move |conn| read_item(conn, &key, now_ms()))
+            .await
+    }
+
+    async fn get_indexed(&self, index_key: &str, prefix: &str) -> Result<Option<Item>> {
+        validate_key(index_key)?;
+        if let Some(found) = self
+            .shared
+            .inline
+            .read(|conn| read_indexed(conn, index_key, prefix, now_ms()))
+        {
+            return found;
+        }
+        let (index_key, prefix) = (index_key.to_owned(), prefix.to_owned());
+        self.shared
+            .readers
+            .run(move |conn| read_indexed(conn, &index_key, &prefix, now_ms()))
             .await
     }
 
@@ -618,6 +637,29 @@ fn read_item(conn: &Connection, key: &str, now: i64) -> Result<Option<Item>> {
         })
     })
     .transpose()
+}
+
+/// [`Backend::get_indexed`]: both reads in one read transaction, so they see one snapshot.
+fn read_indexed(
+    conn: &Connection,
+    index_key: &str,
+    prefix: &str,
+    now: i64,
+) -> Result<Option<Item>> {
+    let tx = conn.unchecked_transaction().map_err(sq)?;
+    let Some(index) = read_item(&tx, index_key, now)? else {
+        return Ok(None);
+    };
+    let target = std::str::from_utf8(&index.value).map_err(|_| {
+        StoreError::Invalid(format!(
+            "index entry {index_key:?} does not hold UTF-8 text"
+        ))
+    })?;
+    let key = format!("{prefix}{target}");
+    if validate_key(&key).is_err() {
+        return Ok(None);
+    }
+    read_item(&tx, &key, now)
 }
 
 /// Connections for point reads on the calling thread.

@@ -58,26 +58,16 @@ impl AuthServer {
     }
 
     pub async fn device_by_tag(&self, os: OsType, tag: &str) -> ApiResult<Option<(Device, i64)>> {
-        let Some(item) = self.backend.get(&keys::device_tag_index(os, tag)).await? else {
-            return Ok(None);
-        };
-        let id = String::from_utf8(item.value).map_err(ApiError::internal)?;
-        self.get_device(&id).await
+        self.get_resource_indexed::<DeviceSpec>(&keys::device_tag_index(os, tag))
+            .await
     }
 
     pub async fn device_by_credential(
         &self,
         credential_id: &str,
     ) -> ApiResult<Option<(Device, i64)>> {
-        let Some(item) = self
-            .backend
-            .get(&keys::device_credential_index(credential_id))
-            .await?
-        else {
-            return Ok(None);
-        };
-        let id = String::from_utf8(item.value).map_err(ApiError::internal)?;
-        self.get_device(&id).await
+        self.get_resource_indexed::<DeviceSpec>(&keys::device_credential_index(credential_id))
+            .await
     }
 
     /// Devices whose id or asset tag equals `needle` (any OS) that `caller` may read.
