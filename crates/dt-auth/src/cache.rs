@@ -1,10 +1,10 @@
-//! An in-memory view of the cluster state every API call reads — roles, the cluster auth
-//! preference and locks — kept fresh by the storage change feed (`Backend::watch`), so a
-//! request does not re-read them from storage.
+//! An in-memory view of the cluster state every API call reads — users, roles, the cluster
+//! auth preference and locks — kept fresh by the storage change feed (`Backend::watch`), so
+//! a request does not re-read them from storage.
 //!
 //! Consistency: each entry carries the storage revision it came from and only a newer
-//! revision replaces it, so watch events and this server's own writes (applied at once by
-//! the handlers) can arrive in any order. Writes made through another auth server arrive by
+//! revision replaces it, so watch events and this server's own writes (applied at once when
+//! a plan commits, [`crate::plan::WritePlan`]) can arrive in any order. Writes made through another auth server arrive by
 //! the watch (LISTEN/NOTIFY on PostgreSQL). While the watch is down the cache is empty and
 //! readers fall back to storage, so a broken feed never serves stale locks. A stored
 //! document that does not parse is kept as unreadable (not as absent), so readers refuse to
@@ -15,8 +15,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use dt_store::{Backend, EventKind, WatchEvent};
-use dt_types::resource::{CAP_NAME, CapSpec, LockSpec, Resource, RoleSpec};
-use dt_types::{ClusterAuthPreference, Kind, Lock, Role};
+use dt_types::resource::{CAP_NAME, CapSpec, LockSpec, Resource, RoleSpec, UserSpec};
+use dt_types::{ClusterAuthPreference, Kind, Lock, Role, User};
 
 use crate::keys;
 
@@ -28,6 +28,7 @@ type Doc<T> = Result<Option<T>, String>;
 struct Snapshot {
     /// key -> (revision, document)
     roles: HashMap<String, (i64, Doc<Role>)>,
+    users: HashMap<String, (i64, Doc<User>)>,
     cap: Option<(i64, Doc<ClusterAuthPreference>)>,
     locks: HashMap<String, (i64, Doc<Lock>)>,
 }
@@ -62,6 +63,8 @@ impl Snapshot {
     fn apply(&mut self, key: &str, rev: i64, value: Option<&[u8]>) {
         if let Some(name) = name_of(key, Kind::Role) {
             upsert(&mut self.roles, name, rev, parse::<RoleSpec>(value));
+        } else if let Some(name) = name_of(key, Kind::User) {
+            upsert(&mut self.users, name, rev, parse::<UserSpec>(value));
         } else if let Some(name) = name_of(key, Kind::Lock) {
             upsert(&mut self.locks, name, rev, parse::<LockSpec>(value));
         } else if name_of(key, Kind::ClusterAuthPreference) == Some(CAP_NAME) {
@@ -74,10 +77,15 @@ impl Snapshot {
 }
 
 pub fn watched_prefixes() -> Vec<String> {
-    [Kind::Role, Kind::Lock, Kind::ClusterAuthPreference]
-        .into_iter()
-        .map(keys::resource_prefix)
-        .collect()
+    [
+        Kind::Role,
+        Kind::User,
+        Kind::Lock,
+        Kind::ClusterAuthPreference,
+    ]
+    .into_iter()
+    .map(keys::resource_prefix)
+    .collect()
 }
 
 impl ClusterCache {
@@ -159,6 +167,21 @@ impl ClusterCache {
         Some(s.roles.get(name).map_or(Ok(None), |(_, r)| r.clone()))
     }
 
+    /// `None` while the cache is not following the feed; `Some(Err(why))` when the user is
+    /// stored but unreadable.
+    pub fn user(&self, name: &str) -> Option<Doc<User>> {
+        let g = self.state.read().unwrap_or_else(|p| p.into_inner());
+        let s = g.as_ref()?;
+        Some(s.users.get(name).map_or(Ok(None), |(_, u)| u.clone()))
+    }
+
+    /// Whether [`Self::apply`] keeps `key` (so a writer need only pass those).
+    pub fn caches(key: &str) -> bool {
+        watched_prefixes()
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
+    }
+
     pub fn cap(&self) -> Option<Doc<ClusterAuthPreference>> {
         let g = self.state.read().unwrap_or_else(|p| p.into_inner());
         let s = g.as_ref()?;
@@ -238,6 +261,39 @@ mod tests {
     fn an_unfollowed_cache_answers_none() {
         let c = ClusterCache::default();
         assert!(c.locks().is_none() && c.cap().is_none() && c.role("access").is_none());
+        assert!(c.user("alice").is_none());
+    }
+
+    #[test]
+    fn users_are_kept_by_revision_and_a_removal_is_remembered() {
+        let c = ClusterCache::default();
+        c.set(Some(Snapshot::default()));
+        let key = keys::resource(Kind::User, "alice");
+        let user: User = Resource::new(
+            "alice",
+            UserSpec {
+                roles: vec!["access".into()],
+                ..Default::default()
+            },
+        );
+        let alice = serde_json::to_vec(&user).unwrap();
+        let alice = alice.as_slice();
+        assert!(matches!(c.user("alice"), Some(Ok(None))), "unknown");
+        c.apply(&key, 5, Some(alice));
+        let got = c.user("alice").unwrap().unwrap().unwrap();
+        assert_eq!(got.metadata.name, "alice");
+        c.apply(&key, 7, None);
+        assert!(matches!(c.user("alice"), Some(Ok(None))), "removed");
+        // The write of revision 5 arriving late (by the watch) does not bring her back.
+        c.apply(&key, 5, Some(alice));
+        assert!(matches!(c.user("alice"), Some(Ok(None))), "a stale write");
+        c.apply(&key, 8, Some(b"{broken"));
+        assert!(
+            matches!(c.user("alice"), Some(Err(_))),
+            "unreadable: refuse"
+        );
+        assert!(ClusterCache::caches(&key));
+        assert!(!ClusterCache::caches("/resources/device/d1"));
     }
 
     #[tokio::test]

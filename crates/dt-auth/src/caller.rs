@@ -4,7 +4,6 @@
 use std::sync::Arc;
 
 use dt_types::audit::{AuditEvent, EventType};
-use dt_types::resource::UserSpec;
 use dt_types::{Role, UserName, Verb};
 use tonic::Request;
 
@@ -71,7 +70,7 @@ impl AuthServer {
             )));
         }
         if identity.username != LOCAL_ADMIN {
-            match self.get_resource::<UserSpec>(&identity.username).await? {
+            match self.user_of_caller(&identity.username).await? {
                 None => {
                     return Err(ApiError::Unauthenticated(format!(
                         "user {:?} no longer exists; ask an admin",
@@ -81,7 +80,7 @@ impl AuthServer {
                 // Issued before this user was created: the certificate belongs to an
                 // earlier, removed user of the same name (and carries that user's roles).
                 // Certificates start a minute before issue, at whole seconds: hence 61 s.
-                Some((user, _))
+                Some(user)
                     if user.spec.created_at.is_some_and(|created| {
                         identity.not_before + time::Duration::seconds(61) < created
                     }) =>

@@ -388,6 +388,21 @@ impl AuthServer {
         }
     }
 
+    /// A user as every API call checks its caller: from the cluster cache while it follows
+    /// the change feed (this server's own writes reach it at once), else from storage.
+    pub async fn user_of_caller(&self, name: &str) -> ApiResult<Option<dt_types::User>> {
+        match self.cache.user(name) {
+            Some(Ok(user)) => Ok(user),
+            Some(Err(why)) => Err(self
+                .refuse_unusable(Kind::User, name, &format!("unreadable: {why}"))
+                .await),
+            None => Ok(self
+                .get_resource::<dt_types::resource::UserSpec>(name)
+                .await?
+                .map(|(user, _)| user)),
+        }
+    }
+
     /// The resource an index entry names (its value is the resource's name), in one read.
     pub async fn get_resource_indexed<S: Spec>(
         &self,

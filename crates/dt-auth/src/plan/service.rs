@@ -4,6 +4,7 @@ use dt_types::device::OsType;
 use dt_types::{Kind, ServiceKind};
 
 use super::{PlanError, WritePlan, guard_outcome};
+use crate::cache::ClusterCache;
 use crate::error::{ApiError, ApiResult, ErrorCode};
 use crate::server::AuthServer;
 
@@ -70,6 +71,19 @@ impl From<PlanError<Refusal>> for ApiError {
     }
 }
 
+/// The writes of `ops` the cluster cache keeps: (key, value, or `None` for a deletion).
+fn cached_writes(ops: &[dt_store::Op]) -> Vec<(String, Option<Vec<u8>>)> {
+    ops.iter()
+        .filter_map(|op| match op {
+            dt_store::Op::Put { key, value, .. } if ClusterCache::caches(key) => {
+                Some((key.clone(), Some(value.clone())))
+            }
+            dt_store::Op::Delete { key } if ClusterCache::caches(key) => Some((key.clone(), None)),
+            _ => None,
+        })
+        .collect()
+}
+
 impl AuthServer {
     /// A service's plan: its guards, writes and events in one audited transaction; returns
     /// the revision written, or the refusal of the guard that no longer held.
@@ -88,16 +102,31 @@ impl AuthServer {
             ops,
             events,
         } = plan;
+        let cached = cached_writes(&ops);
         let result = self.audit.write_with_events(conditions, ops, events).await;
-        guard_outcome(&guards, result)
+        let rev = guard_outcome(&guards, result)?;
+        self.apply_to_cache(cached, rev);
+        Ok(rev)
+    }
+
+    /// This server's next request sees a committed plan's writes to cached kinds (users,
+    /// roles, locks, settings) at once, not only when the change feed delivers them: a
+    /// removed user or a new lock must be refused by the very next call.
+    fn apply_to_cache(&self, writes: Vec<(String, Option<Vec<u8>>)>, revision: i64) {
+        for (key, value) in writes {
+            self.cache.apply(&key, revision, value.as_deref());
+        }
     }
 
     /// A plan without audit events (liveness and sync bookkeeping), written directly.
     pub(crate) async fn commit_unaudited(&self, plan: WritePlan<Refusal>) -> ApiResult<i64> {
         debug_assert!(plan.events.is_empty(), "an audited plan written unaudited");
         let conditions = plan.conditions();
+        let cached = cached_writes(&plan.ops);
         let result = self.backend.atomic_write(conditions, plan.ops).await;
-        Ok(guard_outcome(&plan.guards, result)?)
+        let rev = guard_outcome(&plan.guards, result)?;
+        self.apply_to_cache(cached, rev);
+        Ok(rev)
     }
 }
 
