@@ -389,14 +389,24 @@ impl AuthServer {
     }
 
     /// A user as every API call checks its caller: from the cluster cache while it follows
-    /// the change feed (this server's own writes reach it at once), else from storage.
+    /// the change feed (this server's own writes reach it at once), else from storage. A
+    /// user the cache does not hold is looked up in storage, which has the last word: one
+    /// just created through another auth server may not have reached this cache yet. An
+    /// expired user is absent, as storage (which expires items by the system clock) says.
     pub async fn user_of_caller(&self, name: &str) -> ApiResult<Option<dt_types::User>> {
         match self.cache.user(name) {
-            Some(Ok(user)) => Ok(user),
+            Some(Ok(Some(user))) => {
+                let now = OffsetDateTime::now_utc();
+                Ok(user
+                    .metadata
+                    .expires
+                    .is_none_or(|e| e > now)
+                    .then_some(user))
+            }
             Some(Err(why)) => Err(self
                 .refuse_unusable(Kind::User, name, &format!("unreadable: {why}"))
                 .await),
-            None => Ok(self
+            Some(Ok(None)) | None => Ok(self
                 .get_resource::<dt_types::resource::UserSpec>(name)
                 .await?
                 .map(|(user, _)| user)),

@@ -179,9 +179,17 @@ impl Task {
         let _ = reg.reply.send(result);
     }
 
+    /// A failed read ends every watcher: a watcher must never look current while changes
+    /// may be passing it by (storage unreachable for longer than the change table keeps
+    /// rows would lose them for good). Watchers reconnect and reload, as after any end.
     async fn pump_logged(&mut self) {
         if let Err(e) = self.pump().await {
-            tracing::warn!(error = %e, "dt-store: reading the change table failed; will retry");
+            tracing::warn!(
+                error = %e,
+                watchers = self.watchers.len(),
+                "dt-store: reading the change table failed; ending the watches (they start again from a fresh read)"
+            );
+            self.watchers.clear();
         }
     }
 
@@ -294,6 +302,36 @@ mod tests {
             watchers,
             buffer: 1,
         }
+    }
+
+    struct Broken;
+
+    #[async_trait::async_trait]
+    impl EventSource for Broken {
+        async fn events_after(
+            &self,
+            _: i64,
+            _: i32,
+            _: usize,
+            _: &Wanted,
+        ) -> Result<Vec<StoredEvent>> {
+            Err(backend_msg("storage unreachable"))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_read_of_the_change_table_ends_every_watch() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let mut t = task(&[]);
+        t.watchers.push(Subscriber {
+            prefixes: vec!["/a/".into()],
+            tx,
+        });
+        t.pump_logged().await;
+        assert_eq!(t.watchers.len(), 1, "a good read keeps the watch");
+        t.source = Arc::new(Broken);
+        t.pump_logged().await;
+        assert!(rx.recv().await.is_none(), "the watch ended");
     }
 
     #[test]

@@ -92,6 +92,7 @@ CREATE UNLOGGED TABLE dt_counters (
     n BIGINT NOT NULL,
     expires BIGINT NOT NULL
 );
+CREATE INDEX dt_counters_expires ON dt_counters (expires);
 -- Rows up to a page (8160 bytes) are stored as they are. PostgreSQL's default compresses
 -- every row over about 2 KiB, and a device document (with its collected-data history) is
 -- about 3 KiB, written at every authentication and read back by every server's change feed.

@@ -39,6 +39,9 @@ const READERS: usize = 4;
 /// Connections for point reads on the calling thread ([`Inline`]): as many as a small
 /// runtime has worker threads; a read that finds none free goes to the pool.
 const INLINE_READERS: usize = 4;
+/// Connections to the counters file for counting on the calling thread: two writers at once
+/// would only make one of them busy (and go to the pool).
+const INLINE_COUNTERS: usize = 1;
 /// Page cache of the writer connection, in KiB (SQLite's default is 2 MiB): a bulk write's
 /// B-tree descents then mostly find their pages in memory instead of reading them back from
 /// the file. Readers keep the default.
@@ -96,6 +99,16 @@ CREATE TABLE dt_events (
 CREATE INDEX dt_events_at ON dt_events (at);
 "#];
 
+/// What opening a database prepares on a blocking thread.
+struct Opened {
+    writer: Connection,
+    /// The revision committed last.
+    head: i64,
+    counters: Connection,
+    inline: Inline,
+    counters_inline: Inline,
+}
+
 /// The SQLite implementation of [`Backend`].
 pub struct SqliteBackend {
     shared: Arc<Shared>,
@@ -110,6 +123,9 @@ struct Shared {
     counters: Arc<Pool>,
     /// Point reads on the calling thread.
     inline: Inline,
+    /// Counting on the calling thread (the counters file is never synced, so a count is a
+    /// short write to the OS, like a read in cost).
+    counters_inline: Inline,
     wake: Arc<Notify>,
     grouper: Grouper,
     /// [`Tuning::unwatched_prefixes`].
@@ -125,37 +141,49 @@ impl SqliteBackend {
         let owned = path.to_owned();
         let counters = counters_path(path);
         let counters_owned = counters.clone();
-        let (first, head, counters_conn, inline) = tokio::task::spawn_blocking(
-            move || -> Result<(Connection, i64, Connection, Inline)> {
-                create_file(&owned)?;
-                let mut conn = open_writer(&owned)?;
-                enable_wal(&conn)?;
-                migrate(&mut conn)?;
-                let head = conn
-                    .query_row("SELECT v FROM dt_seq WHERE id = 1", [], |r| r.get(0))
-                    .map_err(sq)?;
-                create_file(&counters_owned)?;
-                let counters = open_counters(&counters_owned)?;
-                enable_wal(&counters)?;
-                retry_busy(|| counters.execute_batch(COUNTERS_SCHEMA).map_err(sq))?;
-                let inline = Inline::open(&owned, INLINE_READERS)?;
-                Ok((conn, head, counters, inline))
-            },
-        )
+        let opened = tokio::task::spawn_blocking(move || -> Result<Opened> {
+            create_file(&owned)?;
+            let mut writer = open_writer(&owned)?;
+            enable_wal(&writer)?;
+            migrate(&mut writer)?;
+            let head = writer
+                .query_row("SELECT v FROM dt_seq WHERE id = 1", [], |r| r.get(0))
+                .map_err(sq)?;
+            let counters = open_counters_file(&counters_owned)?;
+            Ok(Opened {
+                writer,
+                head,
+                counters,
+                inline: Inline::open(&owned, INLINE_READERS, open_conn)?,
+                counters_inline: Inline::open(&counters_owned, INLINE_COUNTERS, open_counters)?,
+            })
+        })
         .await
         .map_err(|e| backend_msg(format!("sqlite open task failed: {e}")))??;
 
         let shared = Arc::new(Shared {
-            writer: Pool::new(path, 1, Some(first), open_writer),
+            writer: Pool::new(path, 1, Some(opened.writer), open_writer),
             readers: Pool::new(path, READERS, None, open_conn),
-            counters: Pool::new(&counters, COUNTER_CONNS, Some(counters_conn), open_counters),
-            inline,
+            counters: Pool::new(
+                &counters,
+                COUNTER_CONNS,
+                Some(opened.counters),
+                open_counters,
+            ),
+            inline: opened.inline,
+            counters_inline: opened.counters_inline,
             wake: Arc::new(Notify::new()),
             grouper: Grouper::default(),
             unwatched: tuning.unwatched_prefixes.clone().into(),
         });
         let bg = Background::new();
-        let hub = Hub::start(&bg, shared.clone(), head, &tuning, shared.wake.clone());
+        let hub = Hub::start(
+            &bg,
+            shared.clone(),
+            opened.head,
+            &tuning,
+            shared.wake.clone(),
+        );
 
         let sweeper = shared.clone();
         let keep = tuning.keep_events_for;
@@ -229,8 +257,19 @@ impl Shared {
         if expired {
             self.write(Write::Sweep).await?;
         }
-        self.counters
+        // Counts: only when one has expired, so an idle tick takes no write lock. A failure
+        // is logged and the pruning below still runs.
+        let swept = self
+            .counters
             .run(move |conn| {
+                let any: bool = conn
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM dt_counters WHERE expires <= ?1)")
+                    .map_err(sq)?
+                    .query_row([now], |r| r.get(0))
+                    .map_err(sq)?;
+                if !any {
+                    return Ok(0);
+                }
                 retry_busy(|| {
                     conn.prepare_cached("DELETE FROM dt_counters WHERE expires <= ?1")
                         .map_err(sq)?
@@ -238,7 +277,10 @@ impl Shared {
                         .map_err(sq)
                 })
             })
-            .await?;
+            .await;
+        if let Err(e) = swept {
+            tracing::warn!(error = %e, "dt-store: removing expired counts failed");
+        }
         if old_events {
             self.writer
                 .run(move |conn| {
@@ -481,20 +523,22 @@ impl Backend for SqliteBackend {
         if limit == 0 {
             return Ok(None);
         }
+        let count = move |conn: &Connection, key: &str| {
+            conn.prepare_cached(COUNT_USE_SQL)
+                .map_err(sq)?
+                .query_row(params![key, limit, expires, now_ms()], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .optional()
+                .map_err(sq)
+        };
+        if let Some(n) = self.shared.counters_inline.read(|conn| count(conn, key)) {
+            return n.map(|n| n.map(|n| u64::try_from(n).unwrap_or(0)));
+        }
         let key = key.to_owned();
         self.shared
             .counters
-            .run(move |conn| {
-                retry_busy(|| {
-                    conn.prepare_cached(COUNT_USE_SQL)
-                        .map_err(sq)?
-                        .query_row(params![key, limit, expires, now_ms()], |r| {
-                            r.get::<_, i64>(0)
-                        })
-                        .optional()
-                        .map_err(sq)
-                })
-            })
+            .run(move |conn| retry_busy(|| count(conn, &key)))
             .await
             .map(|n| n.map(|n| u64::try_from(n).unwrap_or(0)))
     }
@@ -538,6 +582,7 @@ impl Backend for SqliteBackend {
         self.shared.readers.close();
         self.shared.counters.close();
         self.shared.inline.close();
+        self.shared.counters_inline.close();
     }
 }
 
@@ -656,9 +701,7 @@ fn read_indexed(
         ))
     })?;
     let key = format!("{prefix}{target}");
-    if validate_key(&key).is_err() {
-        return Ok(None);
-    }
+    validate_key(&key)?;
     read_item(&tx, &key, now)
 }
 
@@ -679,10 +722,10 @@ struct Inline {
 }
 
 impl Inline {
-    fn open(path: &Path, n: usize) -> Result<Self> {
+    fn open(path: &Path, n: usize, open: fn(&Path) -> Result<Connection>) -> Result<Self> {
         let mut idle = Vec::with_capacity(n);
         for _ in 0..n {
-            let conn = open_conn(path)?;
+            let conn = open(path)?;
             conn.busy_timeout(Duration::ZERO).map_err(sq)?;
             idle.push(conn);
         }
@@ -697,7 +740,9 @@ impl Inline {
     fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Option<Result<T>> {
         let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()?;
         let result = f(&conn);
-        if !self.closed.load(Ordering::Acquire) {
+        // A connection left inside a transaction (a failed rollback) would read an old
+        // snapshot from then on: drop it instead of keeping it.
+        if !self.closed.load(Ordering::Acquire) && conn.is_autocommit() {
             self.idle
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -997,6 +1042,62 @@ fn counters_path(path: &Path) -> PathBuf {
     PathBuf::from(name)
 }
 
+/// Open (creating) the counters file. The file is never synced, so a crash of the machine
+/// can leave it damaged, not only behind: a damaged one is replaced by an empty one (its
+/// counts are forgettable by design) instead of keeping the server from starting or
+/// refusing every rate-limited operation.
+fn open_counters_file(path: &Path) -> Result<Connection> {
+    match try_open_counters(path) {
+        Err(e) if is_damaged(&e) => {
+            tracing::warn!(
+                file = %path.display(),
+                error = %e,
+                "dt-store: the rate-limit counters file is damaged; starting it afresh (the current windows' counts are lost)"
+            );
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = path.as_os_str().to_owned();
+                name.push(suffix);
+                match std::fs::remove_file(&name) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(backend_msg(format!(
+                            "cannot remove the damaged counters file {}: {e}",
+                            PathBuf::from(name).display()
+                        )));
+                    }
+                }
+            }
+            try_open_counters(path)
+        }
+        other => other,
+    }
+}
+
+fn try_open_counters(path: &Path) -> Result<Connection> {
+    create_file(path)?;
+    let conn = open_counters(path)?;
+    enable_wal(&conn)?;
+    retry_busy(|| conn.execute_batch(COUNTERS_SCHEMA).map_err(sq))?;
+    let check: String = conn
+        .query_row("PRAGMA quick_check", [], |r| r.get(0))
+        .map_err(sq)?;
+    if check != "ok" {
+        return Err(sq(rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CORRUPT),
+            Some(check),
+        )));
+    }
+    Ok(conn)
+}
+
+fn is_damaged(e: &StoreError) -> bool {
+    matches!(
+        code_of(e),
+        Some(ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase)
+    )
+}
+
 fn open_counters(path: &Path) -> Result<Connection> {
     let conn = open_conn(path)?;
     conn.pragma_update(None, "synchronous", "OFF").map_err(sq)?;
@@ -1083,7 +1184,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("i.db");
         create_file(&path).unwrap();
-        let inline = Inline::open(&path, n).unwrap();
+        let inline = Inline::open(&path, n, open_conn).unwrap();
         (dir, inline)
     }
 

@@ -228,3 +228,31 @@ async fn counters_file_keeps_counts_and_drops_expired_ones() {
     }
     b.close().await;
 }
+
+/// The counters file is never synced, so a machine crash can leave it damaged: the store
+/// then starts it afresh instead of refusing to open or to count.
+#[tokio::test]
+async fn a_damaged_counters_file_is_started_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.db");
+    let until = time::OffsetDateTime::now_utc() + std::time::Duration::from_secs(60);
+    let b = SqliteBackend::open(&path, fast_tuning()).await.unwrap();
+    b.put("/kept", b"v".to_vec(), None).await.unwrap();
+    b.count_use("/c", 5, until).await.unwrap();
+    b.close().await;
+    drop(b);
+    let counters = dir.path().join("d.db-counters");
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(format!("d.db-counters{suffix}")));
+    }
+    std::fs::write(&counters, vec![0x5a; 8192]).unwrap();
+    let b = SqliteBackend::open(&path, fast_tuning()).await.unwrap();
+    assert_eq!(b.uses("/c").await.unwrap(), 0, "the count is forgotten");
+    assert_eq!(b.count_use("/c", 5, until).await.unwrap(), Some(1));
+    assert_eq!(
+        b.get("/kept").await.unwrap().unwrap().value,
+        b"v",
+        "the state is untouched"
+    );
+    b.close().await;
+}
