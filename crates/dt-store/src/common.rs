@@ -66,6 +66,23 @@ pub(crate) fn opt_from_ms(ms: Option<i64>) -> Result<Option<OffsetDateTime>> {
     ms.map(from_ms).transpose()
 }
 
+/// [`crate::Backend::count_use`]'s arguments as stored: `(limit, expiry in ms)`, or `None`
+/// for a zero budget (nothing can be counted).
+pub(crate) fn counter_use_args(
+    key: &str,
+    limit: u64,
+    expires: OffsetDateTime,
+) -> Result<Option<(i64, i64)>> {
+    validate_key(key)?;
+    let expires = to_ms(expires)?;
+    let Ok(limit) = i64::try_from(limit) else {
+        return Err(StoreError::Invalid(format!(
+            "counter limit {limit} is too large"
+        )));
+    };
+    Ok((limit > 0).then_some((limit, expires)))
+}
+
 /// Keys are non-empty and contain no NUL (PostgreSQL `text` cannot hold one).
 pub(crate) fn validate_key(key: &str) -> Result<()> {
     if key.is_empty() {

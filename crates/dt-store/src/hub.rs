@@ -273,10 +273,13 @@ mod tests {
 
     use super::*;
 
-    struct Nothing;
+    /// A change table with nothing new in it, or one that cannot be read.
+    struct Source {
+        broken: bool,
+    }
 
     #[async_trait::async_trait]
-    impl EventSource for Nothing {
+    impl EventSource for Source {
         async fn events_after(
             &self,
             _: i64,
@@ -284,6 +287,9 @@ mod tests {
             _: usize,
             _: &Wanted,
         ) -> Result<Vec<StoredEvent>> {
+            if self.broken {
+                return Err(backend_msg("storage unreachable"));
+            }
             Ok(Vec::new())
         }
     }
@@ -297,25 +303,10 @@ mod tests {
             })
             .collect();
         Task {
-            source: Arc::new(Nothing),
+            source: Arc::new(Source { broken: false }),
             cursor: (0, 0),
             watchers,
             buffer: 1,
-        }
-    }
-
-    struct Broken;
-
-    #[async_trait::async_trait]
-    impl EventSource for Broken {
-        async fn events_after(
-            &self,
-            _: i64,
-            _: i32,
-            _: usize,
-            _: &Wanted,
-        ) -> Result<Vec<StoredEvent>> {
-            Err(backend_msg("storage unreachable"))
         }
     }
 
@@ -329,7 +320,7 @@ mod tests {
         });
         t.pump_logged().await;
         assert_eq!(t.watchers.len(), 1, "a good read keeps the watch");
-        t.source = Arc::new(Broken);
+        t.source = Arc::new(Source { broken: true });
         t.pump_logged().await;
         assert!(rx.recv().await.is_none(), "the watch ended");
     }

@@ -29,9 +29,9 @@ use tokio_postgres::{AsyncMessage, Client, Config, IsolationLevel, Row, Statemen
 
 use crate::common::{
     Applied, Background, Batch, BatchWriter, GroupResult, Grouper, PutRow, Stored, Tx,
-    WRITE_RETRIES, Write, apply, apply_batch, backend_msg, check_watchable, closed, group_create,
-    group_write, in_feed, make_page, now_ms, opt_from_ms, range_bounds, retry_delay, sane,
-    spawn_periodic, stopped, to_ms, validate_key,
+    WRITE_RETRIES, Write, apply, apply_batch, backend_msg, check_watchable, closed,
+    counter_use_args, group_create, group_write, in_feed, make_page, now_ms, opt_from_ms,
+    range_bounds, retry_delay, sane, spawn_periodic, stopped, validate_key,
 };
 use crate::hub::{EventSource, Hub, StoredEvent, Wanted, kind_from_code};
 use crate::pg_tls::{MakeRustls, SslMode};
@@ -555,16 +555,9 @@ impl Backend for PostgresBackend {
         limit: u64,
         expires: OffsetDateTime,
     ) -> Result<Option<u64>> {
-        validate_key(key)?;
-        let expires = to_ms(expires)?;
-        let Ok(limit) = i64::try_from(limit) else {
-            return Err(StoreError::Invalid(format!(
-                "counter limit {limit} is too large"
-            )));
-        };
-        if limit == 0 {
+        let Some((limit, expires)) = counter_use_args(key, limit, expires)? else {
             return Ok(None);
-        }
+        };
         let mut lease = self.shared.pool.get().await?;
         let c = lease.conn_mut()?;
         let row = c

@@ -26,9 +26,9 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::common::{
     Applied, Background, Batch, BatchWriter, GroupResult, Grouper, PutRow, Stored, Tx,
-    WRITE_RETRIES, Write, apply, apply_batch, backend_msg, check_watchable, closed, group_create,
-    group_write, in_feed, make_page, now_ms, opt_from_ms, range_bounds, retry_delay, run_ready,
-    sane, spawn_periodic, to_ms, validate_key,
+    WRITE_RETRIES, Write, apply, apply_batch, backend_msg, check_watchable, closed,
+    counter_use_args, group_create, group_write, in_feed, make_page, now_ms, opt_from_ms,
+    range_bounds, retry_delay, run_ready, sane, spawn_periodic, validate_key,
 };
 use crate::hub::{EventSource, Hub, KIND_DELETE, KIND_PUT, StoredEvent, Wanted, kind_from_code};
 use crate::{
@@ -513,16 +513,9 @@ impl Backend for SqliteBackend {
         limit: u64,
         expires: OffsetDateTime,
     ) -> Result<Option<u64>> {
-        validate_key(key)?;
-        let expires = to_ms(expires)?;
-        let Ok(limit) = i64::try_from(limit) else {
-            return Err(StoreError::Invalid(format!(
-                "counter limit {limit} is too large"
-            )));
-        };
-        if limit == 0 {
+        let Some((limit, expires)) = counter_use_args(key, limit, expires)? else {
             return Ok(None);
-        }
+        };
         let count = move |conn: &Connection, key: &str| {
             conn.prepare_cached(COUNT_USE_SQL)
                 .map_err(sq)?
