@@ -17,6 +17,7 @@ use std::time::Duration;
 use dt_store::{Backend, EventKind, WatchEvent};
 use dt_types::resource::{CAP_NAME, CapSpec, LockSpec, Resource, RoleSpec, UserSpec};
 use dt_types::{ClusterAuthPreference, Kind, Lock, Role, User};
+use time::OffsetDateTime;
 
 use crate::keys;
 
@@ -168,11 +169,16 @@ impl ClusterCache {
     }
 
     /// `None` while the cache is not following the feed; `Some(Err(why))` when the user is
-    /// stored but unreadable.
-    pub fn user(&self, name: &str) -> Option<Doc<User>> {
+    /// stored but unreadable. A user whose `metadata.expires` is not after `now` is absent,
+    /// as storage says of it (the store's sweep removes it from the cache a little later).
+    pub fn user(&self, name: &str, now: OffsetDateTime) -> Option<Doc<User>> {
         let g = self.state.read().unwrap_or_else(|p| p.into_inner());
         let s = g.as_ref()?;
-        Some(s.users.get(name).map_or(Ok(None), |(_, u)| u.clone()))
+        Some(match s.users.get(name) {
+            Some((_, Ok(Some(u)))) if u.metadata.expires.is_some_and(|e| e <= now) => Ok(None),
+            Some((_, doc)) => doc.clone(),
+            None => Ok(None),
+        })
     }
 
     /// Whether [`Self::apply`] keeps `key` (so a writer need only pass those).
@@ -261,11 +267,12 @@ mod tests {
     fn an_unfollowed_cache_answers_none() {
         let c = ClusterCache::default();
         assert!(c.locks().is_none() && c.cap().is_none() && c.role("access").is_none());
-        assert!(c.user("alice").is_none());
+        assert!(c.user("alice", OffsetDateTime::now_utc()).is_none());
     }
 
     #[test]
     fn users_are_kept_by_revision_and_a_removal_is_remembered() {
+        let now = OffsetDateTime::now_utc();
         let c = ClusterCache::default();
         c.set(Some(Snapshot::default()));
         let key = keys::resource(Kind::User, "alice");
@@ -278,21 +285,47 @@ mod tests {
         );
         let alice = serde_json::to_vec(&user).unwrap();
         let alice = alice.as_slice();
-        assert!(matches!(c.user("alice"), Some(Ok(None))), "unknown");
+        assert!(matches!(c.user("alice", now), Some(Ok(None))), "unknown");
         c.apply(&key, 5, Some(alice));
-        let got = c.user("alice").unwrap().unwrap().unwrap();
+        let got = c.user("alice", now).unwrap().unwrap().unwrap();
         assert_eq!(got.metadata.name, "alice");
         c.apply(&key, 7, None);
-        assert!(matches!(c.user("alice"), Some(Ok(None))), "removed");
+        assert!(matches!(c.user("alice", now), Some(Ok(None))), "removed");
         // The write of revision 5 arriving late (by the watch) does not bring her back.
         c.apply(&key, 5, Some(alice));
-        assert!(matches!(c.user("alice"), Some(Ok(None))), "a stale write");
+        assert!(
+            matches!(c.user("alice", now), Some(Ok(None))),
+            "a stale write"
+        );
         c.apply(&key, 8, Some(b"{broken"));
         assert!(
-            matches!(c.user("alice"), Some(Err(_))),
+            matches!(c.user("alice", now), Some(Err(_))),
             "unreadable: refuse"
         );
         assert!(ClusterCache::caches(&key));
+    }
+
+    #[test]
+    fn an_expired_user_is_absent() {
+        let now = OffsetDateTime::now_utc();
+        let c = ClusterCache::default();
+        c.set(Some(Snapshot::default()));
+        let mut user: User = Resource::new("carol", UserSpec::default());
+        user.metadata.expires = Some(now + time::Duration::minutes(5));
+        c.apply(
+            &keys::resource(Kind::User, "carol"),
+            3,
+            Some(&serde_json::to_vec(&user).unwrap()),
+        );
+        assert!(
+            c.user("carol", now).unwrap().unwrap().is_some(),
+            "not yet expired"
+        );
+        let later = now + time::Duration::minutes(5);
+        assert!(
+            matches!(c.user("carol", later), Some(Ok(None))),
+            "expired at its instant"
+        );
         assert!(!ClusterCache::caches("/resources/device/d1"));
     }
 

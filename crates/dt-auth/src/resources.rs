@@ -138,7 +138,6 @@ impl AuthServer {
         }
         res.metadata_mut().revision = None;
         let value = res.to_json_value().to_string().into_bytes();
-        let key = keys::resource(kind, &name);
         let expect = if req.expected_revision != 0 {
             Expect::Revision(req.expected_revision)
         } else if req.force {
@@ -163,10 +162,9 @@ impl AuthServer {
             event.message = Some(format!("lock targeting {}", l.spec.target));
         }
         let plan = plan::resources::upserted(kind, &name, value.clone(), expires, expect, event);
-        let rev = self.commit(plan).await?;
-        // Visible to this server's next request at once, not only when the watch delivers
-        // it (a lock must block immediately).
-        self.cache.apply(&key, rev, Some(&value));
+        // Committing applies it to this server's cache at once (a lock must block the very
+        // next request), not only when the watch delivers it.
+        self.commit(plan).await?;
         Ok(pb::UpsertResourceResponse {
             kind: kind.as_str().into(),
             name,
@@ -227,8 +225,7 @@ impl AuthServer {
             event.lock = Some(name.to_string());
         }
         let plan = plan::resources::deleted(kind, name, item.revision, &leftovers, event);
-        let rev = self.commit(plan).await?;
-        self.cache.apply(&key, rev, None);
+        self.commit(plan).await?;
         Ok(())
     }
 }

@@ -394,15 +394,8 @@ impl AuthServer {
     /// just created through another auth server may not have reached this cache yet. An
     /// expired user is absent, as storage (which expires items by the system clock) says.
     pub async fn user_of_caller(&self, name: &str) -> ApiResult<Option<dt_types::User>> {
-        match self.cache.user(name) {
-            Some(Ok(Some(user))) => {
-                let now = OffsetDateTime::now_utc();
-                Ok(user
-                    .metadata
-                    .expires
-                    .is_none_or(|e| e > now)
-                    .then_some(user))
-            }
+        match self.cache.user(name, OffsetDateTime::now_utc()) {
+            Some(Ok(Some(user))) => Ok(Some(user)),
             Some(Err(why)) => Err(self
                 .refuse_unusable(Kind::User, name, &format!("unreadable: {why}"))
                 .await),

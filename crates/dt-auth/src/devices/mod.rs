@@ -171,8 +171,6 @@ pub(crate) fn index_deletes(d: &Device) -> Vec<Op> {
 pub(crate) struct Revocation {
     pub(crate) op: Op,
     pub(crate) event: AuditEvent,
-    pub(crate) key: String,
-    pub(crate) value: Vec<u8>,
 }
 
 impl AuthServer {
@@ -233,13 +231,11 @@ impl AuthServer {
         event.lock = Some(name);
         Ok(Some(Revocation {
             op: Op::Put {
-                key: key.clone(),
-                value: value.clone(),
+                key,
+                value,
                 expires: Some(expires),
             },
             event,
-            key,
-            value,
         }))
     }
 
@@ -450,14 +446,10 @@ impl AuthServer {
             ops.push(r.op.clone());
             events.push(r.event.clone());
         }
-        let rev = self
-            .commit(plan::devices::device_changed(id, rev, ops, events))
-            .await?;
-        // Refused by this server's next request at once, not only when the watch delivers it.
-        if let Some(r) = revocation {
-            self.cache.apply(&r.key, rev, Some(&r.value));
-        }
-        Ok(rev)
+        // Committing applies the revocation lock to this server's cache at once, so its next
+        // request is refused, not only when the watch delivers it.
+        self.commit(plan::devices::device_changed(id, rev, ops, events))
+            .await
     }
 
     pub async fn delete_device(&self, caller: &Caller, r: &pb::DeviceRef) -> ApiResult<Device> {
