@@ -15,11 +15,20 @@ pub const AUDIT_PREFIX: &str = "/audit/";
 /// Rate-limit slots and counters.
 pub const RATELIMIT_PREFIX: &str = "/ratelimit/";
 
-/// Written without change events (`dt_store::Tuning::unwatched_prefixes`): the two most
-/// written kinds of keys (a device authentication writes a dozen audit items and a
-/// rate-limit slot), which no watcher reads. Anything a node, the cache or a second auth
-/// server must follow stays out of these prefixes.
-pub const UNWATCHED: [&str; 2] = [AUDIT_PREFIX, RATELIMIT_PREFIX];
+/// Lookup indexes (device by tag, owner or credential, tokens, removed node keys): read
+/// by key, never followed.
+pub const INDEX_PREFIX: &str = "/index/";
+/// Device resources: rewritten by every device authentication (about 3 KiB each).
+pub const DEVICE_PREFIX: &str = "/resources/device/";
+
+/// Written without change events (`dt_store::Tuning::unwatched_prefixes`): the most written
+/// keys, which no watcher reads. A device authentication writes its device, a dozen audit
+/// items and their indexes; a bulk import writes a device, its indexes and its event per
+/// entry; with change rows, each device document was stored twice. Anything a node, the
+/// cache or a second auth server must follow (roles, users, locks, settings: see
+/// [`crate::cache::watched_prefixes`]) stays out of these prefixes, and the store refuses
+/// a watch that overlaps them.
+pub const UNWATCHED: [&str; 4] = [AUDIT_PREFIX, RATELIMIT_PREFIX, INDEX_PREFIX, DEVICE_PREFIX];
 
 pub fn resource_prefix(kind: Kind) -> String {
     format!("/resources/{}/", kind.as_str())
@@ -132,4 +141,33 @@ pub fn mdm_source(name: &str) -> String {
 pub const MDM_REQUESTS_PREFIX: &str = "/mdm/requests/";
 pub fn mdm_request(id: &str) -> String {
     format!("{MDM_REQUESTS_PREFIX}{id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_prefix_is_the_device_resource_prefix() {
+        assert_eq!(DEVICE_PREFIX, resource_prefix(Kind::Device));
+        assert!(resource(Kind::Device, "d1").starts_with(DEVICE_PREFIX));
+        assert!(device_tag_index(dt_types::device::OsType::Linux, "T").starts_with(INDEX_PREFIX));
+    }
+
+    /// What the cluster cache and the nodes follow must get change rows: a watched prefix
+    /// inside (or around) an unwatched one would miss writes.
+    #[test]
+    fn nothing_watched_is_unwatched() {
+        let watched = crate::cache::watched_prefixes()
+            .into_iter()
+            .chain(crate::nodes::watch::watched_prefixes());
+        for w in watched {
+            for u in UNWATCHED {
+                assert!(
+                    !w.starts_with(u) && !u.starts_with(w.as_str()),
+                    "{w} overlaps the unwatched {u}"
+                );
+            }
+        }
+    }
 }

@@ -50,7 +50,7 @@ mod join;
 mod listing;
 mod records;
 mod removal;
-mod watch;
+pub(crate) mod watch;
 
 pub use error::NodeError;
 pub use grpc::GrpcNodes;
