@@ -24,7 +24,7 @@ use crate::server::AuthServer;
 fn fingerprint(point: &[u8]) -> String {
     format!(
         "sha256:{}",
-        crate::tokens::hex_lower(&Sha256::digest(point))
+        hex::encode(Sha256::digest(point))
     )
 }
 

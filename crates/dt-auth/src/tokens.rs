@@ -24,11 +24,7 @@ pub fn random_token() -> String {
 }
 
 pub fn sha256_hex(s: &str) -> String {
-    hex_lower(&Sha256::digest(s.as_bytes()))
-}
-
-pub(crate) fn hex_lower(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    hex::encode(Sha256::digest(s.as_bytes()))
 }
 
 impl AuthServer {

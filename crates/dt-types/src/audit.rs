@@ -388,11 +388,16 @@ impl AuditEvent {
     /// from there on.
     pub fn chain_hash(&self) -> String {
         use sha2::{Digest, Sha256};
-        let mut copy = self.clone();
-        copy.hash.clear();
-        let json = serde_json::to_vec(&copy).unwrap_or_default();
-        let digest = Sha256::digest(&json);
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        // Hashed with `hash` empty: the appender calls this on an event whose hash is not
+        // set yet (no copy needed); a verifier passes the stored event.
+        let json = if self.hash.is_empty() {
+            serde_json::to_vec(self)
+        } else {
+            let mut copy = self.clone();
+            copy.hash.clear();
+            serde_json::to_vec(&copy)
+        };
+        hex::encode(Sha256::digest(json.unwrap_or_default()))
     }
 }
 

@@ -101,9 +101,9 @@ pub(crate) fn credential_key_index(c: &dt_types::device::DeviceCredential) -> Op
         (_, Some(ak)) if !ak.is_empty() => ak.as_str(),
         _ => return None,
     };
-    Some(keys::device_key_index(&crate::tokens::hex_lower(
-        &sha2::Sha256::digest(material.as_bytes()),
-    )))
+    Some(keys::device_key_index(&hex::encode(sha2::Sha256::digest(
+        material.as_bytes(),
+    ))))
 }
 
 /// The index and record writes that store `d` (no conditions).

@@ -62,10 +62,6 @@ pub(super) fn set_submitter(e: &mut AuditEvent, kind: ServiceKind, name: &str) {
     }
 }
 
-pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

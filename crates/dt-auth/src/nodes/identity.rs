@@ -7,7 +7,6 @@ use dt_types::ServiceKind;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
-use super::checks::hex;
 use super::{NodeError, NodeRegistration};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
@@ -49,7 +48,7 @@ pub(super) fn access_point_of(
 /// Hex SHA-256 of the SubjectPublicKeyInfo of a certificate.
 pub(super) fn cert_key_sha256(cert_der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    Some(hex(&Sha256::digest(cert.tbs_certificate.subject_pki.raw)))
+    Some(hex::encode(Sha256::digest(cert.tbs_certificate.subject_pki.raw)))
 }
 
 impl AuthServer {

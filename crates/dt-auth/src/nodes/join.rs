@@ -8,7 +8,7 @@ use dt_types::resource::{Resource, TokenRole, TokenSpec};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::checks::{addr_host, check_labels, hex, set_submitter};
+use super::checks::{addr_host, check_labels, set_submitter};
 use super::{NODE_CERT_VALIDITY, NodeError, NodeRecord, NodeRegistration};
 use crate::error::{ApiError, ApiResult};
 use crate::keys;
@@ -37,7 +37,7 @@ pub(super) fn check_node_keys(
     spki_der: &[u8],
 ) -> ApiResult<(ssh_key::PublicKey, String)> {
     let ssh = crate::login::check_client_keys("node", ssh_public_key, spki_der)?;
-    Ok((ssh, hex(&Sha256::digest(spki_der))))
+    Ok((ssh, hex::encode(Sha256::digest(spki_der))))
 }
 
 impl AuthServer {
