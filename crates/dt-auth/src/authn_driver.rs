@@ -22,10 +22,7 @@ use crate::plan::{self, PlanError};
 use crate::server::AuthServer;
 
 fn fingerprint(point: &[u8]) -> String {
-    format!(
-        "sha256:{}",
-        hex::encode(Sha256::digest(point))
-    )
+    format!("sha256:{}", hex::encode(Sha256::digest(point)))
 }
 
 fn binding(id: &dt_ca::Identity) -> Option<DeviceBinding> {

@@ -160,6 +160,9 @@ pub fn cases() -> Vec<(&'static str, CaseFn)> {
             Box::pin(grouped_single_writes(f))
         }),
         ("unwatched_prefixes", |f| Box::pin(unwatched_prefixes(f))),
+        ("unwatched_commits_then_watched", |f| {
+            Box::pin(unwatched_commits_then_watched(f))
+        }),
         ("batch_many_rows", |f| Box::pin(batch_many_rows(f))),
         ("watch_values_by_prefix", |f| {
             Box::pin(watch_values_by_prefix(f))
@@ -268,6 +271,7 @@ macro_rules! conformance_tests {
             concurrent_batches,
             grouped_single_writes,
             unwatched_prefixes,
+            unwatched_commits_then_watched,
             batch_many_rows,
             watch_values_by_prefix,
             indexed_reads,
@@ -1748,6 +1752,77 @@ pub async fn unwatched_prefixes(f: Factory) -> Outcome {
         get_value(&other, "/u/b").await?,
         Some(b"b".to_vec()),
         "/u/b elsewhere"
+    );
+    Ok(())
+}
+
+/// Commits that write only unwatched keys give the change feed nothing to read (the store
+/// may skip reading it after them); a watched write after them still reaches the watcher
+/// at once, not at the next poll (an hour here), in batches and in single writes.
+pub async fn unwatched_commits_then_watched(f: Factory) -> Outcome {
+    let b = open(
+        &f,
+        Tuning {
+            unwatched_prefixes: vec!["/u/".into()],
+            poll_every: Duration::from_secs(3600),
+            ..fast_tuning()
+        },
+    )
+    .await?;
+    let mut w = b.watch(vec!["/w/".into()]).await.ctx("watch /w/")?;
+    init(&mut w).await?;
+    let unwatched_batch = |n: usize| -> Vec<BatchWrite> {
+        (0..n)
+            .map(|i| BatchWrite {
+                conditions: vec![],
+                ops: vec![Op::Put {
+                    key: format!("/u/{i}"),
+                    value: vec![1],
+                    expires: None,
+                }],
+            })
+            .collect()
+    };
+    b.write_batch(unwatched_batch(3), "/u/count", counting_tail("/u/count"))
+        .await
+        .ctx("unwatched batch")?;
+    b.put("/u/single", vec![2], None)
+        .await
+        .ctx("unwatched put")?;
+    let mut want = Vec::new();
+    let mut groups = unwatched_batch(2);
+    groups.push(BatchWrite {
+        conditions: vec![],
+        ops: vec![Op::Put {
+            key: "/w/in-batch".into(),
+            value: vec![3],
+            expires: None,
+        }],
+    });
+    let revs = b
+        .write_batch(groups, "/u/count", counting_tail("/u/count"))
+        .await
+        .ctx("mixed batch")?;
+    let rev = match revs.last() {
+        Some(Ok(r)) => *r,
+        other => return Err(fail(format!("mixed batch result: {other:?}"))),
+    };
+    want.push((EventKind::Put, "/w/in-batch", rev));
+    let r = b
+        .put("/w/single", vec![4], None)
+        .await
+        .ctx("put /w/single")?;
+    want.push((EventKind::Put, "/w/single", r));
+    b.put("/u/after", vec![5], None)
+        .await
+        .ctx("unwatched put after")?;
+    b.delete("/w/single", None).await.ctx("delete /w/single")?;
+    expect_changes(&mut w, &want).await?;
+    let (kind, item) = change(&mut w).await?;
+    ensure_eq!(
+        (kind, item.key.as_str()),
+        (EventKind::Delete, "/w/single"),
+        "the delete after an unwatched put"
     );
     Ok(())
 }

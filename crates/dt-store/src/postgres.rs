@@ -223,8 +223,8 @@ impl Shared {
         let mut attempt = 0;
         loop {
             match self.write_once(&w).await {
-                Ok(applied) => {
-                    if applied.commit {
+                Ok((applied, fed)) => {
+                    if fed {
                         self.wake.notify_one();
                     }
                     return Ok(applied);
@@ -245,8 +245,13 @@ impl Shared {
         let mut attempt = 0;
         loop {
             match self.write_batch_once(&b).await {
-                Ok(results) => {
-                    self.wake.notify_one();
+                Ok((results, fed)) => {
+                    // Only a commit that wrote change rows gives the hub something to read
+                    // (audit appends and device writes are unwatched: most write none).
+                    // Other servers hear of it by the rows' NOTIFY.
+                    if fed {
+                        self.wake.notify_one();
+                    }
                     return Ok(results);
                 }
                 Err(e) if attempt < WRITE_RETRIES && is_retryable(&e) => {
@@ -258,7 +263,8 @@ impl Shared {
         }
     }
 
-    async fn write_batch_once(&self, b: &Batch) -> Result<Vec<GroupResult>> {
+    /// Each group's result, and whether the transaction wrote change-feed rows.
+    async fn write_batch_once(&self, b: &Batch) -> Result<(Vec<GroupResult>, bool)> {
         let mut lease = self.pool.get().await?;
         let PgConn { client, st } = lease.conn_mut()?;
         let tx = client
@@ -267,21 +273,15 @@ impl Shared {
             .start()
             .await
             .map_err(pg)?;
-        let unwatched = &self.unwatched;
-        let results = apply_batch(
-            &mut PgTx {
-                tx: &tx,
-                st,
-                unwatched,
-            },
-            b,
-        )
-        .await?;
+        let mut t = PgTx::new(&tx, st, &self.unwatched);
+        let results = apply_batch(&mut t, b).await?;
+        let fed = t.fed;
         tx.commit().await.map_err(pg)?;
-        Ok(results)
+        Ok((results, fed))
     }
 
-    async fn write_once(&self, w: &Write) -> Result<Applied> {
+    /// The write's outcome, and whether it committed change-feed rows.
+    async fn write_once(&self, w: &Write) -> Result<(Applied, bool)> {
         let mut lease = self.pool.get().await?;
         let PgConn { client, st } = lease.conn_mut()?;
         let tx = client
@@ -290,22 +290,15 @@ impl Shared {
             .start()
             .await
             .map_err(pg)?;
-        let unwatched = &self.unwatched;
-        let applied = apply(
-            &mut PgTx {
-                tx: &tx,
-                st,
-                unwatched,
-            },
-            w,
-        )
-        .await?;
+        let mut t = PgTx::new(&tx, st, &self.unwatched);
+        let applied = apply(&mut t, w).await?;
+        let fed = t.fed;
         if applied.commit {
             tx.commit().await.map_err(pg)?;
         } else {
             tx.rollback().await.map_err(pg)?;
         }
-        Ok(applied)
+        Ok((applied, fed && applied.commit))
     }
 
     /// Sweep only when something has expired, so idle instances do not contend for the
@@ -656,6 +649,24 @@ struct PgTx<'a> {
     tx: &'a tokio_postgres::Transaction<'a>,
     st: &'a Stmts,
     unwatched: &'a [String],
+    /// A change-feed row may have been written: the hub has something to read after the
+    /// commit.
+    fed: bool,
+}
+
+impl<'a> PgTx<'a> {
+    fn new(
+        tx: &'a tokio_postgres::Transaction<'a>,
+        st: &'a Stmts,
+        unwatched: &'a [String],
+    ) -> Self {
+        PgTx {
+            tx,
+            st,
+            unwatched,
+            fed: false,
+        }
+    }
 }
 
 impl Tx for PgTx<'_> {
@@ -685,6 +696,7 @@ impl Tx for PgTx<'_> {
 
     async fn put(&mut self, revision: i64, idx: i32, row: &PutRow, at: i64) -> Result<()> {
         if in_feed(self.unwatched, &row.key) {
+            self.fed = true;
             self.tx
                 .execute(
                     &self.st.put,
@@ -718,14 +730,18 @@ impl Tx for PgTx<'_> {
             .execute(&self.st.remove, &[&key, &revision, &idx, &at])
             .await
             .map_err(pg)?;
+        self.fed |= n > 0;
         Ok(n > 0)
     }
 
     async fn sweep(&mut self, revision: i64, now: i64) -> Result<u64> {
-        self.tx
+        let n = self
+            .tx
             .execute(&self.st.sweep, &[&revision, &now])
             .await
-            .map_err(pg)
+            .map_err(pg)?;
+        self.fed |= n > 0;
+        Ok(n)
     }
 
     async fn next_revisions(&mut self, n: i64) -> Result<i64> {
@@ -796,6 +812,7 @@ impl Tx for PgTx<'_> {
         let (fed, unfed): (Vec<Row<'_>>, Vec<Row<'_>>) = rows
             .iter()
             .partition(|(_, _, row)| in_feed(self.unwatched, &row.key));
+        self.fed |= !fed.is_empty();
 
         let mut distinct = std::collections::HashSet::with_capacity(fed.len());
         let fed_distinct = fed.iter().all(|(_, _, r)| distinct.insert(r.key.as_str()));

@@ -212,21 +212,25 @@ impl BatchWriter for Shared {
 impl Shared {
     async fn write_batch(&self, b: Batch) -> Result<Vec<GroupResult>> {
         let unwatched = self.unwatched.clone();
-        let results = self
+        let (results, fed) = self
             .writer
             .run(move |conn| retry_busy(|| write_batch_once(conn, &unwatched, &b)))
             .await?;
-        self.wake.notify_one();
+        // Only a commit that wrote change rows gives the hub something to read (audit
+        // appends and device writes are unwatched: most commits write none).
+        if fed {
+            self.wake.notify_one();
+        }
         Ok(results)
     }
 
     async fn write(&self, w: Write) -> Result<Applied> {
         let unwatched = self.unwatched.clone();
-        let applied = self
+        let (applied, fed) = self
             .writer
             .run(move |conn| write_blocking(conn, &unwatched, &w))
             .await?;
-        if applied.commit {
+        if fed {
             self.wake.notify_one();
         }
         Ok(applied)
@@ -795,7 +799,12 @@ fn retry_busy<T>(mut f: impl FnMut() -> Result<T>) -> Result<T> {
     }
 }
 
-fn write_blocking(conn: &mut Connection, unwatched: &[String], w: &Write) -> Result<Applied> {
+/// The write's outcome, and whether it wrote change-feed rows.
+fn write_blocking(
+    conn: &mut Connection,
+    unwatched: &[String],
+    w: &Write,
+) -> Result<(Applied, bool)> {
     let result = retry_busy(|| write_once(conn, unwatched, w));
     match result {
         Err(e) if is_unique_violation(&e) => Err(w.conflict_error().unwrap_or(e)),
@@ -803,32 +812,37 @@ fn write_blocking(conn: &mut Connection, unwatched: &[String], w: &Write) -> Res
     }
 }
 
-fn write_once(conn: &mut Connection, unwatched: &[String], w: &Write) -> Result<Applied> {
+fn write_once(conn: &mut Connection, unwatched: &[String], w: &Write) -> Result<(Applied, bool)> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sq)?;
-    let applied = run_ready(apply(&mut SqliteTx { tx: &tx, unwatched }, w))
+    let mut t = SqliteTx::new(&tx, unwatched);
+    let applied = run_ready(apply(&mut t, w))
         .ok_or_else(|| backend_msg("sqlite transaction unexpectedly suspended"))??;
+    let fed = t.fed;
     if applied.commit {
         tx.commit().map_err(sq)?;
     } else {
         tx.rollback().map_err(sq)?;
     }
-    Ok(applied)
+    Ok((applied, fed && applied.commit))
 }
 
+/// Each group's result, and whether the transaction wrote change-feed rows.
 fn write_batch_once(
     conn: &mut Connection,
     unwatched: &[String],
     b: &Batch,
-) -> Result<Vec<GroupResult>> {
+) -> Result<(Vec<GroupResult>, bool)> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sq)?;
-    let results = run_ready(apply_batch(&mut SqliteTx { tx: &tx, unwatched }, b))
+    let mut t = SqliteTx::new(&tx, unwatched);
+    let results = run_ready(apply_batch(&mut t, b))
         .ok_or_else(|| backend_msg("sqlite transaction unexpectedly suspended"))??;
+    let fed = t.fed;
     tx.commit().map_err(sq)?;
-    Ok(results)
+    Ok((results, fed))
 }
 
 const PUT_ITEM_SQL: &str = "INSERT INTO dt_items (key, value, revision, expires) \
@@ -841,11 +855,21 @@ const PUT_EVENT_SQL: &str = "INSERT INTO dt_events (revision, idx, key, kind, va
 struct SqliteTx<'a> {
     tx: &'a rusqlite::Transaction<'a>,
     unwatched: &'a [String],
+    /// A change-feed row was written: the hub has something to read after the commit.
+    fed: bool,
 }
 
-impl SqliteTx<'_> {
+impl<'a> SqliteTx<'a> {
+    fn new(tx: &'a rusqlite::Transaction<'a>, unwatched: &'a [String]) -> Self {
+        SqliteTx {
+            tx,
+            unwatched,
+            fed: false,
+        }
+    }
+
     fn event(
-        &self,
+        &mut self,
         (revision, idx): (i64, i32),
         kind: i16,
         key: &str,
@@ -858,6 +882,7 @@ impl SqliteTx<'_> {
             .map_err(sq)?
             .execute(params![revision, idx, key, kind, value, expires, at])
             .map_err(sq)?;
+        self.fed = true;
         Ok(())
     }
 }
@@ -918,8 +943,9 @@ impl Tx for SqliteTx<'_> {
 
     /// Each statement prepared once for all the rows (not looked up in the cache per row).
     async fn put_many(&mut self, rows: &[(i64, i32, &PutRow)], at: i64) -> Result<()> {
-        let mut item = self.tx.prepare_cached(PUT_ITEM_SQL).map_err(sq)?;
-        let mut event = self.tx.prepare_cached(PUT_EVENT_SQL).map_err(sq)?;
+        let tx = self.tx;
+        let mut item = tx.prepare_cached(PUT_ITEM_SQL).map_err(sq)?;
+        let mut event = tx.prepare_cached(PUT_EVENT_SQL).map_err(sq)?;
         for (revision, idx, row) in rows {
             item.execute(params![row.key, row.value, revision, row.expires])
                 .map_err(sq)?;
@@ -937,6 +963,7 @@ impl Tx for SqliteTx<'_> {
                     at
                 ])
                 .map_err(sq)?;
+            self.fed = true;
         }
         Ok(())
     }

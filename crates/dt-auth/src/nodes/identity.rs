@@ -48,7 +48,9 @@ pub(super) fn access_point_of(
 /// Hex SHA-256 of the SubjectPublicKeyInfo of a certificate.
 pub(super) fn cert_key_sha256(cert_der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
-    Some(hex::encode(Sha256::digest(cert.tbs_certificate.subject_pki.raw)))
+    Some(hex::encode(Sha256::digest(
+        cert.tbs_certificate.subject_pki.raw,
+    )))
 }
 
 impl AuthServer {
