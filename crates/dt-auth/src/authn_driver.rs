@@ -64,6 +64,7 @@ impl AuthServer {
     ) -> Result<(), Status> {
         // The user whose certificates are augmented, checked before anything is read.
         let user = caller.user()?;
+        let identity = caller.identity()?;
         let mut env = self.env.ceremony();
         let opened = tokio::time::Instant::now();
         let state = authn::ExpectInit::new(&env);
@@ -127,7 +128,7 @@ impl AuthServer {
         })?;
         let mtls = MtlsIdentity {
             x509_der: cert_der.to_vec(),
-            certificate: x509_view(&caller.identity, user, &cert_der)?,
+            certificate: x509_view(identity, user, &cert_der)?,
         };
         // The in-band SSH certificate must be ours, valid now, and readable.
         let ssh_cert = match &init.user_certificates.ssh_authorized_key {
@@ -271,7 +272,7 @@ impl AuthServer {
         };
         // A lock created while the device was answering must still win.
         let locks = self.active_locks().await?;
-        let role_names: Vec<&str> = caller.identity.roles.iter().map(String::as_str).collect();
+        let role_names: Vec<&str> = identity.roles.iter().map(String::as_str).collect();
         let device_id = outcome.augment.device.device_id.clone();
         for ctx in [
             dt_authz::LockContext {
@@ -329,15 +330,15 @@ impl AuthServer {
                 .user(caller.name())
                 .device(device_info(&d))
                 .cert(CertInfo {
-                    cert_type: if caller.identity.bot {
+                    cert_type: if identity.bot {
                         "bot".into()
                     } else {
                         "user".into()
                     },
                     serial: String::new(),
-                    roles: caller.identity.roles.clone(),
-                    logins: caller.identity.logins.clone(),
-                    not_after: caller.identity.not_after,
+                    roles: identity.roles.clone(),
+                    logins: identity.logins.clone(),
+                    not_after: identity.not_after,
                 })
                 .message("certificates augmented with the device"),
         ];

@@ -98,7 +98,7 @@ async fn whoami(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = srv.caller(peer).await?;
     Ok(Json(
-        serde_json::to_value(caller.identity.as_ref()).map_err(ApiError::internal)?,
+        serde_json::to_value(caller.identity()?).map_err(ApiError::internal)?,
     ))
 }
 

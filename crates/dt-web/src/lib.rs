@@ -530,13 +530,14 @@ async fn me(
 ) -> WebResult<Json<serde_json::Value>> {
     let (_, session, caller) = web.session(&peer, &headers).await?;
     let cap = web.srv.cap().await?;
-    let who = if caller.identity.bot {
+    let identity = caller.identity()?;
+    let who = if identity.bot {
         dt_authz::Principal::Bot
     } else {
         dt_authz::Principal::Human
     };
     let required = dt_authz::device_required(&cap.spec.device_trust.mode, &caller.roles, who);
-    let trusted = caller.identity.device.is_some();
+    let trusted = identity.device.is_some();
     let devices = web.srv.enrolled_devices_of(caller.name()).await?;
     let handoff = match (&session.web_token, trusted, request_host(&uri, &headers)) {
         (Some(t), false, Some(host)) => Some(handoff_url(caller.name(), &host, t)),
@@ -545,8 +546,8 @@ async fn me(
     let can = |kind: &str, verb| web.srv.authorize(&caller, kind, verb).is_ok();
     Ok(Json(json!({
         "user": caller.name(),
-        "roles": caller.identity.roles,
-        "logins": caller.identity.logins,
+        "roles": identity.roles,
+        "logins": identity.logins,
         "csrf_token": session.csrf,
         "expires": session.expires.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         "cluster_mode": cap.spec.device_trust.mode.to_string(),
