@@ -61,9 +61,10 @@ impl Caller {
         }
     }
 
-    /// The caller as a user: the name its certificate carries. A service is refused.
-    pub fn user(&self) -> ApiResult<UserName> {
-        Ok(UserName::parse(self.identity()?.username.as_str())?)
+    /// The caller as a user: the name its certificate carries (checked when the
+    /// certificate was read). A service is refused.
+    pub fn user(&self) -> ApiResult<&UserName> {
+        Ok(&self.identity()?.username)
     }
 
     /// A bot user, or a service: not a person (no device trust asked of it where the mode
@@ -121,7 +122,7 @@ impl AuthServer {
             )));
         }
         if identity.username != LOCAL_ADMIN {
-            match self.user_of_caller(&identity.username).await? {
+            match self.user_of_caller(identity.username.as_str()).await? {
                 None => {
                     return Err(ApiError::Unauthenticated(format!(
                         "user {:?} no longer exists; ask an admin",
@@ -139,7 +140,7 @@ impl AuthServer {
                     self.audit
                         .emit(
                             AuditEvent::new(EventType::AccessDenied, false, self.env.now())
-                                .user(&identity.username)
+                                .user(identity.username.as_str())
                                 .message("refused: certificate issued before this user was created (to an earlier, removed user of the same name)")
                                 .remote_addr(peer.addr.ip().to_string()),
                         )
@@ -163,7 +164,7 @@ impl AuthServer {
             other => other?,
         };
         let ctx = dt_authz::LockContext {
-            user: Some(&identity.username),
+            user: Some(identity.username.as_str()),
             roles: &role_names,
             // Certificates that carry a device are cut off by a lock on that device.
             device: identity.device.as_ref().map(|d| d.device_id.as_str()),
@@ -218,7 +219,7 @@ mod tests {
         let now = time::OffsetDateTime::UNIX_EPOCH;
         Caller {
             actor: Actor::User(Arc::new(dt_ca::Identity {
-                username: name.into(),
+                username: name.parse().unwrap(),
                 roles: vec![],
                 logins: vec![],
                 bot,
@@ -236,7 +237,7 @@ mod tests {
     fn a_caller_is_a_user_only_with_a_user_certificate() {
         let alice = user("alice", false);
         assert_eq!(alice.name(), "alice");
-        assert_eq!(alice.user().unwrap(), "alice");
+        assert_eq!(*alice.user().unwrap(), "alice");
         assert!(alice.identity().is_ok());
         assert!(!alice.is_bot());
         assert!(user("ci", true).is_bot());

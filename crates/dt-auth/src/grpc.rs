@@ -68,7 +68,7 @@ impl AuthService for GrpcAuth {
             dt_authz::Principal::Human
         };
         Ok(Response::new(pb::WhoAmIResponse {
-            username: id.username.clone(),
+            username: id.username.to_string(),
             roles: id.roles.clone(),
             logins: id.logins.clone(),
             bot: id.bot,

@@ -420,7 +420,12 @@ async fn login(
     } else {
         match web
             .srv
-            .create_device_web_token(&identity.username, &id, ip, web.cfg.device_web_token_ttl)
+            .create_device_web_token(
+                identity.username.as_str(),
+                &id,
+                ip,
+                web.cfg.device_web_token_ttl,
+            )
             .await
         {
             Ok(Ok(t)) => Some(t),
@@ -435,7 +440,7 @@ async fn login(
             }
         }
     };
-    let user = identity.username.clone();
+    let user = identity.username.to_string();
     let expires = identity.not_after;
     let session = Session {
         id,
