@@ -197,7 +197,7 @@ pub fn device_info(id: &Identity) -> Option<DeviceInfo> {
 /// hold every role's logins, also the ones a role grants only on other nodes).
 pub fn subject(id: &Identity) -> dt_authz::Subject<'_> {
     dt_authz::Subject {
-        user: id.username.as_str(),
+        user: &id.username,
         user_logins: &id.trait_logins,
         principal: principal(id),
         device_verified: id.is_device_verified(),
