@@ -67,15 +67,6 @@ impl Caller {
         Ok(&self.identity()?.username)
     }
 
-    /// A bot user, or a service: not a person (no device trust asked of it where the mode
-    /// exempts machines).
-    pub fn is_bot(&self) -> bool {
-        match &self.actor {
-            Actor::User(id) => id.bot,
-            Actor::Service { .. } => true,
-        }
-    }
-
     /// The role names the certificate carries (none for a service).
     pub fn cert_roles(&self) -> &[String] {
         match &self.actor {
@@ -215,14 +206,14 @@ mod tests {
         }
     }
 
-    fn user(name: &str, bot: bool) -> Caller {
+    fn user(name: &str) -> Caller {
         let now = time::OffsetDateTime::UNIX_EPOCH;
         Caller {
             actor: Actor::User(Arc::new(dt_ca::Identity {
                 username: name.parse().unwrap(),
                 roles: vec![],
                 logins: vec![],
-                bot,
+                bot: false,
                 trait_logins: vec![],
                 device: None,
                 not_before: now,
@@ -235,19 +226,16 @@ mod tests {
 
     #[test]
     fn a_caller_is_a_user_only_with_a_user_certificate() {
-        let alice = user("alice", false);
+        let alice = user("alice");
         assert_eq!(alice.name(), "alice");
         assert_eq!(*alice.user().unwrap(), "alice");
         assert!(alice.identity().is_ok());
-        assert!(!alice.is_bot());
-        assert!(user("ci", true).is_bot());
 
         // The MDM service's caller names a service, not a user: it has the audit name, no
-        // certificate, no roles, and is never a person.
+        // certificate and no roles.
         let mdm = Caller::service("mdm/jamf".into(), peer());
         assert_eq!(mdm.name(), "mdm/jamf");
         assert!(mdm.roles.is_empty() && mdm.cert_roles().is_empty());
-        assert!(mdm.is_bot());
         assert!(matches!(mdm.identity(), Err(ApiError::NotAUser { .. })));
         let e = mdm.user().unwrap_err();
         assert!(
