@@ -51,7 +51,7 @@ fn identity(user: &str) -> Identity {
         .replace_nanosecond(0)
         .unwrap();
     Identity {
-        username: user.into(),
+        username: user.parse().unwrap(),
         roles: vec!["bench".into()],
         logins: vec!["root".into()],
         bot: false,
@@ -209,7 +209,7 @@ async fn run() {
             Freshness::default(),
             "node",
             move |_, s: BenchSession, _why| {
-                let _ = tx.send((s.identity.username.clone(), Instant::now()));
+                let _ = tx.send((s.identity.username.to_string(), Instant::now()));
                 async {}
             },
         ));

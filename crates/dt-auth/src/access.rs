@@ -25,7 +25,7 @@ use dt_proto::v1 as pb;
 use dt_proto::v1::access_service_server::AccessService;
 use dt_types::device::EnrollStatus;
 use dt_types::resource::UserSpec;
-use dt_types::{Device, Verb};
+use dt_types::{Device, UserName, Verb};
 use tonic::{Request, Response, Status};
 
 use crate::caller::{Caller, peer_of};
@@ -144,7 +144,9 @@ impl AuthServer {
                 "name the user with --user".into(),
             ));
         }
-        let Some((user, _)) = self.get_resource::<UserSpec>(user_name).await? else {
+        // Checked where it enters: the decision takes a user name, not any text.
+        let user_name = UserName::parse(user_name)?;
+        let Some((user, _)) = self.get_resource::<UserSpec>(user_name.as_str()).await? else {
             return Err(ApiError::NotFound(format!(
                 "user {user_name:?} not found (see `dtctl users ls`)"
             )));
@@ -223,7 +225,7 @@ impl AuthServer {
             _ => None,
         };
         let who = Subject {
-            user: user.name(),
+            user: &user_name,
             user_logins: &user.spec.traits.logins,
             principal: if user.spec.bot {
                 Principal::Bot

@@ -7,8 +7,8 @@ use dt_ceremony::authn::server as authn;
 use dt_ceremony::authn::server::{CertView, DeviceBinding, MtlsIdentity};
 use dt_ceremony::messages::{AuthenticateResponse, AuthenticateSuccess, UserCertificates};
 use dt_proto::v1 as pb;
+use dt_types::Device;
 use dt_types::audit::{AuditEvent, CertInfo, DeviceInfo, EventType};
-use dt_types::{Device, UserName};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tokio::sync::mpsc;
@@ -35,11 +35,11 @@ fn binding(id: &dt_ca::Identity) -> Option<DeviceBinding> {
 
 /// The verified view of an X.509 user certificate: identity (its `user` checked by the
 /// caller) and key fingerprint.
-fn x509_view(id: &dt_ca::Identity, user: UserName, der: &[u8]) -> Result<CertView, Status> {
+fn x509_view(id: &dt_ca::Identity, der: &[u8]) -> Result<CertView, Status> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|_| Status::invalid_argument("unreadable client certificate"))?;
     Ok(CertView {
-        user,
+        user: id.username.clone(),
         roles: id.roles.clone(),
         public_key_fingerprint: fingerprint(
             &cert.tbs_certificate.subject_pki.subject_public_key.data,
@@ -61,6 +61,7 @@ impl AuthServer {
     ) -> Result<(), Status> {
         // The user whose certificates are augmented, checked before anything is read.
         let user = caller.user()?;
+        let identity = caller.identity()?;
         let mut env = self.env.ceremony();
         let opened = tokio::time::Instant::now();
         let state = authn::ExpectInit::new(&env);
@@ -99,7 +100,7 @@ impl AuthServer {
         // Device web authentication: the web login's token is spent here, at Init.
         let web = match &init.device_web_token {
             None => None,
-            Some(t) => match self.spend_device_web_token(&user, t).await? {
+            Some(t) => match self.spend_device_web_token(user, t).await? {
                 Ok(record) => Some(record),
                 Err(msg) => {
                     self.audit
@@ -124,7 +125,7 @@ impl AuthServer {
         })?;
         let mtls = MtlsIdentity {
             x509_der: cert_der.to_vec(),
-            certificate: x509_view(&caller.identity, user, &cert_der)?,
+            certificate: x509_view(identity, &cert_der)?,
         };
         // The in-band SSH certificate must be ours, valid now, and readable.
         let ssh_cert = match &init.user_certificates.ssh_authorized_key {
@@ -134,18 +135,10 @@ impl AuthServer {
                 })?;
                 // Verified once: augmentation below takes this proof instead of
                 // checking the signature again.
-                // A key id that is not a user name is refused like a bad signature.
-                let checked = self
-                    .user_ca
-                    .verify_ssh_user(&cert, now)
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| {
-                        UserName::parse(v.identity().username.as_str())
-                            .map(|user| (v, user))
-                            .map_err(|e| e.to_string())
-                    });
-                match checked {
-                    Ok((verified, user)) => {
+                // A key id that is not a user name is refused like a bad signature
+                // (dt-ca reads it as a `UserName` or not at all).
+                match self.user_ca.verify_ssh_user(&cert, now) {
+                    Ok(verified) => {
                         let id = verified.identity();
                         let point = cert
                             .public_key()
@@ -153,7 +146,7 @@ impl AuthServer {
                             .map(|k| k.as_sec1_bytes().to_vec())
                             .unwrap_or_default();
                         let view = CertView {
-                            user,
+                            user: id.username.clone(),
                             roles: id.roles.clone(),
                             public_key_fingerprint: fingerprint(&point),
                             device: binding(id),
@@ -268,7 +261,7 @@ impl AuthServer {
         };
         // A lock created while the device was answering must still win.
         let locks = self.active_locks().await?;
-        let role_names: Vec<&str> = caller.identity.roles.iter().map(String::as_str).collect();
+        let role_names: Vec<&str> = identity.roles.iter().map(String::as_str).collect();
         let device_id = outcome.augment.device.device_id.clone();
         for ctx in [
             dt_authz::LockContext {
@@ -326,15 +319,15 @@ impl AuthServer {
                 .user(caller.name())
                 .device(device_info(&d))
                 .cert(CertInfo {
-                    cert_type: if caller.identity.bot {
+                    cert_type: if identity.bot {
                         "bot".into()
                     } else {
                         "user".into()
                     },
                     serial: String::new(),
-                    roles: caller.identity.roles.clone(),
-                    logins: caller.identity.logins.clone(),
-                    not_after: caller.identity.not_after,
+                    roles: identity.roles.clone(),
+                    logins: identity.logins.clone(),
+                    not_after: identity.not_after,
                 })
                 .message("certificates augmented with the device"),
         ];

@@ -12,24 +12,67 @@ use crate::listener::Peer;
 use crate::login::lock_message;
 use crate::server::{AuthServer, LOCAL_ADMIN};
 
+/// Who is behind a call: a user with a certificate, or one of the server's own services.
+pub enum Actor {
+    /// A user (human or bot), by the user certificate the connection presented.
+    User(Arc<dt_ca::Identity>),
+    /// A joined service acting for itself (the MDM sync revoking a device it removed). It
+    /// has no user certificate: no roles, no logins, no device, never a human.
+    Service {
+        /// The audit actor text, `KIND/NAME` (`mdm/jamf`); never a user name, since `/`
+        /// is not allowed in one.
+        name: String,
+    },
+}
+
 /// An authenticated caller and its roles.
 pub struct Caller {
-    pub identity: Arc<dt_ca::Identity>,
+    pub actor: Actor,
     pub roles: Vec<Role>,
     pub peer: Peer,
 }
 
 impl Caller {
-    /// The certificate's name, as text (audit events, keys).
-    pub fn name(&self) -> &str {
-        &self.identity.username
+    /// A joined service's own caller: no roles, so it passes no RBAC check.
+    pub(crate) fn service(name: String, peer: Peer) -> Caller {
+        Caller {
+            actor: Actor::Service { name },
+            roles: Vec::new(),
+            peer,
+        }
     }
 
-    /// The caller as a user, for what only a user does (enroll or authenticate a device):
-    /// the certificate's name, checked. The server's own service callers (`mdm/NAME`) are
-    /// not users and are refused here.
-    pub fn user(&self) -> ApiResult<UserName> {
-        Ok(UserName::parse(self.identity.username.as_str())?)
+    /// Who is calling, as audit and ownership text (`alice`, `mdm/jamf`).
+    pub fn name(&self) -> &str {
+        match &self.actor {
+            Actor::User(id) => id.username.as_str(),
+            Actor::Service { name } => name,
+        }
+    }
+
+    /// The caller's user certificate, for what only a user does (enroll or authenticate a
+    /// device, read its own identity). A service is refused.
+    pub fn identity(&self) -> ApiResult<&dt_ca::Identity> {
+        match &self.actor {
+            Actor::User(id) => Ok(id),
+            Actor::Service { name } => Err(ApiError::NotAUser {
+                service: name.clone(),
+            }),
+        }
+    }
+
+    /// The caller as a user: the name its certificate carries (checked when the
+    /// certificate was read). A service is refused.
+    pub fn user(&self) -> ApiResult<&UserName> {
+        Ok(&self.identity()?.username)
+    }
+
+    /// The role names the certificate carries (none for a service).
+    pub fn cert_roles(&self) -> &[String] {
+        match &self.actor {
+            Actor::User(id) => &id.roles,
+            Actor::Service { .. } => &[],
+        }
     }
 }
 
@@ -70,7 +113,7 @@ impl AuthServer {
             )));
         }
         if identity.username != LOCAL_ADMIN {
-            match self.user_of_caller(&identity.username).await? {
+            match self.user_of_caller(identity.username.as_str()).await? {
                 None => {
                     return Err(ApiError::Unauthenticated(format!(
                         "user {:?} no longer exists; ask an admin",
@@ -88,7 +131,7 @@ impl AuthServer {
                     self.audit
                         .emit(
                             AuditEvent::new(EventType::AccessDenied, false, self.env.now())
-                                .user(&identity.username)
+                                .user(identity.username.as_str())
                                 .message("refused: certificate issued before this user was created (to an earlier, removed user of the same name)")
                                 .remote_addr(peer.addr.ip().to_string()),
                         )
@@ -112,7 +155,7 @@ impl AuthServer {
             other => other?,
         };
         let ctx = dt_authz::LockContext {
-            user: Some(&identity.username),
+            user: Some(identity.username.as_str()),
             roles: &role_names,
             // Certificates that carry a device are cut off by a lock on that device.
             device: identity.device.as_ref().map(|d| d.device_id.as_str()),
@@ -123,7 +166,7 @@ impl AuthServer {
             return Err(ApiError::PermissionDenied(lock_message(lock)));
         }
         Ok(Caller {
-            identity,
+            actor: Actor::User(identity),
             roles,
             peer,
         })
@@ -133,7 +176,7 @@ impl AuthServer {
         match dt_authz::check_rule(&caller.roles, resource, verb) {
             dt_authz::Decision::Allow => Ok(()),
             dt_authz::Decision::Deny(reason) => {
-                let missing = crate::server::missing_roles(&caller.identity.roles, &caller.roles);
+                let missing = crate::server::missing_roles(caller.cert_roles(), &caller.roles);
                 let note = if missing.is_empty() {
                     String::new()
                 } else {
@@ -154,11 +197,20 @@ mod tests {
     use super::*;
     use crate::error::ErrorCode;
 
-    fn caller(name: &str) -> Caller {
+    fn peer() -> Peer {
+        Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            identity: None,
+            cert_der: None,
+            node: None,
+        }
+    }
+
+    fn user(name: &str) -> Caller {
         let now = time::OffsetDateTime::UNIX_EPOCH;
         Caller {
-            identity: Arc::new(dt_ca::Identity {
-                username: name.into(),
+            actor: Actor::User(Arc::new(dt_ca::Identity {
+                username: name.parse().unwrap(),
                 roles: vec![],
                 logins: vec![],
                 bot: false,
@@ -166,27 +218,34 @@ mod tests {
                 device: None,
                 not_before: now,
                 not_after: now + time::Duration::hours(1),
-            }),
+            })),
             roles: vec![],
-            peer: Peer {
-                addr: "127.0.0.1:1".parse().unwrap(),
-                identity: None,
-                cert_der: None,
-                node: None,
-            },
+            peer: peer(),
         }
     }
 
     #[test]
-    fn a_caller_is_a_user_only_with_a_user_name() {
-        assert_eq!(caller("alice").user().unwrap(), "alice");
-        // The MDM service's caller names a service, not a user.
-        let e = caller("mdm/jamf").user().unwrap_err();
-        assert!(matches!(e, ApiError::InvalidName(_)), "{e:?}");
-        assert_eq!(e.code(), ErrorCode::InvalidArgument);
+    fn a_caller_is_a_user_only_with_a_user_certificate() {
+        let alice = user("alice");
+        assert_eq!(alice.name(), "alice");
+        assert_eq!(*alice.user().unwrap(), "alice");
+        assert!(alice.identity().is_ok());
+
+        // The MDM service's caller names a service, not a user: it has the audit name, no
+        // certificate and no roles.
+        let mdm = Caller::service("mdm/jamf".into(), peer());
+        assert_eq!(mdm.name(), "mdm/jamf");
+        assert!(mdm.roles.is_empty() && mdm.cert_roles().is_empty());
+        assert!(matches!(mdm.identity(), Err(ApiError::NotAUser { .. })));
+        let e = mdm.user().unwrap_err();
+        assert!(
+            matches!(&e, ApiError::NotAUser { service } if service == "mdm/jamf"),
+            "{e:?}"
+        );
+        assert_eq!(e.code(), ErrorCode::PermissionDenied);
         assert_eq!(
             e.to_string(),
-            "user name contains '/'; use letters, digits and . _ @ : -"
+            "mdm/jamf is a service, not a user; only a signed-in user can do this"
         );
     }
 }

@@ -76,7 +76,7 @@ impl AuthServer {
     /// [`AuthServer::caller`] for a ceremony stream: a refused caller (locked user, removed
     /// user) leaves a failed ceremony event, so every ceremony attempt is in the log.
     pub(crate) async fn ceremony_caller(&self, peer: Peer, event: EventType) -> ApiResult<Caller> {
-        let who = peer.identity.as_ref().map(|i| i.username.clone());
+        let who = peer.identity.as_ref().map(|i| i.username.to_string());
         let remote = peer.addr.ip().to_string();
         match self.caller(peer).await {
             Ok(c) => Ok(c),

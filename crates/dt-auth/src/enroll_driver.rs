@@ -255,7 +255,7 @@ impl AuthServer {
             .map_err(ApiError::from)?
             .is_some();
         let ctx = enroll::EnrollContext {
-            user: &user,
+            user,
             settings: &cap.spec.device_trust,
             token: token.as_ref().map(|(r, _)| r),
             device: device.as_ref().map(|(d, _)| d),

@@ -33,6 +33,9 @@ pub enum ApiError {
     /// A user name from outside (a request, a certificate) that is not one.
     #[error(transparent)]
     InvalidName(#[from] dt_types::NameError),
+    /// A service (not a user) asked for what only a user does.
+    #[error("{service} is a service, not a user; only a signed-in user can do this")]
+    NotAUser { service: String },
     #[error("internal error (request {id}); the server log has details")]
     Internal { id: String },
 }
@@ -59,6 +62,7 @@ impl ApiError {
             ApiError::Refused(r) => r.code(),
             ApiError::Node(e) => e.code(),
             ApiError::InvalidName(_) => ErrorCode::InvalidArgument,
+            ApiError::NotAUser { .. } => ErrorCode::PermissionDenied,
             ApiError::Internal { .. } => ErrorCode::Internal,
         }
     }

@@ -61,14 +61,14 @@ impl AuthService for GrpcAuth {
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let caller = self.srv.caller(peer_of(&req)?).await?;
         let cap = self.srv.cap().await?;
-        let who = if caller.identity.bot {
+        let id = caller.identity()?;
+        let who = if id.bot {
             dt_authz::Principal::Bot
         } else {
             dt_authz::Principal::Human
         };
-        let id = &caller.identity;
         Ok(Response::new(pb::WhoAmIResponse {
-            username: id.username.clone(),
+            username: id.username.to_string(),
             roles: id.roles.clone(),
             logins: id.logins.clone(),
             bot: id.bot,

@@ -98,7 +98,7 @@ async fn whoami(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let caller = srv.caller(peer).await?;
     Ok(Json(
-        serde_json::to_value(caller.identity.as_ref()).map_err(ApiError::internal)?,
+        serde_json::to_value(caller.identity()?).map_err(ApiError::internal)?,
     ))
 }
 
@@ -191,7 +191,7 @@ mod tests {
     fn admin() -> dt_ca::Identity {
         let now = time::OffsetDateTime::now_utc();
         dt_ca::Identity {
-            username: crate::server::LOCAL_ADMIN.into(),
+            username: crate::server::LOCAL_ADMIN.parse().unwrap(),
             roles: vec!["editor".into()],
             logins: vec![],
             bot: false,
@@ -233,7 +233,7 @@ mod tests {
 
         // A role without rules can't list roles (and the user must exist).
         let mut weak = admin();
-        weak.username = "nobody".into();
+        weak.username = "nobody".parse().unwrap();
         weak.roles = vec!["access".into()];
         let (status, _) = get(&srv, "/v1/resources/roles", peer(Some(weak))).await;
         assert_eq!(

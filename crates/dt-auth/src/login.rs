@@ -141,7 +141,7 @@ impl AuthServer {
             .replace_nanosecond(0)
             .unwrap_or(self.env.now());
         let identity = dt_ca::Identity {
-            username: user.name().to_string(),
+            username: UserName::parse(user.name())?,
             roles: role_names.clone(),
             logins: logins.clone(),
             bot: user.spec.bot,

@@ -58,20 +58,7 @@ impl MdmPeer {
     }
     /// The caller revocation locks are written for: the service, with no roles.
     fn as_caller(&self) -> Caller {
-        Caller {
-            identity: Arc::new(dt_ca::Identity {
-                username: self.actor(),
-                roles: vec![],
-                logins: vec![],
-                bot: true,
-                trait_logins: vec![],
-                device: None,
-                not_before: self.node.not_before,
-                not_after: self.node.not_after,
-            }),
-            roles: vec![],
-            peer: self.peer.clone(),
-        }
+        Caller::service(self.actor(), self.peer.clone())
     }
 }
 

@@ -359,8 +359,10 @@ impl AuthServer {
         let dir = self.config.data_dir.join("admin");
         create_private_dir(&dir)?;
         let key = ClientKey::generate()?;
+        let username = dt_types::UserName::parse(LOCAL_ADMIN)
+            .map_err(|e| StartError::Invalid(format!("local admin name: {e}")))?;
         let id = dt_ca::Identity {
-            username: LOCAL_ADMIN.into(),
+            username,
             roles: vec!["editor".into()],
             logins: vec![],
             bot: false,
@@ -507,7 +509,7 @@ impl AuthServer {
             self.audit
                 .emit(
                     AuditEvent::new(EventType::AccessDenied, false, self.env.now())
-                        .user(&identity.username)
+                        .user(identity.username.as_str())
                         .message(msg),
                 )
                 .await?;

@@ -191,6 +191,12 @@ async fn body() {
         err.message().contains("not online") && err.message().contains(&db_name),
         "{err:?}"
     );
+    // A user name no user can have is refused as such, before any lookup.
+    assert_status(
+        explain(&cl.admin, "mdm/jamf", None, db("alice")).await,
+        Code::InvalidArgument,
+        "user name contains '/'",
+    );
     let (unenrolled, _) = cl
         .add_device(
             dt_types::device::OsType::Linux,

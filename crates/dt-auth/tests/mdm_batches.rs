@@ -9,6 +9,7 @@ use dt_ca::ClientKey;
 use dt_proto::v1 as pb;
 use dt_proto::v1::device_trust_service_client::DeviceTrustServiceClient;
 use dt_proto::v1::mdm_service_client::MdmServiceClient;
+use dt_types::audit::EventType;
 use dt_types::device::OsType;
 use support::services::*;
 use support::*;
@@ -239,4 +240,72 @@ async fn body() {
     let r = a.apply_mdm_batch(req).await.unwrap().into_inner();
     assert!(r.removes[0].ok, "{r:?}");
     assert!(device(cl, &created_id).await.is_none());
+}
+
+/// The MDM service acts as itself (`mdm/NAME`), not as a user: removing a device someone
+/// enrolled writes the revocation lock in the service's name, and the audit says so.
+#[test]
+fn removing_an_enrolled_device_revokes_it_in_the_services_name() {
+    block_on(async {
+        let cl = shared().await;
+        let source = unique("jamf");
+        let service = unique("mdm-r");
+        let mut a = MdmServiceClient::new(mdm_channel(cl, "mdm", &service).await);
+        let user = cl.user("mdm-owner-", &["device-enroll"]).await;
+
+        // A device of this source, enrolled by the user its profile names.
+        let tag = unique("C02");
+        let mut req = batch(&source);
+        req.creates.push(pb::MdmCreate {
+            os_type: "macos".into(),
+            serial: tag.clone(),
+            profile: profile(&user.name),
+        });
+        let r = a.apply_mdm_batch(req).await.unwrap().into_inner();
+        assert!(r.creates[0].ok, "{r:?}");
+        let id = r.creates[0].device_id.clone();
+        let token = cl.new_token(&id).await.expect("token");
+        let key = DeviceKey::new();
+        dt_client::devices::enroll(
+            user.ch.clone(),
+            dt_ceremony::token::EnrollToken::new(token),
+            key.credential_id.clone(),
+            data(OsType::Macos, &tag),
+            key.payload(),
+            |req| key.prove(req),
+        )
+        .await
+        .expect("enrollment");
+
+        // The MDM no longer lists it.
+        let (_, rev) = cl.device(&id).await.expect("device");
+        let mut req = batch(&source);
+        req.removes.push(pb::MdmRemove {
+            device_id: id.clone(),
+            revision: rev,
+        });
+        let r = a.apply_mdm_batch(req).await.unwrap().into_inner();
+        assert!(r.removes[0].ok, "{r:?}");
+        assert!(device(cl, &id).await.is_none());
+
+        let actor = format!("mdm/{service}");
+        let events = cl.events(&actor, EventType::LockCreate).await;
+        let ev = events
+            .iter()
+            .find(|e| e.device.as_ref().is_some_and(|d| d.device_id == id))
+            .expect("lock.create by the MDM service");
+        let lock_name = ev.lock.clone().expect("the lock's name");
+        let (lock, _) = cl
+            .srv
+            .get_resource::<dt_types::resource::LockSpec>(&lock_name)
+            .await
+            .unwrap()
+            .expect("the revocation lock");
+        assert_eq!(lock.spec.created_by.as_deref(), Some(actor.as_str()));
+        assert_eq!(lock.spec.target.device.as_deref(), Some(id.as_str()));
+        assert_eq!(
+            lock.spec.target.device_credential.as_deref(),
+            Some(key.credential_id.as_str())
+        );
+    })
 }

@@ -22,7 +22,7 @@ use std::fmt;
 
 use dt_types::posture::DevicePosture;
 use dt_types::resource::{DeviceTrustMode, LabelValues, Role, RoleConditions};
-use dt_types::{CredentialId, DeviceId, Lock, ServiceKind};
+use dt_types::{CredentialId, DeviceId, Lock, ServiceKind, UserName};
 use serde::Serialize;
 use time::OffsetDateTime;
 
@@ -117,7 +117,7 @@ impl Target<'_> {
         roles: &'c [&'c str],
     ) -> LockContext<'c> {
         let mut ctx = LockContext {
-            user: Some(who.user),
+            user: Some(who.user.as_str()),
             roles,
             login: self.lock_login(),
             device: who.device_id.map(DeviceId::as_str),
@@ -248,7 +248,8 @@ impl TargetBuf {
 /// Who asks: taken from a certificate verified against the user CA.
 #[derive(Clone, Copy, Debug)]
 pub struct Subject<'a> {
-    pub user: &'a str,
+    /// The user's name, as the certificate's reader checked it.
+    pub user: &'a UserName,
     /// The user's login traits (what `{{internal.logins}}` expands to).
     pub user_logins: &'a [String],
     pub principal: Principal,

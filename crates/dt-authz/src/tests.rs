@@ -106,8 +106,9 @@ fn ssh<'a>(
     static LOGINS: [String; 0] = [];
     let dev = dt_types::DeviceId::parse(DEV_1).unwrap();
     let cred = dt_types::CredentialId::parse("cred-1").unwrap();
+    let alice = dt_types::UserName::parse("alice").unwrap();
     let who = Subject {
-        user: "alice",
+        user: &alice,
         user_logins: &LOGINS,
         principal: who,
         device_verified: device,

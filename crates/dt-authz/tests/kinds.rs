@@ -10,7 +10,10 @@ use dt_authz::{
     kube_impersonation, may_list,
 };
 use dt_types::resource::{DeviceTrustMode, LockSpec, LockTarget, Metadata, Resource};
-use dt_types::{AnyResource, Lock, Role, ServiceKind};
+use dt_types::{AnyResource, Lock, Role, ServiceKind, UserName};
+
+static ALICE: std::sync::LazyLock<UserName> =
+    std::sync::LazyLock::new(|| UserName::parse("alice").unwrap());
 
 /// The trusted device of the table's requests.
 const DEV_1: &str = "5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11";
@@ -211,7 +214,7 @@ fn every_kind_mode_principal_device_and_lock() {
                             let cluster_mode = mode(cluster);
                             let no_logins: [String; 0] = [];
                             let who = Subject {
-                                user: "alice",
+                                user: &ALICE,
                                 user_logins: &no_logins,
                                 principal: if bot {
                                     Principal::Bot
@@ -309,7 +312,7 @@ fn any_granting_role_that_requires_a_device_requires_it() {
         }];
         let groups = vec!["viewers".to_string()];
         let who = Subject {
-            user: "alice",
+            user: &ALICE,
             user_logins: &no_logins,
             principal: Principal::Human,
             device_verified: false,
@@ -339,7 +342,7 @@ fn any_granting_role_that_requires_a_device_requires_it() {
 
 fn human<'a>(logins: &'a [String]) -> Subject<'a> {
     Subject {
-        user: "alice",
+        user: &ALICE,
         user_logins: logins,
         principal: Principal::Human,
         device_verified: false,

@@ -52,8 +52,9 @@ struct Case<'a> {
 fn run(case: &Case<'_>, roles: &[Role], target: Target<'_>) -> Explained {
     let dev = dt_types::DeviceId::parse("5f2c6c39-3c4b-4a53-9d0c-3d2f3f0a9b11").unwrap();
     let cred = dt_types::CredentialId::parse("cred-1").unwrap();
+    let alice = dt_types::UserName::parse("alice").unwrap();
     let who = Subject {
-        user: "alice",
+        user: &alice,
         user_logins: &[],
         principal: case.principal,
         device_verified: case.device.is_some(),

@@ -232,7 +232,7 @@ impl Cluster {
         let key = dt_ca::ClientKey::generate()?;
         let now = time::OffsetDateTime::now_utc().replace_nanosecond(0)?;
         let id = dt_ca::Identity {
-            username: user.into(),
+            username: user.parse()?,
             roles: roles.iter().map(|r| r.to_string()).collect(),
             logins: vec![],
             bot: false,
@@ -600,7 +600,7 @@ fn crypto_bound() -> anyhow::Result<Duration> {
     let ca = dt_ca::CertAuthority::generate("bench", dt_ca::CaKind::User, now)?;
     let user_key = dt_ca::ClientKey::generate()?;
     let id = dt_ca::Identity {
-        username: "bound".into(),
+        username: "bound".parse()?,
         roles: vec!["access".into()],
         logins: vec![],
         bot: false,

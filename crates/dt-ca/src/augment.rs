@@ -210,7 +210,7 @@ mod tests {
         let ca = user_ca();
         let a = login(&ca, &alice());
         let bob = Identity {
-            username: "bob".into(),
+            username: "bob".parse().unwrap(),
             ..alice()
         };
         let b = login(&ca, &bob);

@@ -27,6 +27,10 @@ pub enum CaError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The certificate's name (SSH key id, X.509 Subject CN) is not a user name: no user can
+    /// have it, so the certificate names nobody (fail closed).
+    #[error("certificate carries an invalid user name: {0}; refusing it")]
+    UserName(#[source] dt_types::NameError),
     /// The certificate's device id is not one (the inventory's ids are UUIDs).
     #[error("certificate carries an invalid device id: {0}; refusing it")]
     DeviceId(#[source] dt_types::DeviceIdError),

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 
 use dt_types::device::{AttestationType, OsType};
 use dt_types::posture::DevicePosture;
-use dt_types::{CredentialId, DeviceId};
+use dt_types::{CredentialId, DeviceId, UserName};
 
 use crate::error::{CaError, Result};
 
@@ -34,8 +34,10 @@ pub struct DeviceExt {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
-    /// The devtrust user name (SSH key id, X.509 Subject CN).
-    pub username: String,
+    /// The devtrust user name (SSH key id, X.509 Subject CN), checked where a certificate is
+    /// read: a certificate whose name is not a [`UserName`] is refused
+    /// ([`CaError::UserName`]). Written as the same plain string in both formats.
+    pub username: UserName,
     /// The user's roles.
     pub roles: Vec<String>,
     /// The OS logins the user may use (SSH principals).
@@ -73,7 +75,6 @@ impl Identity {
 
     /// Refuses identities that cannot be put into certificates safely.
     pub(crate) fn validate(&self) -> Result<()> {
-        check_text("username", &self.username)?;
         for role in &self.roles {
             check_text("role", role)?;
             if role.contains(',') {
@@ -342,7 +343,7 @@ mod tests {
 
     fn alice() -> Identity {
         Identity {
-            username: "alice".into(),
+            username: "alice".parse().unwrap(),
             roles: vec!["access".into()],
             logins: vec!["root".into()],
             bot: false,
@@ -356,9 +357,8 @@ mod tests {
     #[test]
     fn validation_refuses_what_cannot_be_encoded() {
         assert!(alice().validate().is_ok());
-        let cases: [fn(&mut Identity); 9] = [
-            |i| i.username.clear(),
-            |i| i.username = "al\nice".into(),
+        // An empty or control-character user name cannot be built: `UserName` refuses it.
+        let cases: [fn(&mut Identity); 7] = [
             |i| i.roles.push("a,b".into()),
             |i| i.roles.push(String::new()),
             |i| i.logins.push(ssh_ext::NO_LOGIN_PRINCIPAL.into()),

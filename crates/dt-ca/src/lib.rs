@@ -80,7 +80,7 @@ pub(crate) mod testutil {
 
     pub(crate) fn alice() -> Identity {
         Identity {
-            username: "alice".into(),
+            username: "alice".parse().unwrap(),
             roles: vec!["access".into(), "editor".into()],
             logins: vec!["root".into(), "alice".into()],
             bot: false,
@@ -93,7 +93,7 @@ pub(crate) mod testutil {
 
     pub(crate) fn robot() -> Identity {
         Identity {
-            username: "bot-ci".into(),
+            username: "bot-ci".parse().unwrap(),
             roles: vec![],
             logins: vec![],
             bot: true,

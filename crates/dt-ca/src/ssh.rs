@@ -1,6 +1,7 @@
 //! OpenSSH certificates (PROTOCOL.certkeys): user certificates carrying the devtrust identity
 //! as extensions, host certificates, and verifying user certificates with ring.
 
+use dt_types::UserName;
 use ssh_key::certificate::{Builder, CertType};
 use ssh_key::encoding::Encode as _;
 use ssh_key::{Algorithm, Certificate, EcdsaCurve, PublicKey};
@@ -263,16 +264,15 @@ pub(crate) fn check_ssh_validity(id: &Identity, now: OffsetDateTime) -> Result<(
 /// Reads the identity out of a user certificate **without checking who signed it**: use
 /// [`CertAuthority::verify_ssh_user_cert`] for anything that grants access.
 ///
-/// A device is present only when all three device extensions are; some but not all is
-/// [`CaError::PartialDevice`].
+/// The key id must be a user name ([`CaError::UserName`] otherwise). A device is present only
+/// when all three device extensions are; some but not all is [`CaError::PartialDevice`].
 pub fn parse_ssh_identity(cert: &Certificate) -> Result<Identity> {
     let bad = |reason: String| CaError::malformed("ssh certificate", reason);
     if cert.cert_type() != CertType::User {
         return Err(CaError::WrongUsage("not a user certificate".into()));
     }
-    if cert.key_id().is_empty() {
-        return Err(bad("empty key id".into()));
-    }
+    // The key id names the user; one no user can have (empty included) names nobody.
+    let username = UserName::parse(cert.key_id()).map_err(CaError::UserName)?;
     let ext = cert.extensions();
     let roles = match ext.get(ssh_ext::ROLES) {
         None => return Err(bad(format!("no {} extension", ssh_ext::ROLES))),
@@ -311,7 +311,7 @@ pub fn parse_ssh_identity(cert: &Certificate) -> Result<Identity> {
         .cloned()
         .collect();
     Ok(Identity {
-        username: cert.key_id().to_owned(),
+        username,
         roles,
         logins,
         bot,
@@ -552,6 +552,16 @@ mod tests {
         ext: &[(&str, &str)],
         critical: &[(&str, &str)],
     ) -> Certificate {
+        issue_with_key_id(ca, "alice", ext, critical)
+    }
+
+    /// Signs a user certificate with a hand-picked key id and extensions.
+    fn issue_with_key_id(
+        ca: &CertAuthority,
+        key_id: &str,
+        ext: &[(&str, &str)],
+        critical: &[(&str, &str)],
+    ) -> Certificate {
         let id = alice();
         let mut b = ca
             .ssh_builder(
@@ -560,7 +570,7 @@ mod tests {
                 id.not_after,
             )
             .unwrap();
-        b.key_id("alice").unwrap();
+        b.key_id(key_id).unwrap();
         b.valid_principal("root").unwrap();
         for (k, v) in ext {
             b.extension(*k, *v).unwrap();
@@ -569,6 +579,60 @@ mod tests {
             b.critical_option(*k, *v).unwrap();
         }
         ca.ssh_sign(b).unwrap()
+    }
+
+    #[test]
+    fn a_key_id_that_is_no_user_name_is_refused() {
+        let ca = user_ca();
+        let roles = (ssh_ext::ROLES, "access");
+        // Names no user can have: a service's actor name, a space, a path, nothing.
+        for (key_id, err) in [
+            (
+                "mdm/jamf",
+                dt_types::NameError::BadChar {
+                    what: "user name",
+                    found: '/',
+                },
+            ),
+            (
+                "al ice",
+                dt_types::NameError::BadChar {
+                    what: "user name",
+                    found: ' ',
+                },
+            ),
+            ("", dt_types::NameError::Empty { what: "user name" }),
+            (
+                "-alice",
+                dt_types::NameError::BadStart { what: "user name" },
+            ),
+        ] {
+            let cert = issue_with_key_id(&ca, key_id, &[roles], &[]);
+            assert_eq!(
+                parse_ssh_identity(&cert),
+                Err(CaError::UserName(err.clone())),
+                "{key_id:?}"
+            );
+            assert_eq!(
+                ca.verify_ssh_user_cert(&cert, NOW),
+                Err(CaError::UserName(err)),
+                "{key_id:?}"
+            );
+        }
+        let e = ca
+            .verify_ssh_user_cert(&issue_with_key_id(&ca, "al ice", &[roles], &[]), NOW)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "certificate carries an invalid user name: user name contains ' '; use letters, digits and . _ @ : -; refusing it"
+        );
+        // The same builder with a user name is accepted, and the key id is the name as is.
+        let ok = issue_with_key_id(&ca, "alice@example.com", &[roles], &[]);
+        assert_eq!(ok.key_id(), "alice@example.com");
+        assert_eq!(
+            ca.verify_ssh_user_cert(&ok, NOW).unwrap().username,
+            "alice@example.com"
+        );
     }
 
     #[test]

@@ -397,7 +397,9 @@ fn parse_cert(der: &[u8]) -> Result<X509Certificate<'_>> {
 /// Reads the identity out of a certificate **without checking who signed it**: use
 /// [`CertAuthority::verify_x509_issued_by`] for anything that grants access.
 ///
-/// The username is the single Subject CN. An identity has a device only when all three device
+/// The username is the single Subject CN, which must be a user name ([`CaError::UserName`]
+/// otherwise; a host CA's server certificate reads as its first DNS name or address, so one
+/// for a wildcard name is refused here too). An identity has a device only when all three device
 /// attributes are present; some but not all is [`CaError::PartialDevice`]. Attributes under
 /// the devtrust arc that this version does not know are refused (fail closed).
 pub fn parse_x509_identity(der: &[u8]) -> Result<Identity> {
@@ -466,6 +468,7 @@ fn identity_from_cert(cert: &X509Certificate<'_>) -> Result<Identity> {
         }
     }
     let username = username.ok_or_else(|| bad("no subject common name".into()))?;
+    let username = dt_types::UserName::parse(username).map_err(CaError::UserName)?;
     let device = device_from_parts(
         device_id,
         asset_tag,
@@ -897,6 +900,33 @@ mod tests {
                 "{odd:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_common_name_that_is_no_user_name_is_refused() {
+        let ca = user_ca();
+        for (cn, found) in [("mdm/jamf", '/'), ("al ice", ' '), ("a\u{e9}", '\u{e9}')] {
+            let der = issue_with_attrs(&ca, &[(&oid::COMMON_NAME, cn)]);
+            let err = CaError::UserName(dt_types::NameError::BadChar {
+                what: "user name",
+                found,
+            });
+            assert_eq!(parse_x509_identity(&der), Err(err.clone()), "{cn:?}");
+            assert_eq!(ca.verify_x509_issued_by(&der, NOW), Err(err), "{cn:?}");
+        }
+        let der = issue_with_attrs(&ca, &[(&oid::COMMON_NAME, ".alice")]);
+        assert_eq!(
+            ca.verify_x509_issued_by(&der, NOW),
+            Err(CaError::UserName(dt_types::NameError::BadStart {
+                what: "user name"
+            }))
+        );
+        // A user name reads back as itself (the CN is the plain string).
+        let der = issue_with_attrs(&ca, &[(&oid::COMMON_NAME, "bot-ci:build_1")]);
+        assert_eq!(
+            ca.verify_x509_issued_by(&der, NOW).unwrap().username,
+            "bot-ci:build_1"
+        );
     }
 
     #[test]

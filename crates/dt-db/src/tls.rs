@@ -123,7 +123,7 @@ mod tests {
         .unwrap();
         let user_key = ClientKey::generate().unwrap();
         let id = Identity {
-            username: "alice".into(),
+            username: "alice".parse().unwrap(),
             roles: vec!["db".into()],
             logins: vec![],
             bot: false,

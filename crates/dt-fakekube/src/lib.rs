@@ -144,7 +144,7 @@ impl FakeKube {
                 &dt_ca::Identity {
                     // CN only: kubectl (Go) must parse it in the benchmark's direct path, and
                     // Go cannot parse devtrust's own attributes.
-                    username: CLIENT_CERT_USER.into(),
+                    username: CLIENT_CERT_USER.parse().expect("a user name"),
                     roles: vec![],
                     logins: vec![],
                     bot: false,
@@ -220,7 +220,7 @@ impl FakeKube {
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .and_then(|c| dt_ca::parse_x509_identity(c.as_ref()).ok())
-                        .map(|id| id.username);
+                        .map(|id| id.username.into_string());
                     let svc = hyper::service::service_fn(move |req| {
                         let (s, cert_user) = (s.clone(), cert_user.clone());
                         async move { Ok::<_, Infallible>(handle(s, cert_user, req).await) }

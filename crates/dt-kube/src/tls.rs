@@ -297,7 +297,7 @@ mod tests {
         ca.issue_x509_client_cert(
             &key.spki_der(),
             &dt_ca::Identity {
-                username: name.into(),
+                username: name.parse().unwrap(),
                 roles: vec!["access".into()],
                 logins: vec![],
                 bot: false,
@@ -324,7 +324,10 @@ mod tests {
         let chain: Vec<CertificateDer<'static>> =
             chain.into_iter().map(CertificateDer::from).collect();
         let der = p.verifier.verified_user_cert(&chain, UnixTime::now())?;
-        Ok(dt_ca::parse_x509_identity(der.as_ref()).unwrap().username)
+        Ok(dt_ca::parse_x509_identity(der.as_ref())
+            .unwrap()
+            .username
+            .into_string())
     }
 
     #[test]

@@ -373,7 +373,7 @@ pub fn device() -> DeviceExt {
 pub fn issue(ca: &dt_ca::CertAuthority, host_ca_line: &str, u: &TestUser) -> ClientCreds {
     let key = ClientKey::generate().unwrap();
     let id = Identity {
-        username: u.name.clone(),
+        username: u.name.parse().unwrap(),
         roles: u.roles.clone(),
         logins: u.logins.clone(),
         bot: u.bot,

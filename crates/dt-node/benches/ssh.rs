@@ -147,7 +147,7 @@ async fn openssh_client_p50(cluster: &Cluster, addr: &str, alias: &str, runs: us
         .issue_ssh_user_cert(
             &key.ssh_public_key().unwrap(),
             &dt_ca::Identity {
-                username: "bench".into(),
+                username: "bench".parse().unwrap(),
                 roles: vec!["access".into()],
                 logins: vec!["root".into()],
                 bot: false,

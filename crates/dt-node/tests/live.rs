@@ -392,7 +392,7 @@ async fn openssh_client_against_a_devtrust_node() {
     let dir = tempfile::tempdir().unwrap();
     let key = dt_ca::ClientKey::generate().unwrap();
     let id = dt_ca::Identity {
-        username: "tom".into(),
+        username: "tom".parse().unwrap(),
         roles: vec!["access".into(), "require-trusted-device".into()],
         logins: vec!["root".into()],
         bot: false,

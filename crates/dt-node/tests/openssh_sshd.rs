@@ -80,7 +80,7 @@ impl Client {
             .issue_ssh_user_cert(
                 &key.ssh_public_key().unwrap(),
                 &dt_ca::Identity {
-                    username: u.name.clone(),
+                    username: u.name.parse().unwrap(),
                     roles: u.roles.clone(),
                     logins: u.logins.clone(),
                     bot: u.bot,

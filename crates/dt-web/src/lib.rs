@@ -420,7 +420,12 @@ async fn login(
     } else {
         match web
             .srv
-            .create_device_web_token(&identity.username, &id, ip, web.cfg.device_web_token_ttl)
+            .create_device_web_token(
+                identity.username.as_str(),
+                &id,
+                ip,
+                web.cfg.device_web_token_ttl,
+            )
             .await
         {
             Ok(Ok(t)) => Some(t),
@@ -435,7 +440,7 @@ async fn login(
             }
         }
     };
-    let user = identity.username.clone();
+    let user = identity.username.to_string();
     let expires = identity.not_after;
     let session = Session {
         id,
@@ -530,13 +535,14 @@ async fn me(
 ) -> WebResult<Json<serde_json::Value>> {
     let (_, session, caller) = web.session(&peer, &headers).await?;
     let cap = web.srv.cap().await?;
-    let who = if caller.identity.bot {
+    let identity = caller.identity()?;
+    let who = if identity.bot {
         dt_authz::Principal::Bot
     } else {
         dt_authz::Principal::Human
     };
     let required = dt_authz::device_required(&cap.spec.device_trust.mode, &caller.roles, who);
-    let trusted = caller.identity.device.is_some();
+    let trusted = identity.device.is_some();
     let devices = web.srv.enrolled_devices_of(caller.name()).await?;
     let handoff = match (&session.web_token, trusted, request_host(&uri, &headers)) {
         (Some(t), false, Some(host)) => Some(handoff_url(caller.name(), &host, t)),
@@ -545,8 +551,8 @@ async fn me(
     let can = |kind: &str, verb| web.srv.authorize(&caller, kind, verb).is_ok();
     Ok(Json(json!({
         "user": caller.name(),
-        "roles": caller.identity.roles,
-        "logins": caller.identity.logins,
+        "roles": identity.roles,
+        "logins": identity.logins,
         "csrf_token": session.csrf,
         "expires": session.expires.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
         "cluster_mode": cap.spec.device_trust.mode.to_string(),

@@ -410,7 +410,7 @@ fn credentials(store: &ProfileStore) -> anyhow::Result<ExitCode> {
     let client_key = dt_ca::ClientKey::from_pkcs8_pem(&key)?;
     let front = dt_ca::self_signed_client_cert(
         &client_key,
-        &id.username,
+        id.username.as_str(),
         now - time::Duration::minutes(5),
         id.not_after,
     )?;

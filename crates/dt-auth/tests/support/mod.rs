@@ -893,7 +893,7 @@ pub fn identity(user: &str, roles: &[&str]) -> dt_ca::Identity {
         .replace_nanosecond(0)
         .expect("whole second");
     dt_ca::Identity {
-        username: user.into(),
+        username: user.parse().expect("a user name"),
         roles: roles.iter().map(|r| r.to_string()).collect(),
         logins: vec![],
         bot: false,
