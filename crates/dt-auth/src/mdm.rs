@@ -347,7 +347,7 @@ impl AuthServer {
                 );
                 continue;
             }
-            let id = uuid::Uuid::new_v4().to_string();
+            let id = dt_types::DeviceId::fresh().into_string();
             let d: Device = Resource::new(
                 id.clone(),
                 DeviceSpec {

@@ -287,11 +287,12 @@ impl Resource<DeviceSpec> {
     }
 }
 
-/// A device resource with a fresh random id, not enrolled, as `dtctl devices add`, the web
-/// UI's inventory page and `dtsh device` register one.
+/// A device resource with a fresh id ([`crate::DeviceId::fresh`]: time-ordered, so an
+/// import of many devices appends to the stores' key order), not enrolled, as `dtctl
+/// devices add` and `import`, the web UI's inventory page and `dtsh device` register one.
 pub fn new_device(os: OsType, asset_tag: &str) -> crate::resource::Device {
     crate::resource::Resource::new(
-        uuid::Uuid::new_v4().to_string(),
+        crate::DeviceId::fresh().into_string(),
         DeviceSpec {
             os_type: os,
             asset_tag: asset_tag.to_string(),

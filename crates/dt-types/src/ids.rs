@@ -312,6 +312,14 @@ mod tests {
         let ids: Vec<DeviceId> = (0..1000).map(|_| DeviceId::fresh()).collect();
         assert!(fresh.as_str() < ids[0].as_str());
         assert!(ids.windows(2).all(|w| w[0].as_str() < w[1].as_str()));
+        // What clients and the MDM sync register gets such ids too, not random (v4) ones.
+        let a = crate::device::new_device(crate::device::OsType::Linux, "A");
+        let b = crate::device::new_device(crate::device::OsType::Linux, "B");
+        assert_eq!(
+            uuid::Uuid::parse_str(&a.metadata.name).map(|u| u.get_version_num()),
+            Ok(7)
+        );
+        assert!(a.metadata.name < b.metadata.name);
     }
 
     #[test]

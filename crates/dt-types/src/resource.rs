@@ -264,7 +264,7 @@ impl AnyResource {
                     .as_object_mut()
                 && !meta.contains_key("name")
             {
-                meta.insert("name".into(), uuid::Uuid::new_v4().to_string().into());
+                meta.insert("name".into(), crate::DeviceId::fresh().into_string().into());
             }
         }
         let name = value
