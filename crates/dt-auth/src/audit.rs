@@ -52,7 +52,40 @@ struct Pending {
     conditions: Vec<Condition>,
     ops: Vec<Op>,
     events: Vec<AuditEvent>,
+    /// The events made ready for the chain by the caller, before it queued them.
+    prepared: Vec<Prepared>,
     reply: oneshot::Sender<Result<i64, StoreError>>,
+}
+
+/// An event serialized, and its index keys made, outside the commit: in the commit only its
+/// id, `prev_hash` and `hash` are filled in and one SHA-256 is taken.
+struct Prepared {
+    json: dt_types::audit::UnchainedJson,
+    /// Index keys without the event id ([`index::index_prefixes`]).
+    index: Vec<String>,
+}
+
+impl Prepared {
+    fn of(events: &[AuditEvent]) -> Result<Vec<Prepared>, StoreError> {
+        events
+            .iter()
+            .map(|e| {
+                Ok(Prepared {
+                    json: e
+                        .unchained_json()
+                        .map_err(|e| StoreError::Invalid(format!("audit event: {e}")))?,
+                    index: index::index_prefixes(e),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Where an event went in the chain.
+struct Link {
+    id: String,
+    prev_hash: String,
+    hash: String,
 }
 
 /// The group commit's state, shared with the task that runs each batch.
@@ -189,19 +222,24 @@ impl AuditSink {
     /// they usually commit in the same transaction.
     pub async fn write_many(&self, requests: Vec<Request>) -> Vec<Result<i64, StoreError>> {
         let mut waiting = Vec::with_capacity(requests.len());
-        {
-            let mut q = lock(&self.shared.queue);
-            for r in requests {
-                let (reply, rx) = oneshot::channel();
-                q.push(Pending {
+        let mut ready = Vec::with_capacity(requests.len());
+        for r in requests {
+            let (reply, rx) = oneshot::channel();
+            match Prepared::of(&r.events) {
+                Ok(prepared) => ready.push(Pending {
                     conditions: r.conditions,
                     ops: r.ops,
                     events: r.events,
+                    prepared,
                     reply,
-                });
-                waiting.push(rx);
+                }),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
             }
+            waiting.push(rx);
         }
+        lock(&self.shared.queue).extend(ready);
         // Commit until everything this caller queued was taken (a batch holds at most
         // MAX_BATCH requests).
         let mut out = Vec::with_capacity(waiting.len());
@@ -336,13 +374,13 @@ fn head_of(item: Option<&Item>) -> Result<Head, StoreError> {
 }
 
 /// Chain the events of the requests that applied (`outcomes[i].is_some()`) after `head`, in
-/// request order; returns the events as stored (per request) and the ops that store them,
-/// their index entries and the new head.
+/// request order; returns where each event went (per request) and the ops that store the
+/// events, their index entries and the new head.
 fn chain_events(
-    requests: &[Vec<AuditEvent>],
+    requests: &[Vec<Prepared>],
     outcomes: &[Option<i64>],
     head: Head,
-) -> Result<(Vec<Vec<AuditEvent>>, Vec<Op>), StoreError> {
+) -> Result<(Vec<Vec<Link>>, Vec<Op>), StoreError> {
     let mut seq = head.seq;
     let mut prev = head.hash;
     let mut ops = Vec::new();
@@ -354,21 +392,27 @@ fn chain_events(
         }
         let mut done = Vec::with_capacity(events.len());
         for event in events {
-            let mut event = event.clone();
             seq += 1;
-            event.id = format!("{seq:020}");
-            event.prev_hash = std::mem::take(&mut prev);
-            event.hash = String::new();
-            event.hash = event.chain_hash();
-            prev = event.hash.clone();
+            let id = format!("{seq:020}");
+            let (hash, json) = event.json.chain(&id, &prev).ok_or_else(|| {
+                StoreError::Invalid(format!("audit chain: unexpected id {id} or hash {prev}"))
+            })?;
             ops.push(Op::Put {
                 key: keys::audit_event(seq),
-                value: serde_json::to_vec(&event)
-                    .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                value: json,
                 expires: None,
             });
-            ops.extend(index::index_ops(&event, seq));
-            done.push(event);
+            ops.extend(event.index.iter().map(|prefix| Op::Put {
+                key: format!("{prefix}{id}"),
+                value: Vec::new(),
+                expires: None,
+            }));
+            let prev_hash = std::mem::replace(&mut prev, hash.clone());
+            done.push(Link {
+                id,
+                prev_hash,
+                hash,
+            });
         }
         chained.push(done);
     }
@@ -403,17 +447,19 @@ impl Committer {
     async fn commit_batch(&self, batch: Vec<Pending>) {
         let mut groups = Vec::with_capacity(batch.len());
         let mut requests = Vec::with_capacity(batch.len());
+        let mut events = Vec::with_capacity(batch.len());
         let mut replies = Vec::with_capacity(batch.len());
         for p in batch {
             groups.push(BatchWrite {
                 conditions: p.conditions,
                 ops: p.ops,
             });
-            requests.push(p.events);
+            requests.push(p.prepared);
+            events.push(p.events);
             replies.push(p.reply);
         }
         let requests = Arc::new(requests);
-        let stored: Arc<StdMutex<Vec<Vec<AuditEvent>>>> = Arc::default();
+        let stored: Arc<StdMutex<Vec<Vec<Link>>>> = Arc::default();
         let tail: dt_store::BatchTail = {
             let requests = requests.clone();
             let stored = stored.clone();
@@ -430,7 +476,18 @@ impl Committer {
         {
             Ok(results) => {
                 if let Some(f) = self.file.get() {
-                    let events: Vec<AuditEvent> = lock(&stored).drain(..).flatten().collect();
+                    let links = std::mem::take(&mut *lock(&stored));
+                    let events: Vec<AuditEvent> = events
+                        .into_iter()
+                        .zip(links)
+                        .flat_map(|(events, links)| events.into_iter().zip(links))
+                        .map(|(mut e, link)| {
+                            e.id = link.id;
+                            e.prev_hash = link.prev_hash;
+                            e.hash = link.hash;
+                            e
+                        })
+                        .collect();
                     if !events.is_empty()
                         && let Err(e) = f.write(&events)
                     {

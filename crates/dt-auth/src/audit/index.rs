@@ -37,25 +37,31 @@ fn seq_str(seq: u64) -> String {
     format!("{seq:020}")
 }
 
-/// The index keys of one event.
-pub(crate) fn index_keys(e: &AuditEvent, seq: u64) -> Vec<String> {
-    let id = seq_str(seq);
-    let mut out = vec![format!(
-        "{INDEX_PREFIX}type/{}/{id}",
-        part(e.event.as_str())
-    )];
+/// The index keys of one event, without the event id they end with (each ends in `/`):
+/// known before the event has its place in the log.
+pub(crate) fn index_prefixes(e: &AuditEvent) -> Vec<String> {
+    let mut out = vec![format!("{INDEX_PREFIX}type/{}/", part(e.event.as_str()))];
     if let Some(u) = &e.user {
-        out.push(format!("{INDEX_PREFIX}user/{}/{id}", part(u)));
+        out.push(format!("{INDEX_PREFIX}user/{}/", part(u)));
     }
     if let Some(d) = &e.device {
         if !d.device_id.is_empty() {
-            out.push(format!("{INDEX_PREFIX}device/{}/{id}", part(&d.device_id)));
+            out.push(format!("{INDEX_PREFIX}device/{}/", part(&d.device_id)));
         }
         if !d.asset_tag.is_empty() && d.asset_tag != d.device_id {
-            out.push(format!("{INDEX_PREFIX}device/{}/{id}", part(&d.asset_tag)));
+            out.push(format!("{INDEX_PREFIX}device/{}/", part(&d.asset_tag)));
         }
     }
     out
+}
+
+/// The index keys of one event.
+pub(crate) fn index_keys(e: &AuditEvent, seq: u64) -> Vec<String> {
+    let id = seq_str(seq);
+    index_prefixes(e)
+        .into_iter()
+        .map(|prefix| prefix + &id)
+        .collect()
 }
 
 /// Every index key an event may have been stored with, by this build or an earlier one
@@ -65,14 +71,6 @@ pub(crate) fn stored_index_keys(e: &AuditEvent, seq: u64) -> Vec<String> {
     let mut out = index_keys(e, seq);
     out.push(format!("{INDEX_PREFIX}time/{ms:016}/{}", seq_str(seq)));
     out
-}
-
-pub(crate) fn index_ops(e: &AuditEvent, seq: u64) -> impl Iterator<Item = Op> {
-    index_keys(e, seq).into_iter().map(|key| Op::Put {
-        key,
-        value: Vec::new(),
-        expires: None,
-    })
 }
 
 /// How far out of order (by time) events may have been numbered for `--since` to find them.
