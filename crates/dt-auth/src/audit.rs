@@ -364,6 +364,18 @@ fn head_of(item: Option<&Item>) -> Result<Head, StoreError> {
         Some(item) => {
             let h: StoredHead = serde_json::from_slice(&item.value)
                 .map_err(|e| StoreError::Invalid(format!("corrupt audit head: {e}")))?;
+            // Chaining splices the hash into JSON unescaped: anything but a hex SHA-256 (or
+            // nothing, before the first event) is damage, named here rather than later.
+            if !(h.hash.is_empty()
+                || (h.hash.len() == 64 && h.hash.bytes().all(|b| b.is_ascii_hexdigit())))
+            {
+                return Err(StoreError::Invalid(format!(
+                    "corrupt audit head: its hash is not a hex SHA-256 (at event {}); no \
+                     event can be appended until it is repaired (`dtctl events verify` \
+                     shows the last good event)",
+                    h.seq
+                )));
+            }
             Ok(Head {
                 seq: h.seq,
                 hash: h.hash,
@@ -502,6 +514,50 @@ impl Committer {
                 for reply in replies {
                     let _ = reply.send(Err(copy_error(&e)));
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    fn head_item(hash: &str) -> Item {
+        Item {
+            key: keys::AUDIT_HEAD.into(),
+            value: serde_json::to_vec(&StoredHead {
+                seq: 7,
+                hash: hash.into(),
+            })
+            .unwrap_or_default(),
+            revision: 3,
+            expires: None,
+        }
+    }
+
+    /// A head whose hash could not have been written by the sink is refused with its own
+    /// error, before any event is chained after it.
+    #[test]
+    fn a_head_with_a_damaged_hash_is_refused() {
+        let good = "ab".repeat(32);
+        let head = head_of(Some(&head_item(&good))).unwrap();
+        assert_eq!(
+            (head.seq, head.hash.as_str(), head.revision),
+            (7, good.as_str(), Some(3))
+        );
+        assert_eq!(head_of(None).unwrap().seq, 0);
+        for bad in [
+            "x".repeat(64),
+            "ab".repeat(31),
+            format!("{}\"", "a".repeat(63)),
+        ] {
+            match head_of(Some(&head_item(&bad))) {
+                Err(StoreError::Invalid(m)) => {
+                    assert!(m.contains("corrupt audit head"), "{m}")
+                }
+                other => panic!("{bad}: {other:?}"),
             }
         }
     }
