@@ -959,11 +959,6 @@ async fn local_actors(postgres: bool, max: usize) -> anyhow::Result<(Vec<Actor>,
     Ok((actors, cl))
 }
 
-// The allocator the server binary uses (crates/devtrust), so the in-process service of
-// `devices` and the crypto bound run as they do in production.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
