@@ -17,7 +17,7 @@ pub const RATELIMIT_PREFIX: &str = "/ratelimit/";
 
 /// Lookup indexes (device by tag, owner or credential, tokens, removed node keys): read
 /// by key, never followed.
-pub const INDEX_PREFIX: &str = "/index/";
+pub const LOOKUP_PREFIX: &str = "/index/";
 /// Device resources: rewritten by every device authentication (about 3 KiB each).
 pub const DEVICE_PREFIX: &str = "/resources/device/";
 
@@ -28,7 +28,7 @@ pub const DEVICE_PREFIX: &str = "/resources/device/";
 /// cache or a second auth server must follow (roles, users, locks, settings: see
 /// [`crate::cache::watched_prefixes`]) stays out of these prefixes, and the store refuses
 /// a watch that overlaps them.
-pub const UNWATCHED: [&str; 4] = [AUDIT_PREFIX, RATELIMIT_PREFIX, INDEX_PREFIX, DEVICE_PREFIX];
+pub const UNWATCHED: [&str; 4] = [AUDIT_PREFIX, RATELIMIT_PREFIX, LOOKUP_PREFIX, DEVICE_PREFIX];
 
 pub fn resource_prefix(kind: Kind) -> String {
     format!("/resources/{}/", kind.as_str())
@@ -151,7 +151,7 @@ mod tests {
     fn device_prefix_is_the_device_resource_prefix() {
         assert_eq!(DEVICE_PREFIX, resource_prefix(Kind::Device));
         assert!(resource(Kind::Device, "d1").starts_with(DEVICE_PREFIX));
-        assert!(device_tag_index(dt_types::device::OsType::Linux, "T").starts_with(INDEX_PREFIX));
+        assert!(device_tag_index(dt_types::device::OsType::Linux, "T").starts_with(LOOKUP_PREFIX));
     }
 
     /// What the cluster cache and the nodes follow must get change rows: a watched prefix
