@@ -120,12 +120,12 @@ impl AuthServer {
             return Err(Status::invalid_argument(msg));
         }
         let now = self.env.now();
-        let cert_der = caller.peer.cert_der.clone().ok_or_else(|| {
+        let user_cert = caller.peer.user_cert.clone().ok_or_else(|| {
             Status::unauthenticated("device authentication needs your login certificate (mTLS)")
         })?;
         let mtls = MtlsIdentity {
-            x509_der: cert_der.to_vec(),
-            certificate: x509_view(identity, &cert_der)?,
+            x509_der: user_cert.der().to_vec(),
+            certificate: x509_view(identity, user_cert.der())?,
         };
         // The in-band SSH certificate must be ours, valid now, and readable.
         let ssh_cert = match &init.user_certificates.ssh_authorized_key {
@@ -306,7 +306,7 @@ impl AuthServer {
         };
         let (new_ssh, new_x509) = self
             .user_ca
-            .augment_verified(&ssh, &cert_der, &ext, now)
+            .augment_verified(&ssh, &user_cert, &ext, now)
             .map_err(|e| {
                 Status::permission_denied(format!("certificates can't be augmented: {e}"))
             })?;

@@ -202,6 +202,7 @@ mod tests {
             addr: "127.0.0.1:1".parse().unwrap(),
             identity: None,
             cert_der: None,
+            user_cert: None,
             node: None,
         }
     }

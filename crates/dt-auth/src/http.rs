@@ -167,6 +167,7 @@ mod tests {
             addr: SocketAddr::from(([127, 0, 0, 1], 1)),
             identity: identity.map(Arc::new),
             cert_der: None,
+            user_cert: None,
             node: None,
         }
     }

@@ -26,8 +26,12 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Present when the client sent a certificate issued by the user CA.
     pub identity: Option<Arc<dt_ca::Identity>>,
-    /// That certificate, byte for byte (ceremonies compare in-band certificates with it).
+    /// The client certificate, byte for byte, whoever issued it (a joined service's key is
+    /// checked against it).
     pub cert_der: Option<Arc<Vec<u8>>>,
+    /// That certificate as the user CA verified it when the connection opened (ceremonies
+    /// compare in-band certificates with it; augmentation takes it without a second check).
+    pub user_cert: Option<Arc<dt_ca::VerifiedX509Cert>>,
     /// Present when the client sent a joined service's certificate issued by the host CA
     /// (an SSH node or another kind of access point, or the MDM service: see `nodes`).
     pub node: Option<Arc<dt_ca::NodeIdentity>>,
@@ -64,11 +68,12 @@ pub fn tls_config(
     Ok(Arc::new(cfg))
 }
 
-/// The identity in a client certificate rustls already verified against our roots.
-fn peer_identity(server: &AuthServer, der: &[u8]) -> Option<dt_ca::Identity> {
+/// A client certificate rustls already verified against our roots, if the user CA issued
+/// it (a host CA certificate is a joined service's: see `nodes`).
+fn peer_user_cert(server: &AuthServer, der: &[u8]) -> Option<dt_ca::VerifiedX509Cert> {
     match server
         .user_ca
-        .verify_x509_issued_by(der, OffsetDateTime::now_utc())
+        .verify_x509_cert(der, OffsetDateTime::now_utc())
     {
         Ok(id) => Some(id),
         Err(e) => {
@@ -138,11 +143,12 @@ pub async fn serve_app(
                 .peer_certificates()
                 .and_then(|c| c.first())
                 .map(|c| c.as_ref().to_vec());
-            let identity = cert_der
+            let user_cert = cert_der
                 .as_deref()
-                .and_then(|d| peer_identity(&server, d))
+                .and_then(|d| peer_user_cert(&server, d))
                 .map(Arc::new);
-            let node = match (&identity, cert_der.as_deref()) {
+            let identity = user_cert.as_ref().map(|c| Arc::new(c.identity().clone()));
+            let node = match (&user_cert, cert_der.as_deref()) {
                 (None, Some(d)) => server
                     .host_ca
                     .verify_node_client_cert(d, OffsetDateTime::now_utc())
@@ -154,6 +160,7 @@ pub async fn serve_app(
                 addr,
                 identity,
                 cert_der: cert_der.map(Arc::new),
+                user_cert,
                 node,
             };
             let svc =

@@ -15,7 +15,7 @@ use crate::error::{CaError, Result};
 use crate::identity::DeviceExt;
 use crate::key;
 use crate::ssh::{VerifiedSshCert, check_ssh_validity};
-use crate::x509::{BACKDATE, whole_seconds};
+use crate::x509::{BACKDATE, VerifiedX509Cert, check_window, whole_seconds};
 
 impl CertAuthority {
     /// Re-issues `ssh` and `x509_der` (DER) with `device` added. Both must be valid at `now`,
@@ -28,28 +28,31 @@ impl CertAuthority {
         device: &DeviceExt,
         now: OffsetDateTime,
     ) -> Result<(Certificate, Vec<u8>)> {
-        let verified = self.verify_ssh_user(ssh, now)?;
-        self.augment_verified(&verified, x509_der, device, now)
+        let ssh = self.verify_ssh_user(ssh, now)?;
+        let x509 = self.verify_x509_cert(x509_der, now)?;
+        self.augment_verified(&ssh, &x509, device, now)
     }
 
-    /// [`augment`](Self::augment) with an SSH certificate this CA already verified (the
-    /// device authentication verifies it when the ceremony opens): its signature is not
-    /// checked twice, but it must have been verified by this CA and still be valid at `now`.
+    /// [`augment`](Self::augment) with certificates this CA already verified (the auth
+    /// service verifies the client certificate when the connection opens, and the SSH
+    /// certificate when the device authentication opens): their signatures are not checked
+    /// twice, but both must have been verified by this CA and still be valid at `now`.
     pub fn augment_verified(
         &self,
         ssh: &VerifiedSshCert,
-        x509_der: &[u8],
+        x509: &VerifiedX509Cert,
         device: &DeviceExt,
         now: OffsetDateTime,
     ) -> Result<(Certificate, Vec<u8>)> {
         self.require_kind("augmenting certificates", CaKind::User)?;
         device.validate()?;
-        if ssh.verified_by != self.key.point() {
+        if ssh.verified_by != self.key.point() || x509.verified_by != self.key.point() {
             return Err(CaError::NotIssuedByCa(self.kind));
         }
         check_ssh_validity(&ssh.identity, now)?;
+        check_window(x509.identity.not_before, x509.identity.not_after, now)?;
         let (ssh_id, ssh) = (ssh.identity.clone(), &ssh.cert);
-        let (x509_id, spki) = self.verify_x509(x509_der, now)?;
+        let (x509_id, spki) = (x509.identity.clone(), &x509.spki);
         if ssh_id.device.is_some() || x509_id.device.is_some() {
             return Err(CaError::AlreadyAugmented);
         }
@@ -86,7 +89,7 @@ impl CertAuthority {
         new_x509_id.device = device;
         new_x509_id.not_before = not_before;
         new_x509_id.not_after = x509_not_after;
-        let new_x509 = self.issue_x509_client_cert(&spki, &new_x509_id)?;
+        let new_x509 = self.issue_x509_client_cert(spki, &new_x509_id)?;
 
         Ok((new_ssh, new_x509))
     }
@@ -272,15 +275,18 @@ mod tests {
     }
 
     #[test]
-    fn a_certificate_verified_once_augments_only_with_the_ca_that_verified_it_and_while_valid() {
+    fn certificates_verified_once_augment_only_with_the_ca_that_verified_them_and_while_valid() {
         let ca = user_ca();
         let other = user_ca();
         let mine = login(&ca, &alice());
-        let verified = ca.verify_ssh_user(&mine.ssh, NOW).unwrap();
-        assert_eq!(verified.identity(), &alice());
+        let ssh_ok = ca.verify_ssh_user(&mine.ssh, NOW).unwrap();
+        let x509_ok = ca.verify_x509_cert(&mine.x509, NOW).unwrap();
+        assert_eq!(ssh_ok.identity(), &alice());
+        assert_eq!(x509_ok.identity(), &alice());
+        assert_eq!(x509_ok.der(), mine.x509.as_slice());
         // The same certificates as `augment` gives.
         let (ssh, x509) = ca
-            .augment_verified(&verified, &mine.x509, &device(), NOW)
+            .augment_verified(&ssh_ok, &x509_ok, &device(), NOW)
             .unwrap();
         let expected = Identity {
             not_before: NOW - BACKDATE,
@@ -288,27 +294,50 @@ mod tests {
         };
         assert_eq!(ca.verify_ssh_user_cert(&ssh, NOW).unwrap(), expected);
         assert_eq!(ca.verify_x509_issued_by(&x509, NOW).unwrap(), expected);
-        // Verified by another CA (even one that issued it): not this CA's word.
+        // Verified by another CA (even one that issued them): not this CA's word, for
+        // either certificate.
         let theirs = login(&other, &alice());
-        let by_other = other.verify_ssh_user(&theirs.ssh, NOW).unwrap();
+        let ssh_by_other = other.verify_ssh_user(&theirs.ssh, NOW).unwrap();
+        let x509_by_other = other.verify_x509_cert(&theirs.x509, NOW).unwrap();
         assert_eq!(
-            ca.augment_verified(&by_other, &mine.x509, &device(), NOW),
+            ca.augment_verified(&ssh_by_other, &x509_ok, &device(), NOW),
             Err(CaError::NotIssuedByCa(CaKind::User))
         );
-        // Expired between the verification and the augmentation.
+        assert_eq!(
+            ca.augment_verified(&ssh_ok, &x509_by_other, &device(), NOW),
+            Err(CaError::NotIssuedByCa(CaKind::User))
+        );
+        // A proof is only made for a certificate the CA signed.
+        assert_eq!(
+            ca.verify_x509_cert(&theirs.x509, NOW).unwrap_err(),
+            CaError::NotIssuedByCa(CaKind::User)
+        );
+        // Expired between the verification and the augmentation: each is checked again.
         assert!(matches!(
-            ca.augment_verified(&verified, &mine.x509, &device(), NOW + Duration::days(1)),
+            ca.augment_verified(&ssh_ok, &x509_ok, &device(), NOW + Duration::days(1)),
             Err(CaError::Expired { .. })
         ));
-        // The X.509 certificate is still verified in full.
-        assert_eq!(
-            ca.augment_verified(&verified, &theirs.x509, &device(), NOW),
-            Err(CaError::NotIssuedByCa(CaKind::User))
-        );
-        // An already augmented SSH certificate stays refused.
+        let short = Identity {
+            not_after: NOW + Duration::hours(1),
+            ..alice()
+        };
+        let short_x509 = ca
+            .issue_x509_client_cert(&mine.key.spki_der(), &short)
+            .unwrap();
+        let short_ok = ca.verify_x509_cert(&short_x509, NOW).unwrap();
+        assert!(matches!(
+            ca.augment_verified(&ssh_ok, &short_ok, &device(), NOW + Duration::hours(2)),
+            Err(CaError::Expired { .. })
+        ));
+        // An already augmented certificate stays refused.
         let augmented = ca.verify_ssh_user(&ssh, NOW).unwrap();
         assert_eq!(
-            ca.augment_verified(&augmented, &mine.x509, &device(), NOW),
+            ca.augment_verified(&augmented, &x509_ok, &device(), NOW),
+            Err(CaError::AlreadyAugmented)
+        );
+        let augmented = ca.verify_x509_cert(&x509, NOW).unwrap();
+        assert_eq!(
+            ca.augment_verified(&ssh_ok, &augmented, &device(), NOW),
             Err(CaError::AlreadyAugmented)
         );
     }

@@ -54,7 +54,7 @@ pub use serving::{
 };
 pub use ssh::{VerifiedSshCert, parse_ssh_identity};
 pub use ssh_verify::{SshCertRefusal, SshUserCaKey};
-pub use x509::{BACKDATE, parse_x509_identity};
+pub use x509::{BACKDATE, VerifiedX509Cert, parse_x509_identity};
 
 /// The SSH certificate type, re-exported for callers.
 pub use ssh_key::Certificate as SshCertificate;

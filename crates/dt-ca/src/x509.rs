@@ -322,6 +322,21 @@ impl CertAuthority {
         self.verify_x509(der, now).map(|(id, _)| id)
     }
 
+    /// [`Self::verify_x509_issued_by`], keeping the proof: what [`augment_verified`]
+    /// takes, so a certificate checked once (the auth service checks a client certificate
+    /// when the connection opens) is not checked again per request.
+    ///
+    /// [`augment_verified`]: Self::augment_verified
+    pub fn verify_x509_cert(&self, der: &[u8], now: OffsetDateTime) -> Result<VerifiedX509Cert> {
+        let (identity, spki) = self.verify_x509(der, now)?;
+        Ok(VerifiedX509Cert {
+            der: der.to_vec(),
+            identity,
+            spki,
+            verified_by: self.key.point().to_vec(),
+        })
+    }
+
     /// [`Self::verify_x509_issued_by`], also returning the subject's SubjectPublicKeyInfo DER.
     pub(crate) fn verify_x509(
         &self,
@@ -370,8 +385,30 @@ impl CertAuthority {
     }
 }
 
+/// An X.509 certificate whose signature, usage and validity a CA checked. Only
+/// [`CertAuthority::verify_x509_cert`] makes one; it remembers which CA key checked it.
+#[derive(Clone, Debug)]
+pub struct VerifiedX509Cert {
+    der: Vec<u8>,
+    pub(crate) identity: Identity,
+    /// The subject's SubjectPublicKeyInfo, DER.
+    pub(crate) spki: Vec<u8>,
+    pub(crate) verified_by: Vec<u8>,
+}
+
+impl VerifiedX509Cert {
+    /// The identity the certificate carries.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+    /// The certificate, byte for byte.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+}
+
 /// RFC 5280 §4.1.2.5: valid from notBefore through notAfter, both inclusive.
-fn check_window(
+pub(crate) fn check_window(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     now: OffsetDateTime,

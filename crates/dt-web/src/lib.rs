@@ -216,6 +216,9 @@ impl Web {
             addr: SocketAddr::new(ip, peer.addr.port()),
             identity: Some(session.identity.clone()),
             cert_der: Some(session.tls_cert_der.clone()),
+            // Device authentication is a gRPC ceremony on the device's own connection,
+            // never a web request: the session's certificate is not needed here.
+            user_cert: None,
             node: None,
         };
         match self.srv.caller(as_peer).await {
@@ -405,6 +408,7 @@ async fn login(
         addr: SocketAddr::new(ip, peer.addr.port()),
         identity: None,
         cert_der: None,
+        user_cert: None,
         node: None,
     };
     let resp = web.srv.login(request, as_peer).await?;

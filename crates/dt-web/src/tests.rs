@@ -65,6 +65,7 @@ fn peer() -> Peer {
         addr: SocketAddr::from(([127, 0, 0, 1], 40000)),
         identity: None,
         cert_der: None,
+        user_cert: None,
         node: None,
     }
 }
