@@ -62,7 +62,7 @@ async fn migrations_are_recorded_once() {
     let path = dir.path().join("m.db");
     for _ in 0..2 {
         let b = SqliteBackend::open(&path, fast_tuning()).await.unwrap();
-        assert_eq!(b.schema_version().await.unwrap(), 1);
+        assert_eq!(b.schema_version().await.unwrap(), 2);
         b.close().await;
     }
     let conn = rusqlite::Connection::open(&path).unwrap();
@@ -71,11 +71,82 @@ async fn migrations_are_recorded_once() {
             r.get(0)
         })
         .unwrap();
-    assert_eq!(rows, 1);
+    assert_eq!(rows, 2);
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .unwrap();
     assert_eq!(mode, "wal");
+}
+
+/// A database written by a build with schema 1 (items in a rowid table) opens with every
+/// item, revision and expiry kept, in a table keyed by the item key alone.
+#[tokio::test]
+async fn a_schema_1_database_moves_its_items_to_a_table_without_rowid() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let far = 4_102_444_800_000i64; // 2100-01-01, in ms
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             CREATE TABLE dt_schema_migrations (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL);
+             INSERT INTO dt_schema_migrations VALUES (1, 0);
+             CREATE TABLE dt_seq (id INTEGER PRIMARY KEY CHECK (id = 1), v INTEGER NOT NULL);
+             INSERT INTO dt_seq VALUES (1, 7);
+             CREATE TABLE dt_items (key TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL,
+                 revision INTEGER NOT NULL, expires INTEGER);
+             CREATE INDEX dt_items_expires ON dt_items (expires) WHERE expires IS NOT NULL;
+             CREATE TABLE dt_events (revision INTEGER NOT NULL, idx INTEGER NOT NULL,
+                 key TEXT NOT NULL, kind INTEGER NOT NULL, value BLOB NOT NULL, expires INTEGER,
+                 at INTEGER NOT NULL, PRIMARY KEY (revision, idx)) WITHOUT ROWID;
+             CREATE INDEX dt_events_at ON dt_events (at);",
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO dt_items VALUES ('/a', x'6131', 3, NULL), ('/b/c', x'', 5, ?1), ('/z', x'7a', 7, 1)",
+            [far],
+        )
+        .unwrap();
+    }
+    let b = SqliteBackend::open(&path, fast_tuning()).await.unwrap();
+    assert_eq!(b.schema_version().await.unwrap(), 2);
+    let a = b.get("/a").await.unwrap().unwrap();
+    assert_eq!(
+        (a.value.as_slice(), a.revision, a.expires),
+        (&b"a1"[..], 3, None)
+    );
+    let c = b.get("/b/c").await.unwrap().unwrap();
+    assert_eq!(c.revision, 5);
+    assert_eq!(
+        c.expires
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64),
+        Some(far)
+    );
+    // Expired before the move: still expired after it.
+    assert!(b.get("/z").await.unwrap().is_none());
+    // Revisions go on from where they were.
+    assert!(b.put("/d", b"d".to_vec(), None).await.unwrap() > 7);
+    let page = b.range("/", None, 10).await.unwrap();
+    let keys: Vec<&str> = page.items.iter().map(|i| i.key.as_str()).collect();
+    assert_eq!(keys, ["/a", "/b/c", "/d"]);
+    b.close().await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'dt_items'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+    let indexes: i64 = conn
+        .query_row(
+            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'dt_items_expires'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(indexes, 1);
 }
 
 #[tokio::test]
