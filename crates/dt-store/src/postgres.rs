@@ -735,13 +735,16 @@ impl Tx for PgTx<'_> {
     }
 
     async fn sweep(&mut self, revision: i64, now: i64) -> Result<u64> {
-        let n = self
+        let unwatched: Vec<&str> = self.unwatched.iter().map(String::as_str).collect();
+        let row = self
             .tx
-            .execute(&self.st.sweep, &[&revision, &now])
+            .query_one(&self.st.sweep, &[&revision, &now, &unwatched])
             .await
             .map_err(pg)?;
-        self.fed |= n > 0;
-        Ok(n)
+        let swept: i64 = row.try_get(0).map_err(pg)?;
+        let fed: i64 = row.try_get(1).map_err(pg)?;
+        self.fed |= fed > 0;
+        Ok(u64::try_from(swept).unwrap_or(0))
     }
 
     async fn next_revisions(&mut self, n: i64) -> Result<i64> {
@@ -957,11 +960,17 @@ impl Stmts {
             "WITH d AS (DELETE FROM dt_items WHERE key = $1 RETURNING key) \
              INSERT INTO dt_events (revision, idx, key, kind, value, expires, at) \
              SELECT $2::bigint, $3::integer, d.key, 1, ''::bytea, NULL, $4::bigint FROM d",
+            // Every expired item is deleted and counted; change rows are written for the
+            // watched ones only ($3: the unwatched prefixes).
             "WITH d AS (DELETE FROM dt_items WHERE expires IS NOT NULL AND expires <= $2::bigint \
-                 RETURNING key) \
-             INSERT INTO dt_events (revision, idx, key, kind, value, expires, at) \
-             SELECT $1::bigint, (row_number() OVER (ORDER BY d.key))::integer - 1, d.key, 1, \
-                 ''::bytea, NULL, $2::bigint FROM d",
+                 RETURNING key), \
+             e AS (INSERT INTO dt_events (revision, idx, key, kind, value, expires, at) \
+                 SELECT $1::bigint, (row_number() OVER (ORDER BY d.key))::integer - 1, d.key, 1, \
+                     ''::bytea, NULL, $2::bigint FROM d \
+                 WHERE NOT EXISTS (SELECT 1 FROM unnest($3::text[]) AS u(prefix) \
+                     WHERE starts_with(d.key, u.prefix COLLATE \"C\")) \
+                 RETURNING 1) \
+             SELECT (SELECT COUNT(*) FROM d), (SELECT COUNT(*) FROM e)",
             "SELECT EXISTS (SELECT 1 FROM dt_items WHERE expires IS NOT NULL AND expires <= $1::bigint)",
             "SELECT revision, idx, kind, key, \
                  CASE WHEN $4::boolean OR EXISTS (SELECT 1 FROM unnest($5::text[]) AS w(prefix) \

@@ -1016,7 +1016,9 @@ impl Tx for SqliteTx<'_> {
                 .map_err(sq)?
         };
         keys.sort();
-        for (i, key) in keys.iter().enumerate() {
+        // Change rows for watched keys only (expired rate-limit and lookup items are not).
+        let unwatched = self.unwatched;
+        for (i, key) in keys.iter().filter(|k| in_feed(unwatched, k)).enumerate() {
             let idx =
                 i32::try_from(i).map_err(|_| backend_msg("too many expired items in one sweep"))?;
             self.event((revision, idx), KIND_DELETE, key, &[], None, now)?;

@@ -343,3 +343,45 @@ async fn counters_are_unlogged_and_expired_ones_are_swept() {
     drop(c);
     drop(db);
 }
+
+/// The expiry sweep deletes and counts every expired item, but writes change rows only for
+/// watched keys: expired rate-limit or lookup items (unwatched) leave nothing in the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_feeds_only_watched_keys() {
+    let db = PgDatabase::create("dt_test");
+    let conn = db.conn();
+    let tuning = Tuning {
+        unwatched_prefixes: vec!["/u/".into()],
+        sweep_every: Duration::from_secs(3600),
+        ..fast_tuning()
+    };
+    let b = PostgresBackend::connect(&conn, tuning).await.unwrap();
+    let soon = time::OffsetDateTime::now_utc() + Duration::from_millis(50);
+    b.put("/u/a", vec![1], Some(soon)).await.unwrap();
+    b.put("/w/b", vec![2], Some(soon)).await.unwrap();
+    b.put("/w/keep", vec![3], None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(b.sweep_expired().await.unwrap(), 2);
+    assert!(b.get("/u/a").await.unwrap().is_none());
+    assert!(b.get("/w/b").await.unwrap().is_none());
+    assert!(b.get("/w/keep").await.unwrap().is_some());
+    b.close().await;
+    let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    let mut counts = std::collections::HashMap::new();
+    for key in ["/u/a", "/w/b", "/w/keep"] {
+        let n: i64 = c
+            .query_one("SELECT COUNT(*) FROM dt_events WHERE key = $1", &[&key])
+            .await
+            .unwrap()
+            .get(0);
+        counts.insert(key, n);
+    }
+    let rows = |key: &str| counts[key];
+    // The puts of the watched keys and the delete of the expired one; nothing for "/u/a".
+    assert_eq!(rows("/u/a"), 0);
+    assert_eq!(rows("/w/b"), 2);
+    assert_eq!(rows("/w/keep"), 1);
+    drop(c);
+    drop(db);
+}

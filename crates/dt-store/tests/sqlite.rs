@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use dt_store::sqlite::SqliteBackend;
 use dt_store::{Backend, Tuning};
@@ -326,4 +327,41 @@ async fn a_damaged_counters_file_is_started_afresh() {
         "the state is untouched"
     );
     b.close().await;
+}
+
+/// The expiry sweep deletes and counts every expired item, but writes change rows only for
+/// watched keys: expired rate-limit or lookup items (unwatched) leave nothing in the feed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_feeds_only_watched_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let tuning = Tuning {
+        unwatched_prefixes: vec!["/u/".into()],
+        sweep_every: Duration::from_secs(3600),
+        ..fast_tuning()
+    };
+    let b = SqliteBackend::open(&path, tuning).await.unwrap();
+    let soon = time::OffsetDateTime::now_utc() + Duration::from_millis(50);
+    b.put("/u/a", vec![1], Some(soon)).await.unwrap();
+    b.put("/w/b", vec![2], Some(soon)).await.unwrap();
+    b.put("/w/keep", vec![3], None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(120)).await;
+    assert_eq!(b.sweep_expired().await.unwrap(), 2);
+    assert!(b.get("/u/a").await.unwrap().is_none());
+    assert!(b.get("/w/b").await.unwrap().is_none());
+    assert!(b.get("/w/keep").await.unwrap().is_some());
+    b.close().await;
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let rows = |key: &str| -> i64 {
+        conn.query_row(
+            "SELECT COUNT(*) FROM dt_events WHERE key = ?1",
+            [key],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    // The puts of the watched keys and the delete of the expired one; nothing for "/u/a".
+    assert_eq!(rows("/u/a"), 0);
+    assert_eq!(rows("/w/b"), 2);
+    assert_eq!(rows("/w/keep"), 1);
 }
