@@ -67,7 +67,7 @@ impl CertAuthority {
                 "one certificate is a bot's and the other is not".into(),
             ));
         }
-        if key::point_from_ssh_key(ssh.public_key())? != key::point_from_spki(&spki)? {
+        if key::point_from_ssh_key(ssh.public_key())? != key::point_from_spki(spki)? {
             return Err(CaError::IdentityMismatch(
                 "the certificates are for different public keys".into(),
             ));
