@@ -1087,3 +1087,59 @@ fn locks_refuse_api_calls_and_logins_until_removed() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
+
+/// `dtctl devices import` sends its batches several at a time: every line is still reported
+/// once, by its number, and a device listed twice fails on its second line whatever the
+/// batches' order of arrival.
+#[test]
+fn devices_import_in_batches_reports_every_line() {
+    let srv = Server::start();
+    let mut csv = String::from("os,asset_tag,model_identifier\n");
+    for i in 0..9 {
+        csv += &format!("linux,IMP-{i},model-{i}\n"); // lines 2-10
+    }
+    csv += "beos,IMP-BAD,x\n"; // line 11: no such OS
+    csv += "linux,IMP-3,again\n"; // line 12: IMP-3 is on line 5
+    csv += "macos,IMP-3,other-os\n"; // line 13: the same tag on another OS is another device
+    let path = srv.write_file("devices.csv", &csv);
+    let out = srv
+        .dtctl(&["devices", "import", &path, "--batch=2", "--format=json"])
+        .json();
+    assert_eq!(out["imported"], 10, "{out}");
+    assert_eq!(out["failed"], 2, "{out}");
+    let errors = out["errors"].as_array().unwrap();
+    assert_eq!(errors[0]["line"], 11, "{out}");
+    assert_eq!(errors[1]["line"], 12, "{out}");
+    assert_eq!(
+        errors[1]["error"], "listed twice in this file (first on line 5)",
+        "{out}"
+    );
+    let listed = srv.dtctl(&["devices", "ls", "--format=json"]).json();
+    let tags: BTreeSet<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["spec"]["os_type"].as_str().unwrap(),
+                d["spec"]["asset_tag"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let mut expected: BTreeSet<String> = (0..9).map(|i| format!("linux/IMP-{i}")).collect();
+    expected.insert("macos/IMP-3".into());
+    assert_eq!(tags, expected);
+
+    // A second run: every device is there already, each line says so, and the command
+    // fails as a whole (nothing was imported).
+    let again = srv.dtctl(&["devices", "import", &path, "--batch=3", "--format=json"]);
+    again.fails_with("no device was imported");
+    let again: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(again["imported"], 0, "{again}");
+    assert_eq!(again["failed"], 12, "{again}");
+    assert_eq!(
+        again["errors"][3]["error"], "device \"IMP-3\"/Linux is already in the inventory",
+        "{again}"
+    );
+}
