@@ -69,10 +69,11 @@ pub enum DevicesCmd {
     },
     /// Import devices from a CSV file: columns `os,asset_tag`; other columns go into the
     /// device profile (model_identifier, os_version, os_build, os_usernames, assigned_user
-    /// are recognized; os_usernames may list several separated by `;`).
+    /// are recognized; os_usernames may list several separated by `;`). Every line that
+    /// fails is reported by its number; a device listed twice fails on its second line.
     Import {
         file: PathBuf,
-        /// Devices per request.
+        /// Devices per request (four requests are in flight at once).
         #[arg(long, default_value_t = 500)]
         batch: usize,
         /// Print a JSON summary instead of text.
