@@ -1102,9 +1102,24 @@ fn devices_import_in_batches_reports_every_line() {
     csv += "linux,IMP-3,again\n"; // line 12: IMP-3 is on line 5
     csv += "macos,IMP-3,other-os\n"; // line 13: the same tag on another OS is another device
     let path = srv.write_file("devices.csv", &csv);
+
+    // A user who may not create devices: the first request fails as a whole, nothing is
+    // sent after it, and the summary says what was not sent.
+    let eve = srv.new_user("eve", "access", "", PW);
+    let refused = srv.dtctl_as(
+        &eve,
+        &["devices", "import", &path, "--batch=2", "--format=json"],
+    );
+    refused.fails_with("the import stopped at a failed request: 10 devices were not sent");
+    let summary: Value = serde_json::from_str(&refused.stdout).unwrap();
+    assert_eq!(summary["imported"], 0, "{summary}");
+    assert_eq!(summary["not_sent"], 10, "{summary}");
+    assert_eq!(summary["failed"], 2, "{summary}");
+
     let out = srv
         .dtctl(&["devices", "import", &path, "--batch=2", "--format=json"])
         .json();
+    assert_eq!(out["not_sent"], 0, "{out}");
     assert_eq!(out["imported"], 10, "{out}");
     assert_eq!(out["failed"], 2, "{out}");
     let errors = out["errors"].as_array().unwrap();
@@ -1138,6 +1153,7 @@ fn devices_import_in_batches_reports_every_line() {
     let again: serde_json::Value = serde_json::from_str(&again.stdout).unwrap();
     assert_eq!(again["imported"], 0, "{again}");
     assert_eq!(again["failed"], 12, "{again}");
+    assert_eq!(again["errors"][3]["line"], 5, "{again}");
     assert_eq!(
         again["errors"][3]["error"], "device \"IMP-3\"/Linux is already in the inventory",
         "{again}"

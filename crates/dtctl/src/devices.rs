@@ -424,33 +424,48 @@ async fn import(
         }
         chunks.push((chunk.len(), send, lines_sent));
     }
-    // Several requests in flight, answers taken in order. As before, a request that fails
-    // as a whole stops the import with its error; the devices of requests sent before it
-    // may have been created (a rerun lists their asset tags as taken).
+    // Several requests in flight, answers taken in order. A request that fails as a whole
+    // stops the import: nothing is sent after it, the requests already in flight are
+    // answered and reported, and then the import fails with that request's error.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut answers = futures::stream::iter(chunks.into_iter().map(|(n, send, lines_sent)| {
-        let mut c = c.clone();
+        let (mut c, stop) = (c.clone(), stop.clone());
         async move {
-            if send.is_empty() {
-                return Ok((n, Vec::new(), lines_sent));
+            // `None`: not sent (nothing to send, or the import stopped).
+            if send.is_empty() || stop.load(std::sync::atomic::Ordering::Acquire) {
+                return (n, Ok(None), lines_sent);
             }
-            let resp = c
+            let answer = c
                 .bulk_create_devices(pb::BulkCreateDevicesRequest { devices: send })
-                .await?
-                .into_inner();
-            Ok::<_, tonic::Status>((n, resp.statuses, lines_sent))
+                .await
+                .map(|r| Some(r.into_inner().statuses));
+            if answer.is_err() {
+                stop.store(true, std::sync::atomic::Ordering::Release);
+            }
+            (n, answer, lines_sent)
         }
     }))
     .buffered(IMPORT_IN_FLIGHT);
-    while let Some(answer) = answers.next().await {
-        let (n, statuses, lines_sent) = answer.map_err(api_err)?;
-        for (status, line) in statuses.iter().zip(&lines_sent) {
-            if status.ok {
-                ok += 1;
-            } else {
-                errors.push((*line, status.error.clone()));
+    let (mut failure, mut not_sent) = (None, 0usize);
+    while let Some((n, answer, lines_sent)) = answers.next().await {
+        match answer {
+            Ok(Some(statuses)) => {
+                for (status, line) in statuses.iter().zip(&lines_sent) {
+                    if status.ok {
+                        ok += 1;
+                    } else {
+                        errors.push((*line, status.error.clone()));
+                    }
+                }
+                bar.inc(n as u64);
+            }
+            Ok(None) if lines_sent.is_empty() => bar.inc(n as u64),
+            Ok(None) => not_sent += lines_sent.len(),
+            Err(status) => {
+                not_sent += lines_sent.len();
+                failure.get_or_insert(status);
             }
         }
-        bar.inc(n as u64);
     }
     bar.finish_and_clear();
     errors.sort();
@@ -460,6 +475,7 @@ async fn import(
             serde_json::json!({
                 "imported": ok,
                 "failed": errors.len(),
+                "not_sent": not_sent,
                 "errors": errors.iter().map(|(l, e)| serde_json::json!({"line": l, "error": e})).collect::<Vec<_>>(),
             })
         );
@@ -467,11 +483,24 @@ async fn import(
         for (line, e) in &errors {
             eprintln!("{}:{line}: {e}", file.display());
         }
+        let unsent = if not_sent > 0 {
+            format!(", {not_sent} not sent")
+        } else {
+            String::new()
+        };
         println!(
-            "Imported {ok} devices, {} failed, from {}",
+            "Imported {ok} devices, {} failed{unsent}, from {}",
             errors.len(),
             file.display()
         );
+    }
+    if let Some(status) = failure {
+        return Err(api_err(status)).with_context(|| {
+            format!(
+                "the import stopped at a failed request: {not_sent} devices were not sent; \
+                 run it again to import them (devices already imported are reported as taken)"
+            )
+        });
     }
     if !errors.is_empty() && ok == 0 {
         bail!("no device was imported");
