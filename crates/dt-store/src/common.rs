@@ -305,7 +305,8 @@ pub(crate) fn check_watchable(unwatched: &[String], prefixes: &[String]) -> Resu
     Ok(())
 }
 
-/// Result of [`apply`]: the revision taken, how many events were written, and whether
+/// Result of [`apply`]: the revision taken, how many events were written (for a sweep: how
+/// many expired items it deleted, watched or not), and whether
 /// the transaction should be committed (a sweep that found nothing is rolled back so it
 /// does not consume a revision).
 #[derive(Clone, Copy, Debug)]
@@ -326,7 +327,8 @@ pub(crate) trait Tx {
     async fn put(&mut self, revision: i64, idx: i32, row: &PutRow, at: i64) -> Result<()>;
     /// Delete the row (live or expired) and append a `Delete` event if one existed.
     async fn remove(&mut self, revision: i64, idx: i32, key: &str, at: i64) -> Result<bool>;
-    /// Delete every item expired at `now`, appending `Delete` events; returns the count.
+    /// Delete every item expired at `now`, appending `Delete` events for the watched ones;
+    /// returns how many items were deleted.
     async fn sweep(&mut self, revision: i64, now: i64) -> Result<u64>;
 
     /// Reserve `n` (>= 1) consecutive revisions at once; returns the last one. Like

@@ -111,7 +111,7 @@ CREATE TABLE dt_items_by_key (
     expires INTEGER
 ) WITHOUT ROWID;
 INSERT INTO dt_items_by_key (key, value, revision, expires)
-    SELECT key, value, revision, expires FROM dt_items;
+    SELECT key, value, revision, expires FROM dt_items ORDER BY key;
 DROP TABLE dt_items;
 ALTER TABLE dt_items_by_key RENAME TO dt_items;
 CREATE INDEX dt_items_expires ON dt_items (expires) WHERE expires IS NOT NULL;

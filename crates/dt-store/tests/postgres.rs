@@ -357,11 +357,12 @@ async fn the_sweep_feeds_only_watched_keys() {
     };
     let b = PostgresBackend::connect(&conn, tuning).await.unwrap();
     let soon = time::OffsetDateTime::now_utc() + Duration::from_millis(50);
+    b.put("/a/1", vec![0], Some(soon)).await.unwrap();
     b.put("/u/a", vec![1], Some(soon)).await.unwrap();
     b.put("/w/b", vec![2], Some(soon)).await.unwrap();
     b.put("/w/keep", vec![3], None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert_eq!(b.sweep_expired().await.unwrap(), 2);
+    assert_eq!(b.sweep_expired().await.unwrap(), 3);
     assert!(b.get("/u/a").await.unwrap().is_none());
     assert!(b.get("/w/b").await.unwrap().is_none());
     assert!(b.get("/w/keep").await.unwrap().is_some());
@@ -377,11 +378,25 @@ async fn the_sweep_feeds_only_watched_keys() {
             .get(0);
         counts.insert(key, n);
     }
+    let deletes: Vec<(String, i32)> = c
+        .query(
+            "SELECT key, idx FROM dt_events WHERE revision = (SELECT MAX(revision) FROM dt_events) \
+             ORDER BY idx",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     let rows = |key: &str| counts[key];
     // The puts of the watched keys and the delete of the expired one; nothing for "/u/a".
     assert_eq!(rows("/u/a"), 0);
     assert_eq!(rows("/w/b"), 2);
     assert_eq!(rows("/w/keep"), 1);
+    // The sweep's deletes are numbered 0, 1, the unwatched key (sorted between them) left
+    // out.
+    assert_eq!(deletes, [("/a/1".to_string(), 0), ("/w/b".to_string(), 1)]);
     drop(c);
     drop(db);
 }

@@ -109,7 +109,12 @@ async fn a_schema_1_database_moves_its_items_to_a_table_without_rowid() {
         )
         .unwrap();
     }
-    let b = SqliteBackend::open(&path, fast_tuning()).await.unwrap();
+    // No sweep while the test looks at the expired item.
+    let tuning = Tuning {
+        sweep_every: Duration::from_secs(3600),
+        ..fast_tuning()
+    };
+    let b = SqliteBackend::open(&path, tuning).await.unwrap();
     assert_eq!(b.schema_version().await.unwrap(), 2);
     let a = b.get("/a").await.unwrap().unwrap();
     assert_eq!(
@@ -140,6 +145,15 @@ async fn a_schema_1_database_moves_its_items_to_a_table_without_rowid() {
         )
         .unwrap();
     assert!(sql.contains("WITHOUT ROWID"), "{sql}");
+    // The expired item was moved too (reads hide it; the sweep removes it).
+    let z: (Vec<u8>, i64, i64) = conn
+        .query_row(
+            "SELECT value, revision, expires FROM dt_items WHERE key = '/z'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .unwrap();
+    assert_eq!(z, (b"z".to_vec(), 7, 1));
     let indexes: i64 = conn
         .query_row(
             "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND name = 'dt_items_expires'",
@@ -342,11 +356,12 @@ async fn the_sweep_feeds_only_watched_keys() {
     };
     let b = SqliteBackend::open(&path, tuning).await.unwrap();
     let soon = time::OffsetDateTime::now_utc() + Duration::from_millis(50);
+    b.put("/a/1", vec![0], Some(soon)).await.unwrap();
     b.put("/u/a", vec![1], Some(soon)).await.unwrap();
     b.put("/w/b", vec![2], Some(soon)).await.unwrap();
     b.put("/w/keep", vec![3], None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(120)).await;
-    assert_eq!(b.sweep_expired().await.unwrap(), 2);
+    assert_eq!(b.sweep_expired().await.unwrap(), 3);
     assert!(b.get("/u/a").await.unwrap().is_none());
     assert!(b.get("/w/b").await.unwrap().is_none());
     assert!(b.get("/w/keep").await.unwrap().is_some());
@@ -360,8 +375,21 @@ async fn the_sweep_feeds_only_watched_keys() {
         )
         .unwrap()
     };
+    let deletes: Vec<(String, i32)> = conn
+        .prepare(
+            "SELECT key, idx FROM dt_events WHERE revision = (SELECT MAX(revision) FROM dt_events) \
+             ORDER BY idx",
+        )
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
     // The puts of the watched keys and the delete of the expired one; nothing for "/u/a".
     assert_eq!(rows("/u/a"), 0);
     assert_eq!(rows("/w/b"), 2);
     assert_eq!(rows("/w/keep"), 1);
+    // The sweep's deletes are numbered 0, 1, the unwatched key (sorted between them) left
+    // out.
+    assert_eq!(deletes, [("/a/1".to_string(), 0), ("/w/b".to_string(), 1)]);
 }
