@@ -999,6 +999,50 @@ pub async fn expiry(f: Factory) -> Outcome {
 }
 
 /// `sweep_expired` deletes what has expired, in one write, and reports the count.
+/// Tuning for [`sweep_around_an_unwatched_key`]: `/u/` unwatched, no periodic sweep.
+pub fn unwatched_sweep_tuning() -> Tuning {
+    Tuning {
+        unwatched_prefixes: vec!["/u/".into()],
+        sweep_every: Duration::from_secs(3600),
+        ..fast_tuning()
+    }
+}
+
+/// What the change table holds for the sweep of [`sweep_around_an_unwatched_key`]: its
+/// deletes, as (key, index within the revision).
+pub const UNWATCHED_SWEEP_DELETES: [(&str, i32); 2] = [("/a/1", 0), ("/w/b", 1)];
+
+/// Expired items on both sides of an unwatched one (`/a/1`, `/u/a`, `/w/b`) and a live
+/// `/w/keep`, swept by hand on `b` (opened with [`unwatched_sweep_tuning`]): the three
+/// expired items are deleted and counted, and a watch on `/w/` sees `/w/b` go. Each
+/// backend's own test then reads its change table: the sweep fed only the watched keys,
+/// numbered 0, 1 ([`UNWATCHED_SWEEP_DELETES`]), and nothing for `/u/a`.
+pub async fn sweep_around_an_unwatched_key(b: &dyn Backend) -> Outcome {
+    for k in ["/a/1", "/u/a", "/w/b"] {
+        b.put(k, vec![1], Some(in_ms(-10)))
+            .await
+            .ctx("put expired")?;
+    }
+    b.put("/w/keep", vec![2], None).await.ctx("put live")?;
+    let mut w = b.watch(vec!["/w/".into()]).await.ctx("watch")?;
+    init(&mut w).await?;
+    ensure_eq!(b.sweep_expired().await.ctx("sweep")?, 3, "swept count");
+    let (kind, item) = change(&mut w).await?;
+    ensure_eq!(
+        (kind, item.key.as_str()),
+        (EventKind::Delete, "/w/b"),
+        "change"
+    );
+    for k in ["/a/1", "/u/a", "/w/b"] {
+        ensure!(b.get(k).await.ctx("get")?.is_none(), "{k} is still there");
+    }
+    ensure!(
+        b.get("/w/keep").await.ctx("get")?.is_some(),
+        "/w/keep is gone"
+    );
+    Ok(())
+}
+
 pub async fn explicit_sweep(f: Factory) -> Outcome {
     let b = open(
         &f,
