@@ -998,7 +998,6 @@ pub async fn expiry(f: Factory) -> Outcome {
     Ok(())
 }
 
-/// `sweep_expired` deletes what has expired, in one write, and reports the count.
 /// Tuning for [`sweep_around_an_unwatched_key`]: `/u/` unwatched, no periodic sweep.
 pub fn unwatched_sweep_tuning() -> Tuning {
     Tuning {
@@ -1043,6 +1042,7 @@ pub async fn sweep_around_an_unwatched_key(b: &dyn Backend) -> Outcome {
     Ok(())
 }
 
+/// `sweep_expired` deletes what has expired, in one write, and reports the count.
 pub async fn explicit_sweep(f: Factory) -> Outcome {
     let b = open(
         &f,

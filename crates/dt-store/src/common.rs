@@ -306,9 +306,8 @@ pub(crate) fn check_watchable(unwatched: &[String], prefixes: &[String]) -> Resu
 }
 
 /// Result of [`apply`]: the revision taken, how many events were written (for a sweep: how
-/// many expired items it deleted, watched or not), and whether
-/// the transaction should be committed (a sweep that found nothing is rolled back so it
-/// does not consume a revision).
+/// many expired items it deleted, watched or not), and whether the transaction should be
+/// committed (a sweep that found nothing is rolled back so it does not consume a revision).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Applied {
     pub revision: i64,

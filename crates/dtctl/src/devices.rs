@@ -397,9 +397,10 @@ async fn import(
         indicatif::ProgressBar::hidden()
     };
     let (mut ok, mut errors) = (0usize, Vec::<(usize, String)>::new());
-    // Each chunk: its rows that read as devices (sent) and those that did not.
-    // A device listed twice is refused here, on its second line: with requests in flight
-    // together, the server could otherwise take either line first.
+    // Each chunk: its size and the devices to send with their lines (rows that do not read
+    // as a device are reported now). A device listed twice is refused here, on its second
+    // line: with requests in flight together, the server could otherwise take either line
+    // first.
     let mut first_line = std::collections::HashMap::new();
     let mut chunks = Vec::new();
     for chunk in rows.chunks(batch) {
