@@ -293,10 +293,11 @@ impl AuthServer {
                 "send your SSH certificate with AuthenticateInit",
             ));
         };
-        let (_, rev) = device
-            .clone()
+        let rev = device
+            .as_ref()
+            .map(|(_, rev)| *rev)
             .ok_or_else(|| ApiError::internal("device vanished"))?;
-        let mut d: Device = outcome.device.clone();
+        let mut d: Device = outcome.device;
         d.spec.update_time = Some(now);
         let ext = dt_ca::DeviceExt {
             device_id: outcome.augment.device.device_id.clone(),

@@ -152,7 +152,9 @@ impl DeviceTrustService for GrpcDevices {
         let srv = self.srv.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let run = srv.drive_enroll(&caller, &mut inbound, &tx);
+            // Boxed: the driver's state is large, and a task moves its future whole
+            // (into the task cell, and again on completion); a box moves as a pointer.
+            let run = Box::pin(srv.drive_enroll(&caller, &mut inbound, &tx));
             let result = match tokio::time::timeout(CEREMONY_DEADLINE, run).await {
                 Ok(r) => r,
                 Err(_) => Err(Status::deadline_exceeded(
@@ -185,7 +187,7 @@ impl DeviceTrustService for GrpcDevices {
         let srv = self.srv.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
-            let run = srv.drive_authenticate(&caller, &mut inbound, &tx);
+            let run = Box::pin(srv.drive_authenticate(&caller, &mut inbound, &tx));
             let result = match tokio::time::timeout(CEREMONY_DEADLINE, run).await {
                 Ok(r) => r,
                 Err(_) => Err(Status::deadline_exceeded(
