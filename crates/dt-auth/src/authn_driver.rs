@@ -130,7 +130,7 @@ impl AuthServer {
         // The in-band SSH certificate must be ours, valid now, and readable.
         let ssh_cert = match &init.user_certificates.ssh_authorized_key {
             Some(text) => {
-                let cert = ssh_key::Certificate::from_openssh(text.trim()).map_err(|_| {
+                let cert = dt_ca::certificate_from_openssh(text).map_err(|_| {
                     Status::invalid_argument("the SSH certificate is not an OpenSSH certificate")
                 })?;
                 // Verified once: augmentation below takes this proof instead of
@@ -345,7 +345,7 @@ impl AuthServer {
             }
             Err(PlanError::Store(e)) => return Err(ApiError::from(e).into()),
         }
-        let ssh_text = new_ssh.to_openssh().map_err(ApiError::internal)?;
+        let ssh_text = dt_ca::certificate_to_openssh(&new_ssh).map_err(ApiError::internal)?;
         tx.send(out(&AuthenticateResponse::Success(AuthenticateSuccess {
             user_certificates: UserCertificates {
                 x509_der: new_x509,

@@ -160,7 +160,7 @@ impl AuthServer {
             .user_ca
             .issue_x509_client_cert(tls_spki, &identity)
             .map_err(ApiError::internal)?;
-        let ssh_text = ssh_cert.to_openssh().map_err(ApiError::internal)?;
+        let ssh_text = dt_ca::certificate_to_openssh(&ssh_cert).map_err(ApiError::internal)?;
         self.audit
             .emit(
                 AuditEvent::new(EventType::CertCreate, true, now)

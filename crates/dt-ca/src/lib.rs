@@ -52,7 +52,9 @@ pub use node::{NODE_ROLE_OID, NodeIdentity, verify_service_cert_by_ca_cert};
 pub use serving::{
     cert_not_after, cert_spki_der, self_signed_client_cert, self_signed_serving_cert,
 };
-pub use ssh::{VerifiedSshCert, parse_ssh_identity};
+pub use ssh::{
+    VerifiedSshCert, certificate_from_openssh, certificate_to_openssh, parse_ssh_identity,
+};
 pub use ssh_verify::{SshCertRefusal, SshUserCaKey};
 pub use x509::{BACKDATE, VerifiedX509Cert, parse_x509_identity};
 
