@@ -456,7 +456,8 @@ impl ExpectChallengeResponse {
         }
 
         let mut device = self.device;
-        device.spec.collected_data = append_history(&device.spec.collected_data, self.data);
+        let history = std::mem::take(&mut device.spec.collected_data);
+        device.spec.collected_data = append_history(history, self.data);
         device.spec.update_time = Some(now);
         Ok(AuthnOutcome {
             augment: Augment {
@@ -473,21 +474,19 @@ impl ExpectChallengeResponse {
 }
 
 /// The enrollment record, then the most recent authentications, at most
-/// [`MAX_COLLECTED_DATA`] records in all.
+/// [`MAX_COLLECTED_DATA`] records in all (the records are moved, not copied).
 pub fn append_history(
-    history: &[DeviceCollectedData],
+    mut history: Vec<DeviceCollectedData>,
     current: DeviceCollectedData,
 ) -> Vec<DeviceCollectedData> {
-    let Some((enrolled, auths)) = history.split_first() else {
+    if history.is_empty() {
         return vec![current];
-    };
+    }
     let keep = MAX_COLLECTED_DATA - 2; // room for the enrollment record and `current`
-    let skip = auths.len().saturating_sub(keep);
-    let mut out = Vec::with_capacity(MAX_COLLECTED_DATA);
-    out.push(enrolled.clone());
-    out.extend(auths[skip..].iter().cloned());
-    out.push(current);
-    out
+    let auths = history.len() - 1;
+    history.drain(1..1 + auths.saturating_sub(keep));
+    history.push(current);
+    history
 }
 
 /// The first lock that applies to this user (and device and credential id, when given). A
@@ -559,7 +558,7 @@ mod tests {
     fn history_keeps_enrollment_and_last_ten() {
         let mut history = vec![record(0)];
         for n in 1..=25u8 {
-            history = append_history(&history, record(n));
+            history = append_history(history, record(n));
             assert!(history.len() <= MAX_COLLECTED_DATA);
             assert_eq!(history[0].os_build, "0");
             assert_eq!(history.last().unwrap().os_build, n.to_string());
@@ -571,6 +570,6 @@ mod tests {
                 "0", "16", "17", "18", "19", "20", "21", "22", "23", "24", "25"
             ]
         );
-        assert_eq!(append_history(&[], record(9)).len(), 1);
+        assert_eq!(append_history(vec![], record(9)).len(), 1);
     }
 }
