@@ -405,7 +405,7 @@ fn chain_events(
         let mut done = Vec::with_capacity(events.len());
         for event in events {
             seq += 1;
-            let id = format!("{seq:020}");
+            let id = keys::audit_event_id(seq);
             let (hash, json) = event.json.chain(&id, &prev).ok_or_else(|| {
                 StoreError::Invalid(format!("audit chain: unexpected id {id} or hash {prev}"))
             })?;
@@ -415,7 +415,7 @@ fn chain_events(
                 expires: None,
             });
             ops.extend(event.index.iter().map(|prefix| Op::Put {
-                key: format!("{prefix}{id}"),
+                key: [prefix.as_str(), id.as_str()].concat(),
                 value: Vec::new(),
                 expires: None,
             }));

@@ -68,7 +68,7 @@ fn seq_of_key(key: &str) -> Option<u64> {
 }
 
 fn id_of(seq: u64) -> String {
-    format!("{seq:020}")
+    keys::audit_event_id(seq)
 }
 
 impl AuditSink {

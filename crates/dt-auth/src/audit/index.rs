@@ -34,7 +34,7 @@ fn part(s: &str) -> String {
 }
 
 fn seq_str(seq: u64) -> String {
-    format!("{seq:020}")
+    keys::audit_event_id(seq)
 }
 
 /// The index keys of one event, without the event id they end with (each ends in `/`):
