@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Instructions per device authentication, counted by valgrind's callgrind in a real
+# `devtrust start` (SQLite) driven by `devtrust-bench authn --target`.
+#
+# Timings on a shared 2-core machine move by a fifth from hour to hour; instruction counts
+# of the same binary and load do not. Use this to compare two builds' server-side work per
+# ceremony (user space only: the kernel's share is not counted, and valgrind runs ring's
+# portable P-256 and SHA code, so compare the non-crypto part; the script prints it).
+#
+#   scripts/callgrind-authn.sh [SECONDS]        (default 40; about 25 ceremonies/s)
+#
+# Binaries: $DEVTRUST and $DEVTRUST_BENCH, or target/release/{devtrust,devtrust-bench}
+# (`cargo build --release -p devtrust -p dt-bench`). Needs valgrind (callgrind_control,
+# callgrind_annotate). The profile is kept: its path is printed, for callgrind_annotate.
+set -euo pipefail
+
+seconds="${1:-40}"
+root="$(cd "$(dirname "$0")/.." && pwd)"
+target_dir="${CARGO_TARGET_DIR:-$root/target}"
+devtrust="${DEVTRUST:-$target_dir/release/devtrust}"
+bench="${DEVTRUST_BENCH:-$target_dir/release/devtrust-bench}"
+for b in "$devtrust" "$bench"; do
+    [ -x "$b" ] || { echo "$b is missing: cargo build --release -p devtrust -p dt-bench" >&2; exit 2; }
+done
+for t in valgrind callgrind_control callgrind_annotate; do
+    command -v "$t" >/dev/null || { echo "$t is missing: apt-get install valgrind" >&2; exit 2; }
+done
+
+work="$(mktemp -d)"
+profile="$(mktemp -d)/callgrind.out"
+vpid=""
+cleanup() {
+    [ -n "$vpid" ] && kill "$vpid" 2>/dev/null && wait "$vpid" 2>/dev/null
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+printf 'version: v1\nlimits:\n  device_ceremonies_per_minute: 100000000\n' > "$work/devtrust.yaml"
+# Counting starts only once the bench has set up its users and devices.
+DEVTRUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no \
+    --callgrind-out-file="$profile" "$devtrust" start --data-dir "$work/data" \
+    --listen 127.0.0.1:0 --config "$work/devtrust.yaml" > "$work/stdout" 2> "$work/log" &
+vpid=$!
+addr=""
+for _ in $(seq 1 600); do
+    addr="$(sed -n 's/^ *listen: *//p' "$work/stdout" | head -1)"
+    [ -n "$addr" ] && break
+    sleep 0.2
+done
+[ -n "$addr" ] || { echo "the server did not start under valgrind:"; cat "$work/log"; exit 1; }
+
+"$bench" authn --target "$addr" --data-dir "$work/data" --clients 16 --seconds "$seconds" \
+    > "$work/bench" 2>&1 &
+bpid=$!
+# The bench prints its table header when setup is done and the measured run starts.
+until grep -q "clients" "$work/bench" 2>/dev/null; do
+    kill -0 "$bpid" 2>/dev/null || { cat "$work/bench"; exit 1; }
+    sleep 0.2
+done
+callgrind_control -i on "$vpid" >/dev/null 2>&1
+wait "$bpid" || { cat "$work/bench"; exit 1; }
+callgrind_control -i off "$vpid" >/dev/null 2>&1
+callgrind_control -d "$vpid" >/dev/null 2>&1
+kill "$vpid"
+wait "$vpid" 2>/dev/null || true
+vpid=""
+
+auths="$(awk '$1 == 16 { print $2 }' "$work/bench")"
+# The dump asked for above (the file without a suffix is the rest, written at exit).
+file="$profile.1"
+[ -s "$file" ] || { echo "no callgrind dump at $file" >&2; exit 1; }
+callgrind_annotate --inclusive=yes "$file" 2>/dev/null > "$work/annotated"
+count() { grep -E "$1" "$work/annotated" | head -1 | awk '{gsub(",", "", $1); print $1}'; }
+total="$(count 'PROGRAM TOTALS')"
+verify="$(count 'EcdsaVerificationAlgorithm as ring::signature::VerificationAlgorithm>::verify')"
+sign="$(count 'EcdsaKeyPair::sign \[')"
+awk -v t="$total" -v v="${verify:-0}" -v s="${sign:-0}" -v n="$auths" -v f="$file" 'BEGIN {
+    printf "%d authentications counted\n", n
+    printf "instructions per authentication: %.0f (P-256 verify and sign %.0f, the rest %.0f)\n",
+        t / n, (v + s) / n, (t - v - s) / n
+    printf "profile: %s\n", f
+}'
