@@ -326,9 +326,16 @@ pub fn parse_ssh_identity(cert: &Certificate) -> Result<Identity> {
 /// `Certificate::from_openssh` does (a named algorithm that is not the encoded one and bytes
 /// after the certificate are refused too), but decodes the base64 in one pass: ssh-key's
 /// streaming reader made reading a certificate cost more than the rest of a device
-/// authentication's parsing. Every line ssh-key reads is read the same; a few damaged lines
-/// that ssh-key's streaming reader refuses are read here (seen: a signature key of an
-/// unknown algorithm), and those no CA verifies. Leading and trailing whitespace is ignored.
+/// authentication's parsing.
+///
+/// Only a certificate's own encoding is read: a byte-slice reader would skip bytes left
+/// over inside a length-prefixed field (a signature with junk after it, say), which
+/// ssh-key's reader refuses, and such a line would still verify, since signatures are
+/// checked over the re-encoded certificate. So the decoded bytes must be exactly what the
+/// certificate encodes to. A line ssh-key reads is read the same, or refused here if it is
+/// not canonical, which no certificate our CAs sign is; a few damaged lines that ssh-key
+/// refuses are read here (seen: a signature key of an unknown algorithm), and those no CA
+/// verifies. Leading and trailing whitespace is ignored.
 pub fn certificate_from_openssh(line: &str) -> Result<Certificate> {
     use base64::Engine as _;
     let line = line.trim();
@@ -346,6 +353,12 @@ pub fn certificate_from_openssh(line: &str) -> Result<Certificate> {
         .decode(data)
         .map_err(|e| CaError::malformed("ssh certificate", format!("base64: {e}")))?;
     let mut cert = Certificate::from_bytes(&bytes).map_err(ssh_err)?;
+    if cert.to_bytes().map_err(ssh_err)? != bytes {
+        return Err(CaError::malformed(
+            "ssh certificate",
+            "not the certificate's own encoding (bytes left over inside a field)",
+        ));
+    }
     if cert.algorithm().to_certificate_type() != algorithm {
         return Err(CaError::malformed(
             "ssh certificate",
@@ -431,10 +444,44 @@ mod tests {
         }
     }
 
+    /// A genuine certificate whose signature field is made longer, with junk after the
+    /// signature inside it: a byte-slice reader skips the junk and the signature still
+    /// verifies over the re-encoded certificate, so the line is refused as not the
+    /// certificate's own encoding (as ssh-key's reader refuses it).
+    #[test]
+    fn junk_inside_a_length_prefixed_field_is_refused() {
+        use base64::Engine as _;
+        let ca = user_ca();
+        let (cert, _) = issue(&ca, &alice());
+        let mut bytes = cert.to_bytes().unwrap();
+        // The signature is the certificate's last field: its length, then its blob.
+        let blob = cert.signature().encode_vec().unwrap();
+        let at = bytes.len() - blob.len() - 4;
+        let len = u32::try_from(blob.len()).unwrap();
+        assert_eq!(
+            bytes[at..at + 4],
+            len.to_be_bytes(),
+            "the signature field's length"
+        );
+        bytes[at..at + 4].copy_from_slice(&(len + 3).to_be_bytes());
+        bytes.extend_from_slice(b"xyz");
+        let line = format!(
+            "{} {}",
+            cert.algorithm().to_certificate_type(),
+            base64::engine::general_purpose::STANDARD.encode(&bytes)
+        );
+        // What a byte-slice reader makes of it verifies: the check below is what refuses it.
+        let skipped = Certificate::from_bytes(&bytes).unwrap();
+        assert!(ca.verify_ssh_user_cert(&skipped, NOW).is_ok());
+        assert!(Certificate::from_openssh(&line).is_err());
+        let e = certificate_from_openssh(&line).unwrap_err().to_string();
+        assert!(e.contains("not the certificate's own encoding"), "{e}");
+    }
+
     proptest::proptest! {
         /// A byte changed, removed or added anywhere in a certificate line: what ssh-key
-        /// reads, the one-pass reader reads the same; what only the one-pass reader reads,
-        /// the CA refuses.
+        /// reads, the one-pass reader reads the same or refuses, and then the CA refuses it
+        /// too; what only the one-pass reader reads, the CA refuses.
         #[test]
         fn damaged_certificate_lines_are_judged_as_ssh_key_judges_them(
             at in 0usize..1000,
@@ -457,7 +504,12 @@ mod tests {
             let theirs = Certificate::from_openssh(line.trim()).ok();
             let ours = certificate_from_openssh(&line).ok();
             match (ours, theirs) {
-                (ours, Some(theirs)) => proptest::prop_assert_eq!(ours, Some(theirs), "{:?}", line),
+                (Some(ours), Some(theirs)) => proptest::prop_assert_eq!(ours, theirs, "{:?}", line),
+                (None, Some(theirs)) => proptest::prop_assert!(
+                    ca.verify_ssh_user_cert(&theirs, NOW).is_err(),
+                    "the one-pass reader refused {:?}, which the CA verifies",
+                    line
+                ),
                 (Some(ours), None) => proptest::prop_assert!(
                     ca.verify_ssh_user_cert(&ours, NOW).is_err(),
                     "only the one-pass reader read {:?}, and the CA verified it",
