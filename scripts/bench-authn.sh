@@ -34,13 +34,8 @@ if [ "$servers" -gt 1 ] && [ "$postgres" -ne 1 ]; then
     exit 2
 fi
 
-root="$(cd "$(dirname "$0")/.." && pwd)"
-target_dir="${CARGO_TARGET_DIR:-$root/target}"
-devtrust="${DEVTRUST:-$target_dir/release/devtrust}"
-bench="${DEVTRUST_BENCH:-$target_dir/release/devtrust-bench}"
-for b in "$devtrust" "$bench"; do
-    [ -x "$b" ] || { echo "$b is missing: cargo build --release -p devtrust -p dt-bench" >&2; exit 2; }
-done
+# shellcheck source=bench-binaries.sh
+source "$(dirname "$0")/bench-binaries.sh"
 
 work="$(mktemp -d)"
 pids=()

@@ -16,13 +16,8 @@
 set -euo pipefail
 
 seconds="${1:-40}"
-root="$(cd "$(dirname "$0")/.." && pwd)"
-target_dir="${CARGO_TARGET_DIR:-$root/target}"
-devtrust="${DEVTRUST:-$target_dir/release/devtrust}"
-bench="${DEVTRUST_BENCH:-$target_dir/release/devtrust-bench}"
-for b in "$devtrust" "$bench"; do
-    [ -x "$b" ] || { echo "$b is missing: cargo build --release -p devtrust -p dt-bench" >&2; exit 2; }
-done
+# shellcheck source=bench-binaries.sh
+source "$(dirname "$0")/bench-binaries.sh"
 for t in valgrind callgrind_control callgrind_annotate; do
     command -v "$t" >/dev/null || { echo "$t is missing: apt-get install valgrind" >&2; exit 2; }
 done
