@@ -73,11 +73,7 @@ pub fn audit_event_id(seq: u64) -> String {
 }
 
 pub fn audit_event(seq: u64) -> String {
-    let id = audit_event_id(seq);
-    let mut key = String::with_capacity(AUDIT_EVENTS.len() + id.len());
-    key.push_str(AUDIT_EVENTS);
-    key.push_str(&id);
-    key
+    [AUDIT_EVENTS, &audit_event_id(seq)].concat()
 }
 
 /// Device by (os, asset tag) → device id. The uniqueness of (os_type, asset_tag).
