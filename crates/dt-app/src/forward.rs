@@ -99,8 +99,9 @@ struct Conn {
     state: Arc<AppState>,
     remote: String,
     sni: Option<String>,
-    /// The client certificate's identity (`dtsh proxy app`), if one was shown.
-    identity: Option<Arc<Identity>>,
+    /// The client certificate's identity (`dtsh proxy app`), if one was shown; why it
+    /// could not be read, if it could not (every request is refused then).
+    identity: Result<Option<Arc<Identity>>, String>,
     cert_der: Arc<Vec<u8>>,
     /// The registered session (app name, registry id, the certificate it was decided on),
     /// once a request was allowed. A connection carries one user's requests only.
@@ -151,12 +152,7 @@ async fn connection(state: Arc<AppState>, tcp: tokio::net::TcpStream, remote: St
                 .unwrap_or_default(),
         )
     };
-    // rustls verified the chain to the user CA, validity and usage.
-    let identity = if cert_der.is_empty() {
-        None
-    } else {
-        dt_ca::parse_x509_identity(&cert_der).ok().map(Arc::new)
-    };
+    let identity = cert_identity(&cert_der);
     let (kill, mut killed) = watch::channel(None::<Ending>);
     let conn = Arc::new(Conn {
         state: state.clone(),
@@ -185,6 +181,21 @@ async fn connection(state: Arc<AppState>, tcp: tokio::net::TcpStream, remote: St
         // A lock ended the session: dropping the connection closes it.
         _ = killed.wait_for(|k| k.is_some()) => {}
     }
+}
+
+/// The identity of the client certificate rustls accepted (it verified the chain to the
+/// user CA, validity and usage), `None` without one. A certificate whose identity cannot be
+/// read is an error, never taken for no certificate: the connection would otherwise fall
+/// through to the browser session path as if anonymous.
+fn cert_identity(cert_der: &[u8]) -> Result<Option<Arc<Identity>>, String> {
+    if cert_der.is_empty() {
+        return Ok(None);
+    }
+    dt_ca::parse_x509_identity(cert_der)
+        .map(|i| Some(Arc::new(i)))
+        .map_err(|e| {
+            format!("the client certificate carries no devtrust identity this access point can read ({e}): log in again with `dtsh login`")
+        })
 }
 
 /// The app a request is for: the TLS server name, the `Host` header, or the only one.
@@ -382,7 +393,14 @@ async fn who(
     app: &App,
     req: &Request<Incoming>,
 ) -> Result<Who, Response<Body>> {
-    if let Some(identity) = conn.identity.clone() {
+    let shown = match &conn.identity {
+        Ok(shown) => shown.clone(),
+        Err(why) => {
+            refused(state, conn, app, None, why);
+            return Err(text(StatusCode::FORBIDDEN, why));
+        }
+    };
+    if let Some(identity) = shown {
         return Ok(Who {
             identity,
             cert_der: conn.cert_der.clone(),
@@ -838,6 +856,43 @@ mod tests {
             tls: crate::UpstreamTls::System,
             headers: Vec::new(),
         }
+    }
+
+    /// A user certificate for "alice" from a fresh user CA (DER).
+    fn alice_cert() -> Vec<u8> {
+        let now = time::OffsetDateTime::now_utc();
+        let ca = dt_ca::CertAuthority::generate("c", dt_ca::CaKind::User, now).unwrap();
+        let key = dt_ca::ClientKey::generate().unwrap();
+        let id = Identity {
+            username: "alice".parse().unwrap(),
+            roles: vec!["access".into()],
+            logins: Vec::new(),
+            bot: false,
+            trait_logins: Vec::new(),
+            device: None,
+            not_before: now,
+            not_after: now + time::Duration::hours(1),
+        };
+        ca.issue_x509_client_cert(&key.spki_der(), &id).unwrap()
+    }
+
+    #[test]
+    fn a_client_certificate_whose_identity_cannot_be_read_is_refused_not_ignored() {
+        assert!(cert_identity(&[]).unwrap().is_none(), "no certificate");
+        let good = alice_cert();
+        let who = cert_identity(&good).unwrap().unwrap();
+        assert_eq!(who.username, "alice");
+        // The same certificate with its subject's user name made unreadable (same length,
+        // so the DER stays well formed): rustls would have refused the broken signature,
+        // but a certificate the CA did sign with such a name must not read as anonymous.
+        let at = good.windows(5).position(|w| w == b"alice").unwrap();
+        let mut bad = good.clone();
+        bad[at..at + 5].copy_from_slice(b"al ce");
+        let why = cert_identity(&bad).unwrap_err();
+        assert!(
+            why.contains("no devtrust identity") && why.contains("dtsh login"),
+            "{why}"
+        );
     }
 
     #[test]
