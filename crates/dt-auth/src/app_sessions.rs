@@ -83,7 +83,7 @@ pub struct Grant {
     pub app: String,
     /// The web session's X.509 certificate (DER).
     pub cert_der: Arc<Vec<u8>>,
-    pub user: String,
+    pub user: dt_types::UserName,
     /// The web session it came from (web logout ends its app sessions).
     pub web_session: String,
     /// When the app session must end at the latest (the certificate's end).
@@ -298,7 +298,7 @@ mod tests {
         Grant {
             app: app.into(),
             cert_der: Arc::new(vec![1, 2, 3]),
-            user: "alice".into(),
+            user: dt_types::UserName::parse("alice").unwrap(),
             web_session: web.into(),
             expires,
         }

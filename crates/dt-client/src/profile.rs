@@ -16,6 +16,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use dt_types::UserName;
 use serde::{Deserialize, Serialize};
 
 use crate::connect::Identity;
@@ -23,7 +24,7 @@ use crate::connect::Identity;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Profile {
     pub proxy: String,
-    pub username: String,
+    pub username: UserName,
     pub cluster: String,
     /// Pin of the server's CA; empty with `insecure`.
     pub ca_pin: String,

@@ -54,3 +54,43 @@ fn help_runs_for_every_binary_and_subcommand() {
         assert_eq!(out.code, Some(2), "{out}");
     }
 }
+
+#[test]
+fn names_are_checked_where_they_are_typed() {
+    // A user name, device id or node name that cannot exist is a usage error, before any
+    // connection is tried (the addresses here lead nowhere).
+    for (bin, args, says) in [
+        (
+            DTSH,
+            &["login", "--proxy=127.0.0.1:1", "--user=al ice"][..],
+            "user name contains ' '",
+        ),
+        (
+            DTCTL,
+            &[
+                "access",
+                "explain",
+                "--user=alice",
+                "--device=laptop-7",
+                "--node=web1",
+                "--login=root",
+            ][..],
+            "device id is not a UUID",
+        ),
+        (
+            DTCTL,
+            &[
+                "access",
+                "explain",
+                "--user=al/ice",
+                "--node=web1",
+                "--login=root",
+            ][..],
+            "--user",
+        ),
+    ] {
+        let out = Run::new(&bin, args.iter().copied()).run();
+        out.fails_with(says);
+        assert_eq!(out.code, Some(2), "{out}");
+    }
+}

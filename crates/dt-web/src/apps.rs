@@ -49,8 +49,14 @@ pub(crate) async fn launch(
 ) -> WebResult<Json<serde_json::Value>> {
     let (_, session, caller) = web.session(&peer, &headers).await?;
     let ip = web.client_ip(&peer, &headers);
-    web.check_csrf(&headers, &session.csrf, &session.user, ip, "app launch")
-        .await?;
+    web.check_csrf(
+        &headers,
+        &session.csrf,
+        session.user().as_str(),
+        ip,
+        "app launch",
+    )
+    .await?;
     let req: LaunchBody = json_body(&body)?;
     if !valid_state(&req.state) {
         return Err(WebError::BadRequest(
@@ -90,7 +96,7 @@ pub(crate) async fn launch(
             Grant {
                 app: req.app.clone(),
                 cert_der: session.tls_cert_der.clone(),
-                user: session.user.clone(),
+                user: session.user().clone(),
                 web_session: session.id.clone(),
                 expires: session.expires,
             },

@@ -261,7 +261,7 @@ impl Web {
         if let Ok(v) = csrf.parse() {
             h.insert(CSRF_HEADER, v);
         }
-        self.check_csrf(&h, &session.csrf, &session.user, ip, what)
+        self.check_csrf(&h, &session.csrf, session.user().as_str(), ip, what)
             .await?;
         Ok((session, caller))
     }
@@ -444,11 +444,10 @@ async fn login(
             }
         }
     };
-    let user = identity.username.to_string();
+    let user = identity.username.clone();
     let expires = identity.not_after;
     let session = Session {
         id,
-        user: user.clone(),
         csrf: session::random_secret(),
         expires,
         identity: Arc::new(identity),
@@ -481,8 +480,14 @@ async fn logout(
     let ip = web.client_ip(&peer, &headers);
     let cookie = cookie_value(&headers, SESSION_COOKIE).ok_or_else(not_logged_in)?;
     let session = web.sessions.get(cookie).ok_or_else(not_logged_in)?;
-    web.check_csrf(&headers, &session.csrf, &session.user, ip, "logout")
-        .await?;
+    web.check_csrf(
+        &headers,
+        &session.csrf,
+        session.user().as_str(),
+        ip,
+        "logout",
+    )
+    .await?;
     web.sessions.remove(cookie);
     // The apps this session opened lose their sessions too.
     web.srv.app_sessions.end_web_session(&session.id);
@@ -650,7 +655,7 @@ async fn confirm(
     web.check_csrf(
         &headers,
         &session.csrf,
-        &session.user,
+        session.user().as_str(),
         ip,
         "device confirmation",
     )

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use dt_auth::device_web::IssuedWebToken;
+use dt_types::UserName;
 use dt_types::audit::DeviceInfo;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -50,7 +51,6 @@ pub fn same_secret(expected: &str, presented: &str) -> bool {
 pub struct Session {
     /// Public id (names the session in web tokens and logs; not the cookie).
     pub id: String,
-    pub user: String,
     pub csrf: String,
     pub expires: OffsetDateTime,
     /// The session's certificates (issued at web login, augmented after device web
@@ -70,11 +70,18 @@ pub struct Session {
     pub device: Option<DeviceInfo>,
 }
 
+impl Session {
+    /// The session's user: the one its certificate names.
+    pub fn user(&self) -> &UserName {
+        &self.identity.username
+    }
+}
+
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Session")
             .field("id", &self.id)
-            .field("user", &self.user)
+            .field("user", self.user())
             .field("expires", &self.expires)
             .field("device", &self.device)
             .finish_non_exhaustive()

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::{ArgGroup, Args, Subcommand};
 use dt_proto::v1 as pb;
 use dt_proto::v1::access_service_client::AccessServiceClient;
+use dt_types::{DeviceId, NodeName, UserName};
 
 use crate::{Global, connect_channel};
 use dt_cli::{Format, api_err};
@@ -33,16 +34,16 @@ pub enum AccessCmd {
 pub struct ExplainArgs {
     /// The user (or bot) asking.
     #[arg(long)]
-    user: String,
+    user: UserName,
     /// An enrolled device from the inventory, by id: explain as from that trusted device.
     #[arg(long, conflicts_with = "no_device")]
-    device: Option<String>,
+    device: Option<DeviceId>,
     /// Explain as from no trusted device (the default, said so in the reasons).
     #[arg(long)]
     no_device: bool,
     /// An SSH node (with --login).
     #[arg(long, requires = "login")]
-    node: Option<String>,
+    node: Option<NodeName>,
     /// The OS login on the node.
     #[arg(long, requires = "node")]
     login: Option<String>,
@@ -80,13 +81,13 @@ impl ExplainArgs {
     fn request(self) -> pb::ExplainAccessRequest {
         use pb::explain_access_request::{Device, Target};
         let device = match (self.device, self.no_device) {
-            (Some(id), _) => Some(Device::DeviceId(id)),
+            (Some(id), _) => Some(Device::DeviceId(id.into_string())),
             (None, true) => Some(Device::NoDevice(true)),
             (None, false) => None,
         };
         let target = if let Some(node) = self.node {
             Target::Ssh(pb::SshAccess {
-                node,
+                node: node.into_string(),
                 login: self.login.unwrap_or_default(),
             })
         } else if let Some(name) = self.db {
@@ -110,7 +111,7 @@ impl ExplainArgs {
             })
         };
         pb::ExplainAccessRequest {
-            user: self.user,
+            user: self.user.into_string(),
             device,
             target: Some(target),
         }

@@ -16,6 +16,7 @@ use clap::{Parser, Subcommand};
 use dt_client::profile::LoginMaterial;
 use dt_client::{Profile, ProfileStore, TrustPolicy};
 use dt_proto::v1 as pb;
+use dt_types::UserName;
 use time::OffsetDateTime;
 
 use dt_cli::{Format, fmt_remaining, fmt_time, parse_duration, report};
@@ -40,8 +41,9 @@ enum Cmd {
         /// HOST:PORT,HOST:PORT (dtsh fails over between them).
         #[arg(long, env = "DTSH_PROXY")]
         proxy: Option<String>,
+        /// Your devtrust user name.
         #[arg(long, env = "DTSH_USER")]
-        user: Option<String>,
+        user: Option<UserName>,
         /// One-time signup token from `dtctl users add` (sets your password).
         #[arg(long)]
         signup_token: Option<String>,
@@ -183,7 +185,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 struct LoginArgs {
     proxy: Option<String>,
-    user: Option<String>,
+    user: Option<UserName>,
     signup_token: Option<String>,
     password_stdin: bool,
     ca_pin: Option<String>,
@@ -302,7 +304,7 @@ async fn login(a: LoginArgs) -> anyhow::Result<ExitCode> {
     let key = dt_ca::ClientKey::generate()?;
     let ssh_pub = key.ssh_public_key()?.to_openssh()?;
     let request = pb::LoginRequest {
-        username: user.clone(),
+        username: user.to_string(),
         password,
         signup_token: a.signup_token.clone().unwrap_or_default(),
         new_password,

@@ -22,6 +22,7 @@ use dt_client::profile::LoginMaterial;
 use dt_client::ssh_client::{self, ClientCreds, SshClientError};
 use dt_client::{Profile, ProfileStore, TrustPolicy};
 use dt_proto::v1 as pb;
+use dt_types::UserName;
 use russh::ChannelMsg;
 use time::OffsetDateTime;
 
@@ -408,7 +409,12 @@ pub async fn bot_login(
     let cert = ssh_key::Certificate::from_openssh(resp.ssh_cert.trim())?;
     let profile = Profile {
         proxy: proxy.clone(),
-        username: cert.key_id().to_string(),
+        username: UserName::parse(cert.key_id()).with_context(|| {
+            format!(
+                "the server's certificate names {:?}, which is not a user name",
+                cert.key_id()
+            )
+        })?,
         cluster: resp.cluster_name.clone(),
         ca_pin: pin,
         insecure,

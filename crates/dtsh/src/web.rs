@@ -14,13 +14,14 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use dt_ceremony::messages::DeviceWebToken;
 use dt_client::ProfileStore;
+use dt_types::UserName;
 
 use crate::device::{collect_device, current_certs, device_keys, profile_channel};
 
 /// The parts of `devtrust://USER@HOST:PORT/authenticate_web_device?id=ID&token=TOKEN`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct WebAuthUrl {
-    pub user: String,
+    pub user: UserName,
     pub server: String,
     pub id: String,
     pub token: String,
@@ -81,6 +82,7 @@ pub fn parse_web_auth_url(url: &str) -> anyhow::Result<WebAuthUrl> {
     if user.is_empty() || server.is_empty() {
         return Err(bad("empty user or server"));
     }
+    let user = UserName::parse(user).map_err(|e| bad(&format!("the user name: {e}")))?;
     if !server
         .bytes()
         .all(|c| c.is_ascii_alphanumeric() || b".-:[]".contains(&c))
@@ -311,10 +313,10 @@ mod tests {
     #[test]
     fn links_parse_strictly() {
         let u = parse_web_auth_url(
-            "devtrust://al%20ice@127.0.0.1:3080/authenticate_web_device?id=abc-1&token=T_k-9",
+            "devtrust://al%40ice@127.0.0.1:3080/authenticate_web_device?id=abc-1&token=T_k-9",
         )
         .unwrap();
-        assert_eq!(u.user, "al ice");
+        assert_eq!(u.user, "al@ice");
         assert_eq!(u.server, "127.0.0.1:3080");
         assert_eq!((u.id.as_str(), u.token.as_str()), ("abc-1", "T_k-9"));
         for bad in [
@@ -327,6 +329,7 @@ mod tests {
             "devtrust://a@h/authenticate_web_device?id=a&token=b%2F",
             "devtrust://a@h/x/../authenticate_web_device?id=a&token=b",
             "devtrust://a@evil.example/path@h/authenticate_web_device?id=a&token=b",
+            "devtrust://al%20ice@h/authenticate_web_device?id=a&token=b",
         ] {
             assert!(parse_web_auth_url(bad).is_err(), "{bad}");
         }
