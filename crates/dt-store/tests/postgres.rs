@@ -15,7 +15,7 @@ use dt_store_conformance::{
     unwatched_sweep_tuning,
 };
 use dt_testkit::{PgDatabase, shared_postgres};
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, SimpleQueryMessage};
 
 async fn admin() -> Result<Client, Failure> {
     let conn = format!("{} dbname=postgres", shared_postgres());
@@ -191,6 +191,64 @@ async fn schema_is_versioned_and_keys_use_c_collation() {
         .unwrap()
         .get(0);
     assert_eq!(n, 2);
+    drop(c);
+    drop(db);
+}
+
+/// The sweep's first question stays one step into the expiry index under the plan
+/// PostgreSQL caches for a prepared statement, however many items never expire (the audit
+/// log is most of them), and it answers both ways.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expiry_check_uses_the_index_under_a_generic_plan() {
+    let db = PgDatabase::create("dt_test");
+    let conn = db.conn();
+    let b = PostgresBackend::connect(&conn, fast_tuning())
+        .await
+        .unwrap();
+    b.close().await;
+    let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    c.batch_execute(
+        "INSERT INTO dt_items (key, value, revision, expires) \
+             SELECT '/audit/' || g, ''::bytea, g, NULL FROM generate_series(1, 20000) g; \
+         INSERT INTO dt_items (key, value, revision, expires) \
+             SELECT '/tokens/' || g, ''::bytea, g, 5000 + g FROM generate_series(1, 64) g; \
+         SET plan_cache_mode = force_generic_plan",
+    )
+    .await
+    .unwrap();
+    let check = c
+        .prepare(dt_store::postgres::ANY_EXPIRED_SQL)
+        .await
+        .unwrap();
+    c.batch_execute(&format!(
+        "PREPARE any_expired(bigint) AS {}",
+        dt_store::postgres::ANY_EXPIRED_SQL
+    ))
+    .await
+    .unwrap();
+    let plan: Vec<String> = c
+        .simple_query("EXPLAIN EXECUTE any_expired(0)")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    let plan = plan.join("\n");
+    assert!(plan.contains("dt_items_expires"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    for (at, expired) in [(5000i64, false), (5001, true), (i64::MAX, true)] {
+        let got: bool = c.query_one(&check, &[&at]).await.unwrap().get(0);
+        assert_eq!(got, expired, "at {at}");
+    }
+    c.batch_execute("DELETE FROM dt_items WHERE expires IS NOT NULL")
+        .await
+        .unwrap();
+    let got: bool = c.query_one(&check, &[&i64::MAX]).await.unwrap().get(0);
+    assert!(!got, "nothing expires");
     drop(c);
     drop(db);
 }
