@@ -253,6 +253,63 @@ async fn the_expiry_check_uses_the_index_under_a_generic_plan() {
     drop(db);
 }
 
+/// A statement prepared while the table was small keeps an index plan once it is large:
+/// the store's session settings (`SESSION_SQL`) keep PostgreSQL from caching a generic
+/// plan that scans the whole table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plans_cached_on_a_small_table_still_use_the_index() {
+    let db = PgDatabase::create("dt_test");
+    let conn = db.conn();
+    let b = PostgresBackend::connect(&conn, fast_tuning())
+        .await
+        .unwrap();
+    b.close().await;
+    let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    c.batch_execute(dt_store::postgres::SESSION_SQL)
+        .await
+        .unwrap();
+    // Statistics taken while the table is small (autovacuum does that in a new cluster),
+    // and none after: this test's own autovacuum would replace the plan at random.
+    c.batch_execute(
+        "ALTER TABLE dt_items SET (autovacuum_enabled = false); \
+         INSERT INTO dt_items (key, value, revision, expires) \
+             SELECT '/d/' || g, ''::bytea, g, NULL FROM generate_series(1, 5) g; \
+         ANALYZE dt_items; \
+         PREPARE conditions(text[]) AS \
+             SELECT key, revision, expires FROM dt_items WHERE key = ANY($1::text[])",
+    )
+    .await
+    .unwrap();
+    // Past the five custom plans: the generic plan is made and cached now, on 5 rows.
+    for _ in 0..8 {
+        c.batch_execute("EXECUTE conditions(ARRAY['/d/1', '/d/9'])")
+            .await
+            .unwrap();
+    }
+    c.batch_execute(
+        "INSERT INTO dt_items (key, value, revision, expires) \
+             SELECT '/audit/' || g, ''::bytea, g, NULL FROM generate_series(1, 20000) g",
+    )
+    .await
+    .unwrap();
+    let plan: Vec<String> = c
+        .simple_query("EXPLAIN EXECUTE conditions(ARRAY['/d/1', '/d/9'])")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+    assert!(plan.contains("dt_items_pkey"), "{plan}");
+    drop(c);
+    drop(db);
+}
+
 #[tokio::test]
 async fn bad_connection_string_is_invalid() {
     match PostgresBackend::connect("host=127.0.0.1 port=notaport", fast_tuning()).await {
