@@ -263,14 +263,24 @@ async fn connection(state: Arc<DesktopState>, tcp: tokio::net::TcpStream, remote
         .unwrap_or_default();
     let (mut rd, mut wr) = tokio::io::split(tls);
     // rustls verified the chain to the user CA, validity and usage.
-    let Ok(identity) = dt_ca::parse_x509_identity(&cert_der).map(Arc::new) else {
-        send_end(
-            &mut wr,
-            EndReason::Denied,
-            "your certificate does not name a devtrust user: log in again",
-        )
-        .await;
-        return;
+    let identity = match dt_ca::parse_x509_identity(&cert_der) {
+        Ok(i) => Arc::new(i),
+        Err(e) => {
+            state.audit.emit(
+                state
+                    .event(EventType::AccessDenied, false, &remote)
+                    .message(format!(
+                        "the client certificate carries no devtrust identity: {e}"
+                    )),
+            );
+            send_end(
+                &mut wr,
+                EndReason::Denied,
+                "your certificate does not name a devtrust user: log in again",
+            )
+            .await;
+            return;
+        }
     };
     let open =
         match tokio::time::timeout(OPEN_TIMEOUT, wire::read_frame(&mut rd, MAX_CLIENT_MESSAGE))

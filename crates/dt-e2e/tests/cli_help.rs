@@ -58,7 +58,8 @@ fn help_runs_for_every_binary_and_subcommand() {
 #[test]
 fn names_are_checked_where_they_are_typed() {
     // A user name, device id or node name that cannot exist is a usage error, before any
-    // connection is tried (the addresses here lead nowhere).
+    // connection is tried (the addresses here lead nowhere). A lock on such a name would
+    // lock nobody.
     for (bin, args, says) in [
         (
             DTSH,
@@ -86,7 +87,22 @@ fn names_are_checked_where_they_are_typed() {
                 "--node=web1",
                 "--login=root",
             ][..],
-            "--user",
+            "user name contains '/'",
+        ),
+        (
+            DTCTL,
+            &["lock", "--user=alice ", "--message=x"][..],
+            "user name contains ' '",
+        ),
+        (
+            DTCTL,
+            &["lock", "--node=web 1"][..],
+            "node name contains ' '",
+        ),
+        (
+            DTCTL,
+            &["lock", "--device=laptop-7"][..],
+            "device id is not a UUID",
         ),
     ] {
         let out = Run::new(&bin, args.iter().copied()).run();

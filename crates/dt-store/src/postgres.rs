@@ -125,6 +125,19 @@ impl PostgresBackend {
         Self::connect_with(conn, tuning, DEFAULT_STATEMENT_TIMEOUT).await
     }
 
+    /// A run-time setting (`current_setting`) as a pooled connection has it: what
+    /// [`SESSION_SQL`] and `statement_timeout` set is checked through this.
+    pub async fn session_setting(&self, name: &str) -> Result<String> {
+        let mut lease = self.shared.pool.get().await?;
+        let c = lease.conn_mut()?;
+        c.client
+            .query_one("SELECT current_setting($1)", &[&name])
+            .await
+            .map_err(pg)?
+            .try_get(0)
+            .map_err(pg)
+    }
+
     /// [`connect`](Self::connect) with the `statement_timeout` of pooled connections.
     pub async fn connect_with(
         conn: &str,
@@ -1247,6 +1260,11 @@ async fn migrate(client: &mut Client) -> Result<i64> {
     let tx = client.transaction().await.map_err(pg)?;
     // Serializes concurrent starters; released at commit.
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg)?;
+    // A migration may rewrite whole tables, which a sequential scan serves best
+    // (`SESSION_SQL` turned them off for the store's own statements).
+    tx.batch_execute("SET LOCAL enable_seqscan = on")
         .await
         .map_err(pg)?;
     tx.batch_execute(

@@ -1061,10 +1061,10 @@ fn open_conn(path: &Path) -> Result<Connection> {
 
 /// The writer connection, with its checkpoint interval (see the constant).
 ///
-/// Its page cache stays at SQLite's default (2 MiB): unchanged pages are read through the
-/// memory map anyway, and every commit walks the cache (`pcache1Truncate` at the end of the
-/// transaction), which a 64 MiB cache made 3 % of a device authentication's server time and
-/// slowed bulk import by a tenth.
+/// Its page cache stays at SQLite's default (2 MiB): unchanged pages within the memory map
+/// (`MMAP_BYTES`) are read through it anyway, and every commit walks the cache
+/// (`pcache1Truncate` at the end of the transaction), which a 64 MiB cache made 3 % of a
+/// device authentication's server time and slowed bulk import by a tenth.
 fn open_writer(path: &Path) -> Result<Connection> {
     let conn = open_conn(path)?;
     conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)

@@ -263,7 +263,10 @@ async fn plans_cached_on_a_small_table_still_use_the_index() {
     let b = PostgresBackend::connect(&conn, fast_tuning())
         .await
         .unwrap();
+    // The store's own connections run the setting...
+    assert_eq!(b.session_setting("enable_seqscan").await.unwrap(), "off");
     b.close().await;
+    // ...and this is what it does for them.
     let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
     tokio::spawn(connection);
     c.batch_execute(dt_store::postgres::SESSION_SQL)

@@ -1104,6 +1104,26 @@ impl Spec for LockSpec {
         if self.message.as_ref().is_some_and(|m| m.len() > 1024) {
             return Err("spec.message is longer than 1024 characters".into());
         }
+        // A name that cannot exist would be a lock on nobody: the admin would believe the
+        // user, node or device cut off while it is not.
+        let t = &self.target;
+        let bad = |field: &str, why: String| format!("spec.target.{field}: {why}");
+        if let Some(u) = &t.user {
+            crate::UserName::parse(u.as_str()).map_err(|e| bad("user", e.to_string()))?;
+        }
+        if let Some(n) = &t.node {
+            crate::NodeName::parse(n.as_str()).map_err(|e| bad("node", e.to_string()))?;
+        }
+        if let Some(d) = &t.device {
+            crate::DeviceId::parse(d.as_str()).map_err(|e| bad("device", e.to_string()))?;
+        }
+        if let Some(c) = &t.device_credential {
+            crate::CredentialId::parse(c.as_str())
+                .map_err(|e| bad("device_credential", e.to_string()))?;
+        }
+        if let Some(r) = &t.role {
+            validate_name(r).map_err(|e| bad("role", e.replace("metadata.name ", "")))?;
+        }
         Ok(())
     }
 }
@@ -1214,6 +1234,26 @@ spec: {roles: [access, editor], traits: {logins: [root]}}
                 "at least one",
             ),
             (
+                "kind: lock\nversion: v2\nmetadata: {name: l}\nspec: {target: {user: 'alice '}}",
+                "spec.target.user: user name contains ' '",
+            ),
+            (
+                "kind: lock\nversion: v2\nmetadata: {name: l}\nspec: {target: {node: 'web/1'}}",
+                "spec.target.node: node name contains '/'",
+            ),
+            (
+                "kind: lock\nversion: v2\nmetadata: {name: l}\nspec: {target: {device: laptop-7}}",
+                "spec.target.device: device id is not a UUID",
+            ),
+            (
+                "kind: lock\nversion: v2\nmetadata: {name: l}\nspec: {target: {device_credential: 'x y'}}",
+                "spec.target.device_credential",
+            ),
+            (
+                "kind: lock\nversion: v2\nmetadata: {name: l}\nspec: {target: {role: ''}}",
+                "spec.target.role: is empty",
+            ),
+            (
                 "kind: user\nversion: v2\nmetadata: {name: u, nam: x}\nspec: {}",
                 "nam",
             ),
@@ -1222,6 +1262,14 @@ spec: {roles: [access, editor], traits: {logins: [root]}}
             let err = AnyResource::parse_documents(text).unwrap_err().to_string();
             assert!(err.contains(want), "{text}: error {err:?} lacks {want:?}");
         }
+    }
+
+    #[test]
+    fn locks_on_names_that_can_exist_are_accepted() {
+        let text = "kind: lock\nversion: v2\nmetadata: {name: l}\nspec: {target: {user: alice@example.com, role: access, node: web-1, login: root, \
+            device: 0190b4a2-7c1e-7a55-b3a8-3f2d1c0e9a11, db: pg, kube_cluster: k, app: wiki, desktop: d}}";
+        let docs = AnyResource::parse_documents(text).unwrap();
+        assert_eq!(docs.len(), 1);
     }
 
     #[test]

@@ -105,17 +105,17 @@ enum Cmd {
     /// ends live sessions. Several targets in one lock must all match.
     Lock {
         #[arg(long)]
-        user: Option<String>,
+        user: Option<dt_types::UserName>,
         #[arg(long)]
         role: Option<String>,
         #[arg(long)]
         login: Option<String>,
         /// An SSH node by name.
         #[arg(long)]
-        node: Option<String>,
-        /// A device by id.
+        node: Option<dt_types::NodeName>,
+        /// A device by id (`dtctl devices ls` shows it).
         #[arg(long)]
-        device: Option<String>,
+        device: Option<dt_types::DeviceId>,
         /// A database by name.
         #[arg(long)]
         db: Option<String>,
@@ -663,11 +663,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             message,
         } => {
             let target = dt_types::LockTarget {
-                user,
+                user: user.map(String::from),
                 role,
                 login,
-                node,
-                device,
+                node: node.map(String::from),
+                device: device.map(String::from),
                 // Written by the server when a device is deleted or un-enrolled.
                 device_credential: None,
                 db,
