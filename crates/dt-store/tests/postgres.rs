@@ -195,6 +195,21 @@ async fn schema_is_versioned_and_keys_use_c_collation() {
     drop(db);
 }
 
+/// The plan PostgreSQL shows for `explain` (an `EXPLAIN ...` statement), one line per node.
+async fn plan_of(c: &Client, explain: &str) -> String {
+    let lines: Vec<String> = c
+        .simple_query(explain)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+            _ => None,
+        })
+        .collect();
+    lines.join("\n")
+}
+
 /// The sweep's first question stays one step into the expiry index under the plan
 /// PostgreSQL caches for a prepared statement, however many items never expire (the audit
 /// log is most of them), and it answers both ways.
@@ -227,17 +242,7 @@ async fn the_expiry_check_uses_the_index_under_a_generic_plan() {
     ))
     .await
     .unwrap();
-    let plan: Vec<String> = c
-        .simple_query("EXPLAIN EXECUTE any_expired(0)")
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .collect();
-    let plan = plan.join("\n");
+    let plan = plan_of(&c, "EXPLAIN EXECUTE any_expired(0)").await;
     assert!(plan.contains("dt_items_expires"), "{plan}");
     assert!(!plan.contains("Seq Scan"), "{plan}");
     for (at, expired) in [(5000i64, false), (5001, true), (i64::MAX, true)] {
@@ -296,17 +301,7 @@ async fn plans_cached_on_a_small_table_still_use_the_index() {
     )
     .await
     .unwrap();
-    let plan: Vec<String> = c
-        .simple_query("EXPLAIN EXECUTE conditions(ARRAY['/d/1', '/d/9'])")
-        .await
-        .unwrap()
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
-            _ => None,
-        })
-        .collect();
-    let plan = plan.join("\n");
+    let plan = plan_of(&c, "EXPLAIN EXECUTE conditions(ARRAY['/d/1', '/d/9'])").await;
     assert!(!plan.contains("Seq Scan"), "{plan}");
     assert!(plan.contains("dt_items_pkey"), "{plan}");
     drop(c);
