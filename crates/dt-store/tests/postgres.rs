@@ -183,8 +183,7 @@ async fn schema_is_versioned_and_keys_use_c_collation() {
     assert_eq!(keys, ["/c/A", "/c/B", "/c/_", "/c/a", "/c/b", "/c/é"]);
     b.close().await;
 
-    let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let c = raw_client(&conn).await;
     let n: i64 = c
         .query_one("SELECT COUNT(*) FROM dt_schema_migrations", &[])
         .await
@@ -193,6 +192,13 @@ async fn schema_is_versioned_and_keys_use_c_collation() {
     assert_eq!(n, 2);
     drop(c);
     drop(db);
+}
+
+/// A plain connection to a test database, beside the store's own.
+async fn raw_client(conn: &str) -> Client {
+    let (c, connection) = tokio_postgres::connect(conn, NoTls).await.unwrap();
+    tokio::spawn(connection);
+    c
 }
 
 /// The plan PostgreSQL shows for `explain` (an `EXPLAIN ...` statement), one line per node.
@@ -221,8 +227,7 @@ async fn the_expiry_check_uses_the_index_under_a_generic_plan() {
         .await
         .unwrap();
     b.close().await;
-    let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let c = raw_client(&conn).await;
     c.batch_execute(
         "INSERT INTO dt_items (key, value, revision, expires) \
              SELECT '/audit/' || g, ''::bytea, g, NULL FROM generate_series(1, 20000) g; \
@@ -272,8 +277,7 @@ async fn plans_cached_on_a_small_table_still_use_the_index() {
     assert_eq!(b.session_setting("enable_seqscan").await.unwrap(), "off");
     b.close().await;
     // ...and this is what it does for them.
-    let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let c = raw_client(&conn).await;
     c.batch_execute(dt_store::postgres::SESSION_SQL)
         .await
         .unwrap();
@@ -329,8 +333,7 @@ async fn old_events_are_pruned() {
     for i in 0..10 {
         b.put(&format!("/p/{i}"), vec![], None).await.unwrap();
     }
-    let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let c = raw_client(&conn).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         let n: i64 = c
@@ -426,8 +429,7 @@ async fn counters_are_unlogged_and_expired_ones_are_swept() {
     b.count_use("/c/short", 5, now + Duration::from_millis(200))
         .await
         .unwrap();
-    let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let c = raw_client(&conn).await;
     let persistence: i8 = c
         .query_one(
             "SELECT relpersistence FROM pg_class WHERE relname = 'dt_counters'",
@@ -471,8 +473,7 @@ async fn the_sweep_feeds_only_watched_keys() {
         .unwrap();
     sweep_around_an_unwatched_key(b.as_ref()).await.unwrap();
     b.close().await;
-    let (c, connection) = tokio_postgres::connect(&conn, NoTls).await.unwrap();
-    tokio::spawn(connection);
+    let c = raw_client(&conn).await;
     let deletes: Vec<(String, i32)> = c
         .query(
             "SELECT key, idx FROM dt_events WHERE revision = (SELECT MAX(revision) FROM dt_events) \

@@ -82,8 +82,7 @@ async fn post_caller(
 ) -> WebResult<dt_auth::caller::Caller> {
     let ip = web.client_ip(peer, headers);
     let (_, session, caller) = web.session(peer, headers).await?;
-    web.check_csrf(headers, &session.csrf, session.user().as_str(), ip, what)
-        .await?;
+    web.check_session_csrf(headers, &session, ip, what).await?;
     Ok(caller)
 }
 

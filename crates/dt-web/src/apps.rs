@@ -49,14 +49,8 @@ pub(crate) async fn launch(
 ) -> WebResult<Json<serde_json::Value>> {
     let (_, session, caller) = web.session(&peer, &headers).await?;
     let ip = web.client_ip(&peer, &headers);
-    web.check_csrf(
-        &headers,
-        &session.csrf,
-        session.user().as_str(),
-        ip,
-        "app launch",
-    )
-    .await?;
+    web.check_session_csrf(&headers, &session, ip, "app launch")
+        .await?;
     let req: LaunchBody = json_body(&body)?;
     if !valid_state(&req.state) {
         return Err(WebError::BadRequest(

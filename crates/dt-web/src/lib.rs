@@ -261,9 +261,20 @@ impl Web {
         if let Ok(v) = csrf.parse() {
             h.insert(CSRF_HEADER, v);
         }
-        self.check_csrf(&h, &session.csrf, session.user().as_str(), ip, what)
-            .await?;
+        self.check_session_csrf(&h, &session, ip, what).await?;
         Ok((session, caller))
+    }
+
+    /// [`Self::check_csrf`] against a session's own token, a refusal audited under its user.
+    async fn check_session_csrf(
+        &self,
+        headers: &HeaderMap,
+        session: &Session,
+        ip: IpAddr,
+        what: &str,
+    ) -> WebResult<()> {
+        self.check_csrf(headers, &session.csrf, session.user().as_str(), ip, what)
+            .await
     }
 
     /// State-changing calls carry the session's CSRF token; a refusal is audited.
@@ -480,14 +491,8 @@ async fn logout(
     let ip = web.client_ip(&peer, &headers);
     let cookie = cookie_value(&headers, SESSION_COOKIE).ok_or_else(not_logged_in)?;
     let session = web.sessions.get(cookie).ok_or_else(not_logged_in)?;
-    web.check_csrf(
-        &headers,
-        &session.csrf,
-        session.user().as_str(),
-        ip,
-        "logout",
-    )
-    .await?;
+    web.check_session_csrf(&headers, &session, ip, "logout")
+        .await?;
     web.sessions.remove(cookie);
     // The apps this session opened lose their sessions too.
     web.srv.app_sessions.end_web_session(&session.id);
@@ -652,14 +657,8 @@ async fn confirm(
 ) -> WebResult<Json<serde_json::Value>> {
     let ip = web.client_ip(&peer, &headers);
     let (cookie, session, caller) = web.session(&peer, &headers).await?;
-    web.check_csrf(
-        &headers,
-        &session.csrf,
-        session.user().as_str(),
-        ip,
-        "device confirmation",
-    )
-    .await?;
+    web.check_session_csrf(&headers, &session, ip, "device confirmation")
+        .await?;
     let body: ConfirmBody = json_body(&body)?;
     let outcome = web
         .srv
